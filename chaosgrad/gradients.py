@@ -1,0 +1,218 @@
+"""Gradient diagnostics: how ‖∂L/∂θ‖ and its variance across seeds grow with the horizon T,
+with a fitted exponential rate to set beside the leading Lyapunov exponent.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from functools import reduce
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from chaosgrad.config import precision_info
+from chaosgrad.errors import InputError
+from chaosgrad.progress import progress_bar
+from chaosgrad.system import System, resolve_theta
+from chaosgrad.unroll import check_steps, unroll_grad
+
+PyTree = Any
+
+
+def tree_norm(tree: PyTree, batched: bool = False) -> np.ndarray:
+    """The global L2 norm of a pytree (per row when ``batched``), in float64 on the host.
+
+    Scaled by the largest entry first, so gradients near the float range do not overflow
+    in the squares. Non-finite entries give NaN or Inf, as they should.
+    """
+    leaves = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(tree)]
+    if batched:
+        flat = np.concatenate([x.reshape(x.shape[0], -1) for x in leaves], axis=1)
+    else:
+        flat = np.concatenate([x.reshape(1, -1) for x in leaves], axis=1)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        scale = np.max(np.abs(flat), axis=1)
+        safe = np.where((scale > 0) & np.isfinite(scale), scale, 1.0)
+        norm = safe * np.linalg.norm(flat / safe[:, None], axis=1)
+        norm = np.where(np.isfinite(scale), norm, scale)
+        norm = np.where(np.any(np.isnan(flat), axis=1), np.nan, norm)
+    return norm if batched else norm[0]
+
+
+def fit_rate(horizons: np.ndarray, log_values: np.ndarray) -> tuple[float, float]:
+    """Least-squares slope and intercept of ``log_values`` against ``horizons`` (finite only).
+
+    Returns (nan, nan) when fewer than two finite points remain.
+    """
+    h = np.asarray(horizons, np.float64)
+    y = np.asarray(log_values, np.float64)
+    ok = np.isfinite(y)
+    if ok.sum() < 2 or np.ptp(h[ok]) == 0:
+        return math.nan, math.nan
+    slope, intercept = np.polyfit(h[ok], y[ok], 1)
+    return float(slope), float(intercept)
+
+
+class GrowthResult(NamedTuple):
+    """What `gradient_growth` returns.
+
+    Attributes:
+      horizons: the unroll lengths T, shape (H,).
+      norms: ‖∂L_T/∂θ‖ per horizon and seed, shape (H, S); NaN/Inf kept.
+      median_norm, geomean_norm: per horizon, over the seeds with a finite gradient.
+      variance: per horizon, the total variance across seeds of the gradient vector
+        (trace of its covariance), over the finite seeds.
+      nonfinite_fraction: per horizon, the fraction of seeds whose gradient has NaN/Inf.
+      losses: meta-loss per horizon and seed.
+      growth_rate: fitted slope of log(geomean norm) against T — per step, or per unit time
+        for flows (divide-by-dt applied); compare it with the leading Lyapunov exponent.
+      variance_rate: fitted slope of log(variance) against T (same units); ≈ 2 λ1 when chaotic.
+      units: "per step" or "per unit time".
+      dt: the flow's time step or None.
+      precision, system: recorded facts; seconds: wall-clock time.
+    """
+
+    horizons: np.ndarray
+    norms: np.ndarray
+    median_norm: np.ndarray
+    geomean_norm: np.ndarray
+    variance: np.ndarray
+    nonfinite_fraction: np.ndarray
+    losses: np.ndarray
+    growth_rate: float
+    variance_rate: float
+    units: str
+    dt: float | None
+    precision: dict
+    system: dict
+    seconds: float
+
+    def to_json(self) -> dict:
+        """A JSON-friendly summary."""
+        def fl(a):
+            return [None if not np.isfinite(x) else float(x) for x in np.asarray(a).ravel()]
+
+        return {
+            "system": self.system.get("name"),
+            "horizons": [int(h) for h in self.horizons],
+            "median_norm": fl(self.median_norm),
+            "geomean_norm": fl(self.geomean_norm),
+            "variance": fl(self.variance),
+            "nonfinite_fraction": fl(self.nonfinite_fraction),
+            "mean_loss": fl(np.nanmean(np.where(np.isfinite(self.losses), self.losses, np.nan),
+                                       axis=1)) if self.losses.size else [],
+            "growth_rate": None if not np.isfinite(self.growth_rate) else self.growth_rate,
+            "variance_rate": None if not np.isfinite(self.variance_rate) else self.variance_rate,
+            "units": self.units,
+            "dt": self.dt,
+            "seeds": int(self.norms.shape[1]),
+            "precision": self.precision,
+            "system_meta": self.system,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _check_horizons(horizons) -> np.ndarray:
+    try:
+        hs = [check_steps(h, "horizon") for h in horizons]
+    except TypeError:
+        raise InputError(f"horizons must be a list of positive integers, got {horizons!r}") from None
+    if not hs:
+        raise InputError("horizons must not be empty")
+    return np.asarray(sorted(set(hs)))
+
+
+def gradient_growth(
+    system: System,
+    theta: PyTree = None,
+    horizons=(10, 30, 100),
+    seeds: int = 8,
+    *,
+    key: jax.Array | None = None,
+    chunk: int | None = None,
+    progress: bool | None = None,
+) -> GrowthResult:
+    """‖∂L/∂θ‖ of the T-step meta-loss across ``seeds`` random starts, for each T.
+
+    Gradients are exact (backprop, chunk-wise reverse mode: one compilation serves every
+    horizon when ``chunk`` divides them all; by default the gcd of the horizons, or a
+    masked chunk of at most 64 when the gcd is below 5). Seeds run together in one vmap.
+
+    The fitted ``growth_rate`` is the slope of log ‖g‖ against T. When the dynamics are
+    chaotic the gradient grows like exp(λ1 T), so the rate estimates λ1 (per step, or per
+    unit time for flows); the variance grows at about twice that.
+    """
+    t_start = time.perf_counter()
+    theta = resolve_theta(system, theta)
+    hs = _check_horizons(horizons)
+    seeds = check_steps(seeds, "seeds")
+    key = jax.random.PRNGKey(0) if key is None else key
+    keys = jax.random.split(key, seeds)
+    if chunk is None:
+        g = int(reduce(math.gcd, hs.tolist()))
+        chunk = min(g, 256) if g >= 5 else min(64, int(hs.max()))
+    norms = np.zeros((len(hs), seeds))
+    losses = np.zeros((len(hs), seeds))
+    variance = np.zeros(len(hs))
+    bar = progress_bar(len(hs), f"grad-growth {system.name}", progress, min_total=1)
+    with bar:
+        for i, h in enumerate(hs):
+            res = unroll_grad(system, theta, keys, int(h), chunk=chunk, progress=False)
+            norms[i] = tree_norm(res.grad, batched=True)
+            losses[i] = np.asarray(res.meta_loss, np.float64)
+            flat = np.concatenate(
+                [np.asarray(x, np.float64).reshape(seeds, -1)
+                 for x in jax.tree_util.tree_leaves(res.grad)], axis=1)
+            ok = np.all(np.isfinite(flat), axis=1)
+            variance[i] = _total_variance(flat[ok])
+            bar.update(1)
+    finite = np.isfinite(norms) & (norms > 0)
+    logn = np.where(finite, np.log(np.where(finite, norms, 1.0)), np.nan)
+    with np.errstate(invalid="ignore"):
+        geomean = np.exp(_nanmean_rows(logn))
+        median = np.array([np.median(r[np.isfinite(r)]) if np.isfinite(r).any() else np.nan
+                           for r in np.where(finite, norms, np.nan)])
+    scale = system.dt if system.dt is not None else 1.0
+    rate, _ = fit_rate(hs * scale, np.log(geomean))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vrate, _ = fit_rate(hs * scale, np.log(variance))
+    return GrowthResult(
+        horizons=hs,
+        norms=norms,
+        median_norm=median,
+        geomean_norm=geomean,
+        variance=variance,
+        nonfinite_fraction=1.0 - np.isfinite(norms).mean(axis=1),
+        losses=losses,
+        growth_rate=rate,
+        variance_rate=vrate,
+        units="per unit time" if system.dt is not None else "per step",
+        dt=system.dt,
+        precision=precision_info(np.asarray(jax.tree_util.tree_leaves(theta)[0]).dtype),
+        system=system.describe(),
+        seconds=time.perf_counter() - t_start,
+    )
+
+
+def _nanmean_rows(x: np.ndarray) -> np.ndarray:
+    out = np.full(x.shape[0], np.nan)
+    for i, r in enumerate(x):
+        r = r[np.isfinite(r)]
+        if r.size:
+            out[i] = r.mean()
+    return out
+
+
+def _total_variance(flat: np.ndarray) -> float:
+    """Trace of the sample covariance of the rows (NaN with fewer than two rows)."""
+    if flat.shape[0] < 2:
+        return math.nan
+    with np.errstate(over="ignore", invalid="ignore"):
+        scale = np.max(np.abs(flat))
+        if not np.isfinite(scale) or scale == 0:
+            return float(scale * 0) if scale == 0 else math.inf
+        z = flat / scale
+        v = np.sum(np.var(z, axis=0, ddof=1))
+        return float(v * scale**2)

@@ -1,0 +1,116 @@
+"""The one-step state-transition Jacobian ∂phase_{t+1}/∂phase_t of a `System`.
+
+Matrix-free (jvp/vjp linear operators) and, when small enough, dense (`jax.jacfwd`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from chaosgrad.errors import InputError
+from chaosgrad.system import System, resolve_theta, split_run_key, step_key
+
+PyTree = Any
+MAX_DENSE_DIM = 4096
+
+
+def phase_map(
+    system: System, theta: PyTree, state: PyTree, steps_key: jax.Array, t
+) -> tuple[Callable[[jax.Array], tuple[jax.Array, PyTree]], jax.Array]:
+    """The step as a map of flat phase vectors, at ``state`` and global step ``t``.
+
+    Returns ``(f, x)`` where ``x`` is the flat phase of ``state`` and ``f(x) -> (x_next,
+    next_state)``: the parts of the state outside the phase (counters, data keys) are held
+    at their values in ``state``. ``f`` is meant for ``jax.linearize(f, x, has_aux=True)``.
+    """
+    x, unravel = system.flat_phase(state)
+    kt = step_key(steps_key, t)
+
+    def f(xf):
+        new_state, _ = system.step(system.set_phase(state, unravel(xf)), theta, kt)
+        x_next, _ = system.flat_phase(new_state)
+        return x_next, new_state
+
+    return f, x
+
+
+class StepJacobian(NamedTuple):
+    """The one-step Jacobian J at a state, as a linear operator on flat phase vectors.
+
+    Attributes:
+      matvec: v ↦ J v (a jvp).
+      rmatvec: u ↦ Jᵀ u (a vjp).
+      x: the flat phase at which J is taken.
+      x_next: the flat phase one step later.
+      n: the phase dimension (J is n × n).
+    """
+
+    matvec: Callable[[jax.Array], jax.Array]
+    rmatvec: Callable[[jax.Array], jax.Array]
+    x: jax.Array
+    x_next: jax.Array
+    n: int
+
+    def dense(self) -> jax.Array:
+        """J as an n × n matrix (n jvps); only for small n."""
+        check_dense(self.n)
+        return jax.vmap(self.matvec, in_axes=1, out_axes=1)(jnp.eye(self.n, dtype=self.x.dtype))
+
+
+def check_dense(n: int, max_dim: int = MAX_DENSE_DIM) -> None:
+    """Refuse to build an n × n matrix when n is too large to be sensible."""
+    if n > max_dim:
+        raise InputError(
+            f"a dense Jacobian of dimension {n} exceeds max_dim={max_dim}: use the matrix-free "
+            "operator (step_jacobian_operator) or raise max_dim"
+        )
+
+
+def _start(system, theta, key, state):
+    theta = resolve_theta(system, theta)
+    key = jax.random.PRNGKey(0) if key is None else key
+    k_init, k_steps = split_run_key(key)
+    if state is None:
+        state = system.init(k_init, theta)
+    return theta, state, k_steps
+
+
+def step_jacobian_operator(
+    system: System,
+    theta: PyTree = None,
+    state: PyTree = None,
+    key: jax.Array | None = None,
+    t: int = 0,
+) -> StepJacobian:
+    """The Jacobian of one step at ``state`` (default: the initial state), matrix-free.
+
+    ``key`` is the run key as in `chaosgrad.unroll`: step ``t`` uses the same step key as
+    step ``t`` of an unroll from that key.
+    """
+    theta, state, k_steps = _start(system, theta, key, state)
+    f, x = phase_map(system, theta, state, k_steps, t)
+    x_next, jvp, _ = jax.linearize(f, x, has_aux=True)
+    _, vjp = jax.vjp(lambda xf: f(xf)[0], x)
+    return StepJacobian(
+        matvec=jvp, rmatvec=lambda u: vjp(u)[0], x=x, x_next=x_next, n=int(x.shape[0])
+    )
+
+
+def step_jacobian(
+    system: System,
+    theta: PyTree = None,
+    state: PyTree = None,
+    key: jax.Array | None = None,
+    t: int = 0,
+    *,
+    max_dim: int = MAX_DENSE_DIM,
+) -> jax.Array:
+    """The one-step Jacobian ∂phase_{t+1}/∂phase_t as a dense n × n matrix (``jax.jacfwd``)."""
+    theta, state, k_steps = _start(system, theta, key, state)
+    f, x = phase_map(system, theta, state, k_steps, t)
+    check_dense(int(x.shape[0]), max_dim)
+    return jax.jacfwd(lambda xf: f(xf)[0])(x)

@@ -1,0 +1,500 @@
+"""Spectra of state-transition Jacobians: per-step eigenvalues, singular values of Jacobian
+products, Lyapunov spectra (QR/Benettin with convergence history) and finite-time exponents.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+import warnings
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from chaosgrad.config import precision_info
+from chaosgrad.errors import InputError
+from chaosgrad.jacobian import MAX_DENSE_DIM, check_dense, phase_map
+from chaosgrad.progress import progress_bar
+from chaosgrad.system import System, resolve_theta, split_run_key
+from chaosgrad.unroll import all_finite, check_steps
+
+PyTree = Any
+FLOAT32_LONG_RUN = 20_000
+
+
+def _tree_where(cond, a, b):
+    return jax.tree_util.tree_map(lambda x, y: jnp.where(cond, x, y), a, b)
+
+
+def _setup(system, theta, key, state, transient):
+    """Theta, the state after ``transient`` steps, the step key, the step index reached."""
+    theta = resolve_theta(system, theta)
+    key = jax.random.PRNGKey(0) if key is None else key
+    k_init, k_steps = split_run_key(key)
+    if state is None:
+        state = system.init(k_init, theta)
+    transient = int(transient)
+    if transient < 0:
+        raise InputError(f"transient must be >= 0, got {transient}")
+    return theta, state, k_steps, key
+
+
+# -- Lyapunov spectrum (Benettin / QR) --------------------------------------------------------
+@functools.lru_cache(maxsize=64)
+def _jit_qr_chunk(system: System, chunk: int, k: int):
+    """Steps t0 … t0+chunk-1 of state and k tangent vectors, QR every step.
+
+    Returns the new state and basis, the summed log|diag R| over the active steps, and
+    whether every step stayed finite.
+    """
+
+    def run(state, basis, theta, steps_key, t0, t_end):
+        def body(carry, i):
+            s, q = carry
+            t = t0 + i
+            f, x = phase_map(system, theta, s, steps_key, t)
+            _, jvp, new_s = jax.linearize(f, x, has_aux=True)
+            jq = jax.vmap(jvp, in_axes=1, out_axes=1)(q)
+            q_new, r = jnp.linalg.qr(jq)
+            logs = jnp.log(jnp.abs(jnp.diagonal(r)))
+            active = t < t_end
+            ok = all_finite(x) & jnp.all(jnp.isfinite(logs))
+            new_s = _tree_where(active, new_s, s)
+            q_new = jnp.where(active, q_new, q)
+            logs = jnp.where(active, logs, 0.0)
+            return (new_s, q_new), (logs, ok | ~active)
+
+        (s, q), (logs, ok) = lax.scan(body, (state, basis), jnp.arange(chunk))
+        return s, q, jnp.sum(logs, axis=0), jnp.all(ok)
+
+    return jax.jit(run)
+
+
+class LyapunovResult(NamedTuple):
+    """What `lyapunov_spectrum` returns.
+
+    Attributes:
+      exponents: the k leading Lyapunov exponents, per step (maps) or per unit time (flows).
+      history_steps: the step counts (after the transient) at which the estimate was recorded.
+      history: the running estimate at each of those, shape (len(history_steps), k).
+      window_exponents: the exponents over each recording window alone (finite-time), same
+        shape as ``history``.
+      steps, transient, k, n: the run's sizes (n is the phase dimension).
+      dt: the time step of a flow (None for maps); units: "per step" or "per unit time".
+      nonfinite_step: first step (after the transient) where the state or the growth went
+        non-finite, or -1.
+      precision: dtype, x64 mode, matmul precision, backend.
+      system: the system's metadata.
+      seconds: wall-clock time of the run (compile included).
+    """
+
+    exponents: np.ndarray
+    history_steps: np.ndarray
+    history: np.ndarray
+    window_exponents: np.ndarray
+    steps: int
+    transient: int
+    k: int
+    n: int
+    dt: float | None
+    units: str
+    nonfinite_step: int
+    precision: dict
+    system: dict
+    seconds: float
+
+    def to_json(self) -> dict:
+        """A JSON-friendly summary (exponents, sizes, precision, system)."""
+        return {
+            "system": self.system.get("name"),
+            "exponents": [float(x) for x in self.exponents],
+            "sum": float(np.sum(self.exponents)),
+            "steps": self.steps,
+            "transient": self.transient,
+            "k": self.k,
+            "n": self.n,
+            "dt": self.dt,
+            "units": self.units,
+            "nonfinite_step": self.nonfinite_step,
+            "precision": self.precision,
+            "system_meta": self.system,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _qr_run(system, theta, state, k_steps, q, t0, steps, record_every, desc, progress):
+    """Run the QR chunks for ``steps`` steps; per-window log-growth sums and the end state."""
+    fn = _jit_qr_chunk(system, record_every, q.shape[1])
+    n_windows = math.ceil(steps / record_every)
+    sums, ends = [], []
+    bad = -1
+    t_end = jnp.asarray(t0 + steps)
+    with progress_bar(steps, desc, progress, min_total=50_000) as bar:
+        for w in range(n_windows):
+            start = t0 + w * record_every
+            state, q, s, ok = fn(state, q, theta, k_steps, jnp.asarray(start), t_end)
+            sums.append(np.asarray(s, dtype=np.float64))
+            ends.append(min(steps, (w + 1) * record_every))
+            if bad < 0 and not bool(ok):
+                bad = w * record_every
+            bar.update(ends[-1] - (ends[-2] if len(ends) > 1 else 0))
+    return state, q, np.stack(sums), np.asarray(ends), bad
+
+
+def lyapunov_spectrum(
+    system: System,
+    theta: PyTree = None,
+    *,
+    key: jax.Array | None = None,
+    steps: int = 10_000,
+    k: int | None = None,
+    transient: int = 1_000,
+    state: PyTree = None,
+    record_every: int | None = None,
+    progress: bool | None = None,
+) -> LyapunovResult:
+    """The k leading Lyapunov exponents by the QR (Benettin) method.
+
+    k tangent vectors are pushed through each step by a vmapped ``jax.jvp`` (matrix-free, so
+    the cost is k jvps a step, never an n × n Jacobian) and re-orthonormalised by QR; the
+    exponents are the time averages of log|diag R|. The first ``transient`` steps move both
+    the state onto its attractor and the tangent basis onto the leading Lyapunov vectors,
+    and are not counted.
+
+    Args:
+      system: the system; theta: its parameters (default ``system.theta``).
+      key: the run key (initial state, step keys, initial tangent basis).
+      steps: counted steps after the transient.
+      k: number of exponents (1 ≤ k ≤ n; default n, the full spectrum).
+      transient: uncounted steps first.
+      state: start here instead of ``system.init``.
+      record_every: steps per convergence-history point (default: steps/200, at least 1).
+      progress: progress bar (default: on a terminal for long runs).
+
+    Returns:
+      A `LyapunovResult`. Exponents are per step for maps and per unit time for flows
+      (``system.dt`` set). A float32 run longer than 20,000 steps warns: use float64
+      (``chaosgrad.enable_x64()``) for values you will quote.
+    """
+    t_start = time.perf_counter()
+    steps = check_steps(steps)
+    theta, state, k_steps, key = _setup(system, theta, key, state, transient)
+    x0, _ = system.flat_phase(state)
+    n = int(x0.shape[0])
+    k = n if k is None else int(k)
+    if not 1 <= k <= n:
+        raise InputError(f"k must be between 1 and the phase dimension {n} of {system.name!r}, "
+                         f"got {k}")
+    dtype = x0.dtype
+    if dtype == jnp.float32 and steps + transient > FLOAT32_LONG_RUN:
+        warnings.warn(
+            f"Lyapunov spectrum of {system.name!r} over {steps + transient} steps in float32: "
+            "rounding drifts on long runs; enable float64 (chaosgrad.enable_x64()) for values "
+            "you will quote", stacklevel=2)
+    record_every = max(1, steps // 200) if record_every is None else check_steps(
+        record_every, "record_every")
+    q0 = jax.random.normal(jax.random.fold_in(key, 7), (n, k), dtype)
+    q, _ = jnp.linalg.qr(q0)
+    if transient:
+        state, q, _, _, _ = _qr_run(system, theta, state, k_steps, q, 0, transient,
+                                    min(transient, max(record_every, 1000)),
+                                    f"transient {system.name}", progress)
+    _, _, sums, ends, bad = _qr_run(system, theta, state, k_steps, q, transient, steps,
+                                    record_every, f"lyapunov {system.name}", progress)
+    scale = system.dt if system.dt is not None else 1.0
+    widths = np.diff(np.concatenate([[0], ends]))[:, None]
+    history = np.cumsum(sums, axis=0) / (ends[:, None] * scale)
+    return LyapunovResult(
+        exponents=history[-1],
+        history_steps=ends,
+        history=history,
+        window_exponents=sums / (widths * scale),
+        steps=steps,
+        transient=int(transient),
+        k=k,
+        n=n,
+        dt=system.dt,
+        units="per unit time" if system.dt is not None else "per step",
+        nonfinite_step=int(bad),
+        precision=precision_info(dtype),
+        system=system.describe(),
+        seconds=time.perf_counter() - t_start,
+    )
+
+
+def finite_time_lyapunov(
+    system: System,
+    theta: PyTree = None,
+    *,
+    key: jax.Array | None = None,
+    window: int = 100,
+    windows: int = 100,
+    k: int | None = 1,
+    transient: int = 1_000,
+    state: PyTree = None,
+    progress: bool | None = None,
+) -> np.ndarray:
+    """Finite-time Lyapunov exponents: the QR growth rates over consecutive windows.
+
+    Each row is the k leading exponents measured over one window of ``window`` steps (per
+    step, or per unit time for flows), with the tangent basis carried over from the window
+    before. Their mean over the windows is exactly the Lyapunov spectrum of the whole run;
+    their spread shows how unevenly the dynamics stretch along the trajectory.
+
+    Returns an array of shape (windows, k).
+    """
+    res = lyapunov_spectrum(
+        system, theta, key=key, steps=check_steps(window, "window") * check_steps(
+            windows, "windows"), k=k, transient=transient, state=state, record_every=window,
+        progress=progress)
+    return res.window_exponents
+
+
+# -- eigenvalues of one-step Jacobians along a trajectory --------------------------------------
+@functools.lru_cache(maxsize=32)
+def _jit_dense_jac_chunk(system: System, chunk: int):
+    def run(state, theta, steps_key, t0):
+        def body(s, i):
+            f, x = phase_map(system, theta, s, steps_key, t0 + i)
+            jac = jax.jacfwd(lambda xf: f(xf)[0])(x)
+            new_s = f(x)[1]
+            return new_s, jac
+
+        return lax.scan(body, state, jnp.arange(chunk))
+
+    return jax.jit(run)
+
+
+class EigenResult(NamedTuple):
+    """Eigenvalues of the one-step Jacobians along a trajectory.
+
+    Attributes:
+      steps: the step index t of each Jacobian J_t = ∂phase_{t+1}/∂phase_t.
+      eigenvalues: complex, shape (len(steps), m), sorted by decreasing modulus (m = n
+        densely, or the k leading ones matrix-free).
+      max_abs: the spectral radius of each J_t (largest |eigenvalue|).
+      method: "dense" or "arnoldi".
+    """
+
+    steps: np.ndarray
+    eigenvalues: np.ndarray
+    max_abs: np.ndarray
+    method: str
+
+
+def _sort_by_modulus(ev: np.ndarray) -> np.ndarray:
+    return np.take_along_axis(ev, np.argsort(-np.abs(ev), axis=-1), axis=-1)
+
+
+def jacobian_eigenvalues(
+    system: System,
+    theta: PyTree = None,
+    *,
+    key: jax.Array | None = None,
+    steps: int = 100,
+    state: PyTree = None,
+    k: int | None = None,
+    method: str = "auto",
+    dense_max_dim: int = 512,
+) -> EigenResult:
+    """Eigenvalues of ∂phase_{t+1}/∂phase_t for t = 0 … steps−1 along one trajectory.
+
+    Args:
+      method: "dense" (``jacfwd`` + LAPACK, all n eigenvalues), "arnoldi" (the k leading
+        eigenvalues by ARPACK on the matrix-free jvp, for large n), or "auto" (dense when
+        n ≤ ``dense_max_dim``).
+      k: how many leading eigenvalues to keep (default: all densely, 6 by Arnoldi).
+    """
+    steps = check_steps(steps)
+    theta, state, k_steps, _ = _setup(system, theta, key, state, 0)
+    n = int(system.flat_phase(state)[0].shape[0])
+    if method == "auto":
+        method = "dense" if n <= dense_max_dim else "arnoldi"
+    if method == "dense":
+        check_dense(n, MAX_DENSE_DIM)
+        chunk = int(max(1, min(steps, 256, 2e8 // (8 * n * n))))
+        fn = _jit_dense_jac_chunk(system, chunk)
+        evs = []
+        for c in range(math.ceil(steps / chunk)):
+            state, jacs = fn(state, theta, k_steps, jnp.asarray(c * chunk))
+            jacs = np.asarray(jacs, dtype=np.float64)
+            evs.append(np.linalg.eigvals(jacs) if np.all(np.isfinite(jacs))
+                       else np.array([_eig_or_nan(j) for j in jacs]))
+        ev = _sort_by_modulus(np.concatenate(evs)[:steps])
+        if k is not None:
+            ev = ev[:, :k]
+    elif method == "arnoldi":
+        ev = _arnoldi_along(system, theta, state, k_steps, steps, 6 if k is None else int(k))
+    else:
+        raise InputError(f"method {method!r} is not accepted: use 'auto', 'dense' or 'arnoldi'")
+    return EigenResult(np.arange(steps), ev, np.abs(ev).max(axis=1), method)
+
+
+def _eig_or_nan(j):
+    if np.all(np.isfinite(j)):
+        return np.linalg.eigvals(j)
+    return np.full(j.shape[0], np.nan + 0j)
+
+
+def _arnoldi_along(system, theta, state, k_steps, steps, k):
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigs
+
+    @jax.jit
+    def lin(s, t):
+        f, x = phase_map(system, theta, s, k_steps, t)
+        _, jvp, new_s = jax.linearize(f, x, has_aux=True)
+        return jvp, new_s
+
+    @jax.jit
+    def matvec(s, t, v):
+        f, x = phase_map(system, theta, s, k_steps, t)
+        return jax.jvp(lambda xf: f(xf)[0], (x,), (v,))[1]
+
+    n = int(system.flat_phase(state)[0].shape[0])
+    if k >= n - 1:
+        raise InputError(f"Arnoldi needs k < n - 1 = {n - 1}; use method='dense' for all of them")
+    out = []
+    for t in range(steps):
+        ti = jnp.asarray(t)
+        dtype = system.flat_phase(state)[0].dtype
+        op = LinearOperator(
+            (n, n), dtype=np.float64,
+            matvec=lambda v, s=state, ti=ti: np.asarray(
+                matvec(s, ti, jnp.asarray(v.ravel(), dtype)), np.float64))
+        try:
+            vals = eigs(op, k=k, which="LM", return_eigenvectors=False, tol=1e-8)
+        except ArpackNoConvergence as e:
+            vals = np.concatenate([e.eigenvalues, np.full(k - len(e.eigenvalues), np.nan)])
+        out.append(vals)
+        state = lin(state, ti)[1]
+    return _sort_by_modulus(np.asarray(out, dtype=np.complex128))
+
+
+# -- products of Jacobians --------------------------------------------------------------------
+@functools.lru_cache(maxsize=32)
+def _jit_product_chunk(system: System, chunk: int, n_sv: int):
+    """Dense product P_t = J_{t-1} … J_0 kept as exp(c)·P̂ so it never overflows."""
+
+    def run(state, p_hat, log_c, theta, steps_key, t0):
+        def body(carry, i):
+            s, p, c = carry
+            f, x = phase_map(system, theta, s, steps_key, t0 + i)
+            _, jvp, new_s = jax.linearize(f, x, has_aux=True)
+            p = jax.vmap(jvp, in_axes=1, out_axes=1)(p)
+            nrm = jnp.linalg.norm(p)
+            p = p / nrm
+            c = c + jnp.log(nrm)
+            sv = jnp.linalg.svd(p, compute_uv=False)[:n_sv]
+            return (new_s, p, c), (c + jnp.log(sv), p)
+
+        (s, p, c), (log_sv, ps) = lax.scan(body, (state, p_hat, log_c), jnp.arange(chunk))
+        return s, p, c, log_sv, ps
+
+    return jax.jit(run)
+
+
+class ProductResult(NamedTuple):
+    """Growth of the Jacobian product ∂phase_t/∂phase_0 = J_{t-1} ⋯ J_0 with t.
+
+    Attributes:
+      steps: t = 1 … T.
+      log_singular_values: log σ_i of the product at each t, shape (T, k) (natural log, so
+        no overflow however chaotic the system).
+      log_max_abs_eigenvalue: log of the product's spectral radius at each t (dense only).
+    """
+
+    steps: np.ndarray
+    log_singular_values: np.ndarray
+    log_max_abs_eigenvalue: np.ndarray
+
+
+def jacobian_products(
+    system: System,
+    theta: PyTree = None,
+    *,
+    key: jax.Array | None = None,
+    steps: int = 100,
+    k: int = 1,
+    state: PyTree = None,
+    eigenvalues: bool = True,
+    max_dim: int = 256,
+) -> ProductResult:
+    """log singular values (and spectral radius) of ∂phase_t/∂phase_0 for every t ≤ steps.
+
+    Dense: the n × n product is carried with a running log-scale so it cannot overflow; for
+    large n use `product_singular_values` (matrix-free, one horizon).
+    """
+    steps = check_steps(steps)
+    theta, state, k_steps, _ = _setup(system, theta, key, state, 0)
+    x0, _ = system.flat_phase(state)
+    n = int(x0.shape[0])
+    check_dense(n, max_dim)
+    k = min(int(k), n)
+    chunk = min(steps, 256)
+    fn = _jit_product_chunk(system, chunk, k)
+    p, c = jnp.eye(n, dtype=x0.dtype), jnp.zeros((), x0.dtype)
+    log_sv, log_eig = [], []
+    for i in range(math.ceil(steps / chunk)):
+        state, p, c, lsv, ps = fn(state, p, c, theta, k_steps, jnp.asarray(i * chunk))
+        log_sv.append(np.asarray(lsv, np.float64))
+        if eigenvalues:
+            ps = np.asarray(ps, np.float64)
+            cs = np.asarray(lsv[:, 0], np.float64) - np.log(
+                np.linalg.svd(ps, compute_uv=False)[:, 0])
+            radius = np.array([np.abs(_eig_or_nan(pp)).max() for pp in ps])
+            log_eig.append(cs + np.log(radius))
+    log_sv = np.concatenate(log_sv)[:steps]
+    log_eig = np.concatenate(log_eig)[:steps] if eigenvalues else np.full(steps, np.nan)
+    return ProductResult(np.arange(1, steps + 1), log_sv, log_eig)
+
+
+def product_singular_values(
+    system: System,
+    theta: PyTree = None,
+    *,
+    key: jax.Array | None = None,
+    steps: int = 100,
+    k: int = 1,
+    state: PyTree = None,
+    iters: int = 30,
+) -> np.ndarray:
+    """The k leading singular values of ∂phase_T/∂phase_0, matrix-free (T = ``steps``).
+
+    Subspace iteration on MᵀM, with M V by vmapped jvp through the T-step unroll and MᵀU by
+    its vjp; no n × n matrix is formed. Values above the float range come out as inf; use
+    `jacobian_products` (log-scaled) for small systems, or shorter horizons.
+    """
+    steps = check_steps(steps)
+    theta, state, k_steps, key = _setup(system, theta, key, state, 0)
+    x0, unravel = system.flat_phase(state)
+    n = int(x0.shape[0])
+    if not 1 <= k <= n:
+        raise InputError(f"k must be between 1 and the phase dimension {n}, got {k}")
+
+    def flow(xf):
+        s = system.set_phase(state, unravel(xf))
+
+        def body(s, t):
+            f, x = phase_map(system, theta, s, k_steps, t)
+            return f(x)[1], None
+
+        s, _ = lax.scan(body, s, jnp.arange(steps))
+        return system.flat_phase(s)[0]
+
+    @jax.jit
+    def iterate(v):
+        _, jvp = jax.linearize(flow, x0)
+        mv = jax.vmap(jvp, in_axes=1, out_axes=1)(v)
+        vjp = jax.linear_transpose(jvp, x0)
+        mtmv = jax.vmap(lambda u: vjp(u)[0], in_axes=1, out_axes=1)(mv)
+        return mv, jnp.linalg.qr(mtmv)[0]
+
+    v, _ = jnp.linalg.qr(jax.random.normal(jax.random.fold_in(key, 11), (n, k), x0.dtype))
+    for _ in range(int(iters)):
+        mv, v = iterate(v)
+    mv, _ = iterate(v)
+    return np.linalg.svd(np.asarray(mv, np.float64), compute_uv=False)

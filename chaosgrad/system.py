@@ -1,0 +1,235 @@
+"""The one step interface every iterative system implements.
+
+`System` holds pure functions (`init`, `step`, optional `phase`/`with_phase`) and metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from chaosgrad.errors import InputError
+
+PyTree = Any
+META_LOSSES = ("mean", "sum", "last")
+
+
+class StepOut(NamedTuple):
+    """What `System.step` returns beside the new state.
+
+    Attributes:
+      loss: the per-step loss ℓ_t (a scalar). The meta-loss of an unroll of T steps is the
+        mean of ℓ_0 … ℓ_{T-1}.
+      done: for episodic systems, whether the episode ended at this step (else None).
+      aux: anything else the system wants to report (a pytree, or None).
+    """
+
+    loss: jax.Array
+    done: jax.Array | None = None
+    aux: PyTree = None
+
+
+def _is_float(x) -> bool:
+    return jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
+
+
+def float_leaves_phase(state: PyTree) -> list:
+    """Default phase: the list of every floating-point leaf of `state`, in tree order."""
+    return [x for x in jax.tree_util.tree_leaves(state) if _is_float(x)]
+
+
+def float_leaves_with_phase(state: PyTree, phase: list) -> PyTree:
+    """Inverse of `float_leaves_phase`: put `phase` back into the float leaves of `state`."""
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    it = iter(phase)
+    new = [next(it) if _is_float(x) else x for x in leaves]
+    return jax.tree_util.tree_unflatten(treedef, new)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class System:
+    """An iterative system s_{t+1}, ℓ_t = f(s_t, θ, key_t), as a record of pure functions.
+
+    Args:
+      init: ``init(key, theta) -> state``, the initial state (any pytree).
+      step: ``step(state, theta, key) -> (state, out)``; ``out`` is a `StepOut` (or anything
+        with a ``.loss`` attribute, or a dict with a ``"loss"`` key, or a bare scalar loss).
+      phase: ``phase(state) -> pytree``, the dynamical variables the Jacobian is taken over.
+        Default: every floating-point leaf of the state.
+      with_phase: ``with_phase(state, phase) -> state``, the inverse of ``phase``. Required
+        when ``phase`` is given.
+      name: a short name used in reports.
+      theta: the default parameters (any pytree), used when a tool is called without theta.
+      dt: the time step for flows (exponents are then reported per unit time); None for maps.
+      horizon: the natural unroll length, used as a default by the tools.
+      precision: "float32" or "float64", the precision the system is meant to run in.
+      meta_loss: how the per-step losses of a T-step unroll make the meta-loss: "mean"
+        (default), "sum", or "last" (ℓ_{T-1} alone, e.g. the energy after minimisation).
+      description: one line on what the system is.
+      theta_doc: what ``theta`` means.
+      loss_doc: what the per-step loss is.
+      meta: any further metadata (recorded in results).
+
+    Every function must be jittable and vmappable; randomness comes only from the keys
+    passed in. The step's key at global step t is ``jax.random.fold_in(key, t)`` in every
+    tool, so results do not depend on how an unroll is chunked.
+
+    Example::
+
+        def init(key, theta):
+            return jax.random.uniform(key, (2,))
+        def step(x, theta, key):
+            x = jnp.array([1 - theta[0] * x[0] ** 2 + x[1], theta[1] * x[0]])
+            return x, chaosgrad.StepOut(loss=x[0])
+        henon = chaosgrad.System(init, step, name="my-henon", theta=jnp.array([1.4, 0.3]))
+    """
+
+    init: Callable[[jax.Array, PyTree], PyTree]
+    step: Callable[[PyTree, PyTree, jax.Array], tuple[PyTree, Any]]
+    phase: Callable[[PyTree], PyTree] | None = None
+    with_phase: Callable[[PyTree, PyTree], PyTree] | None = None
+    name: str = "system"
+    theta: PyTree = None
+    dt: float | None = None
+    horizon: int = 100
+    precision: str = "float32"
+    meta_loss: str = "mean"
+    description: str = ""
+    theta_doc: str = ""
+    loss_doc: str = ""
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if not callable(self.init) or not callable(self.step):
+            raise InputError("System needs callable init(key, theta) and step(state, theta, key)")
+        if (self.phase is None) != (self.with_phase is None):
+            raise InputError("System: give both phase and with_phase, or neither")
+        if self.precision not in ("float32", "float64"):
+            raise InputError(
+                f"System precision {self.precision!r} is not accepted: use 'float32' or 'float64'"
+            )
+        if self.meta_loss not in META_LOSSES:
+            raise InputError(
+                f"System meta_loss {self.meta_loss!r} is not accepted: use one of {META_LOSSES}"
+            )
+        if self.dt is not None and not self.dt > 0:
+            raise InputError(f"System dt must be positive (or None for maps), got {self.dt!r}")
+        if int(self.horizon) <= 0:
+            raise InputError(f"System horizon must be a positive integer, got {self.horizon!r}")
+
+    # -- phase helpers ---------------------------------------------------------------------
+    def get_phase(self, state: PyTree) -> PyTree:
+        """The dynamical variables of `state` (the system's ``phase``, or its float leaves)."""
+        return self.phase(state) if self.phase is not None else float_leaves_phase(state)
+
+    def set_phase(self, state: PyTree, phase: PyTree) -> PyTree:
+        """`state` with its dynamical variables replaced by `phase`."""
+        if self.with_phase is not None:
+            return self.with_phase(state, phase)
+        return float_leaves_with_phase(state, phase)
+
+    def flat_phase(self, state: PyTree) -> tuple[jax.Array, Callable[[jax.Array], PyTree]]:
+        """The phase as one flat vector, and the function that turns such a vector back."""
+        return ravel_pytree(self.get_phase(state))
+
+    def phase_dim(self, theta: PyTree = None, key: jax.Array | None = None) -> int:
+        """Dimension n of the phase vector (the Jacobian is n × n)."""
+        theta = self.theta if theta is None else theta
+        key = jax.random.PRNGKey(0) if key is None else key
+        shape = jax.eval_shape(lambda k: self.flat_phase(self.init(k, theta))[0], key)
+        return int(shape.shape[0])
+
+    def with_meta(self, **changes) -> System:
+        """A copy of this system with some fields changed (e.g. ``theta=...``)."""
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> dict:
+        """Metadata as a JSON-friendly dict (recorded with every result)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "theta": self.theta_doc,
+            "loss": self.loss_doc,
+            "dt": self.dt,
+            "horizon": int(self.horizon),
+            "precision": self.precision,
+            "meta_loss": self.meta_loss,
+            **{k: _jsonable(v) for k, v in self.meta.items()},
+        }
+
+
+def _jsonable(v):
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    return str(v)
+
+
+def loss_of(out: Any) -> jax.Array:
+    """The per-step loss from whatever a step returned as ``out``."""
+    if hasattr(out, "loss"):
+        return out.loss
+    if isinstance(out, dict) and "loss" in out:
+        return out["loss"]
+    if isinstance(out, (jax.Array, float, int)) or hasattr(out, "shape"):
+        return out
+    raise InputError(
+        "step(state, theta, key) must return (state, out) where out is a StepOut, has a "
+        f"'.loss' attribute, is a dict with 'loss', or is a scalar loss; got {type(out).__name__}"
+    )
+
+
+def done_of(out: Any) -> jax.Array | None:
+    """The ``done`` flag of a step's output, or None."""
+    if hasattr(out, "done"):
+        return out.done
+    if isinstance(out, dict):
+        return out.get("done")
+    return None
+
+
+def split_run_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Split a run's key into the key passed to ``init`` and the key the steps derive from.
+
+    Every tool uses this, so the same ``key`` gives the same initial state and the same
+    step keys in an unroll, a Jacobian spectrum and a gradient.
+    """
+    k_init, k_steps = jax.random.split(key)
+    return k_init, k_steps
+
+
+def step_key(steps_key: jax.Array, t) -> jax.Array:
+    """The key of global step ``t`` of an unroll whose steps derive from ``steps_key``."""
+    return jax.random.fold_in(steps_key, t)
+
+
+def is_key_batch(key: jax.Array) -> bool:
+    """Whether ``key`` is a batch of PRNG keys (leading axis) rather than one key."""
+    key = jnp.asarray(key) if not hasattr(key, "dtype") else key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key.ndim == 1
+    if key.ndim == 1 and key.shape[0] == 2:
+        return False
+    if key.ndim == 2 and key.shape[-1] == 2:
+        return True
+    raise InputError(
+        f"key must be a PRNG key (jax.random.PRNGKey(seed), shape (2,)) or a batch of them "
+        f"(shape (B, 2)); got shape {tuple(key.shape)}"
+    )
+
+
+def resolve_theta(system: System, theta: PyTree) -> PyTree:
+    """``theta`` or, when None, the system's default; a clear error when neither exists."""
+    if theta is None:
+        theta = system.theta
+    if theta is None:
+        raise InputError(f"no theta given and system {system.name!r} has no default theta")
+    return theta

@@ -1,0 +1,161 @@
+"""Classic maps and flows with known Lyapunov exponents: the oracles of chaosgrad's tests.
+
+Logistic (λ = ln 2 at r = 4), Hénon (λ1 ≈ 0.4192), Lorenz-63 (λ1 ≈ 0.906), linear maps x → Ax.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from chaosgrad.config import default_float
+from chaosgrad.errors import InputError
+from chaosgrad.system import StepOut, System
+
+
+def _dtype(dtype):
+    if dtype is None:
+        return default_float()
+    if str(dtype) not in ("float32", "float64"):
+        raise InputError(f"dtype {dtype!r} is not accepted: use 'float32' or 'float64'")
+    return jnp.dtype(str(dtype))
+
+
+def _precision(dt) -> str:
+    return "float64" if jnp.dtype(dt) == jnp.float64 else "float32"
+
+
+def logistic(r: float = 4.0, x0: float | None = None, dtype: str | None = None) -> System:
+    """The logistic map x_{t+1} = r x_t (1 − x_t); θ = r; per-step loss ℓ_t = x_{t+1}.
+
+    At r = 4 the map is conjugate to the tent map and its Lyapunov exponent is exactly ln 2.
+    The initial x is uniform in [0.05, 0.95] from the key (or ``x0``). In floating point an
+    orbit can land exactly on 0 and stay: start away from dyadic rationals.
+    """
+    dt = _dtype(dtype)
+
+    def init(key, theta):
+        if x0 is not None:
+            return jnp.full((1,), x0, dt)
+        return jax.random.uniform(key, (1,), dt, 0.05, 0.95)
+
+    def step(x, theta, key):
+        x = theta * x * (1 - x)
+        return x, StepOut(loss=x[0])
+
+    return System(
+        init, step, name="logistic", theta=jnp.asarray(r, dt), precision=_precision(dt),
+        horizon=100, description=f"logistic map, r={r}", theta_doc="r (scalar)",
+        loss_doc="x_{t+1}", meta={"r": r},
+    )
+
+
+def henon(a: float = 1.4, b: float = 0.3, dtype: str | None = None) -> System:
+    """The Hénon map (x, y) → (1 − a x² + y, b x); θ = (a, b); loss ℓ_t = x_{t+1}.
+
+    At a = 1.4, b = 0.3: λ1 ≈ 0.4192 and λ1 + λ2 = ln b exactly (|det J| = b everywhere).
+    The initial point is uniform in [−0.1, 0.1]², inside the basin of the attractor.
+    """
+    dt = _dtype(dtype)
+
+    def init(key, theta):
+        return jax.random.uniform(key, (2,), dt, -0.1, 0.1)
+
+    def step(s, theta, key):
+        x, y = s[0], s[1]
+        s = jnp.stack([1 - theta[0] * x**2 + y, theta[1] * x])
+        return s, StepOut(loss=s[0])
+
+    return System(
+        init, step, name="henon", theta=jnp.asarray([a, b], dt), precision=_precision(dt),
+        horizon=100, description=f"Henon map, a={a}, b={b}", theta_doc="(a, b)",
+        loss_doc="x_{t+1}", meta={"a": a, "b": b},
+    )
+
+
+def lorenz(
+    sigma: float = 10.0,
+    rho: float = 28.0,
+    beta: float = 8.0 / 3.0,
+    dt: float = 0.01,
+    dtype: str | None = None,
+) -> System:
+    """Lorenz-63, one classical RK4 step of size ``dt`` per step; θ = (σ, ρ, β).
+
+    The flow's divergence is −(σ + 1 + β), so its exponents sum to −41/3 at the classic
+    (10, 28, 8/3), where λ1 ≈ 0.906, λ2 = 0 and λ3 ≈ −14.57 per unit time. Per-step loss
+    ℓ_t = z_{t+1} / ρ. The initial point is (1, 1, 1) plus a small key-driven offset.
+    """
+    fdt = _dtype(dtype)
+    if not dt > 0:
+        raise InputError(f"lorenz dt must be positive, got {dt!r}")
+
+    def f(s, th):
+        x, y, z = s[0], s[1], s[2]
+        return jnp.stack([th[0] * (y - x), x * (th[1] - z) - y, x * y - th[2] * z])
+
+    def init(key, theta):
+        return jnp.ones(3, fdt) + 0.1 * jax.random.normal(key, (3,), fdt)
+
+    def step(s, theta, key):
+        h = jnp.asarray(dt, s.dtype)
+        k1 = f(s, theta)
+        k2 = f(s + 0.5 * h * k1, theta)
+        k3 = f(s + 0.5 * h * k2, theta)
+        k4 = f(s + h * k3, theta)
+        s = s + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        return s, StepOut(loss=s[2] / theta[1])
+
+    return System(
+        init, step, name="lorenz", theta=jnp.asarray([sigma, rho, beta], fdt), dt=dt,
+        precision=_precision(fdt), horizon=1000,
+        description=f"Lorenz-63 (sigma={sigma}, rho={rho}, beta={beta:.4g}), RK4 dt={dt}",
+        theta_doc="(sigma, rho, beta)", loss_doc="z_{t+1} / rho",
+        meta={"sigma": sigma, "rho": rho, "beta": beta, "integrator": "rk4"},
+    )
+
+
+def linear(
+    n: int = 4,
+    radius: float = 0.9,
+    eigenvalues: tuple | None = None,
+    seed: int = 0,
+    dtype: str | None = None,
+) -> System:
+    """The linear map x → A x; θ = A; per-step loss ℓ_t = ½‖x_{t+1}‖².
+
+    With ``eigenvalues`` given, A = Q diag(eigenvalues) Qᵀ for a random orthogonal Q (a
+    symmetric A of exactly those eigenvalues); otherwise A is Gaussian, rescaled to spectral
+    radius ``radius``. The Lyapunov exponents are ln|eigenvalues of A| exactly.
+    """
+    fdt = _dtype(dtype)
+    rng = np.random.default_rng(seed)
+    if eigenvalues is not None:
+        ev = np.atleast_1d(np.asarray(eigenvalues, dtype=np.float64))
+        if ev.ndim != 1 or ev.size == 0:
+            raise InputError(f"eigenvalues must be a non-empty list of numbers, got {eigenvalues!r}")
+        q, _ = np.linalg.qr(rng.standard_normal((ev.size, ev.size)))
+        a = q @ np.diag(ev) @ q.T
+        n = ev.size
+    else:
+        if int(n) < 1:
+            raise InputError(f"linear map needs n >= 1, got {n!r}")
+        a = rng.standard_normal((n, n))
+        a *= radius / np.max(np.abs(np.linalg.eigvals(a)))
+
+    def init(key, theta):
+        return jax.random.normal(key, (theta.shape[0],), theta.dtype)
+
+    def step(x, theta, key):
+        x = theta @ x
+        return x, StepOut(loss=0.5 * jnp.sum(x**2))
+
+    return System(
+        init, step, name="linear", theta=jnp.asarray(a, fdt), precision=_precision(fdt),
+        horizon=100, description=f"linear map x -> A x, n={n}",
+        theta_doc="A (n x n)", loss_doc="0.5 |x_{t+1}|^2",
+        meta={"n": int(n), "seed": seed,
+              "eigenvalues": None if eigenvalues is None else list(map(float, eigenvalues)),
+              "radius": None if eigenvalues is not None else radius},
+    )

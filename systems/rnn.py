@@ -1,0 +1,40 @@
+"""A vanilla tanh RNN run as an autonomous iterated map, chaotic for gain g > 1.
+
+x_{t+1} = tanh(W x_t) with W_ij ~ N(0, g²/n) (Sompolinsky, Crisanti & Sommers 1988).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from chaosgrad.errors import InputError
+from chaosgrad.system import StepOut, System
+from systems.maps import _dtype, _precision
+
+
+def rnn(n: int = 64, g: float = 2.0, seed: int = 0, dtype: str | None = None) -> System:
+    """The map x → tanh(W x); θ = W (n × n); per-step loss ℓ_t = ½ mean(x_{t+1}²).
+
+    W is Gaussian with variance g²/n (from ``seed``). For large n the origin is stable for
+    g < 1 and the dynamics are chaotic for g > 1. The initial state is standard normal.
+    """
+    if int(n) < 1:
+        raise InputError(f"rnn needs n >= 1, got {n!r}")
+    fdt = _dtype(dtype)
+    w = np.random.default_rng(seed).standard_normal((n, n)) * (g / np.sqrt(n))
+
+    def init(key, theta):
+        return jax.random.normal(key, (theta.shape[0],), theta.dtype)
+
+    def step(x, theta, key):
+        x = jnp.tanh(theta @ x)
+        return x, StepOut(loss=0.5 * jnp.mean(x**2))
+
+    return System(
+        init, step, name="rnn", theta=jnp.asarray(w, fdt), precision=_precision(fdt),
+        horizon=100, description=f"tanh RNN, n={n}, gain g={g}",
+        theta_doc="recurrent weights W (n x n)", loss_doc="0.5 mean(x_{t+1}^2)",
+        meta={"n": int(n), "g": g, "seed": seed},
+    )
