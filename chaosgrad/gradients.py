@@ -118,7 +118,9 @@ def _check_horizons(horizons) -> np.ndarray:
     try:
         hs = [check_steps(h, "horizon") for h in horizons]
     except TypeError:
-        raise InputError(f"horizons must be a list of positive integers, got {horizons!r}") from None
+        raise InputError(
+            f"horizons must be a list of positive integers, got {horizons!r}"
+        ) from None
     if not hs:
         raise InputError("horizons must not be empty")
     return np.asarray(sorted(set(hs)))

@@ -354,13 +354,13 @@ def _arnoldi_along(system, theta, state, k_steps, steps, k):
         f, x = phase_map(system, theta, s, k_steps, t)
         return jax.jvp(lambda xf: f(xf)[0], (x,), (v,))[1]
 
-    n = int(system.flat_phase(state)[0].shape[0])
+    x0 = system.flat_phase(state)[0]
+    n, dtype = int(x0.shape[0]), x0.dtype
     if k >= n - 1:
         raise InputError(f"Arnoldi needs k < n - 1 = {n - 1}; use method='dense' for all of them")
     out = []
     for t in range(steps):
         ti = jnp.asarray(t)
-        dtype = system.flat_phase(state)[0].dtype
         op = LinearOperator(
             (n, n), dtype=np.float64,
             matvec=lambda v, s=state, ti=ti: np.asarray(

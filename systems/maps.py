@@ -134,7 +134,9 @@ def linear(
     if eigenvalues is not None:
         ev = np.atleast_1d(np.asarray(eigenvalues, dtype=np.float64))
         if ev.ndim != 1 or ev.size == 0:
-            raise InputError(f"eigenvalues must be a non-empty list of numbers, got {eigenvalues!r}")
+            raise InputError(
+                f"eigenvalues must be a non-empty list of numbers, got {eigenvalues!r}"
+            )
         q, _ = np.linalg.qr(rng.standard_normal((ev.size, ev.size)))
         a = q @ np.diag(ev) @ q.T
         n = ev.size
