@@ -426,7 +426,10 @@ def jacobian_products(
     """log singular values (and spectral radius) of ∂phase_t/∂phase_0 for every t ≤ steps.
 
     Dense: the n × n product is carried with a running log-scale so it cannot overflow; for
-    large n use `product_singular_values` (matrix-free, one horizon).
+    large n use `product_singular_values` (matrix-free, one horizon). The leading singular
+    value and the spectral radius are accurate at every t; a subleading σ_i is resolved only
+    while σ_i/σ_1 stays well above the float epsilon (use `lyapunov_spectrum` for the rates
+    of the weaker directions).
     """
     steps = check_steps(steps)
     theta, state, k_steps, _ = _setup(system, theta, key, state, 0)

@@ -1,0 +1,301 @@
+"""The `chaosgrad` command: list systems, Lyapunov spectra, gradient growth, the demo.
+
+Bad input exits with status 2 and one line naming what was wrong and what is accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from chaosgrad.errors import InputError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers like 10,30,100, got {text!r}") from None
+    if not vals or any(v <= 0 for v in vals):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers like 10,30,100, got {text!r}")
+    return vals
+
+
+def _add_system_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="registered system (see `chaosgrad systems`), e.g. henon, "
+                                "lorenz, rnn, brax:inverted_pendulum, md, lopt")
+    p.add_argument("--param", action="append", default=[], metavar="K=V",
+                   help="system parameter, repeatable (e.g. --param g=2.5)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--x64", action="store_true", help="run in float64")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--plot", metavar="FILE", help="write a PNG figure here")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `chaosgrad` command."""
+    parser = _Parser(prog="chaosgrad", description="Can gradients through this iterative "
+                     "system be trusted? Lyapunov spectra, gradient growth and estimators.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("systems", help="list the registered systems and their parameters")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("spectrum", help="Lyapunov spectrum with its convergence")
+    _add_system_args(p)
+    p.add_argument("--steps", type=_positive_int, default=10_000, help="counted steps")
+    p.add_argument("--k", type=_positive_int, default=None,
+                   help="number of exponents (default: the full spectrum, at most 8)")
+    p.add_argument("--transient", type=int, default=1_000, help="uncounted steps first")
+
+    p = sub.add_parser("grad-growth", help="gradient norm and variance vs horizon")
+    _add_system_args(p)
+    p.add_argument("--horizons", type=_int_list, default=[10, 30, 100],
+                   help="comma-separated unroll lengths (default 10,30,100)")
+    p.add_argument("--seeds", type=_positive_int, default=8, help="random starts per horizon")
+    p.add_argument("--lyapunov-steps", type=int, default=0,
+                   help="also estimate λ1 with this many steps to compare (0: skip)")
+
+    p = sub.add_parser("demo", help="the small default job: spectrum + gradient growth of a "
+                       "chaotic and a stable RNN, a table and a PNG")
+    p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    try:
+        from estimators.cli import add_meta_train_parser
+    except ImportError:
+        pass
+    else:
+        add_meta_train_parser(sub)
+    return parser
+
+
+def _make_system(args):
+    import systems
+
+    params = systems.parse_params(args.name, args.param)
+    return systems.make(args.name, **params)
+
+
+def _key(seed: int):
+    import jax
+
+    return jax.random.PRNGKey(seed)
+
+
+def _fmt(x: float) -> str:
+    if x is None or not math.isfinite(x):
+        return str(x)
+    return f"{x:+.6f}" if abs(x) < 1e4 else f"{x:+.4e}"
+
+
+def cmd_systems(args) -> int:
+    import systems
+
+    rows = []
+    for name in systems.names():
+        try:
+            rows.append(systems.describe(name))
+        except ImportError as e:  # an adapter whose module is not available
+            rows.append({"name": name, "description": f"(unavailable: {e})", "params": {}})
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    for r in rows:
+        print(f"{r['name']:<10} {r['description']}")
+        if r["params"]:
+            ps = ", ".join(f"{k}={v!r}" for k, v in r["params"].items())
+            print(f"{'':<10}   params: {ps}")
+    return 0
+
+
+def cmd_spectrum(args) -> int:
+    from chaosgrad.spectra import lyapunov_spectrum
+
+    system = _make_system(args)
+    n = system.phase_dim(key=_key(args.seed))
+    k = args.k if args.k is not None else min(n, 8)
+    if k > n:
+        raise InputError(f"--k {k} is larger than the phase dimension {n} of {args.name!r}; "
+                         f"accepted: 1..{n}")
+    if args.transient < 0:
+        raise InputError(f"--transient must be >= 0, got {args.transient}")
+    res = lyapunov_spectrum(system, key=_key(args.seed), steps=args.steps, k=k,
+                            transient=args.transient,
+                            progress=False if args.no_progress else None)
+    if args.plot:
+        from chaosgrad.plots import plot_lyapunov, save
+
+        save(plot_lyapunov(res).figure, args.plot)
+    if args.json:
+        print(json.dumps(res.to_json(), indent=2))
+        return 0
+    print(f"{system.description or system.name}  [{res.precision['dtype']}, "
+          f"{res.precision['backend']}]")
+    print(f"Lyapunov spectrum, {res.k} of {res.n} exponents ({res.units}), "
+          f"{res.steps} steps after a transient of {res.transient}:")
+    marks = [len(res.history_steps) // 4, len(res.history_steps) // 2, -1]
+    head = "".join(f"{'@' + str(res.history_steps[m]):>14}" for m in marks)
+    print(f"  {'':<5}{'final':>14}{head}")
+    for i in range(res.k):
+        conv = "".join(f"{_fmt(res.history[m, i]):>14}" for m in marks)
+        print(f"  λ{i + 1:<4}{_fmt(res.exponents[i]):>14}{conv}")
+    print(f"  sum  {_fmt(float(res.exponents.sum())):>13}")
+    if res.nonfinite_step >= 0:
+        print(f"  WARNING: the state or its growth went non-finite at step {res.nonfinite_step}")
+    print(f"  ({res.seconds:.1f} s)")
+    if args.plot:
+        print(f"  convergence plot: {args.plot}")
+    return 0
+
+
+def cmd_grad_growth(args) -> int:
+    from chaosgrad.gradients import gradient_growth
+
+    system = _make_system(args)
+    lyap = None
+    res = gradient_growth(system, horizons=args.horizons, seeds=args.seeds, key=_key(args.seed),
+                          progress=False if args.no_progress else None)
+    if args.lyapunov_steps > 0:
+        from chaosgrad.spectra import lyapunov_spectrum
+
+        lyap = float(lyapunov_spectrum(system, key=_key(args.seed), steps=args.lyapunov_steps,
+                                       k=1, transient=min(1000, args.lyapunov_steps),
+                                       progress=False).exponents[0])
+    if args.plot:
+        from chaosgrad.plots import plot_growth, save
+
+        save(plot_growth(res, lyapunov=lyap).figure, args.plot)
+    out = res.to_json()
+    out["lyapunov_max"] = lyap
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{system.description or system.name}  [{res.precision['dtype']}]")
+    print(f"{'T':>8} {'geomean |g|':>14} {'median |g|':>14} {'variance':>12} {'non-finite':>11}")
+    for i, h in enumerate(res.horizons):
+        print(f"{h:>8} {res.geomean_norm[i]:>14.4e} {res.median_norm[i]:>14.4e} "
+              f"{res.variance[i]:>12.4e} {res.nonfinite_fraction[i]:>10.0%}")
+    print(f"growth rate of |g|: {_fmt(res.growth_rate)} {res.units}; of the variance: "
+          f"{_fmt(res.variance_rate)}")
+    if lyap is not None:
+        print(f"leading Lyapunov exponent: {_fmt(lyap)} {res.units}")
+    print(f"({res.seconds:.1f} s)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Spectrum + gradient growth of a chaotic (g=2) and a stable (g=0.5) tanh RNN."""
+    import systems
+    from chaosgrad.config import enable_x64
+    from chaosgrad.gradients import gradient_growth
+    from chaosgrad.plots import plot_growth, plot_lyapunov, save
+    from chaosgrad.spectra import lyapunov_spectrum
+
+    enable_x64()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = False if args.no_progress else None
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    rows = []
+    for j, g in enumerate((2.0, 0.5)):
+        system = systems.make("rnn", n=32, g=g, seed=0)
+        t0 = time.perf_counter()
+        lyap = lyapunov_spectrum(system, key=_key(0), steps=4000, k=4, transient=500,
+                                 progress=progress)
+        growth = gradient_growth(system, horizons=[5, 10, 20, 30, 40], seeds=8, key=_key(1),
+                                 progress=progress)
+        plot_lyapunov(lyap, ax=axes[0, j], title=f"tanh RNN n=32, g={g}: Lyapunov spectrum")
+        plot_growth(growth, ax=axes[1, j], lyapunov=float(lyap.exponents[0]),
+                    title=f"tanh RNN n=32, g={g}: gradient norm vs horizon")
+        lam = float(lyap.exponents[0])
+        rows.append({
+            "system": f"rnn n=32 g={g}", "lyapunov": [float(x) for x in lyap.exponents],
+            "growth_rate": growth.growth_rate, "variance_rate": growth.variance_rate,
+            "grad_norm": {int(h): float(v) for h, v in zip(growth.horizons, growth.geomean_norm,
+                                                          strict=True)},
+            "verdict": "chaotic: backprop gradients explode" if lam > 0.01 else
+                       "stable: backprop gradients stay bounded",
+            "seconds": round(time.perf_counter() - t0, 2),
+        })
+    fig.tight_layout()
+    png = save(fig, out / "demo.png")
+    tmp = out / ".report.json.tmp"
+    tmp.write_text(json.dumps(rows, indent=2))
+    os.replace(tmp, out / "report.json")
+    print("chaosgrad demo: a tanh RNN x -> tanh(W x), W ~ N(0, g^2/n), n = 32, float64")
+    print(f"{'system':<16}{'λ1':>10}{'λ2':>10}{'|g| rate':>10}{'var rate':>10}"
+          f"{'|g| @T=5':>11}{'|g| @T=40':>11}  verdict")
+    for r in rows:
+        gn = list(r["grad_norm"].values())
+        print(f"{r['system']:<16}{r['lyapunov'][0]:>+10.4f}{r['lyapunov'][1]:>+10.4f}"
+              f"{r['growth_rate']:>+10.4f}{r['variance_rate']:>+10.4f}"
+              f"{gn[0]:>11.3e}{gn[-1]:>11.3e}  {r['verdict']}")
+    print("Rates are per step; a chaotic system's |g| grows at about λ1 and its variance at "
+          "about 2 λ1.")
+    print(f"figure: {png}\nreport: {out / 'report.json'}")
+    return 0
+
+
+COMMANDS = {
+    "systems": cmd_systems,
+    "spectrum": cmd_spectrum,
+    "grad-growth": cmd_grad_growth,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `chaosgrad` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"chaosgrad: {cat.__name__}: {msg}\n"
+    if getattr(args, "x64", False):
+        from chaosgrad.config import enable_x64
+
+        enable_x64()
+    from chaosgrad.config import enable_compilation_cache
+
+    enable_compilation_cache()
+    handler = COMMANDS.get(args.command) or getattr(args, "handler", None)
+    try:
+        return int(handler(args) or 0)
+    except InputError as e:
+        print(f"chaosgrad {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"chaosgrad {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Lyapunov spectra and Jacobian spectra against exact identities and published values."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import systems
+from chaosgrad.jacobian import step_jacobian, step_jacobian_operator
+from chaosgrad.spectra import (
+    finite_time_lyapunov,
+    jacobian_eigenvalues,
+    jacobian_products,
+    lyapunov_spectrum,
+    product_singular_values,
+)
+
+KEY = jax.random.PRNGKey(3)
+
+
+def test_logistic_r4_exponent_is_ln2():
+    res = lyapunov_spectrum(systems.make("logistic", r=4.0), key=KEY, steps=100_000, k=1)
+    assert res.nonfinite_step == -1
+    assert res.exponents[0] == pytest.approx(np.log(2), abs=0.01)
+
+
+def test_henon_published_exponent_and_exact_sum():
+    res = lyapunov_spectrum(systems.make("henon"), key=KEY, steps=100_000, k=2)
+    assert res.exponents[0] == pytest.approx(0.420, abs=0.005)
+    # |det J| = b at every point, so λ1 + λ2 = ln b up to rounding.
+    assert res.exponents.sum() == pytest.approx(np.log(0.3), abs=1e-6)
+    assert res.precision["dtype"] == "float64"
+
+
+def test_lorenz_published_exponents_per_unit_time():
+    res = lyapunov_spectrum(systems.make("lorenz"), key=KEY, steps=100_000, k=3, transient=2000)
+    assert res.units == "per unit time" and res.dt == 0.01
+    assert res.exponents[0] == pytest.approx(0.906, abs=0.05)
+    assert res.exponents[1] == pytest.approx(0.0, abs=0.03)
+    assert res.exponents.sum() == pytest.approx(-41 / 3, abs=0.05)
+
+
+def test_linear_map_exponents_are_log_moduli_of_eigenvalues():
+    ev = (1.3, -0.8, 0.5, 0.1)
+    res = lyapunov_spectrum(systems.make("linear", eigenvalues=ev, seed=2), key=KEY, steps=500,
+                            transient=500)
+    np.testing.assert_allclose(res.exponents, np.log(np.abs(ev)), atol=1e-8)
+
+
+def test_linear_map_partial_spectrum_matches_leading_exponents():
+    ev = (1.1, 0.9, -0.6, 0.3, 0.2)
+    s = systems.make("linear", eigenvalues=ev, seed=1)
+    res = lyapunov_spectrum(s, key=KEY, steps=500, k=2, transient=500)
+    np.testing.assert_allclose(res.exponents, np.log([1.1, 0.9]), atol=1e-8)
+
+
+def test_convergence_history_ends_at_the_exponents():
+    res = lyapunov_spectrum(systems.make("henon"), key=KEY, steps=3000, k=2, record_every=100)
+    assert res.history.shape == (30, 2)
+    np.testing.assert_array_equal(res.history_steps, np.arange(100, 3001, 100))
+    np.testing.assert_allclose(res.history[-1], res.exponents)
+
+
+def test_finite_time_exponents_average_to_the_spectrum():
+    s = systems.make("henon")
+    ftle = finite_time_lyapunov(s, key=KEY, window=50, windows=40, k=2)
+    full = lyapunov_spectrum(s, key=KEY, steps=2000, k=2, record_every=50)
+    assert ftle.shape == (40, 2)
+    np.testing.assert_allclose(ftle.mean(axis=0), full.exponents, rtol=1e-10)
+    assert ftle[:, 0].std() > 0.05  # the stretching is uneven along the attractor
+
+
+def test_bad_k_is_a_clear_error():
+    with pytest.raises(ValueError, match="between 1 and the phase dimension 2"):
+        lyapunov_spectrum(systems.make("henon"), key=KEY, steps=10, k=3)
+
+
+def test_float32_long_run_warns():
+    s = systems.make("henon", dtype="float32")
+    with pytest.warns(UserWarning, match="float32"):
+        lyapunov_spectrum(s, key=KEY, steps=20_000, k=1, transient=1000)
+
+
+# -- one-step Jacobians ------------------------------------------------------------------------
+@pytest.mark.parametrize("name,params", [("henon", {}), ("lorenz", {}), ("rnn", {"n": 6})])
+def test_step_jacobian_matches_finite_differences_and_operator(name, params):
+    s = systems.make(name, **params)
+    state = s.init(jax.random.PRNGKey(0), s.theta)
+    jac = np.asarray(step_jacobian(s, state=state, key=KEY, t=5))
+    x, unravel = s.flat_phase(state)
+    kt = jax.random.fold_in(jax.random.split(KEY)[1], 5)
+
+    def f(xv):
+        return s.flat_phase(s.step(s.set_phase(state, unravel(xv)), s.theta, kt)[0])[0]
+
+    eps = 1e-6
+    fd = np.stack([(f(x + eps * e) - f(x - eps * e)) / (2 * eps) for e in np.eye(x.size)], 1)
+    np.testing.assert_allclose(jac, fd, rtol=1e-6, atol=1e-7)
+    op = step_jacobian_operator(s, state=state, key=KEY, t=5)
+    np.testing.assert_allclose(op.dense(), jac, rtol=1e-12, atol=1e-12)
+    u = np.random.default_rng(0).standard_normal(x.size)
+    np.testing.assert_allclose(op.rmatvec(jnp.asarray(u)), jac.T @ u, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(op.x_next, f(x), rtol=1e-12)
+
+
+def test_henon_jacobian_is_closed_form():
+    s = systems.make("henon")
+    state = jnp.array([0.3, -0.2])
+    jac = np.asarray(step_jacobian(s, state=state))
+    np.testing.assert_allclose(jac, [[-2 * 1.4 * 0.3, 1.0], [0.3, 0.0]], atol=1e-15)
+
+
+def test_dense_and_matrix_free_eigenvalues_agree():
+    s = systems.make("rnn", n=40, g=2.0)
+    dense = jacobian_eigenvalues(s, key=KEY, steps=3, method="dense")
+    arn = jacobian_eigenvalues(s, key=KEY, steps=3, method="arnoldi", k=4)
+    assert dense.method == "dense" and arn.method == "arnoldi"
+    np.testing.assert_allclose(np.abs(arn.eigenvalues), np.abs(dense.eigenvalues[:, :4]),
+                               rtol=1e-6)
+    np.testing.assert_allclose(arn.max_abs, dense.max_abs, rtol=1e-6)
+
+
+def test_linear_map_eigenvalues_along_trajectory_are_constant():
+    ev = (1.2, -0.7, 0.3)
+    res = jacobian_eigenvalues(systems.make("linear", eigenvalues=ev), key=KEY, steps=4)
+    for row in res.eigenvalues:
+        np.testing.assert_allclose(np.sort(row.real)[::-1], np.sort(ev)[::-1], atol=1e-12)
+
+
+def test_product_singular_values_dense_and_matrix_free_agree():
+    s = systems.make("rnn", n=24, g=1.5)
+    dense = jacobian_products(s, key=KEY, steps=30, k=3)
+    free = product_singular_values(s, key=KEY, steps=30, k=3, iters=60)
+    np.testing.assert_allclose(np.log(free), dense.log_singular_values[-1], rtol=1e-6, atol=1e-6)
+    # exact at t = 1: the product is the one-step Jacobian itself
+    j0 = np.asarray(step_jacobian(s, key=KEY))
+    np.testing.assert_allclose(dense.log_singular_values[0],
+                               np.log(np.linalg.svd(j0, compute_uv=False)[:3]), rtol=1e-10)
+    np.testing.assert_allclose(dense.log_max_abs_eigenvalue[0],
+                               np.log(np.abs(np.linalg.eigvals(j0)).max()), rtol=1e-10)
+
+
+def test_linear_map_products_grow_at_exactly_the_log_eigenvalue():
+    s = systems.make("linear", eigenvalues=(1.5, 0.5), seed=4)
+    res = jacobian_products(s, key=KEY, steps=400, k=2)
+    t = res.steps
+    # a symmetric A: singular values of A^t are |eigenvalues|^t, and never overflow here
+    np.testing.assert_allclose(res.log_singular_values[:, 0], t * np.log(1.5), rtol=1e-10)
+    # the second is resolved while σ2/σ1 = 3^-t stays well above float64's epsilon
+    np.testing.assert_allclose(res.log_singular_values[:20, 1], t[:20] * np.log(0.5), rtol=1e-5)
+    np.testing.assert_allclose(res.log_max_abs_eigenvalue, t * np.log(1.5), rtol=1e-10)

@@ -1,0 +1,180 @@
+"""Unrolls and gradients: chunking invariance, exact gradients, honest non-finite counts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import systems
+from chaosgrad import InputError, StepOut, System
+from chaosgrad.gradients import fit_rate, gradient_growth, tree_norm
+from chaosgrad.unroll import unroll, unroll_grad, unrolled_loss
+
+KEY = jax.random.PRNGKey(7)
+
+
+def test_chunking_does_not_change_the_unroll():
+    s = systems.make("henon")
+    a = unroll(s, key=KEY, steps=103, chunk=10)
+    b = unroll(s, key=KEY, steps=103, chunk=256)
+    np.testing.assert_array_equal(a.losses, b.losses)
+    np.testing.assert_array_equal(a.state, b.state)
+    assert a.losses.shape == (103,)
+    assert a.meta_loss == pytest.approx(a.losses.mean(), rel=1e-14)
+
+
+def test_unroll_matches_a_plain_python_loop_and_records_the_trajectory():
+    s = systems.make("henon")
+    r = unroll(s, key=KEY, steps=20, chunk=6, trajectory=True)
+    k_init, _ = jax.random.split(KEY)
+    x = np.asarray(s.init(k_init, s.theta))
+    for t in range(20):
+        x = np.array([1 - 1.4 * x[0] ** 2 + x[1], 0.3 * x[0]])
+        np.testing.assert_allclose(r.trajectory[0][t], x, rtol=1e-12)
+        assert r.losses[t] == pytest.approx(x[0], rel=1e-12)
+
+
+def test_batched_keys_equal_separate_unrolls():
+    s = systems.make("rnn", n=5)
+    keys = jax.random.split(KEY, 3)
+    batch = unroll(s, key=keys, steps=17, chunk=5)
+    assert batch.losses.shape == (3, 17)
+    for i in range(3):
+        one = unroll(s, key=keys[i], steps=17, chunk=5)
+        np.testing.assert_allclose(batch.losses[i], one.losses, rtol=1e-12)
+
+
+def test_nonfinite_values_are_counted_not_hidden():
+    s = systems.make("linear", eigenvalues=(1e100, 0.5), seed=0)
+    r = unroll(s, key=KEY, steps=8, chunk=3)
+    # reference in numpy: the loss 0.5|x|^2 overflows one step before x itself does
+    k_init, _ = jax.random.split(KEY)
+    x = np.asarray(s.init(k_init, s.theta))
+    a = np.asarray(s.theta)
+    ref_loss, ref_bad_state = [], []
+    with np.errstate(over="ignore", invalid="ignore"):
+        for _ in range(8):
+            x = a @ x
+            ref_loss.append(0.5 * np.sum(x**2))
+            ref_bad_state.append(not np.all(np.isfinite(x)))
+    ref_loss = np.array(ref_loss)
+    assert r.nonfinite_losses == np.sum(~np.isfinite(ref_loss))
+    assert r.nonfinite_steps == sum(ref_bad_state)
+    assert r.first_nonfinite_step == np.argmax(~np.isfinite(ref_loss))
+    assert 0 < r.nonfinite_losses < 8
+    assert not np.isfinite(r.meta_loss)  # the mean is not taken over the finite ones only
+
+
+def test_meta_loss_rules():
+    def init(key, theta):
+        return jnp.zeros(())
+
+    def step(x, theta, key):
+        x = x + theta
+        return x, StepOut(loss=x)
+
+    for rule, expected in [("mean", 5.5), ("sum", 55.0), ("last", 10.0)]:
+        s = System(init, step, theta=jnp.asarray(1.0), meta_loss=rule)
+        assert float(unroll(s, steps=10, chunk=3).meta_loss) == pytest.approx(expected)
+        g = unroll_grad(s, steps=10, chunk=3)
+        assert float(g.meta_loss) == pytest.approx(expected)
+        assert float(g.grad) == pytest.approx(expected)  # the loss is linear in theta
+
+
+def test_chunked_backprop_equals_jax_grad_and_finite_differences():
+    s = systems.make("henon")
+    theta = s.theta
+    res = unroll_grad(s, theta, KEY, steps=13, chunk=5)
+    ref = jax.grad(lambda th: unrolled_loss(s, th, KEY, 13))(theta)
+    np.testing.assert_allclose(res.grad, ref, rtol=1e-12)
+    eps = 1e-6
+    fd = [(unrolled_loss(s, theta + eps * e, KEY, 13) - unrolled_loss(s, theta - eps * e, KEY, 13))
+          / (2 * eps) for e in jnp.eye(2)]
+    np.testing.assert_allclose(res.grad, fd, rtol=1e-6)
+    remat = jax.grad(lambda th: unrolled_loss(s, th, KEY, 13, remat_chunk=4))(theta)
+    np.testing.assert_allclose(remat, ref, rtol=1e-12)
+
+
+def test_linear_map_gradient_is_the_closed_form():
+    # L(A) = (1/T) Σ_{k=1..T} ½|A^k x0|²
+    #   =>  dL/dA = (1/T) Σ_k Σ_{j<k} (A^T)^j (A^k x0)(A^{k-1-j} x0)^T
+    s = systems.make("linear", n=4, radius=1.05, seed=3)
+    a = np.asarray(s.theta)
+    steps = 12
+    res = unroll_grad(s, key=KEY, steps=steps, chunk=5)
+    x0 = np.asarray(s.init(jax.random.split(KEY)[0], s.theta))
+    powers = [np.linalg.matrix_power(a, k) for k in range(steps + 1)]
+    ref = np.zeros_like(a)
+    for k in range(1, steps + 1):
+        xk = powers[k] @ x0
+        for j in range(k):
+            ref += powers[j].T @ np.outer(xk, powers[k - 1 - j] @ x0)
+    np.testing.assert_allclose(res.grad, ref / steps, rtol=1e-10)
+    assert res.nonfinite_grad == 0
+
+
+def test_gradient_growth_per_seed_norms_are_exact_gradients():
+    s = systems.make("rnn", n=6, g=1.8)
+    g = gradient_growth(s, horizons=[5, 10], seeds=3, key=KEY)
+    keys = jax.random.split(KEY, 3)
+    for i, h in enumerate([5, 10]):
+        for j in range(3):
+            ref = jax.grad(lambda th, k=keys[j], hh=h: unrolled_loss(s, th, k, hh))(s.theta)
+            assert g.norms[i, j] == pytest.approx(float(jnp.linalg.norm(ref)), rel=1e-10)
+    assert g.nonfinite_fraction.tolist() == [0.0, 0.0]
+
+
+def test_gradient_growth_on_linear_map_recovers_twice_the_log_eigenvalue():
+    # With a quadratic loss the meta-loss grows like λ^{2T}: |g| ~ T λ^{2T}, so the slope of
+    # log|g| is 2 ln λ + d(log T)/dT; between T = 200 and 400 that term is ln(2)/200.
+    lam = 1.05
+    s = systems.make("linear", eigenvalues=(lam, 0.5, 0.2), seed=0)
+    g = gradient_growth(s, horizons=[200, 400], seeds=2, key=KEY)
+    assert g.growth_rate == pytest.approx(2 * np.log(lam) + np.log(2) / 200, abs=5e-3)
+
+
+def test_tree_norm_survives_values_near_the_float_range():
+    g = {"a": np.array([3e200, 4e200]), "b": np.array([0.0])}
+    assert tree_norm(g) == pytest.approx(5e200, rel=1e-12)
+    assert np.isnan(tree_norm({"a": np.array([1.0, np.nan])}))
+    assert tree_norm({"a": np.array([1.0, np.inf])}) == np.inf
+
+
+def test_fit_rate_is_least_squares_on_finite_points():
+    slope, icpt = fit_rate(np.array([1, 2, 3, 4]), np.array([1.0, 3.0, np.nan, 7.0]))
+    assert slope == pytest.approx(2.0) and icpt == pytest.approx(-1.0)
+    assert np.isnan(fit_rate(np.array([1, 2]), np.array([1.0, np.nan]))[0])
+
+
+def test_system_rejects_bad_definitions():
+    with pytest.raises(InputError, match="both phase and with_phase"):
+        System(lambda k, t: 0.0, lambda s, t, k: (s, 0.0), phase=lambda s: s)
+    with pytest.raises(InputError, match="meta_loss"):
+        System(lambda k, t: 0.0, lambda s, t, k: (s, 0.0), meta_loss="max")
+    with pytest.raises(InputError, match="no theta"):
+        unroll(System(lambda k, t: 0.0, lambda s, t, k: (s, 0.0)), steps=3)
+    with pytest.raises(InputError, match="positive integer"):
+        unroll(systems.make("henon"), steps=0)
+
+
+def test_user_system_with_custom_phase_and_integer_state():
+    """A user's own step with a counter in its state: the phase excludes the counter."""
+
+    def init(key, theta):
+        return {"x": jax.random.uniform(key, (2,)), "t": jnp.asarray(0)}
+
+    def step(s, theta, key):
+        x = s["x"]
+        x = jnp.stack([1 - theta[0] * x[0] ** 2 + x[1], theta[1] * x[0]])
+        return {"x": x, "t": s["t"] + 1}, StepOut(loss=x[0])
+
+    mine = System(init, step, theta=jnp.array([1.4, 0.3]), name="mine")
+    assert mine.phase_dim() == 2
+    r = unroll(mine, key=KEY, steps=50)
+    assert int(r.state["t"]) == 50
+    ref = unroll(systems.make("henon"), key=KEY, steps=50, state=r.state["x"] * 0
+                 + mine.init(jax.random.split(KEY)[0], mine.theta)["x"])
+    np.testing.assert_allclose(r.losses, ref.losses, rtol=1e-12)
+    g = unroll_grad(mine, key=KEY, steps=30, chunk=7)
+    ref_g = jax.grad(lambda th: unrolled_loss(mine, th, KEY, 30))(mine.theta)
+    np.testing.assert_allclose(g.grad, ref_g, rtol=1e-12)
