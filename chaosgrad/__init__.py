@@ -6,6 +6,16 @@ diagnostics, all in JAX.
 
 from chaosgrad.config import enable_compilation_cache, enable_x64, precision_info
 from chaosgrad.errors import InputError
+from chaosgrad.gradients import GrowthResult, gradient_growth
+from chaosgrad.jacobian import step_jacobian, step_jacobian_operator
+from chaosgrad.spectra import (
+    LyapunovResult,
+    finite_time_lyapunov,
+    jacobian_eigenvalues,
+    jacobian_products,
+    lyapunov_spectrum,
+    product_singular_values,
+)
 from chaosgrad.system import StepOut, System
 from chaosgrad.unroll import GradResult, UnrollResult, rollout, unroll, unroll_grad, unrolled_loss
 
@@ -13,14 +23,24 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GradResult",
+    "GrowthResult",
     "InputError",
+    "LyapunovResult",
     "StepOut",
     "System",
     "UnrollResult",
     "enable_compilation_cache",
     "enable_x64",
+    "finite_time_lyapunov",
+    "gradient_growth",
+    "jacobian_eigenvalues",
+    "jacobian_products",
+    "lyapunov_spectrum",
     "precision_info",
+    "product_singular_values",
     "rollout",
+    "step_jacobian",
+    "step_jacobian_operator",
     "unroll",
     "unroll_grad",
     "unrolled_loss",
