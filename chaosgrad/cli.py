@@ -83,6 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lyapunov-steps", type=int, default=0,
                    help="also estimate λ1 with this many steps to compare (0: skip)")
 
+    p = sub.add_parser("diagnose", help="can backprop be trusted? spectrum, gradient growth, "
+                       "loss slices, verdict; report + figures")
+    _add_system_args(p)
+    p.add_argument("--horizons", type=_int_list, default=None,
+                   help="comma-separated unroll lengths (default H/10,H/3,H of the system)")
+    p.add_argument("--seeds", type=_positive_int, default=8, help="random starts per horizon")
+    p.add_argument("--lyapunov-steps", type=_positive_int, default=None,
+                   help="counted Lyapunov steps (default 20x the longest horizon, >= 2000)")
+    p.add_argument("--k", type=_positive_int, default=None, help="exponents (default <= 3)")
+    p.add_argument("--out", default=None, help="report folder (default out/diagnose/NAME)")
+
     p = sub.add_parser("demo", help="the small default job: spectrum + gradient growth of a "
                        "chaotic and a stable RNN, a table and a PNG")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
@@ -211,6 +222,26 @@ def cmd_grad_growth(args) -> int:
     return 0
 
 
+def cmd_diagnose(args) -> int:
+    from chaosgrad.diagnose import diagnose
+
+    system = _make_system(args)
+    out = args.out or os.path.join("out", "diagnose", args.name.replace(":", "_"))
+    d = diagnose(system, horizons=args.horizons, seeds=args.seeds, key=_key(args.seed),
+                 lyapunov_steps=args.lyapunov_steps, k=args.k, out=out,
+                 progress=False if args.no_progress else None)
+    if args.plot:
+        import shutil
+
+        shutil.copyfile(d.figures["summary"], args.plot)
+    if args.json:
+        print(json.dumps(d.to_json(), indent=2))
+    else:
+        print(d.summary())
+        print(f"report: {Path(out) / 'report.md'}, {Path(out) / 'report.json'}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     """Spectrum + gradient growth of a chaotic (g=2) and a stable (g=0.5) tanh RNN."""
     import systems
@@ -270,6 +301,7 @@ COMMANDS = {
     "systems": cmd_systems,
     "spectrum": cmd_spectrum,
     "grad-growth": cmd_grad_growth,
+    "diagnose": cmd_diagnose,
     "demo": cmd_demo,
 }
 

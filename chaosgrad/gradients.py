@@ -218,3 +218,107 @@ def _total_variance(flat: np.ndarray) -> float:
         z = flat / scale
         v = np.sum(np.var(z, axis=0, ddof=1))
         return float(v * scale**2)
+
+
+class SliceResult(NamedTuple):
+    """The meta-loss along one direction in θ, for several horizons, randomness fixed.
+
+    Attributes:
+      shifts: the offsets s along the direction (θ + s·d, with ‖d‖ = 1), shape (P,).
+      horizons: the unroll lengths T, shape (H,).
+      losses: meta-loss of the first T steps at each shift, shape (H, P); NaN/Inf kept.
+      extrema: per horizon, the number of interior local extrema of the slice — about one
+        for a smooth bowl, many when the surface is jagged (chaos).
+      nonfinite: per horizon, how many shifts gave a non-finite meta-loss.
+      direction: the unit direction d (a pytree like θ).
+    """
+
+    shifts: np.ndarray
+    horizons: np.ndarray
+    losses: np.ndarray
+    extrema: np.ndarray
+    nonfinite: np.ndarray
+    direction: PyTree
+
+    def to_json(self) -> dict:
+        """A JSON-friendly summary (losses with non-finite values as null)."""
+        return {
+            "shifts": [float(s) for s in self.shifts],
+            "horizons": [int(h) for h in self.horizons],
+            "losses": [[float(x) if np.isfinite(x) else None for x in row]
+                       for row in self.losses],
+            "extrema": [int(e) for e in self.extrema],
+            "nonfinite": [int(n) for n in self.nonfinite],
+        }
+
+
+def random_direction(theta: PyTree, key: jax.Array) -> PyTree:
+    """A random direction in θ-space with unit global norm (a pytree like θ)."""
+    from jax.flatten_util import ravel_pytree
+
+    flat, unravel = ravel_pytree(theta)
+    d = jax.random.normal(key, flat.shape, flat.dtype)
+    return unravel(d / jax.numpy.linalg.norm(d))
+
+
+def count_extrema(y: np.ndarray) -> int:
+    """Interior local extrema of a sampled curve (sign changes of its first difference)."""
+    d = np.diff(np.asarray(y, np.float64))
+    d = d[np.isfinite(d) & (d != 0)]
+    return int(np.sum(np.sign(d[1:]) != np.sign(d[:-1])))
+
+
+def loss_slice(
+    system: System,
+    theta: PyTree = None,
+    horizons=(10, 30, 100),
+    *,
+    key: jax.Array | None = None,
+    direction: PyTree = None,
+    radius: float | None = None,
+    points: int = 41,
+) -> SliceResult:
+    """The T-step meta-loss along θ + s·d for s in [−radius, radius], one curve per T.
+
+    The randomness (initial state, step keys) is the same at every shift, so the curve shows
+    the loss surface a backprop gradient sees. All shifts run in one vmapped unroll of the
+    longest horizon; shorter horizons are prefixes of it.
+
+    Args:
+      direction: a direction like θ (normalised to unit norm); default random from ``key``.
+      radius: the largest shift; default 1% of ‖θ‖ (or 0.01 when θ = 0).
+      points: number of shifts.
+    """
+    from jax.flatten_util import ravel_pytree
+
+    from chaosgrad.unroll import loss_weights, unroll
+
+    theta = resolve_theta(system, theta)
+    hs = _check_horizons(horizons)
+    points = check_steps(points, "points")
+    key = jax.random.PRNGKey(0) if key is None else key
+    flat, unravel = ravel_pytree(theta)
+    if direction is None:
+        direction = random_direction(theta, jax.random.fold_in(key, 99))
+    d, _ = ravel_pytree(direction)
+    d = d / jax.numpy.linalg.norm(d)
+    if radius is None:
+        radius = 0.01 * float(jax.numpy.linalg.norm(flat)) or 0.01
+    shifts = np.linspace(-radius, radius, points)
+    thetas = jax.vmap(unravel)(flat[None, :] + jax.numpy.asarray(shifts, flat.dtype)[:, None]
+                               * d[None, :])
+    res = unroll(system, thetas, key, int(hs.max()), theta_batched=True, progress=False)
+    losses = np.empty((len(hs), points))
+    for i, h in enumerate(hs):
+        w = np.asarray(loss_weights(system.meta_loss, np.arange(h), h), np.float64)
+        part = np.asarray(res.losses[:, :h], np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            losses[i] = np.sum(np.where(w != 0, w * part, 0.0), axis=1)
+    return SliceResult(
+        shifts=shifts,
+        horizons=hs,
+        losses=losses,
+        extrema=np.array([count_extrema(row) for row in losses]),
+        nonfinite=(~np.isfinite(losses)).sum(axis=1),
+        direction=unravel(d),
+    )

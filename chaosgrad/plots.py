@@ -91,3 +91,93 @@ def plot_growth(result, ax=None, lyapunov: float | None = None, title: str | Non
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3, which="both")
     return ax
+
+
+def plot_variance(result, ax=None, lyapunov: float | None = None, critical: float | None = None,
+                  limit: float | None = None, title: str | None = None):
+    """Variance across seeds of the gradient against horizon (log scale), with the fit.
+
+    With ``lyapunov`` a dashed line of slope 2·max(λ1, 0) shows the predicted growth; with
+    ``critical`` a vertical line marks the critical horizon.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    scale = result.dt or 1.0
+    h = result.horizons * scale
+    v = result.variance
+    ok = np.isfinite(v) & (v > 0)
+    ax.plot(h[ok], v[ok], "o-", color="C2", lw=2, label="variance across seeds")
+    if ok.sum() >= 1:
+        x0, y0 = h[ok][0], v[ok][0]
+        if np.isfinite(result.variance_rate):
+            ax.plot(h, y0 * np.exp(result.variance_rate * (h - x0)), ":", color="C1",
+                    label=f"fit: rate {result.variance_rate:+.3g} {result.units}")
+        if lyapunov is not None and np.isfinite(lyapunov):
+            pred = 2 * max(lyapunov, 0.0)
+            ax.plot(h, y0 * np.exp(pred * (h - x0)), "--", color="C3",
+                    label=f"predicted: 2·max(λ1, 0) = {pred:.3g}")
+        if limit is not None:
+            ax.axhline(y0 * limit, color="0.5", lw=0.8, ls="-.",
+                       label=f"{limit:g}× the T={result.horizons[ok][0]} variance")
+    if critical is not None and critical * scale <= h.max() * 1.05:
+        ax.axvline(critical * scale, color="C3", lw=1, alpha=0.6,
+                   label=f"critical T ≈ {critical:.0f}")
+    ax.set_yscale("log")
+    ax.set_xlabel("horizon T" + (" (time)" if result.dt else " (steps)"))
+    ax.set_ylabel("tr Cov[∂L/∂θ] across seeds")
+    ax.set_title(title or "gradient variance vs horizon")
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3, which="both")
+    return ax
+
+
+def plot_slices(result, ax=None, title: str | None = None):
+    """Meta-loss along a random direction in θ, one curve per horizon (randomness fixed).
+
+    Each curve is shifted and scaled to [0, 1] so the shapes compare across horizons; the
+    legend gives each curve's range and count of local extrema. Non-finite points are gaps.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    cmap = plt.get_cmap("viridis")
+    nh = len(result.horizons)
+    for i, h in enumerate(result.horizons):
+        y = result.losses[i]
+        ok = np.isfinite(y)
+        if not ok.any():
+            continue
+        lo, hi = np.min(y[ok]), np.max(y[ok])
+        z = (y - lo) / (hi - lo) if hi > lo else y * 0
+        ax.plot(result.shifts, np.where(ok, z, np.nan) + 1.1 * i, color=cmap(i / max(nh - 1, 1)),
+                lw=1.3, label=f"T={int(h)}: range {hi - lo:.2e}, {result.extrema[i]} extrema")
+    ax.set_xlabel("shift s along a random unit direction (θ + s·d)")
+    ax.set_ylabel("meta-loss (each curve scaled to [0, 1], offset by T)")
+    ax.set_yticks([])
+    ax.set_title(title or "loss slices, randomness fixed")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_diagnosis(d, out_dir) -> dict:
+    """The diagnosis figures: a 4-panel summary and each panel alone; returns name → path."""
+    out = Path(out_dir)
+    lam = float(d.lyapunov.exponents[0])
+    name = d.system.get("name")
+    figs = {}
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
+    plot_lyapunov(d.lyapunov, ax=axes[0, 0])
+    plot_growth(d.growth, ax=axes[0, 1], lyapunov=lam)
+    plot_variance(d.growth, ax=axes[1, 0], lyapunov=lam, critical=d.critical_horizon,
+                  limit=d.variance_growth_limit)
+    plot_slices(d.slices, ax=axes[1, 1])
+    fig.suptitle(f"{name}: verdict {d.verdict.upper()}", fontsize=13)
+    fig.tight_layout()
+    figs["summary"] = str(save(fig, out / "summary.png"))
+    figs["lyapunov"] = str(save(plot_lyapunov(d.lyapunov).figure, out / "lyapunov.png"))
+    figs["growth"] = str(save(plot_growth(d.growth, lyapunov=lam).figure, out / "growth.png"))
+    figs["variance"] = str(save(plot_variance(d.growth, lyapunov=lam, critical=d.critical_horizon,
+                                              limit=d.variance_growth_limit).figure,
+                                out / "variance.png"))
+    figs["slices"] = str(save(plot_slices(d.slices).figure, out / "slices.png"))
+    return figs

@@ -175,26 +175,32 @@ def _chunk_body(system: System, chunk: int, record: bool):
 
 
 @functools.lru_cache(maxsize=64)
-def _jit_chunk(system: System, chunk: int, record: bool, batched: bool):
+def _jit_chunk(system: System, chunk: int, record: bool, batched: bool, theta_batched=False):
     run = _chunk_body(system, chunk, record)
-    if batched:
-        run = jax.vmap(run, in_axes=(0, None, 0, None, None))
+    if batched or theta_batched:
+        run = jax.vmap(run, in_axes=(0, 0 if theta_batched else None, 0 if batched else None,
+                                     None, None))
     return jax.jit(run)
 
 
 @functools.lru_cache(maxsize=64)
-def _jit_init(system: System, batched: bool):
+def _jit_init(system: System, batched: bool, theta_batched: bool = False):
     init = system.init
-    if batched:
-        init = jax.vmap(init, in_axes=(0, None))
+    if batched or theta_batched:
+        init = jax.vmap(init, in_axes=(0 if batched else None, 0 if theta_batched else None))
     return jax.jit(init)
 
 
-def initial_state(system: System, theta: PyTree, key: jax.Array) -> PyTree:
-    """The state ``system.init`` makes from the init half of ``key`` (or of each key)."""
+def initial_state(
+    system: System, theta: PyTree, key: jax.Array, theta_batched: bool = False
+) -> PyTree:
+    """The state ``system.init`` makes from the init half of ``key`` (or of each key).
+
+    With ``theta_batched`` the leading axis of every leaf of ``theta`` is a batch.
+    """
     batched = is_key_batch(key)
     k_init = jax.vmap(split_run_key)(key)[0] if batched else split_run_key(key)[0]
-    return _jit_init(system, batched)(k_init, theta)
+    return _jit_init(system, batched, theta_batched)(k_init, theta)
 
 
 class UnrollResult(NamedTuple):
@@ -239,6 +245,7 @@ def unroll(
     chunk: int | None = None,
     trajectory: bool = False,
     progress: bool | None = None,
+    theta_batched: bool = False,
 ) -> UnrollResult:
     """Run ``steps`` steps of ``system`` in jitted chunks of ``lax.scan``.
 
@@ -257,6 +264,8 @@ def unroll(
       chunk: steps per compiled chunk (default: min(T, 256)).
       trajectory: also return the phase after every step.
       progress: show a progress bar (default: only for long unrolls on a terminal).
+      theta_batched: the leading axis of every leaf of ``theta`` is a batch of parameter
+        settings, run together in one vmap (with one key: the same randomness for each).
 
     Returns:
       An `UnrollResult`; non-finite values are counted, never zeroed.
@@ -268,8 +277,8 @@ def unroll(
     batched = is_key_batch(key)
     k_steps = jax.vmap(split_run_key)(key)[1] if batched else split_run_key(key)[1]
     if state is None:
-        state = initial_state(system, theta, key)
-    fn = _jit_chunk(system, chunk, bool(trajectory), batched)
+        state = initial_state(system, theta, key, theta_batched)
+    fn = _jit_chunk(system, chunk, bool(trajectory), batched, bool(theta_batched))
     n_chunks = math.ceil(steps / chunk)
     t_end = jnp.asarray(t0 + steps)
     parts = []
@@ -279,6 +288,7 @@ def unroll(
             state, ys = fn(state, theta, k_steps, jnp.asarray(t0 + c * chunk), t_end)
             parts.append(ys)
             bar.update(min(chunk, steps - c * chunk))
+    batched = batched or theta_batched
     axis = 1 if batched else 0
 
     def cat(name):

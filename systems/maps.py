@@ -79,13 +79,18 @@ def lorenz(
     rho: float = 28.0,
     beta: float = 8.0 / 3.0,
     dt: float = 0.01,
+    burn_in: int = 1500,
     dtype: str | None = None,
 ) -> System:
     """Lorenz-63, one classical RK4 step of size ``dt`` per step; θ = (σ, ρ, β).
 
     The flow's divergence is −(σ + 1 + β), so its exponents sum to −41/3 at the classic
     (10, 28, 8/3), where λ1 ≈ 0.906, λ2 = 0 and λ3 ≈ −14.57 per unit time. Per-step loss
-    ℓ_t = z_{t+1} / ρ. The initial point is (1, 1, 1) plus a small key-driven offset.
+    ℓ_t = z_{t+1} / ρ. The initial point is (1, 1, 1) plus a small key-driven offset,
+    moved ``burn_in`` steps along the flow inside ``init`` so that every unroll starts on the
+    attractor (from near (1, 1, 1) the orbit needs ~15 time units to spiral out, and
+    gradients over shorter horizons would not see the chaos yet). The burn-in runs at θ
+    and is differentiated like any other step.
     """
     fdt = _dtype(dtype)
     if not dt > 0:
@@ -95,16 +100,20 @@ def lorenz(
         x, y, z = s[0], s[1], s[2]
         return jnp.stack([th[0] * (y - x), x * (th[1] - z) - y, x * y - th[2] * z])
 
-    def init(key, theta):
-        return jnp.ones(3, fdt) + 0.1 * jax.random.normal(key, (3,), fdt)
-
-    def step(s, theta, key):
+    def rk4(s, theta):
         h = jnp.asarray(dt, s.dtype)
         k1 = f(s, theta)
         k2 = f(s + 0.5 * h * k1, theta)
         k3 = f(s + 0.5 * h * k2, theta)
         k4 = f(s + h * k3, theta)
-        s = s + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        return s + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+    def init(key, theta):
+        s = jnp.ones(3, fdt) + 0.1 * jax.random.normal(key, (3,), fdt)
+        return jax.lax.fori_loop(0, int(burn_in), lambda i, s: rk4(s, theta), s)
+
+    def step(s, theta, key):
+        s = rk4(s, theta)
         return s, StepOut(loss=s[2] / theta[1])
 
     return System(
@@ -112,7 +121,8 @@ def lorenz(
         precision=_precision(fdt), horizon=1000,
         description=f"Lorenz-63 (sigma={sigma}, rho={rho}, beta={beta:.4g}), RK4 dt={dt}",
         theta_doc="(sigma, rho, beta)", loss_doc="z_{t+1} / rho",
-        meta={"sigma": sigma, "rho": rho, "beta": beta, "integrator": "rk4"},
+        meta={"sigma": sigma, "rho": rho, "beta": beta, "integrator": "rk4",
+              "burn_in": int(burn_in)},
     )
 
 
@@ -121,14 +131,21 @@ def linear(
     radius: float = 0.9,
     eigenvalues: tuple | None = None,
     seed: int = 0,
+    loss: str = "linear",
     dtype: str | None = None,
 ) -> System:
-    """The linear map x → A x; θ = A; per-step loss ℓ_t = ½‖x_{t+1}‖².
+    """The linear map x → A x; θ = A.
+
+    Per-step loss: ``loss="linear"`` (default) ℓ_t = cᵀx_{t+1} with a fixed random unit
+    readout c, so ‖∂L/∂A‖ grows exactly like |λ_max|^T (the growth rate is λ1 = ln|λ_max|);
+    ``loss="quadratic"``: ℓ_t = ½‖x_{t+1}‖², whose gradient grows like |λ_max|^{2T}.
 
     With ``eigenvalues`` given, A = Q diag(eigenvalues) Qᵀ for a random orthogonal Q (a
     symmetric A of exactly those eigenvalues); otherwise A is Gaussian, rescaled to spectral
     radius ``radius``. The Lyapunov exponents are ln|eigenvalues of A| exactly.
     """
+    if loss not in ("linear", "quadratic"):
+        raise InputError(f"linear map loss {loss!r} is not accepted: use 'linear' or 'quadratic'")
     fdt = _dtype(dtype)
     rng = np.random.default_rng(seed)
     if eigenvalues is not None:
@@ -145,19 +162,22 @@ def linear(
             raise InputError(f"linear map needs n >= 1, got {n!r}")
         a = rng.standard_normal((n, n))
         a *= radius / np.max(np.abs(np.linalg.eigvals(a)))
+    c = rng.standard_normal(a.shape[0])
+    c = jnp.asarray(c / np.linalg.norm(c), fdt)
 
     def init(key, theta):
         return jax.random.normal(key, (theta.shape[0],), theta.dtype)
 
     def step(x, theta, key):
         x = theta @ x
-        return x, StepOut(loss=0.5 * jnp.sum(x**2))
+        return x, StepOut(loss=c @ x if loss == "linear" else 0.5 * jnp.sum(x**2))
 
     return System(
         init, step, name="linear", theta=jnp.asarray(a, fdt), precision=_precision(fdt),
-        horizon=100, description=f"linear map x -> A x, n={n}",
-        theta_doc="A (n x n)", loss_doc="0.5 |x_{t+1}|^2",
-        meta={"n": int(n), "seed": seed,
+        horizon=100, description=f"linear map x -> A x, n={a.shape[0]}, {loss} loss",
+        theta_doc="A (n x n)",
+        loss_doc="c . x_{t+1} (fixed unit readout c)" if loss == "linear" else "0.5 |x_{t+1}|^2",
+        meta={"n": int(a.shape[0]), "seed": seed, "loss": loss,
               "eigenvalues": None if eigenvalues is None else list(map(float, eigenvalues)),
               "radius": None if eigenvalues is not None else radius},
     )

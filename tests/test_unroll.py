@@ -45,7 +45,7 @@ def test_batched_keys_equal_separate_unrolls():
 
 
 def test_nonfinite_values_are_counted_not_hidden():
-    s = systems.make("linear", eigenvalues=(1e100, 0.5), seed=0)
+    s = systems.make("linear", eigenvalues=(1e100, 0.5), seed=0, loss="quadratic")
     r = unroll(s, key=KEY, steps=8, chunk=3)
     # reference in numpy: the loss 0.5|x|^2 overflows one step before x itself does
     k_init, _ = jax.random.split(KEY)
@@ -98,7 +98,7 @@ def test_chunked_backprop_equals_jax_grad_and_finite_differences():
 def test_linear_map_gradient_is_the_closed_form():
     # L(A) = (1/T) Σ_{k=1..T} ½|A^k x0|²
     #   =>  dL/dA = (1/T) Σ_k Σ_{j<k} (A^T)^j (A^k x0)(A^{k-1-j} x0)^T
-    s = systems.make("linear", n=4, radius=1.05, seed=3)
+    s = systems.make("linear", n=4, radius=1.05, seed=3, loss="quadratic")
     a = np.asarray(s.theta)
     steps = 12
     res = unroll_grad(s, key=KEY, steps=steps, chunk=5)
@@ -128,7 +128,7 @@ def test_gradient_growth_on_linear_map_recovers_twice_the_log_eigenvalue():
     # With a quadratic loss the meta-loss grows like λ^{2T}: |g| ~ T λ^{2T}, so the slope of
     # log|g| is 2 ln λ + d(log T)/dT; between T = 200 and 400 that term is ln(2)/200.
     lam = 1.05
-    s = systems.make("linear", eigenvalues=(lam, 0.5, 0.2), seed=0)
+    s = systems.make("linear", eigenvalues=(lam, 0.5, 0.2), seed=0, loss="quadratic")
     g = gradient_growth(s, horizons=[200, 400], seeds=2, key=KEY)
     assert g.growth_rate == pytest.approx(2 * np.log(lam) + np.log(2) / 200, abs=5e-3)
 
