@@ -297,6 +297,10 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"chaosgrad: {category.__name__}: {message}", file=file or sys.stderr)
+
+
 COMMANDS = {
     "systems": cmd_systems,
     "spectrum": cmd_spectrum,
@@ -310,7 +314,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `chaosgrad` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    warnings.formatwarning = lambda msg, cat, *a, **k: f"chaosgrad: {cat.__name__}: {msg}\n"
     if getattr(args, "x64", False):
         from chaosgrad.config import enable_x64
 
@@ -320,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     enable_compilation_cache()
     handler = COMMANDS.get(args.command) or getattr(args, "handler", None)
     try:
-        return int(handler(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(handler(args) or 0)
     except InputError as e:
         print(f"chaosgrad {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -101,8 +101,8 @@ class GrowthResult(NamedTuple):
             "geomean_norm": fl(self.geomean_norm),
             "variance": fl(self.variance),
             "nonfinite_fraction": fl(self.nonfinite_fraction),
-            "mean_loss": fl(np.nanmean(np.where(np.isfinite(self.losses), self.losses, np.nan),
-                                       axis=1)) if self.losses.size else [],
+            "mean_loss": fl(_nanmean_rows(np.where(np.isfinite(self.losses), self.losses,
+                                                   np.nan))),
             "growth_rate": None if not np.isfinite(self.growth_rate) else self.growth_rate,
             "variance_rate": None if not np.isfinite(self.variance_rate) else self.variance_rate,
             "units": self.units,
@@ -263,8 +263,10 @@ def random_direction(theta: PyTree, key: jax.Array) -> PyTree:
 
 def count_extrema(y: np.ndarray) -> int:
     """Interior local extrema of a sampled curve (sign changes of its first difference)."""
-    d = np.diff(np.asarray(y, np.float64))
-    d = d[np.isfinite(d) & (d != 0)]
+    y = np.asarray(y, np.float64)
+    y = y[np.isfinite(y)]
+    d = np.diff(y)
+    d = d[d != 0]
     return int(np.sum(np.sign(d[1:]) != np.sign(d[:-1])))
 
 
