@@ -181,3 +181,46 @@ def linear(
               "eigenvalues": None if eigenvalues is None else list(map(float, eigenvalues)),
               "radius": None if eigenvalues is not None else radius},
     )
+
+
+def heat(
+    n: int = 32,
+    r: float = 0.4,
+    seed: int = 0,
+    dtype: str | None = None,
+) -> System:
+    """The FTCS scheme for the 1-D heat equation, u_i ← u_i + r (u_{i+1} − 2u_i + u_{i−1}).
+
+    θ = r = αΔt/Δx² (a scalar); n interior points with u = 0 at both ends (Dirichlet). The
+    step is the linear map I + r·L with eigenvalues 1 − 4r sin²(kπ / (2(n+1))), k = 1…n, so
+    the scheme is stable iff every |eigenvalue| ≤ 1, i.e. r ≤ 1 / (2 sin²(nπ/(2(n+1)))),
+    just above ½: the classic von Neumann bound. Per-step loss ℓ_t = cᵀu_{t+1} with a fixed
+    random unit readout c. The initial profile is standard normal from the key.
+    """
+    fdt = _dtype(dtype)
+    if int(n) < 2:
+        raise InputError(f"heat needs n >= 2 grid points, got {n!r}")
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal(int(n))
+    c = jnp.asarray(c / np.linalg.norm(c), fdt)
+
+    def init(key, theta):
+        return jax.random.normal(key, (int(n),), fdt)
+
+    def step(u, theta, key):
+        padded = jnp.pad(u, 1)
+        u = u + theta * (padded[2:] - 2 * u + padded[:-2])
+        return u, StepOut(loss=c @ u)
+
+    return System(
+        init, step, name="heat", theta=jnp.asarray(r, fdt), precision=_precision(fdt),
+        horizon=100, description=f"FTCS heat equation, n={n}, r={r}",
+        theta_doc="r = alpha dt / dx^2", loss_doc="c . u_{t+1} (fixed unit readout c)",
+        meta={"n": int(n), "r": r, "seed": seed},
+    )
+
+
+def heat_eigenvalues(n: int, r: float) -> np.ndarray:
+    """The exact eigenvalues 1 − 4r sin²(kπ/(2(n+1))), k = 1…n, of the FTCS heat step."""
+    k = np.arange(1, n + 1)
+    return 1 - 4 * r * np.sin(k * np.pi / (2 * (n + 1))) ** 2

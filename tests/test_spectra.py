@@ -149,3 +149,14 @@ def test_linear_map_products_grow_at_exactly_the_log_eigenvalue():
     # the second is resolved while σ2/σ1 = 3^-t stays well above float64's epsilon
     np.testing.assert_allclose(res.log_singular_values[:20, 1], t[:20] * np.log(0.5), rtol=1e-5)
     np.testing.assert_allclose(res.log_max_abs_eigenvalue, t * np.log(1.5), rtol=1e-10)
+
+
+@pytest.mark.parametrize("r", [0.4, 0.55])
+def test_ftcs_heat_exponents_are_the_von_neumann_eigenvalues(r):
+    from systems.maps import heat_eigenvalues
+
+    s = systems.make("heat", n=8, r=r)
+    res = lyapunov_spectrum(s, key=KEY, steps=2000, transient=2000)
+    expected = np.sort(np.log(np.abs(heat_eigenvalues(8, r))))[::-1]
+    np.testing.assert_allclose(res.exponents, expected, atol=1e-8)
+    assert (res.exponents[0] > 0) == (r > 0.5)  # unstable just above the bound r = 1/2
