@@ -94,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=_positive_int, default=None, help="exponents (default <= 3)")
     p.add_argument("--out", default=None, help="report folder (default out/diagnose/NAME)")
 
+    p = sub.add_parser("figures", help="regenerate the paper's figures (saved results are "
+                       "reused: an interrupted run resumes)")
+    p.add_argument("names", nargs="*", metavar="NAME", help="figures to make (see --list)")
+    p.add_argument("--all", action="store_true", help="every figure")
+    p.add_argument("--list", action="store_true", help="list the figures")
+    p.add_argument("--scale", default="quick", choices=["quick", "paper"],
+                   help="quick: minutes on a 2-core CPU; paper: the paper's sizes (GPU)")
+    p.add_argument("--out", default="figs", help="output folder (default figs)")
+    p.add_argument("--force", action="store_true", help="re-run even if results are saved")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
     p = sub.add_parser("demo", help="the small default job: spectrum + gradient growth of a "
                        "chaotic and a stable RNN, a table and a PNG")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
@@ -242,6 +253,29 @@ def cmd_diagnose(args) -> int:
     return 0
 
 
+def cmd_figures(args) -> int:
+    from chaosgrad import figures
+    from chaosgrad.config import enable_x64
+
+    if args.list:
+        for name in figures.names():
+            print(f"{name:<10} {figures.FIGURES[name][1]}")
+        return 0
+    todo = figures.names() if args.all else args.names
+    if not todo:
+        raise InputError("name the figures to make, or pass --all; accepted: "
+                         + ", ".join(figures.names()))
+    for name in todo:
+        figures._module(name)  # unknown names fail before any work starts
+    enable_x64()
+    for name in todo:
+        t0 = time.perf_counter()
+        png = figures.run_figure(name, args.scale, args.out, force=args.force,
+                                 progress=False if args.no_progress else None)
+        print(f"{name:<10} {png}  ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     """Spectrum + gradient growth of a chaotic (g=2) and a stable (g=0.5) tanh RNN."""
     import systems
@@ -306,6 +340,7 @@ COMMANDS = {
     "spectrum": cmd_spectrum,
     "grad-growth": cmd_grad_growth,
     "diagnose": cmd_diagnose,
+    "figures": cmd_figures,
     "demo": cmd_demo,
 }
 

@@ -1,0 +1,123 @@
+"""The paper's figures, one module per figure: run the experiment through the public API,
+save raw results (.npz + .json metadata), and draw from the saved results alone.
+
+`run_figure(name, scale, out)` resumes from saved parts after an interruption.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from chaosgrad.config import precision_info
+from chaosgrad.errors import InputError
+
+FIGURES = {
+    "toy": ("chaosgrad.figures.toy", "Figure 1: when black-box beats backprop (sin toy)"),
+    "linear": ("chaosgrad.figures.linear", "Figure 7: linear maps and the FTCS heat equation"),
+}
+SCALES = ("quick", "paper")
+
+
+def names() -> list[str]:
+    """The figure names `chaosgrad figures` accepts."""
+    return list(FIGURES)
+
+
+def _module(name: str):
+    if name not in FIGURES:
+        raise InputError(f"unknown figure {name!r}; accepted: {', '.join(FIGURES)} (or --all)")
+    return importlib.import_module(FIGURES[name][0])
+
+
+def versions() -> dict:
+    """Versions of the packages a result depends on."""
+    out = {"python": platform.python_version()}
+    for pkg in ("jax", "jaxlib", "numpy", "brax", "jax-md", "optax", "chaosgrad"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _atomic_savez(path: Path, arrays: dict) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+class Store:
+    """Saved parts of one experiment, so an interrupted run resumes where it stopped.
+
+    ``store.part(key, fn)`` returns the arrays ``fn()`` made, from ``parts/<key>.npz`` when
+    an earlier run saved them at the same scale, else runs ``fn`` and saves them atomically.
+    """
+
+    def __init__(self, folder: Path, scale: str):
+        self.folder = Path(folder) / "parts"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.scale = scale
+        self.reused = 0
+
+    def part(self, key: str, fn) -> dict:
+        """The arrays of part ``key`` (computed once, then loaded)."""
+        path = self.folder / f"{self.scale}-{key}.npz"
+        if path.exists():
+            self.reused += 1
+            with np.load(path) as z:
+                return {k: z[k] for k in z.files}
+        arrays = {k: np.asarray(v) for k, v in fn().items()}
+        _atomic_savez(path, arrays)
+        return arrays
+
+
+def load(name: str, out: str | os.PathLike) -> tuple[dict, dict]:
+    """The saved results and metadata of figure ``name`` under ``out``."""
+    folder = Path(out) / name
+    with np.load(folder / "results.npz") as z:
+        results = {k: z[k] for k in z.files}
+    return results, json.loads((folder / "meta.json").read_text())
+
+
+def run_figure(name: str, scale: str = "quick", out: str | os.PathLike = "figs", *,
+               force: bool = False, progress: bool | None = None) -> Path:
+    """Run (or resume) figure ``name``'s experiment at ``scale``, save it, draw the PNG.
+
+    Results already saved at the same scale are reused unless ``force``; only drawing is
+    repeated. Returns the PNG's path.
+    """
+    if scale not in SCALES:
+        raise InputError(f"unknown scale {scale!r}; accepted: {', '.join(SCALES)}")
+    mod = _module(name)
+    folder = Path(out) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    meta_path = folder / "meta.json"
+    have = meta_path.exists() and (folder / "results.npz").exists()
+    if have and not force and json.loads(meta_path.read_text()).get("scale") == scale:
+        results, meta = load(name, out)
+    else:
+        t0 = time.perf_counter()
+        store = Store(folder, scale)
+        results, meta = mod.run(scale, store, progress)
+        meta = {"figure": name, "title": FIGURES[name][1], "scale": scale,
+                "seconds": round(time.perf_counter() - t0, 2), "parts_reused": store.reused,
+                "versions": versions(), "precision": precision_info(), **meta}
+        _atomic_savez(folder / "results.npz", results)
+        _atomic_json(meta_path, meta)
+    png = folder / f"{name}.png"
+    mod.draw(results, meta, png)
+    return png
