@@ -1,0 +1,48 @@
+"""Figures: the toy's variances against closed forms, saved results, resume and redraw."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from chaosgrad import figures
+from chaosgrad.figures import toy
+
+
+def test_toy_reparameterisation_variance_matches_closed_form():
+    xs = np.linspace(-10, 10, 41)
+    n = 4000
+    for w in (0.5, 10.0, 60.0):
+        r = toy._variances(w, xs, n, jax.random.PRNGKey(1))
+        # sample variance of n iid draws: relative sd ≈ sqrt(2/(n-1)) for near-Gaussian
+        # draws; a bounded cosine has lighter tails, so 6 sd is a < 1e-6 false-failure bound
+        assert r["rep_max"] == pytest.approx(r["exact_rep_max"], rel=6 * np.sqrt(2 / (n - 1)))
+
+
+def test_toy_smoothed_loss_closed_form_matches_monte_carlo():
+    eps = 0.3 * np.random.default_rng(0).standard_normal(200_000)
+    for w, x in [(4.0, 1.3), (10.0, -7.0)]:
+        mc = np.asarray(toy.toy_loss(x + eps, w))
+        assert toy.smoothed_loss(x, w) == pytest.approx(mc.mean(), abs=6 * mc.std() / 447)
+
+
+def test_figure_results_are_saved_resumed_and_redrawn(tmp_path, monkeypatch):
+    monkeypatch.setitem(toy.SIZES, "quick", {"samples": 200, "xs": 11, "ws": 4})
+    png = figures.run_figure("toy", "quick", tmp_path)
+    meta = json.loads((tmp_path / "toy" / "meta.json").read_text())
+    assert meta["scale"] == "quick" and meta["versions"]["jax"] and meta["precision"]["dtype"] \
+        is None and meta["parts_reused"] == 0
+    first = dict(np.load(tmp_path / "toy" / "results.npz"))
+    # an interrupted run: results.npz never written, the parts are there -> resume from them
+    (tmp_path / "toy" / "results.npz").unlink()
+    figures.run_figure("toy", "quick", tmp_path)
+    meta = json.loads((tmp_path / "toy" / "meta.json").read_text())
+    assert meta["parts_reused"] == 4
+    again = dict(np.load(tmp_path / "toy" / "results.npz"))
+    for k in first:
+        np.testing.assert_array_equal(first[k], again[k])
+    # redraw only: the experiment is not run again when results exist
+    png.unlink()
+    monkeypatch.setattr(toy, "run", lambda *a: pytest.fail("re-ran the experiment"))
+    assert figures.run_figure("toy", "quick", tmp_path).stat().st_size > 10_000
