@@ -184,3 +184,40 @@ def test_fixed_batch_reuses_one_batch():
 def test_bad_names_raise_input_error(params, accepted):
     with pytest.raises(InputError, match=accepted):
         systems.make("lopt", **params)
+
+
+def test_gradient_growth_rate_is_twice_log_of_the_unstable_mode(gd_quadratic):
+    # noise-free GD on the quadratic, plain loss: the meta-gradient of the mean loss is
+    # dominated by the mode of largest |1 - eta h_i| =: r, and grows like r^(2T) when r > 1
+    # (the learning rate past the edge of stability); below the edge the sum over t
+    # converges and the mean decays like 1/T: a least-squares slope of -ln(3)/200 over
+    # T = 100, 200, 300
+    from chaosgrad.gradients import gradient_growth
+
+    h = np.asarray(initial_state(gd_quadratic, gd_quadratic.theta, KEY).task["eigenvalues"])
+    for lr, expected in [(4.0, 2 * np.log(np.max(np.abs(1 - 4.0 * h)))), (0.5, None)]:
+        sys_ = systems.make("lopt", task="quadratic", optimizer="sgd", lr=lr, dim=5, seed=2,
+                            log_loss=False, dtype="float64")
+        res = gradient_growth(sys_, horizons=[100, 200, 300], seeds=2, key=KEY)
+        assert np.all(res.nonfinite_fraction == 0)
+        if expected is None:
+            assert res.growth_rate == pytest.approx(-np.log(3) / 200, abs=1e-5)
+        else:
+            assert res.growth_rate == pytest.approx(expected, abs=1e-3)
+
+
+def test_valid_loss_and_sampled_tasks():
+    sys_ = systems.make("lopt", task="quadratic", optimizer="sgd", dim=3, noise=0.5,
+                        loss="valid", log_loss=False, sample_task=True, dtype="float64")
+    keys = jax.random.split(KEY, 2)
+    state = initial_state(sys_, sys_.theta, keys)
+    h = np.asarray(state.task["hessian"])
+    assert not np.allclose(h[0], h[1])  # each run key draws its own task
+    res = unroll(sys_, key=keys, steps=1)
+    d = np.asarray(state.params - state.task["minimum"])
+    # the validation loss has no target noise: 1/2 d^T H d at the parameters before the step
+    np.testing.assert_allclose(res.losses[:, 0], 0.5 * np.einsum("bi,bij,bj->b", d, h, d),
+                               rtol=1e-12)
+    fixed = systems.make("lopt", task="quadratic", optimizer="sgd", dim=3, dtype="float64")
+    h2 = np.asarray(initial_state(fixed, fixed.theta, keys).task["hessian"])
+    np.testing.assert_array_equal(h2[0], h2[1])
