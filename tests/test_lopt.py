@@ -221,3 +221,12 @@ def test_valid_loss_and_sampled_tasks():
     fixed = systems.make("lopt", task="quadratic", optimizer="sgd", dim=3, dtype="float64")
     h2 = np.asarray(initial_state(fixed, fixed.theta, keys).task["hessian"])
     np.testing.assert_array_equal(h2[0], h2[1])
+
+
+def test_random_direction_has_the_asked_norm_and_shape():
+    from systems.lopt import random_direction
+
+    theta = systems.make("lopt", task="quadratic", optimizer="mlp", dim=2).theta
+    d = random_direction(theta, KEY, norm=1762.0)
+    assert jax.tree_util.tree_structure(d) == jax.tree_util.tree_structure(theta)
+    assert float(jnp.linalg.norm(ravel_pytree(d)[0])) == pytest.approx(1762.0, rel=1e-6)

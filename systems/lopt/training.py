@@ -120,8 +120,9 @@ def lopt_system(
     if task not in TASKS:
         raise InputError(f"unknown task {task!r}; accepted: {', '.join(TASKS)}")
     if lr is None:
-        lr = TASK_LR.get((task, optimizer))
+        lr = TASK_LR.get((task, optimizer), OPTIMIZERS.get(optimizer, (None, None))[1])
     opt = make_optimizer(optimizer, lr, lopt_hidden, dt)
+    lr = float(lr)
     if task == "quadratic":
         tk = make_task(task, dim=dim, noise=noise, dtype=dt)
     else:
