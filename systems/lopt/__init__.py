@@ -1,0 +1,32 @@
+"""Unrolled learned-optimizer training as an iterative system (`lopt_system`), with its
+inner tasks, hand-designed and learned optimizers, and loss slices along θ.
+"""
+
+from systems.lopt.learned import lstm_lopt, mlp_lopt
+from systems.lopt.optimizers import Optimizer, StepInfo, adam, momentum, sgd
+from systems.lopt.slices import loss_slice, random_direction
+from systems.lopt.tasks import TASKS, Task, digits_mlp, make_task, quadratic, sine_mlp
+from systems.lopt.training import LOSSES, OPTIMIZERS, LoptState, lopt_system, make_optimizer
+
+__all__ = [
+    "LOSSES",
+    "OPTIMIZERS",
+    "TASKS",
+    "LoptState",
+    "Optimizer",
+    "StepInfo",
+    "Task",
+    "adam",
+    "digits_mlp",
+    "loss_slice",
+    "lopt_system",
+    "lstm_lopt",
+    "make_optimizer",
+    "make_task",
+    "mlp_lopt",
+    "momentum",
+    "quadratic",
+    "random_direction",
+    "sgd",
+    "sine_mlp",
+]

@@ -1,0 +1,169 @@
+"""Learned optimizers: the per-parameter MLP of the paper's Figure 3 and a hierarchical one
+(a per-tensor LSTM that sees training and validation losses and feeds the per-parameter MLP).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from systems.lopt.optimizers import Optimizer
+from systems.lopt.tasks import mlp_apply, mlp_init
+
+DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
+TIMESCALES = (1, 3, 10, 30, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000)
+N_PARAM_FEATURES = 2 + len(DECAYS)  # gradient, parameter, momenta
+N_FEATURES = N_PARAM_FEATURES + len(TIMESCALES)  # 19, as in the paper
+NORM_EPS = 1e-8
+OUT_SCALE = 1e-3  # output = direction * exp(OUT_SCALE * magnitude) * lr
+
+
+def time_features(step: jax.Array, dtype) -> jax.Array:
+    """tanh(t / s) for the timescales s = 1, 3, 10, …, 100000 (11 features)."""
+    t = jnp.asarray(step).astype(dtype)
+    return jnp.tanh(t / jnp.asarray(TIMESCALES, dtype))
+
+
+def update_momenta(m: jax.Array, g: jax.Array) -> jax.Array:
+    """Exponential moving averages of ``g`` at every decay in `DECAYS` (last axis)."""
+    d = jnp.asarray(DECAYS, g.dtype)
+    return d * m + (1 - d) * g[..., None]
+
+
+def param_features(g: jax.Array, p: jax.Array, m: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The 8 per-parameter features (gradient, parameter, momenta) of one tensor, each
+    divided by the square root of its mean square over the tensor; also those mean squares.
+    """
+    f = jnp.concatenate([g[..., None], p[..., None], m], axis=-1)
+    axes = tuple(range(f.ndim - 1))
+    ms = jnp.mean(f * f, axis=axes)
+    return f / jnp.sqrt(ms + NORM_EPS), ms
+
+
+def _step_of(out: jax.Array, lr) -> jax.Array:
+    direction, magnitude = out[..., 0], out[..., 1]
+    return direction * jnp.exp(OUT_SCALE * magnitude) * lr
+
+
+def _mlp_theta(key, n_in: int, hidden: int, dtype) -> list[dict]:
+    return mlp_init(key, (n_in, hidden, hidden, 2), dtype)
+
+
+def mlp_lopt(lr: float = 1e-3, hidden: int = 32, dtype=jnp.float32) -> Optimizer:
+    """The per-parameter MLP learned optimizer of the paper's Figure 3.
+
+    Per parameter: 19 features — gradient, parameter, 6 momenta (decays 0.1 … 0.9999), each
+    normalised by its mean square over the tensor, and 11 tanh time features — into a ReLU
+    MLP with two hidden layers of ``hidden`` units and 2 outputs (direction, magnitude);
+    the update is −direction · exp(0.001 · magnitude) · lr. θ = the MLP's weights (1,762 at
+    hidden=32). Optimizer state: the momenta.
+    """
+
+    def init_theta(key):
+        return _mlp_theta(key, N_FEATURES, int(hidden), dtype)
+
+    def init(params, theta):
+        return {"m": jax.tree_util.tree_map(
+            lambda p: jnp.zeros(p.shape + (len(DECAYS),), p.dtype), params)}
+
+    def update(grads, state, params, theta, info):
+        tf = time_features(info.step, jax.tree_util.tree_leaves(params)[0].dtype)
+        m = jax.tree_util.tree_map(update_momenta, state["m"], grads)
+
+        def one(g, p, mm):
+            f, _ = param_features(g, p, mm)
+            inp = jnp.concatenate([f, jnp.broadcast_to(tf, f.shape[:-1] + tf.shape)], -1)
+            return -_step_of(mlp_apply(theta, inp), lr)
+
+        return jax.tree_util.tree_map(one, grads, params, m), {"m": m}
+
+    return Optimizer("mlp", init_theta, init, update, False,
+                     f"weights of the per-parameter MLP learned optimizer (19-{hidden}-"
+                     f"{hidden}-2, ReLU)")
+
+
+N_LOSS_FEATURES = 4
+N_TENSOR_FEATURES = N_PARAM_FEATURES + N_LOSS_FEATURES + len(TIMESCALES)
+N_CONTEXT = 4
+EMA_DECAY = 0.9
+
+
+def _loss_features(loss, ema):
+    ll = jnp.log(loss)
+    return jnp.stack([jnp.tanh(ll), jnp.tanh(ll - ema)])
+
+
+def lstm_lopt(
+    lr: float = 1e-3, hidden: int = 32, lstm_hidden: int = 16, dtype=jnp.float32
+) -> Optimizer:
+    """A hierarchical learned optimizer in the spirit of Metz et al. 2020 (arXiv 2009.11243).
+
+    A per-tensor LSTM (``lstm_hidden`` units, weights shared by all tensors) reads, for each
+    parameter tensor, 0.1·log of the mean squares of its 8 per-parameter features, the
+    training and validation losses as tanh(log ℓ) and tanh(log ℓ − EMA(log ℓ)), and the 11
+    time features. Its output gives 4 context features that join the 19 per-parameter
+    features of a per-parameter MLP (as in `mlp_lopt`), and a per-tensor log step scale.
+    θ = {"lstm", "head", "mlp"} weights. Optimizer state: momenta, the LSTM's (h, c) per
+    tensor, the EMAs of the log losses.
+    """
+    lstm_hidden, hidden = int(lstm_hidden), int(hidden)
+
+    def init_theta(key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        n_in = N_TENSOR_FEATURES + lstm_hidden
+        w = jax.random.normal(k1, (n_in, 4 * lstm_hidden), dtype) / float(np.sqrt(n_in))
+        b = jnp.zeros((4 * lstm_hidden,), dtype).at[lstm_hidden:2 * lstm_hidden].set(1.0)
+        # a small head: at initialisation the context is weak and the step scale near 1
+        head = {"w": 0.01 * jax.random.normal(k2, (lstm_hidden, N_CONTEXT + 1), dtype),
+                "b": jnp.zeros((N_CONTEXT + 1,), dtype)}
+        return {"lstm": {"w": w, "b": b}, "head": head,
+                "mlp": _mlp_theta(k3, N_FEATURES + N_CONTEXT, hidden, dtype)}
+
+    def init(params, theta):
+        leaves = jax.tree_util.tree_leaves(params)
+        dt = leaves[0].dtype
+        z = jnp.zeros((len(leaves), lstm_hidden), dt)
+        return {"m": jax.tree_util.tree_map(
+                    lambda p: jnp.zeros(p.shape + (len(DECAYS),), p.dtype), params),
+                "h": z, "c": z, "ema_train": jnp.zeros((), dt), "ema_valid": jnp.zeros((), dt)}
+
+    def lstm_cell(x, h, c, th):
+        z = jnp.concatenate([x, h], -1) @ th["w"] + th["b"]
+        i, f, g, o = jnp.split(z, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        return jax.nn.sigmoid(o) * jnp.tanh(c), c
+
+    def update(grads, state, params, theta, info):
+        g_leaves, treedef = jax.tree_util.tree_flatten(grads)
+        p_leaves = treedef.flatten_up_to(params)
+        m_leaves = treedef.flatten_up_to(state["m"])
+        dt = g_leaves[0].dtype
+        tf = time_features(info.step, dt)
+        m_leaves = [update_momenta(m, g) for m, g in zip(m_leaves, g_leaves, strict=True)]
+        feats = [param_features(g, p, m)
+                 for g, p, m in zip(g_leaves, p_leaves, m_leaves, strict=True)]
+        first = info.step == 0
+        lt, lv = jnp.log(info.train_loss), jnp.log(info.valid_loss)
+        ema_t = jnp.where(first, lt, EMA_DECAY * state["ema_train"] + (1 - EMA_DECAY) * lt)
+        ema_v = jnp.where(first, lv, EMA_DECAY * state["ema_valid"] + (1 - EMA_DECAY) * lv)
+        loss_f = jnp.concatenate([_loss_features(info.train_loss, ema_t),
+                                  _loss_features(info.valid_loss, ema_v)])
+        per_tensor = jnp.stack([
+            jnp.concatenate([0.1 * jnp.log(ms + NORM_EPS), loss_f, tf]) for _, ms in feats])
+        h, c = lstm_cell(per_tensor, state["h"], state["c"], theta["lstm"])
+        out = h @ theta["head"]["w"] + theta["head"]["b"]
+        ctx, log_scale = out[:, :N_CONTEXT], out[:, N_CONTEXT]
+        upd = []
+        for i, (f, _) in enumerate(feats):
+            extra = jnp.concatenate([tf, ctx[i]])
+            inp = jnp.concatenate([f, jnp.broadcast_to(extra, f.shape[:-1] + extra.shape)], -1)
+            upd.append(-_step_of(mlp_apply(theta["mlp"], inp), lr) * jnp.exp(log_scale[i]))
+        new_state = {"m": jax.tree_util.tree_unflatten(treedef, m_leaves), "h": h, "c": c,
+                     "ema_train": ema_t, "ema_valid": ema_v}
+        return jax.tree_util.tree_unflatten(treedef, upd), new_state
+
+    return Optimizer("lstm", init_theta, init, update, True,
+                     f"weights of the hierarchical learned optimizer (per-tensor LSTM "
+                     f"{lstm_hidden}, per-parameter MLP {N_FEATURES + N_CONTEXT}-{hidden}-"
+                     f"{hidden}-2)")

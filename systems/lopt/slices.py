@@ -1,0 +1,80 @@
+"""Loss slices: the meta-loss of an unroll along a line θ + s·d in θ-space, for many shifts s
+and seeds at once (one jitted vmap), and random directions to slice along.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from chaosgrad.system import System, is_key_batch, resolve_theta
+from chaosgrad.unroll import check_steps, unrolled_loss
+
+PyTree = Any
+
+
+def random_direction(theta: PyTree, key: jax.Array, norm: float | None = None) -> PyTree:
+    """A Gaussian direction shaped like ``theta``, rescaled to L2 ``norm`` (None: unscaled).
+
+    The paper's Figure 3 notebook uses a direction of norm equal to the parameter count.
+    """
+    flat, unravel = ravel_pytree(theta)
+    d = jax.random.normal(key, flat.shape, flat.dtype)
+    if norm is not None:
+        d = d * (norm / jnp.linalg.norm(d))
+    return unravel(d)
+
+
+@functools.lru_cache(maxsize=16)
+def _jit_slice(system: System, steps: int, remat_chunk: int | None):
+    def one(theta, direction, s, key):
+        th = jax.tree_util.tree_map(lambda t, d: t + s * d, theta, direction)
+        return unrolled_loss(system, th, key, steps, remat_chunk=remat_chunk)
+
+    over_keys = jax.vmap(one, in_axes=(None, None, None, 0))
+    return jax.jit(jax.vmap(over_keys, in_axes=(None, None, 0, None)))
+
+
+def loss_slice(
+    system: System,
+    theta: PyTree = None,
+    direction: PyTree = None,
+    shifts=(-0.01, 0.0, 0.01),
+    steps: int | None = None,
+    key: jax.Array | None = None,
+    *,
+    remat_chunk: int | None = None,
+) -> np.ndarray:
+    """Meta-loss of a ``steps``-step unroll at θ + s·direction for every shift s.
+
+    Args:
+      system, theta: the system and the point θ (default ``system.theta``).
+      direction: a pytree like θ (default: a Gaussian direction of norm = its size, from
+        PRNGKey(0), as in the paper's Figure 3).
+      shifts: the values of s.
+      steps: the unroll length (default ``system.horizon``).
+      key: a run key, or a batch of keys (B, 2): the same keys at every shift, so each
+        curve holds the randomness fixed.
+
+    Returns:
+      Meta-losses of shape (len(shifts),), or (len(shifts), B) for a batch of keys;
+      non-finite values are kept.
+    """
+    theta = resolve_theta(system, theta)
+    steps = check_steps(system.horizon if steps is None else steps)
+    if direction is None:
+        n = ravel_pytree(theta)[0].shape[0]
+        direction = random_direction(theta, jax.random.PRNGKey(0), norm=float(n))
+    key = jax.random.PRNGKey(0) if key is None else key
+    batched = is_key_batch(key)
+    keys = key if batched else key[None]
+    dtype = ravel_pytree(theta)[0].dtype
+    out = _jit_slice(system, steps, remat_chunk)(theta, direction,
+                                                 jnp.asarray(shifts, dtype), keys)
+    out = np.asarray(out)
+    return out if batched else out[:, 0]
