@@ -21,6 +21,7 @@ from estimators.base import (
     shard_population,
 )
 from estimators.es import pair_perturbations
+from estimators.particles import perturbed_thetas
 
 PyTree = Any
 
@@ -92,20 +93,24 @@ def combined(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int =
     vg = jax.value_and_grad(
         lambda th, k: full_unroll_loss(system, th, k, horizon, chunk), has_aux=True)
 
-    def pair(theta, eps, k):
-        (lp, lsp), gp = vg(jax.tree_util.tree_map(jnp.add, theta, eps), k)
-        (lm, lsm), gm = vg(jax.tree_util.tree_map(jnp.subtract, theta, eps), k)
-        g_bp = jax.tree_util.tree_map(lambda a, b: 0.5 * (a + b), gp, gm)
-        g_es = jax.tree_util.tree_map(
-            lambda e: e * ((lp - lm) / (2 * sigma**2)).astype(e.dtype), eps)
-        bad = jnp.sum(~jnp.isfinite(lsp)) + jnp.sum(~jnp.isfinite(lsm))
-        return g_bp, g_es, 0.5 * (lp + lm), bad
+    def member(th, k):
+        (val, losses), g = vg(th, k)
+        return val, g, jnp.sum(~jnp.isfinite(losses))
+
+    # One vmap over pairs × members (θ ± ε share the pair's run key): a single batched scan.
+    vmember = jax.vmap(jax.vmap(member, in_axes=(0, None)), in_axes=(0, 0))
 
     def estimate(est_state, theta, key):
         k_eps, k_runs = jax.random.split(key)
         eps = pair_perturbations(k_eps, theta, pairs, sigma, sharding)
         keys = shard_population(jax.random.split(k_runs, pairs), sharding)
-        g_bp, g_es, vals, bad = jax.vmap(pair, in_axes=(None, 0, 0))(theta, eps, keys)
+        vals, g, bad = vmember(perturbed_thetas(theta, eps, 2), keys)
+        lp, lm = vals[:, 0], vals[:, 1]
+        g_bp = jax.tree_util.tree_map(lambda x: 0.5 * (x[:, 0] + x[:, 1]), g)
+        g_es = jax.tree_util.tree_map(
+            lambda e: e * ((lp - lm) / (2 * sigma**2)).astype(e.dtype).reshape(
+                (-1,) + (1,) * (e.ndim - 1)), eps)
+        vals = jnp.mean(vals, axis=1)
         grad, w_bp = inverse_variance_combine(g_bp, g_es)
         leaves = jax.tree_util.tree_leaves(w_bp)
         size = sum(x.size for x in leaves)

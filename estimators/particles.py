@@ -135,6 +135,13 @@ def start_run(system: System, schedule: Schedule, theta: PyTree, pair_key: jax.A
     return state, offset.astype(jnp.int32), length, jnp.zeros((), jnp.int32)
 
 
+def _reports_done(system: System, theta: PyTree, state: PyTree) -> bool:
+    """Whether the system's step returns a ``done`` flag (decided from shapes alone)."""
+    key = jax.random.PRNGKey(0)
+    out = jax.eval_shape(lambda s, th: system.step(s, th, key)[1], state, theta)
+    return done_of(out) is not None
+
+
 def run_window(system: System, schedule: Schedule, window: int, theta: PyTree, state: PyTree,
                t: jax.Array, length: jax.Array, run: jax.Array, pair_key: jax.Array):
     """Run one particle for ``window`` steps with parameters ``theta``, resetting it when its
@@ -154,6 +161,14 @@ def run_window(system: System, schedule: Schedule, window: int, theta: PyTree, s
     Returns ((state, t, length, run), Window).
     """
     kind = system.meta_loss
+    # When no run can end twice inside a window (K ≤ the shortest run, no ``done``), the
+    # next run's initial state is made once per window instead of at every step (under
+    # vmap a per-step reset would evaluate ``init`` at every step).
+    one_reset = window <= schedule.min_length and not _reports_done(system, theta, state)
+    if one_reset:
+        first_key = jax.random.fold_in(pair_key, run + 1)
+        s_next = system.init(split_run_key(first_key)[0], theta)
+        n_next = schedule.sample(first_key)
 
     def body(carry, _):
         s, t, n, r, fresh = carry
@@ -168,11 +183,14 @@ def run_window(system: System, schedule: Schedule, window: int, theta: PyTree, s
         if done is not None:
             end = end | jnp.asarray(done, bool)
         r2 = r + end.astype(jnp.int32)
-        new_key = jax.random.fold_in(pair_key, r2)
-        s_new = system.init(split_run_key(new_key)[0], theta)
+        if one_reset:
+            s_new, n_new = s_next, n_next
+        else:
+            new_key = jax.random.fold_in(pair_key, r2)
+            s_new, n_new = system.init(split_run_key(new_key)[0], theta), schedule.sample(new_key)
         s3 = _where(end, s_new, s2)
         t3 = jnp.where(end, 0, t2).astype(jnp.int32)
-        n3 = jnp.where(end, schedule.sample(new_key), n)
+        n3 = jnp.where(end, n_new, n)
         return (s3, t3, n3, r2, fresh | end), (loss, w, fresh, finite)
 
     carry0 = (state, t, length, run, jnp.zeros((), bool))

@@ -253,17 +253,18 @@ def test_pes_is_unbiased_across_truncations(ib):
     assert abs(mean_tes[0] - true) > hw_tes[0]
 
 
-def test_pes_staggered_with_resets_mid_window(ib):
-    # T = 95 is not a multiple of K = 10: runs end inside windows. Staggered particles are
-    # burnt in under PES's own perturbation, so every estimate is unbiased for ∇L_T.
+@pytest.mark.parametrize("horizon", [95, 7])
+def test_pes_staggered_with_resets_mid_window(ib, horizon):
+    # T = 95 is not a multiple of K = 10: runs end inside windows. T = 7 < K: several runs
+    # end inside one window. Staggered particles are burnt in under PES's own perturbation,
+    # so every estimate is unbiased for the gradient of the T-step meta-loss.
     sysm, _ = ib
-    horizon = 95
     true = float(jax.grad(lambda th: unrolled_loss(sysm, th, jax.random.PRNGKey(0), horizon))(
         sysm.theta))
     est = estimators.make("pes", sysm, pairs=8, sigma=0.1, window=IB_K, horizon=horizon,
                           stagger=True, shard=False)
     g, info = replicate(est, sysm.theta, reps=300, calls=12)
-    assert int(np.sum(info["resets"])) > 0
+    assert int(np.sum(info["resets"])) > (300 * 8 * 2 if horizon < IB_K else 0)
     # Each replicate's 12 successive estimates are dependent; the replicates are iid.
     assert_unbiased(g.mean(axis=1), true)
 
@@ -406,3 +407,30 @@ def test_meta_train_cli_lowers_the_meta_loss(tmp_path):
                              "--est-param", "window=x", "--out", str(tmp_path / "x")])
     with pytest.raises(InputError):
         run_meta_train(bad)
+
+
+def test_pes_perturbation_bookkeeping(ib):
+    # ξ after a window is ξ + s ε without a reset, and s ε alone (the current perturbation)
+    # when the particle's run ended inside the window — an exact identity.
+    from estimators.es import pair_perturbations
+
+    sysm, _ = ib
+    est = estimators.make("pes", sysm, pairs=6, sigma=0.1, window=IB_K, horizon=25,
+                          stagger=True, shard=False)
+    state = jax.jit(est.init)(jax.random.PRNGKey(4), sysm.theta)
+    f = jax.jit(est.estimate)
+    seen = {True: 0, False: 0}
+    for j in range(6):
+        key = jax.random.PRNGKey(100 + j)
+        _, new, _ = f(state, sysm.theta, key)
+        eps = np.asarray(pair_perturbations(key, sysm.theta, 6, 0.1))
+        signed = eps[:, None] * np.array([1.0, -1.0])[None, :]
+        reset = np.asarray(new.particles.run) > np.asarray(state.particles.run)
+        expect = np.where(reset, signed, np.asarray(state.particles.xi) + signed)
+        np.testing.assert_allclose(np.asarray(new.particles.xi), expect, rtol=0, atol=1e-15)
+        # Both members of a pair share their run keys and reset together.
+        assert np.all(reset[:, 0] == reset[:, 1])
+        seen[True] += int(reset.sum())
+        seen[False] += int((~reset).sum())
+        state = new
+    assert seen[True] > 0 and seen[False] > 0
