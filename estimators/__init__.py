@@ -1,0 +1,126 @@
+"""Gradient estimators of a system's meta-loss behind one protocol (`Estimator`), by name.
+
+`make(name, system, **params)` builds one; `names()` lists them; `describe(name)` says what
+each takes; `parse_params(name, ["k=v", ...])` types CLI parameters by their defaults.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from chaosgrad.errors import InputError
+from chaosgrad.system import System
+from estimators.backprop import backprop, truncated_backprop
+from estimators.base import Estimator, clip_by_global_norm
+from estimators.combine import combined, inverse_variance_combine
+from estimators.es import es, pes, truncated_es
+
+_REGISTRY = {
+    "backprop": (backprop, "exact backprop through whole T-step unrolls (rematerialised)"),
+    "tbptt": (truncated_backprop, "truncated backprop, windows of K steps, persistent particles"),
+    "es": (es, "antithetic ES over whole unrolls (gradient of the Gaussian-smoothed loss)"),
+    "tes": (truncated_es, "truncated ES, windows of K steps, persistent particles"),
+    "pes": (pes, "persistent ES: truncated ES with accumulated perturbations (unbiased)"),
+    "combined": (combined, "inverse-variance combination of backprop and ES (Metz et al. 2019)"),
+}
+_ALIASES = {"truncated_backprop": "tbptt", "truncated_es": "tes", "full_backprop": "backprop"}
+
+__all__ = [
+    "Estimator",
+    "backprop",
+    "clip_by_global_norm",
+    "combined",
+    "describe",
+    "es",
+    "inverse_variance_combine",
+    "make",
+    "names",
+    "parse_params",
+    "pes",
+    "truncated_backprop",
+    "truncated_es",
+]
+
+
+def names() -> list[str]:
+    """Names of the registered estimators."""
+    return sorted(_REGISTRY)
+
+
+def _factory(name: str):
+    key = _ALIASES.get(name, name)
+    if key not in _REGISTRY:
+        raise InputError(f"unknown estimator {name!r}; accepted: {', '.join(names())}")
+    return key, _REGISTRY[key][0]
+
+
+def parameters(name: str) -> dict[str, inspect.Parameter]:
+    """The keyword parameters estimator ``name`` takes (beside the system), plus clip_norm."""
+    _, f = _factory(name)
+    params = dict(list(inspect.signature(f).parameters.items())[1:])
+    params["clip_norm"] = inspect.Parameter("clip_norm", inspect.Parameter.KEYWORD_ONLY,
+                                            default=0.0)
+    return params
+
+
+def describe(name: str) -> dict:
+    """What estimator ``name`` is and its parameters with their defaults."""
+    key, _ = _factory(name)
+    return {"name": key, "description": _REGISTRY[key][1],
+            "params": {k: p.default for k, p in parameters(name).items()}}
+
+
+def make(name: str, system: System, **params) -> Estimator:
+    """Build estimator ``name`` for ``system`` with ``params`` (see `describe`).
+
+    ``clip_norm > 0`` wraps it in `clip_by_global_norm`. Raises InputError for an unknown
+    estimator or parameter.
+    """
+    if not isinstance(system, System):
+        raise InputError(f"make({name!r}, system, ...) needs a chaosgrad.System, "
+                         f"got {type(system).__name__}")
+    _, f = _factory(name)
+    accepted = parameters(name)
+    unknown = [k for k in params if k not in accepted]
+    if unknown:
+        raise InputError(f"estimator {name!r} has no parameter {', '.join(map(repr, unknown))};"
+                         f" accepted: {', '.join(accepted)}")
+    clip = float(params.pop("clip_norm", 0.0) or 0.0)
+    est = f(system, **params)
+    return clip_by_global_norm(est, clip) if clip > 0 else est
+
+
+def _convert(text: str, default):
+    if isinstance(default, bool):
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true/false")
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, float):
+        return float(text)
+    return text
+
+
+def parse_params(name: str, items: list[str] | None) -> dict:
+    """Turn CLI ``k=v`` strings into typed keyword arguments for ``make(name, ...)``."""
+    accepted = parameters(name)
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise InputError(f"--est-param must look like key=value, got {item!r}")
+        if key not in accepted:
+            raise InputError(f"estimator {name!r} has no parameter {key!r}; "
+                             f"accepted: {', '.join(accepted)}")
+        default = accepted[key].default
+        try:
+            out[key] = _convert(value.strip(), default)
+        except ValueError:
+            raise InputError(f"estimator parameter {key!r}: cannot read {value!r} as "
+                             f"{type(default).__name__} (default {default!r})") from None
+    return out

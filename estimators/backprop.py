@@ -1,0 +1,142 @@
+"""Reverse-mode estimators: full backprop through whole unrolls (rematerialised), and
+truncated backprop through windows of K steps of a persistent, staggered population.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from chaosgrad.system import System, resolve_theta, split_run_key
+from chaosgrad.unroll import meta_loss_of, rollout
+from estimators.base import (
+    Estimator,
+    check_positive_int,
+    finish_info,
+    population_sharding,
+    shard_population,
+    tree_mean0,
+)
+from estimators.particles import (
+    Particles,
+    TruncatedState,
+    init_population,
+    make_schedule,
+    run_window,
+)
+
+PyTree = Any
+
+
+def full_unroll_loss(system: System, theta: PyTree, key: jax.Array, horizon: int,
+                     remat_chunk: int | None = None):
+    """(meta-loss, per-step losses) of one ``horizon``-step run with run key ``key``."""
+    k_init, k_steps = split_run_key(key)
+    state = system.init(k_init, theta)
+    _, losses = rollout(system, theta, state, k_steps, horizon, remat_chunk=remat_chunk)
+    return meta_loss_of(system, losses), losses
+
+
+def backprop(system: System, samples: int = 8, horizon: int = 0, remat_chunk: int = 0,
+             shard: bool = True) -> Estimator:
+    """Full backprop: the exact gradient of the T-step meta-loss of ``samples`` independent
+    runs (fresh run keys from the estimate's key), averaged.
+
+    Unbiased for ∇_θ E_key[L_T(θ, key)] (the gradient of the expected T-step meta-loss) —
+    when that gradient exists; in chaotic systems its variance grows like exp(2 λ₁ T).
+
+    Args:
+      system: any `chaosgrad.System`.
+      samples: independent runs per estimate (the population; sharded over devices).
+      horizon: T (0: the system's horizon).
+      remat_chunk: checkpoint every this many steps under reverse mode (0: sqrt(T)-ish
+        default of max(1, round(T ** 0.5))); memory is O(T / chunk + chunk) states.
+      shard: shard the samples over the local devices.
+    """
+    samples = check_positive_int(samples, "samples")
+    horizon = check_positive_int(horizon or system.horizon, "horizon")
+    chunk = int(remat_chunk) or max(1, round(horizon ** 0.5))
+    sharding = population_sharding(samples, shard)
+
+    def init(key, theta):
+        return ()
+
+    def per_sample(theta, k):
+        return full_unroll_loss(system, theta, k, horizon, chunk)
+
+    vg = jax.vmap(jax.value_and_grad(per_sample, has_aux=True), in_axes=(None, 0))
+
+    def estimate(est_state, theta, key):
+        keys = shard_population(jax.random.split(key, samples), sharding)
+        (vals, losses), grads = vg(theta, keys)
+        grad = tree_mean0(grads)
+        info = finish_info(grad, loss=jnp.mean(vals), steps=jnp.asarray(samples * horizon),
+                           nonfinite_losses=jnp.sum(~jnp.isfinite(losses)).astype(jnp.int32))
+        return grad, est_state, info
+
+    return Estimator(init, estimate, "backprop",
+                     {"samples": samples, "horizon": horizon, "remat_chunk": chunk})
+
+
+def truncated_backprop(system: System, particles: int = 8, window: int = 10, horizon: int = 0,
+                       schedule: str = "constant", min_length: int = 0, max_length: int = 0,
+                       stagger: bool = True, shard: bool = True) -> Estimator:
+    """Truncated backprop (TBPTT): each estimate advances every particle K = ``window``
+    steps and differentiates its window loss with the state at the window's start held
+    fixed (a stop-gradient every K steps); particles persist across estimates.
+
+    Biased: it drops every path through the state that crosses a window boundary, so it is
+    unbiased only for dynamics with no memory longer than K (the bias can flip the sign —
+    the influence-balancing task). With a constant schedule and staggered particles its
+    expected *loss* is the T-step meta-loss; its gradient is the truncated one.
+
+    Args:
+      system: any `chaosgrad.System`.
+      particles: population size (sharded over devices).
+      window: K, steps per estimate per particle.
+      horizon: inner-run length T for the constant schedule, and the default max_length
+        (0: the system's horizon).
+      schedule: "constant" or "loguniform" inner-run lengths (see `make_schedule`).
+      min_length, max_length: bounds of the log-uniform lengths.
+      stagger: start particles at uniform random steps of their first run (burn-in with θ).
+      shard: shard the particles over the local devices.
+    """
+    n = check_positive_int(particles, "particles")
+    window = check_positive_int(window, "window")
+    sched = make_schedule(schedule, horizon or system.horizon, min_length, max_length)
+    sharding = population_sharding(n, shard)
+
+    def init(key, theta):
+        theta = resolve_theta(system, theta)
+        return init_population(system, sched, theta, key, pairs=n, members=1,
+                               stagger=bool(stagger), burn_in_sigma=None, sharding=sharding)
+
+    def one(theta, state, t, length, run, pk):
+        carry, win = run_window(system, sched, window, theta, state, t, length, run, pk)
+        return win.loss(), (carry, win)
+
+    vone = jax.vmap(jax.vmap(one, in_axes=(None, 0, 0, 0, 0, None)),
+                    in_axes=(None, 0, 0, 0, 0, 0))
+
+    def total(theta, p: Particles, pair_keys):
+        vals, aux = vone(theta, p.state, p.t, p.length, p.run, pair_keys)
+        return jnp.mean(vals), (vals, aux)
+
+    def estimate(est_state: TruncatedState, theta, key):
+        p = est_state.particles
+        (_, (vals, (carry, win))), grad = jax.value_and_grad(total, has_aux=True)(
+            theta, p, est_state.pair_keys)
+        new = shard_population(Particles(*carry, xi=()), sharding)
+        info = finish_info(
+            grad, loss=jnp.mean(vals), steps=jnp.asarray(n * window),
+            nonfinite_losses=jnp.sum(~jnp.isfinite(win.losses)).astype(jnp.int32),
+            nonfinite_states=jnp.sum(~win.finite_state).astype(jnp.int32),
+            resets=jnp.sum(win.resets).astype(jnp.int32))
+        return grad, TruncatedState(new, est_state.pair_keys, est_state.count + 1), info
+
+    return Estimator(init, estimate, "tbptt", {
+        "particles": n, "window": window, "schedule": sched.kind,
+        "min_length": sched.min_length, "max_length": sched.max_length,
+        "stagger": bool(stagger)})

@@ -1,0 +1,168 @@
+"""The estimator protocol (`Estimator`: ``init``/``estimate``), population sharding, and the
+pytree helpers every estimator shares (noise like θ, norms, non-finite counts, clipping).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from chaosgrad.errors import InputError
+
+PyTree = Any
+POPULATION_AXIS = "population"
+
+
+class Estimator(NamedTuple):
+    """A gradient estimator of a system's meta-loss, as two pure functions.
+
+    Attributes:
+      init: ``init(key, theta) -> est_state``: the estimator's persistent state (for
+        truncated estimators the population of inner states; ``()`` for full unrolls).
+      estimate: ``estimate(est_state, theta, key) -> (grad, est_state, info)``. ``grad`` is
+        a pytree like θ; ``info`` is a dict of scalars with at least ``loss`` (the mean
+        loss the estimate saw), ``steps`` (system steps run), ``nonfinite_losses``,
+        ``nonfinite_grad`` and ``grad_norm``. Pure and jittable: ``jax.jit(est.estimate)``.
+      name: the registry name.
+      params: the settings it was built with (recorded with results).
+    """
+
+    init: Callable[[jax.Array, PyTree], PyTree]
+    estimate: Callable[[PyTree, PyTree, jax.Array], tuple[PyTree, PyTree, dict]]
+    name: str
+    params: dict
+
+
+# -- pytree helpers ----------------------------------------------------------------------------
+def tree_normal(key: jax.Array, like: PyTree, shape: tuple = ()) -> PyTree:
+    """Standard normal noise with the structure and dtypes of ``like`` (extra leading
+    ``shape``): one independent key per leaf."""
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    keys = jax.random.split(key, max(len(leaves), 1))
+    out = [
+        jax.random.normal(k, shape + jnp.shape(x), jnp.result_type(x))
+        for k, x in zip(keys, leaves, strict=False)
+    ]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def tree_scale(tree: PyTree, c) -> PyTree:
+    """Every leaf times ``c`` (a scalar or broadcastable array)."""
+    return jax.tree_util.tree_map(lambda x: x * jnp.asarray(c, jnp.result_type(x)), tree)
+
+
+def tree_add(a: PyTree, b: PyTree) -> PyTree:
+    """Leafwise a + b."""
+    return jax.tree_util.tree_map(jnp.add, a, b)
+
+
+def tree_mean0(tree: PyTree) -> PyTree:
+    """The mean over the leading (sample) axis of every leaf."""
+    return jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), tree)
+
+
+def tree_global_norm(tree: PyTree) -> jax.Array:
+    """The L2 norm of all leaves together (NaN/Inf propagate)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    if not leaves:
+        return jnp.zeros(())
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.result_type(x, jnp.float32))))
+                        for x in leaves))
+
+
+def count_nonfinite(tree: PyTree) -> jax.Array:
+    """How many entries of the pytree are NaN or ±Inf (an int32 scalar)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    if not leaves:
+        return jnp.zeros((), jnp.int32)
+    return sum(jnp.sum(~jnp.isfinite(x)).astype(jnp.int32) for x in leaves)
+
+
+def finish_info(grad: PyTree, **info) -> dict:
+    """The info dict of an estimate: the given fields plus ``nonfinite_grad`` and
+    ``grad_norm`` of ``grad``."""
+    info["nonfinite_grad"] = count_nonfinite(grad)
+    info["grad_norm"] = tree_global_norm(grad)
+    return info
+
+
+# -- sharding the population over devices --------------------------------------------------------
+def population_sharding(n: int, shard: bool = True) -> NamedSharding | None:
+    """A sharding that splits a leading population axis of size ``n`` over the local devices.
+
+    Uses a 1-D mesh over the largest number of local devices that divides ``n`` (all of them
+    when ``n`` is a multiple of the device count). Returns None when ``shard`` is False.
+    The same code runs on one device (the constraint is then trivial) or many.
+    """
+    if not shard:
+        return None
+    devices = jax.local_devices()
+    d = max(k for k in range(1, len(devices) + 1) if n % k == 0)
+    mesh = Mesh(devices[:d], (POPULATION_AXIS,))
+    return NamedSharding(mesh, P(POPULATION_AXIS))
+
+
+def shard_population(tree: PyTree, sharding: NamedSharding | None) -> PyTree:
+    """Constrain every array leaf with a leading axis to ``sharding`` (no-op for None)."""
+    if sharding is None:
+        return tree
+
+    def one(x):
+        if not hasattr(x, "ndim") or x.ndim == 0:
+            return x
+        return jax.lax.with_sharding_constraint(x, sharding)
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+# -- wrappers ----------------------------------------------------------------------------------
+def clip_by_global_norm(estimator: Estimator, max_norm: float) -> Estimator:
+    """``estimator`` with its gradient rescaled to global norm ≤ ``max_norm``.
+
+    The info gains ``unclipped_norm`` (the norm before clipping) and ``clipped`` (1 when it
+    was rescaled). A non-finite gradient stays non-finite (it is counted, not hidden).
+    Clipping trades bias for variance: the clipped estimate is unbiased for nothing in
+    particular once clipping is active.
+    """
+    max_norm = float(max_norm)
+    if not max_norm > 0:
+        raise InputError(f"clip max_norm must be positive, got {max_norm!r}")
+
+    def estimate(est_state, theta, key):
+        grad, est_state, info = estimator.estimate(est_state, theta, key)
+        norm = tree_global_norm(grad)
+        scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-30))
+        grad = tree_scale(grad, scale)
+        info = dict(info, unclipped_norm=norm, clipped=(norm > max_norm).astype(jnp.int32),
+                    grad_norm=tree_global_norm(grad))
+        return grad, est_state, info
+
+    return Estimator(estimator.init, estimate, estimator.name,
+                     dict(estimator.params, clip_norm=max_norm))
+
+
+def check_positive_int(value, name: str) -> int:
+    """``value`` as a positive int, else an InputError naming the parameter."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a positive integer, got {value!r}") from None
+    if n != value or n <= 0:
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+    return n
+
+
+def check_positive_float(value, name: str) -> float:
+    """``value`` as a positive finite float, else an InputError naming the parameter."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a positive number, got {value!r}") from None
+    if not (x > 0 and x < float("inf")):
+        raise InputError(f"{name} must be a positive number, got {value!r}")
+    return x

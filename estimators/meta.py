@@ -1,0 +1,322 @@
+"""Meta-training: fit a system's θ with any estimator and an optax optimizer, with logs,
+atomic checkpoints, exact resumption after an interruption, and a progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from chaosgrad.config import precision_info
+from chaosgrad.errors import InputError
+from chaosgrad.progress import progress_bar
+from chaosgrad.system import System, resolve_theta
+from chaosgrad.unroll import check_steps, unrolled_loss
+from estimators.base import Estimator, count_nonfinite
+
+PyTree = Any
+CHECKPOINT = "checkpoint.npz"
+LOG = "log.jsonl"
+RESULTS = "results.json"
+CURVES = "curves.npz"
+THETA = "theta.npz"
+STEP_FIELDS = ("loss", "grad_norm", "nonfinite_grad", "nonfinite_losses", "skipped")
+
+
+class MetaTrainResult(NamedTuple):
+    """What `meta_train` returns.
+
+    Attributes:
+      theta: the trained parameters.
+      step: how many outer steps are done (== ``steps`` unless interrupted).
+      history: per outer step, the estimator's statistics (dict of lists, one entry per
+        step: loss, grad_norm, nonfinite_grad, nonfinite_losses, skipped).
+      evals: the fixed-seed evaluations: a list of {"step", "meta_loss", "nonfinite"}.
+      interrupted: True when a KeyboardInterrupt stopped it (a checkpoint was written).
+      out_dir: where the files are.
+    """
+
+    theta: PyTree
+    step: int
+    history: dict
+    evals: list
+    interrupted: bool
+    out_dir: Path
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _atomic_savez(path: Path, arrays: dict) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    _atomic_write_bytes(path, buf.getvalue())
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    _atomic_write_bytes(path, text.encode())
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.generic, np.ndarray, jax.Array)):
+        x = np.asarray(x)
+        return x.tolist()
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)  # JSON has no NaN/Inf: keep them visible as strings
+    return x
+
+
+def _fingerprint(system: System, estimator: Estimator, theta0, key) -> str:
+    """What must match for a checkpoint to be resumed."""
+    shapes = [(tuple(np.shape(x)), str(np.asarray(x).dtype))
+              for x in jax.tree_util.tree_leaves(theta0)]
+    return json.dumps(_jsonable({
+        "system": system.describe(), "estimator": estimator.name,
+        "params": estimator.params, "theta": shapes,
+        "key": np.asarray(jax.random.key_data(key) if jnp.issubdtype(
+            jnp.asarray(key).dtype, jax.dtypes.prng_key) else key).tolist(),
+    }), sort_keys=True)
+
+
+def make_evaluator(system: System, seeds: int, horizon: int, key: jax.Array):
+    """A jitted ``theta -> (mean meta-loss, per-seed meta-losses)`` over a fixed set of
+    ``seeds`` full ``horizon``-step unrolls (run keys ``split(key, seeds)``)."""
+    keys = jax.random.split(key, seeds)
+
+    @jax.jit
+    def evaluate(theta):
+        vals = jax.vmap(lambda k: unrolled_loss(system, theta, k, horizon))(keys)
+        return jnp.mean(vals), vals
+
+    return evaluate
+
+
+def meta_train(
+    system: System,
+    estimator: Estimator,
+    outer_optimizer,
+    steps: int,
+    out_dir: str | os.PathLike,
+    key: jax.Array,
+    theta0: PyTree = None,
+    *,
+    log_every: int = 10,
+    checkpoint_every: int = 100,
+    eval_seeds: int = 4,
+    eval_horizon: int = 0,
+    progress: bool | None = None,
+    callback=None,
+    resume: bool = True,
+) -> MetaTrainResult:
+    """Train θ for ``steps`` outer steps: θ ← optax update of ``estimator``'s gradient.
+
+    Outer step i (1-based) uses the estimate key ``fold_in(k_train, i)``, so a run resumed
+    from a checkpoint replays exactly the steps an uninterrupted run would have taken. A
+    step whose gradient has a NaN/Inf entry is not applied (θ and the optimizer state are
+    kept) and is counted in ``skipped``; nothing is zeroed.
+
+    Args:
+      system: the system whose meta-loss is trained.
+      estimator: any `Estimator` built for ``system``.
+      outer_optimizer: an ``optax.GradientTransformation``.
+      steps: total outer steps (a resumed run continues up to this number).
+      out_dir: folder for ``checkpoint.npz``, ``log.jsonl``, ``results.json``,
+        ``curves.npz``, ``theta.npz``; all written atomically (temp file + os.replace).
+      key: the run's key; split into the estimator-init, training and evaluation keys.
+      theta0: initial θ (default: the system's theta).
+      log_every: evaluate and log every this many steps (and at the first and last).
+      checkpoint_every: checkpoint every this many steps (and at the end or on interrupt).
+      eval_seeds: number of fixed full unrolls the meta-loss is evaluated on.
+      eval_horizon: their length (0: the system's horizon).
+      progress: show a tqdm bar (None: when stderr is a terminal).
+      callback: optional ``callback(step, record)`` called after every step (a
+        KeyboardInterrupt raised in it stops training like Ctrl-C).
+      resume: continue from ``out_dir/checkpoint.npz`` when it exists (it must come from
+        the same system, estimator, θ shapes and key).
+
+    Returns:
+      A `MetaTrainResult`.
+    """
+    import optax
+
+    steps = check_steps(steps)
+    log_every = check_steps(log_every, "log_every")
+    checkpoint_every = check_steps(checkpoint_every, "checkpoint_every")
+    eval_seeds = check_steps(eval_seeds, "eval_seeds")
+    horizon = check_steps(eval_horizon or system.horizon, "eval_horizon")
+    theta0 = resolve_theta(system, theta0)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    k_init, k_train, k_eval = jax.random.split(key, 3)
+    fingerprint = _fingerprint(system, estimator, theta0, key)
+    evaluate = make_evaluator(system, eval_seeds, horizon, k_eval)
+
+    def train_step(theta, opt_state, est_state, i):
+        grad, est_state, info = estimator.estimate(est_state, theta, jax.random.fold_in(
+            k_train, i))
+        finite = count_nonfinite(grad) == 0
+        updates, new_opt = outer_optimizer.update(grad, opt_state, theta)
+        new_theta = optax.apply_updates(theta, updates)
+        keep = jax.tree_util.tree_map
+        theta = keep(lambda a, b: jnp.where(finite, a, b), new_theta, theta)
+        opt_state = keep(lambda a, b: jnp.where(finite, a, b), new_opt, opt_state)
+        return theta, opt_state, est_state, info, finite
+
+    train_step = jax.jit(train_step)
+
+    ckpt = out / CHECKPOINT
+    template = jax.eval_shape(lambda: (theta0, outer_optimizer.init(theta0),
+                                       estimator.init(k_init, theta0)))
+    records: list = []  # one dict per completed outer step
+    evals: list = []
+    if resume and ckpt.exists():
+        with np.load(ckpt) as z:
+            if str(z["fingerprint"]) != fingerprint:
+                raise InputError(
+                    f"{ckpt} comes from a different system, estimator, theta or key; "
+                    "use another --out folder (or remove the checkpoint)")
+            leaves, treedef = jax.tree_util.tree_flatten(template)
+            loaded = [jnp.asarray(z[f"leaf_{i}"], dtype=leaf.dtype)
+                      for i, leaf in enumerate(leaves)]
+            cur = tuple(jax.tree_util.tree_unflatten(treedef, loaded))
+            start = int(z["step"])
+            saved = json.loads(str(z["history"]))
+            records, evals = saved["records"], saved["evals"]
+    else:
+        start = 0
+        cur = (theta0, outer_optimizer.init(theta0), jax.jit(estimator.init)(k_init, theta0))
+    wall = 0.0
+
+    def eval_record(step, theta):
+        m, vals = evaluate(theta)
+        return {"step": step, "meta_loss": float(m),
+                "nonfinite": int(np.sum(~np.isfinite(np.asarray(vals))))}
+
+    def save_checkpoint(step, state):
+        leaves = jax.tree_util.tree_leaves(state)
+        arrays = {f"leaf_{i}": np.asarray(x) for i, x in enumerate(leaves)}
+        arrays.update(step=np.asarray(step), fingerprint=np.asarray(fingerprint),
+                      history=np.asarray(json.dumps({"records": records[:step],
+                                                     "evals": evals})))
+        _atomic_savez(ckpt, arrays)
+        _write_log(out, records[:step], evals)
+
+    if not evals:
+        evals.append(eval_record(0, cur[0]))
+    # A step counts once ``committed`` names it: an interrupt anywhere before that drops
+    # the step, and the resumed run redoes it with the same key.
+    committed = (start, cur)
+    interrupted = False
+    bar = progress_bar(total=steps, desc=f"meta-train {estimator.name} on {system.name}",
+                       enabled=progress)
+    try:
+        with bar:
+            bar.update(start)
+            for step in range(start + 1, steps + 1):
+                t0 = time.perf_counter()
+                theta, opt_state, est_state, info, finite = train_step(
+                    *committed[1], jnp.asarray(step, jnp.int32))
+                info = jax.device_get(info)
+                wall += time.perf_counter() - t0
+                rec = {"loss": float(info["loss"]), "grad_norm": float(info["grad_norm"]),
+                       "nonfinite_grad": int(info["nonfinite_grad"]),
+                       "nonfinite_losses": int(info["nonfinite_losses"]),
+                       "skipped": int(not bool(finite))}
+                ev = eval_record(step, theta) if step % log_every == 0 or step == steps else None
+                records.append(rec)
+                if ev is not None:
+                    evals.append(ev)
+                committed = (step, (theta, opt_state, est_state))
+                if step % checkpoint_every == 0 or step == steps:
+                    save_checkpoint(*committed)
+                if ev is not None:
+                    bar.set_postfix_str(f"meta-loss {ev['meta_loss']:.4g}")
+                bar.update(1)
+                if callback is not None:
+                    callback(step, rec)
+    except KeyboardInterrupt:
+        interrupted = True
+        n = committed[0]
+        del records[n:]
+        evals[:] = [e for e in evals if e["step"] <= n]
+        save_checkpoint(*committed)
+    step, (theta, _, _) = committed
+    theta_np = jax.device_get(theta)
+    history = {k: [r[k] for r in records] for k in STEP_FIELDS}
+    _write_results(out, system, estimator, theta_np, step, steps, history, evals,
+                   interrupted, wall)
+    return MetaTrainResult(theta_np, step, history, evals, interrupted, out)
+
+
+def _write_log(out: Path, records: list, evals: list) -> None:
+    """Rewrite log.jsonl from the step records: one line per evaluation, with the
+    estimator's statistics averaged over the steps since the previous evaluation."""
+    history = {k: [r[k] for r in records] for k in STEP_FIELDS}
+    lines = []
+    prev = 0
+    for e in evals:
+        s = e["step"]
+        rec = {"step": s, "eval_meta_loss": e["meta_loss"], "eval_nonfinite": e["nonfinite"]}
+        if s > prev:
+            seg = slice(prev, s)
+            rec["train_loss"] = float(np.mean(history["loss"][seg]))
+            rec["grad_norm"] = float(np.mean(history["grad_norm"][seg]))
+            rec["nonfinite_grad"] = int(np.sum(history["nonfinite_grad"][seg]))
+            rec["nonfinite_losses"] = int(np.sum(history["nonfinite_losses"][seg]))
+            rec["skipped"] = int(np.sum(history["skipped"][seg]))
+        lines.append(json.dumps(_jsonable(rec)))
+        prev = s
+    _atomic_text(out / LOG, "".join(line + "\n" for line in lines))
+
+
+def _write_results(out, system, estimator, theta, step, steps, history, evals, interrupted,
+                   wall):
+    flat, _ = jax.tree_util.tree_flatten_with_path(theta)
+    _atomic_savez(out / THETA, {jax.tree_util.keystr(p) or "theta": np.asarray(x)
+                                for p, x in flat})
+    _atomic_savez(out / CURVES, {
+        **{k: np.asarray(v) for k, v in history.items()},
+        "eval_step": np.asarray([e["step"] for e in evals]),
+        "eval_meta_loss": np.asarray([e["meta_loss"] for e in evals]),
+    })
+    summary = {
+        "system": system.describe(),
+        "estimator": {"name": estimator.name, "params": estimator.params},
+        "steps_done": step,
+        "steps": steps,
+        "interrupted": interrupted,
+        "initial_meta_loss": evals[0]["meta_loss"] if evals else None,
+        "final_meta_loss": evals[-1]["meta_loss"] if evals else None,
+        "evals": evals,
+        "skipped_steps": int(np.sum(history["skipped"])),
+        "nonfinite_grad_entries": int(np.sum(history["nonfinite_grad"])),
+        "train_seconds_this_session": wall,
+        "precision": precision_info(),
+    }
+    _atomic_text(out / RESULTS, json.dumps(_jsonable(summary), indent=2))

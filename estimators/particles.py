@@ -1,0 +1,271 @@
+"""Persistent populations of inner runs (particles) for the truncated estimators, and the
+inner-run length schedules (constant, log-uniform) that decide when a particle resets.
+
+A population has ``pairs`` groups of ``members`` particles (2 for antithetic pairs, else 1);
+members of a group share their run keys (same data and step noise) and their reset times.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from chaosgrad.errors import InputError
+from chaosgrad.system import System, done_of, loss_of, split_run_key, step_key
+from chaosgrad.unroll import all_finite, loss_weights, weighted_sum
+
+PyTree = Any
+_LENGTH_TAG = 0x4C454E  # folds a run key into the key of its run length
+
+
+class Schedule(NamedTuple):
+    """How long each inner run lasts before its particle resets.
+
+    Attributes:
+      kind: "constant" (every run lasts ``max_length`` steps) or "loguniform" (each run's
+        length is drawn log-uniformly from [min_length, max_length], from the run's key).
+      min_length, max_length: bounds on the length (equal for "constant").
+    """
+
+    kind: str
+    min_length: int
+    max_length: int
+
+    def sample(self, run_key: jax.Array) -> jax.Array:
+        """The length of the inner run with key ``run_key`` (an int32 scalar)."""
+        if self.kind == "constant":
+            return jnp.asarray(self.max_length, jnp.int32)
+        u = jax.random.uniform(jax.random.fold_in(run_key, _LENGTH_TAG), (), jnp.float32)
+        lo, hi = math.log(self.min_length), math.log(self.max_length + 1)
+        n = jnp.floor(jnp.exp(lo + u * (hi - lo))).astype(jnp.int32)
+        return jnp.clip(n, self.min_length, self.max_length)
+
+
+SCHEDULES = ("constant", "loguniform")
+
+
+def make_schedule(kind: str, horizon: int, min_length: int = 0, max_length: int = 0) -> Schedule:
+    """A run-length schedule. ``constant``: every run lasts ``horizon`` steps. ``loguniform``:
+    lengths log-uniform in [min_length, max_length] (defaults: horizon // 10 and horizon)."""
+    if kind not in SCHEDULES:
+        raise InputError(f"schedule {kind!r} is not accepted: use one of {SCHEDULES}")
+    horizon = int(horizon)
+    if horizon < 1:
+        raise InputError(f"horizon must be a positive integer, got {horizon!r}")
+    if kind == "constant":
+        return Schedule("constant", horizon, horizon)
+    hi = int(max_length) or horizon
+    lo = int(min_length) or max(1, hi // 10)
+    if not 1 <= lo <= hi:
+        raise InputError(
+            f"loguniform schedule needs 1 <= min_length <= max_length, got {lo} and {hi}"
+        )
+    return Schedule("loguniform", lo, hi)
+
+
+class Particles(NamedTuple):
+    """The inner runs of a population; every field has leading axes (pairs, members).
+
+    Attributes:
+      state: the inner states (a system state pytree).
+      t: the index of the next step inside the current inner run.
+      length: the length of the current inner run.
+      run: how many inner runs this particle has finished (its run key is
+        ``fold_in(pair_key, run)``, so members of a pair share data and step noise).
+      xi: PES's accumulated perturbation (θ-shaped) since the last reset; ``()`` otherwise.
+    """
+
+    state: PyTree
+    t: jax.Array
+    length: jax.Array
+    run: jax.Array
+    xi: PyTree
+
+
+class Window(NamedTuple):
+    """What one member's window of K steps produced (per-step arrays of shape (K,)).
+
+    Attributes:
+      losses: the per-step losses ℓ.
+      weights: each step's weight ŵ in the window loss Σ ŵ ℓ (see `run_window`).
+      fresh: True for steps after the member's first reset inside this window.
+      finite_state: whether the phase after the step was finite.
+      resets: how many inner runs ended inside the window.
+    """
+
+    losses: jax.Array
+    weights: jax.Array
+    fresh: jax.Array
+    finite_state: jax.Array
+    resets: jax.Array
+
+    def loss(self, mask=None) -> jax.Array:
+        """The window loss Σ ŵ ℓ (restricted to ``mask`` when given)."""
+        w = self.weights if mask is None else jnp.where(mask, self.weights, 0)
+        return weighted_sum(w, self.losses)
+
+
+def _where(cond, a, b):
+    return jax.tree_util.tree_map(lambda x, y: jnp.where(cond, x, y), a, b)
+
+
+def start_run(system: System, schedule: Schedule, theta: PyTree, pair_key: jax.Array,
+              offset: jax.Array | None):
+    """The first inner run of a particle, advanced ``offset`` steps (a burn-in) with θ.
+
+    Returns (state, t, length, run). ``offset`` None means no burn-in (t = 0).
+    """
+    run_key = jax.random.fold_in(pair_key, 0)
+    length = schedule.sample(run_key)
+    k_init, k_steps = split_run_key(run_key)
+    state = system.init(k_init, theta)
+    if offset is None or schedule.max_length <= 1:
+        return state, jnp.zeros((), jnp.int32), length, jnp.zeros((), jnp.int32)
+
+    def body(s, i):
+        new, _ = system.step(s, theta, step_key(k_steps, i))
+        return _where(i < offset, new, s), None
+
+    # A masked scan of static length compiles once for every offset.
+    state, _ = lax.scan(body, state, jnp.arange(schedule.max_length - 1))
+    return state, offset.astype(jnp.int32), length, jnp.zeros((), jnp.int32)
+
+
+def _reports_done(system: System, theta: PyTree, state: PyTree) -> bool:
+    """Whether the system's step returns a ``done`` flag (decided from shapes alone)."""
+    key = jax.random.PRNGKey(0)
+    out = jax.eval_shape(lambda s, th: system.step(s, th, key)[1], state, theta)
+    return done_of(out) is not None
+
+
+def run_window(system: System, schedule: Schedule, window: int, theta: PyTree, state: PyTree,
+               t: jax.Array, length: jax.Array, run: jax.Array, pair_key: jax.Array):
+    """Run one particle for ``window`` steps with parameters ``theta``, resetting it when its
+    inner run reaches its length (or the step reports ``done``).
+
+    A reset draws the next run key ``fold_in(pair_key, run + 1)``, its length from the
+    schedule and its initial state ``system.init(k_init, theta)`` with the *current* θ (so
+    a perturbed particle's new run depends on the current perturbation only).
+
+    Step weights: a step at index τ of a run of length T gets ŵ = T·w_τ(T)/K, where w_τ(T)
+    is the system's meta-loss weight (1/T for "mean", 1 for "sum", [τ = T−1] for "last") and
+    K = ``window``. For "mean" the window loss Σ ŵ ℓ is the mean of the window's per-step
+    losses. When the particles' positions are uniform over the run (staggered starts), the
+    expected window loss equals the T-step meta-loss, since each step of the run falls in a
+    window with probability K/T (for K ≤ T).
+
+    Returns ((state, t, length, run), Window).
+    """
+    kind = system.meta_loss
+    # When no run can end twice inside a window (K ≤ the shortest run, no ``done``), the
+    # next run's initial state is made once per window instead of at every step (under
+    # vmap a per-step reset would evaluate ``init`` at every step).
+    one_reset = window <= schedule.min_length and not _reports_done(system, theta, state)
+    if one_reset:
+        first_key = jax.random.fold_in(pair_key, run + 1)
+        s_next = system.init(split_run_key(first_key)[0], theta)
+        n_next = schedule.sample(first_key)
+
+    def body(carry, _):
+        s, t, n, r, fresh = carry
+        _, k_steps = split_run_key(jax.random.fold_in(pair_key, r))
+        s2, out = system.step(s, theta, step_key(k_steps, t))
+        loss = jnp.asarray(loss_of(out))
+        w = (loss_weights(kind, t, n) * n / window).astype(loss.dtype)
+        finite = all_finite(system.get_phase(s2))
+        t2 = t + 1
+        end = t2 >= n
+        done = done_of(out)
+        if done is not None:
+            end = end | jnp.asarray(done, bool)
+        r2 = r + end.astype(jnp.int32)
+        if one_reset:
+            s_new, n_new = s_next, n_next
+        else:
+            new_key = jax.random.fold_in(pair_key, r2)
+            s_new, n_new = system.init(split_run_key(new_key)[0], theta), schedule.sample(new_key)
+        s3 = _where(end, s_new, s2)
+        t3 = jnp.where(end, 0, t2).astype(jnp.int32)
+        n3 = jnp.where(end, n_new, n)
+        return (s3, t3, n3, r2, fresh | end), (loss, w, fresh, finite)
+
+    carry0 = (state, t, length, run, jnp.zeros((), bool))
+    (state, t2, n2, r2, _), (losses, w, fresh, finite) = lax.scan(
+        body, carry0, None, length=window)
+    return (state, t2, n2, r2), Window(losses, w, fresh, finite, r2 - run)
+
+
+class TruncatedState(NamedTuple):
+    """The persistent state of a truncated estimator.
+
+    Attributes:
+      particles: the population (`Particles`, leading axes (pairs, members)).
+      pair_keys: one base key per pair, shape (pairs, 2); run r of a pair has key
+        ``fold_in(pair_key, r)``.
+      count: how many estimates have been made.
+    """
+
+    particles: Particles
+    pair_keys: jax.Array
+    count: jax.Array
+
+
+def member_signs(members: int, dtype=jnp.float32) -> jax.Array:
+    """The perturbation sign of each member: (+1, −1) for antithetic pairs, (+1,) alone."""
+    return jnp.asarray([1.0, -1.0][:members], dtype)
+
+
+def perturbed_thetas(theta: PyTree, eps: PyTree, members: int) -> PyTree:
+    """θ + s_m ε for every pair and member: leaves of shape (pairs, members, *θ.shape),
+    from ``eps`` with leaves (pairs, *θ.shape)."""
+
+    def one(th, e):
+        s = member_signs(members, e.dtype).reshape((1, members) + (1,) * th.ndim)
+        return th[None, None] + s * e[:, None]
+
+    return jax.tree_util.tree_map(one, theta, eps)
+
+
+def init_population(system: System, schedule: Schedule, theta: PyTree, key: jax.Array, *,
+                    pairs: int, members: int, stagger: bool, burn_in_sigma: float | None,
+                    sharding=None) -> TruncatedState:
+    """A fresh population: ``pairs`` × ``members`` particles, each at the start of its first
+    inner run, or — with ``stagger`` — advanced a uniform random number of steps into it, so
+    that particles do not reset together and their positions are uniform over the run.
+
+    With ``burn_in_sigma`` (PES), each pair draws ε₀ ~ N(0, σ²) and member m burns in (and
+    initialises) with θ + s_m ε₀ and starts with ξ = s_m ε₀: the population is then exactly
+    what PES at this θ would have produced, so PES is unbiased from its first estimate.
+    Otherwise particles burn in with θ and carry no ξ.
+    """
+    from estimators.base import shard_population, tree_normal, tree_scale
+
+    k_pairs, k_offset, k_eps = jax.random.split(key, 3)
+    pair_keys = jax.random.split(k_pairs, pairs)
+    lengths = jax.vmap(lambda k: schedule.sample(jax.random.fold_in(k, 0)))(pair_keys)
+    if stagger:
+        offsets = jax.random.randint(k_offset, (pairs,), 0, jnp.iinfo(jnp.int32).max) % lengths
+    else:
+        offsets = None
+    if burn_in_sigma is not None:
+        eps = jax.vmap(lambda k: tree_scale(tree_normal(k, theta), burn_in_sigma))(
+            jax.random.split(k_eps, pairs))
+        xi = perturbed_thetas(jax.tree_util.tree_map(jnp.zeros_like, theta), eps, members)
+    else:
+        eps = jax.tree_util.tree_map(lambda x: jnp.zeros((pairs,) + jnp.shape(x),
+                                                         jnp.result_type(x)), theta)
+        xi = ()
+    thetas = perturbed_thetas(theta, eps, members)
+    pair_keys = shard_population(pair_keys, sharding)
+
+    def per_pair(th, pk, off):
+        return jax.vmap(lambda t_: start_run(system, schedule, t_, pk, off))(th)
+
+    state, t, length, run = jax.vmap(per_pair, in_axes=(0, 0, 0 if stagger else None))(
+        thetas, pair_keys, offsets)
+    particles = shard_population(Particles(state, t, length, run, xi), sharding)
+    return TruncatedState(particles, pair_keys, jnp.zeros((), jnp.int32))
