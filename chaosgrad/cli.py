@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     from chaosgrad.config import enable_compilation_cache
 
     enable_compilation_cache()
-    handler = COMMANDS.get(args.command) or getattr(args, "handler", None)
+    handler = COMMANDS.get(args.command) or getattr(args, "func", None)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning

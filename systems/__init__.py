@@ -43,6 +43,8 @@ register("henon", "systems.maps:henon", "Henon map; theta = (a, b)")
 register("lorenz", "systems.maps:lorenz", "Lorenz-63 flow, RK4; theta = (sigma, rho, beta)")
 register("linear", "systems.maps:linear", "linear map x -> A x; theta = A")
 register("heat", "systems.maps:heat", "FTCS heat equation, stable iff r <= 1/2; theta = r")
+register("influence", "systems.influence:influence_balancing",
+         "influence balancing (PES paper): linear, known meta-gradient; theta = scalar")
 register("rnn", "systems.rnn:rnn", "vanilla tanh RNN x -> tanh(W x); theta = W (gain g)")
 register("brax", "systems.brax:brax_system", "Brax rigid-body env with a policy; "
          "theta = policy weights", alias_param="env")

@@ -397,6 +397,7 @@ def test_meta_train_cli_lowers_the_meta_loss(tmp_path):
     add_meta_train_parser(parser.add_subparsers(dest="cmd"))
     args = parser.parse_args([
         "meta-train", "--system", "linear", "--param", "n=3", "--param", "radius=0.95",
+        "--param", "loss=quadratic",
         "--estimator", "backprop", "--est-param", "samples=2", "--est-param", "horizon=20",
         "--steps", "15", "--lr", "0.05", "--out", str(tmp_path / "cli"), "--json",
         "--log-every", "5"])
