@@ -94,6 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=_positive_int, default=None, help="exponents (default <= 3)")
     p.add_argument("--out", default=None, help="report folder (default out/diagnose/NAME)")
 
+    p = sub.add_parser("compare", help="which gradient estimator? bias, variance and cost "
+                       "against a reference gradient, at equal compute")
+    _add_system_args(p)
+    p.add_argument("--estimators", default="backprop,tbptt,es,pes",
+                   help="comma-separated (backprop, tbptt, es, tes, pes, combined)")
+    p.add_argument("--horizon", type=_positive_int, default=None,
+                   help="unroll length T (default: the system's)")
+    p.add_argument("--samples", type=_positive_int, default=32,
+                   help="estimates per estimator")
+    p.add_argument("--budget", type=_positive_int, default=None,
+                   help="unroll steps each estimator may spend (default: samples x 8 x T)")
+    p.add_argument("--window", type=_positive_int, default=10, help="truncation window K")
+    p.add_argument("--sigma", type=float, default=0.01, help="ES/PES perturbation scale")
+    p.add_argument("--reference", default="auto", choices=["auto", "es", "backprop"],
+                   help="reference gradient (auto: backprop if stable, else ES)")
+    p.add_argument("--out", default=None, help="folder for compare.json and compare.png")
+
     p = sub.add_parser("figures", help="regenerate the paper's figures (saved results are "
                        "reused: an interrupted run resumes)")
     p.add_argument("names", nargs="*", metavar="NAME", help="figures to make (see --list)")
@@ -253,6 +270,30 @@ def cmd_diagnose(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from chaosgrad.compare import compare
+
+    system = _make_system(args)
+    if not args.sigma > 0:
+        raise InputError(f"--sigma must be positive, got {args.sigma}")
+    names = [n.strip() for n in args.estimators.split(",") if n.strip()]
+    out = args.out or os.path.join("out", "compare", args.name.replace(":", "_"))
+    c = compare(system, estimators_=names, horizon=args.horizon, budget=args.budget,
+                samples=args.samples, window=args.window, sigma=args.sigma,
+                reference=args.reference, key=_key(args.seed), out=out,
+                progress=False if args.no_progress else None)
+    if args.plot:
+        import shutil
+
+        shutil.copyfile(c.figures["compare"], args.plot)
+    if args.json:
+        print(json.dumps(c.to_json(), indent=2))
+    else:
+        print(c.table())
+        print(f"report: {Path(out) / 'compare.json'}, figure: {c.figures['compare']}")
+    return 0
+
+
 def cmd_figures(args) -> int:
     from chaosgrad import figures
     from chaosgrad.config import enable_x64
@@ -341,6 +382,7 @@ COMMANDS = {
     "grad-growth": cmd_grad_growth,
     "diagnose": cmd_diagnose,
     "figures": cmd_figures,
+    "compare": cmd_compare,
     "demo": cmd_demo,
 }
 

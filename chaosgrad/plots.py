@@ -181,3 +181,41 @@ def plot_diagnosis(d, out_dir) -> dict:
                                 out / "variance.png"))
     figs["slices"] = str(save(plot_slices(d.slices).figure, out / "slices.png"))
     return figs
+
+
+def plot_comparison(c):
+    """Estimators side by side (log scale): bias, one-estimate std, error at the budget, cost.
+
+    ``c`` is a `chaosgrad.compare.Comparison`; bars are in ranking order, best first, and
+    the reference gradient's norm is a dashed line for scale.
+    """
+    by = {s.name: s for s in c.stats}
+    order = [by[n] for n in c.ranking]
+    names = [s.name for s in order]
+    x = np.arange(len(order))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    w = 0.38
+    axes[0].bar(x - w / 2, [max(s.bias, 1e-300) for s in order], w, label="bias ‖E[ĝ] − g*‖")
+    axes[0].bar(x + w / 2, [np.sqrt(s.variance) for s in order], w,
+                label="std of one estimate √tr Cov")
+    axes[0].axhline(c.reference_norm, color="k", ls="--", lw=0.8, label="‖g*‖ (reference)")
+    axes[0].set_yscale("log")
+    axes[0].set_title("bias and spread of one estimate")
+    axes[1].bar(x, [np.sqrt(s.mse_at_budget) for s in order], color="C2")
+    axes[1].axhline(c.reference_norm, color="k", ls="--", lw=0.8)
+    axes[1].set_yscale("log")
+    axes[1].set_title(f"RMS error at a budget of {c.budget} unroll steps")
+    axes[2].bar(x, [s.steps for s in order], color="C4")
+    axes[2].set_yscale("log")
+    axes[2].set_title("cost: unroll steps per estimate")
+    for i, s in enumerate(order):
+        axes[2].annotate(f"{s.seconds * 1e3:.2g} ms", (i, s.steps), ha="center", va="bottom",
+                         fontsize=8)
+    for ax in axes:
+        ax.set_xticks(x, names)
+        ax.grid(alpha=0.3, axis="y", which="both")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{c.system.get('name')}, T = {c.horizon}: estimators ranked by error per "
+                 f"compute (best left); reference {c.reference}", fontsize=11)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,56 @@
+"""`compare`: estimator rankings where the answer is known, and its statistics' bookkeeping."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import systems
+from chaosgrad.cli import main
+from chaosgrad.compare import compare, reference_gradient
+
+KEY = jax.random.PRNGKey(0)
+
+
+def test_black_box_beats_backprop_on_a_chaotic_map():
+    # logistic r = 3.9 (λ ≈ 0.5 per step): backprop's variance ~ e^{2·0.5·30}, ES's bounded
+    c = compare(systems.make("logistic", r=3.9), horizon=30, samples=16,
+                reference_batches=8, reference_per_batch=64, key=KEY)
+    assert c.reference.startswith("es")
+    rank = c.ranking
+    assert rank.index("es") < rank.index("backprop")
+    assert rank.index("pes") < rank.index("backprop")
+    by = {s.name: s for s in c.stats}
+    assert by["backprop"].variance > 1e3 * by["es"].variance
+
+
+def test_backprop_first_on_a_stable_system(tmp_path):
+    c = compare(systems.make("rnn", n=8, g=0.5), horizon=50, samples=16,
+                reference_batches=8, reference_per_batch=64, key=KEY, out=tmp_path)
+    assert c.reference.startswith("backprop")
+    assert c.ranking[0] == "backprop"
+    assert c.recommendation.startswith("Use backprop")
+    saved = json.loads((tmp_path / "compare.json").read_text())
+    assert saved["ranking"] == c.ranking
+    assert (tmp_path / "compare.png").stat().st_size > 10_000
+    for s in c.stats:  # the figure of merit is bias² + variance·cost/budget, exactly
+        assert s.mse_at_budget == pytest.approx(s.bias**2 + s.variance * s.steps / c.budget)
+
+
+def test_reference_gradient_of_a_linear_system_is_exact():
+    # influence balancing is linear in θ, so E[backprop] is its exact meta-gradient and
+    # every sample equals it: the standard error is 0 up to rounding
+    s = systems.make("influence")
+    g, se, _ = reference_gradient(s, s.theta, 20, kind="backprop", key=KEY, batches=4,
+                                  per_batch=4)
+    from chaosgrad.unroll import unrolled_loss
+
+    exact = jax.grad(lambda th: unrolled_loss(s, th, KEY, 20))(s.theta)
+    np.testing.assert_allclose(g, np.ravel(exact), rtol=1e-10)
+    assert se < 1e-10
+
+
+def test_cli_compare_rejects_unknown_estimator(capsys):
+    assert main(["compare", "rnn", "--estimators", "backprop,nope"]) == 2
+    assert "unknown estimator 'nope'" in capsys.readouterr().err
