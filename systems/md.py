@@ -6,6 +6,7 @@ A periodic 2-D bidisperse soft-sphere system whose parameter θ is the small dia
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Any, NamedTuple
 
@@ -59,6 +60,16 @@ def species(n: int) -> np.ndarray:
     return (np.arange(n) >= n // 2).astype(np.int32)
 
 
+@contextlib.contextmanager
+def _quiet_float64_request():
+    # jax-md sums energies "in float64" (util.high_precision_sum); JAX without x64 truncates
+    # that to float32 with a UserWarning at trace time. Expected: the run is float32 then,
+    # as its precision record says.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Explicitly requested dtype float64")
+        yield
+
+
 class Geometry(NamedTuple):
     """The physics at one θ = D, on fractional positions u ∈ R^{n×2} (real x = L u).
 
@@ -105,10 +116,7 @@ def geometry(d_small, n: int = 32, packing: float = 0.98) -> Geometry:
     )
 
     def energy_fn(u, **unused):
-        with warnings.catch_warnings():
-            # jax-md sums pairs "in float64", which JAX without x64 truncates to float32
-            # with a UserWarning at trace time: expected, and said in the precision record.
-            warnings.filterwarnings("ignore", "Explicitly requested dtype float64")
+        with _quiet_float64_request():
             return pair_energy(u)
 
     def force(u, **unused):
@@ -242,6 +250,10 @@ def md_system(
         return g, fns
 
     def init(key, theta):
+        with _quiet_float64_request():
+            return _init(key, theta)
+
+    def _init(key, theta):
         k_pos, k_mom = jax.random.split(key)
         if init_seed >= 0:
             k_pos = jax.random.PRNGKey(init_seed)
@@ -268,7 +280,8 @@ def md_system(
         if mode == "nvt":
             chain = state.chain.set(kinetic_energy=kinetic_energy(state.momentum, state.mass))
             state = state.set(chain=chain)
-        state = apply_fn(state)
+        with _quiet_float64_request():
+            state = apply_fn(state)
         return state, StepOut(loss=g.energy(state.position))
 
     def phase(state):

@@ -105,18 +105,35 @@ def test_nve_conserves_energy_float32():
     assert res.nonfinite_losses == 0
 
 
-def test_nve_energy_error_is_second_order_in_dt_float64():
-    # Velocity Verlet's energy error is O(dt²): halving dt divides it by 4. float64 makes the
-    # rounding part (~1e-15) invisible next to it, so the bound is on the integrator itself.
-    errs = []
-    for dt in (0.01, 0.005):
-        s = md_system("nve", n=N, dt=dt, dtype="float64")
-        steps = int(round(1.0 / dt))  # one unit of time: the trajectories stay close
-        res = unroll(s, key=KEY, steps=steps, trajectory=True)
-        h0 = total_energy(s, initial_phase(s))[0]
-        errs.append(float(jnp.max(jnp.abs(total_energy(s, res.trajectory) - h0)) / h0))
-    assert errs[0] < 1e-4
-    assert 3.5 < errs[0] / errs[1] < 4.5
+def test_nve_energy_float64_drift_and_second_order(nve64):
+    # Velocity Verlet's energy error is O(dt²) and does not drift: halving dt divides it by
+    # 4. In float64 rounding (~1e-15) is invisible next to it, so the bounds are on the
+    # integrator itself: measured max |ΔH|/H = 8e-5 over 1,000 steps at dt = 0.01.
+    res = unroll(nve64, key=KEY, steps=1000, trajectory=True)
+    h0 = total_energy(nve64, initial_phase(nve64))[0]
+    err = jnp.abs(total_energy(nve64, res.trajectory) - h0) / h0
+    assert float(jnp.max(err)) < 2e-4
+    fine = md_system("nve", n=N, dt=0.005, dtype="float64")
+    res_fine = unroll(fine, key=KEY, steps=200, trajectory=True)
+    err_fine = jnp.abs(total_energy(fine, res_fine.trajectory) - h0) / h0
+    # over one unit of time, before chaos separates the two trajectories
+    ratio = float(jnp.max(err[:100]) / jnp.max(err_fine))
+    assert 3.5 < ratio < 4.5
+
+
+def test_nvt_nose_hoover_invariant_is_conserved():
+    from jax_md import simulate
+
+    kT = 1e-3
+    s = md_system("nvt", n=N, kT=kT, dtype="float64")
+    g = geometry(s.theta, N)
+    start = s.init(split_run_key(KEY)[0], s.theta)
+    end = unroll(s, key=KEY, steps=1000).state
+    inv = [float(simulate.nvt_nose_hoover_invariant(g.energy, st, kT)) for st in (start, end)]
+    # measured relative drift 1.8e-4 (the Nosé–Hoover chain's extended energy)
+    assert abs(inv[1] - inv[0]) / abs(inv[0]) < 1e-3
+    # the thermostat pulled the hot start (overlaps release energy) toward kT: 2K/(dof) < 5 kT
+    assert float(jnp.sum(end.momentum**2)) / (2 * N) < 5 * kT
 
 
 @pytest.fixture(scope="module")
