@@ -253,8 +253,8 @@ def test_fire_small_diameter_gradient_grows_at_the_lyapunov_rate():
 
     s = md_system("fire", d_small=0.1, dtype="float64")
     growth = gradient_growth(s, horizons=[10, 30, 100], seeds=4)
-    lyap = lyapunov_spectrum(s, key=KEY, steps=100, transient=0, k=1, record_every=100)
-    lam = float(lyap.exponents[0])
+    lyap = lyapunov_spectrum(s, key=KEY, steps=100, transient=0, k=4, record_every=100)
+    lam = float(lyap.exponents.max())
     assert growth.nonfinite_fraction.max() == 0
     assert lam > 0.05
     assert growth.growth_rate == pytest.approx(lam, rel=0.5)
