@@ -23,6 +23,8 @@ FIGURES = {
     "toy": ("chaosgrad.figures.toy", "Figure 1: when black-box beats backprop (sin toy)"),
     "learned_optimizer": ("chaosgrad.figures.learned_optimizer",
                           "Figure 3: meta-learning a learned optimizer (loss slices, variance)"),
+    "packing": ("chaosgrad.figures.packing",
+                "Figure 4: jax-md packing (energy vs diameter, gradient variance)"),
     "linear": ("chaosgrad.figures.linear", "Figure 7: linear maps and the FTCS heat equation"),
 }
 SCALES = ("quick", "paper")
