@@ -25,6 +25,8 @@ FIGURES = {
                           "Figure 3: meta-learning a learned optimizer (loss slices, variance)"),
     "packing": ("chaosgrad.figures.packing",
                 "Figure 4: jax-md packing (energy vs diameter, gradient variance)"),
+    "learning_rate": ("chaosgrad.figures.learning_rate",
+                      "Beyond the paper: the learning rate where SGD turns chaotic; estimators"),
     "linear": ("chaosgrad.figures.linear", "Figure 7: linear maps and the FTCS heat equation"),
 }
 SCALES = ("quick", "paper")
