@@ -212,7 +212,9 @@ def _build(env, backend, policy, hidden, layers, horizon, policy_scale, action_n
         action = apply_policy(theta, state.obs)
         if action_noise:
             action = action + action_noise * jax.random.normal(key, action.shape, action.dtype)
-        new = e.step(state, action)
+        # some envs (ant) update state.metrics in place: give them copies, so no value
+        # traced inside a transformation leaks into the caller's state
+        new = e.step(state.replace(metrics=dict(state.metrics), info=dict(state.info)), action)
         new = new.replace(info={**new.info, "action": action})
         new = _like(new, state)
         if loss_kind == "angle":

@@ -206,3 +206,16 @@ def test_free_joint_jacobian_matches_finite_differences(tumblers):
     jac, fd = _jac_and_fd(rot, state, key)
     assert jac.shape == (14, 14)
     np.testing.assert_allclose(jac, fd, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_ant_phase_has_28_coordinates_and_no_spurious_exponent():
+    # ant: q has 15 entries (free torso: 3 + quaternion 4, 8 hinges), qd has 14
+    rot = brax_system("ant", dtype="float64")
+    raw = brax_system("ant", dtype="float64", rotations="quaternion")
+    assert rot.phase_dim() == 28 and raw.phase_dim() == 29
+    kw = dict(key=jax.random.PRNGKey(0), steps=100, transient=0, record_every=100)
+    lr = lyapunov_spectrum(rot, k=28, **kw)
+    lq = lyapunov_spectrum(raw, k=29, **kw)
+    assert np.all(np.isfinite(lr.exponents)) and lr.exponents[-1] > -100, lr.exponents
+    assert lq.exponents[-1] < -100, lq.exponents  # the quaternion-norm direction
