@@ -217,5 +217,8 @@ def test_ant_phase_has_28_coordinates_and_no_spurious_exponent():
     kw = dict(key=jax.random.PRNGKey(0), steps=100, transient=0, record_every=100)
     lr = lyapunov_spectrum(rot, k=28, **kw)
     lq = lyapunov_spectrum(raw, k=29, **kw)
-    assert np.all(np.isfinite(lr.exponents)) and lr.exponents[-1] > -100, lr.exponents
-    assert lq.exponents[-1] < -100, lq.exponents  # the quaternion-norm direction
+    assert np.all(np.isfinite(lr.exponents)), lr.exponents
+    # contacts and damping make physical exponents down to about -140/s; the quaternion-norm
+    # direction, crushed to rounding by renormalisation every 0.01 s substep, lies far below
+    assert lq.exponents[-1] < -500 and lq.exponents[-1] < 3 * lr.exponents[-1], (
+        lq.exponents, lr.exponents)
