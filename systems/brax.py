@@ -1,0 +1,369 @@
+"""Brax rigid-body environments under a deterministic policy, as a chaosgrad `System`.
+
+θ = policy weights; the phase is the generalized coordinates (q, q̇) with free-joint
+quaternions in rotation-vector coordinates; no resets inside an unroll.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from chaosgrad.config import x64_enabled
+from chaosgrad.errors import InputError
+from chaosgrad.system import StepOut, System
+from systems.maps import _dtype, _precision
+
+BACKENDS = ("generalized", "positional", "spring", "mjx")
+POLICIES = ("linear", "mlp")
+LOSSES = ("auto", "reward", "angle")
+ROTATIONS = ("rotvec", "quaternion")
+# Environments whose reward carries no gradient: "auto" picks a state-dependent loss.
+CONSTANT_REWARD = {"inverted_pendulum": "angle"}
+# Physics substeps "auto" picks: brax's generalized inverted_pendulum at its shipped 0.02 s
+# timestep blows up (|q| ~ 1e24 within 300-1500 steps, even with zero action) when the pole
+# bounces on its joint limits; at 0.01 s it stays bounded over 1,500 steps.
+AUTO_SUBSTEPS = {("inverted_pendulum", "generalized"): 2}
+MJX_SOLVER_ITERATIONS = 1  # mjx reverse mode needs a fixed-length solver (no while_loop)
+
+
+def env_names() -> list[str]:
+    """Names of the environments `brax.envs` can build (bundled and registered ones)."""
+    from brax import envs
+
+    return sorted(getattr(envs, "_envs", {}))
+
+
+# -- rotation-vector coordinates for free-joint quaternions ----------------------------------
+def quat_to_rotvec(q: jax.Array) -> jax.Array:
+    """Rotation vector ω (angle · axis, |ω| ≤ π) of quaternions q = (w, x, y, z), shape (..., 4).
+
+    q and −q are the same rotation: the hemisphere w ≥ 0 is used. Smooth at the identity
+    (a series replaces angle/sin(angle/2) there), so jvp/vjp never see 0/0.
+    """
+    q = q * jnp.where(q[..., :1] < 0, -1.0, 1.0).astype(q.dtype)
+    w, v = q[..., 0], q[..., 1:]
+    s2 = jnp.sum(v * v, axis=-1)
+    small = s2 < jnp.finfo(q.dtype).eps
+    s = jnp.sqrt(jnp.where(small, 1.0, s2))
+    w_safe = jnp.where(small, jnp.where(w == 0, 1.0, w), 1.0)
+    # 2 atan2(s, w) / s, and its series 2/w (1 − s²/(3w²)) for s → 0
+    factor = jnp.where(small, 2.0 / w_safe * (1.0 - s2 / (3.0 * w_safe**2)),
+                       2.0 * jnp.arctan2(s, w) / s)
+    return factor[..., None] * v
+
+
+def rotvec_to_quat(omega: jax.Array) -> jax.Array:
+    """Unit quaternion (w, x, y, z) of rotation vectors ω, shape (..., 3); smooth at ω = 0."""
+    t2 = jnp.sum(omega * omega, axis=-1)
+    small = t2 < jnp.finfo(omega.dtype).eps
+    t = jnp.sqrt(jnp.where(small, 1.0, t2))
+    half_sinc = jnp.where(small, 0.5 - t2 / 48.0, jnp.sin(0.5 * t) / t)
+    c = jnp.where(small, 1.0 - t2 / 8.0, jnp.cos(0.5 * t))
+    return jnp.concatenate([c[..., None], half_sinc[..., None] * omega], axis=-1)
+
+
+def _joint_layout(sys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Index arrays into q: the non-quaternion entries, the free-joint quaternions
+    (shape (n_free, 4)), and the hinge (rotational 1–3 dof) angles."""
+    from brax.base import Q_WIDTHS, QD_WIDTHS
+
+    ang = np.asarray(sys.dof.motion.ang)
+    plain, quats, hinges = [], [], []
+    qi = di = 0
+    for typ in sys.link_types:
+        if typ == "f":
+            plain.extend(range(qi, qi + 3))
+            quats.append(list(range(qi + 3, qi + 7)))
+        else:
+            for j in range(Q_WIDTHS[typ]):
+                plain.append(qi + j)
+                if np.linalg.norm(ang[di + j]) > 0:
+                    hinges.append(qi + j)
+        qi += Q_WIDTHS[typ]
+        di += QD_WIDTHS[typ]
+    return (np.asarray(plain, np.int32), np.asarray(quats, np.int32).reshape(-1, 4),
+            np.asarray(hinges, np.int32))
+
+
+# -- policies ---------------------------------------------------------------------------------
+def init_policy(key: jax.Array, sizes: list[int], scale: float, dtype) -> list[dict]:
+    """Layers {"w": (n_in, n_out), "b": (n_out,)} with w ~ N(0, scale²/n_in), b = 0."""
+    layers = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
+        key, sub = jax.random.split(key)
+        w = jax.random.normal(sub, (n_in, n_out), dtype) * (scale / np.sqrt(n_in))
+        layers.append({"w": w, "b": jnp.zeros((n_out,), dtype)})
+    return layers
+
+
+def apply_policy(theta: list[dict], obs: jax.Array) -> jax.Array:
+    """Deterministic policy: tanh after every layer, so actions lie in [−1, 1]."""
+    h = obs
+    for layer in theta:
+        h = jnp.tanh(h @ layer["w"] + layer["b"])
+    return h
+
+
+def _cast_floats(tree, dt):
+    def cast(x):
+        if isinstance(x, (jax.Array, np.ndarray)) and jnp.issubdtype(x.dtype, jnp.floating):
+            return jnp.asarray(x, dt)
+        return x
+
+    return jax.tree_util.tree_map(cast, tree)
+
+
+def _like(new, old):
+    """``new`` with each float leaf cast to the dtype of the matching leaf of ``old``.
+
+    Env steps return some leaves as Python floats (inverted_pendulum's reward is 1.0):
+    the scan carry must keep one type.
+    """
+    return jax.tree_util.tree_map(
+        lambda n, o: jnp.asarray(n, jnp.asarray(o).dtype), new, old)
+
+
+def _tree_add_delta(base, new, ref):
+    """base + (new − ref) on float leaves (exact ``base`` in value when new == ref)."""
+    def f(b, n, r):
+        if jnp.issubdtype(jnp.asarray(b).dtype, jnp.inexact):
+            return b + (n - r)
+        return b
+
+    return jax.tree_util.tree_map(f, base, new, ref)
+
+
+def _make_env(env: str, backend: str):
+    from brax import envs
+
+    names = env_names()
+    if env not in names:
+        raise InputError(f"unknown brax environment {env!r}; accepted: {', '.join(names)}")
+    if backend not in BACKENDS:
+        raise InputError(f"unknown brax backend {backend!r}; accepted: {', '.join(BACKENDS)}")
+    try:
+        e = envs.get_environment(env, backend=backend)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"brax environment {env!r} cannot be built with backend "
+                         f"{backend!r}: {err}") from None
+    if not hasattr(e, "pipeline_init") or not hasattr(e, "_get_obs") or not hasattr(e, "sys"):
+        others = ", ".join(n for n in names if n != "fast")
+        raise InputError(f"brax environment {env!r} is not a physics PipelineEnv with a "
+                         f"flat observation; use one of {others}")
+    return e
+
+
+@functools.lru_cache(maxsize=32)
+def _build(env, backend, policy, hidden, layers, horizon, policy_scale, action_noise, seed,
+           loss, rotations, substeps, dt_name) -> System:
+    dt = jnp.dtype(dt_name)
+    e = _make_env(env, backend)
+    sys = _cast_floats(e.sys, dt)
+    mjx_iters = None
+    if backend == "mjx":
+        mjx_iters = MJX_SOLVER_ITERATIONS
+        sys = sys.tree_replace({"opt.iterations": mjx_iters})
+    if substeps == 0:
+        substeps = AUTO_SUBSTEPS.get((env, backend), 1)
+    if substeps > 1:  # same control step env.dt, finer physics
+        sys = sys.tree_replace({"opt.timestep": sys.opt.timestep / substeps})
+        e._n_frames = e._n_frames * substeps
+    e.sys = sys
+    plain, quats, hinges = _joint_layout(sys)
+    n_free = int(quats.shape[0])
+    if rotations == "quaternion":  # raw q: quaternions kept whole (the artificial direction)
+        plain, quats, n_rot = np.arange(int(sys.q_size()), dtype=np.int32), quats[:0], n_free
+        n_free = 0
+    else:
+        n_rot = 0
+
+    loss_kind = CONSTANT_REWARD.get(env, "reward") if loss == "auto" else loss
+    if loss_kind == "angle" and hinges.size == 0:
+        raise InputError(f"loss 'angle' needs hinge joints and {env!r} has none; "
+                         f"accepted losses: {', '.join(LOSSES)}")
+    obs_takes_action = len(inspect.signature(e._get_obs).parameters) >= 2
+
+    key0 = jax.random.PRNGKey(0)
+    probe = jax.eval_shape(e.reset, key0)
+    if not hasattr(probe.obs, "shape") or probe.obs.ndim != 1:
+        raise InputError(f"brax environment {env!r} has a non-flat observation; "
+                         "only flat-array observations are supported")
+    obs_size, act_size = int(probe.obs.shape[0]), int(e.action_size)
+    if policy == "linear":
+        sizes = [obs_size, act_size]
+    else:
+        sizes = [obs_size] + [int(hidden)] * int(layers) + [act_size]
+    theta0 = init_policy(jax.random.PRNGKey(seed), sizes, policy_scale, dt)
+
+    def observe(ps, action):
+        return e._get_obs(ps, action) if obs_takes_action else e._get_obs(ps)
+
+    def init(key, theta):
+        s = e.reset(key)
+        s = s.replace(info={**s.info, "action": jnp.zeros((act_size,), dt)})
+        return _cast_floats(s, dt)
+
+    def step(state, theta, key):
+        action = apply_policy(theta, state.obs)
+        if action_noise:
+            action = action + action_noise * jax.random.normal(key, action.shape, action.dtype)
+        # some envs (ant) update state.metrics in place: give them copies, so no value
+        # traced inside a transformation leaks into the caller's state
+        new = e.step(state.replace(metrics=dict(state.metrics), info=dict(state.info)), action)
+        new = new.replace(info={**new.info, "action": action})
+        new = _like(new, state)
+        if loss_kind == "angle":
+            ell = jnp.sum(new.pipeline_state.q[hinges] ** 2)
+        else:
+            ell = -new.reward
+        return new, StepOut(loss=ell, done=new.done > 0.5, aux={"reward": new.reward})
+
+    def phase(state):
+        q, qd = state.pipeline_state.q, state.pipeline_state.qd
+        out = {"q": q[plain], "qd": qd}
+        if n_free:
+            out["rot"] = quat_to_rotvec(q[quats])
+        return out
+
+    def _decode(state, p):
+        q = state.pipeline_state.q
+        q = q.at[plain].set(p["q"])
+        if n_free:
+            sign = jnp.where(q[quats][:, :1] < 0, -1.0, 1.0).astype(q.dtype)
+            q = q.at[quats].set(sign * rotvec_to_quat(p["rot"]))
+        return q, p["qd"]
+
+    def _rebuild(state, q, qd):
+        ps = _like(e.pipeline_init(q, qd), state.pipeline_state)
+        return ps, observe(ps, state.info["action"]).astype(state.obs.dtype)
+
+    def with_phase(state, p):
+        ps_new, obs_new = _rebuild(state, *_decode(state, p))
+        ps_ref, obs_ref = _rebuild(state, *_decode(state, phase(state)))
+        ps = _tree_add_delta(state.pipeline_state, ps_new, ps_ref)
+        return state.replace(pipeline_state=ps, obs=state.obs + (obs_new - obs_ref))
+
+    q_size, qd_size = int(sys.q_size()), int(sys.qd_size())
+    if loss_kind == "angle":
+        loss_doc = ("sum of squared hinge angles of the next state"
+                    + (f" (auto: {env}'s reward is constant, so -reward has gradient 0)"
+                       if loss == "auto" else ""))
+    else:
+        loss_doc = "-reward of the step (the environment's reward)"
+    policy_doc = ("linear: a = tanh(W obs + b)" if policy == "linear" else
+                  f"tanh MLP {' -> '.join(map(str, sizes))}")
+    return System(
+        init, step, phase=phase, with_phase=with_phase, name=f"brax:{env}",
+        theta=theta0, dt=float(e.dt), horizon=int(horizon), precision=_precision(dt),
+        description=f"Brax {env} ({backend} backend, physics dt {float(sys.opt.timestep):g}"
+                    f" x {int(e._n_frames)}) under a deterministic {policy} policy, no resets",
+        theta_doc=f"policy weights, list of layers {{w, b}} ({policy_doc}); "
+                  f"init N(0, {policy_scale}^2/fan_in) from seed {seed}",
+        loss_doc=loss_doc,
+        meta={
+            "env": env, "backend": backend, "policy": policy, "policy_sizes": sizes,
+            "policy_scale": policy_scale, "action_noise": action_noise, "seed": seed,
+            "loss": loss_kind, "loss_requested": loss, "obs_size": obs_size,
+            "action_size": act_size, "q_size": q_size, "qd_size": qd_size,
+            "free_joints": n_free + n_rot, "phase_dim": q_size - n_free + qd_size,
+            "phase_coords": ("(q, qd); free-joint quaternions as rotation vectors" if n_free
+                             else "(q, qd); raw quaternions (one artificial direction per "
+                             "free joint)" if n_rot else "(q, qd)"),
+            "env_dt": float(e.dt), "resets": "none (done is reported, the unroll goes on)",
+            "mjx_solver_iterations": mjx_iters, "substeps": substeps,
+            "physics_timestep": float(sys.opt.timestep), "n_frames": int(e._n_frames),
+        },
+    )
+
+
+def brax_system(
+    env: str = "inverted_pendulum",
+    backend: str = "generalized",
+    policy: str = "linear",
+    hidden: int = 32,
+    layers: int = 2,
+    horizon: int = 100,
+    policy_scale: float = 1.0,
+    action_noise: float = 0.0,
+    seed: int = 0,
+    loss: str = "auto",
+    rotations: str = "rotvec",
+    substeps: int = 0,
+    dtype: str | None = None,
+) -> System:
+    """A Brax environment driven by a deterministic policy π_θ, one env step per system step.
+
+    Step: a_t = π_θ(obs_t) (+ ``action_noise`` · N(0, 1) from the step key), then
+    ``env.step``. Brax's auto-reset wrappers are not used: a terminated episode goes on
+    (``done`` is reported in `StepOut`), so chaos is not hidden by resets.
+
+    θ: a list of layers ``{"w", "b"}``; ``policy="linear"`` is a = tanh(W obs + b),
+    ``"mlp"`` has ``layers`` hidden tanh layers of width ``hidden``. The default θ is drawn
+    from ``seed``: w ~ N(0, policy_scale²/fan_in), b = 0.
+
+    Loss: ``"reward"`` is ℓ_t = −r_t. ``"angle"`` is the sum of squared hinge angles of the
+    next state. ``"auto"`` is −reward except for inverted_pendulum, whose reward is the
+    constant 1 (its gradient is exactly 0), where it is ``"angle"`` (the pole angle²).
+    ``loss_doc`` and ``meta["loss"]`` say which one a system uses.
+
+    Phase (the coordinates of Jacobians and Lyapunov spectra): the generalized coordinates
+    {"q", "qd", "rot"} of the pipeline state. A free joint's orientation is a unit
+    quaternion, four numbers for three degrees of freedom; in those coordinates the
+    Jacobian has one artificial direction (the quaternion norm, which brax renormalises
+    away, giving a spurious −∞ exponent; without renormalisation a spurious 0). So each
+    free-joint quaternion is replaced by its rotation vector ω = angle · axis (|ω| ≤ π, a
+    chart that is smooth and well conditioned away from |ω| = π, where the spectra are
+    unaffected since consecutive charts agree), and the phase has 2·dof entries (ant: 14 +
+    14 = 28, not 29). ``with_phase`` rebuilds the whole state from (q, qd) by the backend's
+    ``pipeline_init`` (forward kinematics, inertia, observation) and applies the change
+    relative to the current state, so the state is exact in value at the base point and
+    perturbations move along the joint manifold. For spring/positional (maximal
+    coordinates) this confines perturbations to joint-consistent ones; the stiff
+    joint-spring modes are not part of the phase. Observations that depend on the previous
+    action (humanoid) hold that action fixed under a perturbation.
+
+    Args:
+      env: a `brax.envs` name (``env_names()``).
+      backend: "generalized", "positional", "spring" or "mjx" (mjx runs with
+        ``opt.iterations = 1`` so reverse mode works; recorded in ``meta``).
+      policy, hidden, layers, policy_scale, seed: the policy (see above).
+      horizon: the natural unroll length.
+      action_noise: standard deviation of Gaussian noise added to actions (0: none).
+      loss: "auto", "reward" or "angle".
+      rotations: "rotvec" (above) or "quaternion": the raw q with whole quaternions, only
+        to see the artificial direction (phase dimension one larger per free joint).
+      substeps: split each physics step of the env into this many (same control step
+        ``env.dt``); 0 = auto: 2 for inverted_pendulum on generalized (whose shipped
+        timestep blows up numerically within a few hundred steps), else 1 (brax as shipped).
+      dtype: "float32" or "float64" (default: JAX's current default float); the brax
+        system's constants are cast to it.
+
+    Returns:
+      A `System` (``dt`` = the env's control step, so exponents are per second). The
+      same arguments return the same object, so compiled chunks are reused.
+    """
+    if policy not in POLICIES:
+        raise InputError(f"unknown policy {policy!r}; accepted: {', '.join(POLICIES)}")
+    if loss not in LOSSES:
+        raise InputError(f"unknown loss {loss!r}; accepted: {', '.join(LOSSES)}")
+    if policy == "mlp" and (int(hidden) < 1 or int(layers) < 1):
+        raise InputError(f"mlp policy needs hidden >= 1 and layers >= 1, got {hidden}, {layers}")
+    if rotations not in ROTATIONS:
+        raise InputError(f"unknown rotations {rotations!r}; accepted: {', '.join(ROTATIONS)}")
+    if int(substeps) < 0:
+        raise InputError(f"substeps must be >= 0 (0 = auto), got {substeps!r}")
+    if int(horizon) < 1:
+        raise InputError(f"horizon must be a positive integer, got {horizon!r}")
+    if not action_noise >= 0:
+        raise InputError(f"action_noise must be >= 0, got {action_noise!r}")
+    dt = jnp.dtype(_dtype(dtype))
+    if dt == jnp.float64 and not x64_enabled():
+        raise InputError("dtype float64 needs JAX's float64 mode: call chaosgrad.enable_x64()")
+    return _build(env, backend, policy, int(hidden), int(layers), int(horizon),
+                  float(policy_scale), float(action_noise), int(seed), loss, rotations,
+                  int(substeps), dt.name)
