@@ -21,6 +21,10 @@ from chaosgrad.errors import InputError
 
 FIGURES = {
     "toy": ("chaosgrad.figures.toy", "Figure 1: when black-box beats backprop (sin toy)"),
+    "rigid_body": ("chaosgrad.figures.rigid_body",
+                   "Figure 2: Brax Ant (loss slices, smoothing, gradient variance)"),
+    "spectra": ("chaosgrad.figures.spectra",
+                "Figure 5: Jacobian spectra of the closed-loop Brax Ant at two inits"),
     "learned_optimizer": ("chaosgrad.figures.learned_optimizer",
                           "Figure 3: meta-learning a learned optimizer (loss slices, variance)"),
     "packing": ("chaosgrad.figures.packing",
