@@ -47,8 +47,13 @@ class Diagnosis:
         measured (an extrapolation of the fit).
       recommendation: what to use, following from the verdict and the numbers.
       lyapunov, growth, slices: the underlying results.
-      predicted_rate, measured_rate: growth rate of ‖g‖ the spectrum predicts (max(λ1, 0))
-        and the fitted one; predicted_variance_rate, measured_variance_rate likewise (2·).
+      finite_time_exponent: the leading exponent over the longest horizon from the initial
+        state (no transient), averaged over a few seeds: what gradients over these horizons
+        see, which can differ from the asymptotic λ1 (an unstable start that settles, or a
+        transient before chaos).
+      predicted_rate, measured_rate: growth rate of ‖g‖ the spectra predict (max(λ1,
+        finite-time λ1, 0)) and the fitted one; predicted_variance_rate,
+        measured_variance_rate likewise (2·).
       lyapunov_margin: |λ1| below this counts as zero (max of ``tol`` and 3× the spread
         of λ1's running estimate over the second half of the run).
       nonfinite: where NaN/Inf appeared, and what it means.
@@ -62,6 +67,7 @@ class Diagnosis:
     lyapunov: LyapunovResult
     growth: GrowthResult
     slices: SliceResult
+    finite_time_exponent: float
     predicted_rate: float
     measured_rate: float
     predicted_variance_rate: float
@@ -87,6 +93,7 @@ class Diagnosis:
                 "history_steps": self.lyapunov.history_steps.tolist(),
                 "history": self.lyapunov.history.tolist()},
             "lyapunov_margin": self.lyapunov_margin,
+            "finite_time_exponent": self.finite_time_exponent,
             "predicted_rate": self.predicted_rate,
             "measured_rate": self.measured_rate,
             "predicted_variance_rate": self.predicted_variance_rate,
@@ -117,10 +124,12 @@ class Diagnosis:
             f"Lyapunov exponents ({ly.units}, {ly.steps} steps after {ly.transient}): "
             + ", ".join(f"{x:+.4g}" for x in ly.exponents)
             + f"   (|λ| < {self.lyapunov_margin:.2g} counts as 0)",
-            f"Growth rate of |grad|: measured {_f(self.measured_rate)}, predicted max(λ1,0) = "
-            f"{_f(self.predicted_rate)}",
+            f"Finite-time λ1 over T = {int(g.horizons[-1])} from the start: "
+            f"{_f(self.finite_time_exponent)}",
+            f"Growth rate of |grad|: measured {_f(self.measured_rate)}, predicted "
+            f"max(λ1, finite-time λ1, 0) = {_f(self.predicted_rate)}",
             f"Growth rate of its variance: measured {_f(self.measured_variance_rate)}, "
-            f"predicted 2·max(λ1,0) = {_f(self.predicted_variance_rate)}",
+            f"predicted 2x that = {_f(self.predicted_variance_rate)}",
             "",
             f"{'T':>7} {'|grad| (geo-mean)':>18} {'variance':>11} {'non-finite':>11} "
             f"{'slice extrema':>14} {'slice NaN':>10}",
@@ -151,6 +160,8 @@ class Diagnosis:
             "|---|---|",
             f"| Lyapunov exponents ({ly.units}) | "
             + ", ".join(f"{x:+.4g}" for x in ly.exponents) + " |",
+            f"| finite-time λ1 over the longest horizon, from the start | "
+            f"{_f(self.finite_time_exponent)} |",
             f"| growth rate of ‖∂L/∂θ‖, measured / predicted | {_f(self.measured_rate)} / "
             f"{_f(self.predicted_rate)} |",
             f"| growth rate of its variance, measured / predicted | "
@@ -215,12 +226,15 @@ def _margin(ly: LyapunovResult, tol: float) -> float:
     return max(tol, 3.0 * spread)
 
 
-def _verdict(lam: float, margin: float, measured: float, per_step: float) -> str:
-    if not np.isfinite(lam):
+def _verdict(lam: float, lam_ft: float, margin: float, measured: float, per_step: float) -> str:
+    """chaotic: λ1 or the finite-time λ1 clearly positive (or non-finite); stable: both
+    clearly negative and the gradient not growing; marginal: anything between."""
+    if not (np.isfinite(lam) and np.isfinite(lam_ft)):
         return "chaotic"
-    if lam > margin:
+    if max(lam, lam_ft) > margin:
         return "chaotic"
-    if lam < -margin and not (np.isfinite(measured) and measured * per_step > 0.01):
+    growing = np.isfinite(measured) and measured * per_step > 0.01
+    if max(lam, lam_ft) < -margin and not growing:
         return "stable"
     return "marginal"
 
@@ -284,6 +298,10 @@ def diagnose(
     with progress_bar(3, f"diagnose {system.name}", progress, min_total=1) as bar:
         ly = lyapunov_spectrum(system, theta, key=key, steps=lyapunov_steps, k=k,
                                transient=transient, progress=False)
+        lam_ft = float(np.mean([
+            lyapunov_spectrum(system, theta, key=jax.random.fold_in(key, 10 + i), steps=hmax,
+                              k=1, transient=0, record_every=hmax,
+                              progress=False).exponents[0] for i in range(3)]))
         bar.update(1)
         growth = gradient_growth(system, theta, hs, seeds, key=jax.random.fold_in(key, 1),
                                  progress=False)
@@ -295,15 +313,15 @@ def diagnose(
     lam = float(ly.exponents[0])
     tol = 0.5 / hmax if tol is None else float(tol)
     margin = _margin(ly, tol / per_step)
-    verdict = _verdict(lam, margin, growth.growth_rate, per_step)
-    pred = max(lam, 0.0) if np.isfinite(lam) else math.nan
+    verdict = _verdict(lam, lam_ft, margin, growth.growth_rate, per_step)
+    pred = max(lam, lam_ft, 0.0) if np.isfinite(lam) and np.isfinite(lam_ft) else math.nan
     critical = _critical_horizon(growth, verdict, pred, variance_growth_limit, per_step)
     nonfinite = _nonfinite_report(ly, growth, slices)
     return _finish(Diagnosis(
         system=system.describe(), verdict=verdict, critical_horizon=critical,
         critical_extrapolated=critical is not None and critical > hmax,
         recommendation=_recommend(verdict, critical, growth, nonfinite),
-        lyapunov=ly, growth=growth, slices=slices,
+        lyapunov=ly, growth=growth, slices=slices, finite_time_exponent=lam_ft,
         predicted_rate=pred, measured_rate=growth.growth_rate,
         predicted_variance_rate=2 * pred, measured_variance_rate=growth.variance_rate,
         lyapunov_margin=margin, variance_growth_limit=variance_growth_limit,

@@ -77,7 +77,7 @@ def plot_growth(result, ax=None, lyapunov: float | None = None, title: str | Non
         if lyapunov is not None and np.isfinite(lyapunov):
             pred = max(lyapunov, 0.0)
             ax.plot(h, y0 * np.exp(pred * (h - x0)), "--", color="C3",
-                    label=f"predicted: max(λ1, 0) = {pred:.3g}")
+                    label=f"predicted from the spectrum: {pred:.3g}")
     bad = ~np.isfinite(norms)
     if bad.any():
         top = ax.get_ylim()[1]
@@ -115,7 +115,7 @@ def plot_variance(result, ax=None, lyapunov: float | None = None, critical: floa
         if lyapunov is not None and np.isfinite(lyapunov):
             pred = 2 * max(lyapunov, 0.0)
             ax.plot(h, y0 * np.exp(pred * (h - x0)), "--", color="C3",
-                    label=f"predicted: 2·max(λ1, 0) = {pred:.3g}")
+                    label=f"predicted: 2 × {pred / 2:.3g}")
         if limit is not None:
             ax.axhline(y0 * limit, color="0.5", lw=0.8, ls="-.",
                        label=f"{limit:g}× the T={result.horizons[ok][0]} variance")
@@ -162,7 +162,7 @@ def plot_slices(result, ax=None, title: str | None = None):
 def plot_diagnosis(d, out_dir) -> dict:
     """The diagnosis figures: a 4-panel summary and each panel alone; returns name → path."""
     out = Path(out_dir)
-    lam = float(d.lyapunov.exponents[0])
+    lam = float(d.predicted_rate)
     name = d.system.get("name")
     figs = {}
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
