@@ -3,6 +3,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -46,3 +47,29 @@ def test_figure_results_are_saved_resumed_and_redrawn(tmp_path, monkeypatch):
     png.unlink()
     monkeypatch.setattr(toy, "run", lambda *a: pytest.fail("re-ran the experiment"))
     assert figures.run_figure("toy", "quick", tmp_path).stat().st_size > 10_000
+
+
+def test_truncated_episode_loss_value_is_exact_and_gradient_truncates():
+    import systems
+    from chaosgrad.figures.truncation import truncated_loss
+    from chaosgrad.unroll import unrolled_loss
+
+    s = systems.make("rnn", n=6, g=1.5)
+    key = jax.random.PRNGKey(2)
+    full = unrolled_loss(s, s.theta, key, 20)
+    assert float(truncated_loss(s, s.theta, key, 20, 5)) == pytest.approx(float(full), rel=1e-12)
+    g_full = jax.grad(lambda th: unrolled_loss(s, th, key, 20))(s.theta)
+    g_none = jax.grad(lambda th: truncated_loss(s, th, key, 20, 20))(s.theta)
+    np.testing.assert_allclose(g_none, g_full, rtol=1e-12)
+    # with every = 1 only the direct dependence of each step on θ remains: the sum over steps
+    # of the one-step gradients at the (fixed) visited states
+    from chaosgrad.system import split_run_key
+    from chaosgrad.unroll import unroll
+
+    traj = unroll(s, s.theta, key, 20, trajectory=True).trajectory[0]
+    k_init, _ = split_run_key(key)
+    states = np.concatenate([np.asarray(s.init(k_init, s.theta))[None], traj[:-1]])
+    ref = sum(jax.grad(lambda th, x=x: s.step(jnp.asarray(x), th, None)[1].loss)(s.theta)
+              for x in states) / 20
+    g_one = jax.grad(lambda th: truncated_loss(s, th, key, 20, 1))(s.theta)
+    np.testing.assert_allclose(g_one, ref, rtol=1e-10)

@@ -25,6 +25,8 @@ FIGURES = {
                    "Figure 2: Brax Ant (loss slices, smoothing, gradient variance)"),
     "spectra": ("chaosgrad.figures.spectra",
                 "Figure 5: Jacobian spectra of the closed-loop Brax Ant at two inits"),
+    "truncation": ("chaosgrad.figures.truncation",
+                   "Figure 6: training the Ant by backprop with the gradient stopped every t"),
     "learned_optimizer": ("chaosgrad.figures.learned_optimizer",
                           "Figure 3: meta-learning a learned optimizer (loss slices, variance)"),
     "packing": ("chaosgrad.figures.packing",
