@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 
 from chaosgrad.errors import InputError
+from chaosgrad.params import parse_kv
 from chaosgrad.system import System
 from estimators.backprop import backprop, truncated_backprop
 from estimators.base import Estimator, clip_by_global_norm
@@ -90,37 +91,6 @@ def make(name: str, system: System, **params) -> Estimator:
     return clip_by_global_norm(est, clip) if clip > 0 else est
 
 
-def _convert(text: str, default):
-    if isinstance(default, bool):
-        low = text.lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ValueError("expected true/false")
-    if isinstance(default, int):
-        return int(text)
-    if isinstance(default, float):
-        return float(text)
-    return text
-
-
 def parse_params(name: str, items: list[str] | None) -> dict:
     """Turn CLI ``k=v`` strings into typed keyword arguments for ``make(name, ...)``."""
-    accepted = parameters(name)
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise InputError(f"--est-param must look like key=value, got {item!r}")
-        if key not in accepted:
-            raise InputError(f"estimator {name!r} has no parameter {key!r}; "
-                             f"accepted: {', '.join(accepted)}")
-        default = accepted[key].default
-        try:
-            out[key] = _convert(value.strip(), default)
-        except ValueError:
-            raise InputError(f"estimator parameter {key!r}: cannot read {value!r} as "
-                             f"{type(default).__name__} (default {default!r})") from None
-    return out
+    return parse_kv(items, parameters(name), f"estimator {name!r}", "--est-param")

@@ -13,6 +13,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from chaosgrad.errors import InputError
+from chaosgrad.unroll import check_steps
 
 PyTree = Any
 POPULATION_AXIS = "population"
@@ -148,13 +149,7 @@ def clip_by_global_norm(estimator: Estimator, max_norm: float) -> Estimator:
 
 def check_positive_int(value, name: str) -> int:
     """``value`` as a positive int, else an InputError naming the parameter."""
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a positive integer, got {value!r}") from None
-    if n != value or n <= 0:
-        raise InputError(f"{name} must be a positive integer, got {value!r}")
-    return n
+    return check_steps(value, name)
 
 
 def check_positive_float(value, name: str) -> float:

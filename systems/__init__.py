@@ -11,6 +11,7 @@ import inspect
 from dataclasses import dataclass
 
 from chaosgrad.errors import InputError
+from chaosgrad.params import parse_kv
 from chaosgrad.system import System
 
 
@@ -110,55 +111,9 @@ def make(name: str, **params) -> System:
     return entry.factory()(**{**alias, **params})
 
 
-def _convert(text: str, default):
-    if isinstance(default, bool):
-        low = text.lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ValueError("expected true/false")
-    if isinstance(default, int):
-        return int(text)
-    if isinstance(default, float):
-        return float(text)
-    if isinstance(default, (tuple, list)):
-        return tuple(float(x) for x in text.split(","))
-    if default is None:
-        for conv in (int, float):
-            try:
-                return conv(text)
-            except ValueError:
-                pass
-        if "," in text:
-            return tuple(float(x) for x in text.split(","))
-        if text.lower() in ("none", "null"):
-            return None
-    return text
-
-
 def parse_params(name: str, items: list[str] | None) -> dict:
     """Turn CLI ``k=v`` strings into typed keyword arguments for ``make(name, ...)``.
 
     Values take the type of the parameter's default (int, float, bool, comma lists).
     """
-    accepted = parameters(name)
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise InputError(f"--param must look like key=value, got {item!r}")
-        if key not in accepted:
-            raise InputError(
-                f"system {name!r} has no parameter {key!r}; accepted: {', '.join(accepted)}"
-            )
-        default = accepted[key].default
-        try:
-            out[key] = _convert(value, None if default is inspect.Parameter.empty else default)
-        except ValueError:
-            raise InputError(
-                f"parameter {key!r} of {name!r}: cannot read {value!r} as "
-                f"{type(default).__name__} (default {default!r})"
-            ) from None
-    return out
+    return parse_kv(items, parameters(name), f"system {name!r}", "--param")
