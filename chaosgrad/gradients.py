@@ -252,13 +252,16 @@ class SliceResult(NamedTuple):
         }
 
 
-def random_direction(theta: PyTree, key: jax.Array) -> PyTree:
-    """A random direction in θ-space with unit global norm (a pytree like θ)."""
+def random_direction(theta: PyTree, key: jax.Array, norm: float | None = 1.0) -> PyTree:
+    """A Gaussian direction in θ-space (a pytree like θ), rescaled to global L2 ``norm``
+    (None: left unscaled). The paper's Figure 3 uses norm = the number of parameters."""
     from jax.flatten_util import ravel_pytree
 
     flat, unravel = ravel_pytree(theta)
     d = jax.random.normal(key, flat.shape, flat.dtype)
-    return unravel(d / jax.numpy.linalg.norm(d))
+    if norm is not None:
+        d = d * (norm / jax.numpy.linalg.norm(d))
+    return unravel(d)
 
 
 def count_extrema(y: np.ndarray) -> int:

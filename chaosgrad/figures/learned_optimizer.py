@@ -9,8 +9,7 @@ import jax
 import numpy as np
 
 import systems
-from chaosgrad.gradients import gradient_growth, loss_slice
-from systems.lopt.slices import random_direction
+from chaosgrad.gradients import gradient_growth, loss_slice, random_direction
 
 SIZES = {
     "quick": {"unrolls": [8, 32, 128, 256, 512], "points": 41, "smooth_T": 128,

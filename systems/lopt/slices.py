@@ -12,22 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from chaosgrad.gradients import random_direction  # noqa: F401  (re-exported)
 from chaosgrad.system import System, is_key_batch, resolve_theta
 from chaosgrad.unroll import check_steps, unrolled_loss
 
 PyTree = Any
-
-
-def random_direction(theta: PyTree, key: jax.Array, norm: float | None = None) -> PyTree:
-    """A Gaussian direction shaped like ``theta``, rescaled to L2 ``norm`` (None: unscaled).
-
-    The paper's Figure 3 notebook uses a direction of norm equal to the parameter count.
-    """
-    flat, unravel = ravel_pytree(theta)
-    d = jax.random.normal(key, flat.shape, flat.dtype)
-    if norm is not None:
-        d = d * (norm / jnp.linalg.norm(d))
-    return unravel(d)
 
 
 @functools.lru_cache(maxsize=16)
