@@ -38,8 +38,9 @@ class Diagnosis:
     """What `diagnose` found. Rates are per step (maps) or per unit time (flows).
 
     Attributes:
-      verdict: "stable" (λ1 < 0 and bounded gradients), "marginal" (λ1 ≈ 0, or gradients
-        growing although λ1 < 0) or "chaotic" (λ1 > 0: gradients explode exponentially).
+      verdict: "chaotic" (λ1 > 0 and the gradient grows: it explodes exponentially),
+        "stable" (λ1 < 0 and bounded gradients) or "marginal" (λ1 ≈ 0, or the spectrum and
+        the measured gradient disagree; see `_verdict`).
       critical_horizon: the horizon (steps) beyond which backprop's gradient variance has
         grown more than ``variance_growth_limit`` times over its value at the shortest
         horizon (from the fit, or from 2·λ1 when the fit is unusable); None if it does not grow.
@@ -226,15 +227,21 @@ def _margin(ly: LyapunovResult, tol: float) -> float:
     return max(tol, 3.0 * spread)
 
 
-def _verdict(lam: float, lam_ft: float, margin: float, measured: float, per_step: float) -> str:
-    """chaotic: λ1 or the finite-time λ1 clearly positive (or non-finite); stable: both
-    clearly negative and the gradient not growing; marginal: anything between."""
-    if not (np.isfinite(lam) and np.isfinite(lam_ft)):
+def _verdict(lam: float, lam_ft: float, margin: float, measured: float,
+             any_nonfinite: bool) -> str:
+    """The spectrum and the measured gradients must agree for a clear verdict.
+
+    chaotic: λ1 or the finite-time λ1 clearly positive (or non-finite) and the gradient
+    growing (or non-finite) over the horizons; stable: both exponents clearly negative and the
+    gradient not growing; marginal: anything between — e.g. stretching the loss does not see
+    (a relaxation towards a minimum), or a gradient that grows while the asymptotic
+    dynamics contract (an unstable start that settles).
+    """
+    lam_max = max(lam, lam_ft) if np.isfinite(lam) and np.isfinite(lam_ft) else math.inf
+    growing = any_nonfinite or (np.isfinite(measured) and measured > margin)
+    if lam_max > margin and growing:
         return "chaotic"
-    if max(lam, lam_ft) > margin:
-        return "chaotic"
-    growing = np.isfinite(measured) and measured * per_step > 0.01
-    if max(lam, lam_ft) < -margin and not growing:
+    if lam_max < -margin and not growing:
         return "stable"
     return "marginal"
 
@@ -313,7 +320,8 @@ def diagnose(
     lam = float(ly.exponents[0])
     tol = 0.5 / hmax if tol is None else float(tol)
     margin = _margin(ly, tol / per_step)
-    verdict = _verdict(lam, lam_ft, margin, growth.growth_rate, per_step)
+    verdict = _verdict(lam, lam_ft, margin, growth.growth_rate,
+                       bool(np.any(growth.nonfinite_fraction > 0)))
     pred = max(lam, lam_ft, 0.0) if np.isfinite(lam) and np.isfinite(lam_ft) else math.nan
     critical = _critical_horizon(growth, verdict, pred, variance_growth_limit, per_step)
     nonfinite = _nonfinite_report(ly, growth, slices)

@@ -103,3 +103,17 @@ def test_cli_diagnose_writes_report(tmp_path, capsys):
                  str(tmp_path)]) == 0
     assert "VERDICT: STABLE" in capsys.readouterr().out
     assert json.loads((tmp_path / "report.json").read_text())["verdict"] == "stable"
+
+
+def test_verdict_needs_the_spectrum_and_the_gradients_to_agree():
+    from chaosgrad.diagnose import _verdict
+
+    m = 0.01
+    assert _verdict(0.1, 0.1, m, 0.09, False) == "chaotic"
+    assert _verdict(-0.1, 0.2, m, 0.15, False) == "chaotic"  # an unstable start counts
+    assert _verdict(-0.1, -0.2, m, -0.01, False) == "stable"
+    # stretching the loss does not feel (relaxation to a minimum): not called chaotic
+    assert _verdict(-0.001, 0.04, m, -0.01, False) == "marginal"
+    # gradients grow although the dynamics contract: not called stable
+    assert _verdict(-0.3, -0.2, m, 0.3, False) == "marginal"
+    assert _verdict(0.1, float("nan"), m, float("nan"), True) == "chaotic"
