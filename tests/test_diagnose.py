@@ -117,3 +117,16 @@ def test_verdict_needs_the_spectrum_and_the_gradients_to_agree():
     # gradients grow although the dynamics contract: not called stable
     assert _verdict(-0.3, -0.2, m, 0.3, False) == "marginal"
     assert _verdict(0.1, float("nan"), m, float("nan"), True) == "chaotic"
+
+
+@pytest.mark.parametrize("lr", [1.9, 2.5])
+def test_gradient_descent_on_a_quadratic_is_stable_iff_below_two_over_lambda_max(lr):
+    s = systems.make("lopt", task="quadratic", optimizer="sgd", lr=lr, inner_steps=60,
+                     log_loss=False)
+    h = np.asarray(s.init(KEY, s.theta).task["eigenvalues"])
+    d = diagnose(s, seeds=4, key=KEY, lyapunov_steps=1000)
+    # GD's Jacobian is I - lr H: contracting iff lr < 2 / h_max
+    # (a 60-step transient leaves the QR basis converged to ~1e-7, hence 1e-6)
+    assert d.lyapunov.exponents[0] == pytest.approx(np.log(np.abs(1 - lr * h)).max(), abs=1e-6)
+    assert d.verdict == ("stable" if lr < 2 / h.max() else "chaotic")
+    assert (lr < 2 / h.max()) == (lr == 1.9)
