@@ -6,7 +6,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv demo test test-slow bench lint
 
-$(STAMP): pyproject.toml
+# Reinstall when the package list can have changed: the editable install maps each top-level
+# package at install time.
+$(STAMP): pyproject.toml chaosgrad/__init__.py systems/__init__.py estimators/__init__.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev]"
