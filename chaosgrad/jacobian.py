@@ -70,13 +70,15 @@ def check_dense(n: int, max_dim: int = MAX_DENSE_DIM) -> None:
         )
 
 
-def _start(system, theta, key, state):
+def start_run(system: System, theta: PyTree, key: jax.Array | None, state: PyTree):
+    """θ (or the system's default), the state (or ``init`` from the key's init half), the
+    key the steps derive from, and the run key itself (PRNGKey(0) when None)."""
     theta = resolve_theta(system, theta)
     key = jax.random.PRNGKey(0) if key is None else key
     k_init, k_steps = split_run_key(key)
     if state is None:
         state = system.init(k_init, theta)
-    return theta, state, k_steps
+    return theta, state, k_steps, key
 
 
 def step_jacobian_operator(
@@ -91,7 +93,7 @@ def step_jacobian_operator(
     ``key`` is the run key as in `chaosgrad.unroll`: step ``t`` uses the same step key as
     step ``t`` of an unroll from that key.
     """
-    theta, state, k_steps = _start(system, theta, key, state)
+    theta, state, k_steps, _ = start_run(system, theta, key, state)
     f, x = phase_map(system, theta, state, k_steps, t)
     x_next, jvp, _ = jax.linearize(f, x, has_aux=True)
     _, vjp = jax.vjp(lambda xf: f(xf)[0], x)
@@ -110,7 +112,7 @@ def step_jacobian(
     max_dim: int = MAX_DENSE_DIM,
 ) -> jax.Array:
     """The one-step Jacobian ∂phase_{t+1}/∂phase_t as a dense n × n matrix (``jax.jacfwd``)."""
-    theta, state, k_steps = _start(system, theta, key, state)
+    theta, state, k_steps, _ = start_run(system, theta, key, state)
     f, x = phase_map(system, theta, state, k_steps, t)
     check_dense(int(x.shape[0]), max_dim)
     return jax.jacfwd(lambda xf: f(xf)[0])(x)

@@ -17,30 +17,13 @@ from jax import lax
 
 from chaosgrad.config import precision_info
 from chaosgrad.errors import InputError
-from chaosgrad.jacobian import MAX_DENSE_DIM, check_dense, phase_map
+from chaosgrad.jacobian import MAX_DENSE_DIM, check_dense, phase_map, start_run
 from chaosgrad.progress import progress_bar
-from chaosgrad.system import System, resolve_theta, split_run_key
-from chaosgrad.unroll import all_finite, check_steps
+from chaosgrad.system import System
+from chaosgrad.unroll import _tree_where, all_finite, check_steps
 
 PyTree = Any
 FLOAT32_LONG_RUN = 20_000
-
-
-def _tree_where(cond, a, b):
-    return jax.tree_util.tree_map(lambda x, y: jnp.where(cond, x, y), a, b)
-
-
-def _setup(system, theta, key, state, transient):
-    """Theta, the state after ``transient`` steps, the step key, the step index reached."""
-    theta = resolve_theta(system, theta)
-    key = jax.random.PRNGKey(0) if key is None else key
-    k_init, k_steps = split_run_key(key)
-    if state is None:
-        state = system.init(k_init, theta)
-    transient = int(transient)
-    if transient < 0:
-        raise InputError(f"transient must be >= 0, got {transient}")
-    return theta, state, k_steps, key
 
 
 # -- Lyapunov spectrum (Benettin / QR) --------------------------------------------------------
@@ -182,7 +165,9 @@ def lyapunov_spectrum(
     """
     t_start = time.perf_counter()
     steps = check_steps(steps)
-    theta, state, k_steps, key = _setup(system, theta, key, state, transient)
+    if int(transient) < 0:
+        raise InputError(f"transient must be >= 0, got {transient}")
+    theta, state, k_steps, key = start_run(system, theta, key, state)
     x0, _ = system.flat_phase(state)
     n = int(x0.shape[0])
     k = n if k is None else int(k)
@@ -310,7 +295,7 @@ def jacobian_eigenvalues(
       k: how many leading eigenvalues to keep (default: all densely, 6 by Arnoldi).
     """
     steps = check_steps(steps)
-    theta, state, k_steps, _ = _setup(system, theta, key, state, 0)
+    theta, state, k_steps, _ = start_run(system, theta, key, state)
     n = int(system.flat_phase(state)[0].shape[0])
     if method == "auto":
         method = "dense" if n <= dense_max_dim else "arnoldi"
@@ -344,10 +329,9 @@ def _arnoldi_along(system, theta, state, k_steps, steps, k):
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigs
 
     @jax.jit
-    def lin(s, t):
+    def advance(s, t):
         f, x = phase_map(system, theta, s, k_steps, t)
-        _, jvp, new_s = jax.linearize(f, x, has_aux=True)
-        return jvp, new_s
+        return f(x)[1]
 
     @jax.jit
     def matvec(s, t, v):
@@ -370,7 +354,7 @@ def _arnoldi_along(system, theta, state, k_steps, steps, k):
         except ArpackNoConvergence as e:
             vals = np.concatenate([e.eigenvalues, np.full(k - len(e.eigenvalues), np.nan)])
         out.append(vals)
-        state = lin(state, ti)[1]
+        state = advance(state, ti)
     return _sort_by_modulus(np.asarray(out, dtype=np.complex128))
 
 
@@ -432,7 +416,7 @@ def jacobian_products(
     of the weaker directions).
     """
     steps = check_steps(steps)
-    theta, state, k_steps, _ = _setup(system, theta, key, state, 0)
+    theta, state, k_steps, _ = start_run(system, theta, key, state)
     x0, _ = system.flat_phase(state)
     n = int(x0.shape[0])
     check_dense(n, max_dim)
@@ -472,7 +456,7 @@ def product_singular_values(
     `jacobian_products` (log-scaled) for small systems, or shorter horizons.
     """
     steps = check_steps(steps)
-    theta, state, k_steps, key = _setup(system, theta, key, state, 0)
+    theta, state, k_steps, key = start_run(system, theta, key, state)
     x0, unravel = system.flat_phase(state)
     n = int(x0.shape[0])
     if not 1 <= k <= n:
