@@ -6,12 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv demo test test-slow bench lint
 
-# Reinstall when the package list can have changed: the editable install maps each top-level
-# package at install time.
-$(STAMP): pyproject.toml chaosgrad/__init__.py systems/__init__.py estimators/__init__.py
+# Reinstall when pyproject.toml changes: the editable install maps chaosgrad.systems and
+# chaosgrad.estimators onto the top-level folders at install time.
+$(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[all,dev]"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 import chaosgrad
-import systems
+from chaosgrad import systems
 from chaosgrad.gradients import gradient_growth
 from chaosgrad.spectra import lyapunov_spectrum
 from chaosgrad.unroll import unroll, unroll_grad

@@ -68,8 +68,7 @@ def main(argv=None) -> int:
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
 
-    import estimators
-    import systems
+    from chaosgrad import estimators, systems
 
     system = systems.make("rnn", n=args.n, g=args.g, dtype=args.dtype)
     theta = system.theta

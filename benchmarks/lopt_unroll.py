@@ -15,7 +15,7 @@ import time
 
 import jax
 
-import systems
+from chaosgrad import systems
 from chaosgrad.unroll import unroll_grad, unrolled_loss
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-import systems
+from chaosgrad import systems
 from chaosgrad.jacobian import phase_map
 from chaosgrad.spectra import lyapunov_spectrum
 from chaosgrad.system import split_run_key

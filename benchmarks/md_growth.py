@@ -9,10 +9,11 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+from chaosgrad.systems.md import md_system  # noqa: E402
+
 from chaosgrad.gradients import gradient_growth  # noqa: E402
 from chaosgrad.spectra import lyapunov_spectrum  # noqa: E402
 from chaosgrad.unroll import unroll, unroll_grad  # noqa: E402
-from systems.md import md_system  # noqa: E402
 
 CASES = [  # (mode, D, horizons)
     ("fire", 0.6, [10, 30, 100]),

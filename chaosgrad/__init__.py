@@ -4,6 +4,7 @@ The step interface (`System`), unrolls, Jacobian spectra, Lyapunov exponents and
 diagnostics, all in JAX.
 """
 
+from chaosgrad._version import __version__
 from chaosgrad.config import enable_compilation_cache, enable_x64, precision_info
 from chaosgrad.errors import InputError
 from chaosgrad.gradients import GrowthResult, gradient_growth
@@ -19,9 +20,8 @@ from chaosgrad.spectra import (
 from chaosgrad.system import StepOut, System
 from chaosgrad.unroll import GradResult, UnrollResult, rollout, unroll, unroll_grad, unrolled_loss
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "__version__",
     "GradResult",
     "GrowthResult",
     "InputError",

@@ -56,6 +56,22 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     return folder
 
 
+def provenance(key=None, **extra) -> dict:
+    """What produced a result: the chaosgrad version, the run key's data, and ``extra``
+    (e.g. the seed and the command's arguments). Recorded in every report.json."""
+    from chaosgrad._version import __version__
+
+    out = {"chaosgrad": __version__}
+    if key is not None:
+        import jax.numpy as jnp
+
+        k = jnp.asarray(key)
+        if jnp.issubdtype(k.dtype, jax.dtypes.prng_key):
+            k = jax.random.key_data(k)
+        out["key"] = [int(x) for x in k.ravel()]
+    return {**out, **extra}
+
+
 def precision_info(dtype=None) -> dict:
     """Precision facts recorded with a result: dtype used, x64 mode, matmul precision, backend."""
     return {

@@ -6,7 +6,6 @@ non-finite counts, a verdict and a recommendation; a terminal report, JSON, Mark
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -17,11 +16,13 @@ from typing import Any
 import jax
 import numpy as np
 
+from chaosgrad.config import provenance
 from chaosgrad.errors import InputError
 from chaosgrad.gradients import GrowthResult, SliceResult, gradient_growth, loss_slice
+from chaosgrad.io import jsonable, write_json, write_text
 from chaosgrad.progress import progress_bar
 from chaosgrad.spectra import LyapunovResult, lyapunov_spectrum
-from chaosgrad.system import System, resolve_theta
+from chaosgrad.system import System, default_key, resolve_theta
 
 PyTree = Any
 VERDICTS = ("stable", "marginal", "chaotic")
@@ -79,11 +80,12 @@ class Diagnosis:
     seconds: float
     units: str
     figures: dict = field(default_factory=dict)
+    run: dict = field(default_factory=dict)
 
     # -- reports -------------------------------------------------------------------------
     def to_json(self) -> dict:
         """Everything as a JSON-friendly dict (non-finite numbers as null)."""
-        return _clean({
+        return jsonable({
             "system": self.system,
             "verdict": self.verdict,
             "critical_horizon": self.critical_horizon,
@@ -105,7 +107,8 @@ class Diagnosis:
             "nonfinite": self.nonfinite,
             "figures": self.figures,
             "seconds": round(self.seconds, 2),
-        })
+            "run": self.run,
+        })[0]
 
     def summary(self) -> str:
         """The terminal report."""
@@ -186,39 +189,25 @@ class Diagnosis:
         return "\n".join(md) + "\n"
 
     def save(self, out_dir: str | os.PathLike) -> Path:
-        """Write report.json, report.md and the PNG figures into ``out_dir`` (atomically)."""
+        """Write report.json and report.md into ``out_dir`` (atomically), then the PNG
+        figures, then the reports again naming the figures: a plot that fails cannot cost
+        the report."""
         from chaosgrad.plots import plot_diagnosis
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        self._write_reports(out)
         self.figures = plot_diagnosis(self, out)
-        _atomic_write(out / "report.json", json.dumps(self.to_json(), indent=2))
-        _atomic_write(out / "report.md", self.to_markdown())
+        self._write_reports(out)
         return out
+
+    def _write_reports(self, out: Path) -> None:
+        write_json(out / "report.json", self.to_json())
+        write_text(out / "report.md", self.to_markdown())
 
 
 def _f(x) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:+.4g}"
-
-
-def _clean(obj):
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
-    return obj
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _margin(ly: LyapunovResult, tol: float) -> float:
@@ -296,7 +285,7 @@ def diagnose(
         raise InputError("horizons must not be empty")
     if not variance_growth_limit > 1:
         raise InputError(f"variance_growth_limit must be > 1, got {variance_growth_limit}")
-    key = jax.random.PRNGKey(0) if key is None else key
+    key = default_key(key)
     n = system.phase_dim(theta, key)
     k = min(n, 3) if k is None else int(k)
     hmax = int(max(hs))
@@ -326,6 +315,7 @@ def diagnose(
     critical = _critical_horizon(growth, verdict, pred, variance_growth_limit, per_step)
     nonfinite = _nonfinite_report(ly, growth, slices)
     return _finish(Diagnosis(
+        run=provenance(key),
         system=system.describe(), verdict=verdict, critical_horizon=critical,
         critical_extrapolated=critical is not None and critical > hmax,
         recommendation=_recommend(verdict, critical, growth, nonfinite),

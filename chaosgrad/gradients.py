@@ -15,7 +15,7 @@ import numpy as np
 from chaosgrad.config import precision_info
 from chaosgrad.errors import InputError
 from chaosgrad.progress import progress_bar
-from chaosgrad.system import System, resolve_theta
+from chaosgrad.system import System, default_key, resolve_theta
 from chaosgrad.unroll import check_steps, unroll_grad
 
 PyTree = Any
@@ -150,7 +150,7 @@ def gradient_growth(
     theta = resolve_theta(system, theta)
     hs = _check_horizons(horizons)
     seeds = check_steps(seeds, "seeds")
-    key = jax.random.PRNGKey(0) if key is None else key
+    key = default_key(key)
     keys = jax.random.split(key, seeds)
     if chunk is None:
         g = int(reduce(math.gcd, hs.tolist()))
@@ -301,7 +301,7 @@ def loss_slice(
     theta = resolve_theta(system, theta)
     hs = _check_horizons(horizons)
     points = check_steps(points, "points")
-    key = jax.random.PRNGKey(0) if key is None else key
+    key = default_key(key)
     flat, unravel = ravel_pytree(theta)
     if direction is None:
         direction = random_direction(theta, jax.random.fold_in(key, 99))

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from chaosgrad.errors import InputError
-from chaosgrad.system import System, resolve_theta, split_run_key, step_key
+from chaosgrad.system import System, default_key, resolve_theta, split_run_key, step_key
 
 PyTree = Any
 MAX_DENSE_DIM = 4096
@@ -74,7 +74,7 @@ def start_run(system: System, theta: PyTree, key: jax.Array | None, state: PyTre
     """θ (or the system's default), the state (or ``init`` from the key's init half), the
     key the steps derive from, and the run key itself (PRNGKey(0) when None)."""
     theta = resolve_theta(system, theta)
-    key = jax.random.PRNGKey(0) if key is None else key
+    key = default_key(key)
     k_init, k_steps = split_run_key(key)
     if state is None:
         state = system.init(k_init, theta)

@@ -1,29 +1,31 @@
 """Figures for results: Lyapunov convergence histories and gradient growth against horizon.
 
-Each function draws onto new matplotlib axes (Agg, no display needed) and can save a PNG.
+Each function draws onto new matplotlib axes (or the ones given) and can save a PNG. Importing
+this module leaves the matplotlib backend alone, so plots show inline in Jupyter.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from chaosgrad.io import write_bytes
 
 
 def save(fig, path: str | os.PathLike) -> Path:
     """Save ``fig`` as a PNG atomically (write a temp file, then rename) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix or '.png'}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-    plt.close(fig)
-    return path
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return write_bytes(path, buf.getvalue())
 
 
 def plot_lyapunov(result, ax=None, title: str | None = None):
@@ -186,7 +188,7 @@ def plot_diagnosis(d, out_dir) -> dict:
 def plot_comparison(c):
     """Estimators side by side (log scale): bias, one-estimate std, error at the budget, cost.
 
-    ``c`` is a `chaosgrad.compare.Comparison`; bars are in ranking order, best first, and
+    ``c`` is a `chaosgrad.app.compare.Comparison`; bars are in ranking order, best first, and
     the reference gradient's norm is a dashed line for scale.
     """
     by = {s.name: s for s in c.stats}
@@ -219,3 +221,17 @@ def plot_comparison(c):
                  f"compute (best left); reference {c.reference}", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def show_png(path: str | os.PathLike) -> None:
+    """Show a saved PNG inline in Jupyter; outside a notebook, print its path."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+    except ImportError:
+        print(path)
+        return
+    if get_ipython() is None:
+        print(path)
+    else:
+        display(Image(filename=str(path)))

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from chaosgrad.errors import InputError
+from chaosgrad.io import jsonable
 
 PyTree = Any
 META_LOSSES = ("mean", "sum", "last")
@@ -140,7 +141,7 @@ class System:
     def phase_dim(self, theta: PyTree = None, key: jax.Array | None = None) -> int:
         """Dimension n of the phase vector (the Jacobian is n × n)."""
         theta = self.theta if theta is None else theta
-        key = jax.random.PRNGKey(0) if key is None else key
+        key = default_key(key)
         shape = jax.eval_shape(lambda k: self.flat_phase(self.init(k, theta))[0], key)
         return int(shape.shape[0])
 
@@ -159,18 +160,8 @@ class System:
             "horizon": int(self.horizon),
             "precision": self.precision,
             "meta_loss": self.meta_loss,
-            **{k: _jsonable(v) for k, v in self.meta.items()},
+            **jsonable(self.meta)[0],
         }
-
-
-def _jsonable(v):
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    return str(v)
 
 
 def loss_of(out: Any) -> jax.Array:
@@ -224,6 +215,11 @@ def is_key_batch(key: jax.Array) -> bool:
         f"key must be a PRNG key (jax.random.PRNGKey(seed), shape (2,)) or a batch of them "
         f"(shape (B, 2)); got shape {tuple(key.shape)}"
     )
+
+
+def default_key(key: jax.Array | None) -> jax.Array:
+    """``key``, or PRNGKey(0) when None: every entry point's default, so runs reproduce."""
+    return jax.random.PRNGKey(0) if key is None else key
 
 
 def resolve_theta(system: System, theta: PyTree) -> PyTree:

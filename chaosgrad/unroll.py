@@ -19,6 +19,7 @@ from chaosgrad.errors import InputError
 from chaosgrad.progress import progress_bar
 from chaosgrad.system import (
     System,
+    default_key,
     done_of,
     float_leaves_phase,
     float_leaves_with_phase,
@@ -271,7 +272,7 @@ def unroll(
       An `UnrollResult`; non-finite values are counted, never zeroed.
     """
     theta = resolve_theta(system, theta)
-    key = jax.random.PRNGKey(0) if key is None else key
+    key = default_key(key)
     steps = check_steps(system.horizon if steps is None else steps)
     chunk = min(steps, DEFAULT_CHUNK) if chunk is None else check_steps(chunk, "chunk")
     batched = is_key_batch(key)
@@ -397,7 +398,7 @@ def unroll_grad(
     T when the dynamics overflow (a masked overflow can turn a finite gradient into NaN).
     """
     theta = resolve_theta(system, theta)
-    key = jax.random.PRNGKey(0) if key is None else key
+    key = default_key(key)
     steps = check_steps(system.horizon if steps is None else steps)
     chunk = min(steps, 100) if chunk is None else check_steps(chunk, "chunk")
     batched = is_key_batch(key)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import inspect
 
+from chaosgrad.estimators.backprop import backprop, truncated_backprop
+from chaosgrad.estimators.base import Estimator, clip_by_global_norm
+from chaosgrad.estimators.combine import combined, inverse_variance_combine
+from chaosgrad.estimators.es import es, pes, truncated_es
+
 from chaosgrad.errors import InputError
 from chaosgrad.params import parse_kv
 from chaosgrad.system import System
-from estimators.backprop import backprop, truncated_backprop
-from estimators.base import Estimator, clip_by_global_norm
-from estimators.combine import combined, inverse_variance_combine
-from estimators.es import es, pes, truncated_es
 
 _REGISTRY = {
     "backprop": (backprop, "exact backprop through whole T-step unrolls (rematerialised)"),
@@ -29,6 +30,7 @@ _ALIASES = {"truncated_backprop": "tbptt", "truncated_es": "tes", "full_backprop
 __all__ = [
     "Estimator",
     "backprop",
+    "canonical_name",
     "clip_by_global_norm",
     "combined",
     "describe",
@@ -48,10 +50,16 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _factory(name: str):
+def canonical_name(name: str) -> str:
+    """The registry name of estimator ``name`` (aliases resolved); InputError if unknown."""
     key = _ALIASES.get(name, name)
     if key not in _REGISTRY:
         raise InputError(f"unknown estimator {name!r}; accepted: {', '.join(names())}")
+    return key
+
+
+def _factory(name: str):
+    key = canonical_name(name)
     return key, _REGISTRY[key][0]
 
 

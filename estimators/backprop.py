@@ -8,10 +8,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-
-from chaosgrad.system import System, resolve_theta, split_run_key
-from chaosgrad.unroll import meta_loss_of, rollout
-from estimators.base import (
+from chaosgrad.estimators.base import (
     Estimator,
     check_positive_int,
     finish_info,
@@ -19,13 +16,16 @@ from estimators.base import (
     shard_population,
     tree_mean0,
 )
-from estimators.particles import (
+from chaosgrad.estimators.particles import (
     Particles,
     TruncatedState,
     init_population,
     make_schedule,
     run_window,
 )
+
+from chaosgrad.system import System, resolve_theta, split_run_key
+from chaosgrad.unroll import meta_loss_of, rollout
 
 PyTree = Any
 

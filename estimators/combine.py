@@ -8,11 +8,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-
-from chaosgrad.errors import InputError
-from chaosgrad.system import System
-from estimators.backprop import full_unroll_loss
-from estimators.base import (
+from chaosgrad.estimators.backprop import full_unroll_loss
+from chaosgrad.estimators.base import (
     Estimator,
     check_positive_float,
     check_positive_int,
@@ -20,8 +17,11 @@ from estimators.base import (
     population_sharding,
     shard_population,
 )
-from estimators.es import pair_perturbations
-from estimators.particles import perturbed_thetas
+from chaosgrad.estimators.es import pair_perturbations
+from chaosgrad.estimators.particles import perturbed_thetas
+
+from chaosgrad.errors import InputError
+from chaosgrad.system import System
 
 PyTree = Any
 

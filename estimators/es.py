@@ -8,10 +8,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-
-from chaosgrad.system import System, resolve_theta
-from estimators.backprop import full_unroll_loss
-from estimators.base import (
+from chaosgrad.estimators.backprop import full_unroll_loss
+from chaosgrad.estimators.base import (
     Estimator,
     check_positive_float,
     check_positive_int,
@@ -21,7 +19,7 @@ from estimators.base import (
     tree_normal,
     tree_scale,
 )
-from estimators.particles import (
+from chaosgrad.estimators.particles import (
     Particles,
     TruncatedState,
     init_population,
@@ -29,6 +27,8 @@ from estimators.particles import (
     perturbed_thetas,
     run_window,
 )
+
+from chaosgrad.system import System, resolve_theta
 
 PyTree = Any
 

@@ -5,9 +5,7 @@ atomic checkpoints, exact resumption after an interruption, and a progress bar.
 from __future__ import annotations
 
 import json
-import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -15,13 +13,14 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from chaosgrad.estimators.base import Estimator, count_nonfinite
 
 from chaosgrad.config import precision_info
 from chaosgrad.errors import InputError
+from chaosgrad.io import dumps, jsonable, save_npz, write_text
 from chaosgrad.progress import progress_bar
 from chaosgrad.system import System, resolve_theta
 from chaosgrad.unroll import check_steps, unrolled_loss
-from estimators.base import Estimator, count_nonfinite
 
 PyTree = Any
 CHECKPOINT = "checkpoint.npz"
@@ -53,55 +52,16 @@ class MetaTrainResult(NamedTuple):
     out_dir: Path
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_savez(path: Path, arrays: dict) -> None:
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    _atomic_write_bytes(path, buf.getvalue())
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode())
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.generic, np.ndarray, jax.Array)):
-        x = np.asarray(x)
-        return x.tolist()
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)  # JSON has no NaN/Inf: keep them visible as strings
-    return x
-
-
 def _fingerprint(system: System, estimator: Estimator, theta0, key) -> str:
     """What must match for a checkpoint to be resumed."""
     shapes = [(tuple(np.shape(x)), str(np.asarray(x).dtype))
               for x in jax.tree_util.tree_leaves(theta0)]
-    return json.dumps(_jsonable({
+    return json.dumps(jsonable({
         "system": system.describe(), "estimator": estimator.name,
         "params": estimator.params, "theta": shapes,
         "key": np.asarray(jax.random.key_data(key) if jnp.issubdtype(
             jnp.asarray(key).dtype, jax.dtypes.prng_key) else key).tolist(),
-    }), sort_keys=True)
+    })[0], sort_keys=True)
 
 
 def make_evaluator(system: System, seeds: int, horizon: int, key: jax.Array):
@@ -224,7 +184,7 @@ def meta_train(
         arrays.update(step=np.asarray(step), fingerprint=np.asarray(fingerprint),
                       history=np.asarray(json.dumps({"records": records[:step],
                                                      "evals": evals})))
-        _atomic_savez(ckpt, arrays)
+        save_npz(ckpt, arrays)
         _write_log(out, records[:step], evals)
 
     if not evals:
@@ -290,17 +250,17 @@ def _write_log(out: Path, records: list, evals: list) -> None:
             rec["nonfinite_grad"] = int(np.sum(history["nonfinite_grad"][seg]))
             rec["nonfinite_losses"] = int(np.sum(history["nonfinite_losses"][seg]))
             rec["skipped"] = int(np.sum(history["skipped"][seg]))
-        lines.append(json.dumps(_jsonable(rec)))
+        lines.append(dumps(rec, indent=None))
         prev = s
-    _atomic_text(out / LOG, "".join(line + "\n" for line in lines))
+    write_text(out / LOG, "".join(line + "\n" for line in lines))
 
 
 def _write_results(out, system, estimator, theta, step, steps, history, evals, interrupted,
                    wall):
     flat, _ = jax.tree_util.tree_flatten_with_path(theta)
-    _atomic_savez(out / THETA, {jax.tree_util.keystr(p) or "theta": np.asarray(x)
+    save_npz(out / THETA, {jax.tree_util.keystr(p) or "theta": np.asarray(x)
                                 for p, x in flat})
-    _atomic_savez(out / CURVES, {
+    save_npz(out / CURVES, {
         **{k: np.asarray(v) for k, v in history.items()},
         "eval_step": np.asarray([e["step"] for e in evals]),
         "eval_meta_loss": np.asarray([e["meta_loss"] for e in evals]),
@@ -319,4 +279,4 @@ def _write_results(out, system, estimator, theta, step, steps, history, evals, i
         "train_seconds_this_session": wall,
         "precision": precision_info(),
     }
-    _atomic_text(out / RESULTS, json.dumps(_jsonable(summary), indent=2))
+    write_text(out / RESULTS, dumps(summary))

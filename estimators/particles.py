@@ -242,7 +242,7 @@ def init_population(system: System, schedule: Schedule, theta: PyTree, key: jax.
     what PES at this θ would have produced, so PES is unbiased from its first estimate.
     Otherwise particles burn in with θ and carry no ξ.
     """
-    from estimators.base import shard_population, tree_normal, tree_scale
+    from chaosgrad.estimators.base import shard_population, tree_normal, tree_scale
 
     k_pairs, k_offset, k_eps = jax.random.split(key, 3)
     pair_keys = jax.random.split(k_pairs, pairs)

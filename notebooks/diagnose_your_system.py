@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 import chaosgrad
 from chaosgrad.diagnose import diagnose
+from chaosgrad.plots import show_png
 
 chaosgrad.enable_x64()
 QUICK = os.environ.get("CHAOSGRAD_NOTEBOOK_SCALE", "quick") == "quick"
@@ -81,6 +82,7 @@ for amp in (0.2, 1.2):
                  out=f"{OUT}/pendulum_A{amp}")
     results[amp] = d
     print(d.summary())
+    show_png(d.figures["summary"])  # inline in Jupyter
     print()
 
 # %% [markdown]

@@ -26,7 +26,8 @@
 import os
 
 import chaosgrad
-from chaosgrad import figures
+from chaosgrad.app import figures
+from chaosgrad.plots import show_png
 
 chaosgrad.enable_x64()
 SCALE = os.environ.get("CHAOSGRAD_NOTEBOOK_SCALE", "quick")
@@ -52,9 +53,4 @@ for name, png in pngs.items():
     results, meta = figures.load(name, OUT)
     print(f"{meta['title']} — {meta['scale']} scale, {meta['seconds']} s, "
           f"{meta['precision']['backend']}")
-    try:  # inside Jupyter, show the picture; as a plain script, the path is enough
-        from IPython.display import Image, display
-
-        display(Image(filename=str(png)))
-    except ImportError:
-        print(png)
+    show_png(png)  # inline in Jupyter; the path as a plain script

@@ -27,12 +27,12 @@ import os
 
 import jax
 import optax
+from chaosgrad.estimators.meta import meta_train
 
 import chaosgrad
-import estimators
-import systems
-from chaosgrad.compare import compare
-from estimators.meta import meta_train
+from chaosgrad import estimators, systems
+from chaosgrad.app.compare import compare
+from chaosgrad.plots import show_png
 
 chaosgrad.enable_x64()
 QUICK = os.environ.get("CHAOSGRAD_NOTEBOOK_SCALE", "quick") == "quick"
@@ -47,6 +47,7 @@ chaotic = systems.make("logistic", r=3.9)
 c = compare(chaotic, horizon=30, samples=SAMPLES, reference_batches=8 if QUICK else 32,
             key=jax.random.PRNGKey(0), out=f"{OUT}/compare_logistic")
 print(c.table())
+show_png(c.figures["compare"])
 
 # %% [markdown]
 # ## 2. A stable system: backprop wins
@@ -56,6 +57,7 @@ stable = systems.make("rnn", n=8, g=0.5)
 c2 = compare(stable, horizon=50, samples=SAMPLES, reference_batches=8 if QUICK else 32,
              key=jax.random.PRNGKey(0), out=f"{OUT}/compare_rnn")
 print(c2.table())
+show_png(c2.figures["compare"])
 
 # %% [markdown]
 # ## 3. Train with the recommended estimator

@@ -1,14 +1,19 @@
 """Adapters that put iterative systems behind the `chaosgrad.System` interface.
 
-`make(name, **params)` builds a registered system; `names()` lists them; `describe(name)`
-says what each takes. Heavy adapters (brax, jax-md, learned optimizers) import lazily.
+`make(name, **params)` builds a registered system, or a user's own from ``"module:function"``
+or ``"path/to/file.py:function"``; `names()` lists the registered ones; `describe(name)` says
+what each takes. Heavy adapters (brax, jax-md, learned optimizers) import lazily.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
+import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from chaosgrad.errors import InputError
 from chaosgrad.params import parse_kv
@@ -20,13 +25,16 @@ class Entry:
     """A registered system: where its factory lives and what it is."""
 
     name: str
-    target: str  # "module:function"
+    target: str  # "module:function", relative to this package when it starts with "."
     description: str
     alias_param: str | None = None  # "brax:ant" means make("brax", <alias_param>="ant")
 
     def factory(self):
-        module, func = self.target.split(":")
-        return getattr(importlib.import_module(module), func)
+        """The function that builds the system."""
+        module, _, func = self.target.rpartition(":")
+        if module.startswith("."):
+            return getattr(importlib.import_module(module, package=__name__), func)
+        return load_factory(self.target)
 
 
 _REGISTRY: dict[str, Entry] = {}
@@ -39,19 +47,19 @@ def register(
     _REGISTRY[name] = Entry(name, target, description, alias_param)
 
 
-register("logistic", "systems.maps:logistic", "logistic map x -> r x (1 - x); theta = r")
-register("henon", "systems.maps:henon", "Henon map; theta = (a, b)")
-register("lorenz", "systems.maps:lorenz", "Lorenz-63 flow, RK4; theta = (sigma, rho, beta)")
-register("linear", "systems.maps:linear", "linear map x -> A x; theta = A")
-register("heat", "systems.maps:heat", "FTCS heat equation, stable iff r <= 1/2; theta = r")
-register("influence", "systems.influence:influence_balancing",
+register("logistic", ".maps:logistic", "logistic map x -> r x (1 - x); theta = r")
+register("henon", ".maps:henon", "Henon map; theta = (a, b)")
+register("lorenz", ".maps:lorenz", "Lorenz-63 flow, RK4; theta = (sigma, rho, beta)")
+register("linear", ".maps:linear", "linear map x -> A x; theta = A")
+register("heat", ".maps:heat", "FTCS heat equation, stable iff r <= 1/2; theta = r")
+register("influence", ".influence:influence_balancing",
          "influence balancing (PES paper): linear, known meta-gradient; theta = scalar")
-register("rnn", "systems.rnn:rnn", "vanilla tanh RNN x -> tanh(W x); theta = W (gain g)")
-register("brax", "systems.brax:brax_system", "Brax rigid-body env with a policy; "
+register("rnn", ".rnn:rnn", "vanilla tanh RNN x -> tanh(W x); theta = W (gain g)")
+register("brax", ".brax:brax_system", "Brax rigid-body env with a policy; "
          "theta = policy weights", alias_param="env")
-register("md", "systems.md:md_system", "jax-md 2-D bidisperse soft spheres; "
+register("md", ".md:md_system", "jax-md 2-D bidisperse soft spheres; "
          "theta = small diameter")
-register("lopt", "systems.lopt:lopt_system", "inner training by a (learned) optimizer; "
+register("lopt", ".lopt:lopt_system", "inner training by a (learned) optimizer; "
          "theta = optimizer weights", alias_param="task")
 
 
@@ -60,12 +68,51 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def load_factory(spec: str):
+    """The function named by ``"module:function"`` or ``"path/to/file.py:function"``.
+
+    A module is looked up on ``sys.path`` with the current folder first (as ``python -m``
+    does), so ``chaosgrad diagnose mymod:make`` finds ``./mymod.py``.
+    Raises InputError when the module, file or function cannot be found.
+    """
+    module, sep, func = spec.rpartition(":")
+    if not sep or not module or not func:
+        raise InputError(f"expected 'module:function' or 'file.py:function', got {spec!r}")
+    if module.endswith(".py") or os.sep in module:
+        path = Path(module).expanduser()
+        if not path.is_file():
+            raise InputError(f"no such file {str(path)!r} (from system {spec!r})")
+        mod_name = f"_chaosgrad_user_{path.stem}"
+        loader = importlib.util.spec_from_file_location(mod_name, path)
+        mod = importlib.util.module_from_spec(loader)
+        sys.modules[mod_name] = mod
+        loader.loader.exec_module(mod)
+    else:
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name and module.startswith(e.name):
+                raise InputError(
+                    f"unknown system {spec!r}: it is not registered (accepted: "
+                    f"{', '.join(names())}) and no module {module!r} can be imported from "
+                    f"{os.getcwd()} or sys.path") from None
+            raise
+    f = getattr(mod, func, None)
+    if not callable(f):
+        raise InputError(f"{module!r} has no function {func!r} (from system {spec!r})")
+    return f
+
+
 def _entry(name: str) -> tuple[Entry, dict]:
     base, _, alias = name.partition(":")
     if base not in _REGISTRY:
+        if ":" in name:  # a user's own factory, "module:function"
+            return Entry(name, name, f"user system {name}"), {}
         raise InputError(
             f"unknown system {name!r}; accepted: {', '.join(names())} "
-            "(and e.g. brax:ENV for a Brax environment)"
+            "(and e.g. brax:ENV for a Brax environment, or module:function for your own)"
         )
     entry = _REGISTRY[base]
     if alias:
@@ -97,8 +144,10 @@ def describe(name: str) -> dict:
 def make(name: str, **params) -> System:
     """Build the registered system ``name`` with ``params`` (see `describe`).
 
-    ``name`` may carry a suffix for its main option, e.g. ``"brax:ant"``.
-    Raises InputError for an unknown system or parameter.
+    ``name`` may carry a suffix for its main option, e.g. ``"brax:ant"``, or name a user's
+    factory as ``"module:function"`` / ``"file.py:function"`` (a function returning a
+    `System`; its keyword arguments are the parameters). Registered names win over modules
+    of the same name. Raises InputError for an unknown system or parameter.
     """
     entry, alias = _entry(name)
     accepted = parameters(name)
@@ -108,7 +157,11 @@ def make(name: str, **params) -> System:
             f"system {entry.name!r} has no parameter {', '.join(map(repr, unknown))}; "
             f"accepted: {', '.join(accepted) or '(none)'}"
         )
-    return entry.factory()(**{**alias, **params})
+    system = entry.factory()(**{**alias, **params})
+    if not isinstance(system, System):
+        raise InputError(f"{entry.target} returned {type(system).__name__}, not a "
+                         "chaosgrad.System")
+    return system
 
 
 def parse_params(name: str, items: list[str] | None) -> dict:

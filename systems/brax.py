@@ -12,11 +12,11 @@ import inspect
 import jax
 import jax.numpy as jnp
 import numpy as np
+from chaosgrad.systems.maps import _dtype, _precision
 
 from chaosgrad.config import x64_enabled
-from chaosgrad.errors import InputError
+from chaosgrad.errors import InputError, require
 from chaosgrad.system import StepOut, System
-from systems.maps import _dtype, _precision
 
 BACKENDS = ("generalized", "positional", "spring", "mjx")
 POLICIES = ("linear", "mlp")
@@ -31,9 +31,13 @@ AUTO_SUBSTEPS = {("inverted_pendulum", "generalized"): 2}
 MJX_SOLVER_ITERATIONS = 1  # mjx reverse mode needs a fixed-length solver (no while_loop)
 
 
+def _envs():
+    return require("brax.envs", "brax")
+
+
 def env_names() -> list[str]:
     """Names of the environments `brax.envs` can build (bundled and registered ones)."""
-    from brax import envs
+    envs = _envs()
 
     return sorted(getattr(envs, "_envs", {}))
 
@@ -70,7 +74,8 @@ def rotvec_to_quat(omega: jax.Array) -> jax.Array:
 def _joint_layout(sys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Index arrays into q: the non-quaternion entries, the free-joint quaternions
     (shape (n_free, 4)), and the hinge (rotational 1–3 dof) angles."""
-    from brax.base import Q_WIDTHS, QD_WIDTHS
+    base = require("brax.base", "brax")
+    Q_WIDTHS, QD_WIDTHS = base.Q_WIDTHS, base.QD_WIDTHS
 
     ang = np.asarray(sys.dof.motion.ang)
     plain, quats, hinges = [], [], []
@@ -139,7 +144,7 @@ def _tree_add_delta(base, new, ref):
 
 
 def _make_env(env: str, backend: str):
-    from brax import envs
+    envs = _envs()
 
     names = env_names()
     if env not in names:

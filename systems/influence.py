@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+from chaosgrad.systems.maps import _dtype, _precision
 
 from chaosgrad.errors import InputError
 from chaosgrad.system import StepOut, System
-from systems.maps import _dtype, _precision
 
 
 def influence_balancing(n: int = 23, positive: int = 10, theta: float = 0.0,

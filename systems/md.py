@@ -13,10 +13,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from chaosgrad.systems.maps import _dtype, _precision
 
-from chaosgrad.errors import InputError
+from chaosgrad.errors import InputError, require
 from chaosgrad.system import StepOut, System
-from systems.maps import _dtype, _precision
 
 MODES = ("fire", "nve", "nvt", "brownian")
 # Per-mode time steps. FIRE: jax-md's own dt_start (its dt_max is 4x that). The others are
@@ -30,6 +30,7 @@ PyTree = Any
 
 def _jax_md():
     # Importing jax_md takes seconds (it pulls e3nn-jax, pymatgen): only when a system is built.
+    require("jax_md", "md")
     from jax_md import energy, minimize, simulate, space
 
     return energy, minimize, simulate, space

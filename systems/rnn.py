@@ -8,10 +8,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from chaosgrad.systems.maps import _dtype, _precision
 
 from chaosgrad.errors import InputError
 from chaosgrad.system import StepOut, System
-from systems.maps import _dtype, _precision
 
 
 def rnn(n: int = 64, g: float = 2.0, seed: int = 0, dtype: str | None = None) -> System:

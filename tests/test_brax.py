@@ -6,15 +6,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from chaosgrad.systems.brax import brax_system, quat_to_rotvec, rotvec_to_quat
 
-import systems
+from chaosgrad import systems
 from chaosgrad.errors import InputError
 from chaosgrad.gradients import gradient_growth
 from chaosgrad.jacobian import phase_map, step_jacobian
 from chaosgrad.spectra import lyapunov_spectrum
 from chaosgrad.system import split_run_key
 from chaosgrad.unroll import unroll
-from systems.brax import brax_system, quat_to_rotvec, rotvec_to_quat
 
 # A free-floating body (free joint: 7 positions, 6 velocities) with one motorised arm,
 # no contacts and no gravity: the cheapest system with a quaternion in q.

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-import systems
-from chaosgrad.cli import main
+from chaosgrad import systems
+from chaosgrad.app.cli import main
 
 
 def test_spectrum_json_for_henon(capsys):
@@ -63,7 +63,7 @@ def test_bad_input_exits_2_with_one_line(argv, needle, capsys):
 
 def test_console_script_exit_status_without_traceback():
     env = {**os.environ, "CHAOSGRAD_NO_CACHE": "1"}
-    p = subprocess.run([sys.executable, "-m", "chaosgrad.cli", "spectrum", "logistic", "--k",
+    p = subprocess.run([sys.executable, "-m", "chaosgrad.app.cli", "spectrum", "logistic", "--k",
                         "2"], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and "Traceback" not in p.stderr

@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-import systems
-from chaosgrad.cli import main
-from chaosgrad.compare import compare, reference_gradient
+from chaosgrad import systems
+from chaosgrad.app.cli import main
+from chaosgrad.app.compare import compare, reference_gradient
 
 KEY = jax.random.PRNGKey(0)
 

@@ -7,9 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import systems
-from chaosgrad import StepOut, System
-from chaosgrad.cli import main
+from chaosgrad import StepOut, System, systems
+from chaosgrad.app.cli import main
 from chaosgrad.diagnose import diagnose
 from chaosgrad.gradients import count_extrema, loss_slice
 

@@ -18,16 +18,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from chaosgrad.estimators.meta import meta_train
+from chaosgrad.estimators.particles import make_schedule
+from chaosgrad.systems.influence import influence_balancing
 from scipy import stats
 
-import estimators
-import systems
+from chaosgrad import estimators, systems
 from chaosgrad.errors import InputError
 from chaosgrad.system import StepOut, System
 from chaosgrad.unroll import unroll_grad, unrolled_loss
-from estimators.meta import meta_train
-from estimators.particles import make_schedule
-from systems.influence import influence_balancing
 
 ALPHA = 1e-4
 ROOT = Path(__file__).resolve().parents[1]
@@ -299,7 +298,7 @@ def test_clipping_wrapper():
 SHARD_SCRIPT = textwrap.dedent("""
     import json, sys, jax, numpy as np
     jax.config.update("jax_enable_x64", True)
-    import estimators, systems
+    from chaosgrad import estimators, systems
     assert jax.local_device_count() == 4, jax.local_devices()
     sysm = systems.make("rnn", n=4, g=1.5, dtype="float64")
     out = {}
@@ -391,7 +390,7 @@ def test_meta_train_resumes_identically(tmp_path):
 def test_meta_train_cli_lowers_the_meta_loss(tmp_path):
     import argparse
 
-    from estimators.cli import add_meta_train_parser, run_meta_train
+    from chaosgrad.app.meta_train import add_meta_train_parser, run_meta_train
 
     parser = argparse.ArgumentParser()
     add_meta_train_parser(parser.add_subparsers(dest="cmd"))
@@ -413,7 +412,7 @@ def test_meta_train_cli_lowers_the_meta_loss(tmp_path):
 def test_pes_perturbation_bookkeeping(ib):
     # ξ after a window is ξ + s ε without a reset, and s ε alone (the current perturbation)
     # when the particle's run ended inside the window — an exact identity.
-    from estimators.es import pair_perturbations
+    from chaosgrad.estimators.es import pair_perturbations
 
     sysm, _ = ib
     est = estimators.make("pes", sysm, pairs=6, sigma=0.1, window=IB_K, horizon=25,

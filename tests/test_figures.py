@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from chaosgrad import figures
-from chaosgrad.figures import toy
+from chaosgrad.app import figures
+from chaosgrad.app.figures import toy
 
 
 def test_toy_reparameterisation_variance_matches_closed_form():
@@ -50,8 +50,8 @@ def test_figure_results_are_saved_resumed_and_redrawn(tmp_path, monkeypatch):
 
 
 def test_truncated_episode_loss_value_is_exact_and_gradient_truncates():
-    import systems
-    from chaosgrad.figures.truncation import truncated_loss
+    from chaosgrad import systems
+    from chaosgrad.app.figures.truncation import truncated_loss
     from chaosgrad.unroll import unrolled_loss
 
     s = systems.make("rnn", n=6, g=1.5)

@@ -7,16 +7,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from chaosgrad.systems.lopt import loss_slice, make_task
+from chaosgrad.systems.lopt.learned import N_FEATURES
 from jax.flatten_util import ravel_pytree
 
-import systems
+from chaosgrad import systems
 from chaosgrad.errors import InputError
 from chaosgrad.jacobian import step_jacobian
 from chaosgrad.spectra import lyapunov_spectrum
 from chaosgrad.system import split_run_key
 from chaosgrad.unroll import initial_state, unroll, unroll_grad, unrolled_loss
-from systems.lopt import loss_slice, make_task
-from systems.lopt.learned import N_FEATURES
 
 ETA = 0.9
 KEY = jax.random.PRNGKey(3)
@@ -224,7 +224,7 @@ def test_valid_loss_and_sampled_tasks():
 
 
 def test_random_direction_has_the_asked_norm_and_shape():
-    from systems.lopt import random_direction
+    from chaosgrad.systems.lopt import random_direction
 
     theta = systems.make("lopt", task="quadratic", optimizer="mlp", dim=2).theta
     d = random_direction(theta, KEY, norm=1762.0)

@@ -6,13 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from chaosgrad.systems.md import box_side, geometry, kinetic_energy, md_system
 
 from chaosgrad.errors import InputError
 from chaosgrad.jacobian import step_jacobian
 from chaosgrad.spectra import lyapunov_spectrum
 from chaosgrad.system import split_run_key, step_key
 from chaosgrad.unroll import unroll, unroll_grad
-from systems.md import box_side, geometry, kinetic_energy, md_system
 
 N = 16
 KEY = jax.random.PRNGKey(3)
@@ -80,9 +80,8 @@ def test_pair_energy_closed_form_across_the_boundary():
 
 def test_force_is_jax_md_real_space_force():
     # jax-md's own periodic_general(box=L) with fractional coordinates gives real-space forces
+    from chaosgrad.systems.md import pair_sigma, species
     from jax_md import energy, space
-
-    from systems.md import pair_sigma, species
 
     d = 0.45
     g = geometry(d, N)

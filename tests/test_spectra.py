@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import systems
+from chaosgrad import systems
 from chaosgrad.jacobian import step_jacobian, step_jacobian_operator
 from chaosgrad.spectra import (
     finite_time_lyapunov,
@@ -153,7 +153,7 @@ def test_linear_map_products_grow_at_exactly_the_log_eigenvalue():
 
 @pytest.mark.parametrize("r", [0.4, 0.55])
 def test_ftcs_heat_exponents_are_the_von_neumann_eigenvalues(r):
-    from systems.maps import heat_eigenvalues
+    from chaosgrad.systems.maps import heat_eigenvalues
 
     s = systems.make("heat", n=8, r=r)
     res = lyapunov_spectrum(s, key=KEY, steps=2000, transient=2000)

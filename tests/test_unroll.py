@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import systems
-from chaosgrad import InputError, StepOut, System
+from chaosgrad import InputError, StepOut, System, systems
 from chaosgrad.gradients import fit_rate, gradient_growth, tree_norm
 from chaosgrad.unroll import unroll, unroll_grad, unrolled_loss
 

@@ -2,11 +2,17 @@
 inner tasks, hand-designed and learned optimizers, and loss slices along θ.
 """
 
-from systems.lopt.learned import lstm_lopt, mlp_lopt
-from systems.lopt.optimizers import Optimizer, StepInfo, adam, momentum, sgd
-from systems.lopt.slices import loss_slice, random_direction
-from systems.lopt.tasks import TASKS, Task, digits_mlp, make_task, quadratic, sine_mlp
-from systems.lopt.training import LOSSES, OPTIMIZERS, LoptState, lopt_system, make_optimizer
+from chaosgrad.systems.lopt.learned import lstm_lopt, mlp_lopt
+from chaosgrad.systems.lopt.optimizers import Optimizer, StepInfo, adam, momentum, sgd
+from chaosgrad.systems.lopt.slices import loss_slice, random_direction
+from chaosgrad.systems.lopt.tasks import TASKS, Task, digits_mlp, make_task, quadratic, sine_mlp
+from chaosgrad.systems.lopt.training import (
+    LOSSES,
+    OPTIMIZERS,
+    LoptState,
+    lopt_system,
+    make_optimizer,
+)
 
 __all__ = [
     "LOSSES",

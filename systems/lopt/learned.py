@@ -7,9 +7,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from systems.lopt.optimizers import Optimizer
-from systems.lopt.tasks import mlp_apply, mlp_init
+from chaosgrad.systems.lopt.optimizers import Optimizer
+from chaosgrad.systems.lopt.tasks import mlp_apply, mlp_init
 
 DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
 TIMESCALES = (1, 3, 10, 30, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000)

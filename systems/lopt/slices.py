@@ -13,7 +13,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from chaosgrad.gradients import random_direction  # noqa: F401  (re-exported)
-from chaosgrad.system import System, is_key_batch, resolve_theta
+from chaosgrad.system import System, default_key, is_key_batch, resolve_theta
 from chaosgrad.unroll import check_steps, unrolled_loss
 
 PyTree = Any
@@ -59,7 +59,7 @@ def loss_slice(
     if direction is None:
         n = ravel_pytree(theta)[0].shape[0]
         direction = random_direction(theta, jax.random.PRNGKey(0), norm=float(n))
-    key = jax.random.PRNGKey(0) if key is None else key
+    key = default_key(key)
     batched = is_key_batch(key)
     keys = key if batched else key[None]
     dtype = ravel_pytree(theta)[0].dtype

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from chaosgrad.errors import InputError
+from chaosgrad.errors import InputError, require
 
 PyTree = Any
 SPLITS = ("train", "valid")
@@ -120,7 +120,7 @@ def digits_data(valid_fraction: float = 0.2) -> dict[str, tuple[np.ndarray, np.n
     """scikit-learn's 8×8 digits (1,797 images, ships with the package), pixels scaled to
     [0, 1], split into train/valid by a fixed permutation (numpy seed 0).
     """
-    from sklearn.datasets import load_digits
+    load_digits = require("sklearn.datasets", "lopt").load_digits
 
     data = load_digits()
     x = (data.data / 16.0).astype(np.float64)

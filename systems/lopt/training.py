@@ -9,13 +9,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from chaosgrad.systems.lopt.learned import lstm_lopt, mlp_lopt
+from chaosgrad.systems.lopt.optimizers import Optimizer, StepInfo, adam, momentum, sgd
+from chaosgrad.systems.lopt.tasks import TASKS, make_task
+from chaosgrad.systems.maps import _dtype, _precision
 
 from chaosgrad.errors import InputError
 from chaosgrad.system import StepOut, System
-from systems.lopt.learned import lstm_lopt, mlp_lopt
-from systems.lopt.optimizers import Optimizer, StepInfo, adam, momentum, sgd
-from systems.lopt.tasks import TASKS, make_task
-from systems.maps import _dtype, _precision
 
 PyTree = Any
 

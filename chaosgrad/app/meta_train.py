@@ -5,10 +5,15 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
+import jax
+import optax
+
+from chaosgrad import estimators, systems
 from chaosgrad.errors import InputError
+from chaosgrad.estimators.meta import meta_train
+from chaosgrad.io import dumps
 
 
 def add_meta_train_parser(subparsers):
@@ -20,7 +25,9 @@ def add_meta_train_parser(subparsers):
                     "results.json, curves.npz, theta.npz and checkpoint.npz to --out, and "
                     "resumes from the checkpoint when run again with the same settings.",
     )
-    p.add_argument("--system", required=True, help="registered system name (e.g. lopt, rnn)")
+    p.add_argument("name", nargs="?", default=None,
+                   help="registered system (e.g. lopt, rnn) or module:function")
+    p.add_argument("--system", default=None, help="the same as the positional name (alias)")
     p.add_argument("--param", action="append", default=[], metavar="K=V",
                    help="system parameter (repeatable)")
     p.add_argument("--estimator", default="pes",
@@ -44,18 +51,16 @@ def run_meta_train(args) -> int:
     """Run ``meta-train`` from parsed ``args``. Returns 0, or 130 when interrupted (the
     checkpoint is written; run the same command again to resume). Raises InputError for
     bad input."""
-    import jax
-    import optax
-
-    import estimators
-    import systems
-    from estimators.meta import meta_train
-
+    if args.name and args.system and args.name != args.system:
+        raise InputError(f"two systems named: {args.name!r} and --system {args.system!r}")
+    args.name = args.name or args.system
+    if not args.name:
+        raise InputError("name the system to meta-train, e.g. `chaosgrad meta-train lopt ...`")
     if not args.lr > 0:
         raise InputError(f"--lr must be positive, got {args.lr!r}")
     if args.steps is None or args.steps < 1:
         raise InputError(f"--steps must be a positive integer, got {args.steps!r}")
-    system = systems.make(args.system, **systems.parse_params(args.system, args.param))
+    system = systems.make(args.name, **systems.parse_params(args.name, args.param))
     est = estimators.make(args.estimator, system,
                           **estimators.parse_params(args.estimator, args.est_param))
     result = meta_train(
@@ -72,7 +77,7 @@ def run_meta_train(args) -> int:
         "out": str(result.out_dir),
     }
     if args.json:
-        print(json.dumps(summary))
+        print(dumps(summary, indent=None))
     else:
         state = "interrupted at" if result.interrupted else "done:"
         print(f"meta-train {est.name} on {system.name} {state} step {result.step}: meta-loss "

@@ -18,22 +18,23 @@ import numpy as np
 
 from chaosgrad.config import precision_info
 from chaosgrad.errors import InputError
+from chaosgrad.io import load_npz, read_json, save_npz, write_json
 
 FIGURES = {
-    "toy": ("chaosgrad.figures.toy", "Figure 1: when black-box beats backprop (sin toy)"),
-    "rigid_body": ("chaosgrad.figures.rigid_body",
+    "toy": ("chaosgrad.app.figures.toy", "Figure 1: when black-box beats backprop (sin toy)"),
+    "rigid_body": ("chaosgrad.app.figures.rigid_body",
                    "Figure 2: Brax Ant (loss slices, smoothing, gradient variance)"),
-    "spectra": ("chaosgrad.figures.spectra",
+    "spectra": ("chaosgrad.app.figures.spectra",
                 "Figure 5: Jacobian spectra of the closed-loop Brax Ant at two inits"),
-    "truncation": ("chaosgrad.figures.truncation",
+    "truncation": ("chaosgrad.app.figures.truncation",
                    "Figure 6: training the Ant by backprop with the gradient stopped every t"),
-    "learned_optimizer": ("chaosgrad.figures.learned_optimizer",
+    "learned_optimizer": ("chaosgrad.app.figures.learned_optimizer",
                           "Figure 3: meta-learning a learned optimizer (loss slices, variance)"),
-    "packing": ("chaosgrad.figures.packing",
+    "packing": ("chaosgrad.app.figures.packing",
                 "Figure 4: jax-md packing (energy vs diameter, gradient variance)"),
-    "learning_rate": ("chaosgrad.figures.learning_rate",
+    "learning_rate": ("chaosgrad.app.figures.learning_rate",
                       "Beyond the paper: the learning rate where SGD turns chaotic; estimators"),
-    "linear": ("chaosgrad.figures.linear", "Figure 7: linear maps and the FTCS heat equation"),
+    "linear": ("chaosgrad.app.figures.linear", "Figure 7: linear maps and the FTCS heat equation"),
 }
 SCALES = ("quick", "paper")
 
@@ -60,18 +61,6 @@ def versions() -> dict:
     return out
 
 
-def _atomic_savez(path: Path, arrays: dict) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 class Store:
     """Saved parts of one experiment, so an interrupted run resumes where it stopped.
 
@@ -90,19 +79,16 @@ class Store:
         path = self.folder / f"{self.scale}-{key}.npz"
         if path.exists():
             self.reused += 1
-            with np.load(path) as z:
-                return {k: z[k] for k in z.files}
+            return load_npz(path)
         arrays = {k: np.asarray(v) for k, v in fn().items()}
-        _atomic_savez(path, arrays)
+        save_npz(path, arrays)
         return arrays
 
 
 def load(name: str, out: str | os.PathLike) -> tuple[dict, dict]:
     """The saved results and metadata of figure ``name`` under ``out``."""
     folder = Path(out) / name
-    with np.load(folder / "results.npz") as z:
-        results = {k: z[k] for k in z.files}
-    return results, json.loads((folder / "meta.json").read_text())
+    return load_npz(folder / "results.npz"), read_json(folder / "meta.json")
 
 
 def run_figure(name: str, scale: str = "quick", out: str | os.PathLike = "figs", *,
@@ -128,8 +114,8 @@ def run_figure(name: str, scale: str = "quick", out: str | os.PathLike = "figs",
         meta = {"figure": name, "title": FIGURES[name][1], "scale": scale,
                 "seconds": round(time.perf_counter() - t0, 2), "parts_reused": store.reused,
                 "versions": versions(), "precision": precision_info(), **meta}
-        _atomic_savez(folder / "results.npz", results)
-        _atomic_json(meta_path, meta)
+        save_npz(folder / "results.npz", results)
+        write_json(meta_path, meta)
     png = folder / f"{name}.png"
     mod.draw(results, meta, png)
     return png

@@ -8,7 +8,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-import systems
+from chaosgrad import systems
 from chaosgrad.gradients import gradient_growth, loss_slice, random_direction
 
 SIZES = {

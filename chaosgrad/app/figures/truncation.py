@@ -11,7 +11,7 @@ import numpy as np
 import optax
 from jax import lax
 
-import systems
+from chaosgrad import systems
 from chaosgrad.gradients import tree_norm
 from chaosgrad.system import split_run_key
 from chaosgrad.unroll import meta_loss_of, rollout

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import systems
-from chaosgrad.compare import compare
+from chaosgrad import systems
+from chaosgrad.app.compare import compare
 from chaosgrad.gradients import gradient_growth, loss_slice
 from chaosgrad.spectra import lyapunov_spectrum
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-import systems
+from chaosgrad import systems
 from chaosgrad.gradients import gradient_growth
 from chaosgrad.spectra import lyapunov_spectrum
-from systems.maps import heat_eigenvalues
+from chaosgrad.systems.maps import heat_eigenvalues
 
 SIZES = {
     "quick": {"n": 16, "horizons": [5, 10, 20, 40, 60, 80, 100], "seeds": 8, "rs": 17,

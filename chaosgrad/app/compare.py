@@ -4,7 +4,6 @@ reference gradient, cost in unroll steps and seconds, and the error at equal com
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -16,10 +15,14 @@ import jax
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from chaosgrad.config import precision_info
+from chaosgrad import estimators
+from chaosgrad.config import precision_info, provenance
 from chaosgrad.errors import InputError
+from chaosgrad.io import write_json
+from chaosgrad.plots import plot_comparison, save
 from chaosgrad.progress import progress_bar
-from chaosgrad.system import System, resolve_theta
+from chaosgrad.spectra import lyapunov_spectrum
+from chaosgrad.system import System, default_key, resolve_theta
 
 PyTree = Any
 DEFAULT_ESTIMATORS = ("backprop", "tbptt", "es", "pes")
@@ -72,6 +75,7 @@ class Comparison:
     precision: dict
     seconds: float
     figures: dict = field(default_factory=dict)
+    run: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         """A JSON-friendly summary (non-finite numbers as null)."""
@@ -90,7 +94,7 @@ class Comparison:
                 for s in self.stats],
             "ranking": self.ranking, "recommendation": self.recommendation,
             "precision": self.precision, "figures": self.figures,
-            "seconds": round(self.seconds, 2),
+            "seconds": round(self.seconds, 2), "run": self.run,
         }
 
     def table(self) -> str:
@@ -112,14 +116,10 @@ class Comparison:
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write compare.json and compare.png into ``out_dir`` (atomically)."""
-        from chaosgrad.plots import plot_comparison, save
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.figures = {"compare": str(save(plot_comparison(self), out / "compare.png"))}
-        tmp = out / ".compare.json.tmp"
-        tmp.write_text(json.dumps(self.to_json(), indent=2))
-        os.replace(tmp, out / "compare.json")
+        write_json(out / "compare.json", self.to_json())
         return out
 
 
@@ -127,11 +127,21 @@ def _flat(tree) -> np.ndarray:
     return np.asarray(ravel_pytree(tree)[0], np.float64)
 
 
-def _estimator_params(name: str, common: dict, extra: dict | None) -> dict:
-    import estimators
+# Which of compare's shared settings each estimator takes, named explicitly: a renamed
+# estimator parameter then fails loudly in `estimators.make` instead of silently dropping out.
+COMMON_SETTINGS = {
+    "backprop": ("samples", "horizon"),
+    "tbptt": ("particles", "window", "horizon"),
+    "es": ("pairs", "sigma", "horizon"),
+    "tes": ("pairs", "sigma", "window", "horizon"),
+    "pes": ("pairs", "sigma", "window", "horizon"),
+    "combined": ("pairs", "sigma", "horizon"),
+}
 
-    accepted = estimators.parameters(name)
-    params = {k: v for k, v in common.items() if k in accepted}
+
+def _estimator_params(name: str, common: dict, extra: dict | None) -> dict:
+    key = estimators.canonical_name(name)
+    params = {k: common[k] for k in COMMON_SETTINGS[key]}
     params.update(extra or {})
     return params
 
@@ -166,8 +176,6 @@ def reference_gradient(system: System, theta: PyTree, horizon: int, *, kind: str
     gradients (the gradient of the expected meta-loss; equal to the smoothed one up to
     O(σ²) where the loss is smooth, i.e. in stable systems).
     """
-    import estimators
-
     if kind == "es":
         est = estimators.make("es", system, pairs=per_batch, sigma=sigma, horizon=horizon)
     elif kind == "backprop":
@@ -222,8 +230,6 @@ def compare(
       params: per-estimator overrides, e.g. ``{"pes": {"pairs": 16}}``.
       out: write compare.json and compare.png there.
     """
-    import estimators as est_mod
-
     t0 = time.perf_counter()
     theta = resolve_theta(system, theta)
     horizon = int(horizon or system.horizon)
@@ -231,13 +237,11 @@ def compare(
         raise InputError(f"horizon must be a positive integer, got {horizon}")
     names = list(estimators_)
     if not names:
-        raise InputError("name at least one estimator; accepted: " + ", ".join(est_mod.names()))
+        raise InputError("name at least one estimator; accepted: " + ", ".join(estimators.names()))
     for n in names:
-        est_mod.parameters(n)  # unknown names fail before any work
-    key = jax.random.PRNGKey(0) if key is None else key
+        estimators.parameters(n)  # unknown names fail before any work
+    key = default_key(key)
     if reference == "auto":
-        from chaosgrad.spectra import lyapunov_spectrum
-
         lam = lyapunov_spectrum(system, theta, key=key, steps=max(500, 5 * horizon), k=1,
                                 transient=horizon, progress=False).exponents[0]
         reference = "backprop" if lam < 0 else "es"
@@ -247,7 +251,7 @@ def compare(
     ref_norm = float(np.linalg.norm(g_ref))
     common = {"samples": population, "particles": population, "pairs": population,
               "sigma": sigma, "window": min(window, horizon), "horizon": horizon}
-    built = [est_mod.make(n, system, **_estimator_params(n, common, (params or {}).get(n)))
+    built = [estimators.make(n, system, **_estimator_params(n, common, (params or {}).get(n)))
              for n in names]
     runs = []
     for i, est in enumerate(built):
@@ -277,7 +281,8 @@ def compare(
     comp = Comparison(
         system=system.describe(), horizon=horizon, budget=budget, reference=ref_desc,
         reference_norm=ref_norm, reference_se=se_ref, stats=stats, ranking=ranking,
-        recommendation=_recommend(stats, ranking, ref_norm), precision=precision_info(
+        recommendation=_recommend(stats, ranking, ref_norm), run=provenance(key),
+        precision=precision_info(
             np.asarray(jax.tree_util.tree_leaves(theta)[0]).dtype),
         seconds=time.perf_counter() - t0)
     if out is not None:

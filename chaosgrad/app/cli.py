@@ -1,12 +1,10 @@
-"""The `chaosgrad` command: list systems, Lyapunov spectra, gradient growth, the demo.
-
-Bad input exits with status 2 and one line naming what was wrong and what is accepted.
+"""The `chaosgrad` command: systems, spectra, gradient growth, diagnose, compare, meta-train,
+figures, the demo. Bad input exits with status 2 and one line naming what was wrong.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -14,7 +12,17 @@ import time
 import warnings
 from pathlib import Path
 
+import chaosgrad
+from chaosgrad import systems
+from chaosgrad.app import figures
+from chaosgrad.app.compare import compare
+from chaosgrad.app.meta_train import add_meta_train_parser
+from chaosgrad.config import enable_compilation_cache, enable_x64
+from chaosgrad.diagnose import diagnose
 from chaosgrad.errors import InputError
+from chaosgrad.gradients import gradient_growth
+from chaosgrad.io import dumps, write_json
+from chaosgrad.spectra import lyapunov_spectrum
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,7 +56,8 @@ def _int_list(text: str) -> list[int]:
 
 def _add_system_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="registered system (see `chaosgrad systems`), e.g. henon, "
-                                "lorenz, rnn, brax:inverted_pendulum, md, lopt")
+                                "lorenz, rnn, brax:inverted_pendulum, md, lopt; or your own "
+                                "as module:function or file.py:function")
     p.add_argument("--param", action="append", default=[], metavar="K=V",
                    help="system parameter, repeatable (e.g. --param g=2.5)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -62,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `chaosgrad` command."""
     parser = _Parser(prog="chaosgrad", description="Can gradients through this iterative "
                      "system be trusted? Lyapunov spectra, gradient growth and estimators.")
+    parser.add_argument("--version", action="version",
+                        version=f"chaosgrad {chaosgrad.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -128,18 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
-    try:
-        from estimators.cli import add_meta_train_parser
-    except ImportError:
-        pass
-    else:
-        add_meta_train_parser(sub)
+    add_meta_train_parser(sub)
     return parser
 
 
 def _make_system(args):
-    import systems
-
     params = systems.parse_params(args.name, args.param)
     return systems.make(args.name, **params)
 
@@ -150,6 +154,13 @@ def _key(seed: int):
     return jax.random.PRNGKey(seed)
 
 
+def _run_record(args) -> dict:
+    """The seed and the command's arguments, recorded in a report."""
+    skip = {"func"}
+    return {"seed": args.seed, "command": args.command,
+            "arguments": {k: v for k, v in vars(args).items() if k not in skip}}
+
+
 def _fmt(x: float) -> str:
     if x is None or not math.isfinite(x):
         return str(x)
@@ -157,8 +168,6 @@ def _fmt(x: float) -> str:
 
 
 def cmd_systems(args) -> int:
-    import systems
-
     rows = []
     for name in systems.names():
         try:
@@ -166,7 +175,7 @@ def cmd_systems(args) -> int:
         except ImportError as e:  # an adapter whose module is not available
             rows.append({"name": name, "description": f"(unavailable: {e})", "params": {}})
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(dumps(rows))
         return 0
     for r in rows:
         print(f"{r['name']:<10} {r['description']}")
@@ -177,8 +186,6 @@ def cmd_systems(args) -> int:
 
 
 def cmd_spectrum(args) -> int:
-    from chaosgrad.spectra import lyapunov_spectrum
-
     system = _make_system(args)
     n = system.phase_dim(key=_key(args.seed))
     k = args.k if args.k is not None else min(n, 8)
@@ -195,7 +202,7 @@ def cmd_spectrum(args) -> int:
 
         save(plot_lyapunov(res).figure, args.plot)
     if args.json:
-        print(json.dumps(res.to_json(), indent=2))
+        print(dumps(res.to_json()))
         return 0
     print(f"{system.description or system.name}  [{res.precision['dtype']}, "
           f"{res.precision['backend']}]")
@@ -217,15 +224,11 @@ def cmd_spectrum(args) -> int:
 
 
 def cmd_grad_growth(args) -> int:
-    from chaosgrad.gradients import gradient_growth
-
     system = _make_system(args)
     lyap = None
     res = gradient_growth(system, horizons=args.horizons, seeds=args.seeds, key=_key(args.seed),
                           progress=False if args.no_progress else None)
     if args.lyapunov_steps > 0:
-        from chaosgrad.spectra import lyapunov_spectrum
-
         lyap = float(lyapunov_spectrum(system, key=_key(args.seed), steps=args.lyapunov_steps,
                                        k=1, transient=0, progress=False).exponents[0])
     if args.plot:
@@ -235,7 +238,7 @@ def cmd_grad_growth(args) -> int:
     out = res.to_json()
     out["lyapunov_max"] = lyap
     if args.json:
-        print(json.dumps(out, indent=2))
+        print(dumps(out))
         return 0
     print(f"{system.description or system.name}  [{res.precision['dtype']}]")
     print(f"{'T':>8} {'geomean |g|':>14} {'median |g|':>14} {'variance':>12} {'non-finite':>11}")
@@ -252,19 +255,19 @@ def cmd_grad_growth(args) -> int:
 
 
 def cmd_diagnose(args) -> int:
-    from chaosgrad.diagnose import diagnose
-
     system = _make_system(args)
     out = args.out or os.path.join("out", "diagnose", args.name.replace(":", "_"))
     d = diagnose(system, horizons=args.horizons, seeds=args.seeds, key=_key(args.seed),
-                 lyapunov_steps=args.lyapunov_steps, k=args.k, out=out,
+                 lyapunov_steps=args.lyapunov_steps, k=args.k,
                  progress=False if args.no_progress else None)
+    d.run.update(_run_record(args))
+    d.save(out)
     if args.plot:
         import shutil
 
         shutil.copyfile(d.figures["summary"], args.plot)
     if args.json:
-        print(json.dumps(d.to_json(), indent=2))
+        print(dumps(d.to_json()))
     else:
         print(d.summary())
         print(f"report: {Path(out) / 'report.md'}, {Path(out) / 'report.json'}")
@@ -272,8 +275,6 @@ def cmd_diagnose(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from chaosgrad.compare import compare
-
     system = _make_system(args)
     if not args.sigma > 0:
         raise InputError(f"--sigma must be positive, got {args.sigma}")
@@ -281,14 +282,16 @@ def cmd_compare(args) -> int:
     out = args.out or os.path.join("out", "compare", args.name.replace(":", "_"))
     c = compare(system, estimators_=names, horizon=args.horizon, budget=args.budget,
                 samples=args.samples, window=args.window, sigma=args.sigma,
-                reference=args.reference, key=_key(args.seed), out=out,
+                reference=args.reference, key=_key(args.seed),
                 progress=False if args.no_progress else None)
+    c.run.update(_run_record(args))
+    c.save(out)
     if args.plot:
         import shutil
 
         shutil.copyfile(c.figures["compare"], args.plot)
     if args.json:
-        print(json.dumps(c.to_json(), indent=2))
+        print(dumps(c.to_json()))
     else:
         print(c.table())
         print(f"report: {Path(out) / 'compare.json'}, figure: {c.figures['compare']}")
@@ -296,9 +299,6 @@ def cmd_compare(args) -> int:
 
 
 def cmd_figures(args) -> int:
-    from chaosgrad import figures
-    from chaosgrad.config import enable_x64
-
     if args.list:
         for name in figures.names():
             print(f"{name:<10} {figures.FIGURES[name][1]}")
@@ -320,11 +320,7 @@ def cmd_figures(args) -> int:
 
 def cmd_demo(args) -> int:
     """Spectrum + gradient growth of a chaotic (g=2) and a stable (g=0.5) tanh RNN."""
-    import systems
-    from chaosgrad.config import enable_x64
-    from chaosgrad.gradients import gradient_growth
     from chaosgrad.plots import plot_growth, plot_lyapunov, save
-    from chaosgrad.spectra import lyapunov_spectrum
 
     enable_x64()
     out = Path(args.out)
@@ -356,9 +352,8 @@ def cmd_demo(args) -> int:
         })
     fig.tight_layout()
     png = save(fig, out / "demo.png")
-    tmp = out / ".report.json.tmp"
-    tmp.write_text(json.dumps(rows, indent=2))
-    os.replace(tmp, out / "report.json")
+    write_json(out / "report.json", {"seed": 0, "arguments": vars(args),
+                                     "chaosgrad": chaosgrad.__version__, "systems": rows})
     print("chaosgrad demo: a tanh RNN x -> tanh(W x), W ~ N(0, g^2/n), n = 32, float64")
     print(f"{'system':<16}{'λ1':>10}{'λ2':>10}{'|g| rate':>10}{'var rate':>10}"
           f"{'|g| @T=5':>11}{'|g| @T=40':>11}  verdict")
@@ -390,26 +385,33 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `chaosgrad` command; returns the exit status."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # the command only writes files; never open a window
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "x64", False):
-        from chaosgrad.config import enable_x64
-
         enable_x64()
-    from chaosgrad.config import enable_compilation_cache
-
     enable_compilation_cache()
     handler = COMMANDS.get(args.command) or getattr(args, "func", None)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            return int(handler(args) or 0)
+            status = int(handler(args) or 0)
+        sys.stdout.flush()
+        return status
     except InputError as e:
         print(f"chaosgrad {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"chaosgrad {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`chaosgrad systems --json | head`): stop quietly, and keep
+        # Python from complaining again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -1,0 +1,3 @@
+"""The application layer: the `chaosgrad` command, the paper's figures, `compare` and
+meta-train's command. The only place that imports the library, systems and estimators together.
+"""
