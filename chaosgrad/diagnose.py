@@ -1,7 +1,8 @@
 """`diagnose`: can backprop gradients through this system be trusted, and up to which horizon?
 
-Lyapunov exponents, gradient norm/variance vs horizon (measured vs predicted), loss slices,
-non-finite counts, a verdict and a recommendation; a terminal report, JSON, Markdown and PNGs.
+Lyapunov exponents, gradient norm/variance vs horizon (measured vs predicted, with 95%
+intervals), loss slices, non-finite counts, a verdict with its confidence and a
+recommendation; a terminal report, JSON, Markdown and PNGs.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from chaosgrad.errors import InputError
 from chaosgrad.gradients import GrowthResult, SliceResult, gradient_growth, loss_slice
 from chaosgrad.io import jsonable, write_json, write_text
 from chaosgrad.progress import progress_bar
-from chaosgrad.spectra import LyapunovResult, lyapunov_spectrum
+from chaosgrad.spectra import LyapunovResult, lyapunov_spectrum, resolve_k
+from chaosgrad.stats import NAN_INTERVAL, Interval, segment_interval
 from chaosgrad.system import System, default_key, resolve_theta
+from chaosgrad.unroll import unroll
 
 PyTree = Any
-VERDICTS = ("stable", "marginal", "chaotic")
+VERDICTS = ("stable", "marginal", "chaotic", "diverges")
 
 
 def default_horizons(system: System) -> list[int]:
@@ -36,37 +39,49 @@ def default_horizons(system: System) -> list[int]:
 
 @dataclass
 class Diagnosis:
-    """What `diagnose` found. Rates are per step (maps) or per unit time (flows).
+    """What `diagnose` found. Rates are per step (maps) or per unit time (flows); every
+    interval is a 95% interval.
 
     Attributes:
-      verdict: "chaotic" (λ1 > 0 and the gradient grows: it explodes exponentially),
-        "stable" (λ1 < 0 and bounded gradients) or "marginal" (λ1 ≈ 0, or the spectrum and
-        the measured gradient disagree; see `_verdict`).
-      critical_horizon: the horizon (steps) beyond which backprop's gradient variance has
-        grown more than ``variance_growth_limit`` times over its value at the shortest
-        horizon (from the fit, or from 2·λ1 when the fit is unusable); None if it does not grow.
+      verdict: "chaotic" (λ1 clearly positive and the gradient clearly growing: it explodes
+        exponentially), "stable" (λ1 clearly negative and the gradient not growing),
+        "marginal" (λ1 ≈ 0 within its interval, or the spectrum and the measured gradient
+        disagree), or "diverges" (the state or the loss itself turns NaN/Inf within the
+        horizons: there is nothing to differentiate; never called chaotic).
+      confidence: what the intervals allow, in words.
+      critical_horizon: the horizon (steps) at which backprop's gradient variance has grown
+        ``variance_growth_limit`` times, exp(rate · T) = limit, from the rate 2·λ1 of the
+        spectrum (or the measured variance rate where the asymptotic λ1 does not resolve the
+        growth). It does not depend on which horizons were measured. None if nothing grows.
+      critical_interval: its interval, from the interval of the rate.
       critical_extrapolated: True when the critical horizon lies beyond the longest horizon
-        measured (an extrapolation of the fit).
+        measured.
+      first_nonfinite_step: the first step at which any seed's state or loss went NaN/Inf
+        in a forward unroll of the longest horizon (-1: none); diverged_seeds: how many.
       recommendation: what to use, following from the verdict and the numbers.
       lyapunov, growth, slices: the underlying results.
+      lyapunov_interval: λ1 with its interval (batch means over segments of the run).
       finite_time_exponent: the leading exponent over the longest horizon from the initial
         state (no transient), averaged over a few seeds: what gradients over these horizons
-        see, which can differ from the asymptotic λ1 (an unstable start that settles, or a
-        transient before chaos).
+        see, which can differ from the asymptotic λ1.
       predicted_rate, measured_rate: growth rate of ‖g‖ the spectra predict (max(λ1,
         finite-time λ1, 0)) and the fitted one; predicted_variance_rate,
         measured_variance_rate likewise (2·).
-      lyapunov_margin: |λ1| below this counts as zero (max of ``tol`` and 3× the spread
-        of λ1's running estimate over the second half of the run).
+      lyapunov_margin: rates within ±this of 0 count as zero (``tol``).
       nonfinite: where NaN/Inf appeared, and what it means.
     """
 
     system: dict
     verdict: str
+    confidence: str
     critical_horizon: float | None
+    critical_interval: Interval
     critical_extrapolated: bool
+    first_nonfinite_step: int
+    diverged_seeds: int
     recommendation: str
     lyapunov: LyapunovResult
+    lyapunov_interval: Interval
     growth: GrowthResult
     slices: SliceResult
     finite_time_exponent: float
@@ -88,13 +103,18 @@ class Diagnosis:
         return jsonable({
             "system": self.system,
             "verdict": self.verdict,
+            "confidence": self.confidence,
             "critical_horizon": self.critical_horizon,
+            "critical_interval": self.critical_interval.to_json(),
             "critical_extrapolated": self.critical_extrapolated,
+            "first_nonfinite_step": self.first_nonfinite_step,
+            "diverged_seeds": self.diverged_seeds,
             "recommendation": self.recommendation,
             "units": self.units,
             "lyapunov": self.lyapunov.to_json() | {
                 "history_steps": self.lyapunov.history_steps.tolist(),
                 "history": self.lyapunov.history.tolist()},
+            "lyapunov_interval": self.lyapunov_interval.to_json(),
             "lyapunov_margin": self.lyapunov_margin,
             "finite_time_exponent": self.finite_time_exponent,
             "predicted_rate": self.predicted_rate,
@@ -110,29 +130,41 @@ class Diagnosis:
             "run": self.run,
         })[0]
 
+    def _headline(self) -> str:
+        if self.verdict == "diverges":
+            return (f"VERDICT: DIVERGES - the state or loss is NaN/Inf from step "
+                    f"{self.first_nonfinite_step} ({self.diverged_seeds} of "
+                    f"{self.growth.norms.shape[1]} seeds)")
+        head = f"VERDICT: {self.verdict.upper()}"
+        if self.critical_horizon is not None:
+            ci = self.critical_interval
+            head += (f" - backprop variance grows {self.variance_growth_limit:g}x by T = "
+                     f"{self.critical_horizon:.0f} steps [{ci.low:.0f}, {ci.high:.0f}]"
+                     + (" (beyond the horizons measured)" if self.critical_extrapolated
+                        else ""))
+        return head
+
     def summary(self) -> str:
         """The terminal report."""
         g, ly = self.growth, self.lyapunov
         lines = [
             f"chaosgrad diagnose: {self.system.get('description') or self.system.get('name')}",
             f"  precision {ly.precision['dtype']}, backend {ly.precision['backend']}, "
-            f"{self.seconds:.1f} s",
+            f"{self.seconds:.1f} s; intervals are 95%",
             "",
-            f"VERDICT: {self.verdict.upper()}"
-            + (f" - backprop variance exceeds {self.variance_growth_limit:g}x its T="
-               f"{int(g.horizons[0])} value beyond T = {self.critical_horizon:.0f} steps"
-               + (" (extrapolated)" if self.critical_extrapolated else "")
-               if self.critical_horizon is not None else ""),
+            self._headline(),
+            f"  confidence: {self.confidence}",
             f"  {self.recommendation}",
             "",
             f"Lyapunov exponents ({ly.units}, {ly.steps} steps after {ly.transient}): "
-            + ", ".join(f"{x:+.4g}" for x in ly.exponents)
-            + f"   (|λ| < {self.lyapunov_margin:.2g} counts as 0)",
+            + ", ".join(f"{x:+.4g}" for x in ly.exponents),
+            f"  λ1 = {_fi(self.lyapunov_interval)}   (|rate| < {self.lyapunov_margin:.2g} "
+            "counts as 0)",
             f"Finite-time λ1 over T = {int(g.horizons[-1])} from the start: "
             f"{_f(self.finite_time_exponent)}",
-            f"Growth rate of |grad|: measured {_f(self.measured_rate)}, predicted "
+            f"Growth rate of |grad|: measured {_fi(g.growth_interval)}, predicted "
             f"max(λ1, finite-time λ1, 0) = {_f(self.predicted_rate)}",
-            f"Growth rate of its variance: measured {_f(self.measured_variance_rate)}, "
+            f"Growth rate of its variance: measured {_fi(g.variance_rate_interval)}, "
             f"predicted 2x that = {_f(self.predicted_variance_rate)}",
             "",
             f"{'T':>7} {'|grad| (geo-mean)':>18} {'variance':>11} {'non-finite':>11} "
@@ -160,19 +192,26 @@ class Diagnosis:
             "",
             f"**Verdict: {self.verdict}.** {self.recommendation}",
             "",
+            f"Confidence: {self.confidence}",
+            "",
             "| quantity | value |",
             "|---|---|",
             f"| Lyapunov exponents ({ly.units}) | "
             + ", ".join(f"{x:+.4g}" for x in ly.exponents) + " |",
+            f"| λ1 with its 95% interval | {_fi(self.lyapunov_interval)} |",
             f"| finite-time λ1 over the longest horizon, from the start | "
             f"{_f(self.finite_time_exponent)} |",
-            f"| growth rate of ‖∂L/∂θ‖, measured / predicted | {_f(self.measured_rate)} / "
+            f"| growth rate of ‖∂L/∂θ‖, measured / predicted | {_fi(g.growth_interval)} / "
             f"{_f(self.predicted_rate)} |",
             f"| growth rate of its variance, measured / predicted | "
-            f"{_f(self.measured_variance_rate)} / {_f(self.predicted_variance_rate)} |",
+            f"{_fi(g.variance_rate_interval)} / {_f(self.predicted_variance_rate)} |",
             f"| critical horizon (variance × {self.variance_growth_limit:g}) | "
-            f"{'none' if self.critical_horizon is None else f'{self.critical_horizon:.0f} steps'}"
-            " |",
+            + ("none" if self.critical_horizon is None else
+               f"{self.critical_horizon:.0f} steps [{self.critical_interval.low:.0f}, "
+               f"{self.critical_interval.high:.0f}]") + " |",
+            "| first non-finite step of the state or loss | "
+            + ("none" if self.first_nonfinite_step < 0 else
+               f"{self.first_nonfinite_step} ({self.diverged_seeds} seeds)") + " |",
             f"| precision | {ly.precision['dtype']} on {ly.precision['backend']} |",
             "",
             "| T | ‖∂L/∂θ‖ (geometric mean) | variance | non-finite | loss-slice extrema |",
@@ -210,29 +249,85 @@ def _f(x) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:+.4g}"
 
 
-def _margin(ly: LyapunovResult, tol: float) -> float:
-    half = ly.history[len(ly.history) // 2:, 0]
-    spread = float(np.nanstd(half)) if half.size > 1 else 0.0
-    return max(tol, 3.0 * spread)
+def _fi(iv: Interval) -> str:
+    """``+0.42 [+0.41, +0.43]``; ends that are unbounded or unknown say so."""
+    if not np.isfinite(iv.value):
+        return "n/a"
+    return f"{iv.value:+.4g} [{_f(iv.low) if np.isfinite(iv.low) else '-inf'}, " \
+           f"{_f(iv.high) if np.isfinite(iv.high) else '+inf'}]"
 
 
-def _verdict(lam: float, lam_ft: float, margin: float, measured: float,
-             any_nonfinite: bool) -> str:
-    """The spectrum and the measured gradients must agree for a clear verdict.
+def _verdict(lam: Interval, lam_ft: float, growth: Interval, margin: float,
+             grad_nonfinite: bool, first_bad: int,
+             variance_growth: Interval | None = None) -> tuple[str, str]:
+    """The verdict and its confidence. The spectrum and the measured gradients must agree,
+    each resolved by its interval, for "chaotic" or "stable"; anything else is "marginal".
 
-    chaotic: λ1 or the finite-time λ1 clearly positive (or non-finite) and the gradient
-    growing (or non-finite) over the horizons; stable: both exponents clearly negative and the
-    gradient not growing; marginal: anything between — e.g. stretching the loss does not see
-    (a relaxation towards a minimum), or a gradient that grows while the asymptotic
-    dynamics contract (an unstable start that settles).
+    diverges: the forward unroll itself went non-finite (checked first: NaN exponents and
+    NaN gradients of a diverged state say nothing about chaos). chaotic: λ1's interval (or
+    the finite-time λ1) lies above +margin and the growth-rate interval of the gradient's
+    norm lies above +margin, or that of its variance above +2·margin (or gradients
+    overflowed). stable: λ1's interval and the finite-time λ1
+    lie below −margin and the growth rate is not resolved as positive.
     """
-    lam_max = max(lam, lam_ft) if np.isfinite(lam) and np.isfinite(lam_ft) else math.inf
-    growing = any_nonfinite or (np.isfinite(measured) and measured > margin)
-    if lam_max > margin and growing:
-        return "chaotic"
-    if lam_max < -margin and not growing:
-        return "stable"
-    return "marginal"
+    if first_bad >= 0:
+        return "diverges", (f"certain: a forward unroll produced NaN/Inf at step {first_bad}; "
+                            "the exponents and gradients past it are meaningless")
+    lam_pos = (np.isfinite(lam.low) and lam.low > margin) or lam_ft > margin
+    lam_neg = np.isfinite(lam.high) and lam.high < -margin and lam_ft < -margin
+    var_grows = (variance_growth is not None and np.isfinite(variance_growth.low)
+                 and variance_growth.low > 2 * margin)
+    grows = grad_nonfinite or (np.isfinite(growth.low) and growth.low > margin) or var_grows
+    flat = not grows and not (np.isfinite(growth.value) and growth.value > margin)
+    lam_txt = f"λ1 = {_fi(lam)}"
+    g_txt = f"|grad| growth rate {_fi(growth)}"
+    if var_grows and not (np.isfinite(growth.low) and growth.low > margin):
+        g_txt = f"its variance's growth rate {_fi(variance_growth)}"
+    if lam_pos and grows:
+        return "chaotic", (f"95%: {lam_txt} lies above +{margin:.2g} and {g_txt} "
+                           f"{'includes overflowed gradients' if grad_nonfinite else 'too'}")
+    if lam_neg and flat:
+        return "stable", f"95%: {lam_txt} lies below -{margin:.2g} and {g_txt} shows no growth"
+    why = []
+    if not (lam_pos or lam_neg):
+        why.append(f"{lam_txt} is not resolved from 0 (±{margin:.2g})")
+    if lam_pos and not grows:
+        why.append(f"the spectrum stretches but {g_txt} is not resolved as growing (the loss "
+                   "may not feel the stretching, e.g. a relaxation to a minimum)")
+    if lam_neg and not flat:
+        why.append(f"the dynamics contract asymptotically but {g_txt} grows (a transient "
+                   "instability)")
+    return "marginal", "; ".join(why) or "the intervals do not settle it"
+
+
+def _critical(lam: Interval, lam_ft: float, growth: GrowthResult, verdict: str,
+              limit: float, per_step: float, margin: float) -> tuple[float | None, Interval]:
+    """The horizon where exp(rate · T) = limit, with rate = 2·λ1 when the spectrum resolves
+    a positive λ1, else the measured variance rate when its interval is positive, else
+    2 × the finite-time λ1. Absolute: it does not depend on which horizons were measured."""
+    if verdict in ("stable", "diverges"):
+        return None, NAN_INTERVAL
+    v = growth.variance_rate_interval
+    if np.isfinite(lam.low) and lam.low > margin:
+        rate, lo, hi, how = 2 * lam.value, 2 * lam.low, 2 * lam.high, "2·λ1"
+    elif np.isfinite(v.low) and v.low > 2 * margin:
+        rate, lo, hi, how = v.value, v.low, v.high, "measured variance rate"
+    elif lam_ft > margin:
+        rate, lo, hi, how = 2 * lam_ft, 2 * lam_ft, 2 * lam_ft, "2·finite-time λ1"
+    else:
+        return None, NAN_INTERVAL
+    steps = math.log(limit) / per_step
+    return steps / rate, Interval(steps / rate, steps / hi if np.isfinite(hi) else 0.0,
+                                  steps / lo, method=f"log({limit:g}) / ({how})")
+
+
+def _first_nonfinite(system: System, theta, key, seeds: int, steps: int) -> tuple[int, int]:
+    """First step at which any seed's state or loss is NaN/Inf in a forward unroll (-1: none),
+    and how many seeds diverged."""
+    res = unroll(system, theta, jax.random.split(key, seeds), steps, progress=False)
+    first = np.asarray(res.first_nonfinite_step).ravel()
+    bad = first >= 0
+    return (int(first[bad].min()) if bad.any() else -1), int(bad.sum())
 
 
 def diagnose(
@@ -244,7 +339,7 @@ def diagnose(
     key: jax.Array | None = None,
     lyapunov_steps: int | None = None,
     transient: int | None = None,
-    k: int | None = None,
+    k: int | str | None = None,
     slice_points: int = 41,
     slice_radius: float | None = None,
     tol: float | None = None,
@@ -254,11 +349,12 @@ def diagnose(
 ) -> Diagnosis:
     """Diagnose whether backprop gradients through ``system`` can be trusted.
 
-    Works on any `chaosgrad.System` (no registry entry needed). Runs, with one key:
-    the k leading Lyapunov exponents (QR method, with convergence history); the exact
-    gradient of the meta-loss for ``seeds`` random starts at each horizon (norm, variance,
-    fitted growth rates); a 1-D loss slice per horizon along a random direction in θ; and
-    counts of non-finite values everywhere.
+    Works on any `chaosgrad.System` (no registry entry needed). Runs, with one key: a
+    forward unroll of the longest horizon per seed (does the system itself diverge?); the k
+    leading Lyapunov exponents (QR method, with convergence history and an interval for λ1);
+    the exact gradient of the meta-loss for ``seeds`` random starts at each horizon (norm,
+    variance, fitted growth rates with bootstrap intervals); a 1-D loss slice per horizon
+    along a random direction in θ; and counts of non-finite values everywhere.
 
     Args:
       system, theta: the system and its parameters (default ``system.theta``).
@@ -266,13 +362,13 @@ def diagnose(
       seeds: random starts per horizon for the gradient statistics.
       lyapunov_steps: counted Lyapunov steps (default 20 × the longest horizon, at least
         2,000); transient: uncounted steps first (default: the longest horizon).
-      k: number of exponents (default min(n, 3)).
+      k: number of exponents (default min(n, 8), as everywhere; "all" for every one).
       slice_points, slice_radius: the loss slices (see `chaosgrad.gradients.loss_slice`).
-      tol: |λ1| per step below which the system counts as marginal (default 0.5 / the
-        longest horizon: growth of less than e^0.5 over the whole unroll; raised to 3× the
-        spread of λ1's running estimate over the second half of the run when larger).
-      variance_growth_limit: the critical horizon is where the gradient variance has grown
-        this many times over its value at the shortest horizon.
+      tol: rates per step within ±tol count as zero (default 0.5 / the longest horizon:
+        growth of less than e^0.5 over the whole unroll); a verdict needs the intervals to
+        clear it.
+      variance_growth_limit: the critical horizon is where exp(2·λ1·T) (or the measured
+        variance growth) reaches this factor.
       out: if given, write report.json, report.md and PNG figures there.
 
     Returns:
@@ -287,11 +383,15 @@ def diagnose(
         raise InputError(f"variance_growth_limit must be > 1, got {variance_growth_limit}")
     key = default_key(key)
     n = system.phase_dim(theta, key)
-    k = min(n, 3) if k is None else int(k)
+    k = resolve_k(k, n, system.name)
+    seeds = int(seeds)
     hmax = int(max(hs))
     lyapunov_steps = max(2000, 20 * hmax) if lyapunov_steps is None else int(lyapunov_steps)
     transient = hmax if transient is None else int(transient)
-    with progress_bar(3, f"diagnose {system.name}", progress, min_total=1) as bar:
+    with progress_bar(4, f"diagnose {system.name}", progress, min_total=1) as bar:
+        first_bad, n_bad = _first_nonfinite(system, theta, jax.random.fold_in(key, 1), seeds,
+                                            hmax)
+        bar.update(1)
         ly = lyapunov_spectrum(system, theta, key=key, steps=lyapunov_steps, k=k,
                                transient=transient, progress=False)
         lam_ft = float(np.mean([
@@ -306,20 +406,25 @@ def diagnose(
                             radius=slice_radius, points=slice_points)
         bar.update(1)
     per_step = system.dt if system.dt is not None else 1.0
-    lam = float(ly.exponents[0])
-    tol = 0.5 / hmax if tol is None else float(tol)
-    margin = _margin(ly, tol / per_step)
-    verdict = _verdict(lam, lam_ft, margin, growth.growth_rate,
-                       bool(np.any(growth.nonfinite_fraction > 0)))
+    lam_iv = segment_interval(ly.history_steps, ly.history[:, 0])
+    lam = lam_iv.value
+    margin = (0.5 / hmax if tol is None else float(tol)) / per_step
+    verdict, confidence = _verdict(lam_iv, lam_ft, growth.growth_interval, margin,
+                                   bool(np.any(growth.nonfinite_fraction > 0)), first_bad,
+                                   growth.variance_rate_interval)
     pred = max(lam, lam_ft, 0.0) if np.isfinite(lam) and np.isfinite(lam_ft) else math.nan
-    critical = _critical_horizon(growth, verdict, pred, variance_growth_limit, per_step)
+    critical, crit_iv = _critical(lam_iv, lam_ft, growth, verdict, variance_growth_limit,
+                                  per_step, margin)
     nonfinite = _nonfinite_report(ly, growth, slices)
     return _finish(Diagnosis(
         run=provenance(key),
-        system=system.describe(), verdict=verdict, critical_horizon=critical,
+        system=system.describe(), verdict=verdict, confidence=confidence,
+        critical_horizon=critical, critical_interval=crit_iv,
         critical_extrapolated=critical is not None and critical > hmax,
-        recommendation=_recommend(verdict, critical, growth, nonfinite),
-        lyapunov=ly, growth=growth, slices=slices, finite_time_exponent=lam_ft,
+        first_nonfinite_step=first_bad, diverged_seeds=n_bad,
+        recommendation=_recommend(verdict, critical, first_bad, variance_growth_limit),
+        lyapunov=ly, lyapunov_interval=lam_iv, growth=growth, slices=slices,
+        finite_time_exponent=lam_ft,
         predicted_rate=pred, measured_rate=growth.growth_rate,
         predicted_variance_rate=2 * pred, measured_variance_rate=growth.variance_rate,
         lyapunov_margin=margin, variance_growth_limit=variance_growth_limit,
@@ -330,19 +435,6 @@ def _finish(d: Diagnosis, out) -> Diagnosis:
     if out is not None:
         d.save(out)
     return d
-
-
-def _critical_horizon(growth: GrowthResult, verdict, pred, limit, per_step) -> float | None:
-    """Steps at which the variance reaches ``limit`` × its value at the shortest horizon."""
-    rate = growth.variance_rate  # per unit of growth.horizons * per_step
-    if not (np.isfinite(rate) and rate > 0):
-        if verdict == "chaotic" and np.isfinite(pred) and pred > 0:
-            rate = 2 * pred
-        else:
-            return None
-    if verdict == "stable":
-        return None
-    return float(growth.horizons[0] + math.log(limit) / (rate * per_step))
 
 
 def _nonfinite_report(ly: LyapunovResult, growth: GrowthResult, slices: SliceResult) -> dict:
@@ -373,11 +465,17 @@ def _nonfinite_report(ly: LyapunovResult, growth: GrowthResult, slices: SliceRes
     return rep
 
 
-def _recommend(verdict, critical, growth: GrowthResult, nonfinite) -> str:
+def _recommend(verdict: str, critical: float | None, first_bad: int, limit: float) -> str:
+    if verdict == "diverges":
+        return (f"The unroll itself diverges (NaN/Inf from step {first_bad}): the state leaves "
+                "the region where the step is defined or blows up, so no gradient estimator "
+                "can help. Shorten the horizon below that step, move θ, or fix the step "
+                "(e.g. clip or bound the state); then diagnose again.")
     if verdict == "stable":
         return ("Backprop gradients are trustworthy at these horizons: the dynamics contract "
                 "and the gradient stays bounded. Use full backprop (with remat for memory).")
-    crit = f"T ≈ {critical:.0f}" if critical is not None else "the longest horizon tested"
+    crit = (f"T ≈ {critical:.0f} (where its variance has grown {limit:g}×)" if critical is not None
+            else "the longest horizon tested")
     if verdict == "marginal":
         return (f"Backprop is usable up to {crit}; beyond it, its variance keeps growing. "
                 "Prefer truncated backprop with windows below that horizon, or ES/PES if "

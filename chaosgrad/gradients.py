@@ -15,6 +15,7 @@ import numpy as np
 from chaosgrad.config import precision_info
 from chaosgrad.errors import InputError
 from chaosgrad.progress import progress_bar
+from chaosgrad.stats import LEVEL, NAN_INTERVAL, Interval
 from chaosgrad.system import System, default_key, resolve_theta
 from chaosgrad.unroll import check_steps, unroll_grad
 
@@ -64,11 +65,16 @@ class GrowthResult(NamedTuple):
       median_norm, geomean_norm: per horizon, over the seeds with a finite gradient.
       variance: per horizon, the total variance across seeds of the gradient vector
         (trace of its covariance), over the finite seeds.
-      nonfinite_fraction: per horizon, the fraction of seeds whose gradient has NaN/Inf.
+      nonfinite_fraction: per horizon, the fraction of seeds whose gradient or meta-loss
+        has NaN/Inf (excluded from the statistics).
+      nonfinite_loss_fraction: per horizon, the fraction of seeds whose meta-loss is NaN/Inf
+        (a gradient can be finite where the loss is not, e.g. log of a negative number).
       losses: meta-loss per horizon and seed.
       growth_rate: fitted slope of log(geomean norm) against T — per step, or per unit time
         for flows (divide-by-dt applied); compare it with the leading Lyapunov exponent.
       variance_rate: fitted slope of log(variance) against T (same units); ≈ 2 λ1 when chaotic.
+      growth_interval, variance_rate_interval: 95% intervals of the two rates, by bootstrap
+        over the seeds (each resample keeps a seed's gradients at every horizon together).
       units: "per step" or "per unit time".
       dt: the flow's time step or None.
       precision, system: recorded facts; seconds: wall-clock time.
@@ -88,6 +94,9 @@ class GrowthResult(NamedTuple):
     precision: dict
     system: dict
     seconds: float
+    growth_interval: Interval = NAN_INTERVAL
+    variance_rate_interval: Interval = NAN_INTERVAL
+    nonfinite_loss_fraction: np.ndarray | None = None
 
     def to_json(self) -> dict:
         """A JSON-friendly summary."""
@@ -105,6 +114,10 @@ class GrowthResult(NamedTuple):
                                                    np.nan))),
             "growth_rate": None if not np.isfinite(self.growth_rate) else self.growth_rate,
             "variance_rate": None if not np.isfinite(self.variance_rate) else self.variance_rate,
+            "growth_interval": self.growth_interval.to_json(),
+            "variance_rate_interval": self.variance_rate_interval.to_json(),
+            "nonfinite_loss_fraction": (None if self.nonfinite_loss_fraction is None
+                                        else fl(self.nonfinite_loss_fraction)),
             "units": self.units,
             "dt": self.dt,
             "seeds": int(self.norms.shape[1]),
@@ -144,7 +157,9 @@ def gradient_growth(
 
     The fitted ``growth_rate`` is the slope of log ‖g‖ against T. When the dynamics are
     chaotic the gradient grows like exp(λ1 T), so the rate estimates λ1 (per step, or per
-    unit time for flows); the variance grows at about twice that.
+    unit time for flows); the variance grows at about twice that. Both rates carry a 95%
+    bootstrap interval over the seeds. A seed whose gradient or meta-loss is non-finite is
+    counted in ``nonfinite_fraction`` and left out of the statistics.
     """
     t_start = time.perf_counter()
     theta = resolve_theta(system, theta)
@@ -157,29 +172,33 @@ def gradient_growth(
         chunk = min(g, 256) if g >= 5 else min(64, int(hs.max()))
     norms = np.zeros((len(hs), seeds))
     losses = np.zeros((len(hs), seeds))
-    variance = np.zeros(len(hs))
+    flats = []
     bar = progress_bar(len(hs), f"grad-growth {system.name}", progress, min_total=1)
     with bar:
         for i, h in enumerate(hs):
             res = unroll_grad(system, theta, keys, int(h), chunk=chunk, progress=False)
-            norms[i] = tree_norm(res.grad, batched=True)
             losses[i] = np.asarray(res.meta_loss, np.float64)
+            norms[i] = np.where(np.isfinite(losses[i]), tree_norm(res.grad, batched=True),
+                                np.nan)
             flat = np.concatenate(
                 [np.asarray(x, np.float64).reshape(seeds, -1)
                  for x in jax.tree_util.tree_leaves(res.grad)], axis=1)
-            ok = np.all(np.isfinite(flat), axis=1)
-            variance[i] = _total_variance(flat[ok])
+            flats.append(np.where(np.isfinite(losses[i])[:, None], flat, np.nan))
             bar.update(1)
+    scale = system.dt if system.dt is not None else 1.0
+
+    def rates(idx):
+        geo, var = _norm_and_variance(norms[:, idx], [f[idx] for f in flats])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return fit_rate(hs * scale, np.log(geo))[0], fit_rate(hs * scale, np.log(var))[0]
+
+    geomean, variance = _norm_and_variance(norms, flats)
+    rate, vrate = rates(np.arange(seeds))
+    boot = np.array([rates(i) for i in _resamples(seeds, BOOTSTRAP_REPS)])
     finite = np.isfinite(norms) & (norms > 0)
-    logn = np.where(finite, np.log(np.where(finite, norms, 1.0)), np.nan)
     with np.errstate(invalid="ignore"):
-        geomean = np.exp(_nanmean_rows(logn))
         median = np.array([np.median(r[np.isfinite(r)]) if np.isfinite(r).any() else np.nan
                            for r in np.where(finite, norms, np.nan)])
-    scale = system.dt if system.dt is not None else 1.0
-    rate, _ = fit_rate(hs * scale, np.log(geomean))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        vrate, _ = fit_rate(hs * scale, np.log(variance))
     return GrowthResult(
         horizons=hs,
         norms=norms,
@@ -187,6 +206,9 @@ def gradient_growth(
         geomean_norm=geomean,
         variance=variance,
         nonfinite_fraction=1.0 - np.isfinite(norms).mean(axis=1),
+        nonfinite_loss_fraction=1.0 - np.isfinite(losses).mean(axis=1),
+        growth_interval=_percentile_interval(rate, boot[:, 0]),
+        variance_rate_interval=_percentile_interval(vrate, boot[:, 1]),
         losses=losses,
         growth_rate=rate,
         variance_rate=vrate,
@@ -196,6 +218,35 @@ def gradient_growth(
         system=system.describe(),
         seconds=time.perf_counter() - t_start,
     )
+
+
+BOOTSTRAP_REPS = 400
+
+
+def _resamples(n: int, reps: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, n, n) for _ in range(reps)]
+
+
+def _percentile_interval(point: float, samples: np.ndarray) -> Interval:
+    """95% percentile interval of bootstrap ``samples`` around ``point`` (±inf when fewer
+    than 95% of the resamples give a finite value: the data cannot pin the rate down)."""
+    ok = np.isfinite(samples)
+    if not math.isfinite(point) or ok.mean() < LEVEL:
+        return Interval(point, -math.inf, math.inf, LEVEL, "bootstrap over seeds (unstable)")
+    lo, hi = np.quantile(samples[ok], [0.025, 0.975])
+    return Interval(point, float(lo), float(hi), LEVEL,
+                    f"bootstrap over seeds, {len(samples)} resamples")
+
+
+def _norm_and_variance(norms: np.ndarray, flats: list[np.ndarray]):
+    """Per horizon: the geometric-mean norm and the total variance over the finite seeds."""
+    finite = np.isfinite(norms) & (norms > 0)
+    logn = np.where(finite, np.log(np.where(finite, norms, 1.0)), np.nan)
+    with np.errstate(invalid="ignore", over="ignore"):
+        geo = np.exp(_nanmean_rows(logn))
+    var = np.array([_total_variance(f[np.all(np.isfinite(f), axis=1)]) for f in flats])
+    return geo, var
 
 
 def _nanmean_rows(x: np.ndarray) -> np.ndarray:

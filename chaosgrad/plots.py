@@ -28,6 +28,19 @@ def save(fig, path: str | os.PathLike) -> Path:
     return write_bytes(path, buf.getvalue())
 
 
+def log_scale(ax, values, axis: str = "y", what: str = "values") -> bool:
+    """Put ``axis`` on a log scale if ``values`` hold a positive finite number; otherwise
+    leave it linear and say in the panel that there is nothing positive and finite to draw
+    (matplotlib would fail with "Data cannot be log-scaled"). Returns whether it did."""
+    v = np.asarray(values, np.float64).ravel() if np.size(values) else np.zeros(0)
+    if np.any(np.isfinite(v) & (v > 0)):
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+        return True
+    ax.text(0.5, 0.5, f"no positive finite {what} to draw\n(all NaN/Inf or ≤ 0)",
+            transform=ax.transAxes, ha="center", va="center", fontsize=9, color="C3")
+    return False
+
+
 def plot_lyapunov(result, ax=None, title: str | None = None):
     """Running estimate of each Lyapunov exponent against the steps counted so far.
 
@@ -41,7 +54,8 @@ def plot_lyapunov(result, ax=None, title: str | None = None):
     for i in range(result.k):
         ax.plot(x, result.history[:, i], lw=1.5, label=f"λ{i + 1} = {result.exponents[i]:+.4f}")
     ax.axhline(0.0, color="0.4", lw=0.8, ls="--")
-    ax.set_xscale("log")
+    drawn = np.isfinite(result.history).any(axis=1)
+    log_scale(ax, x[drawn], "x", "exponents (the run overflowed)")
     ax.set_xlabel("time counted (after transient)" if result.dt else "steps counted (after "
                   "transient)")
     ax.set_ylabel(f"Lyapunov exponent ({result.units})")
@@ -71,11 +85,13 @@ def plot_growth(result, ax=None, lyapunov: float | None = None, title: str | Non
         ax.plot(h[ok], norms[ok, j], "o", color="C0", alpha=0.35, ms=4,
                 label="seeds" if j == 0 else None)
     ax.plot(h, result.geomean_norm, "-", color="C0", lw=2, label="geometric mean")
-    if np.isfinite(result.growth_rate):
+    gi = getattr(result, "growth_interval", None)
+    ci = f" [{gi.low:+.3g}, {gi.high:+.3g}]" if gi is not None and gi.finite else ""
+    if np.isfinite(result.growth_rate) and np.isfinite(result.geomean_norm).any():
         ok = np.isfinite(result.geomean_norm)
         x0, y0 = h[ok][0], result.geomean_norm[ok][0]
         ax.plot(h, y0 * np.exp(result.growth_rate * (h - x0)), ":", color="C1",
-                label=f"fit: rate {result.growth_rate:+.3g} {result.units}")
+                label=f"fit: rate {result.growth_rate:+.3g}{ci} {result.units}")
         if lyapunov is not None and np.isfinite(lyapunov):
             pred = max(lyapunov, 0.0)
             ax.plot(h, y0 * np.exp(pred * (h - x0)), "--", color="C3",
@@ -86,7 +102,7 @@ def plot_growth(result, ax=None, lyapunov: float | None = None, title: str | Non
         for i in np.where(bad.any(axis=1))[0]:
             ax.annotate(f"{bad[i].sum()} non-finite", (h[i], top), fontsize=7, color="C3",
                         ha="center", va="bottom")
-    ax.set_yscale("log")
+    log_scale(ax, norms, "y", "gradient norms")
     ax.set_xlabel("horizon T" + (" (time)" if result.dt else " (steps)"))
     ax.set_ylabel("‖∂L/∂θ‖")
     ax.set_title(title or f"{result.system.get('name')}: gradient norm vs horizon")
@@ -112,19 +128,18 @@ def plot_variance(result, ax=None, lyapunov: float | None = None, critical: floa
     if ok.sum() >= 1:
         x0, y0 = h[ok][0], v[ok][0]
         if np.isfinite(result.variance_rate):
+            vi = getattr(result, "variance_rate_interval", None)
+            ci = f" [{vi.low:+.3g}, {vi.high:+.3g}]" if vi is not None and vi.finite else ""
             ax.plot(h, y0 * np.exp(result.variance_rate * (h - x0)), ":", color="C1",
-                    label=f"fit: rate {result.variance_rate:+.3g} {result.units}")
+                    label=f"fit: rate {result.variance_rate:+.3g}{ci} {result.units}")
         if lyapunov is not None and np.isfinite(lyapunov):
             pred = 2 * max(lyapunov, 0.0)
             ax.plot(h, y0 * np.exp(pred * (h - x0)), "--", color="C3",
                     label=f"predicted: 2 × {pred / 2:.3g}")
-        if limit is not None:
-            ax.axhline(y0 * limit, color="0.5", lw=0.8, ls="-.",
-                       label=f"{limit:g}× the T={result.horizons[ok][0]} variance")
     if critical is not None and critical * scale <= h.max() * 1.05:
         ax.axvline(critical * scale, color="C3", lw=1, alpha=0.6,
-                   label=f"critical T ≈ {critical:.0f}")
-    ax.set_yscale("log")
+                   label=f"critical T ≈ {critical:.0f} (variance ×{limit or 100:g} from T=0)")
+    log_scale(ax, v, "y", "variances")
     ax.set_xlabel("horizon T" + (" (time)" if result.dt else " (steps)"))
     ax.set_ylabel("tr Cov[∂L/∂θ] across seeds")
     ax.set_title(title or "gradient variance vs horizon")
@@ -162,7 +177,8 @@ def plot_slices(result, ax=None, title: str | None = None):
 
 
 def plot_diagnosis(d, out_dir) -> dict:
-    """The diagnosis figures: a 4-panel summary and each panel alone; returns name → path."""
+    """The diagnosis figures: a 4-panel summary and each panel alone; returns name → path.
+    Panels with nothing positive and finite to draw say so instead of failing."""
     out = Path(out_dir)
     lam = float(d.predicted_rate)
     name = d.system.get("name")
@@ -185,30 +201,56 @@ def plot_diagnosis(d, out_dir) -> dict:
     return figs
 
 
-def plot_comparison(c):
-    """Estimators side by side (log scale): bias, one-estimate std, error at the budget, cost.
+def _errbar(ax, x, ivs, color, label, marker="o", sqrt=False):
+    """Points with 95% error bars from `Interval`s; an interval whose low end is 0 (not
+    resolved from zero) is drawn as a downward triangle at its upper bound."""
+    f = np.sqrt if sqrt else (lambda v: v)
+    first = True
+    for xi, iv in zip(x, ivs, strict=True):
+        v, lo, hi = (float(f(max(a, 0.0))) if np.isfinite(a) else np.nan
+                     for a in (iv.value, iv.low, iv.high))
+        if not np.isfinite(hi) or hi <= 0:
+            continue
+        if lo <= 0 or v <= 0:
+            ax.plot([xi], [hi], "v", color=color, ms=8, label=f"{label} (upper bound)"
+                    if first else None)
+        else:
+            ax.errorbar([xi], [v], yerr=[[v - lo], [hi - v]], fmt=marker, color=color,
+                        capsize=4, ms=6, label=label if first else None)
+        first = False
 
-    ``c`` is a `chaosgrad.app.compare.Comparison`; bars are in ranking order, best first, and
-    the reference gradient's norm is a dashed line for scale.
+
+def plot_comparison(c):
+    """Estimators side by side (log scale), each number with its 95% interval: bias and the
+    spread of one estimate, the relative error at the budget, and the cost.
+
+    ``c`` is a `chaosgrad.app.compare.Comparison`; estimators are in ranking order, best
+    first; a bias not resolved from zero is a triangle at its upper bound (never a bar
+    drawn at a fake floor); tied estimators are named in the title.
     """
     by = {s.name: s for s in c.stats}
     order = [by[n] for n in c.ranking]
     names = [s.name for s in order]
     x = np.arange(len(order))
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    w = 0.38
-    axes[0].bar(x - w / 2, [max(s.bias, 1e-300) for s in order], w, label="bias ‖E[ĝ] − g*‖")
-    axes[0].bar(x + w / 2, [np.sqrt(s.variance) for s in order], w,
-                label="std of one estimate √tr Cov")
-    axes[0].axhline(c.reference_norm, color="k", ls="--", lw=0.8, label="‖g*‖ (reference)")
-    axes[0].set_yscale("log")
-    axes[0].set_title("bias and spread of one estimate")
-    axes[1].bar(x, [np.sqrt(s.mse_at_budget) for s in order], color="C2")
-    axes[1].axhline(c.reference_norm, color="k", ls="--", lw=0.8)
-    axes[1].set_yscale("log")
-    axes[1].set_title(f"RMS error at a budget of {c.budget} unroll steps")
-    axes[2].bar(x, [s.steps for s in order], color="C4")
-    axes[2].set_yscale("log")
+    _errbar(axes[0], x - 0.12, [s.bias for s in order], "C0", "bias ‖E[ĝ] − g*‖")
+    _errbar(axes[0], x + 0.12, [s.variance for s in order], "C1",
+            "std of one estimate √tr Cov", marker="s", sqrt=True)
+    if c.reference_norm > 0:
+        axes[0].axhline(c.reference_norm, color="k", ls="--", lw=0.8, label="‖g*‖ (reference)")
+    if c.reference_se > 0:
+        axes[0].axhline(c.reference_se, color="0.5", ls=":", lw=0.8,
+                        label="reference's standard error")
+    log_scale(axes[0], [c.reference_norm, c.reference_se]
+              + [s.bias.high for s in order] + [s.variance.value for s in order], "y", "values")
+    axes[0].set_title("bias and spread of one estimate [95%]")
+    _errbar(axes[1], x, [s.relative_error for s in order], "C2", "relative RMS error")
+    axes[1].axhline(1.0, color="k", ls="--", lw=0.8, label="error = ‖g*‖")
+    log_scale(axes[1], [s.relative_error.high for s in order], "y", "errors")
+    axes[1].set_title(f"relative RMS error at a budget of {c.budget} unroll steps [95%]")
+    steps = [s.steps for s in order]
+    axes[2].bar(x, steps, color="C4")
+    log_scale(axes[2], steps, "y", "costs")
     axes[2].set_title("cost: unroll steps per estimate")
     for i, s in enumerate(order):
         axes[2].annotate(f"{s.seconds * 1e3:.2g} ms", (i, s.steps), ha="center", va="bottom",
@@ -217,8 +259,10 @@ def plot_comparison(c):
         ax.set_xticks(x, names)
         ax.grid(alpha=0.3, axis="y", which="both")
     axes[0].legend(fontsize=7)
+    tie = (f"TIE at 95%: {', '.join(c.tied)}" if len(c.tied) > 1
+           else f"best: {c.tied[0]} (separated at 95%)")
     fig.suptitle(f"{c.system.get('name')}, T = {c.horizon}: estimators ranked by error per "
-                 f"compute (best left); reference {c.reference}", fontsize=11)
+                 f"compute (left = best); {tie}; reference {c.reference}", fontsize=10)
     fig.tight_layout()
     return fig
 

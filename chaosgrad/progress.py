@@ -7,20 +7,47 @@ shown only where a person is watching.
 from __future__ import annotations
 
 import sys
+import time
+
+#: Runs whose remaining time is estimated above this many seconds print the estimate first.
+ANNOUNCE_SECONDS = 60.0
 
 
-class _NoBar:
+class _Bar:
+    """A progress bar (or none) that, once the first pieces of work are timed, prints on
+    stderr how long the rest will take when that is more than a minute: a person then knows
+    before waiting whether to wait. Silent with ``enabled=False``."""
+
+    def __init__(self, total: int, desc: str, bar, announce: bool):
+        self.total, self.desc, self.bar, self.announce = max(int(total), 1), desc, bar, announce
+        self.done = 0
+        self.t0 = time.perf_counter()
+
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
         return False
 
     def update(self, n: int = 1) -> None:
-        pass
+        """Record ``n`` more units of work done."""
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        if self.announce and 0 < self.done < self.total:
+            self.announce = False  # judge once, from the first timed piece
+            left = (time.perf_counter() - self.t0) / self.done * (self.total - self.done)
+            if left > ANNOUNCE_SECONDS:
+                print(f"chaosgrad: {self.desc}: about {left / 60:.1f} more minutes "
+                      f"(estimated from the first {self.done} of {self.total})",
+                      file=sys.stderr, flush=True)
 
     def set_postfix_str(self, s: str) -> None:
-        pass
+        """Show ``s`` after the bar."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(s)
 
 
 def in_notebook() -> bool:
@@ -34,18 +61,22 @@ def in_notebook() -> bool:
 
 
 def progress_bar(total: int, desc: str, enabled: bool | None = None, min_total: int = 0):
-    """A tqdm bar on stderr, or a no-op.
+    """A progress bar for ``total`` units of work: a context manager with ``update(n)``.
 
     Args:
       total: the amount of work (e.g. steps).
       desc: what is running.
-      enabled: True/False to force; None shows it when stderr is a terminal or the code runs
-        in a Jupyter kernel, and ``total >= min_total``.
+      enabled: True/False to force; None shows the bar when stderr is a terminal or the code
+        runs in a Jupyter kernel, and ``total >= min_total``. Unless ``enabled`` is False, a
+        run estimated (from its first timed piece) to need more than a minute prints that
+        estimate on stderr once.
     """
-    if enabled is None:
-        enabled = total >= min_total and (sys.stderr.isatty() or in_notebook())
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
+    show = enabled
+    if show is None:
+        show = total >= min_total and (sys.stderr.isatty() or in_notebook())
+    bar = None
+    if show:
+        from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
+        bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
+    return _Bar(total, desc, bar, announce=enabled is not False)

@@ -128,13 +128,37 @@ def _qr_run(system, theta, state, k_steps, q, t0, steps, record_every, desc, pro
     return state, q, np.stack(sums), np.asarray(ends), bad
 
 
+DEFAULT_K = 8  # exponents when none are asked for: cheap at any n, enough for a verdict
+
+
+def resolve_k(k: int | str | None, n: int, name: str = "system") -> int:
+    """The number of exponents to compute: ``None`` → min(n, DEFAULT_K), ``"all"`` → n.
+
+    Raises InputError for anything else that is not an integer in 1..n.
+    """
+    if k is None:
+        return min(n, DEFAULT_K)
+    if isinstance(k, str):
+        if k.strip().lower() == "all":
+            return n
+        try:
+            k = int(k)
+        except ValueError:
+            raise InputError(f"k must be an integer in 1..{n} or 'all', got {k!r}") from None
+    k = int(k)
+    if not 1 <= k <= n:
+        raise InputError(f"k must be between 1 and the phase dimension {n} of {name!r} "
+                         f"(or 'all'), got {k}")
+    return k
+
+
 def lyapunov_spectrum(
     system: System,
     theta: PyTree = None,
     *,
     key: jax.Array | None = None,
     steps: int = 10_000,
-    k: int | None = None,
+    k: int | str | None = None,
     transient: int = 1_000,
     state: PyTree = None,
     record_every: int | None = None,
@@ -152,7 +176,8 @@ def lyapunov_spectrum(
       system: the system; theta: its parameters (default ``system.theta``).
       key: the run key (initial state, step keys, initial tangent basis).
       steps: counted steps after the transient.
-      k: number of exponents (1 ≤ k ≤ n; default n, the full spectrum).
+      k: number of exponents (1 ≤ k ≤ n); default ``DEFAULT_K`` = min(n, 8), the same at
+        every entry point; ``"all"`` for the full spectrum.
       transient: uncounted steps first.
       state: start here instead of ``system.init``.
       record_every: steps per convergence-history point (default: steps/200, at least 1).
@@ -170,7 +195,7 @@ def lyapunov_spectrum(
     theta, state, k_steps, key = start_run(system, theta, key, state)
     x0, _ = system.flat_phase(state)
     n = int(x0.shape[0])
-    k = n if k is None else int(k)
+    k = resolve_k(k, n, system.name)
     if not 1 <= k <= n:
         raise InputError(f"k must be between 1 and the phase dimension {n} of {system.name!r}, "
                          f"got {k}")

@@ -106,16 +106,29 @@ def test_cli_diagnose_writes_report(tmp_path, capsys):
 
 def test_verdict_needs_the_spectrum_and_the_gradients_to_agree():
     from chaosgrad.diagnose import _verdict
+    from chaosgrad.stats import Interval
+
+    def iv(v, h=0.005):
+        return Interval(v, v - h, v + h)
 
     m = 0.01
-    assert _verdict(0.1, 0.1, m, 0.09, False) == "chaotic"
-    assert _verdict(-0.1, 0.2, m, 0.15, False) == "chaotic"  # an unstable start counts
-    assert _verdict(-0.1, -0.2, m, -0.01, False) == "stable"
+    assert _verdict(iv(0.1), 0.1, iv(0.09), m, False, -1)[0] == "chaotic"
+    assert _verdict(iv(-0.1), 0.2, iv(0.15), m, False, -1)[0] == "chaotic"  # unstable start
+    assert _verdict(iv(-0.1), -0.2, iv(-0.01), m, False, -1)[0] == "stable"
     # stretching the loss does not feel (relaxation to a minimum): not called chaotic
-    assert _verdict(-0.001, 0.04, m, -0.01, False) == "marginal"
+    assert _verdict(iv(-0.001), 0.04, iv(-0.01), m, False, -1)[0] == "marginal"
     # gradients grow although the dynamics contract: not called stable
-    assert _verdict(-0.3, -0.2, m, 0.3, False) == "marginal"
-    assert _verdict(0.1, float("nan"), m, float("nan"), True) == "chaotic"
+    assert _verdict(iv(-0.3), -0.2, iv(0.3), m, False, -1)[0] == "marginal"
+    assert _verdict(iv(0.1), float("nan"), iv(float("nan")), m, True, -1)[0] == "chaotic"
+    # an interval that straddles the margin does not allow a verdict
+    assert _verdict(Interval(0.05, -0.02, 0.12), 0.0, iv(0.05), m, False, -1)[0] == "marginal"
+    assert _verdict(iv(0.1), 0.1, Interval(0.05, -0.01, 0.1), m, False, -1)[0] == "marginal"
+    # ... unless the variance's growth is resolved (it carries the signal at few seeds)
+    assert _verdict(iv(0.1), 0.1, Interval(0.05, -0.01, 0.1), m, False, -1,
+                    Interval(0.2, 0.05, 0.4))[0] == "chaotic"
+    # a diverged forward unroll is never called chaotic, whatever the rest says
+    verdict, why = _verdict(iv(0.1), 0.1, iv(0.09), m, True, 7)
+    assert verdict == "diverges" and "step 7" in why
 
 
 @pytest.mark.parametrize("lr", [1.9, 2.5])

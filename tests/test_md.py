@@ -195,7 +195,7 @@ def test_other_modes_jacobian_matches_fd_across_the_boundary(mode, boundary_stat
 
 
 def test_nve_lyapunov_spectrum_sums_to_zero(nve64):
-    res = lyapunov_spectrum(nve64, key=KEY, steps=200, transient=0, record_every=200)
+    res = lyapunov_spectrum(nve64, key=KEY, steps=200, transient=0, record_every=200, k="all")
     assert res.k == res.n == 4 * N
     # exact for a volume-preserving map: Σλ = log|det J| / dt = 0 (measured ~1e-14)
     assert abs(float(np.sum(res.exponents))) < 1e-6

@@ -22,7 +22,7 @@ from chaosgrad.diagnose import diagnose
 from chaosgrad.errors import InputError
 from chaosgrad.gradients import gradient_growth
 from chaosgrad.io import dumps, write_json
-from chaosgrad.spectra import lyapunov_spectrum
+from chaosgrad.spectra import lyapunov_spectrum, resolve_k
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,6 +40,12 @@ def _positive_int(text: str) -> int:
     if v <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return v
+
+
+def _k_arg(text: str):
+    if text.strip().lower() == "all":
+        return "all"
+    return _positive_int(text)
 
 
 def _int_list(text: str) -> list[int]:
@@ -82,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("spectrum", help="Lyapunov spectrum with its convergence")
     _add_system_args(p)
     p.add_argument("--steps", type=_positive_int, default=10_000, help="counted steps")
-    p.add_argument("--k", type=_positive_int, default=None,
-                   help="number of exponents (default: the full spectrum, at most 8)")
+    p.add_argument("--k", type=_k_arg, default=None,
+                   help="number of exponents, or 'all' (default min(n, 8))")
     p.add_argument("--transient", type=int, default=1_000, help="uncounted steps first")
 
     p = sub.add_parser("grad-growth", help="gradient norm and variance vs horizon")
@@ -103,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_positive_int, default=8, help="random starts per horizon")
     p.add_argument("--lyapunov-steps", type=_positive_int, default=None,
                    help="counted Lyapunov steps (default 20x the longest horizon, >= 2000)")
-    p.add_argument("--k", type=_positive_int, default=None, help="exponents (default <= 3)")
+    p.add_argument("--k", type=_k_arg, default=None,
+                   help="number of exponents, or 'all' (default min(n, 8))")
     p.add_argument("--out", default=None, help="report folder (default out/diagnose/NAME)")
 
     p = sub.add_parser("compare", help="which gradient estimator? bias, variance and cost "
@@ -188,10 +195,10 @@ def cmd_systems(args) -> int:
 def cmd_spectrum(args) -> int:
     system = _make_system(args)
     n = system.phase_dim(key=_key(args.seed))
-    k = args.k if args.k is not None else min(n, 8)
-    if k > n:
-        raise InputError(f"--k {k} is larger than the phase dimension {n} of {args.name!r}; "
-                         f"accepted: 1..{n}")
+    if isinstance(args.k, int) and args.k > n:
+        raise InputError(f"--k {args.k} is larger than the phase dimension {n} of "
+                         f"{args.name!r}; accepted: 1..{n} or 'all'")
+    k = resolve_k(args.k, n, args.name)
     if args.transient < 0:
         raise InputError(f"--transient must be >= 0, got {args.transient}")
     res = lyapunov_spectrum(system, key=_key(args.seed), steps=args.steps, k=k,

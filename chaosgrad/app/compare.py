@@ -1,5 +1,6 @@
 """`compare`: which gradient estimator to use on a system — bias and variance against a
-reference gradient, cost in unroll steps and seconds, and the error at equal compute.
+reference gradient, cost in unroll steps and seconds, and the error at equal compute, every
+number with a 95% interval, and a ranking that says "tie" when the intervals overlap.
 """
 
 from __future__ import annotations
@@ -22,24 +23,47 @@ from chaosgrad.io import write_json
 from chaosgrad.plots import plot_comparison, save
 from chaosgrad.progress import progress_bar
 from chaosgrad.spectra import lyapunov_spectrum
+from chaosgrad.stats import (
+    Interval,
+    Ranking,
+    batch_means,
+    bias_interval,
+    rank,
+    samples_needed,
+    variance_interval,
+)
 from chaosgrad.system import System, default_key, resolve_theta
 
 PyTree = Any
 DEFAULT_ESTIMATORS = ("backprop", "tbptt", "es", "pes")
+# Estimators whose successive estimates share persistent particles, hence are correlated:
+# their standard errors come from batch means, not from the spread of single estimates.
+CORRELATED = ("tbptt", "tes", "pes")
+MIN_SAMPLES = 4
 
 
 @dataclass
 class EstimatorStats:
-    """One estimator's numbers against the reference gradient g*.
+    """One estimator's numbers against the reference gradient g*, each with a 95% interval.
 
     Attributes:
       name, params: the estimator and its settings.
-      samples: how many successive estimates were taken (θ fixed).
+      samples: how many successive estimates were taken (θ fixed); effective_samples: the
+        independent pieces behind its standard errors (batch means for the truncated
+        estimators, whose successive estimates share particles; else ``samples``).
       steps: unroll steps one estimate costs; seconds: median wall time of one (compiled).
-      bias: ‖E[ĝ] − g*‖, debiased for the sampling noise of the mean and of g*
-        (sqrt(max(0, ‖ḡ − g*‖² − tr Cov/n − se*²))); bias_raw: ‖ḡ − g*‖ itself.
-      variance: tr Cov[ĝ] of one estimate (across the estimates).
-      mse_at_budget: bias² + variance · steps / budget — the squared error of averaging as
+      bias: ‖E[ĝ] − g*‖, debiased for the noise of both means (`chaosgrad.stats.
+        bias_interval`); its low end is 0 when the bias is not resolved from zero, and then
+        only its high end (an upper bound) says anything.
+      bias_status: "resolved" (low > 0 and the reference's standard error ≤ bias/5),
+        "upper bound" (not resolved from zero), or "reference too noisy" (resolved from zero,
+        or unresolved because of the reference, but the reference's error is too large to
+        call it: see ``reference_samples_needed``).
+      reference_samples_needed: reference samples that would resolve this bias (0: enough).
+      variance: tr Cov[ĝ] of one estimate. variance_eff: the variance per estimate that
+        averaging actually sees (the batch-means long-run variance for correlated
+        estimators; equal to ``variance`` for independent ones).
+      mse_at_budget: bias² + variance_eff · steps / budget — the squared error of averaging as
         many estimates as the budget of unroll steps buys (the figure of merit).
       relative_error: sqrt(mse_at_budget) / ‖g*‖.
       nonfinite: estimates with a non-finite gradient (excluded from the statistics).
@@ -48,20 +72,57 @@ class EstimatorStats:
     name: str
     params: dict
     samples: int
+    effective_samples: int
     steps: float
     seconds: float
-    bias: float
-    bias_raw: float
-    variance: float
-    mse_at_budget: float
-    relative_error: float
+    bias: Interval
+    bias_status: str
+    reference_samples_needed: int
+    variance: Interval
+    variance_eff: Interval
+    mse_at_budget: Interval
+    relative_error: Interval
     nonfinite: int
     mean_grad: np.ndarray = field(repr=False, default=None)
+
+    def to_json(self) -> dict:
+        """A JSON-friendly dict (intervals as value/low/high)."""
+        return {
+            "name": self.name, "params": self.params, "samples": self.samples,
+            "effective_samples": self.effective_samples, "steps": self.steps,
+            "seconds": self.seconds, "bias": self.bias.to_json(),
+            "bias_status": self.bias_status,
+            "reference_samples_needed": self.reference_samples_needed,
+            "variance": self.variance.to_json(), "variance_eff": self.variance_eff.to_json(),
+            "mse_at_budget": self.mse_at_budget.to_json(),
+            "relative_error": self.relative_error.to_json(), "nonfinite": self.nonfinite}
+
+
+@dataclass
+class Reference:
+    """The reference gradient g*: its mean, per-coordinate squared standard error, how many
+    samples are behind it and what it is."""
+
+    mean: np.ndarray
+    var_of_mean: np.ndarray
+    samples: int
+    kind: str
+    description: str
+
+    @property
+    def se(self) -> float:
+        """The norm of its standard-error vector, sqrt(Σ se_i²)."""
+        return math.sqrt(float(np.sum(self.var_of_mean)))
+
+    @property
+    def norm(self) -> float:
+        """‖g*‖."""
+        return float(np.linalg.norm(self.mean))
 
 
 @dataclass
 class Comparison:
-    """What `compare` returns: per-estimator statistics, the reference, a recommendation."""
+    """What `compare` returns: per-estimator statistics, the reference, an honest ranking."""
 
     system: dict
     horizon: int
@@ -69,55 +130,59 @@ class Comparison:
     reference: str
     reference_norm: float
     reference_se: float
+    reference_samples: int
     stats: list[EstimatorStats]
     ranking: list[str]
+    tied: list[str]
     recommendation: str
+    notes: list[str]
     precision: dict
     seconds: float
     figures: dict = field(default_factory=dict)
     run: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        """A JSON-friendly summary (non-finite numbers as null)."""
-        def num(x):
-            return float(x) if x is not None and np.isfinite(x) else None
-
+        """A JSON-friendly summary (write it with `chaosgrad.io`: non-finite → null)."""
         return {
             "system": self.system, "horizon": self.horizon, "budget": self.budget,
-            "reference": self.reference, "reference_norm": num(self.reference_norm),
-            "reference_se": num(self.reference_se),
-            "estimators": [{
-                "name": s.name, "params": s.params, "samples": s.samples, "steps": num(s.steps),
-                "seconds": num(s.seconds), "bias": num(s.bias), "bias_raw": num(s.bias_raw),
-                "variance": num(s.variance), "mse_at_budget": num(s.mse_at_budget),
-                "relative_error": num(s.relative_error), "nonfinite": s.nonfinite}
-                for s in self.stats],
-            "ranking": self.ranking, "recommendation": self.recommendation,
+            "intervals": "95%", "reference": self.reference,
+            "reference_norm": self.reference_norm, "reference_se": self.reference_se,
+            "reference_samples": self.reference_samples,
+            "estimators": [s.to_json() for s in self.stats],
+            "ranking": self.ranking, "tied": self.tied,
+            "recommendation": self.recommendation, "notes": self.notes,
             "precision": self.precision, "figures": self.figures,
             "seconds": round(self.seconds, 2), "run": self.run,
         }
 
     def table(self) -> str:
-        """The comparison as a table for the terminal."""
+        """The comparison as a table for the terminal (95% intervals in brackets)."""
         lines = [
             f"chaosgrad compare: {self.system.get('description') or self.system.get('name')}, "
-            f"T = {self.horizon}, budget {self.budget} unroll steps per estimator",
-            f"reference: {self.reference}, ‖g*‖ = {self.reference_norm:.4g} "
-            f"(± {self.reference_se:.2g})",
-            f"{'estimator':<10}{'steps/est':>10}{'s/est':>10}{'bias':>11}{'variance':>11}"
-            f"{'MSE@budget':>12}{'rel. error':>11}{'NaN':>5}",
+            f"T = {self.horizon}, budget {self.budget} unroll steps per estimator; "
+            "[95% intervals]",
+            f"reference: {self.reference}, ‖g*‖ = {self.reference_norm:.4g}, standard error "
+            f"{self.reference_se:.2g} ({self.reference_se / self.reference_norm:.1%} of ‖g*‖)"
+            if self.reference_norm > 0 else f"reference: {self.reference}, ‖g*‖ = 0",
+            f"{'estimator':<10}{'steps/est':>10}{'s/est':>9}  {'bias':<29}{'variance':<32}"
+            f"{'rel. RMS error @budget':<27}{'NaN':>4}",
         ]
-        for s in sorted(self.stats, key=lambda s: self.ranking.index(s.name)):
-            lines.append(f"{s.name:<10}{s.steps:>10.0f}{s.seconds:>10.2e}{s.bias:>11.3e}"
-                         f"{s.variance:>11.3e}{s.mse_at_budget:>12.3e}{s.relative_error:>11.3g}"
-                         f"{s.nonfinite:>5}")
+        for name in self.ranking:
+            s = next(x for x in self.stats if x.name == name)
+            b = (f"< {s.bias.high:.3g}" if s.bias.low <= 0 else s.bias.fmt())
+            if s.bias_status == "reference too noisy":
+                b += " (ref!)"
+            lines.append(f"{s.name:<10}{s.steps:>10.0f}{s.seconds:>9.2e}  {b:<29}"
+                         f"{s.variance.fmt():<32}{s.relative_error.fmt():<27}{s.nonfinite:>4}")
         lines += ["", f"RECOMMENDATION: {self.recommendation}"]
+        lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     def save(self, out_dir: str | os.PathLike) -> Path:
-        """Write compare.json and compare.png into ``out_dir`` (atomically)."""
+        """Write compare.json, then compare.png, into ``out_dir`` (atomically)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "compare.json", self.to_json())
         self.figures = {"compare": str(save(plot_comparison(self), out / "compare.png"))}
         write_json(out / "compare.json", self.to_json())
         return out
@@ -167,14 +232,15 @@ def _collect(est, theta, key, samples, progress_desc, progress):
 
 def reference_gradient(system: System, theta: PyTree, horizon: int, *, kind: str,
                        key: jax.Array, batches: int = 32, per_batch: int = 32,
-                       sigma: float = 0.01) -> tuple[np.ndarray, float, str]:
-    """A reference gradient g* with its standard error (norm of the standard error vector).
+                       sigma: float = 0.01) -> Reference:
+    """A reference gradient g* with its standard error, from ``batches`` independent batches.
 
     ``kind="es"``: antithetic ES over whole unrolls (unbiased for the gradient of the
     Gaussian-smoothed meta-loss, which is what ES/PES estimate), ``batches × per_batch``
     pairs. ``kind="backprop"``: the mean of ``batches × per_batch`` independent exact
     gradients (the gradient of the expected meta-loss; equal to the smoothed one up to
-    O(σ²) where the loss is smooth, i.e. in stable systems).
+    O(σ²) where the loss is smooth, i.e. in stable systems). Batches with a non-finite
+    gradient are left out (and must not be more than half).
     """
     if kind == "es":
         est = estimators.make("es", system, pairs=per_batch, sigma=sigma, horizon=horizon)
@@ -185,12 +251,32 @@ def reference_gradient(system: System, theta: PyTree, horizon: int, *, kind: str
     grads, _, _ = _collect(est, theta, key, batches, f"reference ({kind})", False)
     ok = np.all(np.isfinite(grads), axis=1)
     grads = grads[ok]
-    if len(grads) < 2:
+    if len(grads) < max(2, batches // 2):
         raise InputError(f"the {kind} reference gradient is non-finite in {int((~ok).sum())} of "
                          f"{len(ok)} batches: the system diverges at T = {horizon}")
-    mean = grads.mean(axis=0)
-    se = math.sqrt(np.sum(grads.var(axis=0, ddof=1)) / len(grads))
-    return mean, se, f"{kind} ({len(grads) * per_batch} {'pairs' if kind == 'es' else 'runs'})"
+    unit = "pairs" if kind == "es" else "runs"
+    return Reference(mean=grads.mean(axis=0), var_of_mean=grads.var(axis=0, ddof=1) / len(grads),
+                     samples=len(grads) * per_batch, kind=kind,
+                     description=f"{kind} ({len(grads) * per_batch} {unit})")
+
+
+def _check_inputs(names, horizon, window, samples, budget):
+    canon = [estimators.canonical_name(n) for n in names]  # unknown names fail here
+    if not canon:
+        raise InputError("name at least one estimator; accepted: " + ", ".join(estimators.names()))
+    dup = sorted({n for n in canon if canon.count(n) > 1})
+    if dup:
+        raise InputError(f"estimator {', '.join(dup)} named more than once; name each once")
+    if horizon <= 0:
+        raise InputError(f"horizon must be a positive integer, got {horizon}")
+    if any(n in ("tbptt", "tes", "pes") for n in canon) and not 1 <= window <= horizon:
+        raise InputError(f"window {window} must be between 1 and the horizon {horizon}")
+    if samples < MIN_SAMPLES:
+        raise InputError(f"samples must be at least {MIN_SAMPLES} (intervals need them), "
+                         f"got {samples}")
+    if budget is not None and budget <= 0:
+        raise InputError(f"budget must be a positive number of unroll steps, got {budget}")
+    return canon
 
 
 def compare(
@@ -220,89 +306,153 @@ def compare(
     (``reference``: "es", "backprop", or "auto" = backprop when the leading Lyapunov
     exponent is negative, else ES), each gets a bias, a variance, a cost in unroll steps and
     seconds, and its squared error when ``budget`` unroll steps are spent averaging its
-    estimates — the error per unit of compute. The recommendation is the estimator with
-    the least error at that budget.
+    estimates — the error per unit of compute — each with a 95% interval. Successive
+    estimates of the truncated estimators are correlated, so their intervals use batch
+    means. The recommendation names the estimator with the least error at that budget when
+    its interval separates it from the rest, and says "tie" otherwise; a bias the reference
+    is too noisy to call is reported as such, with the reference samples that would call it.
 
     Args:
-      horizon: T (default: the system's). window: K for truncated estimators.
+      horizon: T (default: the system's). window: K for truncated estimators (≤ T).
       sigma: ES/PES perturbation scale. population: samples/pairs/particles per estimate.
-      budget: unroll steps (default: what ``samples`` full-backprop estimates would cost).
+      samples: estimates per estimator (at least 4).
+      budget: unroll steps (default: what ``samples`` full-backprop estimates would cost);
+        at least the cost of one estimate of each estimator.
+      reference_batches, reference_per_batch: the reference's size.
       params: per-estimator overrides, e.g. ``{"pes": {"pairs": 16}}``.
       out: write compare.json and compare.png there.
+    Raises InputError for unknown or repeated estimators, a window longer than the horizon,
+    fewer than 4 samples, or a budget below one estimate.
     """
     t0 = time.perf_counter()
     theta = resolve_theta(system, theta)
     horizon = int(horizon or system.horizon)
-    if horizon <= 0:
-        raise InputError(f"horizon must be a positive integer, got {horizon}")
-    names = list(estimators_)
-    if not names:
-        raise InputError("name at least one estimator; accepted: " + ", ".join(estimators.names()))
-    for n in names:
-        estimators.parameters(n)  # unknown names fail before any work
+    names = _check_inputs(list(estimators_), horizon, int(window), int(samples), budget)
     key = default_key(key)
+    common = {"samples": population, "particles": population, "pairs": population,
+              "sigma": sigma, "window": window, "horizon": horizon}
+    built = [estimators.make(n, system, **_estimator_params(n, common, (params or {}).get(n)))
+             for n in names]
+    budget = int(budget or samples * population * horizon)
     if reference == "auto":
         lam = lyapunov_spectrum(system, theta, key=key, steps=max(500, 5 * horizon), k=1,
                                 transient=horizon, progress=False).exponents[0]
         reference = "backprop" if lam < 0 else "es"
-    g_ref, se_ref, ref_desc = reference_gradient(
-        system, theta, horizon, kind=reference, key=jax.random.fold_in(key, 1000),
-        batches=reference_batches, per_batch=reference_per_batch, sigma=sigma)
-    ref_norm = float(np.linalg.norm(g_ref))
-    common = {"samples": population, "particles": population, "pairs": population,
-              "sigma": sigma, "window": min(window, horizon), "horizon": horizon}
-    built = [estimators.make(n, system, **_estimator_params(n, common, (params or {}).get(n)))
-             for n in names]
     runs = []
     for i, est in enumerate(built):
         grads, steps, secs = _collect(est, theta, jax.random.fold_in(key, i), samples,
                                       f"compare {est.name}", progress)
+        if steps > budget:
+            raise InputError(f"budget {budget} is below the cost of one {est.name} estimate "
+                             f"({steps:.0f} unroll steps); raise --budget")
         runs.append((est, grads, steps, secs))
-    budget = int(budget or samples * population * horizon)
-    stats = []
-    for est, grads, steps, secs in runs:
-        ok = np.all(np.isfinite(grads), axis=1)
-        good = grads[ok]
-        if len(good) >= 2:
-            mean = good.mean(axis=0)
-            var = float(np.sum(good.var(axis=0, ddof=1)))
-            raw2 = float(np.sum((mean - g_ref) ** 2))
-            bias = math.sqrt(max(0.0, raw2 - var / len(good) - se_ref**2))
-            mse = bias**2 + var * steps / budget
-        else:
-            mean, var, raw2, bias, mse = None, math.inf, math.inf, math.inf, math.inf
-        stats.append(EstimatorStats(
-            name=est.name, params=dict(est.params), samples=len(grads), steps=steps,
-            seconds=secs, bias=bias, bias_raw=math.sqrt(raw2), variance=var,
-            mse_at_budget=mse,
-            relative_error=math.sqrt(mse) / ref_norm if ref_norm > 0 else math.inf,
-            nonfinite=int((~ok).sum()), mean_grad=mean))
-    ranking = [s.name for s in sorted(stats, key=lambda s: (s.mse_at_budget, s.steps))]
+    ref = reference_gradient(system, theta, horizon, kind=reference,
+                             key=jax.random.fold_in(key, 1000), batches=reference_batches,
+                             per_batch=reference_per_batch, sigma=sigma)
+    stats = [_estimator_stats(est, grads, steps, secs, ref, budget)
+             for est, grads, steps, secs in runs]
+    ranking = rank({s.name: s.mse_at_budget for s in stats})
+    notes = _notes(stats, ref)
     comp = Comparison(
-        system=system.describe(), horizon=horizon, budget=budget, reference=ref_desc,
-        reference_norm=ref_norm, reference_se=se_ref, stats=stats, ranking=ranking,
-        recommendation=_recommend(stats, ranking, ref_norm), run=provenance(key),
-        precision=precision_info(
-            np.asarray(jax.tree_util.tree_leaves(theta)[0]).dtype),
+        system=system.describe(), horizon=horizon, budget=budget, reference=ref.description,
+        reference_norm=ref.norm, reference_se=ref.se, reference_samples=ref.samples,
+        stats=stats, ranking=ranking.order, tied=ranking.tied,
+        recommendation=_recommend(stats, ranking), notes=notes, run=provenance(key),
+        precision=precision_info(np.asarray(jax.tree_util.tree_leaves(theta)[0]).dtype),
         seconds=time.perf_counter() - t0)
     if out is not None:
         comp.save(out)
     return comp
 
 
-def _recommend(stats: list[EstimatorStats], ranking: list[str], ref_norm: float) -> str:
+def _estimator_stats(est, grads, steps, secs, ref: Reference, budget) -> EstimatorStats:
+    ok = np.all(np.isfinite(grads), axis=1)
+    good = grads[ok]
+    n = len(good)
+    nan = Interval(math.nan, math.nan, math.nan, method="too few finite estimates")
+    if n < MIN_SAMPLES:
+        return EstimatorStats(est.name, dict(est.params), len(grads), n, steps, secs, nan,
+                              "upper bound", 0, nan, nan, nan, nan, int((~ok).sum()))
+    var_coord = good.var(axis=0, ddof=1)
+    if est.name in CORRELATED:
+        bm = batch_means(good)
+        eff = len(bm)
+        # the long-run variance per estimate: Var(batch mean) × batch size
+        var_mean_coord = bm.var(axis=0, ddof=1) / eff
+        v_eff = float(np.sum(bm.var(axis=0, ddof=1))) * (n // eff)
+    else:
+        eff = n
+        var_mean_coord = var_coord / n
+        v_eff = float(np.sum(var_coord))
+    mean = good.mean(axis=0)
+    bias = bias_interval(mean, var_mean_coord, 1.0, ref.mean, ref.var_of_mean)
+    variance = variance_interval(float(np.sum(var_coord)), n - 1)
+    veff = variance_interval(v_eff, eff - 1)
+    share = steps / budget
+    mse = Interval(bias.value**2 + veff.value * share, bias.low**2 + veff.low * share,
+                   bias.high**2 + veff.high * share, method="bias² + variance_eff·steps/budget")
+    norm = ref.norm
+    rel = (Interval(math.sqrt(mse.value) / norm, math.sqrt(mse.low) / norm,
+                    math.sqrt(mse.high) / norm, method="sqrt(MSE)/‖g*‖")
+           if norm > 0 else Interval(math.inf, math.inf, math.inf, method="‖g*‖ = 0"))
+    own_se = math.sqrt(float(np.sum(var_mean_coord)))
+    status, needed = _bias_status(bias, ref, own_se)
+    return EstimatorStats(est.name, dict(est.params), len(grads), eff, steps, secs, bias,
+                          status, needed, variance, veff, mse, rel, int((~ok).sum()), mean)
+
+
+def _bias_status(bias: Interval, ref: Reference, own_se: float) -> tuple[str, int]:
+    """Whether a bias can be called, and how many reference samples would call it.
+
+    A bias is called nonzero only when its interval excludes 0 and the reference's own
+    standard error is at most a fifth of it. An unresolved bias is blamed on the reference
+    when the reference is the larger source of noise."""
+    if bias.low > 0:
+        if ref.se <= bias.value / 5:
+            return "resolved", 0
+        return "reference too noisy", samples_needed(ref.samples, ref.se, bias.value / 5)
+    if ref.se > own_se and ref.se > 0:
+        target = max(own_se, 1e-300)
+        return "reference too noisy", samples_needed(ref.samples, ref.se, target)
+    return "upper bound", 0
+
+
+def _notes(stats: list[EstimatorStats], ref: Reference) -> list[str]:
+    notes = []
+    noisy = [s for s in stats if s.bias_status == "reference too noisy"]
+    if noisy:
+        need = max(s.reference_samples_needed for s in noisy)
+        notes.append(
+            f"the reference is too noisy to resolve the bias of {', '.join(s.name for s in noisy)}"
+            f" (its standard error is {ref.se:.2g}); about {need} reference samples "
+            f"({max(need - ref.samples, 0)} more) would resolve it")
+    for s in stats:
+        if s.bias.low <= 0 and np.isfinite(s.bias.high):
+            notes.append(f"{s.name}: no bias resolved from zero; bias < {s.bias.high:.3g}")
+        if s.nonfinite:
+            notes.append(f"{s.name}: {s.nonfinite} of {s.samples} estimates non-finite "
+                         "(left out of its statistics)")
+    return notes
+
+
+def _recommend(stats: list[EstimatorStats], ranking: Ranking) -> str:
     by = {s.name: s for s in stats}
-    best = by[ranking[0]]
-    if not np.isfinite(best.mse_at_budget):
+    best = by[ranking.order[0]]
+    if not np.isfinite(best.mse_at_budget.value):
         return "No estimator gave finite gradients: shorten the horizon or check the system."
-    why = "bias-dominated" if best.bias**2 > best.mse_at_budget / 2 else "variance-dominated"
-    text = (f"use {best.name}: the least error for the compute ({best.relative_error:.2g} "
-            f"relative RMS error at the budget, {why}).")
-    if len(ranking) > 1 and np.isfinite(by[ranking[1]].mse_at_budget) and best.mse_at_budget > 0:
-        second = by[ranking[1]]
-        text += (f" Next: {second.name}, {second.mse_at_budget / best.mse_at_budget:.3g}x its "
-                 "squared error.")
-    worst = [s.name for s in stats if not np.isfinite(s.mse_at_budget) or s.nonfinite]
-    if worst:
-        text += f" Non-finite estimates from: {', '.join(worst)}."
-    return text[0].upper() + text[1:]
+    why = ("bias-dominated" if best.bias.value**2 > best.mse_at_budget.value / 2
+           else "variance-dominated")
+    if not ranking.separated:
+        cheapest = min((by[n] for n in ranking.tied), key=lambda s: s.seconds)
+        return (f"Tie at 95%: {', '.join(ranking.tied)} — their errors at the budget overlap "
+                f"(best point estimate: {best.name}, {best.relative_error.fmt('.2g')} "
+                f"relative RMS error). Take the fastest, {cheapest.name}, or collect more "
+                "samples to separate them.")
+    text = (f"Use {best.name}: the least error for the compute, separated from the rest at "
+            f"95% ({best.relative_error.fmt('.2g')} relative RMS error at the budget, {why}).")
+    if len(ranking.order) > 1:
+        second = by[ranking.order[1]]
+        if np.isfinite(second.mse_at_budget.value) and best.mse_at_budget.value > 0:
+            ratio = second.mse_at_budget.value / best.mse_at_budget.value
+            text += f" Next: {second.name}, {ratio:.3g}x its squared error."
+    return text

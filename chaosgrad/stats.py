@@ -1,0 +1,210 @@
+"""Intervals for every number a verdict or a ranking rests on: means of independent or
+correlated (batch-means) samples, bootstrap intervals for fitted rates, the debiased norm of
+a bias, and rankings that say "tie" when the intervals overlap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+from scipy import stats as _st
+
+LEVEL = 0.95  # every interval chaosgrad reports is a 95% interval unless it says otherwise
+
+
+class Interval(NamedTuple):
+    """A point estimate with a two-sided confidence interval.
+
+    Attributes:
+      value: the point estimate. low, high: the interval's ends (may be ±inf).
+      level: its nominal coverage (0.95). method: how it was made (for the record).
+    """
+
+    value: float
+    low: float
+    high: float
+    level: float = LEVEL
+    method: str = ""
+
+    def contains(self, x: float) -> bool:
+        """Whether ``x`` lies in [low, high]."""
+        return bool(self.low <= x <= self.high)
+
+    def overlaps(self, other: Interval) -> bool:
+        """Whether the two intervals share a point."""
+        return bool(self.low <= other.high and other.low <= self.high)
+
+    @property
+    def finite(self) -> bool:
+        """Whether the value and both ends are finite numbers."""
+        return all(math.isfinite(x) for x in (self.value, self.low, self.high))
+
+    def to_json(self) -> dict:
+        """A JSON-friendly dict (non-finite numbers are nulled by `chaosgrad.io.dumps`)."""
+        return {"value": float(self.value), "low": float(self.low), "high": float(self.high),
+                "level": self.level, "method": self.method}
+
+    def fmt(self, spec: str = ".3g") -> str:
+        """``value [low, high]`` for a table."""
+        return f"{self.value:{spec}} [{self.low:{spec}}, {self.high:{spec}}]"
+
+
+NAN_INTERVAL = Interval(math.nan, math.nan, math.nan, LEVEL, "none")
+
+
+def _t(level: float, dof: int) -> float:
+    return float(_st.t.ppf(0.5 + level / 2, max(dof, 1)))
+
+
+def mean_interval(x: Sequence[float], level: float = LEVEL) -> Interval:
+    """Student-t interval for the mean of independent samples (non-finite ones dropped)."""
+    x = np.asarray(x, np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return NAN_INTERVAL
+    m = float(x.mean())
+    if x.size < 2:
+        return Interval(m, -math.inf, math.inf, level, "t (one sample)")
+    h = _t(level, x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
+    return Interval(m, m - h, m + h, level, f"t, {x.size} samples")
+
+
+def batch_means(samples: np.ndarray, batches: int | None = None) -> np.ndarray:
+    """Means of consecutive, equal batches of a correlated sequence (leading axis).
+
+    Successive estimates of a truncated estimator share their particles' states, so they are
+    correlated; the means of long enough consecutive batches are nearly independent, and
+    their spread gives an honest standard error. Default: ⌊√n⌋ batches, at least 2.
+    Trailing samples that do not fill a batch are dropped.
+    """
+    samples = np.asarray(samples, np.float64)
+    n = samples.shape[0]
+    b = max(2, int(math.isqrt(n))) if batches is None else int(batches)
+    b = min(b, n)
+    size = n // b
+    return samples[: b * size].reshape(b, size, *samples.shape[1:]).mean(axis=1)
+
+
+def bootstrap_interval(stat: Callable[[np.ndarray], float], n: int, *, reps: int = 1000,
+                       level: float = LEVEL, seed: int = 0, point: float | None = None,
+                       method: str = "bootstrap") -> Interval:
+    """Percentile bootstrap: ``stat(indices)`` over ``reps`` resamples of range(n).
+
+    ``stat`` receives an index array (with repeats) and returns a number; resamples where it
+    is not finite are dropped (and the interval widened to ±inf if more than 1 − level of
+    them are). ``point`` is the estimate on the full sample (default: stat(arange(n))).
+    """
+    rng = np.random.default_rng(seed)
+    full = stat(np.arange(n)) if point is None else point
+    vals = np.array([stat(rng.integers(0, n, n)) for _ in range(reps)], np.float64)
+    ok = np.isfinite(vals)
+    if ok.mean() < level:
+        return Interval(float(full), -math.inf, math.inf, level, f"{method} (unstable)")
+    lo, hi = np.quantile(vals[ok], [0.5 - level / 2, 0.5 + level / 2])
+    return Interval(float(full), float(lo), float(hi), level, f"{method}, {reps} resamples")
+
+
+def bias_interval(mean_est: np.ndarray, var_est: np.ndarray, n_est: float,
+                  ref: np.ndarray, var_ref: np.ndarray, level: float = LEVEL) -> Interval:
+    """The norm of a bias ‖E[ĝ] − g*‖, debiased for the noise of both means, with an interval.
+
+    With d = ḡ − g*, per coordinate d_i ≈ N(μ_i, v_i) where v_i = var_est_i / n_est +
+    var_ref_i (the squared standard errors of the two means). E‖d‖² = ‖μ‖² + Σv, so
+    b² = ‖d‖² − Σv is unbiased for ‖μ‖², with variance 4 Σ μ_i² v_i + 2 Σ v_i². The
+    interval is b² ± z·sd, mapped through the square root; a lower end ≤ 0 means the bias is
+    not resolved from zero, and only its upper end is informative. Never floored silently:
+    ``value`` is sqrt(max(b², 0)) and ``low`` is 0 exactly when b² − z·sd ≤ 0.
+
+    Args:
+      mean_est, var_est, n_est: the estimator's mean, per-coordinate variance of one
+        sample, and the (effective) number of samples behind the mean.
+      ref, var_ref: the reference gradient and its per-coordinate squared standard error.
+    """
+    d = np.asarray(mean_est, np.float64) - np.asarray(ref, np.float64)
+    v = np.asarray(var_est, np.float64) / float(n_est) + np.asarray(var_ref, np.float64)
+    b2 = float(np.sum(d**2) - np.sum(v))
+    mu2 = np.maximum(d**2 - v, 0.0)
+    sd = math.sqrt(float(4 * np.sum(mu2 * v) + 2 * np.sum(v**2)))
+    z = float(_st.norm.ppf(0.5 + level / 2))
+    lo2, hi2 = b2 - z * sd, b2 + z * sd
+    return Interval(math.sqrt(max(b2, 0.0)), math.sqrt(max(lo2, 0.0)),
+                    math.sqrt(max(hi2, 0.0)), level, "debiased ‖ḡ − g*‖, normal approx.")
+
+
+def variance_interval(total_var: float, dof: float, level: float = LEVEL) -> Interval:
+    """Interval for a total variance (trace of a covariance) estimated with ``dof`` degrees
+    of freedom, by the chi-square law of one coordinate (conservative for many coordinates)."""
+    if not (math.isfinite(total_var) and dof >= 1):
+        return Interval(total_var, -math.inf, math.inf, level, "chi2 (undefined)")
+    a = (1 - level) / 2
+    lo = total_var * dof / float(_st.chi2.ppf(1 - a, dof))
+    hi = total_var * dof / float(_st.chi2.ppf(a, dof))
+    return Interval(float(total_var), lo, hi, level, f"chi2, {dof:g} dof")
+
+
+class Ranking(NamedTuple):
+    """An ordering by a figure of merit (smaller is better), honest about ties.
+
+    Attributes:
+      order: names, best first (by the point estimate).
+      tied: the names whose intervals overlap the best one's (the best included): a "winner"
+        exists only when this has one name.
+    """
+
+    order: list[str]
+    tied: list[str]
+
+    @property
+    def separated(self) -> bool:
+        """Whether the best is separated from every other by its interval."""
+        return len(self.tied) == 1
+
+
+def rank(intervals: dict[str, Interval]) -> Ranking:
+    """Order ``intervals`` by value (non-finite last) and find who ties with the best."""
+    def key(name):
+        v = intervals[name].value
+        return (0, v) if math.isfinite(v) else (1, 0.0)
+
+    order = sorted(intervals, key=key)
+    best = intervals[order[0]]
+    tied = [n for n in order if n == order[0] or (intervals[n].finite and best.finite
+                                                   and intervals[n].overlaps(best))]
+    return Ranking(order, tied)
+
+
+def samples_needed(current: int, current_se: float, target_se: float) -> int:
+    """Samples needed for a standard error ``target_se``, given ``current`` samples gave
+    ``current_se`` (the error falls like 1/√n)."""
+    if not (target_se > 0 and math.isfinite(current_se)):
+        return 0
+    return int(math.ceil(current * (current_se / target_se) ** 2))
+
+
+def segment_interval(steps: np.ndarray, running: np.ndarray, segments: int = 20,
+                     level: float = LEVEL) -> Interval:
+    """Interval for a time average (e.g. a Lyapunov exponent) from its running estimate.
+
+    ``running[i]`` is the average over the first ``steps[i]`` steps. The run is cut into
+    ``segments`` consecutive pieces; each piece's own average is recovered from the running
+    one, and the spread of the pieces (a batch-means t-interval) gives the interval around
+    the final estimate. Pieces of a mixing system decorrelate quickly, so this is honest
+    where the running estimate's wiggle alone would understate the error.
+    """
+    t = np.asarray(steps, np.float64).ravel()
+    r = np.asarray(running, np.float64).ravel()
+    value = float(r[-1]) if r.size else math.nan
+    if r.size < 4 or not np.all(np.isfinite(r)):
+        return Interval(value, -math.inf, math.inf, level, "segments (too few)")
+    total = r * t
+    incr = np.diff(np.concatenate([[0.0], total]))
+    dt = np.diff(np.concatenate([[0.0], t]))
+    m = min(segments, r.size)
+    edges = np.linspace(0, r.size, m + 1).astype(int)
+    seg = np.array([incr[a:b].sum() / dt[a:b].sum() for a, b in zip(edges[:-1], edges[1:],
+                                                                   strict=True)])
+    h = _t(level, m - 1) * float(seg.std(ddof=1)) / math.sqrt(m)
+    return Interval(value, value - h, value + h, level, f"batch means, {m} segments")
