@@ -67,6 +67,24 @@ def plot_lyapunov(result, ax=None, title: str | None = None):
     return ax
 
 
+def _rate_lines(ax, h, y, rate, interval, units, predicted, predicted_label):
+    """Through the first finite point of ``y``: the fitted exponential (dotted, its rate and
+    95% interval in the legend) and the one the spectrum predicts (dashed), if known."""
+    ok = np.isfinite(y)
+    if not ok.any():
+        return
+    x0, y0 = h[ok][0], y[ok][0]
+    with np.errstate(over="ignore"):
+        if np.isfinite(rate):
+            ci = (f" [{interval.low:+.3g}, {interval.high:+.3g}]"
+                  if interval is not None and interval.finite else "")
+            ax.plot(h, y0 * np.exp(rate * (h - x0)), ":", color="C1",
+                    label=f"fit: rate {rate:+.3g}{ci} {units}")
+        if predicted is not None and np.isfinite(predicted):
+            ax.plot(h, y0 * np.exp(predicted * (h - x0)), "--", color="C3",
+                    label=predicted_label)
+
+
 def plot_growth(result, ax=None, lyapunov: float | None = None, title: str | None = None):
     """Gradient norm against horizon (log scale): every seed, the geometric mean, the fit.
 
@@ -85,17 +103,10 @@ def plot_growth(result, ax=None, lyapunov: float | None = None, title: str | Non
         ax.plot(h[ok], norms[ok, j], "o", color="C0", alpha=0.35, ms=4,
                 label="seeds" if j == 0 else None)
     ax.plot(h, result.geomean_norm, "-", color="C0", lw=2, label="geometric mean")
-    gi = getattr(result, "growth_interval", None)
-    ci = f" [{gi.low:+.3g}, {gi.high:+.3g}]" if gi is not None and gi.finite else ""
-    if np.isfinite(result.growth_rate) and np.isfinite(result.geomean_norm).any():
-        ok = np.isfinite(result.geomean_norm)
-        x0, y0 = h[ok][0], result.geomean_norm[ok][0]
-        ax.plot(h, y0 * np.exp(result.growth_rate * (h - x0)), ":", color="C1",
-                label=f"fit: rate {result.growth_rate:+.3g}{ci} {result.units}")
-        if lyapunov is not None and np.isfinite(lyapunov):
-            pred = max(lyapunov, 0.0)
-            ax.plot(h, y0 * np.exp(pred * (h - x0)), "--", color="C3",
-                    label=f"predicted from the spectrum: {pred:.3g}")
+    pred = None if lyapunov is None else max(lyapunov, 0.0)
+    _rate_lines(ax, h, result.geomean_norm, result.growth_rate,
+                getattr(result, "growth_interval", None), result.units, pred,
+                f"predicted from the spectrum: {pred:.3g}" if pred is not None else "")
     bad = ~np.isfinite(norms)
     if bad.any():
         top = ax.get_ylim()[1]
@@ -125,17 +136,10 @@ def plot_variance(result, ax=None, lyapunov: float | None = None, critical: floa
     v = result.variance
     ok = np.isfinite(v) & (v > 0)
     ax.plot(h[ok], v[ok], "o-", color="C2", lw=2, label="variance across seeds")
-    if ok.sum() >= 1:
-        x0, y0 = h[ok][0], v[ok][0]
-        if np.isfinite(result.variance_rate):
-            vi = getattr(result, "variance_rate_interval", None)
-            ci = f" [{vi.low:+.3g}, {vi.high:+.3g}]" if vi is not None and vi.finite else ""
-            ax.plot(h, y0 * np.exp(result.variance_rate * (h - x0)), ":", color="C1",
-                    label=f"fit: rate {result.variance_rate:+.3g}{ci} {result.units}")
-        if lyapunov is not None and np.isfinite(lyapunov):
-            pred = 2 * max(lyapunov, 0.0)
-            ax.plot(h, y0 * np.exp(pred * (h - x0)), "--", color="C3",
-                    label=f"predicted: 2 × {pred / 2:.3g}")
+    pred = None if lyapunov is None else 2 * max(lyapunov, 0.0)
+    _rate_lines(ax, h, np.where(ok, v, np.nan), result.variance_rate,
+                getattr(result, "variance_rate_interval", None), result.units, pred,
+                f"predicted: 2 × {pred / 2:.3g}" if pred is not None else "")
     if critical is not None and critical * scale <= h.max() * 1.05:
         ax.axvline(critical * scale, color="C3", lw=1, alpha=0.6,
                    label=f"critical T ≈ {critical:.0f} (variance ×{limit or 100:g} from T=0)")
@@ -185,6 +189,11 @@ def plot_diagnosis(d, out_dir) -> dict:
     figs = {}
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
     plot_lyapunov(d.lyapunov, ax=axes[0, 0])
+    iv = d.lyapunov_interval
+    if iv.finite:
+        axes[0, 0].axhspan(iv.low, iv.high, color="C0", alpha=0.15,
+                           label=f"λ1 95% interval [{iv.low:+.3g}, {iv.high:+.3g}]")
+        axes[0, 0].legend(fontsize=8, loc="best")
     plot_growth(d.growth, ax=axes[0, 1], lyapunov=lam)
     plot_variance(d.growth, ax=axes[1, 0], lyapunov=lam, critical=d.critical_horizon,
                   limit=d.variance_growth_limit)
