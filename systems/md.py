@@ -7,6 +7,7 @@ A periodic 2-D bidisperse soft-sphere system whose parameter θ is the small dia
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from typing import Any, NamedTuple
 
@@ -134,6 +135,129 @@ def kinetic_energy(momentum: jax.Array, mass=1.0) -> jax.Array:
     return jnp.sum(momentum**2) / (2 * mass)
 
 
+
+class _MDConfig(NamedTuple):
+    """The checked settings of one md system (see `md_system`)."""
+
+    mode: str
+    n: int
+    packing: float
+    side: float
+    step_dt: float
+    kT: float
+    gamma: float
+    nh_tau: float
+    chain_length: int
+    init_seed: int
+    fdt: Any
+
+
+def _md_config(mode, n, d_small, packing, dt, kT, gamma, tau, chain_length, init_seed,
+               dtype) -> _MDConfig:
+    """Check `md_system`'s parameters (InputError naming the bad one) and derive the rest."""
+    if mode not in MODES:
+        raise InputError(f"md mode {mode!r} is not accepted: use one of {', '.join(MODES)}")
+    fdt = _dtype(dtype)
+    n = int(n)
+    if n < 4:
+        raise InputError(f"md n must be an integer ≥ 4, got {n!r}")
+    if not d_small > 0:
+        raise InputError(f"md d_small must be positive, got {d_small!r}")
+    if not packing > 0:
+        raise InputError(f"md packing must be positive, got {packing!r}")
+    side = float(box_side(float(d_small), n, float(packing)))
+    if not side > 2 * max(1.0, float(d_small)):
+        raise InputError(
+            f"md box side L = {side:.3g} (n={n}, d_small={d_small}, packing={packing}) must "
+            f"exceed twice the largest diameter ({2 * max(1.0, d_small):.3g}) for the minimum "
+            "image: use more particles or a lower packing"
+        )
+    step_dt = DEFAULT_DT[mode] if dt is None else float(dt)
+    if not step_dt > 0:
+        raise InputError(f"md dt must be positive, got {dt!r}")
+    if not kT >= 0:
+        raise InputError(f"md kT must be ≥ 0, got {kT!r}")
+    if not gamma > 0:
+        raise InputError(f"md gamma must be positive, got {gamma!r}")
+    if tau is not None and not tau > 0:
+        raise InputError(f"md tau must be positive, got {tau!r}")
+    if int(chain_length) < 2:
+        raise InputError(f"md chain_length must be ≥ 2, got {chain_length!r}")
+    nh_tau = 100 * step_dt if tau is None else float(tau)
+    return _MDConfig(mode, n, float(packing), side, step_dt, float(kT), float(gamma), nh_tau,
+                     int(chain_length), int(init_seed), fdt)
+
+
+def _integrator(cfg: _MDConfig, theta):
+    """The geometry at diameter θ and jax-md's (init_fn, apply_fn) for the mode."""
+    _, minimize, simulate, _ = _jax_md()
+    g = geometry(theta, cfg.n, cfg.packing)
+    if cfg.mode == "fire":
+        fns = minimize.fire_descent(g.force, g.shift, dt_start=cfg.step_dt,
+                                    dt_max=4 * cfg.step_dt)
+    elif cfg.mode == "nve":
+        fns = simulate.nve(g.force, g.shift, cfg.step_dt)
+    elif cfg.mode == "nvt":
+        fns = simulate.nvt_nose_hoover(g.force, g.shift, cfg.step_dt, cfg.kT,
+                                       chain_length=cfg.chain_length, tau=cfg.nh_tau)
+    else:
+        fns = simulate.brownian(g.force, g.shift, cfg.step_dt, cfg.kT, gamma=cfg.gamma)
+    return g, fns
+
+
+def _md_init(cfg: _MDConfig, key, theta):
+    with _quiet_float64_request():
+        k_pos, k_mom = jax.random.split(key)
+        if cfg.init_seed >= 0:
+            k_pos = jax.random.PRNGKey(cfg.init_seed)
+        u = jax.random.uniform(k_pos, (cfg.n, SPATIAL_DIM), cfg.fdt)
+        _, (init_fn, _) = _integrator(cfg, theta)
+        mass = jnp.asarray(1.0, cfg.fdt)
+        if cfg.mode == "fire":
+            state = init_fn(u, mass=mass)
+            # jax-md stores dt and α at the smallest dtype that holds them (float16):
+            # keep the schedule in the working precision instead.
+            return state.set(dt=jnp.asarray(cfg.step_dt, cfg.fdt),
+                             alpha=jnp.asarray(0.1, cfg.fdt))
+        if cfg.mode == "nve":
+            return init_fn(k_mom, u, kT=cfg.kT, mass=mass)
+        return init_fn(k_mom, u, mass=mass)
+
+
+def _md_step(cfg: _MDConfig, state, theta, key):
+    g, (_, apply_fn) = _integrator(cfg, theta)
+    if cfg.mode == "brownian":
+        state = state.set(rng=key)
+    else:
+        state = state.set(force=g.force(state.position))
+    if cfg.mode == "nvt":
+        chain = state.chain.set(kinetic_energy=kinetic_energy(state.momentum, state.mass))
+        state = state.set(chain=chain)
+    with _quiet_float64_request():
+        state = apply_fn(state)
+    return state, StepOut(loss=g.energy(state.position))
+
+
+def _md_phase(cfg: _MDConfig, state):
+    out = {"position": state.position}
+    if cfg.mode != "brownian":
+        out["momentum"] = state.momentum
+    if cfg.mode == "nvt":
+        out["chain_position"] = state.chain.position
+        out["chain_momentum"] = state.chain.momentum
+    return out
+
+
+def _md_with_phase(cfg: _MDConfig, state, ph):
+    state = state.set(position=ph["position"])
+    if cfg.mode != "brownian":
+        state = state.set(momentum=ph["momentum"])
+    if cfg.mode == "nvt":
+        chain = state.chain.set(position=ph["chain_position"], momentum=ph["chain_momentum"])
+        state = state.set(chain=chain)
+    return state
+
+
 def md_system(
     mode: str = "fire",
     n: int = 32,
@@ -203,105 +327,15 @@ def md_system(
       The `System`. Raises InputError for a bad mode or parameter, including a box too
       small for the minimum image (L must exceed twice the largest diameter).
     """
-    if mode not in MODES:
-        raise InputError(f"md mode {mode!r} is not accepted: use one of {', '.join(MODES)}")
-    fdt = _dtype(dtype)
-    n = int(n)
-    if n < 4:
-        raise InputError(f"md n must be an integer ≥ 4, got {n!r}")
-    if not d_small > 0:
-        raise InputError(f"md d_small must be positive, got {d_small!r}")
-    if not packing > 0:
-        raise InputError(f"md packing must be positive, got {packing!r}")
-    side = float(box_side(float(d_small), n, float(packing)))
-    if not side > 2 * max(1.0, float(d_small)):
-        raise InputError(
-            f"md box side L = {side:.3g} (n={n}, d_small={d_small}, packing={packing}) must "
-            f"exceed twice the largest diameter ({2 * max(1.0, d_small):.3g}) for the minimum "
-            "image: use more particles or a lower packing"
-        )
-    step_dt = DEFAULT_DT[mode] if dt is None else float(dt)
-    if not step_dt > 0:
-        raise InputError(f"md dt must be positive, got {dt!r}")
-    if not kT >= 0:
-        raise InputError(f"md kT must be ≥ 0, got {kT!r}")
-    if not gamma > 0:
-        raise InputError(f"md gamma must be positive, got {gamma!r}")
-    if tau is not None and not tau > 0:
-        raise InputError(f"md tau must be positive, got {tau!r}")
-    if int(chain_length) < 2:
-        raise InputError(f"md chain_length must be ≥ 2, got {chain_length!r}")
+    cfg = _md_config(mode, n, d_small, packing, dt, kT, gamma, tau, chain_length, init_seed,
+                     dtype)
     if meta_loss == "auto":
         meta_loss = "last" if mode == "fire" else "mean"
-    _, minimize, simulate, _ = _jax_md()
-    nh_tau = 100 * step_dt if tau is None else float(tau)
-
-    def integrator(theta):
-        g = geometry(theta, n, packing)
-        if mode == "fire":
-            fns = minimize.fire_descent(g.force, g.shift, dt_start=step_dt, dt_max=4 * step_dt)
-        elif mode == "nve":
-            fns = simulate.nve(g.force, g.shift, step_dt)
-        elif mode == "nvt":
-            fns = simulate.nvt_nose_hoover(
-                g.force, g.shift, step_dt, kT, chain_length=int(chain_length), tau=nh_tau
-            )
-        else:
-            fns = simulate.brownian(g.force, g.shift, step_dt, kT, gamma=gamma)
-        return g, fns
-
-    def init(key, theta):
-        with _quiet_float64_request():
-            return _init(key, theta)
-
-    def _init(key, theta):
-        k_pos, k_mom = jax.random.split(key)
-        if init_seed >= 0:
-            k_pos = jax.random.PRNGKey(init_seed)
-        u = jax.random.uniform(k_pos, (n, SPATIAL_DIM), fdt)
-        _, (init_fn, _) = integrator(theta)
-        mass = jnp.asarray(1.0, fdt)
-        if mode == "fire":
-            state = init_fn(u, mass=mass)
-            # jax-md stores dt and α at the smallest dtype that holds them (float16):
-            # keep the schedule in the working precision instead.
-            return state.set(dt=jnp.asarray(step_dt, fdt), alpha=jnp.asarray(0.1, fdt))
-        if mode == "nve":
-            return init_fn(k_mom, u, kT=kT, mass=mass)
-        if mode == "nvt":
-            return init_fn(k_mom, u, mass=mass)
-        return init_fn(k_mom, u, mass=mass)
-
-    def step(state, theta, key):
-        g, (_, apply_fn) = integrator(theta)
-        if mode == "brownian":
-            state = state.set(rng=key)
-        else:
-            state = state.set(force=g.force(state.position))
-        if mode == "nvt":
-            chain = state.chain.set(kinetic_energy=kinetic_energy(state.momentum, state.mass))
-            state = state.set(chain=chain)
-        with _quiet_float64_request():
-            state = apply_fn(state)
-        return state, StepOut(loss=g.energy(state.position))
-
-    def phase(state):
-        out = {"position": state.position}
-        if mode != "brownian":
-            out["momentum"] = state.momentum
-        if mode == "nvt":
-            out["chain_position"] = state.chain.position
-            out["chain_momentum"] = state.chain.momentum
-        return out
-
-    def with_phase(state, ph):
-        state = state.set(position=ph["position"])
-        if mode != "brownian":
-            state = state.set(momentum=ph["momentum"])
-        if mode == "nvt":
-            chain = state.chain.set(position=ph["chain_position"], momentum=ph["chain_momentum"])
-            state = state.set(chain=chain)
-        return state
+    fdt, step_dt, side = cfg.fdt, cfg.step_dt, cfg.side
+    init = functools.partial(_md_init, cfg)
+    step = functools.partial(_md_step, cfg)
+    phase = functools.partial(_md_phase, cfg)
+    with_phase = functools.partial(_md_with_phase, cfg)
 
     loss_doc = "total potential energy E(u_{t+1}) after the step"
     if meta_loss == "last":
@@ -326,7 +360,7 @@ def md_system(
         meta={
             "mode": mode, "n": n, "d_small": float(d_small), "packing": float(packing),
             "box_side": side, "dt_step": step_dt, "kT": float(kT), "gamma": float(gamma),
-            "tau": nh_tau if mode == "nvt" else None, "init_seed": int(init_seed),
+            "tau": cfg.nh_tau if mode == "nvt" else None, "init_seed": int(init_seed),
             "coordinates": "fractional positions (unwrapped), real-space momenta",
         },
     )
