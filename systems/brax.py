@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -163,96 +164,148 @@ def _make_env(env: str, backend: str):
     return e
 
 
-@functools.lru_cache(maxsize=32)
-def _build(env, backend, policy, hidden, layers, horizon, policy_scale, action_noise, seed,
-           loss, rotations, substeps, dt_name) -> System:
-    dt = jnp.dtype(dt_name)
-    e = _make_env(env, backend)
-    sys = _cast_floats(e.sys, dt)
+class _Spec(NamedTuple):
+    """`brax_system`'s checked arguments (hashable: equal specs give the same System)."""
+
+    env: str
+    backend: str
+    policy: str
+    hidden: int
+    layers: int
+    horizon: int
+    policy_scale: float
+    action_noise: float
+    seed: int
+    loss: str
+    rotations: str
+    substeps: int
+    dt_name: str
+
+
+def _configured_env(spec: _Spec):
+    """The env with its physics cast to the working dtype, mjx's solver fixed for reverse
+    mode, and substeps applied; returns (env, mjx iterations or None, substeps used)."""
+    e = _make_env(spec.env, spec.backend)
+    sys = _cast_floats(e.sys, jnp.dtype(spec.dt_name))
     mjx_iters = None
-    if backend == "mjx":
+    if spec.backend == "mjx":
         mjx_iters = MJX_SOLVER_ITERATIONS
         sys = sys.tree_replace({"opt.iterations": mjx_iters})
-    if substeps == 0:
-        substeps = AUTO_SUBSTEPS.get((env, backend), 1)
+    substeps = spec.substeps or AUTO_SUBSTEPS.get((spec.env, spec.backend), 1)
     if substeps > 1:  # same control step env.dt, finer physics
         sys = sys.tree_replace({"opt.timestep": sys.opt.timestep / substeps})
         e._n_frames = e._n_frames * substeps
     e.sys = sys
+    return e, mjx_iters, substeps
+
+
+class _Layout(NamedTuple):
+    """Where the phase's coordinates sit in q: plain entries, free-joint quaternions (as
+    rotation vectors in the phase), hinge angles; n_rot counts raw quaternions kept whole."""
+
+    plain: np.ndarray
+    quats: np.ndarray
+    hinges: np.ndarray
+    n_free: int
+    n_rot: int
+
+
+def _layout(sys, rotations: str) -> _Layout:
     plain, quats, hinges = _joint_layout(sys)
     n_free = int(quats.shape[0])
     if rotations == "quaternion":  # raw q: quaternions kept whole (the artificial direction)
-        plain, quats, n_rot = np.arange(int(sys.q_size()), dtype=np.int32), quats[:0], n_free
-        n_free = 0
-    else:
-        n_rot = 0
+        return _Layout(np.arange(int(sys.q_size()), dtype=np.int32), quats[:0], hinges, 0,
+                       n_free)
+    return _Layout(plain, quats, hinges, n_free, 0)
 
-    loss_kind = CONSTANT_REWARD.get(env, "reward") if loss == "auto" else loss
-    if loss_kind == "angle" and hinges.size == 0:
-        raise InputError(f"loss 'angle' needs hinge joints and {env!r} has none; "
-                         f"accepted losses: {', '.join(LOSSES)}")
-    obs_takes_action = len(inspect.signature(e._get_obs).parameters) >= 2
 
-    key0 = jax.random.PRNGKey(0)
-    probe = jax.eval_shape(e.reset, key0)
-    if not hasattr(probe.obs, "shape") or probe.obs.ndim != 1:
-        raise InputError(f"brax environment {env!r} has a non-flat observation; "
-                         "only flat-array observations are supported")
-    obs_size, act_size = int(probe.obs.shape[0]), int(e.action_size)
-    if policy == "linear":
-        sizes = [obs_size, act_size]
-    else:
-        sizes = [obs_size] + [int(hidden)] * int(layers) + [act_size]
-    theta0 = init_policy(jax.random.PRNGKey(seed), sizes, policy_scale, dt)
+class _Adapter:
+    """init / step / phase / with_phase of one configured env under a policy (see
+    `brax_system` for what each does)."""
 
-    def observe(ps, action):
-        return e._get_obs(ps, action) if obs_takes_action else e._get_obs(ps)
+    def __init__(self, e, layout: _Layout, loss_kind: str, action_noise: float, dt):
+        self.e, self.lay, self.loss_kind = e, layout, loss_kind
+        self.action_noise, self.dt = action_noise, dt
+        self.act_size = int(e.action_size)
+        self.obs_takes_action = len(inspect.signature(e._get_obs).parameters) >= 2
 
-    def init(key, theta):
-        s = e.reset(key)
-        s = s.replace(info={**s.info, "action": jnp.zeros((act_size,), dt)})
-        return _cast_floats(s, dt)
+    def observe(self, ps, action):
+        return self.e._get_obs(ps, action) if self.obs_takes_action else self.e._get_obs(ps)
 
-    def step(state, theta, key):
+    def init(self, key, theta):
+        s = self.e.reset(key)
+        s = s.replace(info={**s.info, "action": jnp.zeros((self.act_size,), self.dt)})
+        return _cast_floats(s, self.dt)
+
+    def step(self, state, theta, key):
         action = apply_policy(theta, state.obs)
-        if action_noise:
-            action = action + action_noise * jax.random.normal(key, action.shape, action.dtype)
+        if self.action_noise:
+            action = action + self.action_noise * jax.random.normal(key, action.shape,
+                                                                    action.dtype)
         # some envs (ant) update state.metrics in place: give them copies, so no value
         # traced inside a transformation leaks into the caller's state
-        new = e.step(state.replace(metrics=dict(state.metrics), info=dict(state.info)), action)
+        new = self.e.step(state.replace(metrics=dict(state.metrics), info=dict(state.info)),
+                          action)
         new = new.replace(info={**new.info, "action": action})
         new = _like(new, state)
-        if loss_kind == "angle":
-            ell = jnp.sum(new.pipeline_state.q[hinges] ** 2)
+        if self.loss_kind == "angle":
+            ell = jnp.sum(new.pipeline_state.q[self.lay.hinges] ** 2)
         else:
             ell = -new.reward
         return new, StepOut(loss=ell, done=new.done > 0.5, aux={"reward": new.reward})
 
-    def phase(state):
+    def phase(self, state):
         q, qd = state.pipeline_state.q, state.pipeline_state.qd
-        out = {"q": q[plain], "qd": qd}
-        if n_free:
-            out["rot"] = quat_to_rotvec(q[quats])
+        out = {"q": q[self.lay.plain], "qd": qd}
+        if self.lay.n_free:
+            out["rot"] = quat_to_rotvec(q[self.lay.quats])
         return out
 
-    def _decode(state, p):
+    def _decode(self, state, p):
         q = state.pipeline_state.q
-        q = q.at[plain].set(p["q"])
-        if n_free:
+        q = q.at[self.lay.plain].set(p["q"])
+        if self.lay.n_free:
+            quats = self.lay.quats
             sign = jnp.where(q[quats][:, :1] < 0, -1.0, 1.0).astype(q.dtype)
             q = q.at[quats].set(sign * rotvec_to_quat(p["rot"]))
         return q, p["qd"]
 
-    def _rebuild(state, q, qd):
-        ps = _like(e.pipeline_init(q, qd), state.pipeline_state)
-        return ps, observe(ps, state.info["action"]).astype(state.obs.dtype)
+    def _rebuild(self, state, q, qd):
+        ps = _like(self.e.pipeline_init(q, qd), state.pipeline_state)
+        return ps, self.observe(ps, state.info["action"]).astype(state.obs.dtype)
 
-    def with_phase(state, p):
-        ps_new, obs_new = _rebuild(state, *_decode(state, p))
-        ps_ref, obs_ref = _rebuild(state, *_decode(state, phase(state)))
+    def with_phase(self, state, p):
+        ps_new, obs_new = self._rebuild(state, *self._decode(state, p))
+        ps_ref, obs_ref = self._rebuild(state, *self._decode(state, self.phase(state)))
         ps = _tree_add_delta(state.pipeline_state, ps_new, ps_ref)
         return state.replace(pipeline_state=ps, obs=state.obs + (obs_new - obs_ref))
 
+
+def _policy_sizes(e, spec: _Spec) -> list[int]:
+    probe = jax.eval_shape(e.reset, jax.random.PRNGKey(0))
+    if not hasattr(probe.obs, "shape") or probe.obs.ndim != 1:
+        raise InputError(f"brax environment {spec.env!r} has a non-flat observation; "
+                         "only flat-array observations are supported")
+    obs_size, act_size = int(probe.obs.shape[0]), int(e.action_size)
+    if spec.policy == "linear":
+        return [obs_size, act_size]
+    return [obs_size] + [spec.hidden] * spec.layers + [act_size]
+
+
+@functools.lru_cache(maxsize=32)
+def _build(spec: _Spec) -> System:
+    dt = jnp.dtype(spec.dt_name)
+    env, loss = spec.env, spec.loss
+    e, mjx_iters, substeps = _configured_env(spec)
+    sys = e.sys
+    lay = _layout(sys, spec.rotations)
+    loss_kind = CONSTANT_REWARD.get(env, "reward") if loss == "auto" else loss
+    if loss_kind == "angle" and lay.hinges.size == 0:
+        raise InputError(f"loss 'angle' needs hinge joints and {env!r} has none; "
+                         f"accepted losses: {', '.join(LOSSES)}")
+    sizes = _policy_sizes(e, spec)
+    theta0 = init_policy(jax.random.PRNGKey(spec.seed), sizes, spec.policy_scale, dt)
+    ad = _Adapter(e, lay, loss_kind, spec.action_noise, dt)
     q_size, qd_size = int(sys.q_size()), int(sys.qd_size())
     if loss_kind == "angle":
         loss_doc = ("sum of squared hinge angles of the next state"
@@ -260,21 +313,24 @@ def _build(env, backend, policy, hidden, layers, horizon, policy_scale, action_n
                        if loss == "auto" else ""))
     else:
         loss_doc = "-reward of the step (the environment's reward)"
-    policy_doc = ("linear: a = tanh(W obs + b)" if policy == "linear" else
+    policy_doc = ("linear: a = tanh(W obs + b)" if spec.policy == "linear" else
                   f"tanh MLP {' -> '.join(map(str, sizes))}")
+    n_free, n_rot = lay.n_free, lay.n_rot
     return System(
-        init, step, phase=phase, with_phase=with_phase, name=f"brax:{env}",
-        theta=theta0, dt=float(e.dt), horizon=int(horizon), precision=_precision(dt),
-        description=f"Brax {env} ({backend} backend, physics dt {float(sys.opt.timestep):g}"
-                    f" x {int(e._n_frames)}) under a deterministic {policy} policy, no resets",
+        ad.init, ad.step, phase=ad.phase, with_phase=ad.with_phase, name=f"brax:{env}",
+        theta=theta0, dt=float(e.dt), horizon=spec.horizon, precision=_precision(dt),
+        description=f"Brax {env} ({spec.backend} backend, physics dt "
+                    f"{float(sys.opt.timestep):g} x {int(e._n_frames)}) under a "
+                    f"deterministic {spec.policy} policy, no resets",
         theta_doc=f"policy weights, list of layers {{w, b}} ({policy_doc}); "
-                  f"init N(0, {policy_scale}^2/fan_in) from seed {seed}",
+                  f"init N(0, {spec.policy_scale}^2/fan_in) from seed {spec.seed}",
         loss_doc=loss_doc,
         meta={
-            "env": env, "backend": backend, "policy": policy, "policy_sizes": sizes,
-            "policy_scale": policy_scale, "action_noise": action_noise, "seed": seed,
-            "loss": loss_kind, "loss_requested": loss, "obs_size": obs_size,
-            "action_size": act_size, "q_size": q_size, "qd_size": qd_size,
+            "env": env, "backend": spec.backend, "policy": spec.policy,
+            "policy_sizes": sizes, "policy_scale": spec.policy_scale,
+            "action_noise": spec.action_noise, "seed": spec.seed,
+            "loss": loss_kind, "loss_requested": loss, "obs_size": sizes[0],
+            "action_size": sizes[-1], "q_size": q_size, "qd_size": qd_size,
             "free_joints": n_free + n_rot, "phase_dim": q_size - n_free + qd_size,
             "phase_coords": ("(q, qd); free-joint quaternions as rotation vectors" if n_free
                              else "(q, qd); raw quaternions (one artificial direction per "
@@ -369,6 +425,6 @@ def brax_system(
     dt = jnp.dtype(_dtype(dtype))
     if dt == jnp.float64 and not x64_enabled():
         raise InputError("dtype float64 needs JAX's float64 mode: call chaosgrad.enable_x64()")
-    return _build(env, backend, policy, int(hidden), int(layers), int(horizon),
-                  float(policy_scale), float(action_noise), int(seed), loss, rotations,
-                  int(substeps), dt.name)
+    return _build(_Spec(env, backend, policy, int(hidden), int(layers), int(horizon),
+                        float(policy_scale), float(action_noise), int(seed), loss, rotations,
+                        int(substeps), dt.name))
