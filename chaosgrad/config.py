@@ -28,6 +28,27 @@ def default_float():
     return jnp.float64 if x64_enabled() else jnp.float32
 
 
+def resolve_dtype(dtype=None):
+    """The float dtype a system computes in: ``"float32"``, ``"float64"``, or None for JAX's
+    current default float. Anything else is an InputError naming what is accepted."""
+    import jax.numpy as jnp
+
+    from chaosgrad.errors import InputError
+
+    if dtype is None:
+        return default_float()
+    if str(dtype) not in ("float32", "float64"):
+        raise InputError(f"dtype {dtype!r} is not accepted: use 'float32' or 'float64'")
+    return jnp.dtype(str(dtype))
+
+
+def precision_name(dtype) -> str:
+    """"float64" or "float32": the name recorded as a system's precision."""
+    import jax.numpy as jnp
+
+    return "float64" if jnp.dtype(dtype) == jnp.float64 else "float32"
+
+
 def cache_dir() -> Path:
     """Where the persistent compilation cache lives: $CHAOSGRAD_CACHE_DIR, else the user cache."""
     env = os.environ.get("CHAOSGRAD_CACHE_DIR")

@@ -13,8 +13,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from chaosgrad.systems.maps import _dtype, _precision
 
+from chaosgrad.config import precision_name as _precision
+from chaosgrad.config import resolve_dtype as _dtype
 from chaosgrad.config import x64_enabled
 from chaosgrad.errors import InputError, require
 from chaosgrad.system import StepOut, System

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
-from chaosgrad.systems.maps import _dtype, _precision
 
+from chaosgrad.config import precision_name as _precision
+from chaosgrad.config import resolve_dtype as _dtype
 from chaosgrad.errors import InputError
 from chaosgrad.system import StepOut, System
 

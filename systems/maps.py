@@ -9,21 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from chaosgrad.config import default_float
+from chaosgrad.config import precision_name, resolve_dtype
 from chaosgrad.errors import InputError
 from chaosgrad.system import StepOut, System
 
-
-def _dtype(dtype):
-    if dtype is None:
-        return default_float()
-    if str(dtype) not in ("float32", "float64"):
-        raise InputError(f"dtype {dtype!r} is not accepted: use 'float32' or 'float64'")
-    return jnp.dtype(str(dtype))
-
-
-def _precision(dt) -> str:
-    return "float64" if jnp.dtype(dt) == jnp.float64 else "float32"
+# One home for these (chaosgrad.config); the short names keep the adapters readable.
+_dtype = resolve_dtype
+_precision = precision_name
 
 
 def logistic(r: float = 4.0, x0: float | None = None, dtype: str | None = None) -> System:
