@@ -46,13 +46,22 @@ def fmt_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-def check_fits(nbytes: float, what: str, available: int | None = None) -> float:
-    """Raise InputError when ``nbytes`` (an estimate for ``what``) exceeds the memory left.
+class LargeRequest(UserWarning):
+    """A request that fits in memory but takes a large share of it."""
 
-    Returns ``nbytes`` so callers can also warn about requests that fit but are large.
-    """
+
+def check_fits(nbytes: float, what: str, available: int | None = None,
+               warn_fraction: float = 0.25) -> float:
+    """Raise InputError when ``nbytes`` (an estimate for ``what``) exceeds the memory left;
+    warn (`LargeRequest`) when it takes more than ``warn_fraction`` of it, so a heavy run
+    does not start unannounced. Returns ``nbytes``."""
+    import warnings
+
     avail = available_bytes() if available is None else available
     if nbytes > avail:
         raise InputError(f"{what} needs about {fmt_bytes(nbytes)} of memory, more than the "
                          f"{fmt_bytes(avail)} available; ask for less")
+    if nbytes > warn_fraction * avail:
+        warnings.warn(f"{what} needs about {fmt_bytes(nbytes)} of the {fmt_bytes(avail)} of "
+                      "memory available", LargeRequest, stacklevel=2)
     return nbytes

@@ -258,7 +258,7 @@ def _check_memory(args, system, *, k: int = 0, seeds: int = 1, horizon: int = 0)
     quarter of what is available, so a long run does not start unannounced."""
     import jax
 
-    from chaosgrad.memory import available_bytes, check_fits, fmt_bytes
+    from chaosgrad.memory import check_fits
 
     theta_b = _tree_bytes(system.theta)
     state_b = _tree_bytes(jax.eval_shape(system.init, _key(args.seed), system.theta))
@@ -267,12 +267,8 @@ def _check_memory(args, system, *, k: int = 0, seeds: int = 1, horizon: int = 0)
         chunk = min(horizon, 100)
         per_run += theta_b + state_b * (math.ceil(horizon / chunk) + chunk)
     need = 2 * theta_b + seeds * per_run
-    avail = available_bytes()
     what = f"{args.command} {args.name}" + (f" with {seeds} seeds" if seeds > 1 else "")
-    check_fits(need, what, avail)
-    if need > avail / 4:
-        print(f"chaosgrad {args.command}: note: this needs about {fmt_bytes(need)} of the "
-              f"{fmt_bytes(avail)} of memory available", file=sys.stderr)
+    check_fits(need, what)
 
 
 def _key(seed: int):
