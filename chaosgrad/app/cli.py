@@ -241,8 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _make_system(args):
+    from chaosgrad.system import check_system
+
     params = systems.parse_params(args.name, args.param)
-    return systems.make(args.name, **params)
+    system = systems.make(args.name, **params)
+    check_system(system)  # a broken user system fails here, in one line, before any compute
+    return system
 
 
 def _tree_bytes(tree) -> int:
