@@ -89,12 +89,17 @@ def _fingerprint_mismatch(saved: str, now: dict) -> list[str]:
             a, b = old.get(k, "(absent)"), now.get(k, "(absent)")
             if isinstance(a, dict) and isinstance(b, dict):
                 sub = [j for j in sorted(set(a) | set(b)) if a.get(j) != b.get(j)]
-                out.extend(f"{k}.{j} ({a.get(j)!r} -> {b.get(j)!r})" for j in sub)
-            elif len(repr(a)) + len(repr(b)) < 120:
-                out.append(f"{k} ({a!r} -> {b!r})")
+                out.extend(_changed(f"{k}.{j}", a.get(j), b.get(j)) for j in sub)
             else:
-                out.append(k)
+                out.append(_changed(k, a, b))
     return out
+
+
+def _changed(field: str, was, now) -> str:
+    # Short values are shown; long ones (a system description, a state layout) only named.
+    if len(repr(was)) + len(repr(now)) < 120:
+        return f"{field} ({was!r} -> {now!r})"
+    return field
 
 
 class OutputLock:
@@ -209,6 +214,8 @@ def meta_train(
         steps already done. False: delete the checkpoint and start over.
       outer_config: what the outer optimizer is (e.g. ``{"optimizer": "adam", "lr": 1e-3}``;
         an optax transformation cannot be compared), so a resume with another is refused.
+        None: only the layout of the optimizer's state is compared (Adam vs SGD, not the
+        learning rate).
 
     A ``.lock`` file in ``out_dir`` keeps a second run from writing into the same folder.
     SIGTERM (in the main thread) stops training like Ctrl-C: the checkpoint is written.
@@ -236,6 +243,11 @@ def _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0, log
     import optax
 
     k_init, k_train, k_eval = jax.random.split(key, 3)
+    if outer_config is None:
+        # Without a description, the optimizer's state layout (its kind, not its settings)
+        # still tells Adam from SGD.
+        outer_config = {"state": str(jax.tree_util.tree_structure(
+            jax.eval_shape(outer_optimizer.init, theta0)))}
     fp = _fingerprint(system, estimator, theta0, key, outer=outer_config,
                       log_every=log_every, eval_seeds=eval_seeds, eval_horizon=horizon)
     fingerprint = json.dumps(fp, sort_keys=True)

@@ -362,7 +362,7 @@ def test_meta_train_lock_refuses_a_second_run_and_takes_over_a_stale_one(tmp_pat
     assert (out / "checkpoint.npz").exists() and not (out / ".lock").exists()
 
 
-def _meta_api(out, steps, callback=None):
+def _meta_api(out, steps, callback=None, optimizer="adam", config=True):
     import optax
     from chaosgrad.estimators.meta import meta_train
 
@@ -370,9 +370,16 @@ def _meta_api(out, steps, callback=None):
 
     s = systems.make("linear", n=2)
     est = estimators.make("backprop", s, samples=2, horizon=8)
-    return meta_train(s, est, optax.adam(0.01), steps, out, jax.random.PRNGKey(0),
-                      log_every=2, checkpoint_every=100, eval_seeds=2, callback=callback,
-                      outer_config={"optimizer": "adam", "lr": 0.01})
+    return meta_train(s, est, getattr(optax, optimizer)(0.01), steps, out,
+                      jax.random.PRNGKey(0), log_every=2, checkpoint_every=100, eval_seeds=2,
+                      callback=callback,
+                      outer_config={"optimizer": optimizer, "lr": 0.01} if config else None)
+
+
+def test_meta_train_api_without_outer_config_still_tells_optimizers_apart(tmp_path):
+    _meta_api(tmp_path, 2, config=False)
+    with pytest.raises(InputError, match="outer.state"):
+        _meta_api(tmp_path, 4, optimizer="sgd", config=False)
 
 
 def test_meta_train_sigterm_checkpoints_like_ctrl_c(tmp_path):
