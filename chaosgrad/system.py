@@ -323,8 +323,9 @@ def check_system(system: System, theta: PyTree = None, *, batched: bool = False)
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
     state = _trace(system, "init(key, theta)", system.init, key, th)
     result = _trace(system, "step(state, theta, key)", system.step, state, th, key)
-    if not (isinstance(result, tuple) and len(result) == 2):
-        got = (f"a tuple of {len(result)}" if isinstance(result, tuple)
+    if not (isinstance(result, (tuple, list)) and len(result) == 2):
+        got = (f"a {type(result).__name__} of {len(result)}"
+               if isinstance(result, (tuple, list))
                else f"{type(result).__name__} {_describe_leaves(result)}")
         raise InputError(f"step(state, theta, key) of system {name!r} must return "
                          f"(new_state, out); got {got}")
