@@ -6,6 +6,7 @@ Shared by the system and estimator registries (``--param``, ``--est-param``).
 from __future__ import annotations
 
 import inspect
+import math
 
 from chaosgrad.errors import InputError
 
@@ -38,14 +39,33 @@ def convert(text: str, default):
     return text
 
 
+def _finite(value) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, tuple):
+        return all(_finite(v) for v in value)
+    return True
+
+
+def nonfinite_allowed(factory) -> frozenset[str]:
+    """The parameters of ``factory`` that may be NaN or ±Inf: a factory declares them with
+    a ``nonfinite_params`` attribute (a collection of names); by default none may."""
+    return frozenset(getattr(factory, "nonfinite_params", ()) or ())
+
+
 def parse_kv(items: list[str] | None, accepted: dict[str, inspect.Parameter], what: str,
-             flag: str) -> dict:
+             flag: str, allow_nonfinite: frozenset[str] | set[str] = frozenset()) -> dict:
     """Typed keyword arguments from ``k=v`` strings, checked against ``accepted``.
+
+    A key given twice is refused (the last value would win silently), and so is a NaN or
+    ±Inf number unless its key is in ``allow_nonfinite``: a non-finite parameter almost
+    always means a typo, and it would surface only as NaN results minutes later.
 
     Args:
       items: the strings; accepted: parameter name → `inspect.Parameter` (its default
         gives the type); what: e.g. "system 'henon'", named in errors; flag: the option
-        the strings came from, named in errors.
+        the strings came from, named in errors; allow_nonfinite: keys that may be
+        non-finite (see `nonfinite_allowed`).
     """
     out = {}
     for item in items or []:
@@ -56,11 +76,17 @@ def parse_kv(items: list[str] | None, accepted: dict[str, inspect.Parameter], wh
         if key not in accepted:
             raise InputError(f"{what} has no parameter {key!r}; accepted: "
                              f"{', '.join(accepted)}")
+        if key in out:
+            raise InputError(f"{flag} {key} is given twice (={out[key]!r} and {item!r}); "
+                             "give each parameter once")
         default = accepted[key].default
         default = None if default is inspect.Parameter.empty else default
         try:
             out[key] = convert(value.strip(), default)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise InputError(f"parameter {key!r} of {what}: cannot read {value!r} as "
                              f"{type(default).__name__} (default {default!r})") from None
+        if key not in allow_nonfinite and not _finite(out[key]):
+            raise InputError(f"parameter {key!r} of {what}: {value.strip()!r} is not a finite "
+                             "number; accepted: finite values")
     return out

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -222,10 +223,127 @@ def default_key(key: jax.Array | None) -> jax.Array:
     return jax.random.PRNGKey(0) if key is None else key
 
 
-def resolve_theta(system: System, theta: PyTree) -> PyTree:
-    """``theta`` or, when None, the system's default; a clear error when neither exists."""
+def resolve_theta(system: System, theta: PyTree, *, batched: bool = False) -> PyTree:
+    """``theta`` or, when None, the system's default, checked against the system.
+
+    Every analysis entry point calls this first, so it is where a system is checked at
+    first use (`check_system`, cached per system and θ shape). ``batched``: the leading
+    axis of every leaf of ``theta`` is a batch of parameter settings.
+    """
     if theta is None:
         theta = system.theta
     if theta is None:
         raise InputError(f"no theta given and system {system.name!r} has no default theta")
+    check_system(system, theta, batched=batched)
     return theta
+
+
+# Systems already checked, with the θ signatures they were checked with. Weak keys: a
+# system built in a loop is forgotten with it. `System` hashes by identity (eq=False).
+_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _shape(x) -> tuple:
+    return tuple(x.shape) if hasattr(x, "shape") else tuple(jnp.shape(x))
+
+
+def _dtype(x):
+    return x.dtype if hasattr(x, "dtype") else jnp.result_type(x)
+
+
+def _spec(x) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(_shape(x), jax.dtypes.canonicalize_dtype(_dtype(x)))
+
+
+def _describe_leaves(tree: PyTree) -> str:
+    leaves = jax.tree_util.tree_leaves(tree)
+    if len(leaves) > 4:
+        return f"{len(leaves)} leaves"
+    return ", ".join(f"{_dtype(x).name}{list(_shape(x))}" for x in leaves) or "none"
+
+
+def _signature(tree: PyTree) -> tuple:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, tuple((_shape(x), _dtype(x).name) for x in leaves)
+
+
+def _trace(system: System, what: str, fn, *args):
+    """``jax.eval_shape(fn, *args)``; a failure is an InputError naming ``what``."""
+    try:
+        return jax.eval_shape(fn, *args)
+    except InputError:
+        raise
+    except Exception as e:  # any error from tracing the user's function is bad input
+        first = (str(e).strip().splitlines() or [""])[0]
+        hint = ""
+        if isinstance(e, jax.errors.ConcretizationTypeError):
+            hint = " (a Python if/while/int() on a traced value: use jnp.where or lax.cond)"
+        raise InputError(f"{what} of system {system.name!r} cannot be traced by JAX: "
+                         f"{type(e).__name__}: {first}{hint}") from None
+
+
+def check_system(system: System, theta: PyTree = None, *, batched: bool = False) -> None:
+    """Check ``system`` with ``theta`` by tracing it once with `jax.eval_shape` (no compute).
+
+    θ must match the system's default θ in tree structure and leaf shapes, with floating
+    leaves; ``step(state, theta, key)`` must return ``(state, out)`` with the state's
+    structure, shapes and dtypes unchanged and a scalar float loss. Each failure is an
+    InputError naming the function and what was expected. A (system, θ signature) pair is
+    checked once; later calls cost a dictionary look-up.
+    """
+    theta = system.theta if theta is None else theta
+    if theta is None:
+        raise InputError(f"no theta given and system {system.name!r} has no default theta")
+    if batched:  # check one member of the batch
+        theta = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(
+            _shape(x)[1:], _dtype(x)), theta)
+    sig = _signature(theta)
+    seen = _CHECKED.setdefault(system, set())
+    if sig in seen:
+        return
+    name = system.name
+    bad = [_dtype(x).name for x in jax.tree_util.tree_leaves(theta)
+           if not jnp.issubdtype(_dtype(x), jnp.floating)]
+    if bad:
+        raise InputError(f"theta of system {name!r} must have floating-point leaves (its "
+                         f"gradient is taken); got {', '.join(bad)} leaves")
+    if system.theta is not None and theta is not system.theta:
+        d_leaves, d_tree = jax.tree_util.tree_flatten(system.theta)
+        leaves, tree = jax.tree_util.tree_flatten(theta)
+        if tree != d_tree:
+            raise InputError(f"theta of system {name!r} has structure {tree}; expected the "
+                             f"structure of its default theta, {d_tree}")
+        for i, (a, b) in enumerate(zip(leaves, d_leaves, strict=True)):
+            if _shape(a) != _shape(b):
+                where = f" (leaf {i})" if len(leaves) > 1 else ""
+                raise InputError(f"theta of system {name!r} has shape {list(_shape(a))}"
+                                 f"{where}; expected {list(_shape(b))} like its default "
+                                 "theta")
+    th = jax.tree_util.tree_map(_spec, theta)
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    state = _trace(system, "init(key, theta)", system.init, key, th)
+    result = _trace(system, "step(state, theta, key)", system.step, state, th, key)
+    if not (isinstance(result, (tuple, list)) and len(result) == 2):
+        got = (f"a {type(result).__name__} of {len(result)}"
+               if isinstance(result, (tuple, list))
+               else f"{type(result).__name__} {_describe_leaves(result)}")
+        raise InputError(f"step(state, theta, key) of system {name!r} must return "
+                         f"(new_state, out); got {got}")
+    new_state, out = result
+    s_leaves, s_tree = jax.tree_util.tree_flatten(state)
+    n_leaves, n_tree = jax.tree_util.tree_flatten(new_state)
+    if s_tree != n_tree:
+        raise InputError(f"step(state, theta, key) of system {name!r} returned a state of "
+                         f"structure {n_tree}; expected the structure init made, {s_tree}")
+    for i, (a, b) in enumerate(zip(n_leaves, s_leaves, strict=True)):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            where = f" (leaf {i})" if len(s_leaves) > 1 else ""
+            raise InputError(f"step(state, theta, key) of system {name!r} returned a state "
+                             f"{a.dtype.name}{list(a.shape)}{where}; expected it unchanged "
+                             f"from init: {b.dtype.name}{list(b.shape)}")
+    loss = loss_of(out)
+    if _shape(loss) != () or not jnp.issubdtype(_dtype(loss), jnp.floating):
+        raise InputError(f"step(state, theta, key) of system {name!r} returned a loss "
+                         f"{_dtype(loss).name}{list(_shape(loss))}; expected a "
+                         "scalar float (the per-step loss)")
+    seen.add(sig)

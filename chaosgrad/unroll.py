@@ -271,7 +271,7 @@ def unroll(
     Returns:
       An `UnrollResult`; non-finite values are counted, never zeroed.
     """
-    theta = resolve_theta(system, theta)
+    theta = resolve_theta(system, theta, batched=bool(theta_batched))
     key = default_key(key)
     steps = check_steps(system.horizon if steps is None else steps)
     chunk = min(steps, DEFAULT_CHUNK) if chunk is None else check_steps(chunk, "chunk")

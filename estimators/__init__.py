@@ -14,7 +14,7 @@ from chaosgrad.estimators.combine import combined, inverse_variance_combine
 from chaosgrad.estimators.es import es, pes, truncated_es
 
 from chaosgrad.errors import InputError
-from chaosgrad.params import parse_kv
+from chaosgrad.params import nonfinite_allowed, parse_kv
 from chaosgrad.system import System
 
 _REGISTRY = {
@@ -100,5 +100,10 @@ def make(name: str, system: System, **params) -> Estimator:
 
 
 def parse_params(name: str, items: list[str] | None) -> dict:
-    """Turn CLI ``k=v`` strings into typed keyword arguments for ``make(name, ...)``."""
-    return parse_kv(items, parameters(name), f"estimator {name!r}", "--est-param")
+    """Turn CLI ``k=v`` strings into typed keyword arguments for ``make(name, ...)``.
+
+    A key given twice, or a NaN/Inf value, is refused (see `chaosgrad.params.parse_kv`).
+    """
+    _, f = _factory(name)
+    return parse_kv(items, parameters(name), f"estimator {name!r}", "--est-param",
+                    nonfinite_allowed(f))

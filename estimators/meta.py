@@ -4,8 +4,11 @@ atomic checkpoints, exact resumption after an interruption, and a progress bar.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -17,7 +20,7 @@ from chaosgrad.estimators.base import Estimator, count_nonfinite
 
 from chaosgrad.config import precision_info
 from chaosgrad.errors import InputError
-from chaosgrad.io import dumps, jsonable, save_npz, write_text
+from chaosgrad.io import dumps, jsonable, load_npz, save_npz, write_text
 from chaosgrad.progress import progress_bar
 from chaosgrad.system import System, resolve_theta
 from chaosgrad.unroll import check_steps, unrolled_loss
@@ -52,16 +55,102 @@ class MetaTrainResult(NamedTuple):
     out_dir: Path
 
 
-def _fingerprint(system: System, estimator: Estimator, theta0, key) -> str:
-    """What must match for a checkpoint to be resumed."""
-    shapes = [(tuple(np.shape(x)), str(np.asarray(x).dtype))
-              for x in jax.tree_util.tree_leaves(theta0)]
-    return json.dumps(jsonable({
+def _fingerprint(system: System, estimator: Estimator, theta0, key, **settings) -> dict:
+    """Everything that changes the result of a run, so a checkpoint is resumed only into
+    the same run: the system, the estimator and its parameters, θ0 (shapes and a hash of
+    its values), the key, and ``settings`` (outer optimizer, evaluation, logging). The
+    total number of steps is left out on purpose: a run may be extended."""
+    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(theta0)]
+    digest = hashlib.sha256()
+    for x in leaves:
+        digest.update(str((x.shape, x.dtype.str)).encode())
+        digest.update(np.ascontiguousarray(x).tobytes())
+    key = jax.random.key_data(key) if jnp.issubdtype(
+        jnp.asarray(key).dtype, jax.dtypes.prng_key) else key
+    return jsonable({
         "system": system.describe(), "estimator": estimator.name,
-        "params": estimator.params, "theta": shapes,
-        "key": np.asarray(jax.random.key_data(key) if jnp.issubdtype(
-            jnp.asarray(key).dtype, jax.dtypes.prng_key) else key).tolist(),
-    })[0], sort_keys=True)
+        "params": estimator.params,
+        "theta": [(list(x.shape), str(x.dtype)) for x in leaves],
+        "theta_sha256": digest.hexdigest(), "key": np.asarray(key).tolist(), **settings,
+    })[0]
+
+
+def _fingerprint_mismatch(saved: str, now: dict) -> list[str]:
+    """The fields in which a saved fingerprint differs from ``now``, as 'name (was, now)'."""
+    try:
+        old = json.loads(saved)
+    except json.JSONDecodeError:
+        old = None
+    if not isinstance(old, dict):
+        return ["fingerprint (unreadable: a checkpoint from an older chaosgrad)"]
+    out = []
+    for k in sorted(set(old) | set(now)):
+        if old.get(k) != now.get(k):
+            a, b = old.get(k, "(absent)"), now.get(k, "(absent)")
+            if isinstance(a, dict) and isinstance(b, dict):
+                sub = [j for j in sorted(set(a) | set(b)) if a.get(j) != b.get(j)]
+                out.extend(_changed(f"{k}.{j}", a.get(j), b.get(j)) for j in sub)
+            else:
+                out.append(_changed(k, a, b))
+    return out
+
+
+def _changed(field: str, was, now) -> str:
+    # Short values are shown; long ones (a system description, a state layout) only named.
+    if len(repr(was)) + len(repr(now)) < 120:
+        return f"{field} ({was!r} -> {now!r})"
+    return field
+
+
+class OutputLock:
+    """An exclusive lock on an output folder (``.lock`` in it, holding the owner's pid).
+
+    Uses ``fcntl.flock``, which the kernel releases when its holder dies: a lock file left
+    by a killed run is taken over, while a live run's lock refuses a second writer with
+    its pid, so two runs never splice their files.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / self.NAME
+        self.fd: int | None = None
+
+    def __enter__(self):
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise InputError(f"{self.path.parent} is in use by another meta-train run (pid "
+                             f"{owner}); wait for it to finish or use another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            # Unlink while still holding the lock, so a waiting run cannot lock a file that
+            # is about to vanish from the folder.
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+        return False
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where training is, so it checkpoints like Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
 
 
 def make_evaluator(system: System, seeds: int, horizon: int, key: jax.Array):
@@ -93,6 +182,7 @@ def meta_train(
     progress: bool | None = None,
     callback=None,
     resume: bool = True,
+    outer_config: dict | None = None,
 ) -> MetaTrainResult:
     """Train θ for ``steps`` outer steps: θ ← optax update of ``estimator``'s gradient.
 
@@ -117,14 +207,22 @@ def meta_train(
       progress: show a tqdm bar (None: when stderr is a terminal).
       callback: optional ``callback(step, record)`` called after every step (a
         KeyboardInterrupt raised in it stops training like Ctrl-C).
-      resume: continue from ``out_dir/checkpoint.npz`` when it exists (it must come from
-        the same system, estimator, θ shapes and key).
+      resume: continue from ``out_dir/checkpoint.npz`` when it exists. It must come from
+        the same run: system, estimator and parameters, θ0, key, ``outer_config``,
+        ``log_every``, ``eval_seeds`` and ``eval_horizon``; a mismatch is an InputError
+        naming the fields. ``steps`` may grow (the run is extended), not shrink below the
+        steps already done. False: delete the checkpoint and start over.
+      outer_config: what the outer optimizer is (e.g. ``{"optimizer": "adam", "lr": 1e-3}``;
+        an optax transformation cannot be compared), so a resume with another is refused.
+        None: only the layout of the optimizer's state is compared (Adam vs SGD, not the
+        learning rate).
+
+    A ``.lock`` file in ``out_dir`` keeps a second run from writing into the same folder.
+    SIGTERM (in the main thread) stops training like Ctrl-C: the checkpoint is written.
 
     Returns:
       A `MetaTrainResult`.
     """
-    import optax
-
     steps = check_steps(steps)
     log_every = check_steps(log_every, "log_every")
     checkpoint_every = check_steps(checkpoint_every, "checkpoint_every")
@@ -133,8 +231,26 @@ def meta_train(
     theta0 = resolve_theta(system, theta0)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out):
+        return _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0,
+                           log_every, checkpoint_every, eval_seeds, horizon, progress,
+                           callback, resume, outer_config)
+
+
+def _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0, log_every,
+                checkpoint_every, eval_seeds, horizon, progress, callback, resume,
+                outer_config) -> MetaTrainResult:
+    import optax
+
     k_init, k_train, k_eval = jax.random.split(key, 3)
-    fingerprint = _fingerprint(system, estimator, theta0, key)
+    if outer_config is None:
+        # Without a description, the optimizer's state layout (its kind, not its settings)
+        # still tells Adam from SGD.
+        outer_config = {"state": str(jax.tree_util.tree_structure(
+            jax.eval_shape(outer_optimizer.init, theta0)))}
+    fp = _fingerprint(system, estimator, theta0, key, outer=outer_config,
+                      log_every=log_every, eval_seeds=eval_seeds, eval_horizon=horizon)
+    fingerprint = json.dumps(fp, sort_keys=True)
     evaluate = make_evaluator(system, eval_seeds, horizon, k_eval)
 
     def train_step(theta, opt_state, est_state, i):
@@ -155,19 +271,14 @@ def meta_train(
                                        estimator.init(k_init, theta0)))
     records: list = []  # one dict per completed outer step
     evals: list = []
+    if not resume and ckpt.exists():
+        ckpt.unlink()  # start over: never resume from, nor mix with, the old run
     if resume and ckpt.exists():
-        with np.load(ckpt) as z:
-            if str(z["fingerprint"]) != fingerprint:
-                raise InputError(
-                    f"{ckpt} comes from a different system, estimator, theta or key; "
-                    "use another --out folder (or remove the checkpoint)")
-            leaves, treedef = jax.tree_util.tree_flatten(template)
-            loaded = [jnp.asarray(z[f"leaf_{i}"], dtype=leaf.dtype)
-                      for i, leaf in enumerate(leaves)]
-            cur = tuple(jax.tree_util.tree_unflatten(treedef, loaded))
-            start = int(z["step"])
-            saved = json.loads(str(z["history"]))
-            records, evals = saved["records"], saved["evals"]
+        cur, start, records, evals = _load_checkpoint(ckpt, template, fingerprint)
+        if start > steps:
+            raise InputError(f"{ckpt} is at step {start}, past the {steps} steps asked for; "
+                             f"ask for --steps {start} or more to continue it, or pass "
+                             "--no-resume to start over")
     else:
         start = 0
         cur = (theta0, outer_optimizer.init(theta0), jax.jit(estimator.init)(k_init, theta0))
@@ -193,6 +304,10 @@ def meta_train(
     # the step, and the resumed run redoes it with the same key.
     committed = (start, cur)
     interrupted = False
+    # SIGTERM (a scheduler's stop, `kill`) checkpoints like Ctrl-C. Signal handlers can only
+    # be set from the main thread; elsewhere the default behaviour stays.
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     bar = progress_bar(total=steps, desc=f"meta-train {estimator.name} on {system.name}",
                        enabled=progress)
     try:
@@ -226,12 +341,56 @@ def meta_train(
         del records[n:]
         evals[:] = [e for e in evals if e["step"] <= n]
         save_checkpoint(*committed)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old_term)
     step, (theta, _, _) = committed
     theta_np = jax.device_get(theta)
     history = {k: [r[k] for r in records] for k in STEP_FIELDS}
     _write_results(out, system, estimator, theta_np, step, steps, history, evals,
                    interrupted, wall)
     return MetaTrainResult(theta_np, step, history, evals, interrupted, out)
+
+
+def _load_checkpoint(ckpt: Path, template, fingerprint: str):
+    """(state, step, records, evals) from ``ckpt``, checked against the run's fingerprint
+    and the shapes of its state; any damage is an InputError naming the file and the way
+    out."""
+    recover = "pass --no-resume (resume=False) or delete it to start over"
+    try:
+        z = load_npz(ckpt)
+    except InputError:
+        raise InputError(f"the checkpoint {ckpt} is damaged (not a readable .npz archive); "
+                         f"{recover}") from None
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    need = ["fingerprint", "step", "history"] + [f"leaf_{i}" for i in range(len(leaves))]
+    missing = [k for k in need if k not in z]
+    if missing:
+        raise InputError(f"the checkpoint {ckpt} lacks {', '.join(missing[:3])}: it is damaged "
+                         f"or from another chaosgrad; {recover}")
+    diff = _fingerprint_mismatch(str(z["fingerprint"]), json.loads(fingerprint))
+    if diff:
+        raise InputError(f"the checkpoint {ckpt} comes from a different run: {'; '.join(diff)}; "
+                         "run with the same settings to resume, or pass --no-resume "
+                         "(resume=False) to start over in this folder")
+    for i, leaf in enumerate(leaves):
+        a = z[f"leaf_{i}"]
+        if a.shape != leaf.shape or not np.can_cast(a.dtype, leaf.dtype, "same_kind"):
+            raise InputError(f"the checkpoint {ckpt} holds leaf_{i} as {a.dtype}{list(a.shape)}"
+                             f", expected {leaf.dtype}{list(leaf.shape)}; {recover}")
+    cur = tuple(jax.tree_util.tree_unflatten(
+        treedef, [jnp.asarray(z[f"leaf_{i}"], dtype=leaf.dtype) for i, leaf in enumerate(leaves)]))
+    try:
+        start = int(z["step"])
+        saved = json.loads(str(z["history"]))
+        records, evals = saved["records"], saved["evals"]
+    except (ValueError, TypeError, KeyError):
+        raise InputError(f"the checkpoint {ckpt} has an unreadable step or history; "
+                         f"{recover}") from None
+    if not 0 <= start <= len(records):
+        raise InputError(f"the checkpoint {ckpt} is inconsistent (step {start}, "
+                         f"{len(records)} records); {recover}")
+    return cur, start, records[:start], evals
 
 
 def _write_log(out: Path, records: list, evals: list) -> None:

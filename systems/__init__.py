@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chaosgrad.errors import InputError
-from chaosgrad.params import parse_kv
+from chaosgrad.params import nonfinite_allowed, parse_kv
 from chaosgrad.system import System
 
 
@@ -167,6 +167,10 @@ def make(name: str, **params) -> System:
 def parse_params(name: str, items: list[str] | None) -> dict:
     """Turn CLI ``k=v`` strings into typed keyword arguments for ``make(name, ...)``.
 
-    Values take the type of the parameter's default (int, float, bool, comma lists).
+    Values take the type of the parameter's default (int, float, bool, comma lists). A key
+    given twice, or a NaN/Inf value, is refused unless the factory lists the key in its
+    ``nonfinite_params`` attribute.
     """
-    return parse_kv(items, parameters(name), f"system {name!r}", "--param")
+    entry, _ = _entry(name)
+    return parse_kv(items, parameters(name), f"system {name!r}", "--param",
+                    nonfinite_allowed(entry.factory()))

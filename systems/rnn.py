@@ -12,6 +12,7 @@ import numpy as np
 from chaosgrad.config import precision_name as _precision
 from chaosgrad.config import resolve_dtype as _dtype
 from chaosgrad.errors import InputError
+from chaosgrad.memory import check_fits
 from chaosgrad.system import StepOut, System
 
 
@@ -24,6 +25,9 @@ def rnn(n: int = 64, g: float = 2.0, seed: int = 0, dtype: str | None = None) ->
     if int(n) < 1:
         raise InputError(f"rnn needs n >= 1, got {n!r}")
     fdt = _dtype(dtype)
+    # W is drawn in float64 by numpy, then copied at the working precision: refuse up front
+    # what cannot fit rather than fail inside numpy after a long wait.
+    check_fits(float(n) * n * (8 + np.dtype(fdt).itemsize), f"rnn n={n} (W is {n} x {n})")
     w = np.random.default_rng(seed).standard_normal((n, n)) * (g / np.sqrt(n))
 
     def init(key, theta):

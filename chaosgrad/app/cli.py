@@ -21,7 +21,7 @@ from chaosgrad.config import enable_compilation_cache, enable_x64
 from chaosgrad.diagnose import diagnose
 from chaosgrad.errors import InputError
 from chaosgrad.gradients import gradient_growth
-from chaosgrad.io import dumps, write_json
+from chaosgrad.io import dumps, write_bytes, write_json
 from chaosgrad.spectra import lyapunov_spectrum, resolve_k
 
 
@@ -32,13 +32,41 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive_int(text: str) -> int:
+# Step counts and horizons index steps with int32 on the device (fold_in, scan counters):
+# larger values would overflow there, so they are refused here with the range.
+MAX_STEPS = 2**31 - 1
+MAX_SEED = 2**32 - 1  # a PRNGKey seed is 32 bits wide without float64 mode
+
+
+def _positive_int(text: str, hi: int = MAX_STEPS) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if v <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if v > hi:
+        raise argparse.ArgumentTypeError(f"{text} is too large; accepted: 1..{hi}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if not 0 <= v <= MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"expected an integer in 0..{MAX_STEPS}, got {text!r}")
+    return v
+
+
+def _seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= v <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seed {text} is out of range; accepted: 0..{MAX_SEED}")
     return v
 
 
@@ -57,7 +85,74 @@ def _int_list(text: str) -> list[int]:
     if not vals or any(v <= 0 for v in vals):
         raise argparse.ArgumentTypeError(
             f"expected comma-separated positive integers like 10,30,100, got {text!r}")
+    if max(vals) > MAX_STEPS:
+        raise argparse.ArgumentTypeError(
+            f"horizon {max(vals)} is too large; accepted: 1..{MAX_STEPS}")
     return vals
+
+
+def _finite_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
+def check_out_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Refuse, before any compute, an output folder that cannot be made or written: a file
+    where a folder is expected (there or above), or a folder this user cannot write."""
+    path = Path(path)
+    probe = path
+    while not probe.exists():  # the nearest part that exists must be a writable folder
+        if probe.parent == probe:
+            break
+        if probe.is_symlink():  # a dangling link: mkdir would fail on it
+            raise InputError(f"{flag} {path}: {probe} is a broken symbolic link")
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise InputError(f"{flag} {path}: {probe} is a file, expected a folder")
+    if probe.exists():
+        _check_writable(probe, f"{flag} {path}")
+    return path
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    # Create and remove a file there: os.access says yes to root on read-only file systems
+    # and knows nothing of quotas or full disks.
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".chaosgrad-probe-"):
+            pass
+    except OSError as e:
+        raise InputError(f"{what}: the folder {folder} is not writable "
+                         f"({e.strerror or e})") from None
+
+
+def check_out_file(path: str | os.PathLike, flag: str = "--plot") -> Path:
+    """Refuse, before any compute, an output file that cannot be written: onto a folder,
+    into a missing or unwritable folder, or over a file this user cannot write."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{flag} {path} is a folder, expected a file name")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"{flag} {path}: {parent} is a file, expected a folder")
+    if not parent.exists():
+        raise InputError(f"{flag} {path}: the folder {parent} does not exist")
+    _check_writable(parent, f"{flag} {path}")
+    return path
+
+
+def check_outputs(args) -> None:
+    """Check every output path of a command (``--out``, ``--plot``) before it computes."""
+    if getattr(args, "plot", None):
+        check_out_file(args.plot, "--plot")
+    if getattr(args, "out", None):
+        check_out_dir(args.out, "--out")
 
 
 def _add_system_args(p: argparse.ArgumentParser) -> None:
@@ -66,7 +161,7 @@ def _add_system_args(p: argparse.ArgumentParser) -> None:
                                 "as module:function or file.py:function")
     p.add_argument("--param", action="append", default=[], metavar="K=V",
                    help="system parameter, repeatable (e.g. --param g=2.5)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.add_argument("--x64", action="store_true", help="run in float64")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--plot", metavar="FILE", help="write a PNG figure here")
@@ -90,14 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=10_000, help="counted steps")
     p.add_argument("--k", type=_k_arg, default=None,
                    help="number of exponents, or 'all' (default min(n, 8))")
-    p.add_argument("--transient", type=int, default=1_000, help="uncounted steps first")
+    p.add_argument("--transient", type=_nonneg_int, default=1_000,
+                   help="uncounted steps first")
 
     p = sub.add_parser("grad-growth", help="gradient norm and variance vs horizon")
     _add_system_args(p)
     p.add_argument("--horizons", type=_int_list, default=[10, 30, 100],
                    help="comma-separated unroll lengths (default 10,30,100)")
     p.add_argument("--seeds", type=_positive_int, default=8, help="random starts per horizon")
-    p.add_argument("--lyapunov-steps", type=int, default=0,
+    p.add_argument("--lyapunov-steps", type=_nonneg_int, default=0,
                    help="also estimate the leading exponent over this many steps from the "
                         "start (no transient, like the gradients) to compare (0: skip)")
 
@@ -125,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=_positive_int, default=None,
                    help="unroll steps each estimator may spend (default: samples x 8 x T)")
     p.add_argument("--window", type=_positive_int, default=10, help="truncation window K")
-    p.add_argument("--sigma", type=float, default=0.01, help="ES/PES perturbation scale")
+    p.add_argument("--sigma", type=_finite_float, default=0.01,
+                   help="ES/PES perturbation scale")
     p.add_argument("--reference", default="auto", choices=["auto", "es", "backprop"],
                    help="reference gradient (auto: backprop if stable, else ES)")
     p.add_argument("--out", default=None, help="folder for compare.json and compare.png")
@@ -151,8 +248,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _make_system(args):
+    from chaosgrad.system import check_system
+
     params = systems.parse_params(args.name, args.param)
-    return systems.make(args.name, **params)
+    system = systems.make(args.name, **params)
+    check_system(system)  # a broken user system fails here, in one line, before any compute
+    return system
+
+
+def _tree_bytes(tree) -> int:
+    import jax
+
+    return sum(int(math.prod(x.shape)) * x.dtype.itemsize
+               for x in jax.tree_util.tree_leaves(tree) if hasattr(x, "dtype"))
+
+
+def _check_memory(args, system, *, k: int = 0, seeds: int = 1, horizon: int = 0) -> None:
+    """Estimate the memory of the request from the shapes of θ and the state (traced, not
+    built) and refuse it with the figure when it cannot fit; warn when it takes over a
+    quarter of what is available, so a long run does not start unannounced."""
+    import jax
+
+    from chaosgrad.memory import check_fits
+
+    theta_b = _tree_bytes(system.theta)
+    state_b = _tree_bytes(jax.eval_shape(system.init, _key(args.seed), system.theta))
+    per_run = state_b * (k + 3)  # the state, its tangent vectors and their images
+    if horizon:  # unroll_grad: one saved state per chunk, a chunk's activations, a gradient
+        chunk = min(horizon, 100)
+        per_run += theta_b + state_b * (math.ceil(horizon / chunk) + chunk)
+    need = 2 * theta_b + seeds * per_run
+    what = f"{args.command} {args.name}" + (f" with {seeds} seeds" if seeds > 1 else "")
+    check_fits(need, what)
 
 
 def _key(seed: int):
@@ -199,8 +326,7 @@ def cmd_spectrum(args) -> int:
         raise InputError(f"--k {args.k} is larger than the phase dimension {n} of "
                          f"{args.name!r}; accepted: 1..{n} or 'all'")
     k = resolve_k(args.k, n, args.name)
-    if args.transient < 0:
-        raise InputError(f"--transient must be >= 0, got {args.transient}")
+    _check_memory(args, system, k=k)
     res = lyapunov_spectrum(system, key=_key(args.seed), steps=args.steps, k=k,
                             transient=args.transient,
                             progress=False if args.no_progress else None)
@@ -232,6 +358,7 @@ def cmd_spectrum(args) -> int:
 
 def cmd_grad_growth(args) -> int:
     system = _make_system(args)
+    _check_memory(args, system, seeds=args.seeds, horizon=max(args.horizons))
     lyap = None
     res = gradient_growth(system, horizons=args.horizons, seeds=args.seeds, key=_key(args.seed),
                           progress=False if args.no_progress else None)
@@ -263,16 +390,18 @@ def cmd_grad_growth(args) -> int:
 
 def cmd_diagnose(args) -> int:
     system = _make_system(args)
-    out = args.out or os.path.join("out", "diagnose", args.name.replace(":", "_"))
+    out = check_out_dir(args.out or os.path.join("out", "diagnose",
+                                                  args.name.replace(":", "_")))
+    k = resolve_k(args.k, system.phase_dim(key=_key(args.seed)), args.name)
+    _check_memory(args, system, k=k, seeds=args.seeds,
+                  horizon=max(args.horizons or [system.horizon]))
     d = diagnose(system, horizons=args.horizons, seeds=args.seeds, key=_key(args.seed),
-                 lyapunov_steps=args.lyapunov_steps, k=args.k,
+                 lyapunov_steps=args.lyapunov_steps, k=k,
                  progress=False if args.no_progress else None)
     d.run.update(_run_record(args))
     d.save(out)
     if args.plot:
-        import shutil
-
-        shutil.copyfile(d.figures["summary"], args.plot)
+        write_bytes(args.plot, Path(d.figures["summary"]).read_bytes())
     if args.json:
         print(dumps(d.to_json()))
     else:
@@ -286,7 +415,7 @@ def cmd_compare(args) -> int:
     if not args.sigma > 0:
         raise InputError(f"--sigma must be positive, got {args.sigma}")
     names = [n.strip() for n in args.estimators.split(",") if n.strip()]
-    out = args.out or os.path.join("out", "compare", args.name.replace(":", "_"))
+    out = check_out_dir(args.out or os.path.join("out", "compare", args.name.replace(":", "_")))
     c = compare(system, estimators_=names, horizon=args.horizon, budget=args.budget,
                 samples=args.samples, window=args.window, sigma=args.sigma,
                 reference=args.reference, key=_key(args.seed),
@@ -294,9 +423,7 @@ def cmd_compare(args) -> int:
     c.run.update(_run_record(args))
     c.save(out)
     if args.plot:
-        import shutil
-
-        shutil.copyfile(c.figures["compare"], args.plot)
+        write_bytes(args.plot, Path(c.figures["compare"]).read_bytes())
     if args.json:
         print(dumps(c.to_json()))
     else:
@@ -401,15 +528,21 @@ def main(argv: list[str] | None = None) -> int:
         enable_x64()
     enable_compilation_cache()
     handler = COMMANDS.get(args.command) or getattr(args, "func", None)
+
+    def fail(message: str) -> int:
+        text = " ".join(str(message).split())  # one line, whatever the message holds
+        print(f"chaosgrad {args.command}: error: {text}", file=sys.stderr)
+        return 2
+
     try:
+        check_outputs(args)  # a bad --out/--plot fails now, not after minutes of compute
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             status = int(handler(args) or 0)
         sys.stdout.flush()
         return status
     except InputError as e:
-        print(f"chaosgrad {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     except KeyboardInterrupt:
         print(f"chaosgrad {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -419,6 +552,19 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    except MemoryError:
+        return fail("out of memory; ask for less (fewer seeds, steps or a smaller system)")
+    except OverflowError as e:
+        return fail(f"a number is out of range: {e}")
+    except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
+        return fail(f"{e.strerror or e}{where}")
+    except RuntimeError as e:
+        # XLA reports a failed device allocation as a RuntimeError (XlaRuntimeError).
+        if "RESOURCE_EXHAUSTED" in str(e):
+            return fail("out of device memory; ask for less (fewer seeds, steps or a smaller "
+                        "system)")
+        raise
 
 
 if __name__ == "__main__":

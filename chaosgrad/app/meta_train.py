@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 import jax
@@ -18,6 +19,8 @@ from chaosgrad.io import dumps
 
 def add_meta_train_parser(subparsers):
     """Add the ``meta-train`` subcommand to an argparse ``subparsers`` object; returns it."""
+    from chaosgrad.app.cli import _finite_float, _positive_int, _seed
+
     p = subparsers.add_parser(
         "meta-train",
         help="train a system's theta with a gradient estimator (e.g. PES on a learned optimizer)",
@@ -34,15 +37,22 @@ def add_meta_train_parser(subparsers):
                    help="backprop, tbptt, es, tes, pes or combined (default pes)")
     p.add_argument("--est-param", action="append", default=[], metavar="K=V",
                    help="estimator parameter (repeatable), e.g. pairs=8 sigma=0.01 window=10")
-    p.add_argument("--steps", type=int, default=100, help="outer steps (default 100)")
+    p.add_argument("--steps", type=_positive_int, default=100,
+                   help="total outer steps (default 100); a larger number extends a run")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
-    p.add_argument("--log-every", type=int, default=10, help="evaluate every N steps")
-    p.add_argument("--checkpoint-every", type=int, default=50, help="checkpoint every N steps")
-    p.add_argument("--eval-seeds", type=int, default=4, help="fixed unrolls for the meta-loss")
-    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--lr", type=_finite_float, default=1e-3,
+                   help="Adam learning rate (default 1e-3)")
+    p.add_argument("--seed", type=_seed, default=0, help="run seed (default 0)")
+    p.add_argument("--log-every", type=_positive_int, default=10,
+                   help="evaluate every N steps")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=50,
+                   help="checkpoint every N steps")
+    p.add_argument("--eval-seeds", type=_positive_int, default=4,
+                   help="fixed unrolls for the meta-loss")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start over: delete an existing checkpoint in --out")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run_meta_train)
     return p
 
@@ -56,8 +66,8 @@ def run_meta_train(args) -> int:
     args.name = args.name or args.system
     if not args.name:
         raise InputError("name the system to meta-train, e.g. `chaosgrad meta-train lopt ...`")
-    if not args.lr > 0:
-        raise InputError(f"--lr must be positive, got {args.lr!r}")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        raise InputError(f"--lr must be a positive finite number, got {args.lr!r}")
     if args.steps is None or args.steps < 1:
         raise InputError(f"--steps must be a positive integer, got {args.steps!r}")
     system = systems.make(args.name, **systems.parse_params(args.name, args.param))
@@ -67,6 +77,8 @@ def run_meta_train(args) -> int:
         system, est, optax.adam(args.lr), args.steps, args.out, jax.random.PRNGKey(args.seed),
         log_every=args.log_every, checkpoint_every=args.checkpoint_every,
         eval_seeds=args.eval_seeds, resume=not args.no_resume,
+        outer_config={"optimizer": "adam", "lr": args.lr},
+        progress=False if getattr(args, "no_progress", False) else None,
     )
     summary = {
         "system": system.name, "estimator": est.name, "params": est.params,

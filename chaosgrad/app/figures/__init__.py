@@ -18,7 +18,7 @@ import numpy as np
 
 from chaosgrad.config import precision_info
 from chaosgrad.errors import InputError
-from chaosgrad.io import load_npz, read_json, save_npz, write_json
+from chaosgrad.io import jsonable, load_npz, read_json, save_npz, write_json
 
 FIGURES = {
     "toy": ("chaosgrad.app.figures.toy", "Figure 1: when black-box beats backprop (sin toy)"),
@@ -61,23 +61,42 @@ def versions() -> dict:
     return out
 
 
+def config_hash(name: str, scale: str) -> str:
+    """A short hash of what figure ``name``'s results depend on: the scale, the figure's size
+    settings at that scale and the chaosgrad version. Saved parts and results are reused
+    only under the same hash, so a changed configuration or release never reuses stale ones.
+    """
+    import hashlib
+
+    from chaosgrad import __version__
+
+    size = getattr(_module(name), "SIZES", {}).get(scale)
+    text = json.dumps(jsonable({"figure": name, "scale": scale, "size": size,
+                                "chaosgrad": __version__})[0], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 class Store:
     """Saved parts of one experiment, so an interrupted run resumes where it stopped.
 
-    ``store.part(key, fn)`` returns the arrays ``fn()`` made, from ``parts/<key>.npz`` when
-    an earlier run saved them at the same scale, else runs ``fn`` and saves them atomically.
+    ``store.part(key, fn)`` returns the arrays ``fn()`` made, from
+    ``parts/<scale>-<config>-<key>.npz`` when an earlier run saved them under the same
+    configuration hash (see `config_hash`), else runs ``fn`` and saves them atomically.
+    With ``force`` every part is recomputed. A damaged part is an InputError naming it.
     """
 
-    def __init__(self, folder: Path, scale: str):
+    def __init__(self, folder: Path, scale: str, config: str = "", force: bool = False):
         self.folder = Path(folder) / "parts"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.scale = scale
+        self.prefix = f"{scale}-{config}" if config else scale
+        self.force = force
         self.reused = 0
 
     def part(self, key: str, fn) -> dict:
         """The arrays of part ``key`` (computed once, then loaded)."""
-        path = self.folder / f"{self.scale}-{key}.npz"
-        if path.exists():
+        path = self.folder / f"{self.prefix}-{key}.npz"
+        if path.exists() and not self.force:
             self.reused += 1
             return load_npz(path)
         arrays = {k: np.asarray(v) for k, v in fn().items()}
@@ -95,8 +114,9 @@ def run_figure(name: str, scale: str = "quick", out: str | os.PathLike = "figs",
                force: bool = False, progress: bool | None = None) -> Path:
     """Run (or resume) figure ``name``'s experiment at ``scale``, save it, draw the PNG.
 
-    Results already saved at the same scale are reused unless ``force``; only drawing is
-    repeated. Returns the PNG's path.
+    Results and parts saved under the same configuration (`config_hash`: scale, sizes,
+    chaosgrad version) are reused unless ``force``, which recomputes everything; only
+    drawing is repeated. Returns the PNG's path.
     """
     if scale not in SCALES:
         raise InputError(f"unknown scale {scale!r}; accepted: {', '.join(SCALES)}")
@@ -104,14 +124,17 @@ def run_figure(name: str, scale: str = "quick", out: str | os.PathLike = "figs",
     folder = Path(out) / name
     folder.mkdir(parents=True, exist_ok=True)
     meta_path = folder / "meta.json"
+    config = config_hash(name, scale)
     have = meta_path.exists() and (folder / "results.npz").exists()
-    if have and not force and json.loads(meta_path.read_text()).get("scale") == scale:
+    saved = read_json(meta_path) if have else None
+    if have and not force and isinstance(saved, dict) and saved.get("config_hash") == config:
         results, meta = load(name, out)
     else:
         t0 = time.perf_counter()
-        store = Store(folder, scale)
+        store = Store(folder, scale, config, force=force)
         results, meta = mod.run(scale, store, progress)
         meta = {"figure": name, "title": FIGURES[name][1], "scale": scale,
+                "config_hash": config,
                 "seconds": round(time.perf_counter() - t0, 2), "parts_reused": store.reused,
                 "versions": versions(), "precision": precision_info(), **meta}
         save_npz(folder / "results.npz", results)

@@ -1,0 +1,569 @@
+"""Reliability: generated bad input for the command line and the API (issue 13).
+
+Every bad input must end in exit status 2 and exactly one line on stderr (or, from the API,
+an InputError naming the problem), never a traceback, never a partial file; every `--json`
+output must be strict JSON. Generation uses hypothesis with few examples and tiny systems
+(logistic, Hénon, a 2-d linear map), so the whole file runs in well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from chaosgrad.estimators.meta import OutputLock
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import chaosgrad
+from chaosgrad import systems
+from chaosgrad.app import figures
+from chaosgrad.app.cli import main
+from chaosgrad.errors import InputError
+from chaosgrad.params import parse_kv
+from chaosgrad.system import check_system
+
+# In `make test` the examples are few and derandomized (the same every run, within the time
+# budget); CHAOSGRAD_FUZZ_EXAMPLES=500 explores at random. capsys and tmp_path are shared by
+# a test's examples (each example clears capsys or uses its own sub-folder), so the
+# function-scoped-fixture health check does not apply.
+_DEEP = int(os.environ.get("CHAOSGRAD_FUZZ_EXAMPLES", "0"))
+
+
+def fuzz(examples: int):
+    """hypothesis settings for ``examples`` cases per run (or CHAOSGRAD_FUZZ_EXAMPLES)."""
+    return settings(max_examples=_DEEP or examples, deadline=None, derandomize=not _DEEP,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+FUZZ = fuzz(12)
+
+
+def _reject_constant(name):
+    raise ValueError(f"not strict JSON: {name}")
+
+
+def strict_json(text: str):
+    """Parse ``text`` as strict JSON: NaN, Infinity and -Infinity are errors."""
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def run(argv, capsys) -> tuple[int, str, str]:
+    """``chaosgrad argv`` in-process: (exit status, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_refused(code, err, needle: str | None = None):
+    """Exit 2, one line on stderr naming the problem, no traceback."""
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and "error:" in lines[0]
+    if needle is not None:
+        assert needle in lines[0], lines[0]
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary or partial files under ``folder`` (atomic writes leave none)."""
+    if not folder.exists():
+        return []
+    return [str(p) for p in folder.rglob("*")
+            if p.name.endswith(".tmp") or ".tmp." in p.name or p.name.startswith(".cli")
+            or p.name.startswith(".chaosgrad-probe")]
+
+
+# -- numbers on the command line -----------------------------------------------------------
+TOO_BIG = st.integers(min_value=2**32, max_value=10**30)
+NOT_INT = st.sampled_from(["", "x", "1.5", "1e11", "nan", "inf", "0x10", "--", "½"])
+
+
+@FUZZ
+@given(option=st.sampled_from(["--steps", "--seed", "--transient", "--k"]),
+       value=st.one_of(TOO_BIG, st.integers(max_value=-1), NOT_INT))
+def test_fuzz_integer_options_of_spectrum(option, value, capsys):
+    code, out, err = run(["spectrum", "henon", option, value, "--no-progress"], capsys)
+    assert_refused(code, err)
+    assert out == ""
+
+
+@FUZZ
+@given(argv=st.sampled_from([
+    ["grad-growth", "henon", "--horizons"], ["grad-growth", "henon", "--seeds"],
+    ["grad-growth", "henon", "--lyapunov-steps"], ["meta-train", "henon", "--out", "m",
+                                                    "--steps"],
+    ["meta-train", "henon", "--out", "m", "--eval-seeds"],
+    ["meta-train", "henon", "--out", "m", "--log-every"]]),
+    value=st.one_of(TOO_BIG, st.integers(max_value=-1), NOT_INT))
+def test_fuzz_integer_options_elsewhere(argv, value, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(argv + [value], capsys)
+    assert_refused(code, err)
+    assert not (tmp_path / "m").exists()  # refused before anything was made
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["spectrum", "henon", "--seed", "99999999999999999999"], "accepted: 0..4294967295"),
+    (["spectrum", "henon", "--steps", "3000000000"], "accepted: 1..2147483647"),
+    (["grad-growth", "henon", "--horizons", "10,10000000000"], "accepted: 1..2147483647"),
+    (["grad-growth", "henon", "--lyapunov-steps", "-10"], "expected an integer in 0.."),
+    (["meta-train", "henon", "--lr", "inf", "--out", "m"], "expected a finite number"),
+    (["compare", "henon", "--sigma", "nan"], "expected a finite number"),
+    (["grad-growth", "henon", "--seeds", "1e11"], "expected a positive integer"),
+    (["grad-growth", "henon", "--seeds", "100000000000"], "accepted: 1..2147483647"),
+])
+def test_issue_cases_out_of_range(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(argv, capsys)
+    assert_refused(code, err, needle)
+
+
+# -- k=v parameters ---------------------------------------------------------------------------
+NONFINITE = st.sampled_from(["nan", "NaN", "inf", "-inf", "Infinity", "1e999", "-1e400"])
+
+
+@FUZZ
+@given(name_key=st.sampled_from([("henon", "a"), ("henon", "b"), ("logistic", "r"),
+                                 ("rnn", "g")]),
+       value=st.one_of(NONFINITE, st.text(alphabet="xyz!@ ,", min_size=1, max_size=5)))
+def test_fuzz_bad_system_parameter_values(name_key, value, capsys):
+    name, key = name_key
+    code, out, err = run(["spectrum", name, "--param", f"{key}={value}", "--json"], capsys)
+    assert_refused(code, err, f"'{key}'")
+    assert out == ""
+
+
+@FUZZ
+@given(key=st.sampled_from(["a", "b"]), v1=st.floats(0.1, 2), v2=st.floats(0.1, 2))
+def test_fuzz_repeated_parameter_is_refused(key, v1, v2, capsys):
+    code, _, err = run(["spectrum", "henon", "--param", f"{key}={v1}", "--param",
+                        f"{key}={v2}"], capsys)
+    assert_refused(code, err, "given twice")
+
+
+@FUZZ
+@given(est=st.sampled_from(["es", "pes", "tbptt", "backprop"]),
+       kv=st.sampled_from(["clip_norm=nan", "clip_norm=inf", "sigma=nan", "window=x",
+                           "nosuch=1", "clip_norm=1=2"]))
+def test_fuzz_bad_estimator_parameters(est, kv, capsys, tmp_path):
+    if kv.startswith("sigma") and est in ("tbptt", "backprop"):
+        kv = "clip_norm=-inf"
+    out_dir = tmp_path / f"m-{est}"
+    code, _, err = run(["meta-train", "linear", "--param", "n=2", "--estimator", est,
+                        "--est-param", kv, "--out", out_dir], capsys)
+    assert_refused(code, err)
+    assert not (out_dir / "checkpoint.npz").exists()
+
+
+def test_a_factory_may_declare_nonfinite_parameters():
+    import inspect
+
+    accepted = {"a": inspect.Parameter("a", inspect.Parameter.KEYWORD_ONLY, default=1.0)}
+    with pytest.raises(InputError, match="not a finite number"):
+        parse_kv(["a=nan"], accepted, "system 'x'", "--param")
+    assert np.isnan(parse_kv(["a=nan"], accepted, "system 'x'", "--param", {"a"})["a"])
+
+
+# -- output paths, checked before any compute ------------------------------------------------
+def _bad_path(flag: str, kind: str, root: Path) -> Path:
+    """A path that ``flag`` (--out: a folder, --plot: a file) cannot use."""
+    (root / "afile").write_text("x")
+    if flag == "--out":
+        return {"file": root / "afile", "file_above": root / "afile" / "sub",
+                "unwritable": Path("/proc/chaosgrad-test/out")}[kind]
+    return {"file": root, "file_above": root / "afile" / "x.png",
+            "missing_parent": root / "no" / "such" / "x.png",
+            "unwritable": Path("/proc/chaosgrad-test.png")}[kind]
+
+
+@pytest.mark.parametrize("kind", ["file", "file_above", "missing_parent", "unwritable"])
+@fuzz(5)
+@given(cmd=st.sampled_from([
+    ["spectrum", "henon", "--plot"], ["grad-growth", "henon", "--plot"],
+    ["diagnose", "henon", "--out"], ["diagnose", "henon", "--plot"],
+    ["compare", "henon", "--out"], ["compare", "henon", "--plot"],
+    ["meta-train", "henon", "--out"], ["figures", "toy", "--out"], ["demo", "--out"]]))
+def test_fuzz_bad_output_paths(kind, cmd, capsys, tmp_path_factory):
+    """--out onto a file, below a file or in a read-only place; --plot onto a folder, below
+    a file, into a missing folder or a read-only one: refused before any compute."""
+    root = tmp_path_factory.mktemp("paths")
+    if cmd[-1] == "--out" and kind == "missing_parent":
+        kind = "file_above"  # a missing --out folder is fine: it is made
+    path = _bad_path(cmd[-1], kind, root)
+    code, out, err = run(cmd + [path], capsys)
+    assert_refused(code, err, str(path))
+    assert out == ""
+    assert sorted(p.name for p in root.iterdir()) == ["afile"]  # nothing was written
+
+
+def test_plot_leaves_only_the_png(tmp_path, capsys):
+    png = tmp_path / "conv.png"
+    code, out, err = run(["spectrum", "henon", "--steps", "200", "--transient", "0",
+                          "--seed", "4294967295",  # the largest seed accepted still runs
+                          "--plot", png, "--json", "--no-progress"], capsys)
+    assert code == 0, err
+    strict_json(out)
+    assert [p.name for p in tmp_path.iterdir()] == ["conv.png"]
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_console_script_bad_path_one_line(tmp_path):
+    """The installed command, end to end: exit 2, one line, no traceback."""
+    r = subprocess.run([sys.executable, "-m", "chaosgrad.app.cli", "spectrum", "henon",
+                        "--plot", str(tmp_path / "missing" / "x.png")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Traceback" not in r.stderr and "does not exist" in r.stderr
+
+
+def test_os_error_during_a_run_is_one_line(tmp_path, capsys, monkeypatch):
+    # The folder is fine when checked, then becomes unusable: the OSError is still one line.
+    import chaosgrad.app.cli as cli
+
+    monkeypatch.setattr(cli, "check_outputs", lambda args: None)
+    (tmp_path / "afile").write_text("x")
+    code, _, err = run(["demo", "--out", tmp_path / "afile" / "demo"], capsys)
+    assert_refused(code, err, "afile")
+
+
+# -- memory estimated up front --------------------------------------------------------------
+@pytest.mark.parametrize("argv", [
+    ["spectrum", "rnn", "--param", "n=100000"],
+    ["grad-growth", "henon", "--seeds", "2000000000"],
+    ["grad-growth", "rnn", "--param", "n=512", "--seeds", "100000000",
+     "--horizons", "1000"],
+])
+def test_requests_that_cannot_fit_are_refused_with_the_figure(argv, capsys):
+    code, _, err = run(argv, capsys)
+    assert_refused(code, err, "of memory, more than the")
+    assert "GiB" in err or "TiB" in err
+
+
+def test_large_requests_are_announced():
+    from chaosgrad.memory import LargeRequest, check_fits
+
+    with pytest.warns(LargeRequest, match="rnn n=30000 needs about 10.1 GiB of the 16.0 GiB"):
+        check_fits(30000**2 * 12, "rnn n=30000", available=16 * 1024**3)
+    with pytest.raises(InputError, match="needs about 10.1 GiB of memory, more than the 8.0"):
+        check_fits(30000**2 * 12, "rnn n=30000", available=8 * 1024**3)
+
+
+# -- strict JSON on every --json output ------------------------------------------------------
+@fuzz(6)
+@given(r=st.floats(3.6, 6.0), steps=st.integers(20, 60))
+def test_fuzz_spectrum_json_is_strict(r, steps, capsys):
+    # r > 4 escapes to -inf within a few steps: the exponent is non-finite, printed as null
+    code, out, err = run(["spectrum", "logistic", "--param", f"r={r}", "--steps", steps,
+                          "--transient", "0", "--json", "--no-progress"], capsys)
+    assert code == 0, err
+    res = strict_json(out)
+    lam = res["exponents"][0]
+    assert lam is None or np.isfinite(lam)
+    if lam is None:
+        assert res["nonfinite_values"] >= 1  # counted, so null-by-overflow is visible
+
+
+def test_spectrum_json_of_a_diverging_learned_optimizer_is_strict(capsys):
+    code, out, err = run(["spectrum", "lopt", "--param", "optimizer=sgd", "--param",
+                          "lr=1e30", "--steps", "50", "--transient", "0", "--k", "1", "--json",
+                          "--no-progress"], capsys)
+    assert code == 0, err
+    res = strict_json(out)
+    assert res["exponents"] == [None] and res["nonfinite_values"] >= 1
+
+
+def test_grad_growth_and_systems_json_are_strict(capsys):
+    code, out, _ = run(["grad-growth", "logistic", "--param", "r=4.5", "--horizons", "5,50",
+                        "--seeds", "2", "--lyapunov-steps", "20", "--json", "--no-progress"],
+                       capsys)
+    assert code == 0
+    res = strict_json(out)
+    assert res["lyapunov_max"] is None and res["nonfinite_values"] > 0
+    code, out, _ = run(["systems", "--json"], capsys)
+    assert code == 0 and strict_json(out)
+
+
+# -- meta-train: one run per folder, resumed only into the same run ------------------------------
+MT_BASE = ["meta-train", "linear", "--param", "n=2", "--estimator", "backprop",
+           "--est-param", "samples=2", "--est-param", "horizon=8", "--no-progress"]
+MT = MT_BASE + ["--log-every", "2"]
+
+
+def test_meta_train_resume_mismatch_names_the_field(tmp_path, capsys):
+    out = tmp_path / "m"
+    code, text, err = run(MT + ["--steps", "4", "--out", out, "--json"], capsys)
+    assert code == 0, err
+    first = strict_json(text)
+    assert first["steps_done"] == 4
+    for extra, field in [(["--lr", "0.1"], "outer.lr"), (["--eval-seeds", "3"], "eval_seeds"),
+                         (["--log-every", "1"], "log_every"), (["--seed", "1"], "key"),
+                         (["--est-param", "remat_chunk=2"], "params.remat_chunk")]:
+        argv = MT_BASE + extra + ([] if "--log-every" in extra else ["--log-every", "2"])
+        code, _, err = run(argv + ["--steps", "6", "--out", out], capsys)
+        assert_refused(code, err, field)
+        assert "--no-resume" in err
+    # fewer steps than already done: refused with the way forward
+    code, _, err = run(MT + ["--steps", "2", "--out", out], capsys)
+    assert_refused(code, err, "at step 4, past the 2 steps")
+    # --no-resume starts over with the new settings
+    code, text, err = run(MT + ["--steps", "2", "--lr", "0.1", "--out", out, "--json",
+                                "--no-resume"], capsys)
+    assert code == 0, err
+    assert strict_json(text)["steps_done"] == 2
+    res = strict_json((out / "results.json").read_text())
+    assert res["steps"] == 2 and [e["step"] for e in res["evals"]] == [0, 2]
+    # output files have normal permissions (the umask's), and nothing partial is left
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("results.json", "log.jsonl", "checkpoint.npz", "theta.npz", "curves.npz"):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+    assert leftovers(out) == [] and not (out / ".lock").exists()
+
+
+def test_meta_train_nan_is_null_not_a_string(tmp_path, capsys):
+    out = tmp_path / "nan"
+    code, text, err = run(MT + ["--steps", "2", "--lr", "1e30", "--out", out, "--json"],
+                          capsys)
+    assert code == 0, err
+    summary = strict_json(text)
+    assert summary["final_meta_loss"] is None and summary["nonfinite_values"] >= 1
+    res = strict_json((out / "results.json").read_text())
+    assert res["final_meta_loss"] is None
+    assert all(isinstance(e["meta_loss"], float) or e["meta_loss"] is None
+               for e in res["evals"])
+    for line in (out / "log.jsonl").read_text().splitlines():
+        rec = strict_json(line)
+        assert not any(v == "nan" for v in rec.values())
+
+
+def test_meta_train_lock_refuses_a_second_run_and_takes_over_a_stale_one(tmp_path, capsys):
+    out = tmp_path / "locked"
+    out.mkdir()
+    with OutputLock(out):  # a live run holds the folder
+        code, _, err = run(MT + ["--steps", "2", "--out", out], capsys)
+        assert_refused(code, err, f"in use by another meta-train run (pid {os.getpid()})")
+        assert not (out / "checkpoint.npz").exists()
+    # a lock file left by a dead process (no one holds it) is taken over
+    (out / ".lock").write_text("999999999\n")
+    code, _, err = run(MT + ["--steps", "2", "--out", out], capsys)
+    assert code == 0, err
+    assert (out / "checkpoint.npz").exists() and not (out / ".lock").exists()
+
+
+def _meta_api(out, steps, callback=None, optimizer="adam", config=True):
+    import optax
+    from chaosgrad.estimators.meta import meta_train
+
+    from chaosgrad import estimators
+
+    s = systems.make("linear", n=2)
+    est = estimators.make("backprop", s, samples=2, horizon=8)
+    return meta_train(s, est, getattr(optax, optimizer)(0.01), steps, out,
+                      jax.random.PRNGKey(0), log_every=2, checkpoint_every=100, eval_seeds=2,
+                      callback=callback,
+                      outer_config={"optimizer": optimizer, "lr": 0.01} if config else None)
+
+
+def test_meta_train_api_without_outer_config_still_tells_optimizers_apart(tmp_path):
+    _meta_api(tmp_path, 2, config=False)
+    with pytest.raises(InputError, match="outer.state"):
+        _meta_api(tmp_path, 4, optimizer="sgd", config=False)
+
+
+def test_meta_train_sigterm_checkpoints_like_ctrl_c(tmp_path):
+    def term(step, rec):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    cut = _meta_api(tmp_path / "cut", 6, term)
+    assert cut.interrupted and cut.step == 3
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is restored
+    with np.load(tmp_path / "cut" / "checkpoint.npz") as z:
+        assert int(z["step"]) == 3
+    resumed = _meta_api(tmp_path / "cut", 6)
+    assert resumed.step == 6 and not resumed.interrupted
+    assert [e["step"] for e in resumed.evals] == [0, 2, 4, 6]
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "wrong_shape",
+                                    "missing_leaf"])
+def test_damaged_checkpoint_is_named_with_the_way_out(damage, tmp_path):
+    out = tmp_path / "m"
+    _meta_api(out, 2)
+    ckpt = out / "checkpoint.npz"
+    data = ckpt.read_bytes()
+    if damage == "empty":
+        ckpt.write_bytes(b"")
+    elif damage == "truncated":
+        ckpt.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        ckpt.write_bytes(os.urandom(300))
+    else:
+        z = dict(np.load(ckpt))
+        if damage == "wrong_shape":
+            z["leaf_0"] = np.zeros((3, 3), z["leaf_0"].dtype)
+        else:
+            del z["leaf_1"]
+        np.savez(ckpt, **z)
+    with pytest.raises(InputError, match="checkpoint.*--no-resume") as e:
+        _meta_api(out, 4)
+    assert str(ckpt) in str(e.value)
+
+
+# -- figure parts: keyed by configuration, --force recomputes ----------------------------------
+def test_figure_parts_keyed_by_configuration_and_force_recomputes(tmp_path, monkeypatch):
+    from chaosgrad.app.figures import toy
+
+    monkeypatch.setitem(toy.SIZES, "quick", {"samples": 50, "xs": 5, "ws": 2})
+    figures.run_figure("toy", "quick", tmp_path)
+
+    def meta():
+        return strict_json((tmp_path / "toy" / "meta.json").read_text())
+
+    assert meta()["parts_reused"] == 0
+    parts = sorted((tmp_path / "toy" / "parts").iterdir())
+    stamps = [p.stat().st_mtime_ns for p in parts]
+    figures.run_figure("toy", "quick", tmp_path, force=True)
+    assert meta()["parts_reused"] == 0  # --force recomputes every part, and rewrites it
+    assert all(p.stat().st_mtime_ns > t for p, t in zip(parts, stamps, strict=True))
+    monkeypatch.setitem(toy.SIZES, "quick", {"samples": 50, "xs": 5, "ws": 3})
+    figures.run_figure("toy", "quick", tmp_path)  # results exist, but of another config
+    assert meta()["parts_reused"] == 0 and meta()["config_hash"] == figures.config_hash(
+        "toy", "quick")
+    # a damaged part is named
+    part = next((tmp_path / "toy" / "parts").glob(
+        f"quick-{figures.config_hash('toy', 'quick')}-*.npz"))
+    part.write_bytes(b"PK\x03\x04garbage")
+    (tmp_path / "toy" / "results.npz").unlink()
+    with pytest.raises(InputError, match=part.name):
+        figures.run_figure("toy", "quick", tmp_path)
+
+
+# -- the API: a system is checked at first use ----------------------------------------------
+def _henon(mutation: str) -> tuple[chaosgrad.System, object]:
+    """A Hénon map with one mistake; returns (system, theta to call it with)."""
+    theta = jnp.array([1.4, 0.3])
+
+    def init(key, th):
+        return jax.random.uniform(key, (2,), minval=-0.1, maxval=0.1)
+
+    def nxt(x, th):
+        return jnp.stack([1 - th[0] * x[0] ** 2 + x[1], th[1] * x[0]])
+
+    def step(x, th, key):
+        y = nxt(x, th)
+        if mutation == "no_out":
+            return y
+        if mutation == "state_shape":
+            return jnp.concatenate([y, y[:1]]), chaosgrad.StepOut(loss=y[0])
+        if mutation == "state_dtype":
+            return y.astype(jnp.int32), chaosgrad.StepOut(loss=y[0])
+        if mutation == "state_structure":
+            return (y, y), chaosgrad.StepOut(loss=y[0])
+        if mutation == "loss_vector":
+            return y, chaosgrad.StepOut(loss=y)
+        if mutation == "python_if":
+            if y[0] > 0:
+                return y, chaosgrad.StepOut(loss=y[0])
+        return y, chaosgrad.StepOut(loss=y[0])
+
+    call_theta = {"theta_short": jnp.array([1.4]), "theta_long": jnp.array([1.4, 0.3, 0.1]),
+                  "theta_int": jnp.array([1, 0]),
+                  "theta_tree": {"a": jnp.array(1.4), "b": jnp.array(0.3)}}.get(mutation)
+    return chaosgrad.System(init, step, name=f"bad-{mutation}", theta=theta), call_theta
+
+
+MUTATIONS = {
+    "no_out": "must return (new_state, out)",
+    "state_shape": "expected it unchanged from init",
+    "state_dtype": "expected it unchanged from init",
+    "state_structure": "returned a state of structure",
+    "loss_vector": "expected a scalar float",
+    "python_if": "use jnp.where or lax.cond",
+    "theta_short": "expected [2]",
+    "theta_long": "expected [2]",
+    "theta_int": "floating-point leaves",
+    "theta_tree": "expected the structure of its default theta",
+}
+
+
+def _entry_points():
+    from chaosgrad.gradients import gradient_growth
+    from chaosgrad.jacobian import step_jacobian
+    from chaosgrad.spectra import lyapunov_spectrum
+    from chaosgrad.unroll import unroll, unroll_grad
+
+    return {
+        "unroll": lambda s, th: unroll(s, th, steps=5),
+        "unroll_grad": lambda s, th: unroll_grad(s, th, steps=5),
+        "lyapunov_spectrum": lambda s, th: lyapunov_spectrum(s, th, steps=5, transient=0,
+                                                             progress=False),
+        "gradient_growth": lambda s, th: gradient_growth(s, th, horizons=[2, 3], seeds=2,
+                                                         progress=False),
+        "step_jacobian": lambda s, th: step_jacobian(s, th),
+    }
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+@fuzz(3)
+@given(entry=st.sampled_from(sorted(_entry_points())))
+def test_fuzz_broken_systems_are_named_at_first_use(mutation, entry):
+    system, theta = _henon(mutation)
+    with pytest.raises(InputError) as e:
+        _entry_points()[entry](system, theta)
+    msg = str(e.value)
+    assert MUTATIONS[mutation] in msg and f"bad-{mutation}" in msg
+    assert ("step(state, theta, key)" in msg) != mutation.startswith("theta_")
+
+
+@pytest.mark.parametrize("mutation", ["no_out", "loss_vector", "python_if"])
+def test_a_broken_user_system_on_the_command_line_is_one_line(mutation, tmp_path, capsys):
+    src = tmp_path / "mysys.py"
+    src.write_text(
+        "import jax, jax.numpy as jnp, chaosgrad\n"
+        "def make(a: float = 1.4):\n"
+        "    def init(key, th):\n"
+        "        return jnp.zeros(2)\n"
+        "    def step(x, th, key):\n"
+        "        y = jnp.stack([1 - th[0] * x[0] ** 2 + x[1], 0.3 * x[0]])\n"
+        f"        mutation = {mutation!r}\n"
+        "        if mutation == 'no_out':\n"
+        "            return y\n"
+        "        if mutation == 'python_if' and y[0] > 0:\n"
+        "            return y, y[0]\n"
+        "        return y, (y if mutation == 'loss_vector' else y[0])\n"
+        "    return chaosgrad.System(init, step, name='mine', theta=jnp.array([a]))\n")
+    code, out, err = run(["spectrum", f"{src}:make", "--json"], capsys)
+    assert_refused(code, err, MUTATIONS[mutation])
+    assert "step(state, theta, key) of system 'mine'" in err and out == ""
+
+
+def test_system_check_is_cached_and_passes_good_systems():
+    import time
+
+    s = systems.make("henon")
+    check_system(s)
+    t0 = time.perf_counter()
+    for _ in range(1000):
+        check_system(s)  # a dictionary look-up once checked
+    assert time.perf_counter() - t0 < 0.5
+    for name in ("logistic", "lorenz", "linear", "heat", "influence", "rnn"):
+        check_system(systems.make(name))
+    # a batch of θ (the loss slices' vmap) is checked member by member
+    check_system(s, jnp.stack([s.theta, s.theta]), batched=True)
+    with pytest.raises(InputError, match="expected"):
+        check_system(s, jnp.ones((2, 3)), batched=True)
