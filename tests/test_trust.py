@@ -162,3 +162,24 @@ def test_one_default_k_everywhere():
         lyapunov_spectrum(s, key=KEY, steps=50, k=21)
     d = diagnose(s, horizons=[5, 10], seeds=3, key=KEY, lyapunov_steps=100)
     assert d.lyapunov.k == DEFAULT_K
+
+
+def test_diagnose_and_spectrum_plots_survive_systems_with_nothing_to_log_scale(tmp_path, capsys):
+    # heat at r = 2 and logistic at r = 4.5 blow up: the report is written first, and every
+    # panel with no positive finite data says so instead of failing (issue: "Data cannot
+    # be log-scaled" used to leave an empty folder)
+    out = tmp_path / "heat"
+    assert main(["diagnose", "heat", "--param", "r=2", "--horizons", "5,10,40", "--seeds", "3",
+                 "--lyapunov-steps", "300", "--no-progress", "--out", str(out)]) == 0
+    assert (out / "report.json").exists() and (out / "summary.png").stat().st_size > 10_000
+    capsys.readouterr()
+    png = tmp_path / "spec.png"
+    assert main(["spectrum", "logistic", "--param", "r=4.5", "--steps", "200", "--json",
+                 "--no-progress", "--plot", str(png)]) == 0
+    import json
+
+    def strict(c):
+        raise ValueError(c)
+
+    rep = json.loads(capsys.readouterr().out, parse_constant=strict)
+    assert rep["exponents"] == [None] and png.stat().st_size > 5_000

@@ -217,7 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--horizon", type=_positive_int, default=None,
                    help="unroll length T (default: the system's)")
     p.add_argument("--samples", type=_positive_int, default=32,
-                   help="estimates per estimator")
+                   help="estimates per estimator, at most (default 32; at least 4)")
+    p.add_argument("--seconds", type=_finite_float, default=120.0,
+                   help="time budget for the sampling after compiling (default 120): half "
+                        "for the reference, half shared by the estimators; 0: no budget")
     p.add_argument("--budget", type=_positive_int, default=None,
                    help="unroll steps each estimator may spend (default: samples x 8 x T)")
     p.add_argument("--window", type=_positive_int, default=10, help="truncation window K")
@@ -414,10 +417,13 @@ def cmd_compare(args) -> int:
     system = _make_system(args)
     if not args.sigma > 0:
         raise InputError(f"--sigma must be positive, got {args.sigma}")
+    if args.seconds < 0:
+        raise InputError(f"--seconds must be >= 0 (0: no budget), got {args.seconds}")
     names = [n.strip() for n in args.estimators.split(",") if n.strip()]
     out = check_out_dir(args.out or os.path.join("out", "compare", args.name.replace(":", "_")))
     c = compare(system, estimators_=names, horizon=args.horizon, budget=args.budget,
                 samples=args.samples, window=args.window, sigma=args.sigma,
+                seconds=args.seconds if args.seconds > 0 else None,
                 reference=args.reference, key=_key(args.seed),
                 progress=False if args.no_progress else None)
     c.run.update(_run_record(args))

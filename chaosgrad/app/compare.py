@@ -140,6 +140,7 @@ class Comparison:
     seconds: float
     figures: dict = field(default_factory=dict)
     run: dict = field(default_factory=dict)
+    time_budget: float | None = None
 
     def to_json(self) -> dict:
         """A JSON-friendly summary (write it with `chaosgrad.io`: non-finite → null)."""
@@ -152,7 +153,8 @@ class Comparison:
             "ranking": self.ranking, "tied": self.tied,
             "recommendation": self.recommendation, "notes": self.notes,
             "precision": self.precision, "figures": self.figures,
-            "seconds": round(self.seconds, 2), "run": self.run,
+            "seconds": round(self.seconds, 2), "time_budget": self.time_budget,
+            "run": self.run,
         }
 
     def table(self) -> str:
@@ -211,28 +213,54 @@ def _estimator_params(name: str, common: dict, extra: dict | None) -> dict:
     return params
 
 
-def _collect(est, theta, key, samples, progress_desc, progress):
-    """``samples`` successive estimates at fixed θ; flat gradients, steps, seconds."""
-    estimate = jax.jit(est.estimate)
-    state = est.init(jax.random.fold_in(key, 0), theta)
-    g, state, info = estimate(state, theta, jax.random.fold_in(key, 1))  # compile
-    jax.block_until_ready(g)
-    grads, steps, secs = [], [], []
-    with progress_bar(samples, progress_desc, progress, min_total=1) as bar:
-        for i in range(samples):
-            t0 = time.perf_counter()
-            g, state, info = estimate(state, theta, jax.random.fold_in(key, 2 + i))
-            g = jax.block_until_ready(g)
-            secs.append(time.perf_counter() - t0)
-            grads.append(_flat(g))
-            steps.append(float(info["steps"]))
-            bar.update(1)
-    return np.stack(grads), float(np.mean(steps)), float(np.median(secs))
+class _Sampler:
+    """Successive estimates of one estimator at fixed θ, compiled and timed before any are
+    kept, so a time budget can be shared out before the sampling starts."""
+
+    def __init__(self, est, theta, key):
+        self.est, self.theta, self.key = est, theta, key
+        self.estimate = jax.jit(est.estimate)
+        self.state = est.init(jax.random.fold_in(key, 0), theta)
+        # Two warm-up calls: the first compiles; a state that comes back with another
+        # sharding or layout than init's compiles once more on the second. Neither is kept.
+        for i in range(2):
+            g, self.state, info = self.estimate(self.state, theta, jax.random.fold_in(key, 1 + i))
+            jax.block_until_ready(g)
+        self.steps = float(info["steps"])
+        t0 = time.perf_counter()
+        g, _, _ = self.estimate(self.state, theta, jax.random.fold_in(key, 3))
+        jax.block_until_ready(g)
+        self.seconds = time.perf_counter() - t0
+
+    def run(self, samples: int, desc: str, progress) -> tuple[np.ndarray, float, float]:
+        """``samples`` successive estimates: flat gradients, steps per estimate, median s."""
+        grads, steps, secs = [], [], []
+        with progress_bar(samples, desc, progress, min_total=1) as bar:
+            for i in range(samples):
+                t0 = time.perf_counter()
+                g, self.state, info = self.estimate(self.state, self.theta,
+                                                    jax.random.fold_in(self.key, 4 + i))
+                g = jax.block_until_ready(g)
+                secs.append(time.perf_counter() - t0)
+                grads.append(_flat(g))
+                steps.append(float(info["steps"]))
+                bar.update(1)
+        return np.stack(grads), float(np.mean(steps)), float(np.median(secs))
+
+
+def _reference_sampler(system, theta, horizon, kind, key, per_batch, sigma) -> _Sampler:
+    if kind == "es":
+        est = estimators.make("es", system, pairs=per_batch, sigma=sigma, horizon=horizon)
+    elif kind == "backprop":
+        est = estimators.make("backprop", system, samples=per_batch, horizon=horizon)
+    else:
+        raise InputError(f"reference {kind!r} is not accepted: use 'auto', 'es' or 'backprop'")
+    return _Sampler(est, theta, key)
 
 
 def reference_gradient(system: System, theta: PyTree, horizon: int, *, kind: str,
                        key: jax.Array, batches: int = 32, per_batch: int = 32,
-                       sigma: float = 0.01) -> Reference:
+                       sigma: float = 0.01, sampler: _Sampler | None = None) -> Reference:
     """A reference gradient g* with its standard error, from ``batches`` independent batches.
 
     ``kind="es"``: antithetic ES over whole unrolls (unbiased for the gradient of the
@@ -242,13 +270,9 @@ def reference_gradient(system: System, theta: PyTree, horizon: int, *, kind: str
     O(σ²) where the loss is smooth, i.e. in stable systems). Batches with a non-finite
     gradient are left out (and must not be more than half).
     """
-    if kind == "es":
-        est = estimators.make("es", system, pairs=per_batch, sigma=sigma, horizon=horizon)
-    elif kind == "backprop":
-        est = estimators.make("backprop", system, samples=per_batch, horizon=horizon)
-    else:
-        raise InputError(f"reference {kind!r} is not accepted: use 'auto', 'es' or 'backprop'")
-    grads, _, _ = _collect(est, theta, key, batches, f"reference ({kind})", False)
+    sampler = sampler or _reference_sampler(system, theta, horizon, kind, key, per_batch,
+                                            sigma)
+    grads, _, _ = sampler.run(batches, f"reference ({kind})", False)
     ok = np.all(np.isfinite(grads), axis=1)
     grads = grads[ok]
     if len(grads) < max(2, batches // 2):
@@ -293,6 +317,7 @@ def compare(
     reference: str = "auto",
     reference_batches: int = 32,
     reference_per_batch: int = 64,
+    seconds: float | None = None,
     params: dict | None = None,
     key: jax.Array | None = None,
     out: str | os.PathLike | None = None,
@@ -319,6 +344,10 @@ def compare(
       budget: unroll steps (default: what ``samples`` full-backprop estimates would cost);
         at least the cost of one estimate of each estimator.
       reference_batches, reference_per_batch: the reference's size.
+      seconds: a time budget for the sampling (after compiling): every estimator and the
+        reference are timed first, then half of it goes to the reference and half is shared
+        by the estimators, each capped at ``samples`` (``reference_batches``) and never
+        below 4. None: no budget, take every sample asked for.
       params: per-estimator overrides, e.g. ``{"pes": {"pairs": 16}}``.
       out: write compare.json and compare.png there.
     Raises InputError for unknown or repeated estimators, a window longer than the horizon,
@@ -338,17 +367,24 @@ def compare(
         lam = lyapunov_spectrum(system, theta, key=key, steps=max(500, 5 * horizon), k=1,
                                 transient=horizon, progress=False).exponents[0]
         reference = "backprop" if lam < 0 else "es"
-    runs = []
+    samplers = []
     for i, est in enumerate(built):
-        grads, steps, secs = _collect(est, theta, jax.random.fold_in(key, i), samples,
-                                      f"compare {est.name}", progress)
-        if steps > budget:
+        s = _Sampler(est, theta, jax.random.fold_in(key, i))
+        if s.steps > budget:
             raise InputError(f"budget {budget} is below the cost of one {est.name} estimate "
-                             f"({steps:.0f} unroll steps); raise --budget")
-        runs.append((est, grads, steps, secs))
-    ref = reference_gradient(system, theta, horizon, kind=reference,
-                             key=jax.random.fold_in(key, 1000), batches=reference_batches,
-                             per_batch=reference_per_batch, sigma=sigma)
+                             f"({s.steps:.0f} unroll steps); raise --budget")
+        samplers.append(s)
+    ref_key = jax.random.fold_in(key, 1000)
+    ref_sampler = _reference_sampler(system, theta, horizon, reference, ref_key,
+                                     reference_per_batch, sigma)
+    counts, ref_batches = _allocate(samplers, ref_sampler, samples, reference_batches, seconds)
+    runs = []
+    for s, n in zip(samplers, counts, strict=True):
+        grads, steps, secs = s.run(n, f"compare {s.est.name}", progress)
+        runs.append((s.est, grads, steps, secs))
+    ref = reference_gradient(system, theta, horizon, kind=reference, key=ref_key,
+                             batches=ref_batches, per_batch=reference_per_batch,
+                             sampler=ref_sampler)
     stats = [_estimator_stats(est, grads, steps, secs, ref, budget)
              for est, grads, steps, secs in runs]
     ranking = rank({s.name: s.mse_at_budget for s in stats})
@@ -359,10 +395,24 @@ def compare(
         stats=stats, ranking=ranking.order, tied=ranking.tied,
         recommendation=_recommend(stats, ranking), notes=notes, run=provenance(key),
         precision=precision_info(np.asarray(jax.tree_util.tree_leaves(theta)[0]).dtype),
-        seconds=time.perf_counter() - t0)
+        seconds=time.perf_counter() - t0, time_budget=seconds)
     if out is not None:
         comp.save(out)
     return comp
+
+
+def _allocate(samplers: list[_Sampler], ref: _Sampler, samples: int, ref_batches: int,
+              seconds: float | None) -> tuple[list[int], int]:
+    """Estimates per estimator and reference batches that fit ``seconds`` of sampling (from
+    each one's timed estimate): half to the reference, whose noise limits every bias, half
+    shared by the estimators; at most what was asked, at least `MIN_SAMPLES`."""
+    if seconds is None:
+        return [samples] * len(samplers), ref_batches
+    share = 0.5 * float(seconds) / max(len(samplers), 1)
+    counts = [int(min(samples, max(MIN_SAMPLES, share // max(s.seconds, 1e-9))))
+              for s in samplers]
+    n_ref = int(min(ref_batches, max(MIN_SAMPLES, 0.5 * seconds // max(ref.seconds, 1e-9))))
+    return counts, n_ref
 
 
 def _estimator_stats(est, grads, steps, secs, ref: Reference, budget) -> EstimatorStats:
