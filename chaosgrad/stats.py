@@ -108,7 +108,8 @@ def bootstrap_interval(stat: Callable[[np.ndarray], float], n: int, *, reps: int
 
 
 def bias_interval(mean_est: np.ndarray, var_est: np.ndarray, n_est: float,
-                  ref: np.ndarray, var_ref: np.ndarray, level: float = LEVEL) -> Interval:
+                  ref: np.ndarray, var_ref: np.ndarray, level: float = LEVEL,
+                  dof: int | None = None) -> Interval:
     """The norm of a bias ‖E[ĝ] − g*‖, debiased for the noise of both means, with an interval.
 
     With d = ḡ − g*, per coordinate d_i ≈ N(μ_i, v_i) where v_i = var_est_i / n_est +
@@ -122,16 +123,19 @@ def bias_interval(mean_est: np.ndarray, var_est: np.ndarray, n_est: float,
       mean_est, var_est, n_est: the estimator's mean, per-coordinate variance of one
         sample, and the (effective) number of samples behind the mean.
       ref, var_ref: the reference gradient and its per-coordinate squared standard error.
+      dof: degrees of freedom behind the noise estimates (e.g. few batch means): the
+        Student-t quantile replaces the normal one, widening the interval honestly.
     """
     d = np.asarray(mean_est, np.float64) - np.asarray(ref, np.float64)
     v = np.asarray(var_est, np.float64) / float(n_est) + np.asarray(var_ref, np.float64)
     b2 = float(np.sum(d**2) - np.sum(v))
     mu2 = np.maximum(d**2 - v, 0.0)
     sd = math.sqrt(float(4 * np.sum(mu2 * v) + 2 * np.sum(v**2)))
-    z = float(_st.norm.ppf(0.5 + level / 2))
+    z = _t(level, dof) if dof else float(_st.norm.ppf(0.5 + level / 2))
     lo2, hi2 = b2 - z * sd, b2 + z * sd
     return Interval(math.sqrt(max(b2, 0.0)), math.sqrt(max(lo2, 0.0)),
-                    math.sqrt(max(hi2, 0.0)), level, "debiased ‖ḡ − g*‖, normal approx.")
+                    math.sqrt(max(hi2, 0.0)), level,
+                    "debiased ‖ḡ − g*‖, " + (f"t with {dof} dof" if dof else "normal approx."))
 
 
 def variance_interval(total_var: float, dof: float, level: float = LEVEL) -> Interval:

@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 from jax.flatten_util import ravel_pytree
+from scipy.stats import chi2 as _chi2
 
 from chaosgrad import estimators
 from chaosgrad.config import precision_info, provenance
@@ -30,6 +31,7 @@ from chaosgrad.stats import (
     bias_interval,
     rank,
     samples_needed,
+    segment_interval,
     variance_interval,
 )
 from chaosgrad.system import System, default_key, resolve_theta
@@ -108,11 +110,22 @@ class Reference:
     samples: int
     kind: str
     description: str
+    batches: int = 0
 
     @property
     def se(self) -> float:
         """The norm of its standard-error vector, sqrt(Σ se_i²)."""
         return math.sqrt(float(np.sum(self.var_of_mean)))
+
+    @property
+    def se_upper(self) -> float:
+        """A 95% upper bound of ``se``: from few batches the spread itself is uncertain
+        (chi-square with batches − 1 degrees of freedom), and two batches that happen to
+        agree must not make the reference look precise."""
+        if self.batches < 2:
+            return math.inf
+        return self.se * math.sqrt((self.batches - 1) / float(_chi2.ppf(0.025,
+                                                                           self.batches - 1)))
 
     @property
     def norm(self) -> float:
@@ -130,6 +143,7 @@ class Comparison:
     reference: str
     reference_norm: float
     reference_se: float
+    reference_se_upper: float
     reference_samples: int
     stats: list[EstimatorStats]
     ranking: list[str]
@@ -148,6 +162,7 @@ class Comparison:
             "system": self.system, "horizon": self.horizon, "budget": self.budget,
             "intervals": "95%", "reference": self.reference,
             "reference_norm": self.reference_norm, "reference_se": self.reference_se,
+            "reference_se_upper": self.reference_se_upper,
             "reference_samples": self.reference_samples,
             "estimators": [s.to_json() for s in self.stats],
             "ranking": self.ranking, "tied": self.tied,
@@ -164,7 +179,8 @@ class Comparison:
             f"T = {self.horizon}, budget {self.budget} unroll steps per estimator; "
             "[95% intervals]",
             f"reference: {self.reference}, ‖g*‖ = {self.reference_norm:.4g}, standard error "
-            f"{self.reference_se:.2g} ({self.reference_se / self.reference_norm:.1%} of ‖g*‖)"
+            f"{self.reference_se:.2g} ({self.reference_se / self.reference_norm:.1%} of ‖g*‖; "
+            f"95% upper bound {self.reference_se_upper:.2g})"
             if self.reference_norm > 0 else f"reference: {self.reference}, ‖g*‖ = 0",
             f"{'estimator':<10}{'steps/est':>10}{'s/est':>9}  {'bias':<29}{'variance':<32}"
             f"{'rel. RMS error @budget':<27}{'NaN':>4}",
@@ -281,7 +297,7 @@ def reference_gradient(system: System, theta: PyTree, horizon: int, *, kind: str
     unit = "pairs" if kind == "es" else "runs"
     return Reference(mean=grads.mean(axis=0), var_of_mean=grads.var(axis=0, ddof=1) / len(grads),
                      samples=len(grads) * per_batch, kind=kind,
-                     description=f"{kind} ({len(grads) * per_batch} {unit})")
+                     description=f"{kind} ({len(grads) * per_batch} {unit})", batches=len(grads))
 
 
 def _check_inputs(names, horizon, window, samples, budget):
@@ -363,10 +379,7 @@ def compare(
     built = [estimators.make(n, system, **_estimator_params(n, common, (params or {}).get(n)))
              for n in names]
     budget = int(budget or samples * population * horizon)
-    if reference == "auto":
-        lam = lyapunov_spectrum(system, theta, key=key, steps=max(500, 5 * horizon), k=1,
-                                transient=horizon, progress=False).exponents[0]
-        reference = "backprop" if lam < 0 else "es"
+    reference, reference_reason = _choose_reference(system, theta, key, horizon, reference)
     samplers = []
     for i, est in enumerate(built):
         s = _Sampler(est, theta, jax.random.fold_in(key, i))
@@ -385,13 +398,15 @@ def compare(
     ref = reference_gradient(system, theta, horizon, kind=reference, key=ref_key,
                              batches=ref_batches, per_batch=reference_per_batch,
                              sampler=ref_sampler)
+    ref.description += f"; {reference_reason}"
     stats = [_estimator_stats(est, grads, steps, secs, ref, budget)
              for est, grads, steps, secs in runs]
     ranking = rank({s.name: s.mse_at_budget for s in stats})
     notes = _notes(stats, ref)
     comp = Comparison(
         system=system.describe(), horizon=horizon, budget=budget, reference=ref.description,
-        reference_norm=ref.norm, reference_se=ref.se, reference_samples=ref.samples,
+        reference_norm=ref.norm, reference_se=ref.se, reference_se_upper=ref.se_upper,
+        reference_samples=ref.samples,
         stats=stats, ranking=ranking.order, tied=ranking.tied,
         recommendation=_recommend(stats, ranking), notes=notes, run=provenance(key),
         precision=precision_info(np.asarray(jax.tree_util.tree_leaves(theta)[0]).dtype),
@@ -399,6 +414,23 @@ def compare(
     if out is not None:
         comp.save(out)
     return comp
+
+
+def _choose_reference(system, theta, key, horizon: int, reference: str) -> tuple[str, str]:
+    """"auto": the backprop mean (far less noisy) unless λ1's interval shows the gradient
+    exploding over the horizon (λ1 resolved above 0.5 / T per step, the margin diagnose
+    uses), where backprop's mean is not the smoothed gradient ES and PES estimate."""
+    if reference != "auto":
+        return reference, "asked for"
+    ly = lyapunov_spectrum(system, theta, key=key, steps=max(500, 5 * horizon), k=1,
+                           transient=horizon, progress=False)
+    lam = segment_interval(ly.history_steps, ly.history[:, 0])
+    per_step = system.dt if system.dt is not None else 1.0
+    margin = 0.5 / horizon / per_step
+    kind = "es" if lam.low > margin else "backprop"
+    return kind, (f"auto: λ1 = {lam.fmt('+.3g')} {ly.units}, "
+                  + ("resolved above" if kind == "es" else "not resolved above")
+                  + f" the margin 0.5/T = {margin:.3g}")
 
 
 def _allocate(samplers: list[_Sampler], ref: _Sampler, samples: int, ref_batches: int,
@@ -435,7 +467,10 @@ def _estimator_stats(est, grads, steps, secs, ref: Reference, budget) -> Estimat
         var_mean_coord = var_coord / n
         v_eff = float(np.sum(var_coord))
     mean = good.mean(axis=0)
-    bias = bias_interval(mean, var_mean_coord, 1.0, ref.mean, ref.var_of_mean)
+    # the noise behind both means is estimated from few pieces (batch means, reference
+    # batches): the t quantile with the smaller count keeps the interval honest
+    bias = bias_interval(mean, var_mean_coord, 1.0, ref.mean, ref.var_of_mean,
+                         dof=max(1, min(eff, ref.batches) - 1))
     variance = variance_interval(float(np.sum(var_coord)), n - 1)
     veff = variance_interval(v_eff, eff - 1)
     share = steps / budget
@@ -455,15 +490,16 @@ def _bias_status(bias: Interval, ref: Reference, own_se: float) -> tuple[str, in
     """Whether a bias can be called, and how many reference samples would call it.
 
     A bias is called nonzero only when its interval excludes 0 and the reference's own
-    standard error is at most a fifth of it. An unresolved bias is blamed on the reference
-    when the reference is the larger source of noise."""
+    standard error (its 95% upper bound) is at most a fifth of it. An unresolved bias is
+    blamed on the reference when the reference is the larger source of noise."""
+    se = ref.se_upper
     if bias.low > 0:
-        if ref.se <= bias.value / 5:
+        if se <= bias.value / 5:
             return "resolved", 0
-        return "reference too noisy", samples_needed(ref.samples, ref.se, bias.value / 5)
-    if ref.se > own_se and ref.se > 0:
+        return "reference too noisy", samples_needed(ref.samples, se, bias.value / 5)
+    if se > own_se and se > 0:
         target = max(own_se, 1e-300)
-        return "reference too noisy", samples_needed(ref.samples, ref.se, target)
+        return "reference too noisy", samples_needed(ref.samples, se, target)
     return "upper bound", 0
 
 
@@ -474,7 +510,8 @@ def _notes(stats: list[EstimatorStats], ref: Reference) -> list[str]:
         need = max(s.reference_samples_needed for s in noisy)
         notes.append(
             f"the reference is too noisy to resolve the bias of {', '.join(s.name for s in noisy)}"
-            f" (its standard error is {ref.se:.2g}); about {need} reference samples "
+            f" (its standard error is {ref.se:.2g}, at most {ref.se_upper:.2g}); about {need} "
+            "reference samples "
             f"({max(need - ref.samples, 0)} more) would resolve it")
     for s in stats:
         if s.bias.low <= 0 and np.isfinite(s.bias.high):
