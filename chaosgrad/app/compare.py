@@ -264,11 +264,30 @@ class _Sampler:
         return np.stack(grads), float(np.mean(steps)), float(np.median(secs))
 
 
+# Estimators built for a system, reused by later comparisons on the same system (a sweep
+# over θ or shifts): the same estimator object keeps its compiled programs, so each
+# (estimator, settings) compiles once per system instead of once per comparison.
+_BUILT: dict = {}
+
+
+def make_estimator(name: str, system: System, **params):
+    """`estimators.make`, memoised on (system, name, params) while the system lives."""
+    key = (id(system), name, tuple(sorted((k, repr(v)) for k, v in params.items())))
+    hit = _BUILT.get(key)
+    if hit is not None and hit[0] is system:
+        return hit[1]
+    if len(_BUILT) > 256:
+        _BUILT.clear()
+    est = estimators.make(name, system, **params)
+    _BUILT[key] = (system, est)
+    return est
+
+
 def _reference_sampler(system, theta, horizon, kind, key, per_batch, sigma) -> _Sampler:
     if kind == "es":
-        est = estimators.make("es", system, pairs=per_batch, sigma=sigma, horizon=horizon)
+        est = make_estimator("es", system, pairs=per_batch, sigma=sigma, horizon=horizon)
     elif kind == "backprop":
-        est = estimators.make("backprop", system, samples=per_batch, horizon=horizon)
+        est = make_estimator("backprop", system, samples=per_batch, horizon=horizon)
     else:
         raise InputError(f"reference {kind!r} is not accepted: use 'auto', 'es' or 'backprop'")
     return _Sampler(est, theta, key)
@@ -376,7 +395,7 @@ def compare(
     key = default_key(key)
     common = {"samples": population, "particles": population, "pairs": population,
               "sigma": sigma, "window": window, "horizon": horizon}
-    built = [estimators.make(n, system, **_estimator_params(n, common, (params or {}).get(n)))
+    built = [make_estimator(n, system, **_estimator_params(n, common, (params or {}).get(n)))
              for n in names]
     budget = int(budget or samples * population * horizon)
     reference, reference_reason = _choose_reference(system, theta, key, horizon, reference)
