@@ -391,6 +391,21 @@ def cmd_grad_growth(args) -> int:
     return 0
 
 
+def _save_and_print(args, result, out: Path, figure: str, text, where: str) -> int:
+    """Record the seed and arguments in ``result``'s report, save it (report first, then the
+    figures) into ``out``, copy ``figure`` to --plot, and print the JSON or ``text()``."""
+    result.run.update(_run_record(args))
+    result.save(out)
+    if args.plot:
+        write_bytes(args.plot, Path(result.figures[figure]).read_bytes())
+    if args.json:
+        print(dumps(result.to_json()))
+    else:
+        print(text())
+        print(where)
+    return 0
+
+
 def cmd_diagnose(args) -> int:
     system = _make_system(args)
     out = check_out_dir(args.out or os.path.join("out", "diagnose",
@@ -401,16 +416,8 @@ def cmd_diagnose(args) -> int:
     d = diagnose(system, horizons=args.horizons, seeds=args.seeds, key=_key(args.seed),
                  lyapunov_steps=args.lyapunov_steps, k=k,
                  progress=False if args.no_progress else None)
-    d.run.update(_run_record(args))
-    d.save(out)
-    if args.plot:
-        write_bytes(args.plot, Path(d.figures["summary"]).read_bytes())
-    if args.json:
-        print(dumps(d.to_json()))
-    else:
-        print(d.summary())
-        print(f"report: {Path(out) / 'report.md'}, {Path(out) / 'report.json'}")
-    return 0
+    return _save_and_print(args, d, out, "summary", d.summary,
+                           f"report: {Path(out) / 'report.md'}, {Path(out) / 'report.json'}")
 
 
 def cmd_compare(args) -> int:
@@ -426,16 +433,9 @@ def cmd_compare(args) -> int:
                 seconds=args.seconds if args.seconds > 0 else None,
                 reference=args.reference, key=_key(args.seed),
                 progress=False if args.no_progress else None)
-    c.run.update(_run_record(args))
-    c.save(out)
-    if args.plot:
-        write_bytes(args.plot, Path(c.figures["compare"]).read_bytes())
-    if args.json:
-        print(dumps(c.to_json()))
-    else:
-        print(c.table())
-        print(f"report: {Path(out) / 'compare.json'}, figure: {c.figures['compare']}")
-    return 0
+    return _save_and_print(args, c, out, "compare", c.table,
+                           f"report: {Path(out) / 'compare.json'}, figure: "
+                           f"{Path(out) / 'compare.png'}")
 
 
 def cmd_figures(args) -> int:
