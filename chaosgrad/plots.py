@@ -67,6 +67,13 @@ def plot_lyapunov(result, ax=None, title: str | None = None):
     return ax
 
 
+def _axes_and_horizons(result, ax):
+    """The axes to draw on (new ones if None) and the horizons in the result's time units."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    return ax, result.horizons * (result.dt or 1.0)
+
+
 def _rate_lines(ax, h, y, rate, interval, units, predicted, predicted_label):
     """Through the first finite point of ``y``: the fitted exponential (dotted, its rate and
     95% interval in the legend) and the one the spectrum predicts (dashed), if known."""
@@ -92,10 +99,7 @@ def plot_growth(result, ax=None, lyapunov: float | None = None, title: str | Non
     exponent, same units) a dashed line of slope λ1 through the first point shows the growth
     the spectrum predicts. Seeds whose gradient is not finite are marked on the top edge.
     """
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 4))
-    scale = result.dt or 1.0
-    h = result.horizons * scale
+    ax, h = _axes_and_horizons(result, ax)
     norms = result.norms
     finite = np.isfinite(norms) & (norms > 0)
     for j in range(norms.shape[1]):
@@ -129,10 +133,8 @@ def plot_variance(result, ax=None, lyapunov: float | None = None, critical: floa
     With ``lyapunov`` a dashed line of slope 2·max(λ1, 0) shows the predicted growth; with
     ``critical`` a vertical line marks the critical horizon.
     """
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 4))
+    ax, h = _axes_and_horizons(result, ax)
     scale = result.dt or 1.0
-    h = result.horizons * scale
     v = result.variance
     ok = np.isfinite(v) & (v > 0)
     ax.plot(h[ok], v[ok], "o-", color="C2", lw=2, label="variance across seeds")

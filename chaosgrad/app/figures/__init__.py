@@ -34,6 +34,9 @@ FIGURES = {
                 "Figure 4: jax-md packing (energy vs diameter, gradient variance)"),
     "learning_rate": ("chaosgrad.app.figures.learning_rate",
                       "Beyond the paper: the learning rate where SGD turns chaotic; estimators"),
+    "lopt_estimators": ("chaosgrad.app.figures.lopt_estimators",
+                        "Beyond the paper: estimators of the learned-optimizer meta-gradient "
+                        "vs unroll length, with 95% intervals"),
     "linear": ("chaosgrad.app.figures.linear", "Figure 7: linear maps and the FTCS heat equation"),
 }
 SCALES = ("quick", "paper")
