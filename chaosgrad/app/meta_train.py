@@ -1,4 +1,4 @@
-"""The ``chaosgrad meta-train`` subcommand: parser and runner, to be wired into the CLI.
+"""The ``chaosgrad meta-train`` subcommand: its parser and its runner.
 
 `add_meta_train_parser(subparsers)` adds it; `run_meta_train(args)` runs it (exit status).
 """
