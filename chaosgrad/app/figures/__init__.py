@@ -35,6 +35,9 @@ FIGURES = {
     "learning_rate": ("chaosgrad.app.figures.learning_rate",
                       "Beyond the paper: the learning rate where SGD turns chaotic; estimators"),
     "linear": ("chaosgrad.app.figures.linear", "Figure 7: linear maps and the FTCS heat equation"),
+    "lopt_meta_training": ("chaosgrad.app.figures.lopt_meta_training",
+                           "Beyond the paper: meta-training a learned optimizer with PES, "
+                           "truncated backprop, ES and backprop; against tuned Adam/SGD/momentum"),
 }
 SCALES = ("quick", "paper")
 
