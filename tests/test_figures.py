@@ -153,3 +153,11 @@ def test_lopt_meta_training_comparison_runs_end_to_end(tmp_path, monkeypatch):
                                                                                    rel=1e-9)
     assert set(meta["vs_adam_at_T"]) == set(m.ESTIMATORS)
     assert isinstance(meta["any_beats_adam_at_T"], bool)
+
+
+def test_meta_training_seconds_take_out_compiling_steps():
+    from chaosgrad.app.figures.lopt_meta_training import compute_seconds
+
+    cum, taken = compute_seconds([10.0, 1.0, 1.0, 1.0, 8.0, 1.0])  # steps 1 and 5 compiled
+    np.testing.assert_allclose(cum, [0, 1, 2, 3, 4, 5, 6])
+    assert taken == pytest.approx(16.0)

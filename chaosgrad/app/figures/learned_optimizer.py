@@ -191,32 +191,45 @@ def perturbed_gradient_variance(system, theta, horizons, *, samples: int, std: f
             "nonfinite": np.asarray(bad)}
 
 
-def count_turns(y, tol: float) -> int:
-    """Local extrema of a sampled curve that stand out by more than ``tol``: a turn counts
-    once the curve has moved back by more than ``tol`` from its running extreme (hysteresis),
-    so wiggles at the level of rounding do not count. ``tol = 0`` counts every sign change of
-    the first difference, like `chaosgrad.gradients.count_extrema`."""
+def turn_indices(y, tol: float) -> list[int]:
+    """Indices of the local extrema of a sampled curve that stand out by more than ``tol``:
+    a turn counts once the curve has moved back by more than ``tol`` from its running
+    extreme (hysteresis), so wiggles at the level of rounding do not count. Non-finite
+    samples are skipped; the indices refer to ``y`` as given."""
     y = np.asarray(y, np.float64)
-    y = y[np.isfinite(y)]
+    idx = np.flatnonzero(np.isfinite(y))
+    if len(idx) < 3:
+        return []
+    turns: list[int] = []
+    trend = 0  # +1 rising, -1 falling, 0 not yet known
+    hi = lo = (y[idx[0]], idx[0])
+    for i in idx[1:]:
+        v = y[i]
+        if trend >= 0 and v > hi[0]:
+            hi = (v, i)
+        if trend <= 0 and v < lo[0]:
+            lo = (v, i)
+        if trend == 0:
+            if v > lo[0] + tol:
+                trend, hi = 1, (v, i)
+            elif v < hi[0] - tol:
+                trend, lo = -1, (v, i)
+        elif trend > 0 and v < hi[0] - tol:
+            turns.append(int(hi[1]))
+            trend, lo = -1, (v, i)
+        elif trend < 0 and v > lo[0] + tol:
+            turns.append(int(lo[1]))
+            trend, hi = 1, (v, i)
+    return turns
+
+
+def count_turns(y, tol: float) -> int:
+    """How many local extrema of ``y`` stand out by more than ``tol`` (see `turn_indices`);
+    ``tol = 0`` counts every sign change of the first difference, like
+    `chaosgrad.gradients.count_extrema`."""
     if tol <= 0:
         return count_extrema(y)
-    if len(y) < 3:
-        return 0
-    turns, trend = 0, 0  # trend: +1 rising, -1 falling, 0 not yet known
-    hi = lo = y[0]
-    for v in y[1:]:
-        hi, lo = (max(hi, v), min(lo, v)) if trend == 0 else (
-            (max(hi, v), lo) if trend > 0 else (hi, min(lo, v)))
-        if trend == 0:
-            if v > lo + tol:
-                trend, hi = 1, v
-            elif v < hi - tol:
-                trend, lo = -1, v
-        elif trend > 0 and v < hi - tol:
-            turns, trend, lo = turns + 1, -1, v
-        elif trend < 0 and v > lo + tol:
-            turns, trend, hi = turns + 1, 1, v
-    return int(turns)
+    return len(turn_indices(y, tol))
 
 
 def run(scale: str, store, progress) -> tuple[dict, dict]:
@@ -274,7 +287,8 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     mid = size["points"] // 2
     sl = out["slice_losses"]
     slices = {str(t): {"extrema": count_turns(sl[i], EXTREMA_TOL),
-                       "extrema_raw": count_extrema(sl[i]), "at_0": float(sl[i, mid]),
+                       "extrema_raw": count_extrema(sl[i]),
+                       "at_0": float(sl[i, mid]),
                        "min": float(np.nanmin(sl[i])),
                        "argmin_shift": float(shifts[int(np.nanargmin(sl[i]))]),
                        "nonfinite": int((~np.isfinite(sl[i])).sum())}
