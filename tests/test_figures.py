@@ -73,3 +73,91 @@ def test_truncated_episode_loss_value_is_exact_and_gradient_truncates():
               for x in states) / 20
     g_one = jax.grad(lambda th: truncated_loss(s, th, key, 20, 1))(s.theta)
     np.testing.assert_allclose(g_one, ref, rtol=1e-10)
+
+
+def _small_lopt_system():
+    from chaosgrad import systems
+
+    # a learned optimizer (4 hidden units) on a noisy quadratic: cheap to compile, and the
+    # meta-loss depends on the run key through the inner init and the fixed batch
+    return systems.make("lopt", task="quadratic", optimizer="mlp", dim=3, noise=0.5,
+                        fixed_batch=True, lopt_hidden=4, dtype="float64")
+
+
+def test_figure3_variance_is_over_theta_perturbations_with_data_and_init_fixed():
+    from jax.flatten_util import ravel_pytree
+
+    from chaosgrad.app.figures.learned_optimizer import perturbed_gradient_variance
+    from chaosgrad.unroll import unrolled_loss
+
+    s = _small_lopt_system()
+    key, pkey = jax.random.PRNGKey(3), jax.random.PRNGKey(4)
+    kw = {"samples": 5, "key": key, "perturbation_key": pkey, "remat_chunk": 2}
+    # no perturbation: every sample is the same θ with the same data and init -> exactly 0
+    zero = perturbed_gradient_variance(s, s.theta, [2, 5], std=0.0, **kw)
+    assert np.all(zero["variance"] == 0.0) and np.all(zero["nonfinite"] == 0)
+    got = perturbed_gradient_variance(s, s.theta, [2, 5], std=0.3, **kw)
+    # reference: the same perturbations, each gradient taken with the one fixed run key
+    flat, unravel = ravel_pytree(s.theta)
+    eps = jax.random.normal(pkey, (5, flat.size), flat.dtype)
+    for j, T in enumerate([2, 5]):
+        g = np.stack([np.asarray(ravel_pytree(jax.grad(
+            lambda th, T=T: unrolled_loss(s, th, key, T))(unravel(flat + 0.3 * e)))[0])
+            for e in eps])
+        assert got["variance"][j] == pytest.approx(np.var(g, axis=0, ddof=1).sum(), rel=1e-9)
+        assert got["variance"][j] > 0
+    # the run key is held fixed, not ignored: another key (other data and init) differs
+    other = perturbed_gradient_variance(s, s.theta, [2, 5], std=0.3,
+                                        **dict(kw, key=jax.random.PRNGKey(5)))
+    assert not np.allclose(other["variance"], got["variance"], rtol=1e-3)
+
+
+def test_count_turns_ignores_wiggles_below_the_tolerance():
+    from chaosgrad.app.figures.learned_optimizer import count_turns
+
+    x = np.linspace(0, 4 * np.pi, 401)  # sin has 4 interior extrema on (0, 4π)
+    # then a flat stretch with rounding-level noise: ~100 sign changes, none standing out
+    wiggly = np.concatenate([np.sin(x), 1e-5 * np.random.default_rng(0).standard_normal(200)])
+    assert count_turns(wiggly, 1e-3) == 4
+    assert count_turns(wiggly, 0) > 50
+    assert count_turns([0, 1, 0, 1, 0], 0.5) == 3 and count_turns([0, 1, 0, 1, 0], 1.5) == 0
+
+
+def test_lopt_meta_training_comparison_runs_end_to_end(tmp_path, monkeypatch):
+    from chaosgrad.app.figures import lopt_meta_training as m
+    from chaosgrad.unroll import unrolled_loss
+
+    tiny = {"horizon": 6, "budget": 240, "eval_seeds": 2, "heldout_seeds": 3,
+            "tune_seeds": 2, "lr_grid": [1e-3, 1.0, 4], "outer_lr": 1e-2, "lopt_lr": 0.01,
+            "pairs": 2, "particles": 2, "samples": 2, "window": 3, "evals": 2,
+            "dtype": "float64", "task": {"task": "quadratic", "dim": 3, "noise": 0.1}}
+    monkeypatch.setitem(m.SIZES, "quick", tiny)
+    png = figures.run_figure("lopt_meta_training", "quick", tmp_path, progress=False)
+    assert png.stat().st_size > 10_000
+    meta = json.loads((tmp_path / "lopt_meta_training" / "meta.json").read_text())
+    # equal compute: each estimator spent the largest whole number of estimates that fits
+    for n in m.ESTIMATORS:
+        per = meta["steps_per_estimate"][n]
+        assert per == m.steps_per_estimate(n, tiny)
+        assert meta["outer_steps"][n] == 240 // per
+    assert meta["steps_per_estimate"] == {"pes": 12, "tbptt": 6, "es": 24, "backprop": 12}
+    assert len(meta["table"]) == len(m.ESTIMATORS) + 1 + len(m.BASELINES)
+    # the held-out Adam number is Adam at its tuned lr on the held-out seeds, recomputed here
+    lr = meta["tuned"]["adam"]["lr"]
+    assert lr in np.geomspace(1e-3, 1.0, 4)
+    s = m.make_system("adam", tiny)
+    th = dict(s.theta, log_lr=jnp.asarray(np.log(lr), jnp.float64))
+    ref = np.mean([float(unrolled_loss(s, th, jax.random.PRNGKey(m.HELDOUT_OFFSET + i), 6))
+                   for i in range(3)])
+    assert meta["table"][f"adam (lr {lr:.3g})"]["T"]["meta_loss"] == pytest.approx(ref,
+                                                                                   rel=1e-9)
+    assert set(meta["vs_adam_at_T"]) == set(m.ESTIMATORS)
+    assert isinstance(meta["any_beats_adam_at_T"], bool)
+
+
+def test_meta_training_seconds_take_out_compiling_steps():
+    from chaosgrad.app.figures.lopt_meta_training import compute_seconds
+
+    cum, taken = compute_seconds([10.0, 1.0, 1.0, 1.0, 8.0, 1.0])  # steps 1 and 5 compiled
+    np.testing.assert_allclose(cum, [0, 1, 2, 3, 4, 5, 6])
+    assert taken == pytest.approx(16.0)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from chaosgrad.systems.lopt import loss_slice, make_task
+from chaosgrad.systems.lopt import make_task, meta_loss_along_line
 from chaosgrad.systems.lopt.learned import N_FEATURES
 from jax.flatten_util import ravel_pytree
 
@@ -130,13 +130,13 @@ def test_baselines_match_optax(name):
                                atol=1e-12)
 
 
-def test_gd_quadratic_loss_slice_matches_closed_form():
+def test_gd_quadratic_meta_loss_along_line_matches_closed_form():
     # noise-free GD: x_t - x* = (I - eta H)^t (x_0 - x*), so
     # loss_t = 1/2 sum_i h_i (1 - eta h_i)^(2t) z_i^2 with z = Q^T (x_0 - x*)
     sys_ = systems.make("lopt", task="quadratic", optimizer="sgd", lr=0.5, dim=4,
                         log_loss=False, dtype="float64")
     shifts = np.array([-1.0, 0.0, 0.5, 1.5])  # ln(lr) shifts: lr from 0.18 to 2.2
-    got = loss_slice(sys_, direction={"log_lr": jnp.ones((), jnp.float64)}, shifts=shifts,
+    got = meta_loss_along_line(sys_, direction={"log_lr": jnp.ones((), jnp.float64)}, shifts=shifts,
                      steps=12, key=KEY)
     state = initial_state(sys_, sys_.theta, KEY)
     h = np.asarray(state.task["hessian"])

@@ -4,7 +4,7 @@ inner tasks, hand-designed and learned optimizers, and loss slices along θ.
 
 from chaosgrad.systems.lopt.learned import lstm_lopt, mlp_lopt
 from chaosgrad.systems.lopt.optimizers import Optimizer, StepInfo, adam, momentum, sgd
-from chaosgrad.systems.lopt.slices import loss_slice, random_direction
+from chaosgrad.systems.lopt.slices import meta_loss_along_line, random_direction
 from chaosgrad.systems.lopt.tasks import TASKS, Task, digits_mlp, make_task, quadratic, sine_mlp
 from chaosgrad.systems.lopt.training import (
     LOSSES,
@@ -24,11 +24,11 @@ __all__ = [
     "Task",
     "adam",
     "digits_mlp",
-    "loss_slice",
     "lopt_system",
     "lstm_lopt",
     "make_optimizer",
     "make_task",
+    "meta_loss_along_line",
     "mlp_lopt",
     "momentum",
     "quadratic",

@@ -29,7 +29,7 @@ def _jit_slice(system: System, steps: int, remat_chunk: int | None):
     return jax.jit(jax.vmap(over_keys, in_axes=(None, None, 0, None)))
 
 
-def loss_slice(
+def meta_loss_along_line(
     system: System,
     theta: PyTree = None,
     direction: PyTree = None,
@@ -39,7 +39,13 @@ def loss_slice(
     *,
     remat_chunk: int | None = None,
 ) -> np.ndarray:
-    """Meta-loss of a ``steps``-step unroll at θ + s·direction for every shift s.
+    """Meta-loss of a ``steps``-step unroll at θ + s·direction for every shift s (and every
+    run key of a batch): the raw values on a line through θ, one unroll per (shift, key).
+
+    Not `chaosgrad.gradients.loss_slice`, which draws its own direction (normalised to unit
+    norm), shifts by a radius and returns per-horizon curves with extrema counts; this one
+    takes the direction as given (unnormalised: a shift s moves θ by s·‖d‖) and returns the
+    array of losses for one unroll length, for one key or a batch.
 
     Args:
       system, theta: the system and the point θ (default ``system.theta``).

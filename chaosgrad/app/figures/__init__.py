@@ -38,6 +38,9 @@ FIGURES = {
                         "Beyond the paper: estimators of the learned-optimizer meta-gradient "
                         "vs unroll length, with 95% intervals"),
     "linear": ("chaosgrad.app.figures.linear", "Figure 7: linear maps and the FTCS heat equation"),
+    "lopt_meta_training": ("chaosgrad.app.figures.lopt_meta_training",
+                           "Beyond the paper: meta-training a learned optimizer with PES, "
+                           "truncated backprop, ES and backprop; against tuned Adam/SGD/momentum"),
 }
 SCALES = ("quick", "paper")
 
