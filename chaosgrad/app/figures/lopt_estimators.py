@@ -1,0 +1,211 @@
+"""Beyond the paper: which estimator of the learned-optimizer meta-gradient, and up to which
+unroll length is backprop the best per unit of compute? Backprop, truncated backprop, ES,
+truncated ES, PES and their inverse-variance combination on Figure 3's system, at Figure 3's
+point and shifts, each number with a 95% interval and the reference's own error enforced.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from chaosgrad.app.compare import compare
+from chaosgrad.app.figures.learned_optimizer import (
+    SEED,
+    SHIFTS,
+    _shifted,
+    choose_theta,
+    make_system,
+)
+
+ESTIMATORS = ("backprop", "tbptt", "es", "tes", "pes", "combined")
+SIZES = {
+    "quick": {"unrolls": [8, 32, 128, 256], "samples": 32, "seconds": 12.0, "population": 8,
+              "window": 10, "reference_per_batch": 32, "reference_batches": 32,
+              "candidates": 10, "candidate_points": 21, "candidate_T": 128, "dtype": "float32"},
+    "paper": {"unrolls": [8, 32, 128, 256, 512, 1024], "samples": 64, "seconds": 120.0,
+              "population": 8, "window": 10, "reference_per_batch": 64,
+              "reference_batches": 64, "candidates": 10, "candidate_points": 41,
+              "candidate_T": 128, "dtype": "float64"},
+}
+SIGMA = 0.01  # ES/PES perturbation scale: Figure 3's smoothing σ
+FIELDS = ("rel_error", "rel_error_seconds", "bias", "variance")
+
+
+def cell(system, theta, horizon: int, size: dict, key) -> dict:
+    """One (shift, unroll length): `compare` of every estimator, as arrays.
+
+    Returns per estimator (in ``ESTIMATORS`` order) the relative RMS error at equal unroll
+    steps and at equal seconds, the bias and the variance of one estimate, each as
+    (value, low, high); the bias's status (0 upper bound, 1 resolved, 2 reference too noisy);
+    steps and seconds per estimate; and the reference's norm, standard error and its upper
+    bound, whether backprop ties for best, and the names tied for best.
+    """
+    c = compare(system, theta, ESTIMATORS, horizon=horizon, samples=size["samples"],
+                window=min(size["window"], horizon), sigma=SIGMA,
+                population=size["population"], reference="auto",
+                reference_batches=size["reference_batches"],
+                reference_per_batch=size["reference_per_batch"], seconds=size["seconds"],
+                key=key, progress=False)
+    by = {s.name: s for s in c.stats}
+    # equal seconds: the wall time backprop needs for the step budget, spent by each
+    bp = by["backprop"]
+    t_budget = c.budget / bp.steps * bp.seconds
+    out = {k: np.full((len(ESTIMATORS), 3), np.nan) for k in FIELDS}
+    status = np.zeros(len(ESTIMATORS), np.int32)
+    steps = np.zeros(len(ESTIMATORS))
+    secs = np.zeros(len(ESTIMATORS))
+    codes = {"upper bound": 0, "resolved": 1, "reference too noisy": 2}
+    norm = c.reference_norm
+    for i, name in enumerate(ESTIMATORS):
+        s = by[name]
+        out["rel_error"][i] = s.relative_error[:3]
+        share = s.seconds / t_budget
+        mse_s = [s.bias.value**2 + s.variance_eff.value * share,
+                 s.bias.low**2 + s.variance_eff.low * share,
+                 s.bias.high**2 + s.variance_eff.high * share]
+        out["rel_error_seconds"][i] = [math.sqrt(m) / norm if norm > 0 else math.inf
+                                       for m in mse_s]
+        out["bias"][i] = s.bias[:3]
+        out["variance"][i] = s.variance[:3]
+        status[i] = codes[s.bias_status]
+        steps[i], secs[i] = s.steps, s.seconds
+    return {**out, "bias_status": status, "steps": steps, "seconds": secs,
+            "reference": np.array([norm, c.reference_se, c.reference_se_upper]),
+            "reference_kind": np.asarray(c.reference),
+            "backprop_best": np.asarray("backprop" in c.tied),
+            "tied": np.asarray(",".join(c.tied)), "budget": np.asarray(c.budget)}
+
+
+def crossover(unrolls, backprop_best) -> int | None:
+    """The first unroll length from which backprop is no longer among the best (another
+    estimator's error interval lies wholly below backprop's), or None if it always is."""
+    for t, best in zip(unrolls, backprop_best, strict=True):
+        if not bool(best):
+            return int(t)
+    return None
+
+
+def run(scale: str, store, progress) -> tuple[dict, dict]:
+    """Choose θ as Figure 3 does, then compare the estimators at every (shift, unroll)."""
+    import json
+
+    from chaosgrad.progress import progress_bar
+
+    size = SIZES[scale]
+    system = make_system(size["dtype"])
+    key = jax.random.PRNGKey(SEED)
+    unravel = ravel_pytree(system.theta)[1]
+
+    def choose():
+        th, d, rep = choose_theta(system, size["candidates"], size["candidate_T"],
+                                  size["candidate_points"], key)
+        return {"theta": ravel_pytree(th)[0], "direction": ravel_pytree(d)[0],
+                "report": np.asarray(json.dumps(rep))}
+
+    chosen = store.part("choice", choose)
+    theta, direction = unravel(chosen["theta"]), unravel(chosen["direction"])
+    out = {}
+    cells = [(i, j) for i in range(len(SHIFTS)) for j in range(len(size["unrolls"]))]
+    with progress_bar(len(cells), "figure lopt_estimators", progress, min_total=1) as bar:
+        for i, j in cells:
+            th = _shifted(theta, direction, SHIFTS[i])
+            t = int(size["unrolls"][j])
+            part = store.part(f"cell{i}_{j}", lambda th=th, t=t: cell(
+                system, th, t, size, jax.random.fold_in(key, 100 + t)))
+            for k, v in part.items():
+                out.setdefault(k, {})[(i, j)] = v
+            bar.update(1)
+    arrays = {}
+    for k, d in out.items():
+        first = np.asarray(next(iter(d.values())))
+        arr = np.empty((len(SHIFTS), len(size["unrolls"])) + first.shape, first.dtype
+                       if first.dtype.kind != "U" else object)
+        for (i, j), v in d.items():
+            arr[i, j] = v
+        arrays[k] = arr.astype(str) if arr.dtype == object else arr
+    arrays["unrolls"] = np.asarray(size["unrolls"])
+    arrays["shifts"] = np.asarray(SHIFTS)
+    cross = {str(s): crossover(size["unrolls"], arrays["backprop_best"][i])
+             for i, s in enumerate(SHIFTS)}
+    table = {str(s): {str(t): {
+        "reference": str(arrays["reference_kind"][i, j]),
+        "reference_norm": float(arrays["reference"][i, j, 0]),
+        "reference_se": float(arrays["reference"][i, j, 1]),
+        "reference_se_upper": float(arrays["reference"][i, j, 2]),
+        "tied_for_best": str(arrays["tied"][i, j]).split(","),
+        "estimators": {e: {f: [float(x) for x in arrays[f][i, j, k]] for f in FIELDS}
+                       | {"bias_status": ["upper bound", "resolved", "reference too noisy"][
+                           int(arrays["bias_status"][i, j, k])],
+                          "steps": float(arrays["steps"][i, j, k]),
+                          "seconds": float(arrays["seconds"][i, j, k])}
+                       for k, e in enumerate(ESTIMATORS)}}
+        for j, t in enumerate(size["unrolls"])} for i, s in enumerate(SHIFTS)}
+    meta = {"sizes": size, "estimators": ESTIMATORS, "sigma": SIGMA, "shifts": SHIFTS,
+            "theta_choice": json.loads(str(chosen["report"])), "system": system.describe(),
+            "crossover": cross,
+            "crossover_rule": "the first unroll length at which another estimator's 95% "
+                              "interval of relative RMS error at equal unroll steps lies "
+                              "wholly below backprop's (None: backprop ties for best at "
+                              "every length measured)",
+            "reference_rule": "auto per cell: the backprop mean unless λ1's interval is "
+                              "above 0.5/T per step, then antithetic ES; a bias is called "
+                              "nonzero only if its interval excludes 0 and the reference's "
+                              "95% upper standard error is at most 1/5 of it",
+            "results": table}
+    return arrays, meta
+
+
+def draw(results: dict, meta: dict, path) -> None:
+    """Rows: relative RMS error at equal unroll steps, at equal seconds, bias; a column per
+    shift; 95% error bars; a bias not resolved from zero is a triangle at its upper bound."""
+    import matplotlib.pyplot as plt
+
+    from chaosgrad.plots import log_scale, save
+
+    unrolls = np.asarray(results["unrolls"])
+    shifts = np.asarray(results["shifts"])
+    names = list(meta["estimators"])
+    rows = [("rel_error", "relative RMS error\nat equal unroll steps"),
+            ("rel_error_seconds", "relative RMS error\nat equal seconds"),
+            ("bias", "bias ‖E[ĝ] − g*‖")]
+    fig, axes = plt.subplots(len(rows), len(shifts), figsize=(4.2 * len(shifts), 10),
+                             sharex=True, squeeze=False)
+    for j, s in enumerate(shifts):
+        for r, (field, label) in enumerate(rows):
+            ax = axes[r, j]
+            vals = results[field][j]  # (unrolls, estimators, 3)
+            for k, name in enumerate(names):
+                x = unrolls * (1 + 0.04 * (k - len(names) / 2))
+                v, lo, hi = vals[:, k, 0], vals[:, k, 1], vals[:, k, 2]
+                upper = (lo <= 0) & (field == "bias")
+                ok = np.isfinite(v) & (v > 0) & ~upper
+                ax.errorbar(x[ok], v[ok], yerr=[v[ok] - lo[ok], hi[ok] - v[ok]], fmt="o-",
+                            ms=4, capsize=2, color=f"C{k}", label=name if r == 0 else None)
+                if upper.any():
+                    ax.plot(x[upper], hi[upper], "v", color=f"C{k}", ms=6)
+            if field == "bias":
+                ax.plot(unrolls, results["reference"][j][:, 2], "k:", lw=1,
+                        label="reference's error (95% upper)")
+            log_scale(ax, vals[..., 2], "y", "values")
+            ax.set_xscale("log")
+            ax.grid(alpha=0.3, which="both")
+            if j == 0:
+                ax.set_ylabel(label)
+            if r == 0:
+                c = meta["crossover"].get(str(float(s)))
+                ax.set_title(f"shift {s:g}: backprop best "
+                             + (f"until T < {c}" if c else "at every T measured"), fontsize=9)
+                if c:
+                    for rr in range(len(rows)):
+                        axes[rr, j].axvline(c, color="0.5", ls="--", lw=0.8)
+        axes[-1, j].set_xlabel("unroll length T")
+    axes[0, 0].legend(fontsize=7)
+    axes[-1, 0].legend(fontsize=7)
+    fig.suptitle("Learned-optimizer meta-gradient (digits): estimators at equal compute, 95% "
+                 "intervals; ▼ = bias not resolved from zero (upper bound)", fontsize=11)
+    fig.tight_layout()
+    save(fig, path)
