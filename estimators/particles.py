@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax.tree_utils as otu
 from jax import lax
 
 from chaosgrad.errors import InputError
@@ -242,7 +243,7 @@ def init_population(system: System, schedule: Schedule, theta: PyTree, key: jax.
     what PES at this θ would have produced, so PES is unbiased from its first estimate.
     Otherwise particles burn in with θ and carry no ξ.
     """
-    from chaosgrad.estimators.base import shard_population, tree_normal, tree_scale
+    from chaosgrad.estimators.base import shard_population
 
     k_pairs, k_offset, k_eps = jax.random.split(key, 3)
     pair_keys = jax.random.split(k_pairs, pairs)
@@ -252,8 +253,9 @@ def init_population(system: System, schedule: Schedule, theta: PyTree, key: jax.
     else:
         offsets = None
     if burn_in_sigma is not None:
-        eps = jax.vmap(lambda k: tree_scale(tree_normal(k, theta), burn_in_sigma))(
-            jax.random.split(k_eps, pairs))
+        eps = jax.vmap(
+            lambda k: otu.tree_scale(burn_in_sigma, otu.tree_random_like(k, theta))
+        )(jax.random.split(k_eps, pairs))
         xi = perturbed_thetas(jax.tree_util.tree_map(jnp.zeros_like, theta), eps, members)
     else:
         eps = jax.tree_util.tree_map(lambda x: jnp.zeros((pairs,) + jnp.shape(x),
