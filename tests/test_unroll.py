@@ -177,3 +177,41 @@ def test_user_system_with_custom_phase_and_integer_state():
     g = unroll_grad(mine, key=KEY, steps=30, chunk=7)
     ref_g = jax.grad(lambda th: unrolled_loss(mine, th, KEY, 30))(mine.theta)
     np.testing.assert_allclose(g.grad, ref_g, rtol=1e-12)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.parametrize("chunk", [4, 5, 20])
+def test_unroll_grad_both_memory_modes_equal_jax_grad(keep, chunk):
+    # Kept residuals (jax.grad's memory) and recomputed chunks (one state per chunk) give the
+    # same exact gradient, for full chunks only (5, 20 divide 20) and a partial last one (4
+    # does not divide 22), one key and a batch of keys.
+    s = systems.make("rnn", n=6, g=1.8)
+    steps = 22 if chunk == 4 else 20
+    ref = jax.grad(lambda th: unrolled_loss(s, th, KEY, steps))(s.theta)
+    res = unroll_grad(s, key=KEY, steps=steps, chunk=chunk, keep_residuals=keep)
+    np.testing.assert_allclose(res.grad, ref, rtol=1e-10, atol=1e-14)
+    fwd = unroll(s, key=KEY, steps=steps)
+    np.testing.assert_allclose(res.losses, fwd.losses, rtol=1e-12)
+    np.testing.assert_allclose(res.state, fwd.state, rtol=1e-12)
+    assert float(res.meta_loss) == pytest.approx(float(fwd.meta_loss), rel=1e-12)
+    keys = jax.random.split(KEY, 3)
+    batch = unroll_grad(s, key=keys, steps=steps, chunk=chunk, keep_residuals=keep)
+    for i in range(3):
+        ref_i = jax.grad(lambda th, k=keys[i]: unrolled_loss(s, th, k, steps))(s.theta)
+        np.testing.assert_allclose(batch.grad[i], ref_i, rtol=1e-10, atol=1e-14)
+
+
+def test_rebuilt_system_reuses_compiled_chunks():
+    # The compile cache is keyed on what the system computes, not on the System object:
+    # building the same system again, or a copy with another θ, compiles nothing new.
+    from chaosgrad.unroll import _jit_chunk
+
+    a = systems.make("rnn", n=5, g=1.5)
+    b = systems.make("rnn", n=5, g=1.5, seed=3)
+    assert _jit_chunk(a, 8, False, False) is _jit_chunk(b, 8, False, False)
+    assert _jit_chunk(a, 8, False, False) is _jit_chunk(a.with_meta(theta=2 * a.theta), 8,
+                                                        False, False)
+    assert _jit_chunk(a, 8, False, False) is not _jit_chunk(systems.make("henon"), 8, False,
+                                                            False)
+    np.testing.assert_array_equal(unroll(b, key=KEY, steps=9).losses,
+                                  unroll(b, key=KEY, steps=9, chunk=4).losses)
