@@ -157,9 +157,11 @@ def unrolled_loss(
 
 
 # -- chunked drivers: compile once per (system, chunk), loop on the host -----------------------
-def _step_outputs(system: System, out, new, record: bool) -> dict:
+def _step_outputs(system: System, out, new, record: bool, checked: bool) -> dict:
     phase = system.get_phase(new)
-    ys = {"loss": loss_of(out), "finite": all_finite(phase)}
+    ys = {"loss": loss_of(out)}
+    if checked:
+        ys["finite"] = all_finite(phase)
     done = done_of(out)
     if done is not None:
         ys["done"] = done
@@ -168,52 +170,67 @@ def _step_outputs(system: System, out, new, record: bool) -> dict:
     return ys
 
 
-def _chunk_body(system: System, chunk: int, record: bool):
+def _chunk_body(system: System, chunk: int, record: bool, checked: bool = False):
     """Unbatched chunk for the forward unroll: steps t0 … min(t0 + chunk, t_end) − 1.
 
     The trip count is traced (a ``fori_loop`` writing into chunk-sized buffers), so one
     compilation runs full and partial chunks alike, with no masked or padded steps (issue
     12: masking every step and padding the last chunk cost 1.8× a hand-written scan).
-    Returns (state, per-step outputs padded to ``chunk``, next t0); entries past the
+
+    Finiteness of the phase: ``checked`` records a flag per step (a reduction each step,
+    ~20% of a small step). Unchecked, the chunk carries z ← z + 0·phase, which turns NaN
+    for good at the first step whose phase holds a NaN or ±Inf, and which XLA fuses into
+    the step's own elementwise work; ``ok`` is whether z ended finite, i.e. whether every
+    step's phase was. The caller re-runs a chunk that is not ok with ``checked`` to learn
+    which steps were non-finite, so the counts stay exact.
+
+    Returns (state, per-step outputs padded to ``chunk``, next t0, ok); entries past the
     chunk's steps are zeros and are dropped on the host.
     """
 
     def run(state, theta, steps_key, t0, t_end):
         n = jnp.clip(t_end - t0, 0, chunk)
+
         def first(s):
             new, out = system.step(s, theta, step_key(steps_key, t0))
-            return _step_outputs(system, out, new, record)
+            return _step_outputs(system, out, new, record, checked)
 
         ys_shape = jax.eval_shape(first, state)
         bufs = jax.tree_util.tree_map(lambda a: jnp.zeros((chunk,) + a.shape, a.dtype),
                                       ys_shape)
+        z0 = [jnp.zeros_like(x) for x in float_leaves_phase(system.get_phase(state))]
 
         def body(i, carry):
-            s, bufs = carry
+            s, bufs, z = carry
             new, out = system.step(s, theta, step_key(steps_key, t0 + i))
-            ys = _step_outputs(system, out, new, record)
+            ys = _step_outputs(system, out, new, record, checked)
             bufs = jax.tree_util.tree_map(
                 lambda b, y: lax.dynamic_update_index_in_dim(b, y, i, 0), bufs, ys)
-            return new, bufs
+            if not checked:
+                z = [a + 0 * x for a, x in zip(z, float_leaves_phase(system.get_phase(new)),
+                                               strict=True)]
+            return new, bufs, z
 
-        state, bufs = lax.fori_loop(0, n, body, (state, bufs))
-        return state, bufs, t0 + n
+        state, bufs, z = lax.fori_loop(0, n, body, (state, bufs, z0))
+        ok = all_finite(z) if not checked else jnp.array(True)
+        return state, bufs, t0 + n, ok
 
     return run
 
 
 @cache_by_functions(maxsize=64)
 def _jit_chunk(system: System, chunk: int, record: bool, batched: bool, theta_batched=False,
-               first: bool = False):
-    """The compiled chunk ``(state, theta, steps_key, t0, t_end) -> (state, ys, t0')``.
+               first: bool = False, checked: bool = False):
+    """The compiled chunk ``(state, theta, steps_key, t0, t_end) -> (state, ys, t0', ok)``
+    (see `_chunk_body`).
 
     With ``first``, the first chunk of a run: ``(key, state, theta, t0, t_end) -> (state,
-    ys, t0', steps_key)`` splits the run key and (when ``state`` is None) makes the initial
-    state in the same call, so a one-chunk unroll is a single dispatch."""
-    run = _chunk_body(system, chunk, record)
+    ys, t0', ok, steps_key, state0)`` splits the run key and (when ``state`` is None) makes
+    the initial state ``state0`` in the same call, so a one-chunk unroll is one dispatch."""
+    run = _chunk_body(system, chunk, record, checked)
     if batched or theta_batched:
         run = jax.vmap(run, in_axes=(0, 0 if theta_batched else None, 0 if batched else None,
-                                     None, None), out_axes=(0, 0, None))
+                                     None, None), out_axes=(0, 0, None, 0))
     if not first:
         return jax.jit(run)
     init = system.init
@@ -224,7 +241,7 @@ def _jit_chunk(system: System, chunk: int, record: bool, batched: bool, theta_ba
         k_init, k_steps = jax.vmap(split_run_key)(key) if batched else split_run_key(key)
         if state is None:
             state = init(k_init, theta)
-        return run(state, theta, k_steps, t0, t_end) + (k_steps,)
+        return run(state, theta, k_steps, t0, t_end) + (k_steps, state)
 
     return jax.jit(start)
 
@@ -332,26 +349,39 @@ def unroll(
     # Chunk starts stay on the device (each chunk returns the next t0): no host transfer
     # or synchronisation between chunks.
     t, t_end = np.int32(t0), np.int32(t0 + steps)  # numpy scalars: no eager dispatch
-    parts = []
+    parts, oks, starts = [], [], []
     bar = progress_bar(total=steps, desc=f"unroll {system.name}", enabled=progress, min_total=20000)
     with bar:
         for c in range(n_chunks):
             if c == 0:
-                state, ys, t, k_steps = start(key, state, theta, t, t_end)
+                state, ys, t_next, ok, k_steps, state0 = start(key, state, theta, t, t_end)
+                starts.append((state0, t))
             else:
-                state, ys, t = fn(state, theta, k_steps, t, t_end)
+                starts.append((state, t))
+                state, ys, t_next, ok = fn(state, theta, k_steps, t, t_end)
+            t = t_next
             parts.append(ys)
+            oks.append(ok)
             bar.update(min(chunk, steps - c * chunk))
-    batched = batched or theta_batched
+    key_batched, batched = batched, batched or theta_batched
     axis = 1 if batched else 0
-    host = jax.device_get(parts)  # one transfer for every chunk's outputs
+    host, oks = jax.device_get((parts, oks))  # one transfer for every chunk's outputs
+    finite = []
+    for c, (ys, ok) in enumerate(zip(host, oks, strict=True)):
+        if np.all(ok):
+            finite.append(np.ones_like(ys["loss"], bool))
+        else:  # some step left a NaN/Inf in the phase: find which, step by step
+            checked = _jit_chunk(system, chunk, False, key_batched, bool(theta_batched),
+                                 False, True)
+            finite.append(np.asarray(checked(*starts[c][:1], theta, k_steps, starts[c][1],
+                                             t_end)[1]["finite"]))
 
     def cat(xs):
         x = np.concatenate(xs, axis=axis) if len(xs) > 1 else xs[0]
         return x[:, :steps] if batched else x[:steps]
 
     losses = cat([p["loss"] for p in host])
-    finite_phase = cat([p["finite"] for p in host])
+    finite_phase = cat(finite)
     bad_loss = ~np.isfinite(losses)
     traj = None
     if trajectory:

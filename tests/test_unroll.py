@@ -215,3 +215,25 @@ def test_rebuilt_system_reuses_compiled_chunks():
                                                             False)
     np.testing.assert_array_equal(unroll(b, key=KEY, steps=9).losses,
                                   unroll(b, key=KEY, steps=9, chunk=4).losses)
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_phase_that_turns_nonfinite_and_back_is_still_counted(batch):
+    # The fast path learns that a chunk went non-finite from a sticky sum; the exact steps
+    # come from re-running that chunk with a check per step. Here the phase is NaN exactly
+    # at steps 3 and 12 (and finite after each: the step repairs it), losses stay finite.
+    def init(key, theta):
+        return jnp.zeros(2)
+
+    def step(x, theta, key):
+        t = x[1] + 1
+        bad = (t == 4) | (t == 13)
+        x0 = jnp.where(bad, jnp.nan, theta * t)
+        return jnp.stack([x0, t]), StepOut(loss=theta * t)
+
+    s = System(init, step, theta=jnp.asarray(0.5))
+    keys = jax.random.split(KEY, 2) if batch else KEY
+    r = unroll(s, key=keys, steps=20, chunk=8)
+    assert np.all(r.nonfinite_steps == 2)
+    assert np.all(r.first_nonfinite_step == 3)
+    assert np.all(r.nonfinite_losses == 0)
