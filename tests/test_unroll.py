@@ -237,3 +237,25 @@ def test_a_phase_that_turns_nonfinite_and_back_is_still_counted(batch):
     assert np.all(r.nonfinite_steps == 2)
     assert np.all(r.first_nonfinite_step == 3)
     assert np.all(r.nonfinite_losses == 0)
+
+
+@pytest.mark.parametrize("plan", ["remat-kept", "remat-recomputed"])
+def test_unroll_grad_memory_plans_beyond_the_budget_equal_jax_grad(monkeypatch, plan):
+    # Past the residual budget unroll_grad checkpoints every step (keeping one state per
+    # step) and, past it again, recomputes chunks too: both are the exact gradient.
+    import sys
+
+    from chaosgrad.system import split_run_key
+
+    unroll_mod = sys.modules["chaosgrad.unroll"]  # the package re-exports a function `unroll`
+
+    s = systems.make("rnn", n=6, g=1.8)
+    steps = 22
+    k_init, k_steps = split_run_key(KEY)
+    x0 = s.init(k_init, s.theta)
+    kept = unroll_mod._residual_bytes(s, s.theta, x0, k_steps, 22, False, True)
+    monkeypatch.setattr(unroll_mod, "RESIDUAL_BUDGET", kept if plan == "remat-kept" else 0)
+    res = unroll_grad(s, key=KEY, steps=steps)
+    ref = jax.grad(lambda th: unrolled_loss(s, th, KEY, steps))(s.theta)
+    np.testing.assert_allclose(res.grad, ref, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(res.losses, unroll(s, key=KEY, steps=steps).losses, rtol=1e-12)
