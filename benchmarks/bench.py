@@ -37,9 +37,11 @@ PAIRS, K, SIGMA, T_INNER = 8, 10, 0.01, 100
 
 
 def interleaved(ours, base, rounds: int):
-    """Per-round (ours, baseline) seconds, alternating the two; compile excluded."""
-    jax.block_until_ready(ours())
-    jax.block_until_ready(base())
+    """Per-round (ours, baseline) seconds, alternating the two; compile excluded (three
+    warm-up calls each: the first compiles, the others settle allocations and caches)."""
+    for _ in range(3):
+        jax.block_until_ready(ours())
+        jax.block_until_ready(base())
     a, b = [], []
     for r in range(rounds):
         for fn, out in ((ours, a), (base, b)) if r % 2 == 0 else ((base, b), (ours, a)):
@@ -371,7 +373,7 @@ def lyapunov_rows(rounds: int, n: int, k: int, steps: int, goal: float,
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--quick", action="store_true", help="estimators and unroll rows only")
     p.add_argument("--lopt-steps", type=int, default=1000)
     p.add_argument("--out", default=str(_HERE / "results"))
