@@ -25,6 +25,7 @@ from chaosgrad.estimators.particles import (
     init_population,
     make_schedule,
     member_signs,
+    pair_perturbations,
     perturbed_thetas,
     run_window,
 )
@@ -32,16 +33,6 @@ from chaosgrad.estimators.particles import (
 from chaosgrad.system import System, resolve_theta
 
 PyTree = Any
-
-
-def pair_perturbations(key: jax.Array, theta: PyTree, pairs: int, sigma: float, sharding=None):
-    """ε_i ~ N(0, σ² I) for i < pairs, θ-shaped leaves with a leading pair axis.
-
-    Pair i's draw comes from its own key ``split(key, pairs)[i]``, so it does not depend on
-    how the pairs are sharded.
-    """
-    keys = shard_population(jax.random.split(key, pairs), sharding)
-    return jax.vmap(lambda k: otu.tree_scale(sigma, otu.tree_random_like(k, theta)))(keys)
 
 
 def es(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int = 0,

@@ -268,6 +268,25 @@ def perturbed_thetas(theta: PyTree, eps: PyTree, members: int) -> PyTree:
     return jax.tree_util.tree_map(one, theta, eps)
 
 
+def pair_perturbations(key: jax.Array, theta: PyTree, pairs: int, sigma: float, sharding=None):
+    """ε_i ~ N(0, σ² I) for i < pairs, θ-shaped leaves with a leading pair axis.
+
+    One normal draw per leaf of shape (pairs, *leaf.shape), from the key's split per leaf
+    (`optax.tree_utils.tree_split_key_like`; the key itself for a one-leaf θ). On CPU every
+    threefry draw is a loop of its own, so a per-pair key split and draw cost three loops
+    where this costs one (issue 12). With JAX's partitionable threefry (the default) the
+    values do not depend on how the pairs are sharded.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(theta)
+    keys = [key] if len(leaves) == 1 else jax.tree_util.tree_leaves(
+        otu.tree_split_key_like(key, theta))
+    eps = [sigma * jax.random.normal(k, (pairs,) + jnp.shape(x), jnp.result_type(x))
+           for k, x in zip(keys, leaves, strict=True)]
+    from chaosgrad.estimators.base import shard_population
+
+    return shard_population(jax.tree_util.tree_unflatten(treedef, eps), sharding)
+
+
 def init_population(system: System, schedule: Schedule, theta: PyTree, key: jax.Array, *,
                     pairs: int, members: int, stagger: bool, burn_in_sigma: float | None,
                     sharding=None) -> TruncatedState:
@@ -290,9 +309,7 @@ def init_population(system: System, schedule: Schedule, theta: PyTree, key: jax.
     else:
         offsets = None
     if burn_in_sigma is not None:
-        eps = jax.vmap(
-            lambda k: otu.tree_scale(burn_in_sigma, otu.tree_random_like(k, theta))
-        )(jax.random.split(k_eps, pairs))
+        eps = pair_perturbations(k_eps, theta, pairs, burn_in_sigma)
         xi = perturbed_thetas(jax.tree_util.tree_map(jnp.zeros_like, theta), eps, members)
     else:
         eps = jax.tree_util.tree_map(lambda x: jnp.zeros((pairs,) + jnp.shape(x),
