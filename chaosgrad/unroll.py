@@ -349,7 +349,8 @@ def unroll(
     n_chunks = math.ceil(steps / chunk)
     # Chunk starts stay on the device (each chunk returns the next t0): no host transfer
     # or synchronisation between chunks.
-    t, t_end = np.int32(t0), np.int32(t0 + steps)  # numpy scalars: no eager dispatch
+    # Python ints: no eager dispatch, and the cheapest arguments for a jitted call.
+    t, t_end = int(t0), int(t0 + steps)
     parts, oks, starts = [], [], []
     bar = progress_bar(total=steps, desc=f"unroll {system.name}", enabled=progress, min_total=20000)
     with bar:
@@ -433,7 +434,7 @@ def _residual_bytes(system, theta, state, k_steps, chunk, batched, remat=False) 
     sig = (fwd, jax.tree_util.tree_structure(args),
            tuple((jnp.shape(x), jnp.result_type(x)) for x in jax.tree_util.tree_leaves(args)))
     if sig not in _RESIDUAL_BYTES:
-        z = np.int32(0)
+        z = 0
         shapes = jax.eval_shape(fwd, state, theta, k_steps, z, z, z)[4]
         _RESIDUAL_BYTES[sig] = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
                                    for a in jax.tree_util.tree_leaves(shapes))
@@ -601,9 +602,9 @@ def unroll_grad(
                 full = steps // chunk
     fns = [_jit_grad_chunk(system, chunk, batched, c == full, bool(keep_residuals), remat)
            for c in range(n_chunks)]
-    # numpy scalars and zeros go to the device with the call: no eager dispatch each.
-    ts = [np.int32(t0 + c * chunk) for c in range(n_chunks)]
-    t_start, t_end = np.int32(t0), np.int32(t0 + steps)
+    # Python ints and numpy zeros go to the device with the call: no eager dispatch each.
+    ts = [int(t0 + c * chunk) for c in range(n_chunks)]
+    t_start, t_end = int(t0), int(t0 + steps)
     lead = (k_steps.shape[0],) if batched else ()
     grad = jax.tree_util.tree_map(
         lambda x: np.zeros(lead + jnp.shape(x), jnp.result_type(x)), theta)
