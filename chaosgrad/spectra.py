@@ -4,7 +4,6 @@ products, Lyapunov spectra (QR/Benettin with convergence history) and finite-tim
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 import warnings
@@ -19,7 +18,7 @@ from chaosgrad.config import precision_info
 from chaosgrad.errors import InputError
 from chaosgrad.jacobian import MAX_DENSE_DIM, check_dense, phase_map, start_run
 from chaosgrad.progress import progress_bar
-from chaosgrad.system import System
+from chaosgrad.system import System, cache_by_functions
 from chaosgrad.unroll import _tree_where, all_finite, check_steps
 
 PyTree = Any
@@ -27,13 +26,31 @@ FLOAT32_LONG_RUN = 20_000
 
 
 # -- Lyapunov spectrum (Benettin / QR) --------------------------------------------------------
-@functools.lru_cache(maxsize=64)
-def _jit_qr_chunk(system: System, chunk: int, k: int):
-    """Steps t0 … t0+chunk-1 of state and k tangent vectors, QR every step.
+# How ill-conditioned the tangent basis may grow between two QRs, as log κ: the smallest
+# |R_kk| of a Householder QR is accurate to about eps·κ relative, so κ ≤ eps^(-1/2) keeps
+# half the digits in the weakest direction (float32: κ ≈ 3e3; float64: κ ≈ 7e7).
+LOG_COND_LIMIT = {np.dtype(np.float32): 8.0, np.dtype(np.float64): 18.0}
+MAX_QR_EVERY = 32
+
+
+@cache_by_functions(maxsize=64)
+def _jit_qr_chunk(system: System, chunk: int, k: int, every: int = 1):
+    """Steps t0 … t0+chunk-1 of state and k tangent vectors, QR every ``every`` steps and at
+    the chunk's last active step (so every chunk hands back an orthonormal basis and the
+    complete log-growth of its steps).
+
+    Between QRs the basis is propagated unnormalised: the product's QR has diag R equal to
+    the product of the per-step diag Rs, so the summed log|R_ii| is the same in exact
+    arithmetic, for 1/every of the QRs (re-orthonormalising every m steps is standard for
+    the QR method; ``every`` must keep the basis well-conditioned, see `_safe_qr_every`).
 
     Returns the new state and basis, the summed log|diag R| over the active steps, and
     whether every step stayed finite.
     """
+
+    def qr_logs(m):
+        q, r = jnp.linalg.qr(m)
+        return q, jnp.log(jnp.abs(jnp.diagonal(r)))
 
     def run(state, basis, theta, steps_key, t0, t_end):
         def body(carry, i):
@@ -42,9 +59,13 @@ def _jit_qr_chunk(system: System, chunk: int, k: int):
             f, x = phase_map(system, theta, s, steps_key, t)
             _, jvp, new_s = jax.linearize(f, x, has_aux=True)
             jq = jax.vmap(jvp, in_axes=1, out_axes=1)(q)
-            q_new, r = jnp.linalg.qr(jq)
-            logs = jnp.log(jnp.abs(jnp.diagonal(r)))
             active = t < t_end
+            if every == 1:
+                q_new, logs = qr_logs(jq)
+            else:
+                due = ((i + 1) % every == 0) | (i == chunk - 1) | (t == t_end - 1)
+                q_new, logs = lax.cond(due & active, qr_logs,
+                                       lambda m: (m, jnp.zeros(k, m.dtype)), jq)
             ok = all_finite(x) & jnp.all(jnp.isfinite(logs))
             new_s = _tree_where(active, new_s, s)
             q_new = jnp.where(active, q_new, q)
@@ -55,6 +76,19 @@ def _jit_qr_chunk(system: System, chunk: int, k: int):
         return s, q, jnp.sum(logs, axis=0), jnp.all(ok)
 
     return jax.jit(run)
+
+
+def _safe_qr_every(rates: np.ndarray, dtype) -> int:
+    """How many steps the basis may go between QRs, from measured per-step growth rates:
+    over m steps the columns' norms spread by about exp((λ_1 − λ_k) m) and grow or shrink
+    by exp(|λ| m); m keeps twice that (finite-time rates fluctuate) within the conditioning
+    limit of the dtype, between 1 and MAX_QR_EVERY."""
+    rates = np.asarray(rates, np.float64)
+    if not np.all(np.isfinite(rates)):
+        return 1
+    rate = max(float(rates.max() - rates.min()), float(np.abs(rates).max()), 1e-12)
+    limit = LOG_COND_LIMIT.get(np.dtype(dtype), 8.0)
+    return int(np.clip(np.floor(limit / (2.0 * rate)), 1, MAX_QR_EVERY))
 
 
 class LyapunovResult(NamedTuple):
@@ -73,6 +107,7 @@ class LyapunovResult(NamedTuple):
       precision: dtype, x64 mode, matmul precision, backend.
       system: the system's metadata.
       seconds: wall-clock time of the run (compile included).
+      qr_every: the steps between re-orthonormalisations (counted steps).
     """
 
     exponents: np.ndarray
@@ -89,6 +124,7 @@ class LyapunovResult(NamedTuple):
     precision: dict
     system: dict
     seconds: float
+    qr_every: int = 1
 
     def to_json(self) -> dict:
         """A JSON-friendly summary (exponents, sizes, precision, system)."""
@@ -106,12 +142,14 @@ class LyapunovResult(NamedTuple):
             "precision": self.precision,
             "system_meta": self.system,
             "seconds": round(self.seconds, 3),
+            "qr_every": self.qr_every,
         }
 
 
-def _qr_run(system, theta, state, k_steps, q, t0, steps, record_every, desc, progress):
+def _qr_run(system, theta, state, k_steps, q, t0, steps, record_every, desc, progress,
+            every=1):
     """Run the QR chunks for ``steps`` steps; per-window log-growth sums and the end state."""
-    fn = _jit_qr_chunk(system, record_every, q.shape[1])
+    fn = _jit_qr_chunk(system, record_every, q.shape[1], every)
     n_windows = math.ceil(steps / record_every)
     sums, ends = [], []
     bad = -1
@@ -163,6 +201,7 @@ def lyapunov_spectrum(
     state: PyTree = None,
     record_every: int | None = None,
     progress: bool | None = None,
+    qr_every: int | None = None,
 ) -> LyapunovResult:
     """The k leading Lyapunov exponents by the QR (Benettin) method.
 
@@ -182,6 +221,10 @@ def lyapunov_spectrum(
       state: start here instead of ``system.init``.
       record_every: steps per convergence-history point (default: steps/200, at least 1).
       progress: progress bar (default: on a terminal for long runs).
+      qr_every: re-orthonormalise every this many steps (and at every history point).
+        Default: chosen from the growth rates measured over the transient's first 100
+        steps (QR every step there), so that the basis stays well-conditioned between
+        QRs (`_safe_qr_every`); 1 when there is no transient.
 
     Returns:
       A `LyapunovResult`. Exponents are per step for maps and per unit time for flows
@@ -209,12 +252,21 @@ def lyapunov_spectrum(
         record_every, "record_every")
     q0 = jax.random.normal(jax.random.fold_in(key, 7), (n, k), dtype)
     q, _ = jnp.linalg.qr(q0)
-    if transient:
-        state, q, _, _, _ = _qr_run(system, theta, state, k_steps, q, 0, transient,
-                                    min(transient, max(record_every, 1000)),
-                                    f"transient {system.name}", progress)
+    every = 1 if qr_every is None else check_steps(qr_every, "qr_every")
+    done = 0
+    if transient and qr_every is None:
+        # Probe: QR every step over the transient's start, then pick the safe interval.
+        done = min(int(transient), 100)
+        state, q, probe, _, _ = _qr_run(system, theta, state, k_steps, q, 0, done, done,
+                                        f"transient {system.name}", progress)
+        every = _safe_qr_every(probe[0] / done, dtype)
+    if transient > done:
+        rest = int(transient) - done
+        state, q, _, _, _ = _qr_run(system, theta, state, k_steps, q, done, rest,
+                                    min(rest, max(record_every, 1000)),
+                                    f"transient {system.name}", progress, every)
     _, _, sums, ends, bad = _qr_run(system, theta, state, k_steps, q, transient, steps,
-                                    record_every, f"lyapunov {system.name}", progress)
+                                    record_every, f"lyapunov {system.name}", progress, every)
     scale = system.dt if system.dt is not None else 1.0
     widths = np.diff(np.concatenate([[0], ends]))[:, None]
     history = np.cumsum(sums, axis=0) / (ends[:, None] * scale)
@@ -233,6 +285,7 @@ def lyapunov_spectrum(
         precision=precision_info(dtype),
         system=system.describe(),
         seconds=time.perf_counter() - t_start,
+        qr_every=every,
     )
 
 
@@ -265,7 +318,7 @@ def finite_time_lyapunov(
 
 
 # -- eigenvalues of one-step Jacobians along a trajectory --------------------------------------
-@functools.lru_cache(maxsize=32)
+@cache_by_functions(maxsize=32)
 def _jit_dense_jac_chunk(system: System, chunk: int):
     def run(state, theta, steps_key, t0):
         def body(s, i):
@@ -384,7 +437,7 @@ def _arnoldi_along(system, theta, state, k_steps, steps, k):
 
 
 # -- products of Jacobians --------------------------------------------------------------------
-@functools.lru_cache(maxsize=32)
+@cache_by_functions(maxsize=32)
 def _jit_product_chunk(system: System, chunk: int, n_sv: int):
     """Dense product P_t = J_{t-1} … J_0 kept as exp(c)·P̂ so it never overflows."""
 

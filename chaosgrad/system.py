@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -347,3 +348,72 @@ def check_system(system: System, theta: PyTree = None, *, batched: bool = False)
                          f"{_dtype(loss).name}{list(_shape(loss))}; expected a "
                          "scalar float (the per-step loss)")
     seen.add(sig)
+
+
+# -- compiled-function caches keyed on what a system computes ------------------------------------
+def _function_key(f: Any, depth: int = 0) -> Any:
+    """A hashable key that is equal for two functions that compute the same thing: the same
+    code with equal closure values and defaults (nested functions compared the same way).
+
+    Anything that cannot be compared by value (arrays, mutable objects) is compared by
+    identity, so the key errs on the side of recompiling, never of reusing wrongly.
+    """
+    code = getattr(f, "__code__", None)
+    if code is None or depth > 8:
+        return ("id", id(f)) if not _hashable(f) else ("value", type(f), f)
+    cells = tuple(_value_key(c.cell_contents, depth) for c in (f.__closure__ or ()))
+    defaults = tuple(_value_key(d, depth) for d in (f.__defaults__ or ()))
+    return (code, cells, defaults, id(f.__globals__))
+
+
+def _hashable(x) -> bool:
+    try:
+        hash(x)
+    except TypeError:
+        return False
+    return True
+
+
+def _value_key(x: Any, depth: int) -> Any:
+    if callable(x) and hasattr(x, "__code__"):
+        return _function_key(x, depth + 1)
+    if isinstance(x, (bool, int, float, complex, str, bytes, type(None))):
+        return ("value", type(x), x)
+    if isinstance(x, tuple) and len(x) < 32:
+        return ("tuple",) + tuple(_value_key(v, depth) for v in x)
+    # Arrays, dicts, objects: by identity (and kept alive by the cached closure itself).
+    return ("id", id(x))
+
+
+def compile_key(system: System) -> tuple:
+    """What a compiled function of ``system`` depends on: its functions (by `_function_key`)
+    and meta-loss rule, not the `System` object. Two builds of the same system, or copies
+    that differ in θ, name or metadata (`System.with_meta`), share compiled functions."""
+    fns = (system.init, system.step, system.phase, system.with_phase)
+    return tuple(_function_key(f) for f in fns) + (system.meta_loss,)
+
+
+def cache_by_functions(maxsize: int = 64):
+    """Decorator for ``build(system, *args)`` → compiled function: cached on
+    ``(compile_key(system), *args)`` instead of on the `System` object's identity
+    (issue 12: every rebuild of a system used to compile again)."""
+
+    def deco(build):
+        cache: dict = {}
+
+        @functools.wraps(build)
+        def wrapper(system: System, *args):
+            key = (compile_key(system),) + args
+            if key in cache:
+                cache[key] = cache.pop(key)  # most recently used last
+                return cache[key]
+            fn = build(system, *args)
+            cache[key] = fn
+            while len(cache) > maxsize:
+                cache.pop(next(iter(cache)))
+            return fn
+
+        wrapper.cache_clear = cache.clear
+        return wrapper
+
+    return deco

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax.tree_utils as otu
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -40,40 +41,12 @@ class Estimator(NamedTuple):
 
 
 # -- pytree helpers ----------------------------------------------------------------------------
-def tree_normal(key: jax.Array, like: PyTree, shape: tuple = ()) -> PyTree:
-    """Standard normal noise with the structure and dtypes of ``like`` (extra leading
-    ``shape``): one independent key per leaf."""
-    leaves, treedef = jax.tree_util.tree_flatten(like)
-    keys = jax.random.split(key, max(len(leaves), 1))
-    out = [
-        jax.random.normal(k, shape + jnp.shape(x), jnp.result_type(x))
-        for k, x in zip(keys, leaves, strict=False)
-    ]
-    return jax.tree_util.tree_unflatten(treedef, out)
-
-
-def tree_scale(tree: PyTree, c) -> PyTree:
-    """Every leaf times ``c`` (a scalar or broadcastable array)."""
-    return jax.tree_util.tree_map(lambda x: x * jnp.asarray(c, jnp.result_type(x)), tree)
-
-
-def tree_add(a: PyTree, b: PyTree) -> PyTree:
-    """Leafwise a + b."""
-    return jax.tree_util.tree_map(jnp.add, a, b)
-
-
+# Noise like θ, scaling, sums and norms come from optax.tree_utils (tree_random_like,
+# tree_scale, tree_add, tree_norm). The two below are ours because optax has no equivalent:
+# a mean over a leading sample axis, and a count (not a norm) of non-finite entries.
 def tree_mean0(tree: PyTree) -> PyTree:
     """The mean over the leading (sample) axis of every leaf."""
     return jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), tree)
-
-
-def tree_global_norm(tree: PyTree) -> jax.Array:
-    """The L2 norm of all leaves together (NaN/Inf propagate)."""
-    leaves = jax.tree_util.tree_leaves(tree)
-    if not leaves:
-        return jnp.zeros(())
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.result_type(x, jnp.float32))))
-                        for x in leaves))
 
 
 def count_nonfinite(tree: PyTree) -> jax.Array:
@@ -88,7 +61,7 @@ def finish_info(grad: PyTree, **info) -> dict:
     """The info dict of an estimate: the given fields plus ``nonfinite_grad`` and
     ``grad_norm`` of ``grad``."""
     info["nonfinite_grad"] = count_nonfinite(grad)
-    info["grad_norm"] = tree_global_norm(grad)
+    info["grad_norm"] = otu.tree_norm(grad)
     return info
 
 
@@ -136,11 +109,12 @@ def clip_by_global_norm(estimator: Estimator, max_norm: float) -> Estimator:
 
     def estimate(est_state, theta, key):
         grad, est_state, info = estimator.estimate(est_state, theta, key)
-        norm = tree_global_norm(grad)
+        norm = otu.tree_norm(grad)
         scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-30))
-        grad = tree_scale(grad, scale)
+        # tree_cast_like: a float64 scale must not promote float32 leaves.
+        grad = otu.tree_cast_like(otu.tree_scale(scale, grad), grad)
         info = dict(info, unclipped_norm=norm, clipped=(norm > max_norm).astype(jnp.int32),
-                    grad_norm=tree_global_norm(grad))
+                    grad_norm=otu.tree_norm(grad))
         return grad, est_state, info
 
     return Estimator(estimator.init, estimate, estimator.name,

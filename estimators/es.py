@@ -4,10 +4,12 @@ ES over windows of a persistent population, and PES (Vicol, Metz & Sohl-Dickstei
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax.tree_utils as otu
 from chaosgrad.estimators.backprop import full_unroll_loss
 from chaosgrad.estimators.base import (
     Estimator,
@@ -16,14 +18,14 @@ from chaosgrad.estimators.base import (
     finish_info,
     population_sharding,
     shard_population,
-    tree_normal,
-    tree_scale,
 )
 from chaosgrad.estimators.particles import (
     Particles,
     TruncatedState,
     init_population,
     make_schedule,
+    member_signs,
+    pair_perturbations,
     perturbed_thetas,
     run_window,
 )
@@ -31,16 +33,6 @@ from chaosgrad.estimators.particles import (
 from chaosgrad.system import System, resolve_theta
 
 PyTree = Any
-
-
-def pair_perturbations(key: jax.Array, theta: PyTree, pairs: int, sigma: float, sharding=None):
-    """ε_i ~ N(0, σ² I) for i < pairs, θ-shaped leaves with a leading pair axis.
-
-    Pair i's draw comes from its own key ``split(key, pairs)[i]``, so it does not depend on
-    how the pairs are sharded.
-    """
-    keys = shard_population(jax.random.split(key, pairs), sharding)
-    return jax.vmap(lambda k: tree_scale(tree_normal(k, theta), sigma))(keys)
 
 
 def es(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int = 0,
@@ -92,9 +84,89 @@ def es(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int = 0,
     return Estimator(init, estimate, "es", {"pairs": pairs, "sigma": sigma, "horizon": horizon})
 
 
-def _truncated(system: System, name: str, accumulate: bool, pairs: int, sigma: float,
+def _contract(w: jax.Array, tree: PyTree, axes: int) -> PyTree:
+    """Σ over the leading ``axes`` axes of ``w`` · leaf, as one contraction per leaf.
+
+    A ``tensordot`` is a single matrix–vector product over the population; broadcasting
+    ``w`` against θ-sized leaves and summing (``jnp.sum(w * x, axis=(0, 1))``) builds a
+    θ × population temporary and reduces it slowly on XLA's CPU backend (issue 12)."""
+    return jax.tree_util.tree_map(
+        lambda x: jnp.tensordot(w.astype(x.dtype), x, axes=axes), tree)
+
+
+class WindowLosses(NamedTuple):
+    """The losses of one window of a truncated ES population, shape (pairs, members).
+
+    Attributes:
+      old: loss of the steps still in the run that was going at the window's start.
+      new: loss of the steps in runs begun inside the window.
+      reset: whether the member's run ended inside the window.
+    """
+
+    old: jax.Array
+    new: jax.Array
+    reset: jax.Array
+
+
+def tes_credit(eps: PyTree, signs: jax.Array, xi: PyTree, win: WindowLosses):
+    """Truncated ES's credit rule: the window's whole loss goes to the perturbation that
+    drove the window, Σ_{i,m} s_m ε_i (L^old_{i,m} + L^new_{i,m}); nothing persists.
+
+    Args:
+      eps: the window's perturbations ε_i, leaves (pairs, *θ.shape).
+      signs: the member signs s_m, shape (members,).
+      xi: unused (truncated ES keeps no ξ): ``()``.
+      win: the window's losses.
+
+    Returns:
+      (Σ, unnormalised — divide by pairs·members·σ² — and the new ξ, ``()``).
+    """
+    del xi
+    return _contract((win.old + win.new) @ signs.astype(win.old.dtype), eps, 1), ()
+
+
+def pes_credit(eps: PyTree, signs: jax.Array, xi: PyTree, win: WindowLosses):
+    """PES's credit rule: steps of the run that was going at the window's start are
+    credited to ξ + s_m ε_i, every perturbation that run has seen; steps of runs begun
+    inside the window to s_m ε_i alone:
+    Σ_{i,m} (ξ_{i,m} + s_m ε_i) L^old_{i,m} + s_m ε_i L^new_{i,m}
+      = Σ_{i,m} ξ_{i,m} L^old_{i,m} + Σ_i ε_i Σ_m s_m (L^old_{i,m} + L^new_{i,m}).
+    The new ξ is ξ + s_m ε_i, or s_m ε_i alone for a member whose run ended in the window.
+
+    Written as two contractions so that no (ξ + s ε) × loss array is built: the only
+    θ × population array made is the new ξ, which the estimator must keep anyway.
+
+    Args and returns: as `tes_credit`, with ``xi`` leaves (pairs, members, *θ.shape).
+    """
+    total, _ = tes_credit(eps, signs, (), win)
+    grad = jax.tree_util.tree_map(jnp.add, _contract(win.old, xi, 2), total)
+
+    def new_xi(x, e):
+        s = signs.astype(e.dtype).reshape((1, -1) + (1,) * (e.ndim - 1))
+        r = win.reset.reshape(win.reset.shape + (1,) * (e.ndim - 1))
+        se = s * e[:, None]
+        return jnp.where(r, se, x + se)
+
+    return grad, jax.tree_util.tree_map(new_xi, xi, eps)
+
+
+class Credit(NamedTuple):
+    """How a truncated ES turns a window's losses into a gradient: ``rule`` (`tes_credit`
+    or `pes_credit`) and whether it keeps ξ (then the population burns in under a
+    perturbation ε₀ that ξ records, so the first estimate is already unbiased)."""
+
+    rule: Callable
+    persistent: bool
+
+
+TES = Credit(tes_credit, persistent=False)
+PES = Credit(pes_credit, persistent=True)
+
+
+def _truncated(system: System, name: str, credit: Credit, *, pairs: int, sigma: float,
                window: int, horizon: int, schedule: str, min_length: int, max_length: int,
                stagger: bool, antithetic: bool, shard: bool) -> Estimator:
+    """A truncated ES estimator over a persistent population, crediting losses by ``credit``."""
     pairs = check_positive_int(pairs, "pairs")
     sigma = check_positive_float(sigma, "sigma")
     window = check_positive_int(window, "window")
@@ -106,7 +178,8 @@ def _truncated(system: System, name: str, accumulate: bool, pairs: int, sigma: f
         theta = resolve_theta(system, theta)
         return init_population(system, sched, theta, key, pairs=pairs, members=members,
                                stagger=bool(stagger),
-                               burn_in_sigma=sigma if accumulate else None, sharding=sharding)
+                               burn_in_sigma=sigma if credit.persistent else None,
+                               sharding=sharding)
 
     def one(th, state, t, length, run, pk):
         return run_window(system, sched, window, th, state, t, length, run, pk)
@@ -116,35 +189,15 @@ def _truncated(system: System, name: str, accumulate: bool, pairs: int, sigma: f
     def estimate(est_state: TruncatedState, theta, key):
         p = est_state.particles
         eps = pair_perturbations(key, theta, pairs, sigma, sharding)
-        thetas = perturbed_thetas(theta, eps, members)
-        carry, win = vone(thetas, p.state, p.t, p.length, p.run, est_state.pair_keys)
-        # s_m ε for every member: the perturbation that drove this window.
-        signed = perturbed_thetas(jax.tree_util.tree_map(jnp.zeros_like, theta), eps, members)
-        loss_old = win.loss(~win.fresh)  # steps of the run that was going at the window start
-        loss_new = win.loss(win.fresh)   # steps of runs begun inside this window
-        reset = win.resets > 0
-        denom = pairs * members * sigma**2
-
-        def bcast(v, x):
-            return v.reshape(v.shape + (1,) * (x.ndim - 2)).astype(x.dtype)
-
-        if accumulate:
-            # ξ covers every perturbation the current run has seen; steps after a reset
-            # inside the window were driven by the current ε alone.
-            acc = jax.tree_util.tree_map(jnp.add, p.xi, signed)
-            grad = jax.tree_util.tree_map(
-                lambda a, e: jnp.sum(bcast(loss_old, a) * a + bcast(loss_new, e) * e,
-                                     axis=(0, 1)) / denom, acc, signed)
-            xi = jax.tree_util.tree_map(
-                lambda a, e: jnp.where(bcast(reset, a) > 0, e, a), acc, signed)
-        else:
-            total = loss_old + loss_new
-            grad = jax.tree_util.tree_map(
-                lambda e: jnp.sum(bcast(total, e) * e, axis=(0, 1)) / denom, signed)
-            xi = ()
+        carry, win = vone(perturbed_thetas(theta, eps, members), p.state, p.t, p.length,
+                          p.run, est_state.pair_keys)
+        losses = WindowLosses(old=win.loss(~win.fresh), new=win.loss(win.fresh),
+                              reset=win.resets > 0)
+        total, xi = credit.rule(eps, member_signs(members), p.xi, losses)
+        grad = otu.tree_scale(1.0 / (pairs * members * sigma**2), total)
         new = shard_population(Particles(*carry, xi=xi), sharding)
         info = finish_info(
-            grad, loss=jnp.mean(loss_old + loss_new),
+            grad, loss=jnp.mean(losses.old + losses.new),
             steps=jnp.asarray(pairs * members * window),
             nonfinite_losses=jnp.sum(~jnp.isfinite(win.losses)).astype(jnp.int32),
             nonfinite_states=jnp.sum(~win.finite_state).astype(jnp.int32),
@@ -171,8 +224,9 @@ def truncated_es(system: System, pairs: int = 8, sigma: float = 0.01, window: in
 
     Args: as `pes`.
     """
-    return _truncated(system, "tes", False, pairs, sigma, window, horizon, schedule,
-                      min_length, max_length, stagger, antithetic, shard)
+    return _truncated(system, "tes", TES, pairs=pairs, sigma=sigma, window=window,
+                      horizon=horizon, schedule=schedule, min_length=min_length,
+                      max_length=max_length, stagger=stagger, antithetic=antithetic, shard=shard)
 
 
 def pes(system: System, pairs: int = 8, sigma: float = 0.01, window: int = 10,
@@ -208,6 +262,7 @@ def pes(system: System, pairs: int = 8, sigma: float = 0.01, window: int = 10,
       antithetic: particles in ± pairs sharing ε and keys.
       shard: shard the pairs over the local devices.
     """
-    return _truncated(system, "pes", True, pairs, sigma, window, horizon, schedule,
-                      min_length, max_length, stagger, antithetic, shard)
+    return _truncated(system, "pes", PES, pairs=pairs, sigma=sigma, window=window,
+                      horizon=horizon, schedule=schedule, min_length=min_length,
+                      max_length=max_length, stagger=stagger, antithetic=antithetic, shard=shard)
 

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax.tree_utils as otu
 from jax import lax
 
 from chaosgrad.errors import InputError
@@ -160,15 +161,21 @@ def run_window(system: System, schedule: Schedule, window: int, theta: PyTree, s
 
     Returns ((state, t, length, run), Window).
     """
+    # When no run can end twice inside a window (K ≤ the shortest run, no ``done``), where
+    # the one reset falls is known before the window runs: the scan then carries the state
+    # alone, and weights, step indices and freshness are computed once, vectorised,
+    # afterwards (per-step bookkeeping dominated small populations, issue 12).
+    if window <= schedule.min_length and not _reports_done(system, theta, state):
+        return _run_window_one_reset(system, schedule, window, theta, state, t, length, run,
+                                     pair_key)
+    return _run_window_steps(system, schedule, window, theta, state, t, length, run, pair_key)
+
+
+def _run_window_steps(system: System, schedule: Schedule, window: int, theta: PyTree,
+                      state: PyTree, t: jax.Array, length: jax.Array, run: jax.Array,
+                      pair_key: jax.Array):
+    """`run_window` for any schedule: resets decided step by step (any number per window)."""
     kind = system.meta_loss
-    # When no run can end twice inside a window (K ≤ the shortest run, no ``done``), the
-    # next run's initial state is made once per window instead of at every step (under
-    # vmap a per-step reset would evaluate ``init`` at every step).
-    one_reset = window <= schedule.min_length and not _reports_done(system, theta, state)
-    if one_reset:
-        first_key = jax.random.fold_in(pair_key, run + 1)
-        s_next = system.init(split_run_key(first_key)[0], theta)
-        n_next = schedule.sample(first_key)
 
     def body(carry, _):
         s, t, n, r, fresh = carry
@@ -183,11 +190,8 @@ def run_window(system: System, schedule: Schedule, window: int, theta: PyTree, s
         if done is not None:
             end = end | jnp.asarray(done, bool)
         r2 = r + end.astype(jnp.int32)
-        if one_reset:
-            s_new, n_new = s_next, n_next
-        else:
-            new_key = jax.random.fold_in(pair_key, r2)
-            s_new, n_new = system.init(split_run_key(new_key)[0], theta), schedule.sample(new_key)
+        new_key = jax.random.fold_in(pair_key, r2)
+        s_new, n_new = system.init(split_run_key(new_key)[0], theta), schedule.sample(new_key)
         s3 = _where(end, s_new, s2)
         t3 = jnp.where(end, 0, t2).astype(jnp.int32)
         n3 = jnp.where(end, n_new, n)
@@ -197,6 +201,40 @@ def run_window(system: System, schedule: Schedule, window: int, theta: PyTree, s
     (state, t2, n2, r2, _), (losses, w, fresh, finite) = lax.scan(
         body, carry0, None, length=window)
     return (state, t2, n2, r2), Window(losses, w, fresh, finite, r2 - run)
+
+
+def _run_window_one_reset(system: System, schedule: Schedule, window: int, theta: PyTree,
+                          state: PyTree, t: jax.Array, length: jax.Array, run: jax.Array,
+                          pair_key: jax.Array):
+    """`run_window` when at most one run can end inside the window, with the same results
+    step for step: the current run has ``left = length − t`` steps left; steps i < left
+    belong to it, the rest to the next run (key ``fold_in(pair_key, run + 1)``), which
+    starts from ``init`` with the current θ."""
+    kind = system.meta_loss
+    next_key = jax.random.fold_in(pair_key, run + 1)
+    s_next = system.init(split_run_key(next_key)[0], theta)
+    n_next = schedule.sample(next_key)
+    k_old = split_run_key(jax.random.fold_in(pair_key, run))[1]
+    k_new = split_run_key(next_key)[1]
+    left = length - t
+
+    def body(s, i):
+        key = jnp.where(i < left, step_key(k_old, t + i), step_key(k_new, i - left))
+        s2, out = system.step(s, theta, key)
+        finite = all_finite(system.get_phase(s2))  # the step's own result, before a reset
+        return _where(i == left - 1, s_next, s2), (jnp.asarray(loss_of(out)), finite)
+
+    i = jnp.arange(window)
+    state, (losses, finite) = lax.scan(body, state, i)
+    old = i < left
+    tk = jnp.where(old, t + i, i - left)
+    nk = jnp.where(old, length, n_next)
+    w = (loss_weights(kind, tk, nk) * nk / window).astype(losses.dtype)
+    reset = left <= window
+    t2 = jnp.where(reset, window - left, t + window).astype(jnp.int32)
+    n2 = jnp.where(reset, n_next, length)
+    r2 = run + reset.astype(jnp.int32)
+    return (state, t2, n2, r2), Window(losses, w, ~old, finite, r2 - run)
 
 
 class TruncatedState(NamedTuple):
@@ -230,6 +268,25 @@ def perturbed_thetas(theta: PyTree, eps: PyTree, members: int) -> PyTree:
     return jax.tree_util.tree_map(one, theta, eps)
 
 
+def pair_perturbations(key: jax.Array, theta: PyTree, pairs: int, sigma: float, sharding=None):
+    """ε_i ~ N(0, σ² I) for i < pairs, θ-shaped leaves with a leading pair axis.
+
+    One normal draw per leaf of shape (pairs, *leaf.shape), from the key's split per leaf
+    (`optax.tree_utils.tree_split_key_like`; the key itself for a one-leaf θ). On CPU every
+    threefry draw is a loop of its own, so a per-pair key split and draw cost three loops
+    where this costs one (issue 12). With JAX's partitionable threefry (the default) the
+    values do not depend on how the pairs are sharded.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(theta)
+    keys = [key] if len(leaves) == 1 else jax.tree_util.tree_leaves(
+        otu.tree_split_key_like(key, theta))
+    eps = [sigma * jax.random.normal(k, (pairs,) + jnp.shape(x), jnp.result_type(x))
+           for k, x in zip(keys, leaves, strict=True)]
+    from chaosgrad.estimators.base import shard_population
+
+    return shard_population(jax.tree_util.tree_unflatten(treedef, eps), sharding)
+
+
 def init_population(system: System, schedule: Schedule, theta: PyTree, key: jax.Array, *,
                     pairs: int, members: int, stagger: bool, burn_in_sigma: float | None,
                     sharding=None) -> TruncatedState:
@@ -242,7 +299,7 @@ def init_population(system: System, schedule: Schedule, theta: PyTree, key: jax.
     what PES at this θ would have produced, so PES is unbiased from its first estimate.
     Otherwise particles burn in with θ and carry no ξ.
     """
-    from chaosgrad.estimators.base import shard_population, tree_normal, tree_scale
+    from chaosgrad.estimators.base import shard_population
 
     k_pairs, k_offset, k_eps = jax.random.split(key, 3)
     pair_keys = jax.random.split(k_pairs, pairs)
@@ -252,8 +309,7 @@ def init_population(system: System, schedule: Schedule, theta: PyTree, key: jax.
     else:
         offsets = None
     if burn_in_sigma is not None:
-        eps = jax.vmap(lambda k: tree_scale(tree_normal(k, theta), burn_in_sigma))(
-            jax.random.split(k_eps, pairs))
+        eps = pair_perturbations(k_eps, theta, pairs, burn_in_sigma)
         xi = perturbed_thetas(jax.tree_util.tree_map(jnp.zeros_like, theta), eps, members)
     else:
         eps = jax.tree_util.tree_map(lambda x: jnp.zeros((pairs,) + jnp.shape(x),

@@ -462,3 +462,71 @@ def test_pytree_theta_every_estimator():
     for leaf in ("A", "b"):
         np.testing.assert_allclose(np.asarray(grads["tbptt"][leaf]),
                                    np.asarray(grads["backprop"][leaf]), rtol=1e-12, atol=1e-15)
+
+
+# -- the credit rules of truncated ES and PES, and the one-reset window -------------------------
+def test_tes_and_pes_credit_rules_against_the_formulas():
+    # Random ε, ξ and window losses for 3 pairs × 2 members, θ a dict (a 2×2 and a scalar
+    # leaf); member (1, ·) reset inside the window. Reference: the defining sums in numpy.
+    es_mod = sys.modules["chaosgrad.estimators.es"]
+    rng = np.random.default_rng(0)
+    eps = {"a": rng.standard_normal((3, 2, 2)), "b": rng.standard_normal(3)}
+    xi = {"a": rng.standard_normal((3, 2, 2, 2)), "b": rng.standard_normal((3, 2))}
+    old, new = rng.standard_normal((3, 2)), rng.standard_normal((3, 2))
+    reset = np.array([[False, False], [True, True], [False, False]])
+    win = es_mod.WindowLosses(jnp.asarray(old), jnp.asarray(new), jnp.asarray(reset))
+    signs = np.array([1.0, -1.0])
+    g_tes, xi_tes = es_mod.tes_credit(jax.tree_util.tree_map(jnp.asarray, eps),
+                                      jnp.asarray(signs), (), win)
+    g_pes, xi_pes = es_mod.pes_credit(jax.tree_util.tree_map(jnp.asarray, eps),
+                                      jnp.asarray(signs), jax.tree_util.tree_map(jnp.asarray, xi),
+                                      win)
+    assert xi_tes == ()
+    for k in ("a", "b"):
+        e, x = eps[k], xi[k]
+        ref_tes = sum(signs[m] * e[i] * (old[i, m] + new[i, m]) for i in range(3) for m in (0, 1))
+        ref_pes = sum((x[i, m] + signs[m] * e[i]) * old[i, m] + signs[m] * e[i] * new[i, m]
+                      for i in range(3) for m in (0, 1))
+        np.testing.assert_allclose(np.asarray(g_tes[k]), ref_tes, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(np.asarray(g_pes[k]), ref_pes, rtol=1e-12, atol=1e-14)
+        for i in range(3):
+            for m in (0, 1):
+                want = signs[m] * e[i] + (0 if reset[i, m] else x[i, m])
+                np.testing.assert_allclose(np.asarray(xi_pes[k][i, m]), want, rtol=0,
+                                           atol=1e-15)
+    # The estimators are built from these rules, not from a flag.
+    sysm = influence_balancing(theta=0.2, horizon=20, dtype="float64")
+    assert estimators.make("pes", sysm, pairs=2).name == "pes"
+    assert es_mod.PES.rule is es_mod.pes_credit and es_mod.TES.rule is es_mod.tes_credit
+
+
+@pytest.mark.parametrize("t", [0, 3, 11, 19])
+def test_one_reset_window_equals_the_step_by_step_window(t):
+    # K = 8 ≤ every run's length (loguniform in [8, 20]), so at most one reset per window:
+    # the vectorised path must reproduce the step-by-step path exactly, with step noise, a
+    # reset at any position (t = 19 of a 20-step run resets after the first step) or none.
+    from chaosgrad.estimators.particles import (
+        _run_window_one_reset,
+        _run_window_steps,
+        make_schedule,
+    )
+
+    def init(key, th):
+        return jax.random.normal(key, (3,)) * th
+
+    def step(x, th, key):
+        x = jnp.tanh(1.3 * x + 0.1 * jax.random.normal(key, (3,))) * th
+        return x, StepOut(loss=jnp.sum(x**2))
+
+    sysm = System(init, step, theta=jnp.asarray(1.1), horizon=20, precision="float64")
+    sched = make_schedule("loguniform", 20, min_length=8, max_length=20)
+    pk = jax.random.PRNGKey(3)
+    x = jnp.array([0.3, -0.2, 0.5])
+    args = (sysm, sched, 8, sysm.theta, x, jnp.int32(t), jnp.int32(20), jnp.int32(2), pk)
+    (s1, t1, n1, r1), w1 = jax.jit(_run_window_steps, static_argnums=(0, 1, 2))(*args)
+    (s2, t2, n2, r2), w2 = jax.jit(_run_window_one_reset, static_argnums=(0, 1, 2))(*args)
+    np.testing.assert_array_equal(np.asarray(s1), np.asarray(s2))
+    assert (int(t1), int(n1), int(r1)) == (int(t2), int(n2), int(r2))
+    for a, b in zip(w1, w2, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert int(w2.resets) == (1 if t >= 12 else 0)

@@ -160,3 +160,34 @@ def test_ftcs_heat_exponents_are_the_von_neumann_eigenvalues(r):
     expected = np.sort(np.log(np.abs(heat_eigenvalues(8, r))))[::-1]
     np.testing.assert_allclose(res.exponents, expected, atol=1e-8)
     assert (res.exponents[0] > 0) == (r > 0.5)  # unstable just above the bound r = 1/2
+
+
+@pytest.mark.parametrize("name,params,every", [("henon", {}, 4), ("rnn", {"n": 12, "g": 2.0}, 7),
+                                               ("lorenz", {}, 10)])
+def test_qr_every_m_steps_equals_qr_every_step(name, params, every):
+    # The QR of an m-step product has diag R equal to the product of the per-step diag Rs,
+    # so re-orthonormalising every m steps gives the same exponents and convergence history
+    # up to rounding (float64), here with m not dividing the history window (25 steps).
+    s = systems.make(name, **params)
+    kw = dict(key=KEY, steps=1000, k=2, transient=0, record_every=25)
+    one = lyapunov_spectrum(s, qr_every=1, **kw)
+    many = lyapunov_spectrum(s, qr_every=every, **kw)
+    assert many.qr_every == every and one.qr_every == 1
+    np.testing.assert_allclose(many.history, one.history, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(many.exponents, one.exponents, rtol=1e-10, atol=1e-13)
+
+
+def test_automatic_qr_interval_is_safe_and_exact():
+    from chaosgrad.spectra import _safe_qr_every
+
+    # Henon: rates 0.42 and -1.62 per step, so the basis spreads by e^2.04 a step: with
+    # log κ ≤ 18 (float64) and a safety factor 2, m = floor(18 / 4.08) = 4.
+    assert _safe_qr_every(np.array([0.42, -1.62]), np.float64) == 4
+    assert _safe_qr_every(np.array([0.42, -1.62]), np.float32) == 1
+    assert _safe_qr_every(np.array([np.nan, 0.1]), np.float64) == 1
+    assert _safe_qr_every(np.array([1e-9, -1e-9]), np.float64) == 32
+    s = systems.make("rnn", n=12, g=2.0)
+    auto = lyapunov_spectrum(s, key=KEY, steps=2000, k=3, transient=200)
+    ref = lyapunov_spectrum(s, key=KEY, steps=2000, k=3, transient=200, qr_every=1)
+    assert auto.qr_every > 1
+    np.testing.assert_allclose(auto.exponents, ref.exponents, rtol=1e-9, atol=1e-12)

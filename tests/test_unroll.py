@@ -177,3 +177,85 @@ def test_user_system_with_custom_phase_and_integer_state():
     g = unroll_grad(mine, key=KEY, steps=30, chunk=7)
     ref_g = jax.grad(lambda th: unrolled_loss(mine, th, KEY, 30))(mine.theta)
     np.testing.assert_allclose(g.grad, ref_g, rtol=1e-12)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.parametrize("chunk", [4, 5, 20])
+def test_unroll_grad_both_memory_modes_equal_jax_grad(keep, chunk):
+    # Kept residuals (jax.grad's memory) and recomputed chunks (one state per chunk) give the
+    # same exact gradient, for full chunks only (5, 20 divide 20) and a partial last one (4
+    # does not divide 22), one key and a batch of keys.
+    s = systems.make("rnn", n=6, g=1.8)
+    steps = 22 if chunk == 4 else 20
+    ref = jax.grad(lambda th: unrolled_loss(s, th, KEY, steps))(s.theta)
+    res = unroll_grad(s, key=KEY, steps=steps, chunk=chunk, keep_residuals=keep)
+    np.testing.assert_allclose(res.grad, ref, rtol=1e-10, atol=1e-14)
+    fwd = unroll(s, key=KEY, steps=steps)
+    np.testing.assert_allclose(res.losses, fwd.losses, rtol=1e-12)
+    np.testing.assert_allclose(res.state, fwd.state, rtol=1e-12)
+    assert float(res.meta_loss) == pytest.approx(float(fwd.meta_loss), rel=1e-12)
+    keys = jax.random.split(KEY, 3)
+    batch = unroll_grad(s, key=keys, steps=steps, chunk=chunk, keep_residuals=keep)
+    for i in range(3):
+        ref_i = jax.grad(lambda th, k=keys[i]: unrolled_loss(s, th, k, steps))(s.theta)
+        np.testing.assert_allclose(batch.grad[i], ref_i, rtol=1e-10, atol=1e-14)
+
+
+def test_rebuilt_system_reuses_compiled_chunks():
+    # The compile cache is keyed on what the system computes, not on the System object:
+    # building the same system again, or a copy with another θ, compiles nothing new.
+    from chaosgrad.unroll import _jit_chunk
+
+    a = systems.make("rnn", n=5, g=1.5)
+    b = systems.make("rnn", n=5, g=1.5, seed=3)
+    assert _jit_chunk(a, 8, False, False) is _jit_chunk(b, 8, False, False)
+    assert _jit_chunk(a, 8, False, False) is _jit_chunk(a.with_meta(theta=2 * a.theta), 8,
+                                                        False, False)
+    assert _jit_chunk(a, 8, False, False) is not _jit_chunk(systems.make("henon"), 8, False,
+                                                            False)
+    np.testing.assert_array_equal(unroll(b, key=KEY, steps=9).losses,
+                                  unroll(b, key=KEY, steps=9, chunk=4).losses)
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_phase_that_turns_nonfinite_and_back_is_still_counted(batch):
+    # The fast path learns that a chunk went non-finite from a sticky sum; the exact steps
+    # come from re-running that chunk with a check per step. Here the phase is NaN exactly
+    # at steps 3 and 12 (and finite after each: the step repairs it), losses stay finite.
+    def init(key, theta):
+        return jnp.zeros(2)
+
+    def step(x, theta, key):
+        t = x[1] + 1
+        bad = (t == 4) | (t == 13)
+        x0 = jnp.where(bad, jnp.nan, theta * t)
+        return jnp.stack([x0, t]), StepOut(loss=theta * t)
+
+    s = System(init, step, theta=jnp.asarray(0.5))
+    keys = jax.random.split(KEY, 2) if batch else KEY
+    r = unroll(s, key=keys, steps=20, chunk=8)
+    assert np.all(r.nonfinite_steps == 2)
+    assert np.all(r.first_nonfinite_step == 3)
+    assert np.all(r.nonfinite_losses == 0)
+
+
+@pytest.mark.parametrize("plan", ["remat-kept", "remat-recomputed"])
+def test_unroll_grad_memory_plans_beyond_the_budget_equal_jax_grad(monkeypatch, plan):
+    # Past the residual budget unroll_grad checkpoints every step (keeping one state per
+    # step) and, past it again, recomputes chunks too: both are the exact gradient.
+    import sys
+
+    from chaosgrad.system import split_run_key
+
+    unroll_mod = sys.modules["chaosgrad.unroll"]  # the package re-exports a function `unroll`
+
+    s = systems.make("rnn", n=6, g=1.8)
+    steps = 22
+    k_init, k_steps = split_run_key(KEY)
+    x0 = s.init(k_init, s.theta)
+    kept = unroll_mod._residual_bytes(s, s.theta, x0, k_steps, 22, False, True)
+    monkeypatch.setattr(unroll_mod, "RESIDUAL_BUDGET", kept if plan == "remat-kept" else 0)
+    res = unroll_grad(s, key=KEY, steps=steps)
+    ref = jax.grad(lambda th: unrolled_loss(s, th, KEY, steps))(s.theta)
+    np.testing.assert_allclose(res.grad, ref, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(res.losses, unroll(s, key=KEY, steps=steps).losses, rtol=1e-12)
