@@ -316,12 +316,15 @@ def init_population(system: System, schedule: Schedule, theta: PyTree, key: jax.
                                                          jnp.result_type(x)), theta)
         xi = ()
     thetas = perturbed_thetas(theta, eps, members)
-    pair_keys = shard_population(pair_keys, sharding)
 
     def per_pair(th, pk, off):
         return jax.vmap(lambda t_: start_run(system, schedule, t_, pk, off))(th)
 
     state, t, length, run = jax.vmap(per_pair, in_axes=(0, 0, 0 if stagger else None))(
         thetas, pair_keys, offsets)
-    particles = shard_population(Particles(state, t, length, run, xi), sharding)
-    return TruncatedState(particles, pair_keys, jnp.zeros((), jnp.int32))
+    init = TruncatedState(Particles(state, t, length, run, xi), pair_keys,
+                          jnp.zeros((), jnp.int32))
+    # Placed by a jitted constraint, like the state `estimate` returns: then the first and
+    # every later estimate see the same input shardings and compile once (placed eagerly,
+    # the second call compiled the whole estimate again).
+    return jax.jit(lambda s: shard_population(s, sharding))(init)

@@ -237,11 +237,9 @@ class _Sampler:
         self.est, self.theta, self.key = est, theta, key
         self.estimate = jax.jit(est.estimate)
         self.state = est.init(jax.random.fold_in(key, 0), theta)
-        # Two warm-up calls: the first compiles; a state that comes back with another
-        # sharding or layout than init's compiles once more on the second. Neither is kept.
-        for i in range(2):
-            g, self.state, info = self.estimate(self.state, theta, jax.random.fold_in(key, 1 + i))
-            jax.block_until_ready(g)
+        # a warm-up call compiles; it is not kept
+        g, self.state, info = self.estimate(self.state, theta, jax.random.fold_in(key, 1))
+        jax.block_until_ready(g)
         self.steps = float(info["steps"])
         t0 = time.perf_counter()
         g, _, _ = self.estimate(self.state, theta, jax.random.fold_in(key, 3))
