@@ -121,6 +121,24 @@ def choose_theta(system, candidates: int, T: int, points: int, key):
     return theta, d, report
 
 
+def chosen_point(system, size: dict, key, store):
+    """θ, the direction and the choice report, by `choose_theta` with ``size``'s candidates,
+    saved as the store's part "choice" (so a resumed run, or another figure on the same
+    point, does not choose again)."""
+    from jax.flatten_util import ravel_pytree
+
+    def choose():
+        th, d, rep = choose_theta(system, size["candidates"], size["candidate_T"],
+                                  size["candidate_points"], key)
+        return {"theta": ravel_pytree(th)[0], "direction": ravel_pytree(d)[0],
+                "report": np.asarray(json.dumps(rep))}
+
+    chosen = store.part("choice", choose)
+    unravel = ravel_pytree(system.theta)[1]
+    return (unravel(jnp.asarray(chosen["theta"])), unravel(jnp.asarray(chosen["direction"])),
+            json.loads(str(chosen["report"])))
+
+
 @functools.lru_cache(maxsize=8)
 def _jit_grads(system, horizons: tuple, remat_chunk: int):
     """One compiled ``(thetas, key) -> ∇L_T for every T in horizons`` (leading axes:
@@ -234,7 +252,6 @@ def count_turns(y, tol: float) -> int:
 
 def run(scale: str, store, progress) -> tuple[dict, dict]:
     """Choose θ; (a) slices per unroll length; (b) smoothed slice; (c) variance vs unroll."""
-    from jax.flatten_util import ravel_pytree
 
     from chaosgrad.progress import progress_bar
 
@@ -244,17 +261,7 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     n_params = _flat_size(system.theta)
     out = {}
     with progress_bar(3 + len(SHIFTS), "figure learned_optimizer", progress, min_total=1) as bar:
-        def choose():
-            th, d, rep = choose_theta(system, size["candidates"], size["candidate_T"],
-                                      size["candidate_points"], key)
-            return {"theta": ravel_pytree(th)[0], "direction": ravel_pytree(d)[0],
-                    "report": np.asarray(json.dumps(rep))}
-
-        chosen = store.part("choice", choose)
-        report = json.loads(str(chosen["report"]))
-        unravel = ravel_pytree(system.theta)[1]
-        theta = unravel(jnp.asarray(chosen["theta"]))
-        direction = unravel(jnp.asarray(chosen["direction"]))
+        theta, direction, report = chosen_point(system, size, key, store)
         bar.update(1)
         a = store.part("slices", lambda: {"losses": _line(
             system, theta, direction, size["unrolls"], key, size["points"])})

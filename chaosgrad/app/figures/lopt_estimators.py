@@ -10,14 +10,13 @@ import math
 
 import jax
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from chaosgrad.app.compare import compare
 from chaosgrad.app.figures.learned_optimizer import (
     SEED,
     SHIFTS,
     _shifted,
-    choose_theta,
+    chosen_point,
     make_system,
 )
 
@@ -91,23 +90,13 @@ def crossover(unrolls, backprop_best) -> int | None:
 
 def run(scale: str, store, progress) -> tuple[dict, dict]:
     """Choose θ as Figure 3 does, then compare the estimators at every (shift, unroll)."""
-    import json
 
     from chaosgrad.progress import progress_bar
 
     size = SIZES[scale]
     system = make_system(size["dtype"])
     key = jax.random.PRNGKey(SEED)
-    unravel = ravel_pytree(system.theta)[1]
-
-    def choose():
-        th, d, rep = choose_theta(system, size["candidates"], size["candidate_T"],
-                                  size["candidate_points"], key)
-        return {"theta": ravel_pytree(th)[0], "direction": ravel_pytree(d)[0],
-                "report": np.asarray(json.dumps(rep))}
-
-    chosen = store.part("choice", choose)
-    theta, direction = unravel(chosen["theta"]), unravel(chosen["direction"])
+    theta, direction, report = chosen_point(system, size, key, store)
     out = {}
     cells = [(i, j) for i in range(len(SHIFTS)) for j in range(len(size["unrolls"]))]
     with progress_bar(len(cells), "figure lopt_estimators", progress, min_total=1) as bar:
@@ -145,7 +134,7 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
                        for k, e in enumerate(ESTIMATORS)}}
         for j, t in enumerate(size["unrolls"])} for i, s in enumerate(SHIFTS)}
     meta = {"sizes": size, "estimators": ESTIMATORS, "sigma": SIGMA, "shifts": SHIFTS,
-            "theta_choice": json.loads(str(chosen["report"])), "system": system.describe(),
+            "theta_choice": report, "system": system.describe(),
             "crossover": cross,
             "crossover_rule": "the first unroll length at which another estimator's 95% "
                               "interval of relative RMS error at equal unroll steps lies "
