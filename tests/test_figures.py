@@ -73,3 +73,51 @@ def test_truncated_episode_loss_value_is_exact_and_gradient_truncates():
               for x in states) / 20
     g_one = jax.grad(lambda th: truncated_loss(s, th, key, 20, 1))(s.theta)
     np.testing.assert_allclose(g_one, ref, rtol=1e-10)
+
+
+def test_eigenvector_perturbation_mse_matches_closed_form():
+    """Figure 7: a perturbation ε·v_k of the FTCS heat step's start (or added every step)
+    leaves MSE ε²λ_k^{2i}/n (or ε²(Σ_{j<i}λ_k^j)²/n) — exact for a linear step."""
+    import chaosgrad
+    from chaosgrad.app.figures import perturbation as fig7
+
+    chaosgrad.enable_x64()
+    n, steps = 4, 10
+    r = fig7.measure(n, 0.55, [1e-4, 1e-2], steps)
+    # eigenvalues of the Jacobian: 1 − 4r sin²(kπ/(2(n+1))), by hand for n = 4, r = 0.55
+    by_hand = np.sort(1 - 2.2 * np.sin(np.arange(1, 5) * np.pi / 10) ** 2)[::-1]
+    np.testing.assert_allclose(r["eigenvalues"], by_hand, atol=1e-13)
+    # k = n (λ ≈ −0.99) after 10 steps at ε = 1e-2, by hand: 1e-4 · λ^20 / 4
+    assert r["once"][-1, 1, -1] == pytest.approx(1e-4 * by_hand[-1] ** 20 / 4, rel=1e-9)
+    # 'every step' at i = 3 is ε²(1 + λ + λ²)²/n
+    lam = by_hand[0]
+    assert r["every"][0, 0, 3] == pytest.approx(1e-8 * (1 + lam + lam ** 2) ** 2 / 4, rel=1e-6)
+    err_once, below = fig7.relative_error(r["once"], r["exact_once"])
+    err_every, _ = fig7.relative_error(r["every"], r["exact_every"])
+    # k = 2 (λ = 0.24) at ε = 1e-4 falls below the round-off floor by step 10, nothing else
+    assert err_once < 1e-5 and err_every < 1e-5 and 0 < below < 8
+    # an unstable r grows exactly the modes with |λ| > 1; a stable one none
+    stable = fig7.measure(n, 0.45, [1e-2], steps)
+    assert np.all(stable["once"][:, 0, -1] < 1e-4 / n)
+    unstable = fig7.measure(n, 0.9, [1e-2], steps)
+    grows = np.abs(unstable["eigenvalues"]) > 1
+    # 1 − 3.6 sin²(3π/10) = −1.36 and 1 − 3.6 sin²(4π/10) = −2.26: the two rough modes grow
+    np.testing.assert_array_equal(grows, [False, False, True, True])
+    assert np.all(unstable["once"][grows, 0, -1] > 1e-4 / n)
+
+
+def test_figure7_registered_under_its_own_name_and_meta_says_what_is_drawn(tmp_path,
+                                                                          monkeypatch):
+    from chaosgrad.app.figures import perturbation as fig7
+
+    assert figures.FIGURES["perturbation"][1].startswith("Figure 7")
+    assert not figures.FIGURES["linear"][1].startswith("Figure 7")
+    monkeypatch.setitem(fig7.SIZES, "quick", {"n": 6, "steps": 12, "eps": [1e-5, 1e-2],
+                                              "eps_points": 4})
+    figures.run_figure("perturbation", "quick", tmp_path)
+    meta = json.loads((tmp_path / "perturbation" / "meta.json").read_text())
+    assert "eigenvector" in meta["drawn"] and "X^{i+1} = X^i + ε" in meta["assumption"]
+    for r, grow in (("0.45", 0), ("0.55", 1)):
+        pr = meta["per_r"][r]
+        assert pr["modes_growing"] == grow and pr["nonfinite"] == 0
+        assert pr["rel_error_once"] < 1e-4 and pr["eigenvalue_max_abs_error"] < 1e-12

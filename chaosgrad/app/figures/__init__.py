@@ -34,7 +34,11 @@ FIGURES = {
                 "Figure 4: jax-md packing (energy vs diameter, gradient variance)"),
     "learning_rate": ("chaosgrad.app.figures.learning_rate",
                       "Beyond the paper: the learning rate where SGD turns chaotic; estimators"),
-    "linear": ("chaosgrad.app.figures.linear", "Figure 7: linear maps and the FTCS heat equation"),
+    "perturbation": ("chaosgrad.app.figures.perturbation",
+                     "Figure 7: MSE after a perturbation ε along each eigenvector (FTCS heat)"),
+    "linear": ("chaosgrad.app.figures.linear",
+               "Appendix (not a numbered figure): gradient norms of linear maps and FTCS heat, "
+               "the FTCS leading exponent vs r"),
 }
 SCALES = ("quick", "paper")
 
