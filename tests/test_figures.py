@@ -121,3 +121,58 @@ def test_figure7_registered_under_its_own_name_and_meta_says_what_is_drawn(tmp_p
         pr = meta["per_r"][r]
         assert pr["modes_growing"] == grow and pr["nonfinite"] == 0
         assert pr["rel_error_once"] < 1e-4 and pr["eigenvalue_max_abs_error"] < 1e-12
+
+
+def test_fixed_reset_keeps_the_start_and_varies_only_the_step_noise():
+    """Figure 2b's randomness: with the reset fixed, two keys start from the same state and
+    differ only through the noise the steps draw."""
+    import chaosgrad
+    from chaosgrad.app.figures.rigid_body import fixed_reset
+    from chaosgrad.unroll import unroll
+
+    def init(key, theta):
+        return jax.random.normal(key, (2,))
+
+    def step(x, theta, key):
+        x = theta * x + jax.random.normal(key, (2,))
+        return x, chaosgrad.StepOut(loss=x[0])
+
+    s = chaosgrad.System(init, step, name="noisy", theta=jnp.asarray(0.5))
+    fixed = fixed_reset(s, jax.random.PRNGKey(0))
+    k1, k2 = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
+    np.testing.assert_array_equal(fixed.init(k1, s.theta), fixed.init(k2, s.theta))
+    np.testing.assert_array_equal(fixed.init(k1, s.theta), s.init(jax.random.split(
+        jax.random.PRNGKey(0))[0], s.theta))  # the start of PRNGKey(0)'s own run
+    l1 = unroll(fixed, s.theta, k1, 3).losses
+    l2 = unroll(fixed, s.theta, k2, 3).losses
+    assert not np.allclose(l1, l2)
+    # first loss: 0.5·x0 + noise_0, so the difference is the step noise alone
+    from chaosgrad.system import split_run_key, step_key
+    noise = [jax.random.normal(step_key(split_run_key(k)[1], 0), (2,))[0] for k in (k1, k2)]
+    assert float(l1[0] - l2[0]) == pytest.approx(float(noise[0] - noise[1]), rel=1e-6)
+
+
+def test_rigid_body_summary_counts_extrema_and_roughness():
+    from chaosgrad.app.figures import rigid_body as fig2
+
+    x = np.linspace(-1, 1, 201)
+    assert fig2.wiggle(3 * x ** 2 - x + 2) == pytest.approx(0.0, abs=1e-12)
+    # a ±0.05 square wave of 40 periods is nearly orthogonal to quadratics: RMS ≈ 0.05
+    assert fig2.wiggle(0.05 * np.sign(np.sin(40 * np.pi * x + 0.1))) == pytest.approx(0.05,
+                                                                                      rel=0.05)
+    assert np.isnan(fig2.wiggle([0, np.nan, 1, 2]))
+    size = {"unrolls": [1, 16]}
+    jag = x ** 2 + 0.05 * np.sign(np.sin(40 * np.pi * x))  # 40 flips: jagged
+    out = {"slice_losses": np.stack([x ** 2, jag]),
+           # three "seeds": jagged copies with opposite flips, so their mean is x² + 0.05/3·…
+           "seed_losses": np.stack([np.stack([x, jag]), np.stack([x, x ** 2]),
+                                    np.stack([x, 2 * x ** 2 - jag])]),
+           "smooth_unrolls": np.array([8, 16]), "var_horizons": np.array([2, 4]),
+           **{f"variance_{j}": np.array([1.0, 1e3]) for j in range(3)},
+           **{f"nonfinite_{j}": np.zeros(2) for j in range(3)}}
+    summ = fig2.summary(out, size)
+    assert summ["a"]["1"]["extrema"] == 1 and summ["a"]["16"]["extrema"] > 30
+    assert summ["b"]["16"]["mean_extrema"] == 1  # (jag + x² + 2x² − jag)/3 = x²
+    assert summ["b"]["16"]["mean_wiggle"] < 1e-12 < 0.04 < summ["b"]["16"]["seed_wiggle_median"]
+    assert summ["b"]["16"]["seed_extrema_max"] > 30 and summ["b"]["16"]["seed_extrema_min"] == 1
+    assert summ["c"]["0.002"]["variance"] == 1e3 and summ["b"]["8"]["nonfinite"] == 0
