@@ -88,7 +88,26 @@ def linear(m: dict) -> list[tuple[str, str]]:
     return out
 
 
-NUMBERS = {"rigid_body": rigid_body, "perturbation": perturbation, "linear": linear}
+def truncation(m: dict) -> list[tuple[str, str]]:
+    """Figure 6: final reward per truncation length with its 95% interval over seeds."""
+    z = m["sizes"]
+    out = [("episode", str(z["episode"])), ("batch", str(z["batch"])),
+           ("seeds", str(z["seeds"])), ("iterations", str(z["iterations"]))]
+    first = next(iter(m["summary"].values()))
+    full = m["summary"][str(max(int(t) for t in m["summary"]))]
+    out += [("final iterations", str(first["final_iterations"])),
+            ("reward at initialisation", fmt(first["initial_reward"])),
+            ("largest gradient norm without truncation", fmt(full["grad_norm_max"]))]
+    for t, v in m["summary"].items():
+        out += [(f"t={t} final reward", fmt(v["final_reward"])),
+                (f"t={t} low", fmt(v["low"])), (f"t={t} high", fmt(v["high"]))]
+        if v["skipped"]:
+            out.append((f"t={t} skipped", str(v["skipped"])))
+    return out
+
+
+NUMBERS = {"rigid_body": rigid_body, "perturbation": perturbation, "linear": linear,
+           "truncation": truncation}
 
 
 def gallery_pngs() -> list[str]:

@@ -176,3 +176,29 @@ def test_rigid_body_summary_counts_extrema_and_roughness():
     assert summ["b"]["16"]["mean_wiggle"] < 1e-12 < 0.04 < summ["b"]["16"]["seed_wiggle_median"]
     assert summ["b"]["16"]["seed_extrema_max"] > 30 and summ["b"]["16"]["seed_extrema_min"] == 1
     assert summ["c"]["0.002"]["variance"] == 1e3 and summ["b"]["8"]["nonfinite"] == 0
+
+
+def test_truncation_training_batches_episodes_and_summarises_over_seeds():
+    """Figure 6: each Adam step's loss is the mean truncated loss of `batch` fresh episodes;
+    the final reward is a t interval over training seeds."""
+    from chaosgrad import systems
+    from chaosgrad.app.figures import truncation
+
+    s = systems.make("rnn", n=6, g=1.5)
+    size = {"episode": 12, "iterations": 3, "batch": 2, "lr": 1e-2}
+    key = jax.random.PRNGKey(5)
+    r = truncation._train(s, s.theta, size, 4, key)
+    keys = jax.random.split(jax.random.fold_in(key, 0), 2)
+    expect = np.mean([float(truncation.truncated_loss(s, s.theta, k, 12, 4)) for k in keys])
+    assert r["loss"][0] == pytest.approx(expect, rel=1e-9)
+    assert r["loss"].shape == (3,) and int(r["skipped"]) == 0
+    assert r["loss"][1] != r["loss"][0]  # θ moved and new episodes were drawn
+    # three seeds whose last-10% rewards are 1, 2, 3: mean 2 ± t(0.975, 2)·1/√3 = 2 ± 2.484
+    loss = -np.array([[0.0] * 9 + [1.0], [5.0] * 9 + [2.0], [0.0] * 9 + [3.0]])
+    out = {"loss_1": loss, "grad_norm_1": np.array([[1.0] * 9 + [np.inf]] * 3),
+           "skipped_1": np.array([1, 1, 1])}
+    summ = truncation.summary(out, {"truncations": [1], "iterations": 10})["1"]
+    assert summ["final_reward"] == pytest.approx(2.0)
+    assert summ["high"] - 2.0 == pytest.approx(4.302653 / np.sqrt(3), rel=1e-5)
+    assert summ["skipped"] == 3 and summ["grad_norm_max"] == 1.0
+    assert summ["initial_reward"] == pytest.approx(5 / 3)
