@@ -27,7 +27,8 @@ FIGURES = {
     "spectra": ("chaosgrad.app.figures.spectra",
                 "Figure 5: Jacobian spectra of the closed-loop Brax Ant at two inits"),
     "truncation": ("chaosgrad.app.figures.truncation",
-                   "Figure 6: training the Ant by backprop with the gradient stopped every t"),
+                   "Figure 6: training a policy by backprop with the gradient stopped every t "
+                   "(quick: inverted_double_pendulum; paper: Ant)"),
     "learned_optimizer": ("chaosgrad.app.figures.learned_optimizer",
                           "Figure 3: meta-learning a learned optimizer (loss slices, variance)"),
     "packing": ("chaosgrad.app.figures.packing",
