@@ -27,7 +27,8 @@ FIGURES = {
     "spectra": ("chaosgrad.app.figures.spectra",
                 "Figure 5: Jacobian spectra of the closed-loop Brax Ant at two inits"),
     "truncation": ("chaosgrad.app.figures.truncation",
-                   "Figure 6: training the Ant by backprop with the gradient stopped every t"),
+                   "Figure 6: training a policy by backprop with the gradient stopped every t "
+                   "(quick: inverted_double_pendulum; paper: Ant)"),
     "learned_optimizer": ("chaosgrad.app.figures.learned_optimizer",
                           "Figure 3: meta-learning a learned optimizer (loss slices, variance)"),
     "packing": ("chaosgrad.app.figures.packing",
@@ -37,10 +38,14 @@ FIGURES = {
     "lopt_estimators": ("chaosgrad.app.figures.lopt_estimators",
                         "Beyond the paper: estimators of the learned-optimizer meta-gradient "
                         "vs unroll length, with 95% intervals"),
-    "linear": ("chaosgrad.app.figures.linear", "Figure 7: linear maps and the FTCS heat equation"),
     "lopt_meta_training": ("chaosgrad.app.figures.lopt_meta_training",
                            "Beyond the paper: meta-training a learned optimizer with PES, "
                            "truncated backprop, ES and backprop; against tuned Adam/SGD/momentum"),
+    "perturbation": ("chaosgrad.app.figures.perturbation",
+                     "Figure 7: MSE after a perturbation ε along each eigenvector (FTCS heat)"),
+    "linear": ("chaosgrad.app.figures.linear",
+               "Appendix (not a numbered figure): gradient norms of linear maps and FTCS heat, "
+               "the FTCS leading exponent vs r"),
 }
 SCALES = ("quick", "paper")
 

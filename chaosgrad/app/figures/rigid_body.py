@@ -1,25 +1,36 @@
 """Figure 2 of the paper: Brax Ant under an MLP policy. Loss slices along a random direction in
-θ turn jagged as the unroll grows; averaging over action noise smooths them; the variance of
-the gradient grows exponentially with the unroll, at a rate that depends on where θ is.
+θ turn jagged as the unroll grows; averaging over action noise (reset state fixed) smooths them;
+the variance of the gradient grows exponentially with the unroll, at a rate that depends on θ.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import numpy as np
 
 from chaosgrad import systems
-from chaosgrad.gradients import gradient_growth, loss_slice, random_direction
+from chaosgrad.gradients import count_extrema, gradient_growth, loss_slice, random_direction
+from chaosgrad.system import split_run_key
 
 SIZES = {
-    "quick": {"env": "ant", "unrolls": [1, 2, 4, 8, 16], "points": 41, "seeds": 8,
-              "var_horizons": [2, 4, 8, 16, 32], "var_seeds": 8, "layers": 2},
-    "paper": {"env": "ant", "unrolls": [1, 2, 4, 8, 16], "points": 201, "seeds": 32,
-              "var_horizons": [2, 4, 8, 16, 32, 64], "var_seeds": 64, "layers": 4},
+    # quick: 201 points cost ~1 s per seed after one ~30 s compilation (2 cores). The mean's
+    # wiggle falls like 1/√seeds (the jumps sit at different shifts in each seed): 32 seeds
+    # left it at ~1/5 of one seed's, visibly rough; 128 make it ~1/11
+    "quick": {"env": "ant", "unrolls": [1, 2, 4, 8, 16], "points": 201, "seeds": 128,
+              "smooth_unroll": 16, "var_horizons": [2, 4, 8, 16, 32], "var_seeds": 8,
+              "layers": 2},
+    "paper": {"env": "ant", "unrolls": [1, 2, 4, 8, 16], "points": 201, "seeds": 256,
+              "smooth_unroll": 16, "var_horizons": [2, 4, 8, 16, 32, 64], "var_seeds": 64,
+              "layers": 4},
 }
 RANGE = 0.004
 VAR_SHIFTS = (-0.002, 0.0, 0.002)
 NOISE = 0.1
+# (b) also records the paper's 8 steps: with the reset fixed our per-seed 8-step slices are
+# nearly smooth (0-18 interior extrema over 201 points), so the jagged length we draw is 16
+PAPER_SMOOTH_UNROLL = 8
 
 
 def make_system(size):
@@ -28,8 +39,28 @@ def make_system(size):
                         hidden=32, layers=size["layers"], action_noise=NOISE, seed=0)
 
 
+def fixed_reset(system, key):
+    """``system`` with its reset state fixed to the one ``key``'s run starts from, so that a
+    run's key drives the action noise alone (the paper's randomness in Figure 2b)."""
+    k_init, _ = split_run_key(key)
+    return dataclasses.replace(system, init=lambda _key, theta: system.init(k_init, theta))
+
+
+def wiggle(y) -> float:
+    """RMS of a sampled curve about its least-squares quadratic: 0 for a smooth curve over a
+    short slice, the size of the jumps for a jagged one (NaN if any value is non-finite).
+    Unlike a count of extrema or the total variation, it shrinks when jagged curves are
+    averaged (their jumps sit at different shifts), like 1/√(number of curves)."""
+    y = np.asarray(y, np.float64)
+    if not np.all(np.isfinite(y)):
+        return float("nan")
+    x = np.linspace(-1.0, 1.0, y.size)
+    return float(np.sqrt(np.mean((y - np.polyval(np.polyfit(x, y, 2), x)) ** 2)))
+
+
 def run(scale: str, store, progress) -> tuple[dict, dict]:
-    """(a) slices with randomness fixed, (b) 8-step slices over seeds, (c) variance vs T."""
+    """(a) slices with randomness fixed, (b) slices over action-noise seeds with the reset
+    fixed, (c) gradient variance vs T at three shifts."""
     from chaosgrad.progress import progress_bar
 
     size = SIZES[scale]
@@ -37,6 +68,8 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     theta = system.theta
     key = jax.random.PRNGKey(0)
     direction = random_direction(theta, jax.random.fold_in(key, 1))
+    smooth = [PAPER_SMOOTH_UNROLL, size["smooth_unroll"]]
+    noise_only = fixed_reset(system, key)  # the reset of panel (a)'s run, for every seed
     out = {}
     with progress_bar(1 + size["seeds"] + len(VAR_SHIFTS), "figure rigid_body", progress,
                       min_total=1) as bar:
@@ -47,10 +80,10 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
         per_seed = []
         for i in range(size["seeds"]):
             per_seed.append(store.part(f"seed{i}", lambda i=i: {"losses": loss_slice(
-                system, theta, [8], key=jax.random.fold_in(key, 10 + i), direction=direction,
-                radius=RANGE, points=size["points"]).losses[0]})["losses"])
+                noise_only, theta, smooth, key=jax.random.fold_in(key, 10 + i),
+                direction=direction, radius=RANGE, points=size["points"]).losses})["losses"])
             bar.update(1)
-        out["seed_losses"] = np.stack(per_seed)
+        out["seed_losses"] = np.stack(per_seed)  # (seeds, len(smooth), points)
         for j, s in enumerate(VAR_SHIFTS):
             th = jax.tree_util.tree_map(lambda t, d, s=s: t + s * d, theta, direction)
             p = store.part(f"variance{j}", lambda th=th: _variance(system, th, size, key))
@@ -59,12 +92,51 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
             bar.update(1)
     out["shifts"] = np.linspace(-RANGE, RANGE, size["points"])
     out["unrolls"] = np.asarray(size["unrolls"])
+    out["smooth_unrolls"] = np.asarray(smooth)
     out["var_horizons"] = np.asarray(size["var_horizons"])
-    meta = {"sizes": size, "var_shifts": VAR_SHIFTS, "action_noise": NOISE,
+    meta = {"sizes": size, "var_shifts": VAR_SHIFTS, "action_noise": NOISE, "slice_radius": RANGE,
             "system": system.describe(), "seed": 0,
             "policy": f"tanh MLP, {size['layers']} hidden layers of 32 (paper: 4 of 32 swish, "
-                      "tanh-Normal actions)"}
+                      "tanh-Normal actions)",
+            "randomness": {
+                "a": "one key (PRNGKey(0)): reset state and action noise fixed along the slice",
+                "b": "reset state fixed (the one of panel a) for every seed; seed i draws the "
+                     f"action noise N(0, {NOISE}²) from fold_in(PRNGKey(0), 10 + i)",
+                "c": f"{size['var_seeds']} seeds, each its own reset state and action noise"},
+            "summary": summary(out, size)}
     return out, meta
+
+
+def summary(out: dict, size: dict) -> dict:
+    """The numbers the README quotes, computed from the results alone."""
+    sl = out["slice_losses"]
+    seeds = out["seed_losses"]
+    mean = np.nanmean(seeds, axis=0)
+    res = {
+        "a": {str(t): {"range": float(np.ptp(sl[i])), "extrema": count_extrema(sl[i]),
+                       "wiggle": wiggle(sl[i]),
+                       "nonfinite": int(np.sum(~np.isfinite(sl[i])))}
+              for i, t in enumerate(size["unrolls"])},
+        "b": {},
+        "c": {},
+    }
+    for j, t in enumerate(out["smooth_unrolls"]):
+        ext = [count_extrema(y) for y in seeds[:, j]]
+        wig = [wiggle(y) for y in seeds[:, j]]
+        res["b"][str(int(t))] = {
+            "seed_extrema_min": int(np.min(ext)), "seed_extrema_median": float(np.median(ext)),
+            "seed_extrema_max": int(np.max(ext)),
+            "seed_wiggle_median": float(np.nanmedian(wig)),
+            "mean_extrema": count_extrema(mean[j]), "mean_wiggle": wiggle(mean[j]),
+            "mean_range": float(np.ptp(mean[j])),
+            "nonfinite": int(np.sum(~np.isfinite(seeds[:, j])))}
+    h = out["var_horizons"]
+    for j, sh in enumerate(VAR_SHIFTS):
+        v = out[f"variance_{j}"]
+        res["c"][str(sh)] = {"horizon": int(h[-1]), "variance": float(v[-1]),
+                             "variance_first": float(v[0]), "horizon_first": int(h[0]),
+                             "nonfinite_fraction_max": float(np.max(out[f"nonfinite_{j}"]))}
+    return res
 
 
 def _variance(system, theta, size, key):
@@ -74,41 +146,59 @@ def _variance(system, theta, size, key):
 
 
 def draw(results: dict, meta: dict, path) -> None:
-    """Three panels like the paper's Figure 2."""
+    """(a) one panel per unroll length on its own scale; (b) per-seed slices and their mean at
+    the jagged length, reset fixed; (c) gradient variance vs unroll length."""
     import matplotlib.pyplot as plt
 
-    from chaosgrad.plots import save
+    from chaosgrad.plots import log_scale, save
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
-    s = results["shifts"]
-    cmap = plt.get_cmap("viridis")
     un = results["unrolls"]
+    fig = plt.figure(figsize=(18, 9.5))
+    grid = fig.add_gridspec(2, len(un))
+    s = results["shifts"]
+    summ = meta["summary"]
     for i, t in enumerate(un):
-        y = results["slice_losses"][i]
-        axes[0].plot(s, y - np.nanmean(y), color=cmap(i / max(len(un) - 1, 1)),
-                     label=f"{int(t)} steps")
-    axes[0].set_title("(a) loss along a random direction, randomness fixed")
-    axes[0].set_xlabel("shift along a unit direction in θ")
-    axes[0].set_ylabel("mean −reward (minus its mean over the slice)")
-    axes[0].legend(fontsize=7)
-    for y in results["seed_losses"]:
-        axes[1].plot(s, y, color="C0", alpha=0.3, lw=0.8)
-    axes[1].plot(s, np.nanmean(results["seed_losses"], axis=0), "k-", lw=2, label="mean")
-    axes[1].set_title(f"(b) 8 steps: {len(results['seed_losses'])} action-noise seeds")
-    axes[1].set_xlabel("shift")
-    axes[1].legend(fontsize=7)
+        ax = fig.add_subplot(grid[0, i])
+        a = summ["a"][str(int(t))]
+        ax.plot(s, results["slice_losses"][i], color="C0", lw=1)
+        ax.set_title(f"(a) T = {int(t)}: range {a['range']:.2g}, {a['extrema']} extrema",
+                     fontsize=9)
+        ax.set_xlabel("shift along a unit direction in θ", fontsize=8)
+        if i == 0:
+            ax.set_ylabel("mean −reward, randomness fixed\n(each panel its own y scale)")
+        ax.set_xticks([-RANGE, 0.0, RANGE])
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    half = len(un) // 2 + (len(un) % 2)
+    b = fig.add_subplot(grid[1, :half])
+    c = fig.add_subplot(grid[1, half:])
+    j = len(results["smooth_unrolls"]) - 1  # the jagged length (the last one saved)
+    t = int(results["smooth_unrolls"][j])
+    seeds = results["seed_losses"][:, j]
+    for y in seeds:
+        b.plot(s, y, alpha=0.35, lw=0.7)
+    b.plot(s, np.nanmean(seeds, axis=0), "k-", lw=2.2, label=f"mean over {len(seeds)} seeds")
+    bs = summ["b"][str(t)]
+    b.set_title(f"(b) T = {t}, reset state fixed, {len(seeds)} action-noise seeds. Wiggle (RMS "
+                f"about a quadratic fit): one seed {bs['seed_wiggle_median']:.2g} (median), "
+                f"the mean {bs['mean_wiggle']:.2g}", fontsize=9)
+    b.set_xlabel("shift along the same direction")
+    b.set_ylabel(f"mean −reward over {t} steps")
+    b.set_xticks([-RANGE, -RANGE / 2, 0.0, RANGE / 2, RANGE])
+    b.legend(fontsize=8)
     h = results["var_horizons"]
-    for j, sh in enumerate(meta["var_shifts"]):
-        v = results[f"variance_{j}"]
+    for k, sh in enumerate(meta["var_shifts"]):
+        v = results[f"variance_{k}"]
         ok = np.isfinite(v) & (v > 0)
-        axes[2].semilogy(h[ok], v[ok], "o-", ms=3, label=f"shift {sh}")
-    axes[2].set_title("(c) gradient variance across seeds")
-    axes[2].set_xlabel("unroll length (steps)")
-    axes[2].set_ylabel("tr Cov[∂L/∂θ]")
-    axes[2].legend(fontsize=7)
-    for ax in axes[:2]:
-        ax.set_xticks([-RANGE, -RANGE / 2, 0.0, RANGE / 2, RANGE])
-    for ax in axes:
+        c.plot(h[ok], v[ok], "o-", ms=3, label=f"shift {sh}")
+    log_scale(c, np.concatenate([results[f"variance_{k}"]
+                                 for k in range(len(meta["var_shifts"]))]), "y", "variance")
+    c.set_title(f"(c) gradient variance across {meta['sizes']['var_seeds']} seeds "
+                "(reset and action noise)", fontsize=9)
+    c.set_xlabel("unroll length (steps)")
+    c.set_ylabel("tr Cov[∂L/∂θ]")
+    c.legend(fontsize=8)
+    for ax in (b, c):
         ax.grid(alpha=0.3, which="both")
     fig.suptitle(f"Brax {meta['sizes']['env']} (generalized backend), {meta['policy']}, "
                  f"{meta['system'].get('precision')}", fontsize=11)

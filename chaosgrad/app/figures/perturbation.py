@@ -1,0 +1,207 @@
+"""Figure 7 of the paper (appendix A.2): the mean squared error that a perturbation ε along one
+eigenvector of the step's Jacobian leaves after i steps, for the FTCS heat equation on both
+sides of its stability bound — each eigen-direction grows or shrinks by its own |λ| per step.
+
+What is drawn, and the reading of the paper it rests on, is written into the figure's meta.json
+(``drawn`` and ``assumption``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from chaosgrad import systems
+from chaosgrad.jacobian import step_jacobian
+from chaosgrad.systems.maps import heat_eigenvalues
+
+SIZES = {
+    "quick": {"n": 16, "steps": 40, "eps": [1e-6, 1e-1], "eps_points": 11},
+    "paper": {"n": 64, "steps": 100, "eps": [1e-6, 1e-1], "eps_points": 21},
+}
+# r = αΔt/Δx² below and above the von Neumann bound ½ (the same two as the appendix figure)
+RS = (0.45, 0.55)
+# the ε at which the curves over i are drawn; small enough that float64 round-off in the
+# difference of two O(1) trajectories (~1e-16) stays far below every plotted MSE
+EPS_REF = 1e-3
+DRAWN = (
+    "X^0 is a standard-normal initial profile (key 0) of the FTCS heat step X -> X + r L X "
+    "(n interior points, Dirichlet). v_k are the unit eigenvectors of the step's dense "
+    "Jacobian (jax.jacfwd, numpy eigh), ordered k = 1..n by decreasing eigenvalue λ_k. "
+    "'once': the perturbed run starts at X^0 + ε v_k; 'every step': X~^{i+1} = f(X~^i) + ε v_k "
+    "from X~^0 = X^0. MSE_i = mean over the n grid points of (X~^i − X^i)², both runs iterated "
+    "by the system's own step in float64. Markers/solid: measured; dotted/black: closed form "
+    "ε² λ_k^{2i} / n ('once') and ε² (Σ_{j<i} λ_k^j)² / n ('every step'). "
+    "(a) MSE after `steps` steps vs ε for k = 1 and k = n at both r; (b), (c) MSE vs i at "
+    "ε = EPS_REF for every k at r = 0.45 and 0.55; (d) 'every step' vs i for k = 1, n. "
+    "A measured MSE below ROUNDOFF_MSE (1e-20) is float64 round-off of the difference of two "
+    "runs, where fast-decaying modes end; relative errors are reported above it only.")
+ASSUMPTION = (
+    "The paper's appendix A.2 figure plots the MSE against a perturbation ε of the eigenvectors "
+    "with X^{i+1} = X^i + ε; we read it as a perturbation of size ε along one eigenvector of "
+    "the linear step, entering once at the start (panels a-c) and, for the literal recurrence, "
+    "added at every step (panel d). The system is the FTCS heat equation, the paper's appendix "
+    "example; n, the number of steps, the ε range and r = 0.45 / 0.55 are our choices.")
+
+
+def _runs(system, x0, vecs, eps, steps):
+    """Deviation MSE per step of runs perturbed along ``vecs`` by each ``eps``: 'once' (the
+    start moved) and 'every' (ε·v added after every step). Shapes (k, E, steps + 1)."""
+    theta = system.theta
+
+    def f(x):
+        return system.step(x, theta, None)[0]
+
+    def traj(x_start, add):
+        def body(x, _):
+            x = f(x) + add
+            return x, x
+        _, xs = jax.lax.scan(body, x_start, None, length=steps)
+        return jnp.concatenate([x_start[None], xs])
+
+    base = traj(x0, jnp.zeros_like(x0))
+
+    def mse(v, e):
+        once = traj(x0 + e * v, jnp.zeros_like(x0))
+        every = traj(x0, e * v)
+        return (jnp.mean((once - base) ** 2, axis=1), jnp.mean((every - base) ** 2, axis=1))
+
+    per_e = jax.vmap(mse, in_axes=(None, 0))
+    return jax.jit(jax.vmap(per_e, in_axes=(0, None)))(vecs, eps)
+
+
+def exact_mse(lam: np.ndarray, eps: np.ndarray, i: np.ndarray, n: int) -> tuple:
+    """Closed forms for unit eigenvectors of a linear step: 'once' ε² λ^{2i} / n and 'every
+    step' ε² (Σ_{j<i} λ^j)² / n, shaped (len(lam), len(eps), len(i))."""
+    lam = np.asarray(lam, np.float64)
+    i = np.asarray(i, int)
+    # Σ_{j<i} λ^j for i = 0..max(i), summed term by term (the closed form (1−λ^i)/(1−λ)
+    # divides by zero at λ = 1)
+    powers = lam[:, None] ** np.arange(int(i.max()))
+    geom = np.concatenate([np.zeros((lam.size, 1)), np.cumsum(powers, axis=1)], axis=1)[:, i]
+    e2 = np.asarray(eps, np.float64)[None, :, None] ** 2
+    once = e2 * (lam[:, None] ** (2 * i))[:, None, :] / n
+    return once, e2 * (geom ** 2)[:, None, :] / n
+
+
+def measure(n: int, r: float, eps, steps: int, key=None) -> dict:
+    """One r: eigen-decomposition of the heat step's Jacobian and the measured and exact MSEs."""
+    system = systems.make("heat", n=n, r=r, dtype="float64")
+    key = jax.random.PRNGKey(0) if key is None else key
+    x0 = system.init(key, system.theta)
+    jac = np.asarray(step_jacobian(system, state=x0))
+    lam, vecs = np.linalg.eigh(jac)  # symmetric: I + rL with L the Dirichlet Laplacian
+    order = np.argsort(-lam)
+    lam, vecs = lam[order], vecs[:, order]
+    eps = np.asarray(eps, np.float64)
+    once, every = (np.asarray(a) for a in _runs(system, x0, jnp.asarray(vecs.T), jnp.asarray(eps),
+                                                steps))
+    ex_once, ex_every = exact_mse(lam, eps, np.arange(steps + 1), n)
+    return {"eigenvalues": lam, "eigenvalues_exact": np.sort(heat_eigenvalues(n, r))[::-1],
+            "once": once, "every": every, "exact_once": ex_once, "exact_every": ex_every}
+
+
+# Below this MSE (an RMS deviation of 1e-10 between two O(1) float64 trajectories, ~1e6 ulps)
+# the measured difference is round-off, not the perturbation: a fast-decaying mode reaches it
+# within a few steps. Relative errors are taken above it only, and the points below counted.
+ROUNDOFF_MSE = 1e-20
+
+
+def relative_error(measured, exact) -> tuple[float, int]:
+    """Largest relative error of ``measured`` against ``exact`` where the exact MSE exceeds
+    ROUNDOFF_MSE, and how many points lie below it (not compared)."""
+    ok = exact > ROUNDOFF_MSE
+    if not ok.any():
+        return float("nan"), int(exact.size)
+    return float(np.max(np.abs(measured[ok] - exact[ok]) / exact[ok])), int(np.sum(~ok))
+
+
+def run(scale: str, store, progress) -> tuple[dict, dict]:
+    """Measured and closed-form MSEs for both r; relative errors and counts go into meta."""
+    size = SIZES[scale]
+    lo, hi = size["eps"]
+    eps = np.logspace(np.log10(lo), np.log10(hi), size["eps_points"])
+    eps = np.unique(np.append(eps, EPS_REF))
+    out = {"eps": eps, "rs": np.asarray(RS), "steps": np.arange(size["steps"] + 1)}
+    meta = {"sizes": size, "rs": RS, "eps_ref": EPS_REF, "drawn": DRAWN,
+            "assumption": ASSUMPTION, "per_r": {}}
+    for j, r in enumerate(RS):
+        p = store.part(f"r{j}", lambda r=r: measure(size["n"], r, eps, size["steps"]))
+        for k, v in p.items():
+            out[f"{k}_{j}"] = v
+        lam = p["eigenvalues"]
+        bad = int(np.sum(~np.isfinite(p["once"])) + np.sum(~np.isfinite(p["every"])))
+        iref = int(np.argmin(np.abs(eps - EPS_REF)))
+        meta["per_r"][str(r)] = {
+            "eigenvalue_max_abs_error": float(np.max(np.abs(lam - p["eigenvalues_exact"]))),
+            "max_abs_eigenvalue": float(np.max(np.abs(lam))),
+            "modes_growing": int(np.sum(np.abs(lam) > 1)),
+            "rel_error_once": relative_error(p["once"], p["exact_once"])[0],
+            "rel_error_every": relative_error(p["every"], p["exact_every"])[0],
+            "below_roundoff_once": relative_error(p["once"], p["exact_once"])[1],
+            "roundoff_mse": ROUNDOFF_MSE,
+            "nonfinite": bad,
+            # MSE after the last step at ε = EPS_REF, smoothest (k = 1) and roughest (k = n) mode
+            "mse_final_k1": float(p["once"][0, iref, -1]),
+            "mse_final_kn": float(p["once"][-1, iref, -1]),
+            "mse_final_every_k1": float(p["every"][0, iref, -1]),
+            "mse_final_every_kn": float(p["every"][-1, iref, -1]),
+        }
+    return out, meta
+
+
+def draw(results: dict, meta: dict, path) -> None:
+    """Four panels: MSE vs ε, MSE vs i for every eigenvector at each r, and the 'every step'
+    perturbation."""
+    import matplotlib.pyplot as plt
+
+    from chaosgrad.plots import save
+
+    n, steps = meta["sizes"]["n"], meta["sizes"]["steps"]
+    eps, i = results["eps"], results["steps"]
+    iref = int(np.argmin(np.abs(eps - meta["eps_ref"])))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+    a, b, c, d = axes.ravel()
+    for j, r in enumerate(meta["rs"]):
+        lam = results[f"eigenvalues_{j}"]
+        for k, ls, mk in ((0, "-", "o"), (n - 1, "--", "s")):
+            color = f"C{2 * j + (k > 0)}"
+            a.loglog(eps, results[f"once_{j}"][k, :, -1], mk, color=color, ms=4,
+                     label=f"r = {r}, k = {k + 1} (λ = {lam[k]:+.3f})")
+            a.loglog(eps, results[f"exact_once_{j}"][k, :, -1], ls, color=color, lw=0.8)
+            d.semilogy(i[1:], results[f"every_{j}"][k, iref, 1:], ls, color=color,
+                       label=f"r = {r}, k = {k + 1}")
+            d.semilogy(i[1:], results[f"exact_every_{j}"][k, iref, 1:], ":", color="k", lw=0.8)
+        ax = (b, c)[j]
+        cmap = plt.get_cmap("coolwarm")
+        for k in range(n):
+            col = cmap(0.5 + 0.5 * np.clip(np.log(abs(lam[k])) / 0.2, -1, 1))
+            ax.semilogy(i, results[f"once_{j}"][k, iref], color=col, lw=1)
+            ax.semilogy(i, results[f"exact_once_{j}"][k, iref], ":", color="k", lw=0.5)
+        pr = meta["per_r"][str(r)]
+        ax.axhline(eps[iref] ** 2 / n, color="0.4", lw=0.8, ls="--", label="ε²/n (no change)")
+        # decaying modes fall to the float64 round-off floor of a difference of two runs
+        ax.set_ylim(1e-34, None)
+        ax.set_title(f"({'bc'[j]}) r = {r}: each eigenvector, ε = {eps[iref]:g}; "
+                     f"{pr['modes_growing']} of {n} with |λ| > 1", fontsize=10)
+        ax.set_xlabel("step i")
+        ax.set_ylabel("MSE_i (red: |λ| > 1, blue: |λ| < 1; dotted: ε²λ^{2i}/n)")
+        ax.legend(fontsize=8)
+    a.loglog(eps, eps ** 2 / n, color="0.5", lw=0.8, ls=":", label="ε²/n")
+    a.set_title(f"(a) MSE after {steps} steps vs ε (markers measured, lines ε²λ^{{2i}}/n)",
+                fontsize=10)
+    a.set_xlabel("perturbation ε along eigenvector v_k")
+    a.set_ylabel(f"MSE after {steps} steps")
+    a.legend(fontsize=7)
+    d.set_title(f"(d) ε = {eps[iref]:g} added along v_k at every step (dotted: closed form)",
+                fontsize=10)
+    d.set_xlabel("step i")
+    d.set_ylabel("MSE_i")
+    d.legend(fontsize=7)
+    for ax in axes.ravel():
+        ax.grid(alpha=0.3, which="both")
+    fig.suptitle(f"FTCS heat equation, n = {n}: a perturbation along eigenvector k changes the "
+                 "result by |λ_k| per step (float64)", fontsize=11)
+    fig.tight_layout()
+    save(fig, path)
