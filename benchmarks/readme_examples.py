@@ -27,7 +27,7 @@ EXAMPLES = {
     "diagnose_logistic_divergent": ["diagnose", "logistic", "--param", "r=4.5", "--x64"],
     "compare_logistic": ["compare", "logistic", "--param", "r=3.9", "--horizon", "30",
                          "--x64"],
-    # the learned-optimizer meta-gradient with compare's defaults (a 120 s sampling budget)
+    # the learned-optimizer meta-gradient with compare's defaults (a 90 s sampling budget)
     "compare_lopt": ["compare", "lopt", "--horizon", "100"],
 }
 

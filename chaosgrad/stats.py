@@ -132,7 +132,9 @@ def bias_interval(mean_est: np.ndarray, var_est: np.ndarray, n_est: float,
     mu2 = np.maximum(d**2 - v, 0.0)
     sd = math.sqrt(float(4 * np.sum(mu2 * v) + 2 * np.sum(v**2)))
     z = _t(level, dof) if dof else float(_st.norm.ppf(0.5 + level / 2))
-    lo2, hi2 = b2 - z * sd, b2 + z * sd
+    # an estimate of ‖μ‖² below zero is noise: the upper end starts from 0, not from it, so
+    # the bound stays a bound (at least z·sd) instead of collapsing to 0
+    lo2, hi2 = b2 - z * sd, max(b2, 0.0) + z * sd
     return Interval(math.sqrt(max(b2, 0.0)), math.sqrt(max(lo2, 0.0)),
                     math.sqrt(max(hi2, 0.0)), level,
                     "debiased ‖ḡ − g*‖, " + (f"t with {dof} dof" if dof else "normal approx."))

@@ -44,19 +44,19 @@ def test_bias_interval_covers_the_true_bias_at_its_nominal_rate():
     rng = np.random.default_rng(0)
     p, n_est, n_ref = 40, 32, 64
     truth = np.zeros(p)
-    truth[:4] = 0.15  # ‖bias‖ = 0.3
+    truth[:4] = 0.5  # ‖bias‖ = 1, well above the noise: the two-sided regime
     cover, zero_cover, reps = 0, 0, 300
     for _ in range(reps):
         est = truth + rng.normal(0, 0.5, (n_est, p))
         ref = rng.normal(0, 0.5, (n_ref, p))
         iv = bias_interval(est.mean(0), est.var(0, ddof=1), n_est, ref.mean(0),
                            ref.var(0, ddof=1) / n_ref)
-        cover += iv.contains(0.3)
+        cover += iv.contains(1.0)
         est0 = rng.normal(0, 0.5, (n_est, p))  # unbiased: the interval must reach 0
         iv0 = bias_interval(est0.mean(0), est0.var(0, ddof=1), n_est, ref.mean(0),
                             ref.var(0, ddof=1) / n_ref)
         zero_cover += iv0.low == 0.0
-    assert 0.90 <= cover / reps <= 0.995, cover / reps
+    assert 0.90 <= cover / reps <= 0.99, cover / reps
     assert zero_cover / reps >= 0.90, zero_cover / reps
 
 

@@ -218,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unroll length T (default: the system's)")
     p.add_argument("--samples", type=_positive_int, default=32,
                    help="estimates per estimator, at most (default 32; at least 4)")
-    p.add_argument("--seconds", type=_finite_float, default=120.0,
-                   help="time budget for the sampling after compiling (default 120): half "
+    p.add_argument("--seconds", type=_finite_float, default=90.0,
+                   help="time budget for the sampling after compiling (default 90): half "
                         "for the reference, half shared by the estimators; 0: no budget")
     p.add_argument("--budget", type=_positive_int, default=None,
                    help="unroll steps each estimator may spend (default: samples x 8 x T)")

@@ -530,6 +530,11 @@ def _notes(stats: list[EstimatorStats], ref: Reference) -> list[str]:
             f" (its standard error is {ref.se:.2g}, at most {ref.se_upper:.2g}); about {need} "
             "reference samples "
             f"({max(need - ref.samples, 0)} more) would resolve it")
+    smoothed = [s.name for s in stats if s.name in ("es", "tes", "pes", "combined")]
+    if ref.kind == "backprop" and smoothed:
+        notes.append(f"the reference is the backprop mean: {', '.join(smoothed)} estimate the "
+                     "gradient of the Gaussian-smoothed loss, so their bias here includes the "
+                     "smoothing (PES and truncated ES smooth each truncation separately)")
     for s in stats:
         if s.bias.low <= 0 and np.isfinite(s.bias.high):
             notes.append(f"{s.name}: no bias resolved from zero; bias < {s.bias.high:.3g}")
