@@ -27,8 +27,20 @@ def test_transcripts_come_with_their_reports():
     assert iv["low"] < henon["lyapunov"]["exponents"][0] < iv["high"]
     assert json.loads((folder / "diagnose_logistic_divergent" / "report.json").read_text()
                       )["verdict"] == "diverges"
+    # the README's sentences about them: "ES, truncated backprop and PES tie ... backprop is
+    # far behind ... no bias is resolved from zero"
     cmp = json.loads((folder / "compare_logistic" / "compare.json").read_text())
-    assert set(cmp["tied"]) == {"es", "tbptt"}
+    assert set(cmp["tied"]) == {"es", "tbptt", "pes"}
+    by = {e["name"]: e for e in cmp["estimators"]}
+    assert by["backprop"]["relative_error"]["low"] > max(
+        by[n]["relative_error"]["high"] for n in cmp["tied"])
+    assert all(e["bias_status"] != "resolved" for e in cmp["estimators"])
+    # "the reference is the backprop mean, and backprop is best, separated ... ES's bias is
+    # not resolved and PES's is"
+    lopt = json.loads((folder / "compare_lopt" / "compare.json").read_text())
+    assert lopt["reference"].startswith("backprop") and lopt["tied"] == ["backprop"]
+    by = {e["name"]: e for e in lopt["estimators"]}
+    assert by["es"]["bias"]["low"] == 0 and by["pes"]["bias_status"] == "resolved"
 
 
 def _gallery_numbers():
