@@ -1,6 +1,7 @@
 """The README quotes saved transcripts, not memory: every line of a quoted block must be in
 the transcript file it names (regenerate them with benchmarks/readme_examples.py)."""
 
+import json
 import re
 from pathlib import Path
 
@@ -83,3 +84,20 @@ def test_gallery_number_format():
     assert [gn.fmt(x) for x in (0.0383, 2.35e-16, 2656.6, 0.1166)] == [
         "0.038", "2.4e-16", "2.7e3", "0.12"]
     assert gn.fmt(1.2e23, 1) == "1e23" and gn.fmt(7.4e11, 1) == "7e11"
+
+
+def test_estimator_study_sentences_match_its_saved_results():
+    """The README's lopt_estimators paragraph, claim by claim, against its meta.json."""
+    m = json.loads((ROOT / "chaosgrad/app/figures/gallery/lopt_estimators.meta.json")
+                   .read_text())
+    r = m["results"]
+    assert all(c["reference"].startswith("backprop") for d in r.values() for c in d.values())
+    assert m["crossover"] == {"0.0": None, "0.002": 128, "0.005": None, "0.008": None}
+    assert m["reference_too_noisy_from"]["0.008"] == 128
+    assert r["0.002"]["128"]["tied_for_best"] == ["combined"]
+    assert "backprop" in r["0.002"]["256"]["tied_for_best"]
+    for s in ("0.0", "0.002", "0.005"):
+        for t in ("128", "256"):
+            e = r[s][t]["estimators"]
+            ratio = e["pes"]["rel_error"][0] / e["backprop"]["rel_error"][0]
+            assert 200 <= ratio <= 1000, (s, t, ratio)

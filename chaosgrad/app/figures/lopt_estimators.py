@@ -79,6 +79,15 @@ def cell(system, theta, horizon: int, size: dict, key) -> dict:
             "tied": np.asarray(",".join(c.tied)), "budget": np.asarray(c.budget)}
 
 
+def noisy_from(unrolls, reference) -> int | None:
+    """The first unroll length at which the reference's 95% upper standard error reaches its
+    own norm: from there the study says the reference is too noisy instead of ranking."""
+    for t, (norm, _, upper) in zip(unrolls, np.asarray(reference), strict=True):
+        if upper >= norm:
+            return int(t)
+    return None
+
+
 def crossover(unrolls, backprop_best) -> int | None:
     """The first unroll length from which backprop is no longer among the best (another
     estimator's error interval lies wholly below backprop's), or None if it always is."""
@@ -120,6 +129,8 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     arrays["shifts"] = np.asarray(SHIFTS)
     cross = {str(s): crossover(size["unrolls"], arrays["backprop_best"][i])
              for i, s in enumerate(SHIFTS)}
+    noisy = {str(s): noisy_from(size["unrolls"], arrays["reference"][i])
+             for i, s in enumerate(SHIFTS)}
     table = {str(s): {str(t): {
         "reference": str(arrays["reference_kind"][i, j]),
         "reference_norm": float(arrays["reference"][i, j, 0]),
@@ -135,7 +146,7 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
         for j, t in enumerate(size["unrolls"])} for i, s in enumerate(SHIFTS)}
     meta = {"sizes": size, "estimators": ESTIMATORS, "sigma": SIGMA, "shifts": SHIFTS,
             "theta_choice": report, "system": system.describe(),
-            "crossover": cross,
+            "crossover": cross, "reference_too_noisy_from": noisy,
             "crossover_rule": "the first unroll length at which another estimator's 95% "
                               "interval of relative RMS error at equal unroll steps lies "
                               "wholly below backprop's (None: backprop ties for best at "
@@ -186,8 +197,12 @@ def draw(results: dict, meta: dict, path) -> None:
                 ax.set_ylabel(label)
             if r == 0:
                 c = meta["crossover"].get(str(float(s)))
-                ax.set_title(f"shift {s:g}: backprop best "
-                             + (f"until T < {c}" if c else "at every T measured"), fontsize=9)
+                ref = np.asarray(results["reference"][j])  # (unrolls, [norm, se, se upper])
+                noisy = [int(u) for u, (n, _, up) in zip(unrolls, ref, strict=True) if up >= n]
+                ax.set_title(f"shift {s:g}: backprop among the best "
+                             + (f"until T < {c}" if c else "at every T measured")
+                             + (f"\nreference noise ≥ ‖g*‖ from T = {noisy[0]}: no ranking"
+                                if noisy else ""), fontsize=9)
                 if c:
                     for rr in range(len(rows)):
                         axes[rr, j].axvline(c, color="0.5", ls="--", lw=0.8)
