@@ -440,8 +440,9 @@ def cmd_compare(args) -> int:
 
 def cmd_figures(args) -> int:
     if args.list:
+        width = max(map(len, figures.names()))
         for name in figures.names():
-            print(f"{name:<10} {figures.FIGURES[name][1]}")
+            print(f"{name:<{width}}  {figures.FIGURES[name][1]}")
         return 0
     todo = figures.names() if args.all else args.names
     if not todo:
