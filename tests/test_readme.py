@@ -101,3 +101,59 @@ def test_estimator_study_sentences_match_its_saved_results():
             e = r[s][t]["estimators"]
             ratio = e["pes"]["rel_error"][0] / e["backprop"]["rel_error"][0]
             assert 200 <= ratio <= 1000, (s, t, ratio)
+
+
+def _close(quoted: float, value: float, digits: int) -> bool:
+    """``quoted`` is ``value`` rounded to ``digits`` significant digits."""
+    import math
+
+    if value == 0:
+        return quoted == 0
+    scale = 10 ** (math.floor(math.log10(abs(value))) - digits + 1)
+    return abs(quoted - value) <= 0.5 * scale + 1e-12
+
+
+def test_learned_optimizer_gallery_sentences_match_their_saved_results():
+    """Figure 3 (quick and paper scale) and lopt_meta_training: each number the README
+    quotes, against its meta.json (to the digits quoted)."""
+    g = ROOT / "chaosgrad/app/figures/gallery"
+    text = (ROOT / "README.md").read_text()
+    q = json.loads((g / "learned_optimizer.meta.json").read_text())
+    assert [q["slices"][t]["extrema"] for t in ("8", "32", "128", "256", "512")] == [
+        1, 13, 8, 22, 38]
+    assert _close(0.84, q["slices"]["128"]["at_0"], 2)
+    assert _close(-6.4, q["slices"]["128"]["min"], 2)
+    assert _close(-10.8, q["slices"]["512"]["min"], 3)
+    assert q["smoothing"]["extrema_of_mean"] == 1
+    v = q["variance"]
+    assert _close(7e-5, v["0.0"]["10"], 1) and _close(7e-4, v["0.0"]["120"], 1)
+    assert _close(1.8e-4, v["0.008"]["10"], 2) and _close(37, v["0.008"]["120"], 2)
+    assert "1, 13, 8, 22 and 38 local extrema" in text
+    p = json.loads((g / "learned_optimizer_paper.meta.json").read_text())
+    assert p["scale"] == "paper" and p["precision"]["backend"] == "gpu"
+    assert [p["slices"][t]["extrema"] for t in ("8", "32", "128", "256", "512", "1024")] == [
+        1, 2, 12, 16, 52, 62]
+    assert _close(0.78, p["slices"]["128"]["at_0"], 2)
+    assert _close(-1.95, p["slices"]["128"]["min"], 3)
+    assert _close(-12.7, p["slices"]["1024"]["min"], 3)
+    assert p["smoothing"]["extrema_of_mean"] == 2
+    pv = p["variance"]
+    assert _close(1.0e-4, pv["0.0"]["10"], 2) and _close(0.023, pv["0.0"]["120"], 2)
+    assert _close(1.7e-4, pv["0.008"]["10"], 2) and _close(1.3, pv["0.008"]["120"], 2)
+    m = json.loads((g / "lopt_meta_training.meta.json").read_text())
+    tab = m["table"]
+    quoted = {"learned (tbptt)": -1.35, "adam (lr 0.0316)": -0.91, "learned (pes)": -0.71,
+              "learned (backprop)": -0.65, "learned (es)": -0.63, "momentum (lr 0.178)": -0.22,
+              "sgd (lr 0.562)": 0.41}
+    for name, value in quoted.items():
+        assert _close(value, tab[name]["T"]["meta_loss"], 2), name
+    assert _close(-0.44, m["vs_adam_at_T"]["tbptt"]["mean_difference_vs_adam"], 2)
+    assert m["vs_adam_at_T"]["tbptt"]["beats_adam_at_T"]
+    assert [k for k, r in m["vs_adam_at_T"].items() if r["beats_adam_at_T"]] == ["tbptt"]
+    assert tab["learned (pes)"]["10T"]["nonfinite_seeds"] == 8
+    assert tab["learned (es)"]["10T"]["nonfinite_seeds"] == 8
+    assert [tab["learned (pes)"]["10T"]["first_nonfinite_step"],
+            tab["learned (es)"]["10T"]["first_nonfinite_step"]] == [172, 189]
+    assert _close(5.8, tab["learned (tbptt)"]["10T"]["final_log_loss"], 2)
+    assert _close(-0.5, tab["learned (backprop)"]["10T"]["final_log_loss"], 1)
+    assert _close(-6.0, tab["adam (lr 0.0316)"]["10T"]["final_log_loss"], 2)
