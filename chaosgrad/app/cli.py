@@ -38,11 +38,16 @@ MAX_STEPS = 2**31 - 1
 MAX_SEED = 2**32 - 1  # a PRNGKey seed is 32 bits wide without float64 mode
 
 
-def _positive_int(text: str, hi: int = MAX_STEPS) -> int:
+def _parse_int(text: str, what: str) -> int:
+    """``text`` as an int, or the argparse error "expected <what>"."""
     try:
-        v = int(text)
+        return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def _positive_int(text: str, hi: int = MAX_STEPS) -> int:
+    v = _parse_int(text, "a positive integer")
     if v <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     if v > hi:
@@ -51,20 +56,14 @@ def _positive_int(text: str, hi: int = MAX_STEPS) -> int:
 
 
 def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    v = _parse_int(text, "an integer >= 0")
     if not 0 <= v <= MAX_STEPS:
         raise argparse.ArgumentTypeError(f"expected an integer in 0..{MAX_STEPS}, got {text!r}")
     return v
 
 
 def _seed(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    v = _parse_int(text, "an integer seed")
     if not 0 <= v <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"seed {text} is out of range; accepted: 0..{MAX_SEED}")
     return v
