@@ -114,8 +114,8 @@ def _where(cond, a, b):
     return jax.tree_util.tree_map(lambda x, y: jnp.where(cond, x, y), a, b)
 
 
-def start_run(system: System, schedule: Schedule, theta: PyTree, pair_key: jax.Array,
-              offset: jax.Array | None):
+def first_particle_run(system: System, schedule: Schedule, theta: PyTree,
+                       pair_key: jax.Array, offset: jax.Array | None):
     """The first inner run of a particle, advanced ``offset`` steps (a burn-in) with θ.
 
     Returns (state, t, length, run). ``offset`` None means no burn-in (t = 0).
@@ -318,7 +318,7 @@ def init_population(system: System, schedule: Schedule, theta: PyTree, key: jax.
     thetas = perturbed_thetas(theta, eps, members)
 
     def per_pair(th, pk, off):
-        return jax.vmap(lambda t_: start_run(system, schedule, t_, pk, off))(th)
+        return jax.vmap(lambda t_: first_particle_run(system, schedule, t_, pk, off))(th)
 
     state, t, length, run = jax.vmap(per_pair, in_axes=(0, 0, 0 if stagger else None))(
         thetas, pair_keys, offsets)
