@@ -15,7 +15,7 @@ import numpy as np
 from chaosgrad.config import precision_info
 from chaosgrad.errors import InputError
 from chaosgrad.progress import progress_bar
-from chaosgrad.stats import LEVEL, NAN_INTERVAL, Interval
+from chaosgrad.stats import NAN_INTERVAL, Interval, percentile_interval, resample_indices
 from chaosgrad.system import System, default_key, resolve_theta
 from chaosgrad.unroll import check_steps, unroll_grad
 
@@ -194,7 +194,7 @@ def gradient_growth(
 
     geomean, variance = _norm_and_variance(norms, flats)
     rate, vrate = rates(np.arange(seeds))
-    boot = np.array([rates(i) for i in _resamples(seeds, BOOTSTRAP_REPS)])
+    boot = np.array([rates(i) for i in resample_indices(seeds, BOOTSTRAP_REPS)])
     finite = np.isfinite(norms) & (norms > 0)
     with np.errstate(invalid="ignore"):
         median = np.array([np.median(r[np.isfinite(r)]) if np.isfinite(r).any() else np.nan
@@ -207,8 +207,9 @@ def gradient_growth(
         variance=variance,
         nonfinite_fraction=1.0 - np.isfinite(norms).mean(axis=1),
         nonfinite_loss_fraction=1.0 - np.isfinite(losses).mean(axis=1),
-        growth_interval=_percentile_interval(rate, boot[:, 0]),
-        variance_rate_interval=_percentile_interval(vrate, boot[:, 1]),
+        growth_interval=percentile_interval(rate, boot[:, 0], method=BOOTSTRAP_METHOD),
+        variance_rate_interval=percentile_interval(vrate, boot[:, 1],
+                                                   method=BOOTSTRAP_METHOD),
         losses=losses,
         growth_rate=rate,
         variance_rate=vrate,
@@ -221,22 +222,7 @@ def gradient_growth(
 
 
 BOOTSTRAP_REPS = 400
-
-
-def _resamples(n: int, reps: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, n, n) for _ in range(reps)]
-
-
-def _percentile_interval(point: float, samples: np.ndarray) -> Interval:
-    """95% percentile interval of bootstrap ``samples`` around ``point`` (±inf when fewer
-    than 95% of the resamples give a finite value: the data cannot pin the rate down)."""
-    ok = np.isfinite(samples)
-    if not math.isfinite(point) or ok.mean() < LEVEL:
-        return Interval(point, -math.inf, math.inf, LEVEL, "bootstrap over seeds (unstable)")
-    lo, hi = np.quantile(samples[ok], [0.025, 0.975])
-    return Interval(point, float(lo), float(hi), LEVEL,
-                    f"bootstrap over seeds, {len(samples)} resamples")
+BOOTSTRAP_METHOD = "bootstrap over seeds"
 
 
 def _norm_and_variance(norms: np.ndarray, flats: list[np.ndarray]):

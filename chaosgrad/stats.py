@@ -6,7 +6,7 @@ a bias, and rankings that say "tie" when the intervals overlap.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -88,23 +88,26 @@ def batch_means(samples: np.ndarray, batches: int | None = None) -> np.ndarray:
     return samples[: b * size].reshape(b, size, *samples.shape[1:]).mean(axis=1)
 
 
-def bootstrap_interval(stat: Callable[[np.ndarray], float], n: int, *, reps: int = 1000,
-                       level: float = LEVEL, seed: int = 0, point: float | None = None,
-                       method: str = "bootstrap") -> Interval:
-    """Percentile bootstrap: ``stat(indices)`` over ``reps`` resamples of range(n).
-
-    ``stat`` receives an index array (with repeats) and returns a number; resamples where it
-    is not finite are dropped (and the interval widened to ±inf if more than 1 − level of
-    them are). ``point`` is the estimate on the full sample (default: stat(arange(n))).
-    """
+def resample_indices(n: int, reps: int, seed: int = 0) -> list[np.ndarray]:
+    """``reps`` bootstrap resamples of range(n) (with repeats), reproducible from ``seed``."""
     rng = np.random.default_rng(seed)
-    full = stat(np.arange(n)) if point is None else point
-    vals = np.array([stat(rng.integers(0, n, n)) for _ in range(reps)], np.float64)
-    ok = np.isfinite(vals)
-    if ok.mean() < level:
-        return Interval(float(full), -math.inf, math.inf, level, f"{method} (unstable)")
-    lo, hi = np.quantile(vals[ok], [0.5 - level / 2, 0.5 + level / 2])
-    return Interval(float(full), float(lo), float(hi), level, f"{method}, {reps} resamples")
+    return [rng.integers(0, n, n) for _ in range(reps)]
+
+
+def percentile_interval(point: float, samples: np.ndarray, level: float = LEVEL,
+                        method: str = "bootstrap") -> Interval:
+    """Percentile interval of bootstrap ``samples`` around the full-sample ``point``.
+
+    Resamples whose statistic is not finite are dropped; when more than 1 − level of them
+    are (or ``point`` itself is not finite) the data cannot pin the statistic down and the
+    interval is (−inf, inf).
+    """
+    samples = np.asarray(samples, np.float64)
+    ok = np.isfinite(samples)
+    if not math.isfinite(point) or ok.mean() < level:
+        return Interval(point, -math.inf, math.inf, level, f"{method} (unstable)")
+    lo, hi = np.quantile(samples[ok], [0.5 - level / 2, 0.5 + level / 2])
+    return Interval(point, float(lo), float(hi), level, f"{method}, {len(samples)} resamples")
 
 
 def bias_interval(mean_est: np.ndarray, var_est: np.ndarray, n_est: float,
