@@ -16,7 +16,14 @@ import optax.tree_utils as otu
 from jax import lax
 
 from chaosgrad.errors import InputError
-from chaosgrad.system import System, done_of, loss_of, split_run_key, step_key
+from chaosgrad.system import (
+    System,
+    cache_by_functions,
+    done_of,
+    loss_of,
+    split_run_key,
+    step_key,
+)
 from chaosgrad.unroll import all_finite, loss_weights, weighted_sum
 
 PyTree = Any
@@ -299,32 +306,47 @@ def init_population(system: System, schedule: Schedule, theta: PyTree, key: jax.
     what PES at this θ would have produced, so PES is unbiased from its first estimate.
     Otherwise particles burn in with θ and carry no ξ.
     """
+    fn = _jit_init_population(system, schedule, int(pairs), int(members), bool(stagger),
+                              None if burn_in_sigma is None else float(burn_in_sigma),
+                              sharding)
+    return fn(theta, key)
+
+
+@cache_by_functions(maxsize=32)
+def _jit_init_population(system: System, schedule: Schedule, pairs: int, members: int,
+                         stagger: bool, burn_in_sigma: float | None, sharding):
+    """`init_population` compiled once per (system's functions, settings): run eagerly, its
+    burn-in scan was traced and compiled anew on every call (a fresh closure each time),
+    which dominated the first estimate of every truncated estimator on costly systems."""
     from chaosgrad.estimators.base import shard_population
 
-    k_pairs, k_offset, k_eps = jax.random.split(key, 3)
-    pair_keys = jax.random.split(k_pairs, pairs)
-    lengths = jax.vmap(lambda k: schedule.sample(jax.random.fold_in(k, 0)))(pair_keys)
-    if stagger:
-        offsets = jax.random.randint(k_offset, (pairs,), 0, jnp.iinfo(jnp.int32).max) % lengths
-    else:
-        offsets = None
-    if burn_in_sigma is not None:
-        eps = pair_perturbations(k_eps, theta, pairs, burn_in_sigma)
-        xi = perturbed_thetas(jax.tree_util.tree_map(jnp.zeros_like, theta), eps, members)
-    else:
-        eps = jax.tree_util.tree_map(lambda x: jnp.zeros((pairs,) + jnp.shape(x),
-                                                         jnp.result_type(x)), theta)
-        xi = ()
-    thetas = perturbed_thetas(theta, eps, members)
+    def build(theta, key):
+        k_pairs, k_offset, k_eps = jax.random.split(key, 3)
+        pair_keys = jax.random.split(k_pairs, pairs)
+        lengths = jax.vmap(lambda k: schedule.sample(jax.random.fold_in(k, 0)))(pair_keys)
+        if stagger:
+            offsets = (jax.random.randint(k_offset, (pairs,), 0, jnp.iinfo(jnp.int32).max)
+                       % lengths)
+        else:
+            offsets = None
+        if burn_in_sigma is not None:
+            eps = pair_perturbations(k_eps, theta, pairs, burn_in_sigma)
+            xi = perturbed_thetas(jax.tree_util.tree_map(jnp.zeros_like, theta), eps, members)
+        else:
+            eps = jax.tree_util.tree_map(lambda x: jnp.zeros((pairs,) + jnp.shape(x),
+                                                             jnp.result_type(x)), theta)
+            xi = ()
+        thetas = perturbed_thetas(theta, eps, members)
 
-    def per_pair(th, pk, off):
-        return jax.vmap(lambda t_: first_particle_run(system, schedule, t_, pk, off))(th)
+        def per_pair(th, pk, off):
+            return jax.vmap(lambda t_: first_particle_run(system, schedule, t_, pk, off))(th)
 
-    state, t, length, run = jax.vmap(per_pair, in_axes=(0, 0, 0 if stagger else None))(
-        thetas, pair_keys, offsets)
-    init = TruncatedState(Particles(state, t, length, run, xi), pair_keys,
-                          jnp.zeros((), jnp.int32))
-    # Placed by a jitted constraint, like the state `estimate` returns: then the first and
-    # every later estimate see the same input shardings and compile once (placed eagerly,
-    # the second call compiled the whole estimate again).
-    return jax.jit(lambda s: shard_population(s, sharding))(init)
+        state, t, length, run = jax.vmap(per_pair, in_axes=(0, 0, 0 if stagger else None))(
+            thetas, pair_keys, offsets)
+        init = TruncatedState(Particles(state, t, length, run, xi), pair_keys,
+                              jnp.zeros((), jnp.int32))
+        # Placed by a sharding constraint, like the state `estimate` returns: then the first
+        # and every later estimate see the same input shardings and compile once.
+        return shard_population(init, sharding)
+
+    return jax.jit(build)

@@ -230,27 +230,40 @@ def _estimator_params(name: str, common: dict, extra: dict | None) -> dict:
 
 
 class _Sampler:
-    """Successive estimates of one estimator at fixed θ, compiled and timed before any are
-    kept, so a time budget can be shared out before the sampling starts."""
+    """Successive estimates of one estimator at fixed θ, compiled and timed before the
+    sampling starts, so a time budget can be shared out first.
+
+    The compiling call and the timed call are ordinary successive estimates of the same
+    chain (fresh keys, the state carried on), so they are kept as the first two samples
+    instead of being thrown away: on long unrolls each estimate costs seconds."""
 
     def __init__(self, est, theta, key):
         self.est, self.theta, self.key = est, theta, key
         self.estimate = jax.jit(est.estimate)
         self.state = est.init(jax.random.fold_in(key, 0), theta)
-        # a warm-up call compiles; it is not kept
+        self.kept = []  # (flat gradient, steps, seconds or None) of the first two estimates
         g, self.state, info = self.estimate(self.state, theta, jax.random.fold_in(key, 1))
-        jax.block_until_ready(g)
+        g = jax.block_until_ready(g)
+        self.kept.append((_flat(g), float(info["steps"]), None))  # its time includes compiling
         self.steps = float(info["steps"])
         t0 = time.perf_counter()
-        g, _, _ = self.estimate(self.state, theta, jax.random.fold_in(key, 3))
-        jax.block_until_ready(g)
+        g, self.state, info = self.estimate(self.state, theta, jax.random.fold_in(key, 3))
+        g = jax.block_until_ready(g)
         self.seconds = time.perf_counter() - t0
+        self.kept.append((_flat(g), float(info["steps"]), self.seconds))
 
     def run(self, samples: int, desc: str, progress) -> tuple[np.ndarray, float, float]:
-        """``samples`` successive estimates: flat gradients, steps per estimate, median s."""
+        """``samples`` successive estimates (the two made while compiling and timing come
+        first): flat gradients, steps per estimate, median seconds of the timed ones."""
         grads, steps, secs = [], [], []
-        with progress_bar(samples, desc, progress, min_total=1) as bar:
-            for i in range(samples):
+        for g, st, sec in self.kept[:samples]:
+            grads.append(g)
+            steps.append(st)
+            if sec is not None:
+                secs.append(sec)
+        self.kept = self.kept[samples:]
+        with progress_bar(samples - len(grads), desc, progress, min_total=1) as bar:
+            for i in range(samples - len(grads)):
                 t0 = time.perf_counter()
                 g, self.state, info = self.estimate(self.state, self.theta,
                                                     jax.random.fold_in(self.key, 4 + i))
@@ -259,7 +272,8 @@ class _Sampler:
                 grads.append(_flat(g))
                 steps.append(float(info["steps"]))
                 bar.update(1)
-        return np.stack(grads), float(np.mean(steps)), float(np.median(secs))
+        seconds = float(np.median(secs)) if secs else self.seconds
+        return np.stack(grads), float(np.mean(steps)), seconds
 
 
 # Estimators built for a system, reused by later comparisons on the same system (a sweep
@@ -348,8 +362,8 @@ def compare(
     sigma: float = 0.01,
     population: int = 8,
     reference: str = "auto",
-    reference_batches: int = 32,
-    reference_per_batch: int = 64,
+    reference_batches: int = 256,
+    reference_per_batch: int | None = None,
     seconds: float | None = None,
     params: dict | None = None,
     key: jax.Array | None = None,
@@ -376,7 +390,10 @@ def compare(
       samples: estimates per estimator (at least 4).
       budget: unroll steps (default: what ``samples`` full-backprop estimates would cost);
         at least the cost of one estimate of each estimator.
-      reference_batches, reference_per_batch: the reference's size.
+      reference_batches, reference_per_batch: the reference's size, at most (the time
+        budget may take fewer batches). ``reference_per_batch`` None: the population, so
+        that the reference reuses the compiled backprop (or ES) program of the estimators
+        instead of compiling one of its own.
       seconds: a time budget for the sampling (after compiling): every estimator and the
         reference are timed first, then half of it goes to the reference and half is shared
         by the estimators, each capped at ``samples`` (``reference_batches``) and never
@@ -396,6 +413,7 @@ def compare(
     built = [make_estimator(n, system, **_estimator_params(n, common, (params or {}).get(n)))
              for n in names]
     budget = int(budget or samples * population * horizon)
+    per_batch = int(reference_per_batch or population)
     reference, reference_reason = _choose_reference(system, theta, key, horizon, reference)
     samplers = []
     for i, est in enumerate(built):
@@ -406,14 +424,14 @@ def compare(
         samplers.append(s)
     ref_key = jax.random.fold_in(key, 1000)
     ref_sampler = _reference_sampler(system, theta, horizon, reference, ref_key,
-                                     reference_per_batch, sigma)
+                                     per_batch, sigma)
     counts, ref_batches = _allocate(samplers, ref_sampler, samples, reference_batches, seconds)
     runs = []
     for s, n in zip(samplers, counts, strict=True):
         grads, steps, secs = s.run(n, f"compare {s.est.name}", progress)
         runs.append((s.est, grads, steps, secs))
     ref = reference_gradient(system, theta, horizon, kind=reference, key=ref_key,
-                             batches=ref_batches, per_batch=reference_per_batch,
+                             batches=ref_batches, per_batch=per_batch,
                              sampler=ref_sampler)
     ref.description += f"; {reference_reason}"
     stats = [_estimator_stats(est, grads, steps, secs, ref, budget)
