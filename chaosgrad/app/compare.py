@@ -365,6 +365,7 @@ def compare(
     reference_batches: int = 256,
     reference_per_batch: int | None = None,
     seconds: float | None = None,
+    lyapunov: tuple | None = None,
     params: dict | None = None,
     key: jax.Array | None = None,
     out: str | os.PathLike | None = None,
@@ -398,6 +399,8 @@ def compare(
         reference are timed first, then half of it goes to the reference and half is shared
         by the estimators, each capped at ``samples`` (``reference_batches``) and never
         below 4. None: no budget, take every sample asked for.
+      lyapunov: (Interval, units) of λ1 for the "auto" rule, measured beforehand by
+        `leading_exponent` (None: measured here).
       params: per-estimator overrides, e.g. ``{"pes": {"pairs": 16}}``.
       out: write compare.json and compare.png there.
     Raises InputError for unknown or repeated estimators, a window longer than the horizon,
@@ -414,7 +417,8 @@ def compare(
              for n in names]
     budget = int(budget or samples * population * horizon)
     per_batch = int(reference_per_batch or population)
-    reference, reference_reason = _choose_reference(system, theta, key, horizon, reference)
+    reference, reference_reason = _choose_reference(system, theta, key, horizon, reference,
+                                                    lyapunov)
     samplers = []
     for i, est in enumerate(built):
         s = _Sampler(est, theta, jax.random.fold_in(key, i))
@@ -451,19 +455,28 @@ def compare(
     return comp
 
 
-def _choose_reference(system, theta, key, horizon: int, reference: str) -> tuple[str, str]:
+def leading_exponent(system: System, theta: PyTree, key: jax.Array, horizon: int):
+    """λ1 with its 95% interval (batch means over the run), as the "auto" reference rule
+    measures it: over max(500, 5T) steps after a transient of T. Returns (Interval, units).
+    A sweep over several T at one θ may measure it once, at its longest T, and pass it to
+    `compare` as ``lyapunov``."""
+    ly = lyapunov_spectrum(system, theta, key=key, steps=max(500, 5 * horizon), k=1,
+                           transient=horizon, progress=False)
+    return segment_interval(ly.history_steps, ly.history[:, 0]), ly.units
+
+
+def _choose_reference(system, theta, key, horizon: int, reference: str,
+                      lyapunov=None) -> tuple[str, str]:
     """"auto": the backprop mean (far less noisy) unless λ1's interval shows the gradient
     exploding over the horizon (λ1 resolved above 0.5 / T per step, the margin diagnose
     uses), where backprop's mean is not the smoothed gradient ES and PES estimate."""
     if reference != "auto":
         return reference, "asked for"
-    ly = lyapunov_spectrum(system, theta, key=key, steps=max(500, 5 * horizon), k=1,
-                           transient=horizon, progress=False)
-    lam = segment_interval(ly.history_steps, ly.history[:, 0])
+    lam, units = lyapunov or leading_exponent(system, theta, key, horizon)
     per_step = system.dt if system.dt is not None else 1.0
     margin = 0.5 / horizon / per_step
     kind = "es" if lam.low > margin else "backprop"
-    return kind, (f"auto: λ1 = {lam.fmt('+.3g')} {ly.units}, "
+    return kind, (f"auto: λ1 = {lam.fmt('+.3g')} {units}, "
                   + ("resolved above" if kind == "es" else "not resolved above")
                   + f" the margin 0.5/T = {margin:.3g}")
 

@@ -11,7 +11,7 @@ import math
 import jax
 import numpy as np
 
-from chaosgrad.app.compare import compare
+from chaosgrad.app.compare import compare, leading_exponent
 from chaosgrad.app.figures.learned_optimizer import (
     SEED,
     SHIFTS,
@@ -19,6 +19,7 @@ from chaosgrad.app.figures.learned_optimizer import (
     chosen_point,
     make_system,
 )
+from chaosgrad.stats import Interval
 
 ESTIMATORS = ("backprop", "tbptt", "es", "tes", "pes", "combined")
 SIZES = {
@@ -36,21 +37,22 @@ SIGMA = 0.01  # ES/PES perturbation scale: Figure 3's smoothing σ
 FIELDS = ("rel_error", "rel_error_seconds", "bias", "variance")
 
 
-def cell(system, theta, horizon: int, size: dict, key) -> dict:
+def cell(system, theta, horizon: int, size: dict, key, lyapunov=None) -> dict:
     """One (shift, unroll length): `compare` of every estimator, as arrays.
 
     Returns per estimator (in ``ESTIMATORS`` order) the relative RMS error at equal unroll
     steps and at equal seconds, the bias and the variance of one estimate, each as
     (value, low, high); the bias's status (0 upper bound, 1 resolved, 2 reference too noisy);
     steps and seconds per estimate; and the reference's norm, standard error and its upper
-    bound, whether backprop ties for best, and the names tied for best.
+    bound, whether backprop ties for best, and the names tied for best. ``lyapunov``: λ1
+    measured once for this θ (see `compare`), else measured here.
     """
     c = compare(system, theta, ESTIMATORS, horizon=horizon, samples=size["samples"],
                 window=min(size["window"], horizon), sigma=SIGMA,
                 population=size["population"], reference="auto",
                 reference_batches=size["reference_batches"],
                 reference_per_batch=size["reference_per_batch"], seconds=size["seconds"],
-                key=key, progress=False)
+                lyapunov=lyapunov, key=key, progress=False)
     by = {s.name: s for s in c.stats}
     # equal seconds: the wall time backprop needs for the step budget, spent by each
     bp = by["backprop"]
@@ -99,6 +101,12 @@ def crossover(unrolls, backprop_best) -> int | None:
     return None
 
 
+def _lyapunov_part(system, theta, key, horizon: int) -> dict:
+    lam, units = leading_exponent(system, theta, key, horizon)
+    return {"interval": np.array([lam.value, lam.low, lam.high, lam.level]),
+            "units": np.asarray(units)}
+
+
 def run(scale: str, store, progress) -> tuple[dict, dict]:
     """Choose θ as Figure 3 does, then compare the estimators at every (shift, unroll)."""
 
@@ -110,12 +118,19 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     theta, direction, report = chosen_point(system, size, key, store)
     out = {}
     cells = [(i, j) for i in range(len(SHIFTS)) for j in range(len(size["unrolls"]))]
+    t_max = int(max(size["unrolls"]))
+    lams = {}
     with progress_bar(len(cells), "figure lopt_estimators", progress, min_total=1) as bar:
         for i, j in cells:
             th = _shifted(theta, direction, SHIFTS[i])
             t = int(size["unrolls"][j])
-            part = store.part(f"cell{i}_{j}", lambda th=th, t=t: cell(
-                system, th, t, size, jax.random.fold_in(key, 100 + t)))
+            if i not in lams:
+                # λ1 for the reference rule, once per shift (at the longest T's settings)
+                lam = store.part(f"lyapunov{i}", lambda th=th, i=i: _lyapunov_part(
+                    system, th, jax.random.fold_in(key, 7_000 + i), t_max))
+                lams[i] = (Interval(*(float(x) for x in lam["interval"])), str(lam["units"]))
+            part = store.part(f"cell{i}_{j}", lambda th=th, t=t, i=i: cell(
+                system, th, t, size, jax.random.fold_in(key, 100 + t), lams[i]))
             for k, v in part.items():
                 out.setdefault(k, {})[(i, j)] = v
             bar.update(1)
@@ -153,8 +168,12 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
                               "interval of relative RMS error at equal unroll steps lies "
                               "wholly below backprop's (None: backprop ties for best at "
                               "every length measured)",
+            "lyapunov": {str(s): [lams[i].value, lams[i].low, lams[i].high]
+                         for i, s in enumerate(SHIFTS)},
             "reference_rule": "auto per cell: the backprop mean unless λ1's interval is "
-                              "above 0.5/T per step, then antithetic ES; a bias is called "
+                              "above 0.5/T per step, then antithetic ES (λ1 per step, "
+                              f"measured once per shift over {max(500, 5 * t_max)} steps "
+                              f"after a transient of {t_max}); a bias is called "
                               "nonzero only if its interval excludes 0 and the reference's "
                               "95% upper standard error is at most 1/5 of it",
             "results": table}
