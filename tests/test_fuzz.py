@@ -453,6 +453,28 @@ def test_figure_parts_keyed_by_configuration_and_force_recomputes(tmp_path, monk
         figures.run_figure("toy", "quick", tmp_path)
 
 
+def test_figure_parts_of_edited_code_are_not_reused(tmp_path, monkeypatch):
+    """Parts are keyed on chaosgrad's source too: the same settings under other code (an
+    edit within one version) recompute every part instead of reusing stale ones."""
+    from chaosgrad.app.figures import toy
+
+    monkeypatch.setitem(toy.SIZES, "quick", {"samples": 50, "xs": 5, "ws": 2})
+    h = figures.code_hash()
+    assert len(h) == 16 and h == figures.code_hash()  # deterministic
+    figures.run_figure("toy", "quick", tmp_path)
+    (tmp_path / "toy" / "results.npz").unlink()
+    figures.run_figure("toy", "quick", tmp_path)  # same code: an interrupted run resumes
+    meta = strict_json((tmp_path / "toy" / "meta.json").read_text())
+    assert meta["parts_reused"] > 0
+    # rebuilt from parts, it still reports what the parts cost to compute
+    assert meta["compute_seconds"] > meta["seconds"]
+    monkeypatch.setattr(figures, "code_hash", lambda: "edited-source")
+    (tmp_path / "toy" / "results.npz").unlink()
+    figures.run_figure("toy", "quick", tmp_path)
+    meta = strict_json((tmp_path / "toy" / "meta.json").read_text())
+    assert meta["parts_reused"] == 0
+
+
 # -- the API: a system is checked at first use ----------------------------------------------
 def _henon(mutation: str) -> tuple[chaosgrad.System, object]:
     """A Hénon map with one mistake; returns (system, theta to call it with)."""

@@ -72,10 +72,29 @@ def versions() -> dict:
     return out
 
 
+def code_hash() -> str:
+    """A short hash of chaosgrad's own source (the library, ``chaosgrad.systems`` and
+    ``chaosgrad.estimators``: every ``.py`` file), so that saved figure parts made by other
+    code are never reused, even within one version."""
+    import hashlib
+
+    import chaosgrad
+    from chaosgrad import estimators, systems
+
+    h = hashlib.sha256()
+    roots = [Path(m.__file__).parent for m in (chaosgrad, systems, estimators)]
+    files = sorted({f.resolve() for r in roots for f in r.rglob("*.py")})
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def config_hash(name: str, scale: str) -> str:
     """A short hash of what figure ``name``'s results depend on: the scale, the figure's size
-    settings at that scale and the chaosgrad version. Saved parts and results are reused
-    only under the same hash, so a changed configuration or release never reuses stale ones.
+    settings at that scale, the chaosgrad version and its source (`code_hash`). Saved parts
+    and results are reused only under the same hash, so a changed configuration, release or
+    edited code never reuses stale ones; an interrupted run of the same code resumes.
     """
     import hashlib
 
@@ -83,8 +102,12 @@ def config_hash(name: str, scale: str) -> str:
 
     size = getattr(_module(name), "SIZES", {}).get(scale)
     text = json.dumps(jsonable({"figure": name, "scale": scale, "size": size,
-                                "chaosgrad": __version__})[0], sort_keys=True)
+                                "chaosgrad": __version__, "code": code_hash()})[0],
+                      sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+PART_SECONDS = "_part_seconds"
 
 
 class Store:
@@ -103,15 +126,21 @@ class Store:
         self.prefix = f"{scale}-{config}" if config else scale
         self.force = force
         self.reused = 0
+        self.reused_seconds = 0.0  # what the reused parts took to compute, when saved
 
     def part(self, key: str, fn) -> dict:
-        """The arrays of part ``key`` (computed once, then loaded)."""
+        """The arrays of part ``key`` (computed once, then loaded). Each part also saves the
+        seconds it took (``_part_seconds``, not returned), so a figure rebuilt from parts
+        still reports what it cost in all."""
         path = self.folder / f"{self.prefix}-{key}.npz"
         if path.exists() and not self.force:
             self.reused += 1
-            return load_npz(path)
+            arrays = load_npz(path)
+            self.reused_seconds += float(arrays.pop(PART_SECONDS, 0.0))
+            return arrays
+        t0 = time.perf_counter()
         arrays = {k: np.asarray(v) for k, v in fn().items()}
-        save_npz(path, arrays)
+        save_npz(path, {**arrays, PART_SECONDS: np.asarray(time.perf_counter() - t0)})
         return arrays
 
 
@@ -144,9 +173,12 @@ def run_figure(name: str, scale: str = "quick", out: str | os.PathLike = "figs",
         t0 = time.perf_counter()
         store = Store(folder, scale, config, force=force)
         results, meta = mod.run(scale, store, progress)
+        seconds = time.perf_counter() - t0
+        # seconds: this run; compute_seconds: plus what the reused parts took when made
         meta = {"figure": name, "title": FIGURES[name][1], "scale": scale,
-                "config_hash": config,
-                "seconds": round(time.perf_counter() - t0, 2), "parts_reused": store.reused,
+                "config_hash": config, "seconds": round(seconds, 2),
+                "compute_seconds": round(seconds + store.reused_seconds, 2),
+                "parts_reused": store.reused,
                 "versions": versions(), "precision": precision_info(), **meta}
         save_npz(folder / "results.npz", results)
         write_json(meta_path, meta)
