@@ -21,6 +21,7 @@ class _Bar:
     def __init__(self, total: int, desc: str, bar, announce: bool):
         self.total, self.desc, self.bar, self.announce = max(int(total), 1), desc, bar, announce
         self.done = 0
+        self.base = 0  # work done before timing started (a resumed run's finished part)
         self.t0 = time.perf_counter()
 
     def __enter__(self):
@@ -33,16 +34,28 @@ class _Bar:
 
     def update(self, n: int = 1) -> None:
         """Record ``n`` more units of work done."""
+        self.update_bar(n)
+        if self.announce and self.base < self.done < self.total:
+            self.announce = False  # judge once, from the first timed piece
+            timed = self.done - self.base
+            left = (time.perf_counter() - self.t0) / timed * (self.total - self.done)
+            if left > ANNOUNCE_SECONDS:
+                print(f"chaosgrad: {self.desc}: about {left / 60:.1f} more minutes "
+                      f"(estimated from {timed} of {self.total - self.base} timed)",
+                      file=sys.stderr, flush=True)
+
+    def skip(self, n: int) -> None:
+        """Mark ``n`` units as done before this run (a resumed run's finished part): the bar
+        advances, and the time estimate is judged from the work done after them."""
+        self.update_bar(n)
+        self.base = self.done
+        self.t0 = time.perf_counter()
+
+    def update_bar(self, n: int) -> None:
+        """Advance the count and the bar by ``n`` (no time estimate)."""
         self.done += n
         if self.bar is not None:
             self.bar.update(n)
-        if self.announce and 0 < self.done < self.total:
-            self.announce = False  # judge once, from the first timed piece
-            left = (time.perf_counter() - self.t0) / self.done * (self.total - self.done)
-            if left > ANNOUNCE_SECONDS:
-                print(f"chaosgrad: {self.desc}: about {left / 60:.1f} more minutes "
-                      f"(estimated from the first {self.done} of {self.total})",
-                      file=sys.stderr, flush=True)
 
     def set_postfix_str(self, s: str) -> None:
         """Show ``s`` after the bar."""

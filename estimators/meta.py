@@ -312,7 +312,7 @@ def _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0, log
                        enabled=progress)
     try:
         with bar:
-            bar.update(start)
+            bar.skip(start)  # a resumed run: the time estimate counts from here
             for step in range(start + 1, steps + 1):
                 t0 = time.perf_counter()
                 theta, opt_state, est_state, info, finite = train_step(
