@@ -1,0 +1,56 @@
+"""One process of the multi-process tests (tests/test_distributed.py launches it).
+
+``python dist_worker.py estimates OUT.json NAMES``: joins the launch described by the
+CHAOSGRAD_* variables (none: a single process), makes two estimates with each estimator
+of NAMES (comma-separated) on a small float64 tanh RNN, and process 0 writes the gradients,
+the losses and the layout to OUT.json.
+"""
+
+import json
+import sys
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+from chaosgrad import distributed  # noqa: E402
+
+
+def estimates(out, names):
+    import numpy as np
+
+    from chaosgrad import estimators, systems
+
+    sysm = systems.make("rnn", n=4, g=1.5, dtype="float64")
+    res = {"processes": jax.process_count(), "devices": jax.device_count(),
+           "local_devices": jax.local_device_count()}
+    for name in names.split(","):
+        kw = {"horizon": 8}
+        kw.update({"tbptt": {"particles": 8, "window": 3}, "backprop": {"samples": 8}}.get(
+            name, {"pairs": 8}))
+        if name in ("tes", "pes"):
+            kw["window"] = 3
+        est = estimators.make(name, sysm, **kw)
+        st = jax.jit(est.init)(jax.random.PRNGKey(0), sysm.theta)
+        f = jax.jit(est.estimate)
+        grads, losses = [], []
+        for i in range(2):
+            g, st, info = f(st, sysm.theta, jax.random.PRNGKey(10 + i))
+            grads.append(distributed.to_host(g).tolist())
+            losses.append(float(distributed.to_host(info["loss"])))
+        leaves = jax.tree_util.tree_leaves(st)
+        res[name] = {
+            "grads": grads, "losses": losses,
+            "state_devices": max((len(x.sharding.device_set) for x in leaves), default=0),
+            "state": [np.asarray(x).tolist() for x in distributed.to_host(leaves)],
+        }
+    if distributed.is_main_process():
+        from chaosgrad.io import write_text
+
+        write_text(out, json.dumps(res))
+
+
+if __name__ == "__main__":
+    distributed.initialize(timeout=60)
+    mode, *args = sys.argv[1:]
+    {"estimates": estimates}[mode](*args)

@@ -1,0 +1,170 @@
+"""Multi-process runs on localhost: launch resolution, populations across processes equal to
+one process's (2 processes × 2 CPU devices vs 1 process × 4 devices, float64), and
+meta-training under a 2-process launch (bit-identical to one process, resumable, and a
+dead peer stopping the others).
+
+Every launch runs subprocesses with free ports and hard timeouts: a hang fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from chaosgrad import distributed
+from chaosgrad.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("dist_worker.py")
+TIMEOUT = 240  # seconds for a whole launch; a hang past it fails the test
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices: int, **extra) -> dict:
+    flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAOSGRAD_", "SLURM_",
+                                                                      "OMPI_"))}
+    env.update(XLA_FLAGS=flags, JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def launch(args: list[str], processes: int, devices: int, timeout: float = TIMEOUT,
+           script: Path = WORKER, env_extra: dict | None = None) -> list:
+    """Run ``script args`` as ``processes`` processes of ``devices`` CPU devices each on
+    localhost (one plain process when ``processes`` is 1); kill them all past ``timeout``."""
+    port = free_port()
+    procs = []
+    for i in range(processes):
+        extra = dict(env_extra or {})
+        if processes > 1:
+            extra.update(CHAOSGRAD_COORDINATOR=f"127.0.0.1:{port}",
+                         CHAOSGRAD_NUM_PROCESSES=processes, CHAOSGRAD_PROCESS_ID=i)
+        procs.append(subprocess.Popen([sys.executable, str(script), *args],
+                                      env=_env(devices, **extra), stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True,
+                                      start_new_session=True))
+    return _collect(procs, timeout)
+
+
+def _collect(procs, timeout):
+    deadline = time.monotonic() + timeout
+    out = []
+    try:
+        for p in procs:
+            so, se = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            out.append(subprocess.CompletedProcess(p.args, p.returncode, so, se))
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail(f"a multi-process launch did not finish within {timeout} s")
+    return out
+
+
+def _ok(results):
+    for i, r in enumerate(results):
+        assert r.returncode == 0, f"process {i} failed:\n{r.stderr[-3000:]}"
+
+
+# -- resolving a launch --------------------------------------------------------------------------
+def test_resolve_launch_single_process_and_arguments():
+    assert distributed.resolve_launch(env={}) is None
+    assert distributed.resolve_launch(num_processes=1, env={}) is None
+    got = distributed.resolve_launch("10.0.0.1:6789", 4, 3, env={})
+    assert got == distributed.Launch("10.0.0.1:6789", 4, 3, "arguments")
+    env = {"CHAOSGRAD_COORDINATOR": "node1:1234", "CHAOSGRAD_NUM_PROCESSES": "2",
+           "CHAOSGRAD_PROCESS_ID": "1"}
+    assert distributed.resolve_launch(env=env) == distributed.Launch("node1:1234", 2, 1,
+                                                                     "environment")
+    # An explicit argument overrides its variable; the others still come from the environment.
+    assert distributed.resolve_launch(process_id=0, env=env).process_id == 0
+
+
+def test_resolve_launch_clusters():
+    slurm = {"SLURM_NTASKS": "8", "SLURM_PROCID": "5", "SLURM_JOB_ID": "1"}
+    assert distributed.resolve_launch(env=slurm).source == "slurm"
+    assert distributed.resolve_launch(env={"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) is None
+    assert distributed.resolve_launch(env={"OMPI_COMM_WORLD_SIZE": "4"}).source == "mpi"
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"coordinator": "h:1", "num_processes": 2, "process_id": 2}, r"in \[0, 1\]"),
+    ({"coordinator": "h:1", "num_processes": 2, "process_id": -1}, r"in \[0, 1\]"),
+    ({"coordinator": "h:1", "num_processes": 0, "process_id": 0}, "at least 1"),
+    ({"num_processes": 2, "process_id": 0}, "coordinator"),
+    ({"coordinator": "h:1", "num_processes": 2}, "process's id"),
+    ({"coordinator": "h:1", "process_id": 0}, "process count"),
+    ({"coordinator": "nohost", "num_processes": 2, "process_id": 0}, "host:port"),
+    ({"coordinator": "h:99999", "num_processes": 2, "process_id": 0}, "host:port"),
+    ({"coordinator": "h:1", "num_processes": "two", "process_id": 0}, "integer"),
+])
+def test_resolve_launch_refuses_bad_input(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        distributed.resolve_launch(**kwargs, env={})
+
+
+def test_population_devices_one_process():
+    import jax
+
+    devs = distributed.population_devices(6)
+    assert len(devs) == max(k for k in range(1, jax.local_device_count() + 1) if 6 % k == 0)
+
+
+# -- populations across processes -------------------------------------------------------------
+def _estimates(tmp_path, names, processes, devices):
+    out = tmp_path / f"est_{processes}x{devices}.json"
+    _ok(launch(["estimates", str(out), ",".join(names)], processes, devices))
+    return json.loads(out.read_text())
+
+
+def _compare_layouts(tmp_path, names):
+    one = _estimates(tmp_path, names, 1, 4)
+    two = _estimates(tmp_path, names, 2, 2)
+    assert (one["processes"], one["devices"]) == (1, 4)
+    assert (two["processes"], two["devices"], two["local_devices"]) == (2, 4, 2)
+    diffs = {}
+    for name in names:
+        a, b = one[name], two[name]
+        d = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+                for x, y in zip(a["grads"], b["grads"], strict=True))
+        scale = max(float(np.max(np.abs(np.asarray(x)))) for x in a["grads"])
+        assert scale > 1e-3, (name, scale)  # a zero gradient would compare equal trivially
+        assert d <= 1e-12, (name, d)
+        np.testing.assert_allclose(a["losses"], b["losses"], rtol=0, atol=1e-12)
+        # Truncated estimators keep a population that spans both processes' devices.
+        if "state" in a and a["state"]:
+            assert b["state_devices"] == 4, (name, b["state_devices"])
+            for x, y in zip(a["state"], b["state"], strict=True):
+                np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-12)
+        diffs[name] = d
+    print("max |2 processes x 2 devices - 1 process x 4 devices|:", diffs)
+    return diffs
+
+
+def test_two_processes_equal_one_process(tmp_path):
+    _compare_layouts(tmp_path, ["pes", "es", "backprop"])
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_all_estimators(tmp_path):
+    from chaosgrad import estimators
+
+    _compare_layouts(tmp_path, estimators.names())
+
