@@ -276,3 +276,17 @@ def broadcast_arrays(arrays: list | None, like: list) -> list[np.ndarray]:
         out.append(buf[at:at + s].view(np.dtype(r.dtype)).reshape(r.shape).copy())
         at += s
     return out
+
+
+def exit_after_peer_failure(error: BaseException, command: str, advice: str) -> None:
+    """Stop this process at once after a computation across processes failed (typically
+    because another process died): print one clear line to stderr and exit with status 3,
+    without the shutdown handshake, which would wait for the dead peer and then abort."""
+    import sys
+
+    first = " ".join(str(error).split())[:300]
+    print(f"{command}: error: process {jax.process_index()} of {jax.process_count()} lost "
+          f"contact with another process, which died or was stopped ({first}). {advice}",
+          file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(3)

@@ -4,6 +4,10 @@
 CHAOSGRAD_* variables (none: a single process), makes two estimates with each estimator
 of NAMES (comma-separated) on a small float64 tanh RNN, and process 0 writes the gradients,
 the losses and the layout to OUT.json.
+
+``python dist_worker.py cli ARGS...``: runs ``chaosgrad ARGS...`` (the command joins the
+launch itself). With CHAOSGRAD_TEST_DIE_AT=K and CHAOSGRAD_TEST_DIE_ID=I, process I kills
+itself (SIGKILL, no clean-up: a crashed host) right after outer step K of meta-train.
 """
 
 import json
@@ -50,7 +54,28 @@ def estimates(out, names):
         write_text(out, json.dumps(res))
 
 
+def cli(*argv):
+    import functools
+    import os
+    import signal
+
+    from chaosgrad.app import cli as app_cli
+    from chaosgrad.app import meta_train as app_meta
+
+    die_at = int(os.environ.get("CHAOSGRAD_TEST_DIE_AT", "0"))
+    if die_at:
+        who = int(os.environ.get("CHAOSGRAD_TEST_DIE_ID", "1"))
+
+        def die(step, rec):
+            if step == die_at and jax.process_index() == who:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        app_meta.meta_train = functools.partial(app_meta.meta_train, callback=die)
+    sys.exit(app_cli.main(list(argv)))
+
+
 if __name__ == "__main__":
-    distributed.initialize(timeout=60)
     mode, *args = sys.argv[1:]
-    {"estimates": estimates}[mode](*args)
+    if mode == "estimates":
+        distributed.initialize(timeout=60)
+    {"estimates": estimates, "cli": cli}[mode](*args)
