@@ -74,7 +74,10 @@ def resolve_launch(coordinator: str | None = None, num_processes: int | None = N
     CHAOSGRAD_NUM_PROCESSES and CHAOSGRAD_PROCESS_ID. When none of these is set, a SLURM
     step with several tasks (``srun``: SLURM_NTASKS > 1) or an OpenMPI launch
     (OMPI_COMM_WORLD_SIZE > 1) is detected and left to `jax.distributed`'s own cluster
-    detection. A process count of 1 is a single process (None).
+    detection. When only the coordinator is given, the count and id come from SLURM
+    (SLURM_NTASKS, SLURM_PROCID) or OpenMPI (OMPI_COMM_WORLD_SIZE, OMPI_COMM_WORLD_RANK),
+    for launchers whose coordinator JAX cannot find (OpenMPI 5). A process count of 1 is a
+    single process (None).
 
     Raises InputError for a count below 1, an id outside [0, count), a malformed
     ``host:port``, or a partial set (a count above 1 with no coordinator or no id).
@@ -96,6 +99,11 @@ def resolve_launch(coordinator: str | None = None, num_processes: int | None = N
             return Launch(None, None, None, "mpi")
         return None
     vals = {k: given[k] if given[k] is not None else from_env[k] for k in given}
+    for count, rank in (("SLURM_NTASKS", "SLURM_PROCID"),
+                        ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK")):
+        if vals["num_processes"] is None and vals["process_id"] is None and count in env \
+                and rank in env:
+            vals["num_processes"], vals["process_id"] = env[count], env[rank]
     where = {"coordinator": f"--coordinator / {ENV_COORDINATOR}",
              "num_processes": f"--num-processes / {ENV_NUM_PROCESSES}",
              "process_id": f"--process-id / {ENV_PROCESS_ID}"}

@@ -102,6 +102,10 @@ def test_resolve_launch_clusters():
     assert distributed.resolve_launch(env=slurm).source == "slurm"
     assert distributed.resolve_launch(env={"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) is None
     assert distributed.resolve_launch(env={"OMPI_COMM_WORLD_SIZE": "4"}).source == "mpi"
+    # A coordinator named by hand, the count and rank from the launcher (OpenMPI 5).
+    ompi = {"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "2"}
+    assert distributed.resolve_launch("n0:7000", env=ompi) == distributed.Launch(
+        "n0:7000", 4, 2, "arguments")
 
 
 @pytest.mark.parametrize("kwargs,match", [
