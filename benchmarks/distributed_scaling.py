@@ -12,6 +12,8 @@ the curve flattens past two: it is the curve this machine allows, not the method
 
 ``--system lopt`` is the learned optimizer (1,762 float32 weights; about 40 s of compile per
 process); ``--system rnn`` a tanh RNN with n = 42 (1,764 weights, a few seconds).
+``--estimator es|backprop|tbptt|tes`` times another estimator (the population is its pairs,
+samples or particles; files get the suffix ``_<estimator>``).
 """
 
 from __future__ import annotations
@@ -76,6 +78,18 @@ def make_system(name: str):
     return systems.make("rnn", n=42, g=1.5, dtype="float32")
 
 
+def estimator_params(name: str, population: int, window: int) -> dict:
+    """The keyword arguments giving estimator ``name`` a population of ``population`` (and
+    ``window`` steps per estimate for the truncated ones)."""
+    if name == "backprop":
+        return {"samples": population}
+    if name == "es":
+        return {"pairs": population}
+    if name == "tbptt":
+        return {"particles": population, "window": window}
+    return {"pairs": population, "window": window}
+
+
 def worker(a) -> None:
     """One process: join the launch, time ``reps`` PES estimates after a warm-up, and (on
     process 0) write the timings and the compiled program's collectives to ``a.part``."""
@@ -85,7 +99,8 @@ def worker(a) -> None:
 
     distributed.initialize(timeout=300)
     system = make_system(a.system)
-    est = estimators.make("pes", system, pairs=a.pairs, window=a.window)
+    est = estimators.make(a.estimator, system, **estimator_params(a.estimator, a.pairs,
+                                                                   a.window))
     t0 = time.perf_counter()
     state = jax.jit(est.init)(jax.random.PRNGKey(0), system.theta)
     f = jax.jit(est.estimate)
@@ -108,7 +123,7 @@ def worker(a) -> None:
         theta_leaves = jax.tree_util.tree_leaves(system.theta)
         part = {
             "processes": jax.process_count(), "devices": jax.device_count(),
-            "pairs": a.pairs, "window": a.window, "reps": a.reps,
+            "estimator": a.estimator, "pairs": a.pairs, "window": a.window, "reps": a.reps,
             "weights": int(sum(x.size for x in theta_leaves)),
             "theta_bytes": int(sum(x.size * x.dtype.itemsize for x in theta_leaves)),
             "seconds_per_estimate": float(np.median(times)),
@@ -140,6 +155,7 @@ def launch(a, processes: int, part: Path) -> dict:
             env.update(CHAOSGRAD_COORDINATOR=f"127.0.0.1:{port}",
                        CHAOSGRAD_NUM_PROCESSES=str(processes), CHAOSGRAD_PROCESS_ID=str(i))
         cmd = [sys.executable, __file__, "--worker", "--part", str(part), "--system", a.system,
+               "--estimator", a.estimator,
                "--pairs", str(a.pairs), "--window", str(a.window), "--reps", str(a.reps)]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE, text=True))
@@ -183,9 +199,11 @@ def report(rows: list[dict]) -> tuple[str, dict]:
     """The scaling table, the bytes per estimate and the 64-host projection, as text and
     as a JSON-able dict."""
     base = rows[0]
-    lines = [f"PES estimates per second on localhost ({base['system']}; {base['weights']} "
-             f"weights; {base['pairs']} antithetic pairs split over the processes, window "
-             f"{base['window']}; median of {base['reps']} estimates; 1 CPU device per process, "
+    name = base.get("estimator", "pes")
+    lines = [f"{name.upper()} estimates per second on localhost ({base['system']}; "
+             f"{base['weights']} weights; a population of {base['pairs']} split over the "
+             f"processes, window {base['window']}; median of {base['reps']} estimates; "
+             "1 CPU device per process, "
              f"{base.get('cores', os.cpu_count())} cores on this machine, shared with other "
              "work; one process may already use several cores through XLA's thread pool)",
              "",
@@ -258,7 +276,10 @@ def main(argv=None) -> int:
     """Run the benchmark (or, with --worker, one of its processes)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--system", choices=("lopt", "rnn"), default="lopt")
-    p.add_argument("--pairs", type=int, default=8)
+    p.add_argument("--estimator", choices=("pes", "es", "backprop", "tbptt", "tes"),
+                   default="pes")
+    p.add_argument("--pairs", type=int, default=8,
+                   help="the population: pairs (ES, PES), samples (backprop), particles")
     p.add_argument("--window", type=int, default=10)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--processes", default="1,2,4")
@@ -290,8 +311,9 @@ def main(argv=None) -> int:
     print(text)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "distributed_scaling.txt", text)
-    write_text(out / "distributed_scaling.json", dumps(result))
+    stem = "distributed_scaling" + ("" if a.estimator == "pes" else f"_{a.estimator}")
+    write_text(out / f"{stem}.txt", text)
+    write_text(out / f"{stem}.json", dumps(result))
     return 0
 
 

@@ -309,7 +309,11 @@ def _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0, log
         host, start, records, evals = loaded
         # Placed as the step places its own outputs, so the resumed steps run the very
         # program the uninterrupted run ran from its second step on: bit-identical.
-        est_abstract = jax.eval_shape(jax.jit(estimator.init), k_init, theta0)
+        # (The initial state's shardings come from compiling init: eval_shape drops them.)
+        init_sh = jax.jit(estimator.init).lower(k_init, theta0).compile().output_shardings
+        est_abstract = jax.tree_util.tree_map(
+            lambda t, sh: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=sh),
+            template[2], init_sh)
         out_sh = train_step.lower(*fresh, est_abstract, jnp.asarray(1, jnp.int32)
                                   ).compile().output_shardings[:3]
         like = jax.tree_util.tree_map(
