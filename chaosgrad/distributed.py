@@ -9,8 +9,9 @@ crosses a process).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -166,9 +167,36 @@ def is_initialized() -> bool:
     return _dist.global_state.client is not None
 
 
+_LOCAL_DEPTH = [0]
+
+
+@contextlib.contextmanager
+def local_only() -> Iterator[None]:
+    """Inside, this process works alone: populations use its own devices only, and the
+    helpers here (`process_count`, `to_host`, `any_process`, ...) act as on one process.
+    For work that one process does by itself while the others do other work (a part of a
+    figure), where a collective would wait forever for processes that never join it."""
+    _LOCAL_DEPTH[0] += 1
+    try:
+        yield
+    finally:
+        _LOCAL_DEPTH[0] -= 1
+
+
+def process_count() -> int:
+    """How many processes work together here (1 inside `local_only`)."""
+    return 1 if _LOCAL_DEPTH[0] else jax.process_count()
+
+
+def process_index() -> int:
+    """This process's index among them (0 inside `local_only`)."""
+    return 0 if _LOCAL_DEPTH[0] else jax.process_index()
+
+
 def is_main_process() -> bool:
-    """True on process 0 (the one that writes files and draws figures)."""
-    return jax.process_index() == 0
+    """True on process 0 (the one that writes files and draws figures), and inside
+    `local_only`."""
+    return process_index() == 0
 
 
 # -- the population mesh ------------------------------------------------------------------
@@ -180,8 +208,11 @@ def population_devices(n: int) -> list:
     divides ``n``). Every process takes part, since each runs the same program.
     Raises InputError when ``n`` is not a multiple of the process count.
     """
-    procs = jax.process_count()
+    procs = process_count()
     local = jax.local_device_count()
+    if procs == 1:
+        devs = jax.local_devices()
+        return devs[:max(k for k in range(1, len(devs) + 1) if n % k == 0)]
     if n % procs:
         raise InputError(f"a population of {n} cannot be split over {procs} processes: use a "
                          f"multiple of {procs} (pairs, samples or particles)")
@@ -211,7 +242,7 @@ def to_host(tree: PyTree) -> PyTree:
 
     def one(x):
         if isinstance(x, jax.Array) and not x.is_fully_addressable \
-                and not x.is_fully_replicated:
+                and not x.is_fully_replicated and process_count() > 1:
             return np.asarray(multihost_utils.process_allgather(x, tiled=True))
         return np.asarray(x)
 
@@ -233,7 +264,7 @@ def from_host(tree: PyTree, like: PyTree) -> PyTree:
 
 def barrier(name: str) -> None:
     """Wait until every process reaches the barrier ``name`` (no-op on one process)."""
-    if jax.process_count() > 1:
+    if process_count() > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
@@ -242,7 +273,7 @@ def barrier(name: str) -> None:
 def any_process(flag: bool) -> bool:
     """Whether ``flag`` is True on any process (a collective on several processes: every
     process must call it at the same point)."""
-    if jax.process_count() == 1:
+    if process_count() == 1:
         return bool(flag)
     from jax.experimental import multihost_utils
 
@@ -252,7 +283,7 @@ def any_process(flag: bool) -> bool:
 
 def broadcast_text(text: str | None) -> str:
     """Process 0's ``text`` on every process (others pass anything; a collective)."""
-    if jax.process_count() == 1:
+    if process_count() == 1:
         return text or ""
     from jax.experimental import multihost_utils
 
@@ -268,7 +299,7 @@ def broadcast_arrays(arrays: list | None, like: list) -> list[np.ndarray]:
     """Process 0's host ``arrays`` on every process, bit for bit (sent as raw bytes, so a
     −0.0 or a NaN payload survives); other processes pass None. ``like`` gives every
     array's shape and dtype on every process. A collective on several processes."""
-    if jax.process_count() == 1:
+    if process_count() == 1:
         return [np.asarray(a, dtype=r.dtype) for a, r in zip(arrays, like, strict=True)]
     from jax.experimental import multihost_utils
 
@@ -293,8 +324,21 @@ def exit_after_peer_failure(error: BaseException, command: str, advice: str) -> 
     import sys
 
     first = " ".join(str(error).split())[:300]
-    print(f"{command}: error: process {jax.process_index()} of {jax.process_count()} lost "
+    print(f"{command}: error: process {process_index()} of {process_count()} lost "
           f"contact with another process, which died or was stopped ({first}). {advice}",
           file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(3)
+
+
+def allgather_bytes(data: bytes) -> list[bytes]:
+    """Every process's ``data``, in process order, on every process (a collective)."""
+    if process_count() == 1:
+        return [bytes(data)]
+    from jax.experimental import multihost_utils
+
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray(len(data), np.int32)))
+    buf = np.zeros(int(sizes.max()) + 1, np.uint8)
+    buf[:len(data)] = np.frombuffer(data, np.uint8)
+    rows = np.asarray(multihost_utils.process_allgather(buf[None], tiled=True))
+    return [rows[i, :int(n)].tobytes() for i, n in enumerate(sizes.reshape(-1))]

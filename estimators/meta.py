@@ -292,7 +292,7 @@ def _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0, log
 
     ckpt = out / CHECKPOINT
     writer = distributed.is_main_process()
-    multi = jax.process_count() > 1
+    multi = distributed.process_count() > 1
     template = jax.eval_shape(lambda: (theta0, outer_optimizer.init(theta0),
                                        estimator.init(k_init, theta0)))
     loaded = _restore_checkpoint(ckpt, template, fingerprint, resume)

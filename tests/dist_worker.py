@@ -5,6 +5,10 @@ CHAOSGRAD_* variables (none: a single process), makes two estimates with each es
 of NAMES (comma-separated) on a small float64 tanh RNN, and process 0 writes the gradients,
 the losses and the layout to OUT.json.
 
+``python dist_worker.py figure OUT``: makes a small Figure 1 (toy) in OUT and, through
+`run_split`, a five-part chain whose every part needs the one before (process 0 writes
+OUT/chain.json).
+
 ``python dist_worker.py cli ARGS...``: runs ``chaosgrad ARGS...`` (the command joins the
 launch itself). With CHAOSGRAD_TEST_DIE_AT=K and CHAOSGRAD_TEST_DIE_ID=I, process I kills
 itself (SIGKILL, no clean-up: a crashed host) right after outer step K of meta-train.
@@ -54,6 +58,42 @@ def estimates(out, names):
         write_text(out, json.dumps(res))
 
 
+class Chain:
+    """An experiment whose part i needs part i - 1 (the worst case for splitting)."""
+
+    @staticmethod
+    def run(scale, store, progress):
+        import jax.numpy as jnp
+        import numpy as np
+
+        x, owners = np.linspace(0.0, 1.0, 3), []
+        for i in range(5):
+            part = store.part(f"c{i}", lambda x=x, i=i: {
+                "x": np.asarray(jax.jit(lambda v: jnp.tanh(2.0 * v + i))(x)),
+                "owner": np.asarray(jax.process_index())})
+            x = part["x"] * 1.0
+            owners.append(part["owner"])
+        return {"x": x, "owners": np.asarray(owners)}, {}
+
+
+def figure(out):
+    from pathlib import Path
+
+    from chaosgrad.app import figures
+    from chaosgrad.app.figures import toy
+    from chaosgrad.io import write_text
+
+    toy.SIZES["quick"] = {"samples": 200, "xs": 11, "ws": 6}
+    png = figures.run_figure("toy", "quick", out)
+    assert (png is None) == (jax.process_index() != 0)
+    got = figures.run_split("chain", Chain, "quick", (Path(out) / "chain", "quick", "c", True),
+                            False)
+    if distributed.is_main_process():
+        (res, _), _ = got
+        write_text(Path(out) / "chain.json", json.dumps(
+            {"x": res["x"].tolist(), "owners": res["owners"].tolist()}))
+
+
 def cli(*argv):
     import functools
     import os
@@ -76,6 +116,6 @@ def cli(*argv):
 
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
-    if mode == "estimates":
+    if mode in ("estimates", "figure"):
         distributed.initialize(timeout=60)
-    {"estimates": estimates, "cli": cli}[mode](*args)
+    {"estimates": estimates, "cli": cli, "figure": figure}[mode](*args)

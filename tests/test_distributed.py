@@ -234,3 +234,23 @@ def test_meta_train_cli_refuses_bad_launch_arguments(tmp_path):
     assert main(base + ["--num-processes", "2", "--process-id", "2",
                         "--coordinator", "127.0.0.1:1"]) == 2
     assert main(base + ["--num-processes", "2", "--process-id", "0"]) == 2
+
+
+# -- figures across processes ---------------------------------------------------------------
+@pytest.mark.slow
+def test_figure_parts_split_over_two_processes(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    _ok(launch(["figure", str(one)], 1, 4))
+    _ok(launch(["figure", str(two)], 2, 2))
+    with np.load(one / "toy" / "results.npz") as a, np.load(two / "toy" / "results.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k])
+    assert (two / "toy" / "toy.png").stat().st_size > 0
+    # Only process 0 keeps parts: the 6 parts of the sweep, each made by one process.
+    assert len(list((two / "toy" / "parts").glob("*.npz"))) == 6
+    # A chain whose part i needs part i - 1 still ends right, its parts made alternately.
+    a = json.loads((one / "chain.json").read_text())
+    b = json.loads((two / "chain.json").read_text())
+    np.testing.assert_array_equal(a["x"], b["x"])
+    assert a["owners"] == [0] * 5 and b["owners"] == [0, 1, 0, 1, 0]

@@ -16,7 +16,7 @@ import chaosgrad
 from chaosgrad import systems
 from chaosgrad.app import figures
 from chaosgrad.app.compare import compare
-from chaosgrad.app.meta_train import add_meta_train_parser
+from chaosgrad.app.meta_train import add_launch_arguments, add_meta_train_parser, join_launch
 from chaosgrad.config import enable_compilation_cache, enable_x64
 from chaosgrad.diagnose import diagnose
 from chaosgrad.errors import InputError
@@ -239,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="figs", help="output folder (default figs)")
     p.add_argument("--force", action="store_true", help="re-run even if results are saved")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_launch_arguments(p, "each figure's parts (seeds, shifts, horizons) are split over the "
+                            "processes")
 
     p = sub.add_parser("demo", help="the small default job: spectrum + gradient growth of a "
                        "chaotic and a stable RNN, a table and a PNG")
@@ -449,12 +451,14 @@ def cmd_figures(args) -> int:
                          + ", ".join(figures.names()))
     for name in todo:
         figures._module(name)  # unknown names fail before any work starts
+    join_launch(args)  # before any computation
     enable_x64()
     for name in todo:
         t0 = time.perf_counter()
         png = figures.run_figure(name, args.scale, args.out, force=args.force,
                                  progress=False if args.no_progress else None)
-        print(f"{name:<10} {png}  ({time.perf_counter() - t0:.1f} s)")
+        if png is not None:  # None: another process of a launch; process 0 reports
+            print(f"{name:<10} {png}  ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 

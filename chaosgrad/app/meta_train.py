@@ -1,6 +1,8 @@
 """The ``chaosgrad meta-train`` subcommand: its parser and its runner.
 
 `add_meta_train_parser(subparsers)` adds it; `run_meta_train(args)` runs it (exit status).
+`add_launch_arguments(parser)` and `join_launch(args)` give a subcommand the multi-process
+launch options (meta-train and figures use them).
 """
 
 from __future__ import annotations
@@ -53,11 +55,21 @@ def add_meta_train_parser(subparsers):
                    help="start over: delete an existing checkpoint in --out")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_launch_arguments(p, "the population is split over every process's devices")
+    p.set_defaults(func=run_meta_train)
+    return p
+
+
+def add_launch_arguments(p, what: str):
+    """Add --coordinator, --num-processes, --process-id and --timeout to parser ``p``
+    (``what``: what is split over the processes, for the help)."""
+    from chaosgrad.app.cli import _positive_int
+
     g = p.add_argument_group(
         "multi-process launch",
-        "Run one such command per process (or under srun / mpirun, which need none of "
-        "these): the population is split over every process's devices and process 0 "
-        "writes --out. Each defaults to its CHAOSGRAD_* environment variable.")
+        f"Run one such command per process (or under srun / mpirun, which need none of "
+        f"these): {what}, and process 0 writes --out. Each defaults to its CHAOSGRAD_* "
+        "environment variable.")
     g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
                    help="address of process 0's coordinator (CHAOSGRAD_COORDINATOR)")
     g.add_argument("--num-processes", default=None, metavar="P",
@@ -68,8 +80,15 @@ def add_meta_train_parser(subparsers):
                    help="seconds to wait for every process to join, and after which a silent "
                         f"process counts as dead (CHAOSGRAD_TIMEOUT, default "
                         f"{distributed.DEFAULT_TIMEOUT})")
-    p.set_defaults(func=run_meta_train)
-    return p
+
+
+def join_launch(args):
+    """Join the launch that ``args`` (or the environment) describe, before any computation;
+    returns the `chaosgrad.distributed.Launch`, or None for a single process."""
+    return distributed.initialize(getattr(args, "coordinator", None),
+                                  getattr(args, "num_processes", None),
+                                  getattr(args, "process_id", None),
+                                  timeout=getattr(args, "timeout", None))
 
 
 def run_meta_train(args) -> int:
@@ -86,10 +105,7 @@ def run_meta_train(args) -> int:
     if args.steps is None or args.steps < 1:
         raise InputError(f"--steps must be a positive integer, got {args.steps!r}")
     # Before any computation: joining a launch must precede JAX's first use of devices.
-    launch = distributed.initialize(getattr(args, "coordinator", None),
-                                    getattr(args, "num_processes", None),
-                                    getattr(args, "process_id", None),
-                                    timeout=getattr(args, "timeout", None))
+    launch = join_launch(args)
     system = systems.make(args.name, **systems.parse_params(args.name, args.param))
     est = estimators.make(args.estimator, system,
                           **estimators.parse_params(args.estimator, args.est_param))
