@@ -162,9 +162,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 
 def is_initialized() -> bool:
     """Whether `jax.distributed` has been initialised in this process."""
-    from jax._src import distributed as _dist
-
-    return _dist.global_state.client is not None
+    return jax.distributed.is_initialized()
 
 
 _LOCAL_DEPTH = [0]
@@ -230,8 +228,10 @@ def population_sharding(n: int) -> NamedSharding:
 
 
 def replicated_sharding() -> NamedSharding:
-    """A sharding that holds a whole copy of an array on every device of every process."""
-    return NamedSharding(Mesh(np.asarray(jax.devices()), (POPULATION_AXIS,)), P())
+    """A sharding that holds a whole copy of an array on every device of every process
+    (of this process inside `local_only`)."""
+    devices = jax.devices() if process_count() > 1 else jax.local_devices()
+    return NamedSharding(Mesh(np.asarray(devices), (POPULATION_AXIS,)), P())
 
 
 # -- between global arrays and host memory --------------------------------------------------

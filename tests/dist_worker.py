@@ -11,7 +11,8 @@ OUT/chain.json).
 
 ``python dist_worker.py cli ARGS...``: runs ``chaosgrad ARGS...`` (the command joins the
 launch itself). With CHAOSGRAD_TEST_DIE_AT=K and CHAOSGRAD_TEST_DIE_ID=I, process I kills
-itself (SIGKILL, no clean-up: a crashed host) right after outer step K of meta-train.
+itself (SIGKILL, no clean-up: a crashed host) right after outer step K of meta-train; with
+CHAOSGRAD_TEST_TERM_AT=K it sends itself SIGTERM instead (a scheduler's stop).
 """
 
 import json
@@ -103,12 +104,14 @@ def cli(*argv):
     from chaosgrad.app import meta_train as app_meta
 
     die_at = int(os.environ.get("CHAOSGRAD_TEST_DIE_AT", "0"))
-    if die_at:
+    term_at = int(os.environ.get("CHAOSGRAD_TEST_TERM_AT", "0"))
+    if die_at or term_at:
         who = int(os.environ.get("CHAOSGRAD_TEST_DIE_ID", "1"))
+        at, sig = (die_at, signal.SIGKILL) if die_at else (term_at, signal.SIGTERM)
 
         def die(step, rec):
-            if step == die_at and jax.process_index() == who:
-                os.kill(os.getpid(), signal.SIGKILL)
+            if step == at and jax.process_index() == who:
+                os.kill(os.getpid(), sig)
 
         app_meta.meta_train = functools.partial(app_meta.meta_train, callback=die)
     sys.exit(app_cli.main(list(argv)))

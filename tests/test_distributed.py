@@ -226,6 +226,18 @@ def test_meta_train_two_processes_equal_one_and_resume_after_a_death(tmp_path):
         np.testing.assert_array_equal(c[k], b[k])
     assert (cut / "log.jsonl").read_text() == (two / "log.jsonl").read_text()
 
+    # SIGTERM to process 1 after step 3: both stop after step 3 (status 130), the checkpoint
+    # holds step 3, and the resumed run ends bit-identical too.
+    term = tmp_path / "term"
+    stopped = _meta(term, 2, 2, CHAOSGRAD_TEST_TERM_AT=3, CHAOSGRAD_TEST_DIE_ID=1)
+    assert [r.returncode for r in stopped] == [130, 130], [r.stderr[-1500:] for r in stopped]
+    with np.load(term / "checkpoint.npz") as z:
+        assert int(z["step"]) == 3
+    _ok(_meta(term, 2, 2))
+    t = _theta(term)
+    for k in b:
+        np.testing.assert_array_equal(t[k], b[k])
+
 
 def test_meta_train_cli_refuses_bad_launch_arguments(tmp_path):
     from chaosgrad.app.cli import main
