@@ -219,6 +219,12 @@ def test_meta_train_two_processes_equal_one_and_resume_after_a_death(tmp_path):
     with np.load(cut / "checkpoint.npz") as z:
         assert int(z["step"]) == 2
 
+    # The coordinator's death (process 0) stops process 1 the same way.
+    dead0 = _meta(tmp_path / "cut0", 2, 2, CHAOSGRAD_TEST_DIE_AT=3, CHAOSGRAD_TEST_DIE_ID=0)
+    assert dead0[0].returncode == -signal.SIGKILL
+    assert dead0[1].returncode == 3, dead0[1].stderr[-2000:]
+    assert "process 1 of 2 lost contact with another process" in dead0[1].stderr
+
     # Relaunched, both resume from the checkpoint and end bit-identical to the unbroken run.
     _ok(_meta(cut, 2, 2))
     c = _theta(cut)
