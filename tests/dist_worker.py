@@ -9,6 +9,10 @@ the losses and the layout to OUT.json.
 `run_split`, a five-part chain whose every part needs the one before (process 0 writes
 OUT/chain.json).
 
+``python dist_worker.py compare OUT``: compares backprop, ES and PES on a logistic map
+(the estimators and the reference shared out over the processes); process 0 saves the
+comparison to OUT (compare.json).
+
 ``python dist_worker.py cli ARGS...``: runs ``chaosgrad ARGS...`` (the command joins the
 launch itself). With CHAOSGRAD_TEST_DIE_AT=K and CHAOSGRAD_TEST_DIE_ID=I, process I kills
 itself (SIGKILL, no clean-up: a crashed host) right after outer step K of meta-train; with
@@ -95,6 +99,17 @@ def figure(out):
             {"x": res["x"].tolist(), "owners": res["owners"].tolist()}))
 
 
+def compare(out):
+    from chaosgrad import systems
+    from chaosgrad.app.compare import compare as run_compare
+
+    c = run_compare(systems.make("logistic", r=3.9, dtype="float64"),
+                    estimators_=("backprop", "es", "pes"), horizon=12, samples=8,
+                    reference="es", reference_batches=4, reference_per_batch=16,
+                    key=jax.random.PRNGKey(5), out=out, progress=False)
+    assert (c is None) == (jax.process_index() != 0)
+
+
 def cli(*argv):
     import functools
     import os
@@ -119,6 +134,6 @@ def cli(*argv):
 
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
-    if mode in ("estimates", "figure"):
+    if mode in ("estimates", "figure", "compare"):
         distributed.initialize(timeout=60)
-    {"estimates": estimates, "cli": cli, "figure": figure}[mode](*args)
+    {"estimates": estimates, "cli": cli, "figure": figure, "compare": compare}[mode](*args)

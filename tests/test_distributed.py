@@ -272,3 +272,24 @@ def test_figure_parts_split_over_two_processes(tmp_path):
     b = json.loads((two / "chain.json").read_text())
     np.testing.assert_array_equal(a["x"], b["x"])
     assert a["owners"] == [0] * 5 and b["owners"] == [0, 1, 0, 1, 0]
+
+
+# -- compare across processes ---------------------------------------------------------------
+@pytest.mark.slow
+def test_compare_shared_out_over_two_processes(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    _ok(launch(["compare", str(one)], 1, 4))
+    _ok(launch(["compare", str(two)], 2, 2))
+    a = json.loads((one / "compare.json").read_text())
+    b = json.loads((two / "compare.json").read_text())
+    assert a["reference"] == b["reference"]
+    by_a = {e["name"]: e for e in a["estimators"]}
+    by_b = {e["name"]: e for e in b["estimators"]}
+    assert sorted(by_a) == sorted(by_b) == ["backprop", "es", "pes"]
+    for name in by_a:
+        assert by_a[name]["samples"] == by_b[name]["samples"] == 8
+        for k in ("bias", "variance"):  # the estimates themselves; seconds differ
+            for end in ("value", "low", "high"):
+                x, y = by_a[name][k][end], by_b[name][k][end]
+                assert y == pytest.approx(x, rel=1e-9, abs=1e-300), (name, k, end, x, y)
+    assert (two / "compare.png").stat().st_size > 10_000

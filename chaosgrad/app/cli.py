@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default="auto", choices=["auto", "es", "backprop"],
                    help="reference gradient (auto: backprop if stable, else ES)")
     p.add_argument("--out", default=None, help="folder for compare.json and compare.png")
+    add_launch_arguments(p, "the estimators and the reference are shared out over the "
+                            "processes")
 
     p = sub.add_parser("figures", help="regenerate the paper's figures (saved results are "
                        "reused: an interrupted run resumes)")
@@ -422,6 +424,7 @@ def cmd_diagnose(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    join_launch(args)  # before any computation
     system = _make_system(args)
     if not args.sigma > 0:
         raise InputError(f"--sigma must be positive, got {args.sigma}")
@@ -434,6 +437,8 @@ def cmd_compare(args) -> int:
                 seconds=args.seconds if args.seconds > 0 else None,
                 reference=args.reference, key=_key(args.seed),
                 progress=False if args.no_progress else None)
+    if c is None:
+        return 0  # another process of a launch: process 0 saves and reports
     return _save_and_print(args, c, out, "compare", c.table,
                            f"report: {Path(out) / 'compare.json'}, figure: "
                            f"{Path(out) / 'compare.png'}")
