@@ -579,6 +579,16 @@ def main(argv: list[str] | None = None) -> int:
         if "RESOURCE_EXHAUSTED" in str(e):
             return fail("out of device memory; ask for less (fewer seeds, steps or a smaller "
                         "system)")
+        # Under a multi-process launch a failed collective means a peer died: stop now with
+        # one line rather than wait out the shutdown handshake with the dead peer.
+        import jax
+
+        from chaosgrad import distributed
+
+        if isinstance(e, jax.errors.JaxRuntimeError) and distributed.is_initialized():
+            distributed.exit_after_peer_failure(
+                e, f"chaosgrad {args.command}", "Run the same command on every process "
+                "again to resume (saved checkpoints and figure parts are reused).")
         raise
 
 
