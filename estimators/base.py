@@ -10,14 +10,14 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax.tree_utils as otu
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import NamedSharding
 
+from chaosgrad import distributed
 from chaosgrad.errors import InputError
 from chaosgrad.unroll import check_steps
 
 PyTree = Any
-POPULATION_AXIS = "population"
+POPULATION_AXIS = distributed.POPULATION_AXIS
 
 
 class Estimator(NamedTuple):
@@ -67,18 +67,18 @@ def finish_info(grad: PyTree, **info) -> dict:
 
 # -- sharding the population over devices --------------------------------------------------------
 def population_sharding(n: int, shard: bool = True) -> NamedSharding | None:
-    """A sharding that splits a leading population axis of size ``n`` over the local devices.
+    """A sharding that splits a leading population axis of size ``n`` over every device of
+    every process (`chaosgrad.distributed.population_devices`): on one process the largest
+    number of local devices that divides ``n``; under a multi-process launch the same number
+    from each process. Returns None when ``shard`` is False.
 
-    Uses a 1-D mesh over the largest number of local devices that divides ``n`` (all of them
-    when ``n`` is a multiple of the device count). Returns None when ``shard`` is False.
-    The same code runs on one device (the constraint is then trivial) or many.
+    The same code runs on one device (the constraint is then trivial), many local devices,
+    or P processes × D devices; each member's keys and noise come from its global index, so
+    the estimate does not depend on the layout.
     """
     if not shard:
         return None
-    devices = jax.local_devices()
-    d = max(k for k in range(1, len(devices) + 1) if n % k == 0)
-    mesh = Mesh(devices[:d], (POPULATION_AXIS,))
-    return NamedSharding(mesh, P(POPULATION_AXIS))
+    return distributed.population_sharding(n)
 
 
 def shard_population(tree: PyTree, sharding: NamedSharding | None) -> PyTree:

@@ -1,9 +1,11 @@
 """Meta-training: fit a system's θ with any estimator and an optax optimizer, with logs,
-atomic checkpoints, exact resumption after an interruption, and a progress bar.
+atomic checkpoints, exact resumption after an interruption, and a progress bar — in one
+process or across the processes of a `chaosgrad.distributed` launch (process 0 writes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from chaosgrad.estimators.base import Estimator, count_nonfinite
 
+from chaosgrad import distributed
 from chaosgrad.config import precision_info
 from chaosgrad.errors import InputError
 from chaosgrad.io import dumps, jsonable, load_npz, save_npz, write_text
@@ -220,6 +223,13 @@ def meta_train(
     A ``.lock`` file in ``out_dir`` keeps a second run from writing into the same folder.
     SIGTERM (in the main thread) stops training like Ctrl-C: the checkpoint is written.
 
+    Under a multi-process launch (`chaosgrad.distributed.initialize` called first) every
+    process runs this with the same arguments: the population is split over every
+    process's devices; only process 0 takes the lock, reads the checkpoint (and sends it
+    to the others, so no shared file system is needed) and writes files. A stop (SIGINT,
+    SIGTERM, or a callback's KeyboardInterrupt) on any process is agreed on at the end of
+    the step, so every process stops after the same step and the checkpoint is whole.
+
     Returns:
       A `MetaTrainResult`.
     """
@@ -230,8 +240,22 @@ def meta_train(
     horizon = check_steps(eval_horizon or system.horizon, "eval_horizon")
     theta0 = resolve_theta(system, theta0)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with OutputLock(out):
+    # Only process 0 touches the folder. Whether it could is sent to every process, so a
+    # refusal (a folder in use) stops them all with the same message.
+    error, lock = "", contextlib.nullcontext()
+    if distributed.is_main_process():
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            lock = OutputLock(out)
+            lock.__enter__()
+        except (InputError, OSError) as e:
+            error = str(e) or type(e).__name__
+            lock = contextlib.nullcontext()
+    error = distributed.broadcast_text(error)
+    if error:
+        raise InputError(error)
+    with contextlib.ExitStack() as stack:
+        stack.push(lock)
         return _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0,
                            log_every, checkpoint_every, eval_seeds, horizon, progress,
                            callback, resume, outer_config)
@@ -267,30 +291,47 @@ def _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0, log
     train_step = jax.jit(train_step)
 
     ckpt = out / CHECKPOINT
+    writer = distributed.is_main_process()
+    multi = distributed.process_count() > 1
     template = jax.eval_shape(lambda: (theta0, outer_optimizer.init(theta0),
                                        estimator.init(k_init, theta0)))
-    records: list = []  # one dict per completed outer step
-    evals: list = []
-    if not resume and ckpt.exists():
-        ckpt.unlink()  # start over: never resume from, nor mix with, the old run
-    if resume and ckpt.exists():
-        cur, start, records, evals = _load_checkpoint(ckpt, template, fingerprint)
-        if start > steps:
-            raise InputError(f"{ckpt} is at step {start}, past the {steps} steps asked for; "
-                             f"ask for --steps {start} or more to continue it, or pass "
-                             "--no-resume to start over")
+    loaded = _restore_checkpoint(ckpt, template, fingerprint, resume)
+    if loaded is not None and loaded[1] > steps:
+        raise InputError(f"{ckpt} is at step {loaded[1]}, past the {steps} steps asked for; "
+                         f"ask for --steps {loaded[1]} or more to continue it, or pass "
+                         "--no-resume to start over")
+    fresh = (theta0, outer_optimizer.init(theta0))
+    if loaded is None or loaded[1] == 0:
+        # Step 0 is the initial state itself: rebuilt, it runs exactly as a fresh start.
+        start, records, evals = 0, [], []
+        cur = (*fresh, jax.jit(estimator.init)(k_init, theta0))
     else:
-        start = 0
-        cur = (theta0, outer_optimizer.init(theta0), jax.jit(estimator.init)(k_init, theta0))
+        host, start, records, evals = loaded
+        # Placed as the step places its own outputs, so the resumed steps run the very
+        # program the uninterrupted run ran from its second step on: bit-identical.
+        # (The initial state's shardings come from compiling init: eval_shape drops them.)
+        init_sh = jax.jit(estimator.init).lower(k_init, theta0).compile().output_shardings
+        est_abstract = jax.tree_util.tree_map(
+            lambda t, sh: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=sh),
+            template[2], init_sh)
+        out_sh = train_step.lower(*fresh, est_abstract, jnp.asarray(1, jnp.int32)
+                                  ).compile().output_shardings[:3]
+        like = jax.tree_util.tree_map(
+            lambda t, sh: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=sh),
+            template, tuple(out_sh))
+        cur = distributed.from_host(host, like)
     wall = 0.0
 
     def eval_record(step, theta):
-        m, vals = evaluate(theta)
+        m, vals = distributed.to_host(evaluate(theta))
         return {"step": step, "meta_loss": float(m),
-                "nonfinite": int(np.sum(~np.isfinite(np.asarray(vals))))}
+                "nonfinite": int(np.sum(~np.isfinite(vals)))}
 
     def save_checkpoint(step, state):
-        leaves = jax.tree_util.tree_leaves(state)
+        # Gathering is a collective (every process); writing is process 0's alone.
+        leaves = distributed.to_host(jax.tree_util.tree_leaves(state))
+        if not writer:
+            return
         arrays = {f"leaf_{i}": np.asarray(x) for i, x in enumerate(leaves)}
         arrays.update(step=np.asarray(step), fingerprint=np.asarray(fingerprint),
                       history=np.asarray(json.dumps({"records": records[:step],
@@ -307,9 +348,18 @@ def _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0, log
     # SIGTERM (a scheduler's stop, `kill`) checkpoints like Ctrl-C. Signal handlers can only
     # be set from the main thread; elsewhere the default behaviour stays.
     main_thread = threading.current_thread() is threading.main_thread()
-    old_term = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    # Across processes a stop must land on the same step everywhere: the signals only set
+    # a flag, and the processes agree on it at the end of each step.
+    stop_flag = []
+
+    def _request_stop(signum, frame):
+        stop_flag.append(signum)
+
+    handler = _request_stop if multi else _raise_terminated
+    old_term = signal.signal(signal.SIGTERM, handler) if main_thread else None
+    old_int = signal.signal(signal.SIGINT, _request_stop) if main_thread and multi else None
     bar = progress_bar(total=steps, desc=f"meta-train {estimator.name} on {system.name}",
-                       enabled=progress)
+                       enabled=progress if writer else False)
     try:
         with bar:
             bar.skip(start)  # a resumed run: the time estimate counts from here
@@ -317,7 +367,7 @@ def _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0, log
                 t0 = time.perf_counter()
                 theta, opt_state, est_state, info, finite = train_step(
                     *committed[1], jnp.asarray(step, jnp.int32))
-                info = jax.device_get(info)
+                info = distributed.to_host(info)
                 wall += time.perf_counter() - t0
                 rec = {"loss": float(info["loss"]), "grad_norm": float(info["grad_norm"]),
                        "nonfinite_grad": int(info["nonfinite_grad"]),
@@ -334,7 +384,14 @@ def _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0, log
                     bar.set_postfix_str(f"meta-loss {ev['meta_loss']:.4g}")
                 bar.update(1)
                 if callback is not None:
-                    callback(step, rec)
+                    try:
+                        callback(step, rec)
+                    except KeyboardInterrupt:
+                        if not multi:
+                            raise
+                        stop_flag.append("callback")
+                if multi and distributed.any_process(bool(stop_flag)):
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
         interrupted = True
         n = committed[0]
@@ -344,12 +401,46 @@ def _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0, log
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, old_term)
+            if old_int is not None:
+                signal.signal(signal.SIGINT, old_int)
     step, (theta, _, _) = committed
-    theta_np = jax.device_get(theta)
+    theta_np = distributed.to_host(theta)
     history = {k: [r[k] for r in records] for k in STEP_FIELDS}
-    _write_results(out, system, estimator, theta_np, step, steps, history, evals,
-                   interrupted, wall)
+    if writer:
+        _write_results(out, system, estimator, theta_np, step, steps, history, evals,
+                       interrupted, wall)
     return MetaTrainResult(theta_np, step, history, evals, interrupted, out)
+
+
+def _restore_checkpoint(ckpt: Path, template, fingerprint: str, resume: bool):
+    """(host leaves, step, records, evals) of the checkpoint to resume, or None to start
+    fresh (deleting an old checkpoint when ``resume`` is False).
+
+    Process 0 reads and checks the file; its verdict (an error, nothing, or the step and
+    history) and the arrays are sent to every process, which all raise the same InputError
+    or resume from the same bits."""
+    leaves_like = jax.tree_util.tree_leaves(template)
+    found = None
+    header: dict = {"error": "", "found": False}
+    if distributed.is_main_process():
+        try:
+            if not resume and ckpt.exists():
+                ckpt.unlink()  # start over: never resume from, nor mix with, the old run
+            if resume and ckpt.exists():
+                found = _load_checkpoint(ckpt, template, fingerprint)
+                header.update(found=True, start=found[1], records=found[2], evals=found[3])
+        except InputError as e:
+            header["error"] = str(e)
+    header = json.loads(distributed.broadcast_text(json.dumps(header)))
+    if header["error"]:
+        raise InputError(header["error"])
+    if not header["found"]:
+        return None
+    arrays = None if found is None else [np.asarray(x) for x in
+                                         jax.tree_util.tree_leaves(found[0])]
+    host = distributed.broadcast_arrays(arrays, leaves_like)
+    host = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), host)
+    return host, header["start"], header["records"], header["evals"]
 
 
 def _load_checkpoint(ckpt: Path, template, fingerprint: str):

@@ -16,7 +16,7 @@ import chaosgrad
 from chaosgrad import systems
 from chaosgrad.app import figures
 from chaosgrad.app.compare import compare
-from chaosgrad.app.meta_train import add_meta_train_parser
+from chaosgrad.app.meta_train import add_launch_arguments, add_meta_train_parser, join_launch
 from chaosgrad.config import enable_compilation_cache, enable_x64
 from chaosgrad.diagnose import diagnose
 from chaosgrad.errors import InputError
@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default="auto", choices=["auto", "es", "backprop"],
                    help="reference gradient (auto: backprop if stable, else ES)")
     p.add_argument("--out", default=None, help="folder for compare.json and compare.png")
+    add_launch_arguments(p, "the estimators and the reference are shared out over the "
+                            "processes")
 
     p = sub.add_parser("figures", help="regenerate the paper's figures (saved results are "
                        "reused: an interrupted run resumes)")
@@ -239,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="figs", help="output folder (default figs)")
     p.add_argument("--force", action="store_true", help="re-run even if results are saved")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_launch_arguments(p, "each figure's parts (seeds, shifts, horizons) are split over the "
+                            "processes")
 
     p = sub.add_parser("demo", help="the small default job: spectrum + gradient growth of a "
                        "chaotic and a stable RNN, a table and a PNG")
@@ -420,6 +424,7 @@ def cmd_diagnose(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    join_launch(args)  # before any computation
     system = _make_system(args)
     if not args.sigma > 0:
         raise InputError(f"--sigma must be positive, got {args.sigma}")
@@ -432,6 +437,8 @@ def cmd_compare(args) -> int:
                 seconds=args.seconds if args.seconds > 0 else None,
                 reference=args.reference, key=_key(args.seed),
                 progress=False if args.no_progress else None)
+    if c is None:
+        return 0  # another process of a launch: process 0 saves and reports
     return _save_and_print(args, c, out, "compare", c.table,
                            f"report: {Path(out) / 'compare.json'}, figure: "
                            f"{Path(out) / 'compare.png'}")
@@ -449,12 +456,14 @@ def cmd_figures(args) -> int:
                          + ", ".join(figures.names()))
     for name in todo:
         figures._module(name)  # unknown names fail before any work starts
+    join_launch(args)  # before any computation
     enable_x64()
     for name in todo:
         t0 = time.perf_counter()
         png = figures.run_figure(name, args.scale, args.out, force=args.force,
                                  progress=False if args.no_progress else None)
-        print(f"{name:<10} {png}  ({time.perf_counter() - t0:.1f} s)")
+        if png is not None:  # None: another process of a launch; process 0 reports
+            print(f"{name:<10} {png}  ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 
@@ -570,6 +579,16 @@ def main(argv: list[str] | None = None) -> int:
         if "RESOURCE_EXHAUSTED" in str(e):
             return fail("out of device memory; ask for less (fewer seeds, steps or a smaller "
                         "system)")
+        # Under a multi-process launch a failed collective means a peer died: stop now with
+        # one line rather than wait out the shutdown handshake with the dead peer.
+        import jax
+
+        from chaosgrad import distributed
+
+        if isinstance(e, jax.errors.JaxRuntimeError) and distributed.is_initialized():
+            distributed.exit_after_peer_failure(
+                e, f"chaosgrad {args.command}", "Run the same command on every process "
+                "again to resume (saved checkpoints and figure parts are reused).")
         raise
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from scipy.stats import chi2 as _chi2
 
-from chaosgrad import estimators
+from chaosgrad import distributed, estimators
 from chaosgrad.config import precision_info, provenance
 from chaosgrad.errors import InputError
 from chaosgrad.io import write_json
@@ -229,6 +229,55 @@ def _estimator_params(name: str, common: dict, extra: dict | None) -> dict:
     return params
 
 
+class _Gathered:
+    """What another process's `_Sampler.run` returned, standing in for that sampler."""
+
+    def __init__(self, est, grads: np.ndarray, steps: float, secs: float, seconds: float):
+        self.est, self.grads, self.steps, self.secs, self.seconds = (est, grads, steps, secs,
+                                                                     seconds)
+
+    def run(self, samples: int, desc: str, progress) -> tuple[np.ndarray, float, float]:
+        """The gathered estimates (``samples`` of them were asked of their owner)."""
+        return self.grads, self.steps, self.secs
+
+
+def _split_sampling(samplers_fn, n_jobs: int, allocate, progress) -> list | None:
+    """Run the ``n_jobs`` samplers (the estimators, then the reference) split over the
+    processes of a launch: job j is built, timed and run by process j mod P alone
+    (`distributed.local_only`). Timings are shared first, so every process allocates
+    the samples the same way (``allocate(steps_and_seconds) -> counts``). Returns process
+    0's list of `_Gathered`, None on the others."""
+    import io as _io
+    import json
+
+    rank, count = distributed.process_index(), distributed.process_count()
+    mine = {}
+    with distributed.local_only():
+        for j in range(n_jobs):
+            if j % count == rank:
+                mine[j] = samplers_fn(j)
+    timing = {j: (s.steps, s.seconds) for j, s in mine.items()}
+    shared = {}
+    for blob in distributed.allgather_bytes(json.dumps(timing).encode()):
+        shared.update({int(j): v for j, v in json.loads(blob).items()})
+    counts = allocate([shared[j] for j in range(n_jobs)])
+    runs = {}
+    with distributed.local_only():
+        for j, s in mine.items():
+            runs[j] = s.run(counts[j], f"compare {s.est.name}", progress if rank == 0 else False)
+    buf = _io.BytesIO()
+    np.savez(buf, **{f"g{j}": g for j, (g, _, _) in runs.items()},
+             meta=np.asarray(json.dumps({j: [st, sec] for j, (_, st, sec) in runs.items()})))
+    got: dict = {}
+    for blob in distributed.allgather_bytes(buf.getvalue()):
+        with np.load(_io.BytesIO(blob), allow_pickle=False) as z:
+            for j, (st, sec) in json.loads(str(z["meta"])).items():
+                got[int(j)] = (z[f"g{j}"], st, sec)
+    if rank != 0:
+        return None
+    return [(got[j], shared[j][1]) for j in range(n_jobs)]
+
+
 class _Sampler:
     """Successive estimates of one estimator at fixed θ, compiled and timed before the
     sampling starts, so a time budget can be shared out first.
@@ -284,7 +333,10 @@ _BUILT: dict = {}
 
 def make_estimator(name: str, system: System, **params):
     """`estimators.make`, memoised on (system, name, params) while the system lives."""
-    key = (id(system), name, tuple(sorted((k, repr(v)) for k, v in params.items())))
+    # The process count is part of the key: an estimator built to work alone (inside
+    # `distributed.local_only`) must not be handed to a population spread over processes.
+    key = (id(system), name, tuple(sorted((k, repr(v)) for k, v in params.items())),
+           distributed.process_count())
     hit = _BUILT.get(key)
     if hit is not None and hit[0] is system:
         return hit[1]
@@ -370,7 +422,7 @@ def compare(
     key: jax.Array | None = None,
     out: str | os.PathLike | None = None,
     progress: bool | None = None,
-) -> Comparison:
+) -> Comparison | None:
     """Compare gradient estimators of ``system``'s T-step meta-loss at fixed θ.
 
     Each estimator (by registry name: backprop, tbptt, es, tes, pes, combined) gives
@@ -403,6 +455,12 @@ def compare(
         `leading_exponent` (None: measured here).
       params: per-estimator overrides, e.g. ``{"pes": {"pairs": 16}}``.
       out: write compare.json and compare.png there.
+
+    Under a multi-process launch (`chaosgrad.distributed`) every process calls it alike:
+    each estimator, and the reference, is built, timed and sampled whole by one process
+    (job j on process j mod P), and process 0 gathers the estimates, computes the numbers,
+    writes ``out`` and returns the `Comparison`; the others return None. Seconds are then
+    measured while the other processes work on their own jobs.
     Raises InputError for unknown or repeated estimators, a window longer than the horizon,
     fewer than 4 samples, or a budget below one estimate.
     """
@@ -413,27 +471,56 @@ def compare(
     key = default_key(key)
     common = {"samples": population, "particles": population, "pairs": population,
               "sigma": sigma, "window": window, "horizon": horizon}
-    built = [make_estimator(n, system, **_estimator_params(n, common, (params or {}).get(n)))
-             for n in names]
+    split = distributed.process_count() > 1
+    # Under a launch each estimator runs whole on one process: built to work alone.
+    with distributed.local_only() if split else _nothing():
+        built = [make_estimator(n, system, **_estimator_params(n, common,
+                                                               (params or {}).get(n)))
+                 for n in names]
     budget = int(budget or samples * population * horizon)
     per_batch = int(reference_per_batch or population)
     reference, reference_reason = _choose_reference(system, theta, key, horizon, reference,
                                                     lyapunov)
-    samplers = []
-    for i, est in enumerate(built):
-        s = _Sampler(est, theta, jax.random.fold_in(key, i))
-        if s.steps > budget:
-            raise InputError(f"budget {budget} is below the cost of one {est.name} estimate "
-                             f"({s.steps:.0f} unroll steps); raise --budget")
-        samplers.append(s)
     ref_key = jax.random.fold_in(key, 1000)
-    ref_sampler = _reference_sampler(system, theta, horizon, reference, ref_key,
-                                     per_batch, sigma)
-    counts, ref_batches = _allocate(samplers, ref_sampler, samples, reference_batches, seconds)
-    runs = []
-    for s, n in zip(samplers, counts, strict=True):
-        grads, steps, secs = s.run(n, f"compare {s.est.name}", progress)
-        runs.append((s.est, grads, steps, secs))
+
+    def sampler(j):
+        if j < len(built):
+            return _Sampler(built[j], theta, jax.random.fold_in(key, j))
+        return _reference_sampler(system, theta, horizon, reference, ref_key,
+                                  per_batch, sigma)
+
+    def check_budget(steps_of):
+        for est, steps in zip(built, steps_of, strict=False):
+            if steps > budget:
+                raise InputError(f"budget {budget} is below the cost of one {est.name} "
+                                 f"estimate ({steps:.0f} unroll steps); raise --budget")
+
+    if split:
+        # Estimators and the reference are independent: one process each, in turn.
+        def allocate(timings):
+            check_budget([t[0] for t in timings[:-1]])
+            stubs = [_Timed(st, sec) for st, sec in timings]
+            counts, n_ref = _allocate(stubs[:-1], stubs[-1], samples, reference_batches,
+                                      seconds)
+            return [*counts, n_ref]
+
+        done = _split_sampling(sampler, len(built) + 1, allocate, progress)
+        if done is None:
+            return None  # process 0 reports
+        runs = [(est, *g) for est, (g, _) in zip(built, done[:-1], strict=True)]
+        (g_ref, st_ref, sec_ref), t_ref = done[-1]
+        ref_sampler = _Gathered(None, g_ref, st_ref, sec_ref, t_ref)
+        ref_batches = len(g_ref)
+    else:
+        samplers = [sampler(j) for j in range(len(built))]
+        check_budget([s.steps for s in samplers])
+        ref_sampler = sampler(len(built))
+        counts, ref_batches = _allocate(samplers, ref_sampler, samples, reference_batches,
+                                        seconds)
+        runs = []
+        for s, n in zip(samplers, counts, strict=True):
+            grads, steps, secs = s.run(n, f"compare {s.est.name}", progress)
+            runs.append((s.est, grads, steps, secs))
     ref = reference_gradient(system, theta, horizon, kind=reference, key=ref_key,
                              batches=ref_batches, per_batch=per_batch,
                              sampler=ref_sampler)
@@ -453,6 +540,19 @@ def compare(
     if out is not None:
         comp.save(out)
     return comp
+
+
+class _Timed:
+    """A sampler's cost alone (steps and seconds per estimate), for `_allocate`."""
+
+    def __init__(self, steps: float, seconds: float):
+        self.steps, self.seconds = steps, seconds
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 def leading_exponent(system: System, theta: PyTree, key: jax.Array, horizon: int):

@@ -1,6 +1,8 @@
 """The ``chaosgrad meta-train`` subcommand: its parser and its runner.
 
 `add_meta_train_parser(subparsers)` adds it; `run_meta_train(args)` runs it (exit status).
+`add_launch_arguments(parser)` and `join_launch(args)` give a subcommand the multi-process
+launch options (meta-train and figures use them).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import sys
 import jax
 import optax
 
-from chaosgrad import estimators, systems
+from chaosgrad import distributed, estimators, systems
 from chaosgrad.errors import InputError
 from chaosgrad.estimators.meta import meta_train
 from chaosgrad.io import dumps
@@ -53,8 +55,40 @@ def add_meta_train_parser(subparsers):
                    help="start over: delete an existing checkpoint in --out")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_launch_arguments(p, "the population is split over every process's devices")
     p.set_defaults(func=run_meta_train)
     return p
+
+
+def add_launch_arguments(p, what: str):
+    """Add --coordinator, --num-processes, --process-id and --timeout to parser ``p``
+    (``what``: what is split over the processes, for the help)."""
+    from chaosgrad.app.cli import _positive_int
+
+    g = p.add_argument_group(
+        "multi-process launch",
+        f"Run one such command per process (or under srun / mpirun, which need none of "
+        f"these): {what}, and process 0 writes --out. Each defaults to its CHAOSGRAD_* "
+        "environment variable.")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="address of process 0's coordinator (CHAOSGRAD_COORDINATOR)")
+    g.add_argument("--num-processes", default=None, metavar="P",
+                   help="how many processes take part (CHAOSGRAD_NUM_PROCESSES)")
+    g.add_argument("--process-id", default=None, metavar="I",
+                   help="this process's index, 0 to P-1 (CHAOSGRAD_PROCESS_ID)")
+    g.add_argument("--timeout", type=_positive_int, default=None, metavar="S",
+                   help="seconds to wait for every process to join, and after which a silent "
+                        f"process counts as dead (CHAOSGRAD_TIMEOUT, default "
+                        f"{distributed.DEFAULT_TIMEOUT})")
+
+
+def join_launch(args):
+    """Join the launch that ``args`` (or the environment) describe, before any computation;
+    returns the `chaosgrad.distributed.Launch`, or None for a single process."""
+    return distributed.initialize(getattr(args, "coordinator", None),
+                                  getattr(args, "num_processes", None),
+                                  getattr(args, "process_id", None),
+                                  timeout=getattr(args, "timeout", None))
 
 
 def run_meta_train(args) -> int:
@@ -70,16 +104,27 @@ def run_meta_train(args) -> int:
         raise InputError(f"--lr must be a positive finite number, got {args.lr!r}")
     if args.steps is None or args.steps < 1:
         raise InputError(f"--steps must be a positive integer, got {args.steps!r}")
+    # Before any computation: joining a launch must precede JAX's first use of devices.
+    launch = join_launch(args)
     system = systems.make(args.name, **systems.parse_params(args.name, args.param))
     est = estimators.make(args.estimator, system,
                           **estimators.parse_params(args.estimator, args.est_param))
-    result = meta_train(
-        system, est, optax.adam(args.lr), args.steps, args.out, jax.random.PRNGKey(args.seed),
-        log_every=args.log_every, checkpoint_every=args.checkpoint_every,
-        eval_seeds=args.eval_seeds, resume=not args.no_resume,
-        outer_config={"optimizer": "adam", "lr": args.lr},
-        progress=False if getattr(args, "no_progress", False) else None,
-    )
+    try:
+        result = meta_train(
+            system, est, optax.adam(args.lr), args.steps, args.out,
+            jax.random.PRNGKey(args.seed),
+            log_every=args.log_every, checkpoint_every=args.checkpoint_every,
+            eval_seeds=args.eval_seeds, resume=not args.no_resume,
+            outer_config={"optimizer": "adam", "lr": args.lr},
+            progress=False if getattr(args, "no_progress", False) else None,
+        )
+    except jax.errors.JaxRuntimeError as e:
+        if launch is None:
+            raise
+        distributed.exit_after_peer_failure(
+            e, "chaosgrad meta-train",
+            f"The last checkpoint in {args.out} is whole: run the same command on every "
+            "process again to resume from it.")
     summary = {
         "system": system.name, "estimator": est.name, "params": est.params,
         "steps_done": result.step, "interrupted": result.interrupted,
@@ -87,7 +132,10 @@ def run_meta_train(args) -> int:
         "final_meta_loss": result.evals[-1]["meta_loss"],
         "skipped_steps": int(sum(result.history["skipped"])),
         "out": str(result.out_dir),
+        "processes": jax.process_count(), "devices": jax.device_count(),
     }
+    if launch is not None and not distributed.is_main_process():
+        return 130 if result.interrupted else 0  # process 0 reports for the run
     if args.json:
         print(dumps(summary, indent=None))
     else:

@@ -1,7 +1,9 @@
 """The paper's figures, one module per figure: run the experiment through the public API,
 save raw results (.npz + .json metadata), and draw from the saved results alone.
 
-`run_figure(name, scale, out)` resumes from saved parts after an interruption.
+`run_figure(name, scale, out)` resumes from saved parts after an interruption. Under a
+multi-process launch (`chaosgrad.distributed`) the parts are split over the processes and
+process 0 gathers them, saves and draws (`run_split`).
 """
 
 from __future__ import annotations
@@ -144,6 +146,161 @@ class Store:
         return arrays
 
 
+class Deferred(Exception):
+    """A part that another process computes was needed before it arrived."""
+
+
+class Pending:
+    """Stands for a part (or an entry of one) that another process is computing: it may be
+    stored and indexed, and anything that needs its values raises `Deferred`."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def __getitem__(self, item):
+        return Pending(f"{self.key}[{item!r}]")
+
+    def _defer(self, *args, **kwargs):
+        raise Deferred(self.key)
+
+    __array__ = __float__ = __int__ = __index__ = __len__ = __iter__ = __bool__ = _defer
+    items = keys = values = get = _defer
+
+
+class SplitStore(Store):
+    """A `Store` for one process of several: part i (in the order the experiment asks for
+    them) is computed by process i mod P, by that process alone (`distributed.local_only`);
+    a part another process owns is its value when it has arrived (``cache``), else a
+    `Pending`. Only process 0 reads and writes the parts folder."""
+
+    def __init__(self, folder: Path, scale: str, config: str, force: bool, cache: dict):
+        from chaosgrad import distributed
+
+        self.rank, self.count = distributed.process_index(), distributed.process_count()
+        if self.rank == 0:
+            super().__init__(folder, scale, config, force)
+        else:
+            self.folder, self.scale, self.force, self.reused = None, scale, force, 0
+            self.prefix = f"{scale}-{config}" if config else scale
+        self.cache = cache
+        self.new: dict = {}
+        self.index = 0
+        self.pending = 0
+
+    def part(self, key: str, fn) -> dict:
+        """The arrays of part ``key``: from the cache, computed here, or `Pending`."""
+        from chaosgrad import distributed
+
+        i, self.index = self.index, self.index + 1
+        if key in self.cache:
+            return self.cache[key]
+        if i % self.count != self.rank:
+            self.pending += 1
+            return Pending(key)
+        with distributed.local_only():
+            if self.rank == 0:
+                arrays = super().part(key, fn)
+            else:
+                arrays = {k: np.asarray(v) for k, v in fn().items()}
+        self.cache[key] = self.new[key] = arrays
+        return arrays
+
+    def keep(self, key: str, arrays: dict) -> None:
+        """Save a part another process made (process 0 only), so a resumed run has it."""
+        if self.rank == 0:
+            save_npz(self.folder / f"{self.prefix}-{key}.npz", arrays)
+
+    def saved_parts(self) -> dict:
+        """The parts process 0 finds in its folder under this configuration (none with
+        ``force``): they are sent to every process before any work starts."""
+        if self.rank != 0 or self.force:
+            return {}
+        head = f"{self.prefix}-"
+        parts = {p.name[len(head):-len(".npz")]: load_npz(p)
+                 for p in sorted(self.folder.glob(f"{head}*.npz"))}
+        for arrays in parts.values():
+            arrays.pop(PART_SECONDS, None)
+        return parts
+
+
+def _pack(status: str, error: str, parts: dict) -> bytes:
+    """One process's report of a pass: its status, its error and its new parts, as npz."""
+    import io as _io
+
+    arrays = {f"{k}::{n}": np.asarray(v) for k, d in parts.items() for n, v in d.items()}
+    arrays["__status__"] = np.asarray(json.dumps({"status": status, "error": error,
+                                                  "keys": sorted(parts)}))
+    buf = _io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _unpack(data: bytes) -> tuple[dict, dict]:
+    import io as _io
+
+    with np.load(_io.BytesIO(data), allow_pickle=False) as z:
+        head = json.loads(str(z["__status__"]))
+        parts: dict = {k: {} for k in head["keys"]}
+        for name in z.files:
+            if name != "__status__":
+                k, n = name.split("::", 1)
+                parts[k][n] = z[name]
+    return head, parts
+
+
+def run_split(name: str, mod, scale: str, store_args: tuple, progress) -> tuple | None:
+    """Run experiment ``mod`` with its parts split over the processes of the launch.
+
+    In passes: every process runs the experiment, computing its own parts and standing in
+    `Pending` for the others'; a pass ends when the experiment finishes or needs a part it
+    does not have yet. Then every process sends the parts it made to every other. The
+    first part still missing is always one its owner can compute (all parts before it have
+    arrived), so each pass makes progress; parts used only after a loop over them are all
+    made in one pass. Returns process 0's ((results, meta), number of parts it loaded from
+    its folder), None elsewhere. An error on any process stops every process with its
+    message.
+    """
+    from chaosgrad import distributed
+
+    cache: dict = {}
+    first = SplitStore(*store_args, cache)
+
+    def exchange(status: str, error: str, parts: dict) -> list[dict]:
+        heads = []
+        for blob in distributed.allgather_bytes(_pack(status, error, parts)):
+            head, got = _unpack(blob)
+            for k, v in got.items():
+                if k not in cache:
+                    first.keep(k, v)
+                    cache[k] = v
+            heads.append(head)
+        return heads
+
+    saved = first.saved_parts()
+    exchange("start", "", saved)
+    while True:
+        store = SplitStore(*store_args, cache)
+        status, error, result = "done", "", None
+        try:
+            result = mod.run(scale, store, progress if store.rank == 0 else False)
+        except Exception as e:  # noqa: BLE001 - reported to every process below
+            if store.pending:
+                status = "deferred"  # it needed a part that is on its way
+            else:
+                status, error = "error", f"{type(e).__name__}: {e}"
+        heads = exchange(status, error, store.new)
+        failed = [(i, h["error"]) for i, h in enumerate(heads) if h["status"] == "error"]
+        if failed:
+            i, msg = failed[0]
+            raise InputError(f"figure {name} failed on process {i}: {msg}")
+        if heads[0]["status"] == "done":
+            return (result, len(saved)) if store.rank == 0 else None
+        if not any(h["keys"] for h in heads):
+            raise InputError(f"figure {name}: a pass over the processes made no part; the "
+                             "experiment asks for its parts in a different order on "
+                             "different processes")
+
+
 def load(name: str, out: str | os.PathLike) -> tuple[dict, dict]:
     """The saved results and metadata of figure ``name`` under ``out``."""
     folder = Path(out) / name
@@ -151,34 +308,57 @@ def load(name: str, out: str | os.PathLike) -> tuple[dict, dict]:
 
 
 def run_figure(name: str, scale: str = "quick", out: str | os.PathLike = "figs", *,
-               force: bool = False, progress: bool | None = None) -> Path:
+               force: bool = False, progress: bool | None = None) -> Path | None:
     """Run (or resume) figure ``name``'s experiment at ``scale``, save it, draw the PNG.
 
     Results and parts saved under the same configuration (`config_hash`: scale, sizes,
     chaosgrad version) are reused unless ``force``, which recomputes everything; only
     drawing is repeated. Returns the PNG's path.
+
+    Under a multi-process launch every process calls it alike: the parts are split over the
+    processes (`run_split`), process 0 alone reads and writes ``out`` and draws, and the
+    others return None.
     """
+    from chaosgrad import distributed
+
     if scale not in SCALES:
         raise InputError(f"unknown scale {scale!r}; accepted: {', '.join(SCALES)}")
     mod = _module(name)
     folder = Path(out) / name
-    folder.mkdir(parents=True, exist_ok=True)
     meta_path = folder / "meta.json"
     config = config_hash(name, scale)
-    have = meta_path.exists() and (folder / "results.npz").exists()
-    saved = read_json(meta_path) if have else None
-    if have and not force and isinstance(saved, dict) and saved.get("config_hash") == config:
+    main = distributed.is_main_process()
+    reuse = False
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        have = meta_path.exists() and (folder / "results.npz").exists()
+        saved = read_json(meta_path) if have else None
+        reuse = (have and not force and isinstance(saved, dict)
+                 and saved.get("config_hash") == config)
+    # Process 0's folder decides, for every process: all run the experiment, or none.
+    reuse = distributed.broadcast_text("reuse" if reuse else "run") == "reuse"
+    if not main:
+        if not reuse:
+            run_split(name, mod, scale, (folder, scale, config, force), progress)
+        return None
+    if reuse:
         results, meta = load(name, out)
     else:
         t0 = time.perf_counter()
-        store = Store(folder, scale, config, force=force)
-        results, meta = mod.run(scale, store, progress)
+        if distributed.process_count() > 1:
+            (results, meta), reused = run_split(name, mod, scale,
+                                                (folder, scale, config, force), progress)
+            reused_seconds = 0.0
+        else:
+            store = Store(folder, scale, config, force=force)
+            results, meta = mod.run(scale, store, progress)
+            reused, reused_seconds = store.reused, store.reused_seconds
         seconds = time.perf_counter() - t0
         # seconds: this run; compute_seconds: plus what the reused parts took when made
         meta = {"figure": name, "title": FIGURES[name][1], "scale": scale,
                 "config_hash": config, "seconds": round(seconds, 2),
-                "compute_seconds": round(seconds + store.reused_seconds, 2),
-                "parts_reused": store.reused,
+                "compute_seconds": round(seconds + reused_seconds, 2),
+                "parts_reused": reused,
                 "versions": versions(), "precision": precision_info(), **meta}
         save_npz(folder / "results.npz", results)
         write_json(meta_path, meta)
