@@ -334,3 +334,30 @@ def test_truncation_training_batches_episodes_and_summarises_over_seeds():
     assert summ["high"] - 2.0 == pytest.approx(4.302653 / np.sqrt(3), rel=1e-5)
     assert summ["skipped"] == 3 and summ["grad_norm_max"] == 1.0
     assert summ["initial_reward"] == pytest.approx(5 / 3)
+
+
+def test_estimator_study_runs_end_to_end_with_its_meta(tmp_path, monkeypatch):
+    """The study's whole `run` (θ choice, λ1 once per shift, cells, crossover, meta.json) on
+    a cheap chaotic map: the λ1 it records is the one every cell's reference rule used."""
+    from chaosgrad import systems
+    from chaosgrad.app import figures
+    from chaosgrad.app.figures import lopt_estimators as le
+
+    monkeypatch.setattr(le, "make_system", lambda dtype: systems.make("logistic", r=3.7))
+    monkeypatch.setattr(le, "SHIFTS", (0.0, 0.002))
+    # the θ choice is the learned optimizer's own (tested with Figure 3): here r itself
+    monkeypatch.setattr(le, "chosen_point", lambda system, size, key, store: (
+        system.theta, jax.numpy.ones_like(system.theta), {"rule": "test"}))
+    monkeypatch.setitem(le.SIZES, "quick", dict(
+        le.SIZES["quick"], unrolls=[4, 8], samples=4, seconds=None, reference_batches=4))
+    store = figures.Store(tmp_path, "quick", "test")
+    results, meta = le.run("quick", store, False)
+    assert results["rel_error"].shape == (2, 2, len(le.ESTIMATORS), 3)
+    lam = meta["lyapunov"]["0.0"]
+    assert lam["units"] == "per step" and lam["lambda1"][1] <= lam["lambda1"][0] <= lam[
+        "lambda1"][2]
+    # logistic r = 3.7: λ1 ≈ 0.35 per step, resolved above 0.5/T at T = 8 → an ES reference
+    assert lam["lambda1"][1] > 0.5 / 8
+    assert meta["results"]["0.0"]["8"]["reference"].startswith("es (")
+    assert "measured once per shift" in meta["reference_rule"]
+    figures.write_json(tmp_path / "meta.json", meta)  # strict JSON: no tuples or NaN left

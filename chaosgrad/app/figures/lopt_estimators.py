@@ -168,7 +168,7 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
                               "interval of relative RMS error at equal unroll steps lies "
                               "wholly below backprop's (None: backprop ties for best at "
                               "every length measured)",
-            "lyapunov": {str(s): [lams[i].value, lams[i].low, lams[i].high]
+            "lyapunov": {str(s): {"lambda1": list(lams[i][0][:3]), "units": lams[i][1]}
                          for i, s in enumerate(SHIFTS)},
             "reference_rule": "auto per cell: the backprop mean unless λ1's interval is "
                               "above 0.5/T per step, then antithetic ES (λ1 per step, "
