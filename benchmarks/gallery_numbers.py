@@ -106,6 +106,15 @@ def truncation(m: dict) -> list[tuple[str, str]]:
     return out
 
 
+def toy(m: dict) -> list[tuple[str, str]]:
+    """Figure 1: σ, the fitted w² slope of backprop's variance, ES's range, the crossing."""
+    s = m["summary"]
+    lo, hi = s["crossing_between"]
+    return [("σ", fmt(m["sigma"])), ("backprop variance log-log slope", fmt(s["rep_slope"], 3)),
+            ("ES variance min", fmt(s["es_min"], 1)), ("ES variance max", fmt(s["es_max"])),
+            ("crossing after w", fmt(lo)), ("crossing by w", fmt(hi))]
+
+
 def _lopt_figure3(m: dict, variance_horizons: tuple[str, str]) -> list[tuple[str, str]]:
     """Figure 3 (either scale): the 128-step slice at 0 and its minimum, the longest slice's
     minimum, extrema per unroll, the smoothed mean's extrema, variance growth at two shifts."""
@@ -204,13 +213,14 @@ def lopt_meta_training(m: dict) -> list[tuple[str, str]]:
 # compared with, and the software it ran on. Printed, labelled, so every number is accounted
 # for; none of them is read from a meta.json.
 QUOTED = {
+    "toy": [("the toy's amplitude, 0.1 sin(...)", "0.1"), ("the toy's offset, + 0.1", "0.1")],
     "learned_optimizer": [("the paper's variance range, low", "1e-8"),
                           ("the paper's variance range, high", "1e13")],
     "learned_optimizer_paper": [("the paper's 128-step minimum", "2.1")],
 }
 
 
-NUMBERS = {"rigid_body": rigid_body, "perturbation": perturbation, "linear": linear,
+NUMBERS = {"toy": toy, "rigid_body": rigid_body, "perturbation": perturbation, "linear": linear,
            "truncation": truncation, "learned_optimizer": learned_optimizer,
            "learned_optimizer_paper": learned_optimizer_paper,
            "lopt_estimators": lopt_estimators, "lopt_meta_training": lopt_meta_training}

@@ -63,8 +63,29 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
             p = store.part(f"compare{j}", lambda lr=lr: _compare(float(lr), size, key, names))
             out[f"rel_error_{j}"] = p["rel_error"]
         out["estimators"] = np.asarray(names)
-    meta = {"sizes": size, "compare_lrs": COMPARE_LRS, "system": base.describe(), "seed": 0}
+    meta = {"sizes": size, "compare_lrs": COMPARE_LRS, "system": base.describe(), "seed": 0,
+            "summary": summary(out)}
     return out, meta
+
+
+def summary(out: dict) -> dict:
+    """The numbers the README quotes, from the results alone: λ1 per learning rate, where it
+    first exceeds 0.05 per step (the largest rate below that and its λ1 bound), and the
+    relative errors of each estimator at each compared rate."""
+    lrs, lam = np.asarray(out["lrs"]), np.asarray(out["lyapunov"])
+    jump = np.flatnonzero(lam > 0.05)
+    first = int(jump[0]) if jump.size else None
+    below = lam[:first] if first else lam
+    names = [str(n) for n in out["estimators"]]
+    return {
+        "lyapunov": {f"{lr:.3g}": float(v) for lr, v in zip(lrs, lam, strict=True)},
+        "last_lr_below": float(lrs[first - 1]) if first else None,
+        "max_lyapunov_below": float(below.max()) if below.size else None,
+        "first_lr_above": float(lrs[first]) if first is not None else None,
+        "lyapunov_first_above": float(lam[first]) if first is not None else None,
+        "rel_error": {str(lr): dict(zip(names, map(float, out[f"rel_error_{j}"]), strict=True))
+                      for j, lr in enumerate(COMPARE_LRS)},
+    }
 
 
 def _at_lr(lr, size, key):
