@@ -127,3 +127,14 @@ def test_cli_diagnose_mjx_cartpole(tmp_path, capsys):
     assert report["finite_time_exponent"] > 1.0
     assert report["gradient_growth"]["geomean_norm"][1] > report["gradient_growth"][
         "geomean_norm"][0]
+
+
+def test_missing_mujoco_names_the_mjx_extra(monkeypatch):
+    import sys
+
+    from chaosgrad.errors import MissingExtra
+
+    # an import of a module whose sys.modules entry is None raises ImportError: mujoco absent
+    monkeypatch.setitem(sys.modules, "mujoco", None)
+    with pytest.raises(MissingExtra, match=r"pip install 'chaosgrad\[mjx\]'"):
+        mjx_system("cartpole", seed=987654)  # a configuration not built (cached) before
