@@ -115,6 +115,17 @@ def toy(m: dict) -> list[tuple[str, str]]:
             ("crossing after w", fmt(lo)), ("crossing by w", fmt(hi))]
 
 
+def packing(m: dict) -> list[tuple[str, str]]:
+    """Figure 4: N, the longest T, and the variance of dE/dD there at each diameter."""
+    s = m["summary"]
+    out = [("N", str(m["sizes"]["n"])), ("longest T", str(s["horizon"])),
+           ("seeds", str(m["sizes"]["seeds"]))]
+    for d, v in s["variance_at_longest"].items():
+        out += [(f"D = {d}", fmt(float(d))),
+                (f"variance at D = {d}", fmt(v, 1 if v >= 1e3 else 2))]
+    return out
+
+
 def _lopt_figure3(m: dict, variance_horizons: tuple[str, str]) -> list[tuple[str, str]]:
     """Figure 3 (either scale): the 128-step slice at 0 and its minimum, the longest slice's
     minimum, extrema per unroll, the smoothed mean's extrema, variance growth at two shifts."""
@@ -213,6 +224,7 @@ def lopt_meta_training(m: dict) -> list[tuple[str, str]]:
 # compared with, and the software it ran on. Printed, labelled, so every number is accounted
 # for; none of them is read from a meta.json.
 QUOTED = {
+    "packing": [("the paper's variance at D = 0.1", "1e90"), ("the paper's N", "128")],
     "toy": [("the toy's amplitude, 0.1 sin(...)", "0.1"), ("the toy's offset, + 0.1", "0.1")],
     "learned_optimizer": [("the paper's variance range, low", "1e-8"),
                           ("the paper's variance range, high", "1e13")],
@@ -220,8 +232,9 @@ QUOTED = {
 }
 
 
-NUMBERS = {"toy": toy, "rigid_body": rigid_body, "perturbation": perturbation, "linear": linear,
-           "truncation": truncation, "learned_optimizer": learned_optimizer,
+NUMBERS = {"toy": toy, "packing": packing, "rigid_body": rigid_body,
+           "perturbation": perturbation, "linear": linear, "truncation": truncation,
+           "learned_optimizer": learned_optimizer,
            "learned_optimizer_paper": learned_optimizer_paper,
            "lopt_estimators": lopt_estimators, "lopt_meta_training": lopt_meta_training}
 
