@@ -126,6 +126,18 @@ def packing(m: dict) -> list[tuple[str, str]]:
     return out
 
 
+def spectra(m: dict) -> list[tuple[str, str]]:
+    """Figure 5: per init, the spectral radius of ∂s_t/∂s_0 at the last step and the gradient
+    norm at the longest unroll; init2's scale."""
+    s = m["summary"]
+    i1, i2 = s["init1"], s["init2"]
+    return [("steps", str(s["steps"])), ("init2 scale", fmt(m["inits"]["init2"])),
+            ("init1 product radius", fmt(i1["product_radius"], 1)),
+            ("init1 gradient norm", fmt(i1["grad_norm"])),
+            ("init2 product radius", f"{i2['product_radius']:.0f}"),
+            ("init2 gradient norm", fmt(i2["grad_norm"], 1))]
+
+
 def _lopt_figure3(m: dict, variance_horizons: tuple[str, str]) -> list[tuple[str, str]]:
     """Figure 3 (either scale): the 128-step slice at 0 and its minimum, the longest slice's
     minimum, extrema per unroll, the smoothed mean's extrema, variance growth at two shifts."""
@@ -232,7 +244,7 @@ QUOTED = {
 }
 
 
-NUMBERS = {"toy": toy, "packing": packing, "rigid_body": rigid_body,
+NUMBERS = {"toy": toy, "packing": packing, "spectra": spectra, "rigid_body": rigid_body,
            "perturbation": perturbation, "linear": linear, "truncation": truncation,
            "learned_optimizer": learned_optimizer,
            "learned_optimizer_paper": learned_optimizer_paper,
