@@ -122,9 +122,14 @@ def summary(results: dict) -> dict:
     rep, exact, es = (np.asarray(results[k]) for k in ("rep_max", "exact_rep_max", "es_max"))
     above = np.flatnonzero(rep > es)
     first = int(above[0]) if above.size else None
+
+    def slope(y):  # None when the grid has under two frequencies above SLOPE_FROM
+        if upper.sum() < 2:
+            return None
+        return float(np.polyfit(np.log(ws[upper]), np.log(y[upper]), 1)[0])
+
     return {
-        "rep_slope": float(np.polyfit(np.log(ws[upper]), np.log(rep[upper]), 1)[0]),
-        "exact_slope": float(np.polyfit(np.log(ws[upper]), np.log(exact[upper]), 1)[0]),
+        "rep_slope": slope(rep), "exact_slope": slope(exact),
         "es_min": float(es.min()), "es_max": float(es.max()),
         "crossing_between": (None if first is None or first == 0 else
                              [float(ws[first - 1]), float(ws[first])]),
