@@ -35,8 +35,10 @@ class SamplingStore:
     """A `Store` stand-in: computes the first ``per_kind`` parts of each kind, times them,
     and answers later parts of the kind with a copy of the last computed one."""
 
-    def __init__(self, per_kind: int):
+    def __init__(self, per_kind: int, folder: Path | None = None):
         self.per_kind = per_kind
+        # figures that checkpoint inside a part (meta-training) write under store.folder
+        self.folder = Path(folder or tempfile.mkdtemp(prefix="paper_scale_costs-"))
         self.reused = 0
         self.computed: dict[str, list[float]] = defaultdict(list)
         self.skipped: dict[str, int] = defaultdict(int)
