@@ -138,6 +138,25 @@ def spectra(m: dict) -> list[tuple[str, str]]:
             ("init2 gradient norm", fmt(i2["grad_norm"], 1))]
 
 
+def learning_rate(m: dict) -> list[tuple[str, str]]:
+    """The learning-rate figure: λ1's bound below the jump and where it jumps, and the
+    estimators' relative errors at the two compared rates (backprop and ES at the chaotic
+    one, backprop at the stable one)."""
+    s = m["summary"]
+    lo, hi = (str(x) for x in m["compare_lrs"])
+    iv = s["rel_error_interval"]
+    out = [("max λ1 below the jump", fmt(s["max_lyapunov_below"])),
+           ("last η below the jump", fmt(s["last_lr_below"])),
+           ("λ1 after the jump", fmt(s["lyapunov_first_above"])),
+           ("first η after the jump", fmt(s["first_lr_above"])),
+           (f"η = {lo}", fmt(float(lo))), (f"η = {hi}", f"{float(hi):.1f}"),
+           (f"ES error at η = {lo}", fmt(iv[lo]["es"][0], 1))]
+    out += _interval(f"backprop error at η = {hi}", iv[hi]["backprop"], (2, 2, 2))
+    out += _interval(f"ES error at η = {hi}", iv[hi]["es"], (2, 2, 2))
+    out += _interval(f"backprop error at η = {lo}", iv[lo]["backprop"], (2, 2, 2))
+    return out
+
+
 def _lopt_figure3(m: dict, variance_horizons: tuple[str, str]) -> list[tuple[str, str]]:
     """Figure 3 (either scale): the 128-step slice at 0 and its minimum, the longest slice's
     minimum, extrema per unroll, the smoothed mean's extrema, variance growth at two shifts."""
@@ -245,6 +264,7 @@ QUOTED = {
 
 
 NUMBERS = {"toy": toy, "packing": packing, "spectra": spectra, "rigid_body": rigid_body,
+           "learning_rate": learning_rate,
            "perturbation": perturbation, "linear": linear, "truncation": truncation,
            "learned_optimizer": learned_optimizer,
            "learned_optimizer_paper": learned_optimizer_paper,

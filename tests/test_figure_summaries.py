@@ -70,3 +70,18 @@ def test_cost_sampler_computes_two_parts_per_kind_and_projects_the_rest():
     assert calls == [0, 1]
     assert store.skipped == {"seed#": 3} and len(store.computed["seed#"]) == 2
     assert len(store.computed["slices"]) == 1
+
+
+def test_learning_rate_summary_reads_intervals_and_finds_the_jump():
+    from chaosgrad.app.figures import learning_rate as lr
+
+    rows = np.array([["0.03", "0.02", "0.1", "0.95", "sqrt(MSE)/‖g*‖"],
+                     ["0.2", "0.1", "0.4", "0.95", "sqrt(MSE)/‖g*‖"]])
+    out = {"lrs": np.array([0.1, 0.3, 1.0, 3.0]), "lyapunov": np.array([0.001, 0.006, 0.24, 0.5]),
+           "estimators": np.array(["backprop", "es"]), "rel_error_0": rows,
+           "rel_error_1": np.array([4.8e3, 7.3])}  # older results: the value alone
+    s = lr.summary(out)
+    assert (s["last_lr_below"], s["max_lyapunov_below"]) == (0.3, 0.006)
+    assert (s["first_lr_above"], s["lyapunov_first_above"]) == (1.0, 0.24)
+    assert s["rel_error_interval"]["0.1"]["backprop"] == [0.03, 0.02, 0.1]
+    assert s["rel_error"]["1.0"] == {"backprop": 4.8e3, "es": 7.3}
