@@ -106,8 +106,169 @@ def truncation(m: dict) -> list[tuple[str, str]]:
     return out
 
 
-NUMBERS = {"rigid_body": rigid_body, "perturbation": perturbation, "linear": linear,
-           "truncation": truncation}
+def toy(m: dict) -> list[tuple[str, str]]:
+    """Figure 1: σ, the fitted w² slope of backprop's variance, ES's range, the crossing."""
+    s = m["summary"]
+    lo, hi = s["crossing_between"]
+    return [("σ", fmt(m["sigma"])), ("backprop variance log-log slope", fmt(s["rep_slope"], 3)),
+            ("ES variance min", fmt(s["es_min"], 1)), ("ES variance max", fmt(s["es_max"])),
+            ("crossing after w", fmt(lo)), ("crossing by w", fmt(hi))]
+
+
+def packing(m: dict) -> list[tuple[str, str]]:
+    """Figure 4: N, the longest T, and the variance of dE/dD there at each diameter."""
+    s = m["summary"]
+    out = [("N", str(m["sizes"]["n"])), ("longest T", str(s["horizon"])),
+           ("seeds", str(m["sizes"]["seeds"]))]
+    for d, v in s["variance_at_longest"].items():
+        out += [(f"D = {d}", fmt(float(d))),
+                (f"variance at D = {d}", fmt(v, 1 if v >= 1e3 else 2))]
+    return out
+
+
+def spectra(m: dict) -> list[tuple[str, str]]:
+    """Figure 5: per init, the spectral radius of ∂s_t/∂s_0 at the last step and the gradient
+    norm at the longest unroll; init2's scale."""
+    s = m["summary"]
+    i1, i2 = s["init1"], s["init2"]
+    return [("steps", str(s["steps"])), ("init2 scale", fmt(m["inits"]["init2"])),
+            ("init1 product radius", fmt(i1["product_radius"], 1)),
+            ("init1 gradient norm", fmt(i1["grad_norm"])),
+            ("init2 product radius", f"{i2['product_radius']:.0f}"),
+            ("init2 gradient norm", fmt(i2["grad_norm"], 1))]
+
+
+def learning_rate(m: dict) -> list[tuple[str, str]]:
+    """The learning-rate figure: λ1's bound below the jump and where it jumps, and the
+    estimators' relative errors at the two compared rates (backprop and ES at the chaotic
+    one, backprop at the stable one)."""
+    s = m["summary"]
+    lo, hi = (str(x) for x in m["compare_lrs"])
+    iv = s["rel_error_interval"]
+    out = [("max λ1 below the jump", fmt(s["max_lyapunov_below"])),
+           ("last η below the jump", fmt(s["last_lr_below"])),
+           ("λ1 after the jump", fmt(s["lyapunov_first_above"])),
+           ("first η after the jump", fmt(s["first_lr_above"])),
+           (f"η = {lo}", fmt(float(lo))), (f"η = {hi}", f"{float(hi):.1f}"),
+           (f"ES error at η = {lo}", fmt(iv[lo]["es"][0], 1))]
+    out += _interval(f"backprop error at η = {hi}", iv[hi]["backprop"], (2, 2, 2))
+    out += _interval(f"ES error at η = {hi}", iv[hi]["es"], (2, 2, 2))
+    out += _interval(f"backprop error at η = {lo}", iv[lo]["backprop"], (2, 2, 2))
+    return out
+
+
+def _lopt_figure3(m: dict, variance_horizons: tuple[str, str]) -> list[tuple[str, str]]:
+    """Figure 3 (either scale): the 128-step slice at 0 and its minimum, the longest slice's
+    minimum, extrema per unroll, the smoothed mean's extrema, variance growth at two shifts."""
+    sl, v = m["slices"], m["variance"]
+    longest = str(max(int(t) for t in sl))
+    paper = m["scale"] == "paper"
+    out = [("128-step slice at shift 0", fmt(sl["128"]["at_0"])),
+           ("128-step slice minimum", fmt(sl["128"]["min"], 3 if paper else 2)),
+           (f"{longest}-step slice minimum", fmt(sl[longest]["min"], 3)),
+           ("extrema of the smoothed mean", str(m["smoothing"]["extrema_of_mean"]))]
+    if not paper:  # the paper-scale paragraph does not repeat them
+        out += [("shift range", fmt(m["range"])), ("smoothing std", fmt(m["smooth_std"]))]
+    out += [(f"extrema at {t} steps", str(sl[t]["extrema"])) for t in sl]
+    lo, hi = variance_horizons
+    for shift in ("0.0", "0.008"):
+        if float(shift):
+            out.append((f"variance shift {shift}", shift))
+        out += [(f"variance at shift {shift}, T={lo}", fmt(v[shift][lo], 1 if not paper
+                                                             and shift == "0.0" else 2)),
+                (f"variance at shift {shift}, T={hi}", fmt(v[shift][hi], 1 if not paper
+                                                             and shift == "0.0" else 2))]
+    return out
+
+
+def learned_optimizer(m: dict) -> list[tuple[str, str]]:
+    """Figure 3 at quick scale (float32, digits)."""
+    out = _lopt_figure3(m, ("10", "120"))
+    threshold = float(re.search(r"more than ([\d.]+)", m["extrema_rule"]).group(1))
+    out.append(("extrema threshold", f"{threshold:.0e}".replace("e-0", "e-")))  # 1e-3
+    return out
+
+
+def learned_optimizer_paper(m: dict) -> list[tuple[str, str]]:
+    """Figure 3 at paper scale (GPU run): as at quick scale, plus its sizes."""
+    z = m["sizes"]
+    return _lopt_figure3(m, ("10", "120")) + [
+        ("points per slice", str(z["points"])), ("smoothing samples", str(z["smooth_samples"])),
+        ("candidates", str(z["candidates"])), ("candidate points", str(z["candidate_points"])),
+        ("seconds", str(round(m["seconds"]))),
+        ("jax version (major.minor)", ".".join(m["versions"]["jax"].split(".")[:2]))]
+
+
+def _interval(label: str, x: list[float], sig: tuple[int, int, int]) -> list[tuple[str, str]]:
+    """Rows for ``value [low, high]``, each to its own significant digits as the README
+    writes it."""
+    return [(f"{label} {part}", fmt(v, d))
+            for part, v, d in zip(("value", "low", "high"), x, sig, strict=True)]
+
+
+def lopt_estimators(m: dict) -> list[tuple[str, str]]:
+    """Estimators of the meta-gradient: the shifts, the crossover cell and PES vs backprop at
+    shift 0, T = 256 (relative RMS error at equal steps, 95% intervals)."""
+    r = m["results"]
+    cross = [(s, t) for s, t in m["crossover"].items() if t is not None]
+    out = [(f"shift {s}", s) for s in m["results"] if float(s)]
+    out.append(("sampling seconds per cell", str(round(m["sizes"]["seconds"]))))
+    for s, t in cross:
+        e = r[s][str(t)]["estimators"]
+        out.append((f"crossover at shift {s}", str(t)))
+        out += _interval(f"combined at shift {s}, T={t}", e["combined"]["rel_error"], (1, 1, 2))
+        out += _interval(f"backprop at shift {s}, T={t}", e["backprop"]["rel_error"], (2, 2, 2))
+    e = r["0.0"]["256"]["estimators"]
+    out += _interval("pes at shift 0, T=256", e["pes"]["rel_error"], (3, 3, 3))
+    out += _interval("backprop at shift 0, T=256", e["backprop"]["rel_error"], (2, 2, 2))
+    return out
+
+
+def lopt_meta_training(m: dict) -> list[tuple[str, str]]:
+    """Meta-training: held-out meta-loss at T per optimizer, the paired difference with Adam,
+    and what happens at 10T."""
+    tab, z = m["table"], m["sizes"]
+    out = [("horizon", str(z["horizon"])), ("budget", f"{z['budget']:,}"),
+           ("outer lr", fmt(z["outer_lr"])), ("held-out seeds", str(z["heldout_seeds"])),
+           ("lr grid points", str(z["lr_grid"][2]))]
+    best = min(tab, key=lambda n: tab[n]["T"]["meta_loss"])
+    adam = next(n for n in tab if n.startswith("adam"))
+    for name, row in tab.items():
+        if "untrained" in name:  # the starting point, not quoted
+            continue
+        out.append((f"{name} at T", f"{row['T']['meta_loss']:.2f}"))
+        if row["10T"]["nonfinite_seeds"]:
+            out += [(f"{name} at 10T: NaN seeds", str(row["10T"]["nonfinite_seeds"])),
+                    (f"{name} at 10T: first NaN step", str(row["10T"]["first_nonfinite_step"]))]
+        elif name.startswith("learned") or name == adam:  # tuned SGD/momentum: not quoted
+            out.append((f"{name} at 10T final log-loss", f"{row['10T']['final_log_loss']:.1f}"))
+    out += [(f"{best} standard error", fmt(tab[best]["T"]["meta_loss_se"], 1)),
+            ("adam standard error", fmt(tab[adam]["T"]["meta_loss_se"], 1))]
+    for est, v in m["vs_adam_at_T"].items():
+        if v["beats_adam_at_T"]:
+            out += [(f"{est} - adam", fmt(v["mean_difference_vs_adam"])),
+                    (f"{est} - adam standard error", fmt(v["se"], 1))]
+    return out
+
+
+# Numbers a gallery paragraph quotes that are not results of ours: the paper's values it is
+# compared with, and the software it ran on. Printed, labelled, so every number is accounted
+# for; none of them is read from a meta.json.
+QUOTED = {
+    "packing": [("the paper's variance at D = 0.1", "1e90"), ("the paper's N", "128")],
+    "toy": [("the toy's amplitude, 0.1 sin(...)", "0.1"), ("the toy's offset, + 0.1", "0.1")],
+    "learned_optimizer": [("the paper's variance range, low", "1e-8"),
+                          ("the paper's variance range, high", "1e13")],
+    "learned_optimizer_paper": [("the paper's 128-step minimum", "2.1")],
+}
+
+
+NUMBERS = {"toy": toy, "packing": packing, "spectra": spectra, "rigid_body": rigid_body,
+           "learning_rate": learning_rate,
+           "perturbation": perturbation, "linear": linear, "truncation": truncation,
+           "learned_optimizer": learned_optimizer,
+           "learned_optimizer_paper": learned_optimizer_paper,
+           "lopt_estimators": lopt_estimators, "lopt_meta_training": lopt_meta_training}
 
 
 def gallery_pngs() -> list[str]:
@@ -122,7 +283,7 @@ def numbers() -> tuple[dict, list[str]]:
     for name in gallery_pngs():
         meta = GALLERY / f"{name}.meta.json"
         if meta.exists() and name in NUMBERS:
-            found[name] = NUMBERS[name](json.loads(meta.read_text()))
+            found[name] = NUMBERS[name](json.loads(meta.read_text())) + QUOTED.get(name, [])
         else:
             unchecked.append(name)
     return found, unchecked

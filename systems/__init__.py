@@ -2,7 +2,7 @@
 
 `make(name, **params)` builds a registered system, or a user's own from ``"module:function"``
 or ``"path/to/file.py:function"``; `names()` lists the registered ones; `describe(name)` says
-what each takes. Heavy adapters (brax, jax-md, learned optimizers) import lazily.
+what each takes. Heavy adapters (brax, mjx, jax-md, learned optimizers) import lazily.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ register("influence", ".influence:influence_balancing",
 register("rnn", ".rnn:rnn", "vanilla tanh RNN x -> tanh(W x); theta = W (gain g)")
 register("brax", ".brax:brax_system", "Brax rigid-body env with a policy; "
          "theta = policy weights", alias_param="env")
+register("mjx", ".mjx:mjx_system", "MuJoCo MJX model (shipped MJCF: double_pendulum, "
+         "cartpole, tumbler) with a policy; theta = policy weights", alias_param="model")
 register("md", ".md:md_system", "jax-md 2-D bidisperse soft spheres; "
          "theta = small diameter")
 register("lopt", ".lopt:lopt_system", "inner training by a (learned) optimizer; "
@@ -112,7 +114,8 @@ def _entry(name: str) -> tuple[Entry, dict]:
             return Entry(name, name, f"user system {name}"), {}
         raise InputError(
             f"unknown system {name!r}; accepted: {', '.join(names())} "
-            "(and e.g. brax:ENV for a Brax environment, or module:function for your own)"
+            "(and e.g. brax:ENV for a Brax environment, mjx:MODEL for an MJX model, or "
+            "module:function for your own)"
         )
     entry = _REGISTRY[base]
     if alias:

@@ -20,8 +20,25 @@ from chaosgrad.config import x64_enabled
 from chaosgrad.errors import InputError, require
 from chaosgrad.system import StepOut, System
 
+from .rigid import (
+    POLICIES,
+    apply_policy,
+    cast_floats,
+    check_policy,
+    init_policy,
+    like,
+    policy_action,
+    policy_doc,
+    policy_sizes,
+    quat_to_rotvec,
+    rotvec_to_quat,
+    with_rotvecs,
+)
+
+__all__ = ["BACKENDS", "POLICIES", "apply_policy", "brax_system", "env_names", "init_policy",
+           "quat_to_rotvec", "rotvec_to_quat"]
+
 BACKENDS = ("generalized", "positional", "spring", "mjx")
-POLICIES = ("linear", "mlp")
 LOSSES = ("auto", "reward", "angle")
 ROTATIONS = ("rotvec", "quaternion")
 # Environments whose reward carries no gradient: "auto" picks a state-dependent loss.
@@ -42,35 +59,6 @@ def env_names() -> list[str]:
     envs = _envs()
 
     return sorted(getattr(envs, "_envs", {}))
-
-
-# -- rotation-vector coordinates for free-joint quaternions ----------------------------------
-def quat_to_rotvec(q: jax.Array) -> jax.Array:
-    """Rotation vector ω (angle · axis, |ω| ≤ π) of quaternions q = (w, x, y, z), shape (..., 4).
-
-    q and −q are the same rotation: the hemisphere w ≥ 0 is used. Smooth at the identity
-    (a series replaces angle/sin(angle/2) there), so jvp/vjp never see 0/0.
-    """
-    q = q * jnp.where(q[..., :1] < 0, -1.0, 1.0).astype(q.dtype)
-    w, v = q[..., 0], q[..., 1:]
-    s2 = jnp.sum(v * v, axis=-1)
-    small = s2 < jnp.finfo(q.dtype).eps
-    s = jnp.sqrt(jnp.where(small, 1.0, s2))
-    w_safe = jnp.where(small, jnp.where(w == 0, 1.0, w), 1.0)
-    # 2 atan2(s, w) / s, and its series 2/w (1 − s²/(3w²)) for s → 0
-    factor = jnp.where(small, 2.0 / w_safe * (1.0 - s2 / (3.0 * w_safe**2)),
-                       2.0 * jnp.arctan2(s, w) / s)
-    return factor[..., None] * v
-
-
-def rotvec_to_quat(omega: jax.Array) -> jax.Array:
-    """Unit quaternion (w, x, y, z) of rotation vectors ω, shape (..., 3); smooth at ω = 0."""
-    t2 = jnp.sum(omega * omega, axis=-1)
-    small = t2 < jnp.finfo(omega.dtype).eps
-    t = jnp.sqrt(jnp.where(small, 1.0, t2))
-    half_sinc = jnp.where(small, 0.5 - t2 / 48.0, jnp.sin(0.5 * t) / t)
-    c = jnp.where(small, 1.0 - t2 / 8.0, jnp.cos(0.5 * t))
-    return jnp.concatenate([c[..., None], half_sinc[..., None] * omega], axis=-1)
 
 
 def _joint_layout(sys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -95,44 +83,6 @@ def _joint_layout(sys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         di += QD_WIDTHS[typ]
     return (np.asarray(plain, np.int32), np.asarray(quats, np.int32).reshape(-1, 4),
             np.asarray(hinges, np.int32))
-
-
-# -- policies ---------------------------------------------------------------------------------
-def init_policy(key: jax.Array, sizes: list[int], scale: float, dtype) -> list[dict]:
-    """Layers {"w": (n_in, n_out), "b": (n_out,)} with w ~ N(0, scale²/n_in), b = 0."""
-    layers = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
-        key, sub = jax.random.split(key)
-        w = jax.random.normal(sub, (n_in, n_out), dtype) * (scale / np.sqrt(n_in))
-        layers.append({"w": w, "b": jnp.zeros((n_out,), dtype)})
-    return layers
-
-
-def apply_policy(theta: list[dict], obs: jax.Array) -> jax.Array:
-    """Deterministic policy: tanh after every layer, so actions lie in [−1, 1]."""
-    h = obs
-    for layer in theta:
-        h = jnp.tanh(h @ layer["w"] + layer["b"])
-    return h
-
-
-def _cast_floats(tree, dt):
-    def cast(x):
-        if isinstance(x, (jax.Array, np.ndarray)) and jnp.issubdtype(x.dtype, jnp.floating):
-            return jnp.asarray(x, dt)
-        return x
-
-    return jax.tree_util.tree_map(cast, tree)
-
-
-def _like(new, old):
-    """``new`` with each float leaf cast to the dtype of the matching leaf of ``old``.
-
-    Env steps return some leaves as Python floats (inverted_pendulum's reward is 1.0):
-    the scan carry must keep one type.
-    """
-    return jax.tree_util.tree_map(
-        lambda n, o: jnp.asarray(n, jnp.asarray(o).dtype), new, old)
 
 
 def _tree_add_delta(base, new, ref):
@@ -187,7 +137,7 @@ def _configured_env(spec: _Spec):
     """The env with its physics cast to the working dtype, mjx's solver fixed for reverse
     mode, and substeps applied; returns (env, mjx iterations or None, substeps used)."""
     e = _make_env(spec.env, spec.backend)
-    sys = _cast_floats(e.sys, jnp.dtype(spec.dt_name))
+    sys = cast_floats(e.sys, jnp.dtype(spec.dt_name))
     mjx_iters = None
     if spec.backend == "mjx":
         mjx_iters = MJX_SOLVER_ITERATIONS
@@ -224,8 +174,9 @@ class _Adapter:
     """init / step / phase / with_phase of one configured env under a policy (see
     `brax_system` for what each does)."""
 
-    def __init__(self, e, layout: _Layout, loss_kind: str, action_noise: float, dt):
-        self.e, self.lay, self.loss_kind = e, layout, loss_kind
+    def __init__(self, e, layout: _Layout, loss_kind: str, policy: str, action_noise: float,
+                 dt):
+        self.e, self.lay, self.loss_kind, self.policy = e, layout, loss_kind, policy
         self.action_noise, self.dt = action_noise, dt
         self.act_size = int(e.action_size)
         self.obs_takes_action = len(inspect.signature(e._get_obs).parameters) >= 2
@@ -236,19 +187,16 @@ class _Adapter:
     def init(self, key, theta):
         s = self.e.reset(key)
         s = s.replace(info={**s.info, "action": jnp.zeros((self.act_size,), self.dt)})
-        return _cast_floats(s, self.dt)
+        return cast_floats(s, self.dt)
 
     def step(self, state, theta, key):
-        action = apply_policy(theta, state.obs)
-        if self.action_noise:
-            action = action + self.action_noise * jax.random.normal(key, action.shape,
-                                                                    action.dtype)
+        action = policy_action(self.policy, theta, state.obs, self.action_noise, key)
         # some envs (ant) update state.metrics in place: give them copies, so no value
         # traced inside a transformation leaks into the caller's state
         new = self.e.step(state.replace(metrics=dict(state.metrics), info=dict(state.info)),
                           action)
         new = new.replace(info={**new.info, "action": action})
-        new = _like(new, state)
+        new = like(new, state)
         if self.loss_kind == "angle":
             ell = jnp.sum(new.pipeline_state.q[self.lay.hinges] ** 2)
         else:
@@ -266,13 +214,11 @@ class _Adapter:
         q = state.pipeline_state.q
         q = q.at[self.lay.plain].set(p["q"])
         if self.lay.n_free:
-            quats = self.lay.quats
-            sign = jnp.where(q[quats][:, :1] < 0, -1.0, 1.0).astype(q.dtype)
-            q = q.at[quats].set(sign * rotvec_to_quat(p["rot"]))
+            q = with_rotvecs(q, self.lay.quats, p["rot"])
         return q, p["qd"]
 
     def _rebuild(self, state, q, qd):
-        ps = _like(self.e.pipeline_init(q, qd), state.pipeline_state)
+        ps = like(self.e.pipeline_init(q, qd), state.pipeline_state)
         return ps, self.observe(ps, state.info["action"]).astype(state.obs.dtype)
 
     def with_phase(self, state, p):
@@ -287,10 +233,8 @@ def _policy_sizes(e, spec: _Spec) -> list[int]:
     if not hasattr(probe.obs, "shape") or probe.obs.ndim != 1:
         raise InputError(f"brax environment {spec.env!r} has a non-flat observation; "
                          "only flat-array observations are supported")
-    obs_size, act_size = int(probe.obs.shape[0]), int(e.action_size)
-    if spec.policy == "linear":
-        return [obs_size, act_size]
-    return [obs_size] + [spec.hidden] * spec.layers + [act_size]
+    return policy_sizes(spec.policy, int(probe.obs.shape[0]), int(e.action_size), spec.hidden,
+                        spec.layers)
 
 
 @functools.lru_cache(maxsize=32)
@@ -306,7 +250,7 @@ def _build(spec: _Spec) -> System:
                          f"accepted losses: {', '.join(LOSSES)}")
     sizes = _policy_sizes(e, spec)
     theta0 = init_policy(jax.random.PRNGKey(spec.seed), sizes, spec.policy_scale, dt)
-    ad = _Adapter(e, lay, loss_kind, spec.action_noise, dt)
+    ad = _Adapter(e, lay, loss_kind, spec.policy, spec.action_noise, dt)
     q_size, qd_size = int(sys.q_size()), int(sys.qd_size())
     if loss_kind == "angle":
         loss_doc = ("sum of squared hinge angles of the next state"
@@ -314,8 +258,6 @@ def _build(spec: _Spec) -> System:
                        if loss == "auto" else ""))
     else:
         loss_doc = "-reward of the step (the environment's reward)"
-    policy_doc = ("linear: a = tanh(W obs + b)" if spec.policy == "linear" else
-                  f"tanh MLP {' -> '.join(map(str, sizes))}")
     n_free, n_rot = lay.n_free, lay.n_rot
     return System(
         ad.init, ad.step, phase=ad.phase, with_phase=ad.with_phase, name=f"brax:{env}",
@@ -323,7 +265,8 @@ def _build(spec: _Spec) -> System:
         description=f"Brax {env} ({spec.backend} backend, physics dt "
                     f"{float(sys.opt.timestep):g} x {int(e._n_frames)}) under a "
                     f"deterministic {spec.policy} policy, no resets",
-        theta_doc=f"policy weights, list of layers {{w, b}} ({policy_doc}); "
+        theta_doc=f"policy weights, list of layers {{w, b}} "
+                  f"({policy_doc(spec.policy, sizes)}); "
                   f"init N(0, {spec.policy_scale}^2/fan_in) from seed {spec.seed}",
         loss_doc=loss_doc,
         meta={
@@ -365,8 +308,13 @@ def brax_system(
     (``done`` is reported in `StepOut`), so chaos is not hidden by resets.
 
     θ: a list of layers ``{"w", "b"}``; ``policy="linear"`` is a = tanh(W obs + b),
-    ``"mlp"`` has ``layers`` hidden tanh layers of width ``hidden``. The default θ is drawn
-    from ``seed``: w ~ N(0, policy_scale²/fan_in), b = 0.
+    ``"mlp"`` has ``layers`` hidden tanh layers of width ``hidden``; ``"paper"`` is the
+    paper's (Brax's default policy of 2021): 4 hidden layers of 32 swish units whose output
+    is the mean m and raw scale s of a tanh-Normal; the step takes a = tanh(m), or with
+    ``action_noise`` > 0 a = tanh(m + action_noise · (softplus(s) + 0.001) · N(0, 1))
+    (``action_noise=1`` samples the policy's own distribution); ``hidden`` and ``layers``
+    are ignored. The default θ is drawn from ``seed``: w ~ N(0, policy_scale²/fan_in),
+    b = 0.
 
     Loss: ``"reward"`` is ℓ_t = −r_t. ``"angle"`` is the sum of squared hinge angles of the
     next state. ``"auto"`` is −reward except for inverted_pendulum, whose reward is the
@@ -395,7 +343,8 @@ def brax_system(
         ``opt.iterations = 1`` so reverse mode works; recorded in ``meta``).
       policy, hidden, layers, policy_scale, seed: the policy (see above).
       horizon: the natural unroll length.
-      action_noise: standard deviation of Gaussian noise added to actions (0: none).
+      action_noise: standard deviation of Gaussian noise added to actions (0: none); for
+        ``policy="paper"`` the multiple of the policy's own scale (see above).
       loss: "auto", "reward" or "angle".
       rotations: "rotvec" (above) or "quaternion": the raw q with whole quaternions, only
         to see the artificial direction (phase dimension one larger per free joint).
@@ -409,12 +358,9 @@ def brax_system(
       A `System` (``dt`` = the env's control step, so exponents are per second). The
       same arguments return the same object, so compiled chunks are reused.
     """
-    if policy not in POLICIES:
-        raise InputError(f"unknown policy {policy!r}; accepted: {', '.join(POLICIES)}")
+    check_policy(policy, hidden, layers)
     if loss not in LOSSES:
         raise InputError(f"unknown loss {loss!r}; accepted: {', '.join(LOSSES)}")
-    if policy == "mlp" and (int(hidden) < 1 or int(layers) < 1):
-        raise InputError(f"mlp policy needs hidden >= 1 and layers >= 1, got {hidden}, {layers}")
     if rotations not in ROTATIONS:
         raise InputError(f"unknown rotations {rotations!r}; accepted: {', '.join(ROTATIONS)}")
     if int(substeps) < 0:

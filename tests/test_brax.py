@@ -222,3 +222,56 @@ def test_ant_phase_has_28_coordinates_and_no_spurious_exponent():
     # direction, crushed to rounding by renormalisation every 0.01 s substep, lies far below
     assert lq.exponents[-1] < -500 and lq.exponents[-1] < 3 * lr.exponents[-1], (
         lq.exponents, lr.exponents)
+
+
+def test_paper_policy_is_a_tanh_normal_of_swish_layers():
+    from chaosgrad.systems.rigid import (
+        PAPER_MIN_STD,
+        init_policy,
+        policy_action,
+        policy_sizes,
+    )
+
+    # closed form: obs -> 32 -> 32 -> 32 -> 32 -> 2·act, weights and biases
+    def count(obs, act):
+        return (obs + 1) * 32 + 3 * (32 + 1) * 32 + (32 + 1) * 2 * act
+
+    assert policy_sizes("paper", 27, 8) == [27, 32, 32, 32, 32, 16]
+    theta = init_policy(jax.random.PRNGKey(0), policy_sizes("paper", 27, 8), 1.0, jnp.float64)
+    assert sum(x.size for x in jax.tree_util.tree_leaves(theta)) == count(27, 8) == 4592
+    obs = jax.random.normal(jax.random.PRNGKey(1), (27,), jnp.float64)
+    h = obs
+    for layer in theta[:-1]:
+        h = h @ layer["w"] + layer["b"]
+        h = h / (1 + jnp.exp(-h))  # swish
+    out = h @ theta[-1]["w"] + theta[-1]["b"]
+    mean, std = out[:8], jnp.log1p(jnp.exp(out[8:])) + PAPER_MIN_STD
+    key = jax.random.PRNGKey(2)
+    np.testing.assert_allclose(policy_action("paper", theta, obs, 0.0, key), np.tanh(mean),
+                               rtol=1e-13)
+    eps = jax.random.normal(key, (8,), jnp.float64)
+    np.testing.assert_allclose(policy_action("paper", theta, obs, 1.0, key),
+                               np.tanh(mean + std * eps), rtol=1e-12)
+
+
+def test_paper_policy_runs_through_one_gradient():
+    from chaosgrad.gradients import random_direction
+    from chaosgrad.unroll import unroll_grad
+
+    s = brax_system("inverted_pendulum", dtype="float64", policy="paper")
+    # obs 4, action 1: 5·32 + 3·33·32 + 33·2 = 3394 weights
+    assert sum(x.size for x in jax.tree_util.tree_leaves(s.theta)) == 3394
+    assert s.describe()["policy_sizes"] == [4, 32, 32, 32, 32, 2]
+    key = jax.random.PRNGKey(0)
+    g = unroll_grad(s, s.theta, key, 10)
+    assert np.isfinite(float(g.meta_loss))
+    d = random_direction(s.theta, jax.random.PRNGKey(1))
+    h = 1e-5
+    plus, minus = (unroll_grad(s, jax.tree_util.tree_map(lambda t, u, c=c: t + c * h * u,
+                                                        s.theta, d), key, 10).meta_loss
+                   for c in (1.0, -1.0))
+    fd = (float(plus) - float(minus)) / (2 * h)
+    directional = sum(float(jnp.vdot(a, b)) for a, b in zip(
+        jax.tree_util.tree_leaves(g.grad), jax.tree_util.tree_leaves(d), strict=True))
+    assert abs(directional) > 1e-8
+    assert directional == pytest.approx(fd, rel=1e-5, abs=1e-10)

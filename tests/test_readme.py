@@ -61,19 +61,20 @@ def test_gallery_numbers_are_the_saved_results():
     gn = _gallery_numbers()
     text = (ROOT / "README.md").read_text()
     found, unchecked = gn.numbers()
-    assert {"rigid_body", "perturbation", "linear", "truncation"} <= set(found)
+    assert {"toy", "packing", "spectra", "learning_rate", "rigid_body", "perturbation",
+            "linear", "truncation",
+            "learned_optimizer", "learned_optimizer_paper", "lopt_estimators",
+            "lopt_meta_training"} <= set(found)
     # the gallery images whose README numbers predate saved metadata; shrink this list as
     # their figures are regenerated with a meta.json beside the PNG
-    # (the learned-optimizer figures quote numbers their meta.json holds, but no extractor
-    # reads them yet)
-    assert set(unchecked) <= {"toy", "learned_optimizer", "packing", "spectra", "learning_rate",
-                              "learned_optimizer_paper", "lopt_meta_training",
-                              "lopt_estimators"}
+    assert not unchecked, unchecked  # every gallery image has its meta.json
     for name, rows in found.items():
         para = gn.readme_paragraph(text, name)
         printed = {v.lstrip("-") for _, v in rows}  # the pattern below reads no sign
         for label, value in rows:
-            assert re.search(rf"(?<![\w.]){re.escape(value)}(?![\d])", para), (
+            # the README writes a negative number with the minus sign, U+2212
+            pattern = re.escape(value).replace(r"\-", "[-\u2212]")
+            assert re.search(rf"(?<![\w.]){pattern}(?![\d])", para), (
                 f"{name}: {label} = {value} (from its meta.json) is not in the README")
         for quoted in gn.MEASURED.findall(para):
             assert quoted in printed, f"{name}: README quotes {quoted}, not in its meta.json"

@@ -63,8 +63,42 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
             p = store.part(f"compare{j}", lambda lr=lr: _compare(float(lr), size, key, names))
             out[f"rel_error_{j}"] = p["rel_error"]
         out["estimators"] = np.asarray(names)
-    meta = {"sizes": size, "compare_lrs": COMPARE_LRS, "system": base.describe(), "seed": 0}
+    meta = {"sizes": size, "compare_lrs": COMPARE_LRS, "system": base.describe(), "seed": 0,
+            "summary": summary(out)}
     return out, meta
+
+
+def errors(results: dict, j: int) -> np.ndarray:
+    """Relative errors at compared rate ``j`` as rows (value, low, high): `compare` saves each
+    as an interval (value, low, high, level, what); older results hold the value alone."""
+    e = np.asarray(results[f"rel_error_{j}"])
+    if e.ndim == 1:
+        v = e.astype(np.float64)
+        return np.stack([v, v, v], axis=1)
+    return e[:, :3].astype(np.float64)
+
+
+def summary(out: dict) -> dict:
+    """The numbers the README quotes, from the results alone: λ1 per learning rate, where it
+    first exceeds 0.05 per step (the largest rate below that and its λ1 bound), and the
+    relative errors of each estimator at each compared rate."""
+    lrs, lam = np.asarray(out["lrs"]), np.asarray(out["lyapunov"])
+    jump = np.flatnonzero(lam > 0.05)
+    first = int(jump[0]) if jump.size else None
+    below = lam[:first] if first else lam
+    names = [str(n) for n in out["estimators"]]
+    return {
+        "lyapunov": {f"{lr:.3g}": float(v) for lr, v in zip(lrs, lam, strict=True)},
+        "last_lr_below": float(lrs[first - 1]) if first else None,
+        "max_lyapunov_below": float(below.max()) if below.size else None,
+        "first_lr_above": float(lrs[first]) if first is not None else None,
+        "lyapunov_first_above": float(lam[first]) if first is not None else None,
+        "rel_error": {str(lr): {n: float(row[0]) for n, row in zip(names, errors(out, j),
+                                                                     strict=True)}
+                      for j, lr in enumerate(COMPARE_LRS)},
+        "rel_error_interval": {str(lr): {n: [float(x) for x in row] for n, row in zip(
+            names, errors(out, j), strict=True)} for j, lr in enumerate(COMPARE_LRS)},
+    }
 
 
 def _at_lr(lr, size, key):
@@ -117,10 +151,12 @@ def draw(results: dict, meta: dict, path) -> None:
     x = np.arange(len(names))
     w = 0.38
     for j, lr in enumerate(meta["compare_lrs"]):
-        axes[2].bar(x + (j - 0.5) * w, results[f"rel_error_{j}"], w, label=f"η = {lr}")
+        e = errors(results, j)
+        axes[2].bar(x + (j - 0.5) * w, e[:, 0], w, label=f"η = {lr}",
+                    yerr=[e[:, 0] - e[:, 1], e[:, 2] - e[:, 0]], capsize=2)
     axes[2].set_xticks(x, names)
     axes[2].set_yscale("log")
-    axes[2].set_ylabel("relative RMS error at equal compute")
+    axes[2].set_ylabel("relative RMS error at equal compute (95% interval)")
     axes[2].set_title(f"(c) estimators, T = {meta['sizes']['compare_T']}")
     axes[2].legend(fontsize=7)
     for ax in axes:

@@ -55,8 +55,29 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     out["horizons"] = np.asarray(hs)
     meta = {"sizes": size, "d_variance": D_VARIANCE, "system": system.describe(),
             "seeds": size["seeds"], "packing": 0.98,
-            "note": "FIRE (jax-md defaults), loss = energy after T steps, theta = D"}
+            "note": "FIRE (jax-md defaults), loss = energy after T steps, theta = D",
+            "summary": summary(out)}
     return out, meta
+
+
+def summary(out: dict) -> dict:
+    """The numbers the README quotes, from the results alone: the variance of dE/dD at the
+    longest T per D, and how rough the per-seed and mean energy curves are per T (local
+    extrema over the D grid)."""
+    from chaosgrad.gradients import count_extrema
+
+    hs = [int(t) for t in out["horizons"]]
+    e = np.asarray(out["energy"])
+    return {
+        "horizon": hs[-1],
+        "variance_at_longest": {str(d): float(out[f"variance_{j}"][-1])
+                                for j, d in enumerate(D_VARIANCE)},
+        "seed_extrema_median": {str(t): float(np.median([count_extrema(y)
+                                                         for y in e[:, i]]))
+                                for i, t in enumerate(hs)},
+        "mean_extrema": {str(t): count_extrema(np.nanmean(e[:, i], axis=0))
+                         for i, t in enumerate(hs)},
+    }
 
 
 def _variance(system, d, hs, size, key):

@@ -21,9 +21,11 @@ SIZES = {
     "quick": {"env": "ant", "unrolls": [1, 2, 4, 8, 16], "points": 201, "seeds": 128,
               "smooth_unroll": 16, "var_horizons": [2, 4, 8, 16, 32], "var_seeds": 8,
               "layers": 2},
+    # paper: the paper's policy (4 hidden layers of 32 swish units, tanh-Normal actions;
+    # action_noise 1 samples the Normal with its own scale, then tanh)
     "paper": {"env": "ant", "unrolls": [1, 2, 4, 8, 16], "points": 201, "seeds": 256,
               "smooth_unroll": 16, "var_horizons": [2, 4, 8, 16, 32, 64], "var_seeds": 64,
-              "layers": 4},
+              "layers": 4, "policy": "paper", "action_noise": 1.0},
 }
 RANGE = 0.004
 VAR_SHIFTS = (-0.002, 0.0, 0.002)
@@ -34,9 +36,26 @@ PAPER_SMOOTH_UNROLL = 8
 
 
 def make_system(size):
-    """Ant (generalized backend) under a tanh MLP policy with Gaussian action noise."""
-    return systems.make("brax", env=size["env"], backend="generalized", policy="mlp",
-                        hidden=32, layers=size["layers"], action_noise=NOISE, seed=0)
+    """Ant (generalized backend) under the size's policy: at quick scale a tanh MLP with
+    Gaussian action noise N(0, NOISE²); at paper scale the paper's tanh-Normal policy."""
+    return systems.make("brax", env=size["env"], backend="generalized",
+                        policy=size.get("policy", "mlp"), hidden=32, layers=size["layers"],
+                        action_noise=noise_of(size), seed=0)
+
+
+def noise_of(size) -> float:
+    """The action noise of a size: N(0, NOISE²) added to the MLP's action, or for the
+    paper's policy the multiple (1) of its own tanh-Normal scale."""
+    return size.get("action_noise", NOISE)
+
+
+def policy_text(size) -> str:
+    """What the figure's policy is, for its metadata and title."""
+    if size.get("policy") == "paper":
+        return ("the paper's: 4 hidden layers of 32 swish units, actions tanh of a Normal "
+                "sample (its noise fixed by one key in a, drawn per seed in b and c)")
+    return (f"tanh MLP, {size['layers']} hidden layers of 32 (paper: 4 of 32 swish, "
+            "tanh-Normal actions)")
 
 
 def fixed_reset(system, key):
@@ -94,14 +113,16 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     out["unrolls"] = np.asarray(size["unrolls"])
     out["smooth_unrolls"] = np.asarray(smooth)
     out["var_horizons"] = np.asarray(size["var_horizons"])
-    meta = {"sizes": size, "var_shifts": VAR_SHIFTS, "action_noise": NOISE, "slice_radius": RANGE,
-            "system": system.describe(), "seed": 0,
-            "policy": f"tanh MLP, {size['layers']} hidden layers of 32 (paper: 4 of 32 swish, "
-                      "tanh-Normal actions)",
+    noise = noise_of(size)
+    noise_b = (f"the action noise N(0, {noise}²)" if size.get("policy") != "paper" else
+               "the policy's tanh-Normal sample")
+    meta = {"sizes": size, "var_shifts": VAR_SHIFTS, "action_noise": noise,
+            "slice_radius": RANGE, "system": system.describe(), "seed": 0,
+            "policy": policy_text(size),
             "randomness": {
                 "a": "one key (PRNGKey(0)): reset state and action noise fixed along the slice",
-                "b": "reset state fixed (the one of panel a) for every seed; seed i draws the "
-                     f"action noise N(0, {NOISE}²) from fold_in(PRNGKey(0), 10 + i)",
+                "b": "reset state fixed (the one of panel a) for every seed; seed i draws "
+                     f"{noise_b} from fold_in(PRNGKey(0), 10 + i)",
                 "c": f"{size['var_seeds']} seeds, each its own reset state and action noise"},
             "summary": summary(out, size)}
     return out, meta

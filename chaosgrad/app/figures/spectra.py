@@ -48,8 +48,23 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
             out[f"{name}_grad_norm"] = grad
     meta = {"sizes": size, "inits": INITS, "system": system.describe(), "seed": 0,
             "note": "closed loop (policy inside the step), no action noise; eigenvalues of "
-                    "the 28x28 Jacobian in (q, qd) with the torso's rotation vector"}
+                    "the 28x28 Jacobian in (q, qd) with the torso's rotation vector",
+            "summary": summary(out, size)}
     return out, meta
+
+
+def summary(out: dict, size: dict) -> dict:
+    """The numbers the README quotes, per init, from the results alone: the spectral radius
+    of ∂s_t/∂s_0 at the last step, the gradient norm at the longest unroll, and the largest
+    |eigenvalue| of the one-step Jacobian at step ``at``."""
+    res = {"steps": size["steps"], "horizon": int(size["horizons"][-1]), "at": size["at"]}
+    for name in INITS:
+        lp = np.asarray(out[f"{name}_log_product_radius"], np.float64)
+        res[name] = {"product_radius": float(np.exp(min(lp[-1], 700.0))),
+                     "grad_norm": float(out[f"{name}_grad_norm"][-1]),
+                     "max_abs_eigenvalue_at": float(np.abs(
+                         out[f"{name}_eigenvalues"][size["at"]]).max())}
+    return res
 
 
 def draw(results: dict, meta: dict, path) -> None:
