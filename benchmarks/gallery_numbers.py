@@ -213,6 +213,7 @@ def lopt_estimators(m: dict) -> list[tuple[str, str]]:
     cross = [(s, t) for s, t in m["crossover"].items() if t is not None]
     out = [(f"shift {s}", s) for s in m["results"] if float(s)]
     out.append(("sampling seconds per cell", str(round(m["sizes"]["seconds"]))))
+    out.append(("ES/PES σ", fmt(m["sigma"])))
     for s, t in cross:
         e = r[s][str(t)]["estimators"]
         out.append((f"crossover at shift {s}", str(t)))
@@ -234,9 +235,9 @@ def lopt_meta_training(m: dict) -> list[tuple[str, str]]:
     best = min(tab, key=lambda n: tab[n]["T"]["meta_loss"])
     adam = next(n for n in tab if n.startswith("adam"))
     for name, row in tab.items():
-        if "untrained" in name:  # the starting point, not quoted
-            continue
         out.append((f"{name} at T", f"{row['T']['meta_loss']:.2f}"))
+        if "untrained" in name:  # the starting point: its value at T only
+            continue
         if row["10T"]["nonfinite_seeds"]:
             out += [(f"{name} at 10T: NaN seeds", str(row["10T"]["nonfinite_seeds"])),
                     (f"{name} at 10T: first NaN step", str(row["10T"]["first_nonfinite_step"]))]
@@ -246,7 +247,9 @@ def lopt_meta_training(m: dict) -> list[tuple[str, str]]:
             ("adam standard error", fmt(tab[adam]["T"]["meta_loss_se"], 1))]
     for est, v in m["vs_adam_at_T"].items():
         if v["beats_adam_at_T"]:
-            out += [(f"{est} - adam", fmt(v["mean_difference_vs_adam"])),
+            se = tab[f"learned ({est})"]["T"]["meta_loss_se"]
+            out += [(f"learned ({est}) standard error", fmt(se, 1)),
+                    (f"{est} - adam", fmt(v["mean_difference_vs_adam"])),
                     (f"{est} - adam standard error", fmt(v["se"], 1))]
     return out
 
