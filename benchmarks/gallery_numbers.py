@@ -266,8 +266,24 @@ QUOTED = {
 }
 
 
+def toy_paper(m: dict) -> list[tuple[str, str]]:
+    """Figure 1 at paper scale (run on this CPU): as at quick scale, plus its sizes and time."""
+    z = m["sizes"]
+    return toy(m) + [("samples", f"{z['samples']:,}"), ("x points", str(z["xs"])),
+                     ("w points", str(z["ws"])), ("seconds", str(round(m["seconds"])))]
+
+
+def linear_paper(m: dict) -> list[tuple[str, str]]:
+    """The appendix oracle at paper scale (run on this CPU): as at quick scale, plus sizes."""
+    z = m["sizes"]
+    return linear(m) + [("seeds", str(z["seeds"])), ("values of r", str(z["rs"])),
+                        ("Lyapunov steps", f"{z['lyap_steps']:,}"),
+                        ("seconds", str(round(m["seconds"])))]
+
+
 NUMBERS = {"toy": toy, "packing": packing, "spectra": spectra, "rigid_body": rigid_body,
-           "learning_rate": learning_rate,
+           "learning_rate": learning_rate, "toy_paper": toy_paper,
+           "linear_paper": linear_paper,
            "perturbation": perturbation, "linear": linear, "truncation": truncation,
            "learned_optimizer": learned_optimizer,
            "learned_optimizer_paper": learned_optimizer_paper,
