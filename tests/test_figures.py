@@ -360,4 +360,6 @@ def test_estimator_study_runs_end_to_end_with_its_meta(tmp_path, monkeypatch):
     assert lam["lambda1"][1] > 0.5 / 8
     assert meta["results"]["0.0"]["8"]["reference"].startswith("es (")
     assert "measured once per shift" in meta["reference_rule"]
+    for e in meta["results"]["0.0"]["8"]["estimators"].values():  # counted, never dropped
+        assert e["estimates"] >= 4 and 0 <= e["nonfinite_estimates"] <= e["estimates"]
     figures.write_json(tmp_path / "meta.json", meta)  # strict JSON: no tuples or NaN left

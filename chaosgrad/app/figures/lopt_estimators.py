@@ -43,9 +43,11 @@ def cell(system, theta, horizon: int, size: dict, key, lyapunov=None) -> dict:
     Returns per estimator (in ``ESTIMATORS`` order) the relative RMS error at equal unroll
     steps and at equal seconds, the bias and the variance of one estimate, each as
     (value, low, high); the bias's status (0 upper bound, 1 resolved, 2 reference too noisy);
-    steps and seconds per estimate; and the reference's norm, standard error and its upper
-    bound, whether backprop ties for best, and the names tied for best. ``lyapunov``: λ1
-    measured once for this θ (see `compare`), else measured here.
+    steps and seconds per estimate; the estimates taken and how many were non-finite
+    (left out of the statistics: with fewer than 4 finite ones the numbers are NaN); and the
+    reference's norm, standard error and its upper bound, whether backprop ties for best,
+    and the names tied for best. ``lyapunov``: λ1 measured once for this θ (see `compare`),
+    else measured here.
     """
     c = compare(system, theta, ESTIMATORS, horizon=horizon, samples=size["samples"],
                 window=min(size["window"], horizon), sigma=SIGMA,
@@ -61,6 +63,7 @@ def cell(system, theta, horizon: int, size: dict, key, lyapunov=None) -> dict:
     status = np.zeros(len(ESTIMATORS), np.int32)
     steps = np.zeros(len(ESTIMATORS))
     secs = np.zeros(len(ESTIMATORS))
+    counts = np.zeros((len(ESTIMATORS), 2), np.int64)  # estimates taken, non-finite ones
     codes = {"upper bound": 0, "resolved": 1, "reference too noisy": 2}
     norm = c.reference_norm
     for i, name in enumerate(ESTIMATORS):
@@ -76,7 +79,8 @@ def cell(system, theta, horizon: int, size: dict, key, lyapunov=None) -> dict:
         out["variance"][i] = s.variance[:3]
         status[i] = codes[s.bias_status]
         steps[i], secs[i] = s.steps, s.seconds
-    return {**out, "bias_status": status, "steps": steps, "seconds": secs,
+        counts[i] = s.samples, s.nonfinite
+    return {**out, "bias_status": status, "steps": steps, "seconds": secs, "counts": counts,
             "reference": np.array([norm, c.reference_se, c.reference_se_upper]),
             "reference_kind": np.asarray(c.reference),
             "backprop_best": np.asarray("backprop" in c.tied),
@@ -158,6 +162,8 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
                        | {"bias_status": ["upper bound", "resolved", "reference too noisy"][
                            int(arrays["bias_status"][i, j, k])],
                           "steps": float(arrays["steps"][i, j, k]),
+                          "estimates": int(arrays["counts"][i, j, k, 0]),
+                          "nonfinite_estimates": int(arrays["counts"][i, j, k, 1]),
                           "seconds": float(arrays["seconds"][i, j, k])}
                        for k, e in enumerate(ESTIMATORS)}}
         for j, t in enumerate(size["unrolls"])} for i, s in enumerate(SHIFTS)}
