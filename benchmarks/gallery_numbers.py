@@ -281,9 +281,20 @@ def linear_paper(m: dict) -> list[tuple[str, str]]:
                         ("seconds", str(round(m["seconds"])))]
 
 
+def spectra_paper(m: dict) -> list[tuple[str, str]]:
+    """Figure 5 at paper scale (run on this CPU): as at quick scale (init2's radius to two
+    digits: it is no longer near 10 there), plus its sizes and time."""
+    z = m["sizes"]
+    i2 = m["summary"]["init2"]
+    rows = [r if r[0] != "init2 product radius" else (r[0], fmt(i2["product_radius"]))
+            for r in spectra(m)]
+    return rows + [("policy layers", str(z["layers"])), ("seeds", str(z["seeds"])),
+                   ("seconds", str(round(m["seconds"])))]
+
+
 NUMBERS = {"toy": toy, "packing": packing, "spectra": spectra, "rigid_body": rigid_body,
            "learning_rate": learning_rate, "toy_paper": toy_paper,
-           "linear_paper": linear_paper,
+           "linear_paper": linear_paper, "spectra_paper": spectra_paper,
            "perturbation": perturbation, "linear": linear, "truncation": truncation,
            "learned_optimizer": learned_optimizer,
            "learned_optimizer_paper": learned_optimizer_paper,
