@@ -292,9 +292,18 @@ def spectra_paper(m: dict) -> list[tuple[str, str]]:
                    ("seconds", str(round(m["seconds"])))]
 
 
+def rigid_body_paper(m: dict) -> list[tuple[str, str]]:
+    """Figure 2 at paper scale (run on this CPU, the paper's policy): as at quick scale, plus
+    the (c) seeds, the policy's layers and the time."""
+    z = m["sizes"]
+    return rigid_body(m) + [("(c) seeds", str(z["var_seeds"])), ("policy layers", str(z["layers"])),
+                            ("seconds", str(round(m["seconds"])))]
+
+
 NUMBERS = {"toy": toy, "packing": packing, "spectra": spectra, "rigid_body": rigid_body,
            "learning_rate": learning_rate, "toy_paper": toy_paper,
            "linear_paper": linear_paper, "spectra_paper": spectra_paper,
+           "rigid_body_paper": rigid_body_paper,
            "perturbation": perturbation, "linear": linear, "truncation": truncation,
            "learned_optimizer": learned_optimizer,
            "learned_optimizer_paper": learned_optimizer_paper,
