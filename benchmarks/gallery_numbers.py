@@ -259,6 +259,7 @@ def lopt_meta_training(m: dict) -> list[tuple[str, str]]:
 # for; none of them is read from a meta.json.
 QUOTED = {
     "packing": [("the paper's variance at D = 0.1", "1e90"), ("the paper's N", "128")],
+    "packing_paper": [("the paper's variance at D = 0.1", "1e90")],
     "toy": [("the toy's amplitude, 0.1 sin(...)", "0.1"), ("the toy's offset, + 0.1", "0.1")],
     "learned_optimizer": [("the paper's variance range, low", "1e-8"),
                           ("the paper's variance range, high", "1e13")],
@@ -300,10 +301,16 @@ def rigid_body_paper(m: dict) -> list[tuple[str, str]]:
                             ("seconds", str(round(m["seconds"])))]
 
 
+def packing_paper(m: dict) -> list[tuple[str, str]]:
+    """Figure 4 at paper scale (run on this CPU): as at quick scale, plus sizes and time."""
+    return packing(m) + [("diameters", str(m["sizes"]["points"])),
+                         ("seconds", str(round(m["seconds"])))]
+
+
 NUMBERS = {"toy": toy, "packing": packing, "spectra": spectra, "rigid_body": rigid_body,
            "learning_rate": learning_rate, "toy_paper": toy_paper,
            "linear_paper": linear_paper, "spectra_paper": spectra_paper,
-           "rigid_body_paper": rigid_body_paper,
+           "rigid_body_paper": rigid_body_paper, "packing_paper": packing_paper,
            "perturbation": perturbation, "linear": linear, "truncation": truncation,
            "learned_optimizer": learned_optimizer,
            "learned_optimizer_paper": learned_optimizer_paper,
