@@ -15,8 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from chaosgrad.config import precision_name as _precision
-from chaosgrad.config import resolve_dtype as _dtype
-from chaosgrad.config import x64_enabled
 from chaosgrad.errors import InputError, require
 from chaosgrad.system import StepOut, System
 
@@ -25,6 +23,7 @@ from .rigid import (
     apply_policy,
     cast_floats,
     check_policy,
+    check_run_settings,
     init_policy,
     like,
     policy_action,
@@ -365,13 +364,7 @@ def brax_system(
         raise InputError(f"unknown rotations {rotations!r}; accepted: {', '.join(ROTATIONS)}")
     if int(substeps) < 0:
         raise InputError(f"substeps must be >= 0 (0 = auto), got {substeps!r}")
-    if int(horizon) < 1:
-        raise InputError(f"horizon must be a positive integer, got {horizon!r}")
-    if not action_noise >= 0:
-        raise InputError(f"action_noise must be >= 0, got {action_noise!r}")
-    dt = jnp.dtype(_dtype(dtype))
-    if dt == jnp.float64 and not x64_enabled():
-        raise InputError("dtype float64 needs JAX's float64 mode: call chaosgrad.enable_x64()")
+    dtype_name = check_run_settings(horizon, action_noise, dtype)
     return _build(_Spec(env, backend, policy, int(hidden), int(layers), int(horizon),
                         float(policy_scale), float(action_noise), int(seed), loss, rotations,
-                        int(substeps), dt.name))
+                        int(substeps), dtype_name))

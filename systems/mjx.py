@@ -18,14 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from chaosgrad.config import precision_name as _precision
-from chaosgrad.config import resolve_dtype as _dtype
-from chaosgrad.config import x64_enabled
 from chaosgrad.errors import InputError, require
 from chaosgrad.system import StepOut, System
 
 from .rigid import (
     cast_floats,
     check_policy,
+    check_run_settings,
     init_policy,
     like,
     policy_action,
@@ -273,17 +272,11 @@ def mjx_system(
     if model not in MODELS:
         raise InputError(f"unknown mjx model {model!r}; accepted: {', '.join(model_names())}")
     check_policy(policy, hidden, layers)
-    if int(horizon) < 1:
-        raise InputError(f"horizon must be a positive integer, got {horizon!r}")
     if int(n_frames) < 0:
         raise InputError(f"n_frames must be >= 0 (0 = the model's own), got {n_frames!r}")
-    if not action_noise >= 0:
-        raise InputError(f"action_noise must be >= 0, got {action_noise!r}")
     if not policy_scale >= 0:
         raise InputError(f"policy_scale must be >= 0, got {policy_scale!r}")
-    dt = jnp.dtype(_dtype(dtype))
-    if dt == jnp.float64 and not x64_enabled():
-        raise InputError("dtype float64 needs JAX's float64 mode: call chaosgrad.enable_x64()")
+    dtype_name = check_run_settings(horizon, action_noise, dtype)
     return _build(_Spec(model, policy, int(hidden), int(layers), int(horizon),
                         float(policy_scale), float(action_noise), int(seed), int(n_frames),
-                        dt.name))
+                        dtype_name))

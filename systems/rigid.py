@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from chaosgrad.config import resolve_dtype, x64_enabled
 from chaosgrad.errors import InputError
 
 POLICIES = ("linear", "mlp", "paper")
@@ -53,6 +54,20 @@ def with_rotvecs(q: jax.Array, quats: np.ndarray, omega: jax.Array) -> jax.Array
     (so a state is exact in value when ``omega`` is its own rotation vector)."""
     sign = jnp.where(q[quats][:, :1] < 0, -1.0, 1.0).astype(q.dtype)
     return q.at[quats].set(sign * rotvec_to_quat(omega))
+
+
+# -- settings both adapters take ------------------------------------------------------------
+def check_run_settings(horizon: int, action_noise: float, dtype) -> str:
+    """Raise InputError unless the horizon is positive, the action noise non-negative and
+    the dtype usable (float64 needs JAX's float64 mode); returns the dtype's name."""
+    if int(horizon) < 1:
+        raise InputError(f"horizon must be a positive integer, got {horizon!r}")
+    if not action_noise >= 0:
+        raise InputError(f"action_noise must be >= 0, got {action_noise!r}")
+    dt = jnp.dtype(resolve_dtype(dtype))
+    if dt == jnp.float64 and not x64_enabled():
+        raise InputError("dtype float64 needs JAX's float64 mode: call chaosgrad.enable_x64()")
+    return dt.name
 
 
 # -- policies ---------------------------------------------------------------------------------
