@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from chaosgrad.systems.brax import brax_system, quat_to_rotvec, rotvec_to_quat
+from jacobian_check import jac_and_fd
 
 from chaosgrad import systems
 from chaosgrad.errors import InputError
 from chaosgrad.gradients import gradient_growth
-from chaosgrad.jacobian import phase_map, step_jacobian
 from chaosgrad.spectra import lyapunov_spectrum
 from chaosgrad.system import split_run_key
 from chaosgrad.unroll import unroll
@@ -106,26 +106,10 @@ def test_rotvec_round_trip():
     np.testing.assert_allclose(jax.jacfwd(rotvec_to_quat)(jnp.zeros(3))[1:], 0.5 * np.eye(3))
 
 
-def _jac_and_fd(system, state, key, h=1e-6):
-    """Dense jacfwd Jacobian and central differences of the same phase map, one compile."""
-    _, k_steps = split_run_key(key)
-
-    @jax.jit
-    def both(s):
-        jac = step_jacobian(system, system.theta, s, key)
-        f, x = phase_map(system, system.theta, s, k_steps, 0)
-        e = jnp.eye(x.shape[0], dtype=x.dtype) * h
-        fpm = jax.vmap(lambda d: f(x + d)[0])(jnp.concatenate([e, -e]))
-        fp, fm = jnp.split(fpm, 2)
-        return jac, ((fp - fm) / (2 * h)).T
-
-    return both(state)
-
-
 def test_step_jacobian_matches_finite_differences(pendulum):
     key = jax.random.PRNGKey(3)
     state = pendulum.init(split_run_key(key)[0], pendulum.theta)
-    jac, fd = _jac_and_fd(pendulum, state, key)
+    jac, fd = jac_and_fd(pendulum, state, key)
     assert jac.shape == (4, 4)
     # central differences in float64 at h=1e-6: error ~ h² |f'''| + eps/h ≈ 1e-9
     np.testing.assert_allclose(jac, fd, rtol=1e-6, atol=1e-7)
@@ -203,7 +187,7 @@ def test_free_joint_jacobian_matches_finite_differences(tumblers):
     rot, _ = tumblers
     key = jax.random.PRNGKey(5)
     state = rot.init(split_run_key(key)[0], rot.theta)
-    jac, fd = _jac_and_fd(rot, state, key)
+    jac, fd = jac_and_fd(rot, state, key)
     assert jac.shape == (14, 14)
     np.testing.assert_allclose(jac, fd, rtol=1e-6, atol=1e-6)
 

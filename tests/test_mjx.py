@@ -13,11 +13,12 @@ import pytest
 pytest.importorskip("mujoco.mjx")
 
 from chaosgrad.systems.mjx import mjx_system, model_names  # noqa: E402
+from jacobian_check import jac_and_fd  # noqa: E402
 
 from chaosgrad import systems  # noqa: E402
 from chaosgrad.app.cli import main  # noqa: E402
 from chaosgrad.errors import InputError  # noqa: E402
-from chaosgrad.jacobian import phase_map, step_jacobian  # noqa: E402
+from chaosgrad.jacobian import step_jacobian  # noqa: E402
 from chaosgrad.spectra import lyapunov_spectrum  # noqa: E402
 from chaosgrad.system import split_run_key  # noqa: E402
 
@@ -27,22 +28,6 @@ def pendulum():
     # the CLI's `--x64` with default parameters builds this same object (its compiled
     # chunks are reused there)
     return systems.make("mjx:double_pendulum", dtype="float64")
-
-
-def _jac_and_fd(system, state, key, h=1e-6):
-    """Dense jacfwd Jacobian and central differences of the same phase map, one compile."""
-    _, k_steps = split_run_key(key)
-
-    @jax.jit
-    def both(s):
-        jac = step_jacobian(system, system.theta, s, key)
-        f, x = phase_map(system, system.theta, s, k_steps, 0)
-        e = jnp.eye(x.shape[0], dtype=x.dtype) * h
-        fpm = jax.vmap(lambda d: f(x + d)[0])(jnp.concatenate([e, -e]))
-        fp, fm = jnp.split(fpm, 2)
-        return jac, ((fp - fm) / (2 * h)).T
-
-    return both(state)
 
 
 def test_registry_and_errors(pendulum):
@@ -62,7 +47,7 @@ def test_registry_and_errors(pendulum):
 def test_step_jacobian_matches_finite_differences(pendulum):
     key = jax.random.PRNGKey(3)
     state = pendulum.init(split_run_key(key)[0], pendulum.theta)
-    jac, fd = _jac_and_fd(pendulum, state, key)
+    jac, fd = jac_and_fd(pendulum, state, key)
     assert jac.shape == (4, 4)
     # central differences in float64 at h = 1e-6: truncation h²|f'''| + rounding eps/h ~ 1e-9
     np.testing.assert_allclose(jac, fd, rtol=1e-6, atol=1e-7)
@@ -98,7 +83,7 @@ def test_free_joint_jacobian_matches_finite_differences():
     state = tumbler.init(split_run_key(key)[0], tumbler.theta)
     x = tumbler.flat_phase(state)[0]
     assert np.abs(np.asarray(tumbler.get_phase(state)["rot"])).max() < 1e-12  # reset: identity
-    jac, fd = _jac_and_fd(tumbler, state, key)
+    jac, fd = jac_and_fd(tumbler, state, key)
     assert jac.shape == (14, 14) and x.shape == (14,)
     np.testing.assert_allclose(jac, fd, rtol=1e-6, atol=1e-6)
     # with_phase is exact at the base point: phase(with_phase(s, phase(s))) == phase(s)
