@@ -112,6 +112,13 @@ def config_hash(name: str, scale: str) -> str:
 PART_SECONDS = "_part_seconds"
 
 
+def read_part(path: Path) -> tuple[dict, float]:
+    """A saved part's arrays (as the experiment made them) and the seconds it took to make
+    (0 for a part saved without them)."""
+    arrays = load_npz(path)
+    return arrays, float(arrays.pop(PART_SECONDS, 0.0))
+
+
 class Store:
     """Saved parts of one experiment, so an interrupted run resumes where it stopped.
 
@@ -137,8 +144,8 @@ class Store:
         path = self.folder / f"{self.prefix}-{key}.npz"
         if path.exists() and not self.force:
             self.reused += 1
-            arrays = load_npz(path)
-            self.reused_seconds += float(arrays.pop(PART_SECONDS, 0.0))
+            arrays, seconds = read_part(path)
+            self.reused_seconds += seconds
             return arrays
         t0 = time.perf_counter()
         arrays = {k: np.asarray(v) for k, v in fn().items()}
@@ -216,11 +223,8 @@ class SplitStore(Store):
         if self.rank != 0 or self.force:
             return {}
         head = f"{self.prefix}-"
-        parts = {p.name[len(head):-len(".npz")]: load_npz(p)
-                 for p in sorted(self.folder.glob(f"{head}*.npz"))}
-        for arrays in parts.values():
-            arrays.pop(PART_SECONDS, None)
-        return parts
+        return {p.name[len(head):-len(".npz")]: read_part(p)[0]
+                for p in sorted(self.folder.glob(f"{head}*.npz"))}
 
 
 def _pack(status: str, error: str, parts: dict) -> bytes:
