@@ -274,6 +274,18 @@ def toy_paper(m: dict) -> list[tuple[str, str]]:
                      ("w points", str(z["ws"])), ("seconds", str(round(m["seconds"])))]
 
 
+def perturbation_paper(m: dict) -> list[tuple[str, str]]:
+    """Figure 7 at paper scale (run on this CPU): as at quick scale, plus what differencing two
+    runs gave instead (its largest relative error and the unperturbed run's RMS at the end, at
+    the r with growing modes) and the time."""
+    grow = [p for p in m["per_r"].values() if p["modes_growing"]]
+    return perturbation(m) + [
+        ("two runs differenced: max relative error",
+         fmt(max(p["two_run_rel_error_once"] for p in m["per_r"].values()), 1)),
+        ("unperturbed RMS after the last step", fmt(max(p["base_rms_final"] for p in grow), 1)),
+        ("seconds", str(round(m["seconds"])))]
+
+
 def linear_paper(m: dict) -> list[tuple[str, str]]:
     """The appendix oracle at paper scale (run on this CPU): as at quick scale, plus sizes."""
     z = m["sizes"]
@@ -311,6 +323,7 @@ NUMBERS = {"toy": toy, "packing": packing, "spectra": spectra, "rigid_body": rig
            "learning_rate": learning_rate, "toy_paper": toy_paper,
            "linear_paper": linear_paper, "spectra_paper": spectra_paper,
            "rigid_body_paper": rigid_body_paper, "packing_paper": packing_paper,
+           "perturbation_paper": perturbation_paper,
            "perturbation": perturbation, "linear": linear, "truncation": truncation,
            "learned_optimizer": learned_optimizer,
            "learned_optimizer_paper": learned_optimizer_paper,
