@@ -201,7 +201,9 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     meta = {"sizes": size, "rs": RS, "eps_ref": EPS_REF, "drawn": DRAWN,
             "assumption": ASSUMPTION, "per_r": {}}
     for j, r in enumerate(RS):
-        p = store.part(f"r{j}", lambda r=r: measure(size["n"], r, eps, size["steps"]))
+        # "deviation-": parts saved by the two-run measurement (keys "r0", "r1") lack the
+        # iterated deviation and its floors, and are not reused
+        p = store.part(f"deviation-r{j}", lambda r=r: measure(size["n"], r, eps, size["steps"]))
         for k, v in p.items():
             out[f"{k}_{j}"] = v
         lam = p["eigenvalues"]
