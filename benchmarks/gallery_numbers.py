@@ -274,6 +274,22 @@ def toy_paper(m: dict) -> list[tuple[str, str]]:
                      ("w points", str(z["ws"])), ("seconds", str(round(m["seconds"])))]
 
 
+def learning_rate_paper(m: dict) -> list[tuple[str, str]]:
+    """The learning-rate figure at paper scale (run on this CPU): as at quick scale, plus its
+    sizes and time, and λ1 at the rates above the jump (it falls back there: training no
+    longer makes progress) with the first and last of those rates."""
+    z, s = m["sizes"], m["summary"]
+    jump = float(f"{s['first_lr_above']:.3g}")  # summary["lyapunov"] keys rates to 3 digits
+    above = {float(lr): v for lr, v in s["lyapunov"].items() if float(lr) > jump}
+    return learning_rate(m) + [(f"slice unroll {t}", str(t)) for t in z["horizons"]] + [
+        ("slice points", str(z["points"])),
+        ("learning rates", str(z["lrs"])), ("seeds", str(z["seeds"])),
+        ("Lyapunov steps", f"{z['lyap_steps']:,}"), ("compare T", str(z["compare_T"])),
+        ("samples", str(z["samples"])), ("seconds", str(round(m["seconds"]))),
+        ("first η above the jump's rate", fmt(min(above))), ("largest η", fmt(max(above))),
+        ("max λ1 above the jump's rate", fmt(max(above.values())))]
+
+
 def perturbation_paper(m: dict) -> list[tuple[str, str]]:
     """Figure 7 at paper scale (run on this CPU): as at quick scale, plus what differencing two
     runs gave instead (its largest relative error and the unperturbed run's RMS at the end, at
@@ -324,6 +340,7 @@ NUMBERS = {"toy": toy, "packing": packing, "spectra": spectra, "rigid_body": rig
            "linear_paper": linear_paper, "spectra_paper": spectra_paper,
            "rigid_body_paper": rigid_body_paper, "packing_paper": packing_paper,
            "perturbation_paper": perturbation_paper,
+           "learning_rate_paper": learning_rate_paper,
            "perturbation": perturbation, "linear": linear, "truncation": truncation,
            "learned_optimizer": learned_optimizer,
            "learned_optimizer_paper": learned_optimizer_paper,

@@ -62,7 +62,7 @@ def test_gallery_numbers_are_the_saved_results():
     text = (ROOT / "README.md").read_text()
     found, unchecked = gn.numbers()
     assert {"toy", "packing", "spectra", "learning_rate", "rigid_body", "perturbation",
-            "linear", "truncation", "perturbation_paper",
+            "linear", "truncation", "perturbation_paper", "learning_rate_paper",
             "learned_optimizer", "learned_optimizer_paper", "lopt_estimators",
             "lopt_meta_training"} <= set(found)
     # the gallery images whose README numbers predate saved metadata; shrink this list as
