@@ -89,20 +89,32 @@ def linear(m: dict) -> list[tuple[str, str]]:
 
 
 def truncation(m: dict) -> list[tuple[str, str]]:
-    """Figure 6: final reward per truncation length with its 95% interval over seeds."""
+    """Figure 6: held-out reward of the final policy per truncation length (95% interval
+    over seeds), each t's paired difference to no truncation, and no truncation's gain."""
     z = m["sizes"]
     out = [("episode", str(z["episode"])), ("batch", str(z["batch"])),
-           ("seeds", str(z["seeds"])), ("iterations", str(z["iterations"]))]
-    first = next(iter(m["summary"].values()))
-    full = m["summary"][str(max(int(t) for t in m["summary"]))]
-    out += [("final iterations", str(first["final_iterations"])),
-            ("reward at initialisation", fmt(first["initial_reward"])),
-            ("largest gradient norm without truncation", fmt(full["grad_norm_max"]))]
-    for t, v in m["summary"].items():
-        out += [(f"t={t} final reward", fmt(v["final_reward"])),
-                (f"t={t} low", fmt(v["low"])), (f"t={t} high", fmt(v["high"]))]
-        if v["skipped"]:
-            out.append((f"t={t} skipped", str(v["skipped"])))
+           ("seeds", str(z["seeds"])), ("iterations", str(z["iterations"])),
+           ("evaluation episodes", str(z["eval_episodes"]))]
+    s = m["summary"]
+    ts = sorted(int(t) for t in s)
+    full = s[str(max(ts))]
+    v = m["verdict"]
+    out += [("reward at initialisation", fmt(full["initial_reward"])),
+            ("largest gradient norm without truncation", fmt(full["grad_norm_max"])),
+            ("best t", str(v["best_t"])),
+            ("no truncation: final − initial", fmt(v["full_gain"])),
+            ("no truncation: final − initial, low", fmt(v["full_gain_low"])),
+            ("no truncation: final − initial, high", fmt(v["full_gain_high"]))]
+    for t in ts:
+        r = s[str(t)]
+        out += [(f"t={t} final reward", fmt(r["final_reward"])),
+                (f"t={t} low", fmt(r["low"])), (f"t={t} high", fmt(r["high"]))]
+        if t != max(ts):
+            out += [(f"t={t} minus no truncation", fmt(r["minus_full"])),
+                    (f"t={t} minus no truncation, low", fmt(r["minus_full_low"])),
+                    (f"t={t} minus no truncation, high", fmt(r["minus_full_high"]))]
+        if r["skipped"]:
+            out.append((f"t={t} skipped", str(r["skipped"])))
     return out
 
 

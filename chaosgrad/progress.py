@@ -14,14 +14,17 @@ ANNOUNCE_SECONDS = 60.0
 
 
 class _Bar:
-    """A progress bar (or none) that, once the first pieces of work are timed, prints on
+    """A progress bar (or none) that, once a piece of work after the first is timed, prints on
     stderr how long the rest will take when that is more than a minute: a person then knows
-    before waiting whether to wait. Silent with ``enabled=False``."""
+    before waiting whether to wait. The first piece run is not used for the estimate: it
+    usually includes compiling, which the later pieces reuse. Silent with
+    ``enabled=False``."""
 
     def __init__(self, total: int, desc: str, bar, announce: bool):
         self.total, self.desc, self.bar, self.announce = max(int(total), 1), desc, bar, announce
         self.done = 0
         self.base = 0  # work done before timing started (a resumed run's finished part)
+        self.warm = False  # whether the first piece (with its compiling) has run
         self.t0 = time.perf_counter()
 
     def __enter__(self):
@@ -35,6 +38,10 @@ class _Bar:
     def update(self, n: int = 1) -> None:
         """Record ``n`` more units of work done."""
         self.update_bar(n)
+        if not self.warm:
+            # the first piece compiles: time the rest from its end
+            self.warm, self.base, self.t0 = True, self.done, time.perf_counter()
+            return
         if self.announce and self.base < self.done < self.total:
             self.announce = False  # judge once, from the first timed piece
             timed = self.done - self.base

@@ -5,10 +5,12 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from chaosgrad.app import figures
 from chaosgrad.app.figures import toy
+from chaosgrad.errors import InputError
 
 
 def test_toy_reparameterisation_variance_matches_closed_form():
@@ -333,30 +335,73 @@ def test_rigid_body_summary_counts_extrema_and_roughness():
     assert summ["c"]["0.002"]["variance"] == 1e3 and summ["b"]["8"]["nonfinite"] == 0
 
 
-def test_truncation_training_batches_episodes_and_summarises_over_seeds():
+def test_truncation_training_batches_episodes_and_scores_held_out_episodes():
     """Figure 6: each Adam step's loss is the mean truncated loss of `batch` fresh episodes;
-    the final reward is a t interval over training seeds."""
+    the policy is scored on the fixed evaluation episodes before training and after every
+    chunk; a non-finite gradient is counted and its update skipped."""
     from chaosgrad import systems
     from chaosgrad.app.figures import truncation
 
     s = systems.make("rnn", n=6, g=1.5)
-    size = {"episode": 12, "iterations": 3, "batch": 2, "lr": 1e-2}
+    size = {"episode": 12, "iterations": 4, "eval_every": 2, "batch": 2, "lr": 1e-2,
+            "eval_episodes": 3}
     key = jax.random.PRNGKey(5)
     r = truncation._train(s, s.theta, size, 4, key)
     keys = jax.random.split(jax.random.fold_in(key, 0), 2)
     expect = np.mean([float(truncation.truncated_loss(s, s.theta, k, 12, 4)) for k in keys])
     assert r["loss"][0] == pytest.approx(expect, rel=1e-9)
-    assert r["loss"].shape == (3,) and int(r["skipped"]) == 0
+    assert r["loss"].shape == (4,) and r["ok"].all() and r["eval_reward"].shape == (3,)
     assert r["loss"][1] != r["loss"][0]  # θ moved and new episodes were drawn
-    # three seeds whose last-10% rewards are 1, 2, 3: mean 2 ± t(0.975, 2)·1/√3 = 2 ± 2.484
-    loss = -np.array([[0.0] * 9 + [1.0], [5.0] * 9 + [2.0], [0.0] * 9 + [3.0]])
-    out = {"loss_1": loss, "grad_norm_1": np.array([[1.0] * 9 + [np.inf]] * 3),
-           "skipped_1": np.array([1, 1, 1])}
-    summ = truncation.summary(out, {"truncations": [1], "iterations": 10})["1"]
-    assert summ["final_reward"] == pytest.approx(2.0)
-    assert summ["high"] - 2.0 == pytest.approx(4.302653 / np.sqrt(3), rel=1e-5)
-    assert summ["skipped"] == 3 and summ["grad_norm_max"] == 1.0
-    assert summ["initial_reward"] == pytest.approx(5 / 3)
+    # the score before training is −(mean full-episode loss) over the evaluation keys
+    ev = -np.mean([float(truncation.truncated_loss(s, s.theta, k, 12, 12))
+                   for k in truncation.eval_keys(size)])
+    assert r["eval_reward"][0] == pytest.approx(ev, rel=1e-9)
+    # the last score is that of the trained θ: rerun by hand with optax for the same keys
+    opt = optax.adam(size["lr"])
+    th, st = s.theta, opt.init(s.theta)
+    for i in range(4):
+        ks = jax.random.split(jax.random.fold_in(key, i), 2)
+        g = jax.grad(lambda p, ks=ks: jnp.mean(jnp.stack([truncation.truncated_loss(s, p, k, 12, 4)
+                                                         for k in ks])))(th)
+        u, st = opt.update(g, st, th)
+        th = optax.apply_updates(th, u)
+    ev = -np.mean([float(truncation.truncated_loss(s, th, k, 12, 12))
+                   for k in truncation.eval_keys(size)])
+    assert r["eval_reward"][-1] == pytest.approx(ev, rel=1e-8)
+    # the logistic map at r = 10 leaves [0, 1] and overflows: every gradient is non-finite,
+    # every step is counted as skipped and θ stays where it was (its score does not change)
+    bad = systems.make("logistic", r=10.0)
+    r = truncation._train(bad, bad.theta, size, 1, key)
+    assert not r["ok"].any() and not np.isfinite(r["grad_norm"]).any()
+    np.testing.assert_array_equal(r["eval_reward"], r["eval_reward"][0])
+
+
+def test_truncation_summary_intervals_over_seeds_and_paired_to_no_truncation():
+    from chaosgrad.app.figures import truncation
+
+    # three seeds, final held-out rewards 1, 2, 3 at t = 1 and 0, 0, 3 without truncation
+    ev1 = np.array([[0.0, 1.0], [0.0, 2.0], [0.0, 3.0]])
+    ev4 = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 3.0]])
+    ok = np.ones((3, 10), bool)
+    ok[0, 3] = False
+    out = {"eval_reward_1": ev1, "eval_reward_4": ev4, "loss_1": -np.ones((3, 10)),
+           "loss_4": -np.ones((3, 10)), "grad_norm_1": np.array([[1.0] * 9 + [np.inf]] * 3),
+           "grad_norm_4": np.ones((3, 10)), "ok_1": ok, "ok_4": np.ones((3, 10), bool)}
+    size = {"truncations": [1, 4]}
+    summ = truncation.summary(out, size)
+    s1 = summ["1"]
+    # mean 2 ± t(0.975, 2)·1/√3
+    assert s1["final_reward"] == pytest.approx(2.0)
+    assert s1["high"] - 2.0 == pytest.approx(4.302653 / np.sqrt(3), rel=1e-5)
+    # paired differences 1, 2, 0: mean 1, sd 1
+    assert s1["minus_full"] == pytest.approx(1.0)
+    assert s1["minus_full_low"] == pytest.approx(1 - 4.302653 / np.sqrt(3), rel=1e-5)
+    assert s1["skipped"] == 1 and s1["grad_norm_max"] == 1.0 and s1["gain"] == 2.0
+    v = truncation.verdict(summ, out, size)
+    assert v["best_t"] == 1 and not v["best_above_full"] and v["full_gain"] == 1.0
+    with pytest.raises(InputError, match="divide"):
+        truncation.check_size({"truncations": [1, 5], "episode": 12, "iterations": 4,
+                               "eval_every": 2})
 
 
 def test_estimator_study_runs_end_to_end_with_its_meta(tmp_path, monkeypatch):
@@ -386,3 +431,21 @@ def test_estimator_study_runs_end_to_end_with_its_meta(tmp_path, monkeypatch):
     for e in meta["results"]["0.0"]["8"]["estimators"].values():  # counted, never dropped
         assert e["estimates"] >= 4 and 0 <= e["nonfinite_estimates"] <= e["estimates"]
     figures.write_json(tmp_path / "meta.json", meta)  # strict JSON: no tuples or NaN left
+
+
+@pytest.mark.slow
+def test_truncation_paper_configuration_runs_on_a_shrunk_ant(tmp_path, monkeypatch):
+    """Figure 6's paper configuration (Ant, the paper's tanh-Normal policy, generalized
+    backend) end to end, shrunk to 2 Adam steps of 2 short episodes: its parts, summary and
+    image are made, and every number is finite."""
+    from chaosgrad.app.figures import truncation
+
+    size = {**truncation.SIZES["paper"], "episode": 10, "truncations": [5, 10],
+            "iterations": 2, "eval_every": 1, "batch": 2, "seeds": 2, "eval_episodes": 2}
+    monkeypatch.setitem(truncation.SIZES, "paper", size)
+    png = figures.run_figure("truncation", "paper", tmp_path)
+    meta = json.loads((tmp_path / "truncation" / "meta.json").read_text())
+    assert png.stat().st_size > 10_000 and meta["system"]["policy"] == "paper"
+    for t in ("5", "10"):
+        v = meta["summary"][t]
+        assert np.isfinite(v["final_reward"]) and v["skipped"] == 0 and len(v["per_seed"]) == 2

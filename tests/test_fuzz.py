@@ -263,22 +263,20 @@ def test_large_requests_are_announced():
 
 def test_resumed_progress_estimates_the_time_left_from_the_work_after_resuming(
         monkeypatch, capsys):
-    """A resumed run (`skip`) judges the time left from the pieces it ran itself: 10 s for
-    one piece, 499 pieces left → about 83.2 minutes (not from the 501 counted as done)."""
+    """A resumed run (`skip`) judges the time left from the pieces it ran itself, after the
+    first (which compiles): a first piece of 100 s, then 10 s for one piece, 498 pieces left →
+    about 83.0 minutes (not from the 501 counted as done, nor from the compiling piece)."""
     from chaosgrad import progress
 
-    calls = []  # the bar reads the clock at its start, at `skip` (0 s) and at `update` (10 s)
-
-    def clock():
-        calls.append(1)
-        return 0.0 if len(calls) <= 2 else 10.0
-
-    monkeypatch.setattr(progress.time, "perf_counter", clock)
+    times = iter([0.0, 0.0, 100.0, 110.0])  # start, skip, end of piece 1, end of piece 2
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(times))
     with progress.progress_bar(1000, "meta-train", enabled=None) as bar:
         bar.skip(500)
         bar.update(1)
+        assert capsys.readouterr().err == ""  # nothing judged from the compiling piece
+        bar.update(1)
     err = capsys.readouterr().err
-    assert "about 83.2 more minutes (estimated from 1 of 500 timed)" in err
+    assert "about 83.0 more minutes (estimated from 1 of 499 timed)" in err
 
 
 # -- strict JSON on every --json output ------------------------------------------------------
