@@ -46,8 +46,9 @@ DRAWN = (
     "deviation (eigh's eigenvectors, each step's arithmetic), amplified at most ρ per step "
     "after; U is a hundred times that, so above the floor round-off is at most ~1e-4 of the "
     "MSE. A closed-form MSE below its floor is not compared (relative errors are taken above "
-    "it only, and the points below counted); a measured curve below it is round-off (grey "
-    "dash-dot in b, c: the largest floor over k for 'once').")
+    "it only, and the points below counted); a measured value below it is round-off, and "
+    "b, c do not draw measured values below their own mode's floor (grey dash-dot in b, c: "
+    "the largest floor over k for 'once').")
 ASSUMPTION = (
     "The paper's appendix A.2 figure plots the MSE against a perturbation ε of the eigenvectors "
     "with X^{i+1} = X^i + ε; we read it as a perturbation of size ε along one eigenvector of "
@@ -266,19 +267,24 @@ def draw(results: dict, meta: dict, path) -> None:
         cmap = plt.get_cmap("coolwarm")
         for k in range(n):
             col = cmap(0.5 + 0.5 * np.clip(np.log(abs(lam[k])) / 0.2, -1, 1))
-            ax.semilogy(i, results[f"once_{j}"][k, iref], color=col, lw=1)
+            # measured values under their own mode's round-off floor are rounding, not the
+            # mode: not drawn (counted in meta.json as below_floor_once)
+            meas = np.asarray(results[f"once_{j}"][k, iref], np.float64)
+            meas = np.where(meas > results[f"floor_once_{j}"][k, iref], meas, np.nan)
+            ax.semilogy(i, meas, color=col, lw=1)
             ax.semilogy(i, results[f"exact_once_{j}"][k, iref], ":", color="k", lw=0.5)
         pr = meta["per_r"][str(r)]
         ax.axhline(eps[iref] ** 2 / n, color="0.4", lw=0.8, ls="--", label="ε²/n (no change)")
         ax.semilogy(i, results[f"floor_once_{j}"][:, iref].max(axis=0), "-.", color="0.5",
-                    lw=0.8, label="round-off floor, largest over k (not compared below)")
+                    lw=0.8, label="round-off floor, largest over k\n(measured values under "
+                    "their own mode's floor: not drawn)")
         # decaying modes fall far below anything float64 can resolve next to the others
         ax.set_ylim(1e-34, None)
         ax.set_title(f"({'bc'[j]}) r = {r}: each eigenvector, ε = {eps[iref]:g}; "
                      f"{pr['modes_growing']} of {n} with |λ| > 1", fontsize=10)
         ax.set_xlabel("step i")
         ax.set_ylabel("MSE_i (red: |λ| > 1, blue: |λ| < 1; dotted: ε²λ^{2i}/n)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper right")
     a.loglog(eps, eps ** 2 / n, color="0.5", lw=0.8, ls=":", label="ε²/n")
     a.set_title(f"(a) MSE after {steps} steps vs ε (markers measured, lines ε²λ^{{2i}}/n)",
                 fontsize=10)
