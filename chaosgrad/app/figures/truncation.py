@@ -33,6 +33,8 @@ SIZES = {
               "seeds": 5, "lr": 1e-3, "policy": "paper", "layers": 4, "action_noise": 1.0,
               "eval_every": 20, "eval_episodes": 32},
 }
+# the key of the training seeds (initial policies, training episodes)
+SEED = 0
 # the key of the held-out evaluation episodes (reset state and action noise), the same for
 # every t and seed; training episodes come from the seeds' own keys
 EVAL_KEY = 12345
@@ -160,7 +162,7 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     system = make_system(size)
     sizes_, scale_ = system.meta["policy_sizes"], system.meta["policy_scale"]
     dtype = jax.tree_util.tree_leaves(system.theta)[0].dtype
-    key = jax.random.PRNGKey(0)
+    key = jax.random.PRNGKey(SEED)
     chunks = size["iterations"] // size["eval_every"]
     out = {"truncations": np.asarray(size["truncations"]),
            "eval_iterations": np.arange(chunks + 1) * size["eval_every"]}
@@ -186,7 +188,7 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
                     bar.skip(chunks)  # saved by an earlier run (or another process's part)
             for name in ("loss", "grad_norm", "ok", "eval_reward"):
                 out[f"{name}_{t}"] = np.stack([r[name] for r in runs])
-    meta = {"sizes": size, "system": system.describe(), "seed": 0, "eval_key": EVAL_KEY,
+    meta = {"sizes": size, "system": system.describe(), "seed": SEED, "eval_key": EVAL_KEY,
             "note": f"Adam on the mean −reward over {size['batch']} fresh episodes per step; "
                     "gradient stopped every t steps; per seed its own initial policy and "
                     "training episodes, the same for every t; every policy scored (mean "
