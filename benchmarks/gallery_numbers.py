@@ -19,6 +19,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 GALLERY = ROOT / "chaosgrad" / "app" / "figures" / "gallery"
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 def fmt(x: float, sig: int = 2) -> str:
@@ -116,7 +117,26 @@ def truncation(m: dict) -> list[tuple[str, str]]:
                     (f"t={t} minus no truncation, high", fmt(r["minus_full_high"]))]
         if r["skipped"]:
             out.append((f"t={t} skipped", str(r["skipped"])))
-    return out
+    return out + truncation_other_seeds()
+
+
+def truncation_other_seeds() -> list[tuple[str, str]]:
+    """Figure 6 re-run with other training seeds and evaluation episodes
+    (benchmarks/truncation_other_seeds.py): its best t, that t's paired difference to no
+    truncation, and no truncation's gain. Nothing when the file is absent."""
+    path = RESULTS / "truncation_other_seeds.json"
+    if not path.exists():
+        return []
+    m = json.loads(path.read_text())
+    v = m["verdict"]
+    best = m["summary"][str(v["best_t"])]
+    return [("other seeds: best t", str(v["best_t"])),
+            ("other seeds: best t minus no truncation", fmt(best["minus_full"])),
+            ("other seeds: best t minus no truncation, low", fmt(best["minus_full_low"])),
+            ("other seeds: best t minus no truncation, high", fmt(best["minus_full_high"])),
+            ("other seeds: no truncation final − initial", fmt(v["full_gain"])),
+            ("other seeds: no truncation final − initial, low", fmt(v["full_gain_low"])),
+            ("other seeds: no truncation final − initial, high", fmt(v["full_gain_high"]))]
 
 
 def toy(m: dict) -> list[tuple[str, str]]:
