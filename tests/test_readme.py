@@ -185,3 +185,20 @@ def test_previous_run_claims_are_its_saved_results():
     mt = json.loads((prev / "lopt_meta_training.meta.json").read_text())
     assert [k for k, v in mt["vs_adam_at_T"].items() if v["beats_adam_at_T"]] == ["tbptt"]
     assert mt["table"]["learned (es)"]["T"]["meta_loss"] < 0  # ES's optimizer did not stall
+
+
+def test_benchmark_table_is_the_saved_run_and_its_ratios_are_saved():
+    """The README's benchmark block is benchmarks/results/bench.txt as printed, and every
+    ratio its paragraph quotes (N.NN×) is in one of the saved runs it names."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("# chaosgrad benchmarks:")
+    block = text[start:text.index("```", start)]
+    folder = ROOT / "benchmarks" / "results"
+    assert block == (folder / "bench.txt").read_text()
+    after = text[text.index("```", start) + 3:text.index("**Scaling**", start)]
+    saved = "".join((folder / f).read_text() for f in (
+        "bench.txt", "bench-2026-11-27.txt", "bench-under-load.txt", "bench-earlier-run.txt"))
+    ratios = re.findall(r"(\d+\.\d\d)×", after)
+    assert len(ratios) >= 8
+    for r in ratios:
+        assert re.search(rf"(?<![\d.]){re.escape(r)} \[", saved), f"{r}× is in no saved run"
