@@ -607,3 +607,15 @@ def test_system_check_is_cached_and_passes_good_systems():
     check_system(s, jnp.stack([s.theta, s.theta]), batched=True)
     with pytest.raises(InputError, match="expected"):
         check_system(s, jnp.ones((2, 3)), batched=True)
+
+
+def test_options_are_taken_by_their_full_names_only(capsys):
+    """`--n 64` (a system parameter written as an option) is refused with the way to pass it,
+    not read as an abbreviation of --no-progress; `n=3` likewise."""
+    code, _, err = run(["diagnose", "rnn", "--n", "64"], capsys)
+    assert_refused(code, err, "unrecognized arguments: --n 64; a system's parameters go as "
+                              "--param K=V")
+    code, _, err = run(["diagnose", "rnn", "n=3"], capsys)
+    assert_refused(code, err, "n=3; a system's parameters go as --param K=V")
+    code, _, err = run(["diagnose", "rnn", "--no-prog"], capsys)
+    assert_refused(code, err, "--no-prog")

@@ -26,10 +26,20 @@ from chaosgrad.spectra import lyapunov_spectrum, resolve_k
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line, exit status 2."""
+    """argparse that reports a usage error as one line, exit status 2, and takes options only
+    by their full names (``--n 64`` is not silently read as ``--no-progress``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        hint = ""
+        if message.startswith("unrecognized arguments"):
+            tokens = message.split(":", 1)[-1].split()
+            if any(t.startswith("-") or "=" in t for t in tokens):
+                hint = "; a system's parameters go as --param K=V"
+        self.exit(2, f"{self.prog}: error: {message}{hint} (see {self.prog} --help)\n")
 
 
 # Step counts and horizons index steps with int32 on the device (fold_in, scan counters):
