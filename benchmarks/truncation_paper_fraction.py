@@ -24,7 +24,6 @@ def main(argv: list[str]) -> int:
     system = truncation.make_system(size)
     theta = init_policy(jax.random.PRNGKey(1), system.meta["policy_sizes"],
                         system.meta["policy_scale"], jax.numpy.float64)
-    rows = []
     for t in [int(a) for a in argv[1:]] or [10]:
         init, chunk, reward = truncation._trainer(system, size, t)
         key = jax.random.PRNGKey(2)
@@ -50,7 +49,6 @@ def main(argv: list[str]) -> int:
                "ms_per_step_gradient": round(1e3 * step / (size["batch"] * size["episode"]), 2),
                "projected_whole_run_h": round(whole / 3600, 1)}
         print(json.dumps(row), flush=True)
-        rows.append(row)
     return 0
 
 

@@ -57,25 +57,27 @@ ASSUMPTION = (
     "example; n, the number of steps, the ε range and r = 0.45 / 0.55 are our choices.")
 
 
+def _trajectory(system, x_start, add, steps: int):
+    """X^0 = ``x_start`` and X^{i+1} = f(X^i) + ``add`` for ``steps`` steps by the system's own
+    step, shaped (steps + 1, n)."""
+    theta = system.theta
+
+    def body(x, _):
+        x = system.step(x, theta, None)[0] + add
+        return x, x
+
+    _, xs = jax.lax.scan(body, x_start, None, length=steps)
+    return jnp.concatenate([x_start[None], xs])
+
+
 def _deviations(system, vecs, eps, steps):
     """Deviation MSE per step along each of ``vecs`` for each ``eps``, iterated directly:
     'once' δ^{i+1} = f(δ^i) from δ^0 = ε·v, 'every' δ^{i+1} = f(δ^i) + ε·v from δ^0 = 0. For
     a linear step with f(0) = 0 this is exactly X~^i − X^i. Shapes (k, E, steps + 1)."""
-    theta = system.theta
-
-    def f(x):
-        return system.step(x, theta, None)[0]
-
-    def traj(x_start, add):
-        def body(x, _):
-            x = f(x) + add
-            return x, x
-        _, xs = jax.lax.scan(body, x_start, None, length=steps)
-        return jnp.concatenate([x_start[None], xs])
-
     def mse(v, e):
-        once = traj(e * v, jnp.zeros_like(v))
-        every = traj(jnp.zeros_like(v), e * v)
+        zero = jnp.zeros_like(v)
+        once = _trajectory(system, e * v, zero, steps)
+        every = _trajectory(system, zero, e * v, steps)
         return jnp.mean(once ** 2, axis=1), jnp.mean(every ** 2, axis=1)
 
     per_e = jax.vmap(mse, in_axes=(None, 0))
@@ -87,19 +89,11 @@ def _two_runs(system, x0, vecs, eps, steps):
     difference of the run from X^0 + ε·v and the run from X^0, shaped (k, E, steps + 1); and
     the RMS of the unperturbed run after the last step. Where the unperturbed run grows, its
     rounding (~1e-16 of its size per step, amplified like max|λ|^i) is in the difference."""
-    theta = system.theta
-
-    def traj(x_start):
-        def body(x, _):
-            x = system.step(x, theta, None)[0]
-            return x, x
-        _, xs = jax.lax.scan(body, x_start, None, length=steps)
-        return jnp.concatenate([x_start[None], xs])
-
-    base = traj(x0)
+    zero = jnp.zeros_like(x0)
+    base = _trajectory(system, x0, zero, steps)
 
     def mse(v, e):
-        return jnp.mean((traj(x0 + e * v) - base) ** 2, axis=1)
+        return jnp.mean((_trajectory(system, x0 + e * v, zero, steps) - base) ** 2, axis=1)
 
     once = jax.jit(jax.vmap(jax.vmap(mse, in_axes=(None, 0)), in_axes=(0, None)))(vecs, eps)
     return once, jnp.sqrt(jnp.mean(base[-1] ** 2))

@@ -169,7 +169,7 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     with progress_bar(len(size["truncations"]) * size["seeds"] * chunks, "figure truncation",
                       progress, min_total=1) as bar:
         for t in size["truncations"]:
-            trainer = None
+            trainer = _trainer(system, size, int(t))  # compiles at its first call only
             runs = []
             for sd in range(size["seeds"]):
                 # seed sd: its own initial policy and training episodes, the same for every t
@@ -177,9 +177,7 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
                 theta0 = init_policy(jax.random.fold_in(k, 1), sizes_, scale_, dtype)
                 done = []
 
-                def train(t=t, k=k, th=theta0, done=done):
-                    nonlocal trainer
-                    trainer = trainer or _trainer(system, size, int(t))
+                def train(t=t, k=k, th=theta0, done=done, trainer=trainer):
                     return _train(system, th, size, int(t), jax.random.fold_in(k, 2), trainer,
                                   on_chunk=lambda: (done.append(1), bar.update(1)))
 
@@ -253,9 +251,9 @@ def draw(results: dict, meta: dict, path) -> None:
     reward per t: each seed's policy (dots) and the mean with its 95% interval. (c) Gradient
     norm per Adam step: median over seeds, the band from the smallest to the largest."""
     import matplotlib.pyplot as plt
-    from scipy import stats as st
 
     from chaosgrad.plots import log_scale, save
+    from chaosgrad.stats import mean_interval
 
     fig, (a, m, b) = plt.subplots(1, 3, figsize=(17, 4.8))
     z = meta["sizes"]
@@ -268,16 +266,16 @@ def draw(results: dict, meta: dict, path) -> None:
         return f"{t} (none)" if t >= ep else str(t)
 
     for i, t in enumerate(ts):
-        r = np.asarray(results[f"eval_reward_{t}"], np.float64)
-        n = r.shape[0]
-        mean = r.mean(axis=0)
-        half = (st.t.ppf(0.975, n - 1) * r.std(axis=0, ddof=1) / np.sqrt(n) if n > 1
-                else np.zeros_like(mean))
+        # the same 95% t interval over seeds as the summary's, at every evaluation
+        ivs = [mean_interval(col) for col in np.asarray(results[f"eval_reward_{t}"]).T]
+        mean = np.array([iv.value for iv in ivs])
+        low = np.array([iv.low if np.isfinite(iv.low) else iv.value for iv in ivs])
+        high = np.array([iv.high if np.isfinite(iv.high) else iv.value for iv in ivs])
         label = f"t = {name(t)}"
         if summ[str(t)]["skipped"]:
             label += f", {summ[str(t)]['skipped']} non-finite steps skipped"
         a.plot(its, mean, "o-", ms=3, color=f"C{i}", label=label)
-        a.fill_between(its, mean - half, mean + half, color=f"C{i}", alpha=0.15)
+        a.fill_between(its, low, high, color=f"C{i}", alpha=0.15)
         norms = np.asarray(results[f"grad_norm_{t}"], np.float64)
         with np.errstate(all="ignore"):
             it = np.arange(norms.shape[1])
