@@ -104,6 +104,7 @@ def truncation(m: dict) -> list[tuple[str, str]]:
     out += [("reward at initialisation", fmt(full["initial_reward"])),
             ("largest gradient norm without truncation", fmt(full["grad_norm_max"])),
             ("best t", str(v["best_t"])),
+            ("t tied with the best", ", ".join(map(str, v["tied_with_best"]))),
             ("no truncation: final − initial", fmt(v["full_gain"])),
             ("no truncation: final − initial, low", fmt(v["full_gain_low"])),
             ("no truncation: final − initial, high", fmt(v["full_gain_high"]))]
@@ -131,6 +132,7 @@ def truncation_other_seeds() -> list[tuple[str, str]]:
     v = m["verdict"]
     best = m["summary"][str(v["best_t"])]
     return [("other seeds: best t", str(v["best_t"])),
+            ("other seeds: t tied with the best", ", ".join(map(str, v["tied_with_best"]))),
             ("other seeds: best t minus no truncation", fmt(best["minus_full"])),
             ("other seeds: best t minus no truncation, low", fmt(best["minus_full_low"])),
             ("other seeds: best t minus no truncation, high", fmt(best["minus_full_high"])),

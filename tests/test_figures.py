@@ -399,6 +399,12 @@ def test_truncation_summary_intervals_over_seeds_and_paired_to_no_truncation():
     assert s1["skipped"] == 1 and s1["grad_norm_max"] == 1.0 and s1["gain"] == 2.0
     v = truncation.verdict(summ, out, size)
     assert v["best_t"] == 1 and not v["best_above_full"] and v["full_gain"] == 1.0
+    # paired differences 1, 2, 0 to the best: the interval reaches below 0, a tie
+    assert v["tied_with_best"] == [4]
+    # finals 5, 6, 7 against 0, 0, 3: differences 5, 6, 4, mean 5 ± 2.48, a winner
+    out["eval_reward_1"] = np.array([[0.0, 5.0], [0.0, 6.0], [0.0, 7.0]])
+    v = truncation.verdict(truncation.summary(out, size), out, size)
+    assert v["best_t"] == 1 and v["tied_with_best"] == [] and v["best_above_full"]
     with pytest.raises(InputError, match="divide"):
         truncation.check_size({"truncations": [1, 5], "episode": 12, "iterations": 4,
                                "eval_every": 2})

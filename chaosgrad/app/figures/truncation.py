@@ -232,7 +232,9 @@ def verdict(summ: dict, out: dict, size: dict) -> dict:
     """The paper's two claims, read off the saved runs: which t has the best final reward,
     whether its paired interval against no truncation lies wholly above 0, and whether
     training without truncation improved on the initial policy (its paired interval of
-    final − initial lies wholly above 0)."""
+    final − initial lies wholly above 0). ``tied_with_best``: the other t whose paired
+    interval against the best (the same seeds) does not lie wholly above 0 — the best is a
+    winner only when this is empty."""
     from chaosgrad.stats import mean_interval
 
     ts = [int(t) for t in size["truncations"]]
@@ -241,7 +243,11 @@ def verdict(summ: dict, out: dict, size: dict) -> dict:
     best = max(ts, key=lambda t: summ[str(t)]["final_reward"]
                if np.isfinite(summ[str(t)]["final_reward"]) else -np.inf)
     gain = mean_interval(ev[:, -1] - ev[:, 0])
-    return {"best_t": best, "best_above_full": bool(summ[str(best)]["minus_full_low"] > 0),
+    top = np.asarray(summ[str(best)]["per_seed"], np.float64)
+    tied = [t for t in ts if t != best and not mean_interval(
+        top - np.asarray(summ[str(t)]["per_seed"], np.float64)).low > 0]
+    return {"best_t": best, "tied_with_best": tied,
+            "best_above_full": bool(summ[str(best)]["minus_full_low"] > 0),
             "full_gain": gain.value, "full_gain_low": gain.low, "full_gain_high": gain.high,
             "full_improved": bool(gain.low > 0)}
 
