@@ -217,3 +217,149 @@ def segment_interval(steps: np.ndarray, running: np.ndarray, segments: int = 20,
                                                                    strict=True)])
     h = _t(level, m - 1) * float(seg.std(ddof=1)) / math.sqrt(m)
     return Interval(value, value - h, value + h, level, f"batch means, {m} segments")
+
+
+# -- replicate-based statistics of vector estimates ---------------------------------------------
+# A gradient estimate is a vector whose coordinates are correlated (one chaotic direction can
+# carry most of the variance), and its replicates are few. The functions below assume
+# neither independent coordinates nor many replicates: the bias test is a sign-flip test of
+# an unbiased U-statistic (exact when each replicate difference is symmetric about its mean),
+# and the variance interval uses the Satterthwaite degrees of freedom estimated from the
+# replicates themselves.
+
+
+class BiasTest(NamedTuple):
+    """The bias ‖E[x] − E[y]‖ between two independent samples of vectors, tested.
+
+    Attributes:
+      interval: the bias with its interval: ``value`` = sqrt(max(U, 0)) where U is unbiased
+        for ‖E[x] − E[y]‖²; ``low`` = sqrt(max(U − c, 0)) with c the sign-flip test's
+        critical value, so ``low > 0`` exactly when the test rejects "no bias" at level
+        1 − ``level`` (the probability of a nonzero ``low`` for an unbiased estimator is
+        1 − level); ``high`` = sqrt(max(U, 0) + max(z·sd, c)), a one-sided upper bound (sd:
+        the jackknife standard deviation of U over the groups).
+      p_value: the sign-flip p-value of "no bias".
+      resolved: whether the bias is resolved from zero (``interval.low > 0``).
+      groups: the independent differences the test rests on.
+      u: the unbiased estimate U of the squared bias (may be negative).
+    """
+
+    interval: Interval
+    p_value: float
+    resolved: bool
+    groups: int
+    u: float
+
+
+def _groups(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Independent differences d_g = mean(x-part g) − mean(y-part g): the larger sample is
+    cut into as many nearly equal parts as the smaller one has rows."""
+    if len(x) <= len(y):
+        parts = np.array_split(np.arange(len(y)), len(x))
+        return np.stack([x[g] - y[p].mean(axis=0) for g, p in enumerate(parts)])
+    parts = np.array_split(np.arange(len(x)), len(y))
+    return np.stack([x[p].mean(axis=0) - y[g] for g, p in enumerate(parts)])
+
+
+def _sign_patterns(g: int, draws: int, seed: int) -> np.ndarray:
+    """Every sign pattern with s_0 = +1 (a pattern and its negative give the same U) when
+    there are at most ``draws`` of them, else ``draws`` random ones plus the identity."""
+    if 2 ** (g - 1) <= draws:
+        idx = np.arange(2 ** (g - 1))
+        bits = (idx[:, None] >> np.arange(g - 1)[None, :]) & 1
+        return np.concatenate([np.ones((len(idx), 1)), 1 - 2 * bits], axis=1)
+    rng = np.random.default_rng(seed)
+    s = rng.choice([-1.0, 1.0], size=(draws, g))
+    s[0] = 1.0
+    return s
+
+
+def bias_test(x: np.ndarray, y: np.ndarray, level: float = LEVEL, draws: int = 4096,
+              seed: int = 0) -> BiasTest:
+    """Test and bound the bias between two independent samples of vectors.
+
+    ``x`` (R, d): independent replicates of an estimator (e.g. means of fresh estimator
+    runs); ``y`` (Q, d): independent batches of a reference. The larger sample is cut into
+    G = min(R, Q) parts, giving G independent differences d_g with mean μ = E[x] − E[y].
+    U = mean over g ≠ h of d_g · d_h is unbiased for ‖μ‖² whatever the covariance of the
+    coordinates. Under "no bias" each d_g is symmetric about 0 (exactly for Gaussian
+    replicate means, closely for means of many estimates), so flipping the signs of the d_g
+    leaves U's distribution unchanged: the p-value is the fraction of the 2^(G−1) sign
+    patterns whose U is at least the observed one (exact, no independent-coordinates or
+    large-sample assumption). G ≥ 4 is needed for a test at 5% (2^(G−1) ≥ 8 patterns).
+    """
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    y = np.asarray(y, np.float64).reshape(len(y), -1)
+    d = _groups(x, y)
+    g = len(d)
+    if g < 4:
+        nan = Interval(math.nan, math.nan, math.nan, level, f"too few groups ({g} < 4)")
+        return BiasTest(nan, math.nan, False, g, math.nan)
+    m = d @ d.T
+    tr = float(np.trace(m))
+    norm = g * (g - 1)
+    s = _sign_patterns(g, draws, seed)
+    u_flip = (np.einsum("pi,ij,pj->p", s, m, s) - tr) / norm
+    u = float(u_flip[0])  # the identity pattern is the observed statistic
+    p = float(np.mean(u_flip >= u - 1e-12 * abs(u)))
+    crit = float(np.quantile(u_flip, level, method="higher"))
+    # jackknife over groups: U without group k, from the same Gram matrix
+    tot = float(m.sum())
+    rows = m.sum(axis=1)
+    diag = np.diag(m)
+    u_loo = (tot - 2 * rows + diag - (tr - diag)) / ((g - 1) * (g - 2))
+    sd = math.sqrt(max((g - 1) / g * float(np.sum((u_loo - u_loo.mean()) ** 2)), 0.0))
+    z = float(_st.norm.ppf(level))
+    resolved = u > max(crit, 0.0)
+    low = math.sqrt(u - max(crit, 0.0)) if resolved else 0.0
+    high = math.sqrt(max(u, 0.0) + max(z * sd, crit, 0.0))
+    iv = Interval(math.sqrt(max(u, 0.0)), low, high, level,
+                  f"sign-flip test of U over {g} independent groups; upper: U + max(z·sd_jk, c)")
+    return BiasTest(iv, p, bool(low > 0), g, u)
+
+
+def trace_variance_interval(x: np.ndarray, level: float = LEVEL) -> tuple[Interval, float]:
+    """tr Cov of the rows of ``x`` (R ≥ 4 independent replicates), with an interval whose
+    degrees of freedom are estimated from the data (Satterthwaite): tr S ≈ tr Σ χ²_ν / ν with
+    ν = (R − 1) (tr Σ)² / tr(Σ²), where (tr Σ)² and tr(Σ²) are estimated without bias from
+    products of differences of disjoint pairs of replicates (no independent-coordinates
+    assumption: one dominant direction gives ν ≈ R − 1, many equal ones a narrow interval).
+
+    Returns (interval, ν)."""
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    r = len(x)
+    if r < 2:
+        return Interval(math.nan, -math.inf, math.inf, level, "chi2 (one replicate)"), math.nan
+    total = float(np.sum(x.var(axis=0, ddof=1)))
+    if not math.isfinite(total):
+        return Interval(total, -math.inf, math.inf, level, "chi2 (undefined)"), math.nan
+    nu = float(r - 1)
+    if r >= 4 and total > 0:
+        # from the Gram matrix: z_p · z_q for pairs p = (i, j), q = (k, l) of distinct rows
+        xs = x[:64] - x[:64].mean(axis=0)
+        gram = xs @ xs.T
+        i, j = np.triu_indices(len(xs), 1)
+        sq = (gram[i, i] + gram[j, j] - 2 * gram[i, j]) / 2
+        p, q = np.triu_indices(len(i), 1)
+        keep = ((i[p] != i[q]) & (i[p] != j[q]) & (j[p] != i[q]) & (j[p] != j[q]))
+        p, q = p[keep], q[keep]
+        dot = (gram[i[p], i[q]] - gram[i[p], j[q]] - gram[j[p], i[q]] + gram[j[p], j[q]])
+        a = float(np.mean(sq[p] * sq[q]))          # unbiased for (tr Σ)²
+        b = float(np.mean(dot**2)) / 4             # unbiased for tr(Σ²)
+        if b > 0:
+            nu = float(min(max((r - 1) * a / b, r - 1), 1e6))
+    a_ = (1 - level) / 2
+    lo = total * nu / float(_st.chi2.ppf(1 - a_, nu))
+    hi = total * nu / float(_st.chi2.ppf(a_, nu))
+    return Interval(total, lo, hi, level, f"chi2, Satterthwaite ν = {nu:.3g}"), nu
+
+
+def dominated(x: np.ndarray, share: float = 0.5) -> bool:
+    """Whether one replicate carries more than ``share`` of the total squared deviation from
+    the mean (a mean dominated by one sample: heavy tails; needs at least 8 replicates)."""
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    if len(x) < 8:
+        return False
+    dev = np.sum((x - x.mean(axis=0)) ** 2, axis=1)
+    tot = float(dev.sum())
+    return bool(tot > 0 and float(dev.max()) > share * tot)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import inspect
 
-from chaosgrad.estimators.backprop import backprop, truncated_backprop
-from chaosgrad.estimators.base import Estimator, clip_by_global_norm
+from chaosgrad.estimators.backprop import backprop, reparam, truncated_backprop
+from chaosgrad.estimators.base import TARGETS, Estimator, clip_by_global_norm
 from chaosgrad.estimators.combine import combined, inverse_variance_combine
-from chaosgrad.estimators.es import es, pes, truncated_es
+from chaosgrad.estimators.es import es, nres, pes, truncated_es
 
 from chaosgrad.errors import InputError
 from chaosgrad.params import nonfinite_allowed, parse_kv
@@ -23,11 +23,16 @@ _REGISTRY = {
     "es": (es, "antithetic ES over whole unrolls (gradient of the Gaussian-smoothed loss)"),
     "tes": (truncated_es, "truncated ES, windows of K steps, persistent particles"),
     "pes": (pes, "persistent ES: truncated ES with accumulated perturbations (unbiased)"),
+    "nres": (nres, "noise-reuse ES: one perturbation per inner run, windows of K steps "
+                   "(unbiased for the smoothed loss; variance not growing with truncations)"),
+    "reparam": (reparam, "backprop at θ ± σε, antithetic: the reparameterisation gradient "
+                         "of the Gaussian-smoothed loss"),
     "combined": (combined, "inverse-variance combination of backprop and ES (Metz et al. 2019)"),
 }
 _ALIASES = {"truncated_backprop": "tbptt", "truncated_es": "tes", "full_backprop": "backprop"}
 
 __all__ = [
+    "TARGETS",
     "Estimator",
     "backprop",
     "canonical_name",
@@ -38,8 +43,10 @@ __all__ = [
     "inverse_variance_combine",
     "make",
     "names",
+    "nres",
     "parse_params",
     "pes",
+    "reparam",
     "truncated_backprop",
     "truncated_es",
 ]

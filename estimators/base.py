@@ -32,12 +32,24 @@ class Estimator(NamedTuple):
         ``nonfinite_grad`` and ``grad_norm``. Pure and jittable: ``jax.jit(est.estimate)``.
       name: the registry name.
       params: the settings it was built with (recorded with results).
+      target: the gradient it is unbiased for, at θ held fixed (one of `TARGETS`):
+        "exact" ∇E_key L_T(θ); "smoothed" ∇E_key E_ε L_T(θ + ε), ε ~ N(0, σ²I) over the whole
+        run; "smoothed per truncation" the same with a fresh ε for every truncation window
+        (PES: equal to "smoothed" up to O(σ²) where the loss is smooth); "truncated" the
+        gradient with the state held fixed at window starts (biased for every other target).
+      correlated: whether successive estimates share state (persistent particles), so that
+        only independent replicates (fresh ``init`` and keys) give honest intervals.
     """
 
     init: Callable[[jax.Array, PyTree], PyTree]
     estimate: Callable[[PyTree, PyTree, jax.Array], tuple[PyTree, PyTree, dict]]
     name: str
     params: dict
+    target: str = "exact"
+    correlated: bool = False
+
+
+TARGETS = ("exact", "smoothed", "smoothed per truncation", "truncated")
 
 
 # -- pytree helpers ----------------------------------------------------------------------------
@@ -118,7 +130,8 @@ def clip_by_global_norm(estimator: Estimator, max_norm: float) -> Estimator:
         return grad, est_state, info
 
     return Estimator(estimator.init, estimate, estimator.name,
-                     dict(estimator.params, clip_norm=max_norm))
+                     dict(estimator.params, clip_norm=max_norm), estimator.target,
+                     estimator.correlated)
 
 
 def check_positive_int(value, name: str) -> int:

@@ -123,4 +123,5 @@ def combined(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int =
         return grad, est_state, info
 
     return Estimator(init, estimate, "combined", {
-        "pairs": pairs, "sigma": sigma, "horizon": horizon, "remat_chunk": chunk})
+        "pairs": pairs, "sigma": sigma, "horizon": horizon, "remat_chunk": chunk},
+        target="smoothed")

@@ -81,7 +81,8 @@ def es(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int = 0,
                            nonfinite_losses=jnp.sum(bad).astype(jnp.int32))
         return grad, est_state, info
 
-    return Estimator(init, estimate, "es", {"pairs": pairs, "sigma": sigma, "horizon": horizon})
+    return Estimator(init, estimate, "es", {"pairs": pairs, "sigma": sigma, "horizon": horizon},
+                     target="smoothed")
 
 
 def _contract(w: jax.Array, tree: PyTree, axes: int) -> PyTree:
@@ -157,10 +158,11 @@ class Credit(NamedTuple):
 
     rule: Callable
     persistent: bool
+    target: str = "truncated"
 
 
 TES = Credit(tes_credit, persistent=False)
-PES = Credit(pes_credit, persistent=True)
+PES = Credit(pes_credit, persistent=True, target="smoothed per truncation")
 
 
 def _truncated(system: System, name: str, credit: Credit, *, pairs: int, sigma: float,
@@ -207,7 +209,8 @@ def _truncated(system: System, name: str, credit: Credit, *, pairs: int, sigma: 
     return Estimator(init, estimate, name, {
         "pairs": pairs, "sigma": sigma, "window": window, "schedule": sched.kind,
         "min_length": sched.min_length, "max_length": sched.max_length,
-        "stagger": bool(stagger), "antithetic": bool(antithetic)})
+        "stagger": bool(stagger), "antithetic": bool(antithetic)},
+        target=credit.target, correlated=True)
 
 
 def truncated_es(system: System, pairs: int = 8, sigma: float = 0.01, window: int = 10,
@@ -266,3 +269,77 @@ def pes(system: System, pairs: int = 8, sigma: float = 0.01, window: int = 10,
                       horizon=horizon, schedule=schedule, min_length=min_length,
                       max_length=max_length, stagger=stagger, antithetic=antithetic, shard=shard)
 
+
+
+def nres(system: System, pairs: int = 8, sigma: float = 0.01, window: int = 10,
+         horizon: int = 0, schedule: str = "constant", min_length: int = 0,
+         max_length: int = 0, stagger: bool = True, antithetic: bool = True,
+         shard: bool = True) -> Estimator:
+    """Noise-reuse ES (NRES; Li et al. 2023, "Noise-Reuse in Online Evolution Strategies";
+    ES-Single in Vicol et al. 2023): each particle keeps one perturbation ε for its whole
+    inner run and credits every window of that run to it:
+    ĝ = (1 / (M N σ²)) Σ_{i,m} s_m (ε_i^{run} L_{i,m}^{old} + ε_i^{next} L_{i,m}^{new}),
+    where L^{old} is the window loss of the steps of the run that was going at the window's
+    start (run with θ + s_m ε^{run} since its first step) and L^{new} that of runs begun
+    inside the window, which start and run with a fresh θ + s_m ε^{next} (drawn from the
+    estimate's key) that the particle then keeps.
+
+    Unbiased at a θ held fixed for the gradient of the Gaussian-smoothed T-step meta-loss
+    ∇E L_T(θ + ε) (Stein's lemma applied run by run: every step of a run sees the same ε),
+    the target of ES — not per truncation like PES. Its variance does not grow with the
+    number of truncations since the run began (PES's does, as ξ accumulates). Staggered
+    particles burn in under their first run's ε, so the first estimate is already unbiased.
+
+    Args: as `pes`.
+    """
+    pairs = check_positive_int(pairs, "pairs")
+    sigma = check_positive_float(sigma, "sigma")
+    window = check_positive_int(window, "window")
+    sched = make_schedule(schedule, horizon or system.horizon, min_length, max_length)
+    members = 2 if antithetic else 1
+    sharding = population_sharding(pairs, shard)
+
+    def init(key, theta):
+        theta = resolve_theta(system, theta)
+        # ξ holds s_m ε of the particle's current run (the burn-in runs under it).
+        return init_population(system, sched, theta, key, pairs=pairs, members=members,
+                               stagger=bool(stagger), burn_in_sigma=sigma,
+                               sharding=sharding)
+
+    def one(th, th_next, state, t, length, run, pk):
+        return run_window(system, sched, window, th, state, t, length, run, pk, th_next)
+
+    vone = jax.vmap(jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, None)),
+                    in_axes=(0, 0, 0, 0, 0, 0, 0))
+
+    def estimate(est_state: TruncatedState, theta, key):
+        p = est_state.particles
+        eps = pair_perturbations(key, theta, pairs, sigma, sharding)
+        xi_next = perturbed_thetas(jax.tree_util.tree_map(jnp.zeros_like, theta), eps, members)
+        th_run = jax.tree_util.tree_map(lambda t_, x: t_[None, None] + x, theta, p.xi)
+        th_next = perturbed_thetas(theta, eps, members)
+        carry, win = vone(th_run, th_next, p.state, p.t, p.length, p.run, est_state.pair_keys)
+        old, new = win.loss(~win.fresh), win.loss(win.fresh)
+        total = jax.tree_util.tree_map(jnp.add, _contract(old, p.xi, 2),
+                                       _contract(new, xi_next, 2))
+        grad = otu.tree_scale(1.0 / (pairs * members * sigma**2), total)
+        reset = win.resets > 0
+
+        def keep(x, xn):
+            r = reset.reshape(reset.shape + (1,) * (x.ndim - 2))
+            return jnp.where(r, xn, x)
+
+        xi = jax.tree_util.tree_map(keep, p.xi, xi_next)
+        new_p = shard_population(Particles(*carry, xi=xi), sharding)
+        info = finish_info(
+            grad, loss=jnp.mean(old + new), steps=jnp.asarray(pairs * members * window),
+            nonfinite_losses=jnp.sum(~jnp.isfinite(win.losses)).astype(jnp.int32),
+            nonfinite_states=jnp.sum(~win.finite_state).astype(jnp.int32),
+            resets=jnp.sum(win.resets).astype(jnp.int32))
+        return grad, TruncatedState(new_p, est_state.pair_keys, est_state.count + 1), info
+
+    return Estimator(init, estimate, "nres", {
+        "pairs": pairs, "sigma": sigma, "window": window, "schedule": sched.kind,
+        "min_length": sched.min_length, "max_length": sched.max_length,
+        "stagger": bool(stagger), "antithetic": bool(antithetic)},
+        target="smoothed", correlated=True)

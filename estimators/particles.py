@@ -151,9 +151,14 @@ def _reports_done(system: System, theta: PyTree, state: PyTree) -> bool:
 
 
 def run_window(system: System, schedule: Schedule, window: int, theta: PyTree, state: PyTree,
-               t: jax.Array, length: jax.Array, run: jax.Array, pair_key: jax.Array):
+               t: jax.Array, length: jax.Array, run: jax.Array, pair_key: jax.Array,
+               theta_next: PyTree = None):
     """Run one particle for ``window`` steps with parameters ``theta``, resetting it when its
     inner run reaches its length (or the step reports ``done``).
+
+    ``theta_next`` (noise-reuse ES): the parameters of runs begun inside the window, used
+    for their ``init`` and every one of their steps, so that each inner run sees one
+    perturbation from its first step to its last. None: ``theta`` throughout.
 
     A reset draws the next run key ``fold_in(pair_key, run + 1)``, its length from the
     schedule and its initial state ``system.init(k_init, theta)`` with the *current* θ (so
@@ -174,20 +179,23 @@ def run_window(system: System, schedule: Schedule, window: int, theta: PyTree, s
     # afterwards (per-step bookkeeping dominated small populations, issue 12).
     if window <= schedule.min_length and not _reports_done(system, theta, state):
         return _run_window_one_reset(system, schedule, window, theta, state, t, length, run,
-                                     pair_key)
-    return _run_window_steps(system, schedule, window, theta, state, t, length, run, pair_key)
+                                     pair_key, theta_next)
+    return _run_window_steps(system, schedule, window, theta, state, t, length, run, pair_key,
+                             theta_next)
 
 
 def _run_window_steps(system: System, schedule: Schedule, window: int, theta: PyTree,
                       state: PyTree, t: jax.Array, length: jax.Array, run: jax.Array,
-                      pair_key: jax.Array):
+                      pair_key: jax.Array, theta_next: PyTree = None):
     """`run_window` for any schedule: resets decided step by step (any number per window)."""
     kind = system.meta_loss
+    th_new = theta if theta_next is None else theta_next
 
     def body(carry, _):
         s, t, n, r, fresh = carry
         _, k_steps = split_run_key(jax.random.fold_in(pair_key, r))
-        s2, out = system.step(s, theta, step_key(k_steps, t))
+        th = theta if theta_next is None else _where(fresh, theta_next, theta)
+        s2, out = system.step(s, th, step_key(k_steps, t))
         loss = jnp.asarray(loss_of(out))
         w = (loss_weights(kind, t, n) * n / window).astype(loss.dtype)
         finite = all_finite(system.get_phase(s2))
@@ -198,7 +206,7 @@ def _run_window_steps(system: System, schedule: Schedule, window: int, theta: Py
             end = end | jnp.asarray(done, bool)
         r2 = r + end.astype(jnp.int32)
         new_key = jax.random.fold_in(pair_key, r2)
-        s_new, n_new = system.init(split_run_key(new_key)[0], theta), schedule.sample(new_key)
+        s_new, n_new = system.init(split_run_key(new_key)[0], th_new), schedule.sample(new_key)
         s3 = _where(end, s_new, s2)
         t3 = jnp.where(end, 0, t2).astype(jnp.int32)
         n3 = jnp.where(end, n_new, n)
@@ -212,14 +220,15 @@ def _run_window_steps(system: System, schedule: Schedule, window: int, theta: Py
 
 def _run_window_one_reset(system: System, schedule: Schedule, window: int, theta: PyTree,
                           state: PyTree, t: jax.Array, length: jax.Array, run: jax.Array,
-                          pair_key: jax.Array):
+                          pair_key: jax.Array, theta_next: PyTree = None):
     """`run_window` when at most one run can end inside the window, with the same results
     step for step: the current run has ``left = length − t`` steps left; steps i < left
     belong to it, the rest to the next run (key ``fold_in(pair_key, run + 1)``), which
     starts from ``init`` with the current θ."""
     kind = system.meta_loss
     next_key = jax.random.fold_in(pair_key, run + 1)
-    s_next = system.init(split_run_key(next_key)[0], theta)
+    s_next = system.init(split_run_key(next_key)[0],
+                         theta if theta_next is None else theta_next)
     n_next = schedule.sample(next_key)
     k_old = split_run_key(jax.random.fold_in(pair_key, run))[1]
     k_new = split_run_key(next_key)[1]
@@ -227,7 +236,8 @@ def _run_window_one_reset(system: System, schedule: Schedule, window: int, theta
 
     def body(s, i):
         key = jnp.where(i < left, step_key(k_old, t + i), step_key(k_new, i - left))
-        s2, out = system.step(s, theta, key)
+        th = theta if theta_next is None else _where(i < left, theta, theta_next)
+        s2, out = system.step(s, th, key)
         finite = all_finite(system.get_phase(s2))  # the step's own result, before a reset
         return _where(i == left - 1, s_next, s2), (jnp.asarray(loss_of(out)), finite)
 

@@ -100,7 +100,8 @@ def replicate(est, theta, reps: int, calls: int, seed: int = 0):
 
 # -- registry ---------------------------------------------------------------------------------
 def test_registry_and_params():
-    assert estimators.names() == ["backprop", "combined", "es", "pes", "tbptt", "tes"]
+    assert estimators.names() == ["backprop", "combined", "es", "nres", "pes", "reparam", "tbptt",
+                                  "tes"]
     sysm = smooth_quadratic()
     with pytest.raises(InputError, match="unknown estimator"):
         estimators.make("nope", sysm)
@@ -530,3 +531,43 @@ def test_one_reset_window_equals_the_step_by_step_window(t):
     for a, b in zip(w1, w2, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert int(w2.resets) == (1 if t >= 12 else 0)
+
+
+# -- noise-reuse ES and the reparameterisation gradient: unbiased for the smoothed target --------
+@pytest.mark.parametrize("horizon, stagger", [(100, False), (95, True), (7, True)])
+def test_nres_is_unbiased_for_the_whole_run_gradient(ib, horizon, stagger):
+    # One perturbation per inner run (kept across windows, fresh at each reset, also when the
+    # run ends mid-window or several runs end in one window): unbiased for the gradient of the
+    # T-step meta-loss (linear in θ, so smoothing changes nothing), with a variance that does
+    # not grow with the truncations as PES's does.
+    sysm, _ = ib
+    true = float(jax.grad(lambda th: unrolled_loss(sysm, th, jax.random.PRNGKey(0), horizon))(
+        sysm.theta))
+    est = estimators.make("nres", sysm, pairs=8, sigma=0.1, window=IB_K, horizon=horizon,
+                          stagger=stagger, shard=False)
+    assert est.target == "smoothed" and est.correlated
+    g, info = replicate(est, sysm.theta, reps=300, calls=IB_T // IB_K)
+    if stagger:
+        assert int(np.sum(info["resets"])) > 0
+    assert_unbiased(g.mean(axis=1), true)
+    if horizon == 100:
+        pes = estimators.make("pes", sysm, pairs=8, sigma=0.1, window=IB_K, horizon=horizon,
+                              stagger=stagger, shard=False)
+        g_pes, _ = replicate(pes, sysm.theta, reps=300, calls=IB_T // IB_K)
+        # measured 60 against 660: NRES's per-estimate variance is far below PES's here
+        assert g.var(axis=0).mean() < 0.3 * g_pes.var(axis=0).mean()
+
+
+@pytest.mark.parametrize("name", ["nres", "reparam"])
+def test_smoothed_estimators_against_the_closed_form(name):
+    # the smoothed gradient of quadratic + sinusoid is known in closed form (σ = 0.5 makes
+    # the smoothing factor e^{-ω²σ²/2} = 0.61, far from 1: an exact-gradient estimator fails)
+    s = smooth_quadratic(noise=0.3)
+    kw = {"pairs": 8, "sigma": 0.5, "shard": False}
+    if name == "nres":
+        kw.update(window=2, horizon=3)
+    est = estimators.make(name, s, **kw)
+    assert est.target == "smoothed"
+    g, _ = replicate(est, s.theta, reps=400, calls=3)
+    mean, hw = assert_unbiased(g.mean(axis=1), smoothed_grad(THETA_Q, 0.5))
+    assert np.any(np.abs(mean - raw_grad(THETA_Q)) > hw)
