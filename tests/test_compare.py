@@ -14,10 +14,13 @@ KEY = jax.random.PRNGKey(0)
 
 
 def test_black_box_beats_backprop_on_a_chaotic_map():
-    # logistic r = 3.9 (λ ≈ 0.5 per step): backprop's variance ~ e^{2·0.5·30}, ES's bounded
-    c = compare(systems.make("logistic", r=3.9), horizon=30, samples=16,
-                reference_batches=8, reference_per_batch=64, key=KEY)
-    assert c.reference.startswith("es")
+    # logistic r = 3.9 (λ ≈ 0.5 per step): backprop's variance ~ e^{2·0.5·30}, ES's bounded;
+    # the reference is chosen by the measured spread: ES, cross-checked by reparam backprop
+    c = compare(systems.make("logistic", r=3.9), horizon=30, samples=16, key=KEY,
+                estimators=["backprop", "tbptt", "es", "pes", "nres"])
+    assert c.reference.startswith("es") and c.target == "smoothed"
+    assert c.reference_check["kind"] == "reparam" and c.reference_check["agree"]
+    assert c.reference_samples >= 10 * 16 * 8  # 10 x the replicates, 8 pairs a batch
     rank = c.ranking
     assert rank.index("es") < rank.index("backprop")
     assert rank.index("pes") < rank.index("backprop")
@@ -28,10 +31,9 @@ def test_black_box_beats_backprop_on_a_chaotic_map():
 
 
 def test_backprop_first_on_a_stable_system(tmp_path):
-    # 64 samples: the truncated estimator's batch-means interval needs them to separate
-    c = compare(systems.make("rnn", n=8, g=0.5), horizon=50, samples=64,
-                reference_batches=8, reference_per_batch=64, key=KEY, out=tmp_path)
-    assert c.reference.startswith("backprop")
+    c = compare(systems.make("rnn", n=8, g=0.5), horizon=50, samples=16, key=KEY,
+                out=tmp_path)
+    assert c.reference.startswith("reparam")  # the smoothed target's low-variance reference
     # contracting dynamics: backprop is unbiased and cheap enough; truncated backprop's bias
     # is tiny, so the two may tie, but the black-box estimators lose, separated at 95%
     assert c.ranking[0] in ("backprop", "tbptt") and "backprop" in c.tied
@@ -41,7 +43,13 @@ def test_backprop_first_on_a_stable_system(tmp_path):
         assert by[loser].mse_at_budget.low > by["backprop"].mse_at_budget.high
     assert c.recommendation.startswith(("Use backprop", "Tie at 95%: "))
     saved = json.loads((tmp_path / "compare.json").read_text())
-    assert saved["ranking"] == c.ranking
+    assert saved["ranking"] == c.ranking and saved["target"] == "smoothed"
+    assert saved["target_description"].startswith("smoothed: ∇_θ E_key E_ε L_T(θ + ε; key)")
+    assert saved["null_check"]["estimator"] == "reparam"
+    assert saved["null_check"]["resolved"] == (saved["null_check"]["bias"]["low"] > 0)
+    # ranking[0] is the recommended estimator, or the ranking says tie
+    assert saved["recommended"] in (c.ranking[0], None)
+    assert (saved["recommended"] is None) == (len(c.tied) > 1)
     assert (tmp_path / "compare.png").stat().st_size > 10_000
     saved_by = {e["name"]: e for e in saved["estimators"]}
     for s in c.stats:  # the figure of merit is bias² + variance·cost/budget, exactly
@@ -69,3 +77,22 @@ def test_reference_gradient_of_a_linear_system_is_exact():
 def test_cli_compare_rejects_unknown_estimator(capsys):
     assert main(["compare", "rnn", "--estimators", "backprop,nope"]) == 2
     assert "unknown estimator 'nope'" in capsys.readouterr().err
+
+
+def test_exact_target_charges_the_smoothing_and_names_it():
+    c = compare(systems.make("rnn", n=8, g=0.5), estimators=["backprop", "es"], horizon=20,
+                samples=8, target="exact", key=KEY)
+    assert c.target == "exact" and c.reference.startswith("backprop")
+    assert not c.reference_check  # no second unbiased kind for the exact gradient
+    assert any("includes the smoothing" in n for n in c.notes)
+    by = {s.name: s for s in c.stats}
+    assert by["backprop"].estimator == "backprop" and by["es"].target == "smoothed"
+
+
+def test_reference_that_does_not_estimate_the_target_is_refused():
+    from chaosgrad.errors import InputError
+
+    with pytest.raises(InputError, match="does not estimate the exact target"):
+        compare(systems.make("rnn", n=4), horizon=10, target="exact", reference="es")
+    with pytest.raises(InputError, match="target 'wiggly' is not accepted"):
+        compare(systems.make("rnn", n=4), horizon=10, target="wiggly")

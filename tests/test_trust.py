@@ -72,7 +72,7 @@ def test_compare_calls_two_equal_estimators_a_tie():
     # with one truncation window covering the whole episode, PES accumulates nothing across
     # windows: it is truncated ES by construction, so no ranking may separate them
     c = compare(systems.make("logistic", r=3.7), estimators_=["tes", "pes"], horizon=12,
-                window=12, samples=16, reference="es", reference_batches=4,
+                window=12, samples=16, reference="es",
                 reference_per_batch=32, params={"tes": {"stagger": False},
                                                 "pes": {"stagger": False}}, key=KEY)
     assert sorted(c.tied) == ["pes", "tes"]
@@ -80,8 +80,8 @@ def test_compare_calls_two_equal_estimators_a_tie():
 
 
 def test_compare_says_when_the_reference_is_too_noisy():
-    # ES with 8 pairs, 32 estimates, against a reference of 2 batches of 2 pairs: the
-    # reference's variance is ~64× that of the estimator's mean, so it is what limits
+    # ES with 8 pairs, 32 replicates, against a reference of 6 batches of 2 pairs: the
+    # reference's variance is ~20× that of the estimator's mean, so it is what limits
     c = compare(systems.make("logistic", r=3.9), estimators_=["es", "tbptt"], horizon=20,
                 samples=32, reference="es", reference_batches=2, reference_per_batch=2,
                 key=KEY)
@@ -99,7 +99,7 @@ def test_compare_says_when_the_reference_is_too_noisy():
     (["--estimators", "backprop,backprop"], "named more than once"),
     (["--estimators", "tbptt", "--window", "50", "--horizon", "10"], "window 50"),
     (["--estimators", "es", "--budget", "1", "--horizon", "10"], "below the cost of one"),
-    (["--samples", "2"], "samples must be at least 4"),
+    (["--samples", "2"], "samples must be at least 8"),
 ])
 def test_compare_rejects_nonsense_with_one_line(argv, message, capsys, tmp_path):
     code = main(["compare", "logistic", "--no-progress", "--out", str(tmp_path), *argv])

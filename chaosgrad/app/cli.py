@@ -222,11 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "against a reference gradient, at equal compute")
     _add_system_args(p)
     p.add_argument("--estimators", default="backprop,tbptt,es,pes",
-                   help="comma-separated (backprop, tbptt, es, tes, pes, combined)")
+                   help="comma-separated (backprop, tbptt, es, tes, pes, nres, combined, "
+                        "reparam)")
+    p.add_argument("--target", default="smoothed", choices=["smoothed", "exact"],
+                   help="the gradient every estimator is judged against (default smoothed: "
+                        "of the Gaussian-smoothed meta-loss, which ES/NRES/PES estimate; "
+                        "backprop then runs at θ ± σε)")
     p.add_argument("--horizon", type=_positive_int, default=None,
                    help="unroll length T (default: the system's)")
-    p.add_argument("--samples", type=_positive_int, default=32,
-                   help="estimates per estimator, at most (default 32; at least 4)")
+    p.add_argument("--samples", type=_positive_int, default=16,
+                   help="independent replicates per estimator, at most (default 16; at "
+                        "least 8); a truncated estimator's replicate covers a whole inner run")
     p.add_argument("--seconds", type=_finite_float, default=90.0,
                    help="time budget for the sampling after compiling (default 90): half "
                         "for the reference, half shared by the estimators; 0: no budget")
@@ -234,9 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unroll steps each estimator may spend (default: samples x 8 x T)")
     p.add_argument("--window", type=_positive_int, default=10, help="truncation window K")
     p.add_argument("--sigma", type=_finite_float, default=0.01,
-                   help="ES/PES perturbation scale")
-    p.add_argument("--reference", default="auto", choices=["auto", "es", "backprop"],
-                   help="reference gradient (auto: backprop if stable, else ES)")
+                   help="ES/PES/NRES perturbation scale, and the target's smoothing")
+    p.add_argument("--reference", default="auto",
+                   choices=["auto", "reparam", "es", "backprop"],
+                   help="reference gradient (auto: of the target's unbiased estimators, the "
+                        "one with the least variance per second, measured)")
     p.add_argument("--out", default=None, help="folder for compare.json and compare.png")
     add_launch_arguments(p, "the estimators and the reference are shared out over the "
                             "processes")
@@ -442,7 +450,8 @@ def cmd_compare(args) -> int:
         raise InputError(f"--seconds must be >= 0 (0: no budget), got {args.seconds}")
     names = [n.strip() for n in args.estimators.split(",") if n.strip()]
     out = check_out_dir(args.out or os.path.join("out", "compare", args.name.replace(":", "_")))
-    c = compare(system, estimators_=names, horizon=args.horizon, budget=args.budget,
+    c = compare(system, estimators=names, target=args.target, horizon=args.horizon,
+                budget=args.budget,
                 samples=args.samples, window=args.window, sigma=args.sigma,
                 seconds=args.seconds if args.seconds > 0 else None,
                 reference=args.reference, key=_key(args.seed),

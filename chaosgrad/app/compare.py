@@ -1,6 +1,8 @@
-"""`compare`: which gradient estimator to use on a system — bias and variance against a
-reference gradient, cost in unroll steps and seconds, and the error at equal compute, every
-number with a 95% interval, and a ranking that says "tie" when the intervals overlap.
+"""`compare`: which gradient estimator to use on a system. Every estimator is judged against
+one stated target gradient — by default that of the Gaussian-smoothed meta-loss, which ES,
+NRES and PES estimate — through an independent reference of that target; bias, variance,
+cost and the error at equal compute come from independent replicates (fresh populations and
+keys), with intervals whose calibration is tested, and a null check on every comparison.
 """
 
 from __future__ import annotations
@@ -25,50 +27,59 @@ from chaosgrad.plots import plot_comparison, save
 from chaosgrad.progress import progress_bar
 from chaosgrad.spectra import lyapunov_spectrum
 from chaosgrad.stats import (
+    BiasTest,
     Interval,
     Ranking,
-    batch_means,
-    bias_interval,
+    bias_test,
+    dominated,
     rank,
     samples_needed,
     segment_interval,
-    variance_interval,
+    trace_variance_interval,
 )
 from chaosgrad.system import System, default_key, resolve_theta
 
 PyTree = Any
 DEFAULT_ESTIMATORS = ("backprop", "tbptt", "es", "pes")
-# Estimators whose successive estimates share persistent particles, hence are correlated:
-# their standard errors come from batch means, not from the spread of single estimates.
-CORRELATED = ("tbptt", "tes", "pes")
-MIN_SAMPLES = 4
+TARGETS = ("smoothed", "exact")
+MIN_SAMPLES = 8  # replicates per estimator: the sign-flip bias test needs at least 6 groups
+PILOT = 4  # batches of each reference kind measured before the reference is chosen
+REFERENCE_FACTOR = 10  # the reference has at least this many times an estimator's replicates
+
+
+def fmt_count(n: float) -> str:
+    """A count for a sentence: exact up to 1e6, else like 2e84."""
+    n = float(n)
+    if not math.isfinite(n):
+        return str(n)
+    return f"{int(n)}" if abs(n) < 1e6 else f"{n:.1g}".replace("e+", "e")
 
 
 @dataclass
 class EstimatorStats:
-    """One estimator's numbers against the reference gradient g*, each with a 95% interval.
+    """One estimator's numbers against the reference g* of the stated target, each with a 95%
+    interval, all from independent replicates.
 
     Attributes:
-      name, params: the estimator and its settings.
-      samples: how many successive estimates were taken (θ fixed); effective_samples: the
-        independent pieces behind its standard errors (batch means for the truncated
-        estimators, whose successive estimates share particles; else ``samples``).
-      steps: unroll steps one estimate costs; seconds: median wall time of one (compiled).
-      bias: ‖E[ĝ] − g*‖, debiased for the noise of both means (`chaosgrad.stats.
-        bias_interval`); its low end is 0 when the bias is not resolved from zero, and then
-        only its high end (an upper bound) says anything.
-      bias_status: "resolved" (low > 0 and the reference's standard error ≤ bias/5),
-        "upper bound" (not resolved from zero), or "reference too noisy" (resolved from zero,
-        or unresolved because of the reference, but the reference's error is too large to
-        call it: see ``reference_samples_needed``).
-      reference_samples_needed: reference samples that would resolve this bias (0: enough).
-      variance: tr Cov[ĝ] of one estimate. variance_eff: the variance per estimate that
-        averaging actually sees (the batch-means long-run variance for correlated
-        estimators; equal to ``variance`` for independent ones).
-      mse_at_budget: bias² + variance_eff · steps / budget — the squared error of averaging as
-        many estimates as the budget of unroll steps buys (the figure of merit).
-      relative_error: sqrt(mse_at_budget) / ‖g*‖.
-      nonfinite: estimates with a non-finite gradient (excluded from the statistics).
+      name: the name asked for; estimator: the registry name of what ran (under the smoothed
+        target "backprop" runs as "reparam", backprop at θ ± σε); target: the gradient it is
+        unbiased for on its own (see `chaosgrad.estimators.TARGETS`); params: its settings.
+      samples: replicates taken (each from a fresh ``init`` and keys); per_replicate:
+        successive estimates averaged in each (a truncated estimator's replicate covers a
+        whole inner run per particle); effective_samples: the finite replicates.
+      steps: unroll steps one estimate costs; seconds: median wall time of one replicate.
+      bias: ‖E[ĝ] − g*‖ by `chaosgrad.stats.bias_test` (sign-flip test of an unbiased
+        U-statistic over independent groups): ``low > 0`` exactly when resolved from zero.
+      bias_p: the test's p-value. bias_status: "resolved", "upper bound" (not resolved) or
+        "reference too noisy" (not resolved, and the reference's noise is the larger part).
+      reference_samples_needed: reference samples that would make its noise the smaller part.
+      variance: tr Cov of one estimate (from the first estimate of each replicate).
+      variance_eff: the variance per estimate that averaging sees (per_replicate × tr Cov of
+        a replicate mean: for correlated estimators the long-run variance).
+      mse_at_budget: bias² + variance_eff · steps / budget; relative_error: its root / ‖g*‖.
+      nonfinite: replicates with a non-finite estimate (left out, counted).
+      tails: median and largest replicate norm, the share of replicates beyond 10× the
+        median, and whether one replicate dominates the spread (then its mean is not trusted).
     """
 
     name: str
@@ -85,25 +96,34 @@ class EstimatorStats:
     mse_at_budget: Interval
     relative_error: Interval
     nonfinite: int
+    estimator: str = ""
+    target: str = ""
+    per_replicate: int = 1
+    bias_p: float = math.nan
+    tails: dict = field(default_factory=dict)
     mean_grad: np.ndarray = field(repr=False, default=None)
 
     def to_json(self) -> dict:
         """A JSON-friendly dict (intervals as value/low/high)."""
         return {
-            "name": self.name, "params": self.params, "samples": self.samples,
+            "name": self.name, "estimator": self.estimator, "target": self.target,
+            "params": self.params, "samples": self.samples,
+            "per_replicate": self.per_replicate,
             "effective_samples": self.effective_samples, "steps": self.steps,
-            "seconds": self.seconds, "bias": self.bias.to_json(),
+            "seconds": self.seconds, "bias": self.bias.to_json(), "bias_p": self.bias_p,
             "bias_status": self.bias_status,
             "reference_samples_needed": self.reference_samples_needed,
             "variance": self.variance.to_json(), "variance_eff": self.variance_eff.to_json(),
             "mse_at_budget": self.mse_at_budget.to_json(),
-            "relative_error": self.relative_error.to_json(), "nonfinite": self.nonfinite}
+            "relative_error": self.relative_error.to_json(), "nonfinite": self.nonfinite,
+            "tails": self.tails}
 
 
 @dataclass
 class Reference:
     """The reference gradient g*: its mean, per-coordinate squared standard error, how many
-    samples are behind it and what it is."""
+    samples are behind it and what it is; ``batches`` holds the independent batch estimates
+    (rows) the bias tests use."""
 
     mean: np.ndarray
     var_of_mean: np.ndarray
@@ -111,6 +131,7 @@ class Reference:
     kind: str
     description: str
     batches: int = 0
+    rows: np.ndarray = field(repr=False, default=None)
 
     @property
     def se(self) -> float:
@@ -135,7 +156,8 @@ class Reference:
 
 @dataclass
 class Comparison:
-    """What `compare` returns: per-estimator statistics, the reference, an honest ranking."""
+    """What `compare` returns: the target, the reference, per-estimator statistics, the null
+    check, and an honest ranking whose first name is the recommended estimator."""
 
     system: dict
     horizon: int
@@ -155,17 +177,24 @@ class Comparison:
     figures: dict = field(default_factory=dict)
     run: dict = field(default_factory=dict)
     time_budget: float | None = None
+    target: str = "smoothed"
+    target_description: str = ""
+    null_check: dict = field(default_factory=dict)
+    reference_check: dict = field(default_factory=dict)
+    recommended: str | None = None
 
     def to_json(self) -> dict:
         """A JSON-friendly summary (write it with `chaosgrad.io`: non-finite → null)."""
         return {
             "system": self.system, "horizon": self.horizon, "budget": self.budget,
-            "intervals": "95%", "reference": self.reference,
+            "intervals": "95%", "target": self.target,
+            "target_description": self.target_description, "reference": self.reference,
             "reference_norm": self.reference_norm, "reference_se": self.reference_se,
             "reference_se_upper": self.reference_se_upper,
             "reference_samples": self.reference_samples,
+            "reference_check": self.reference_check, "null_check": self.null_check,
             "estimators": [s.to_json() for s in self.stats],
-            "ranking": self.ranking, "tied": self.tied,
+            "ranking": self.ranking, "tied": self.tied, "recommended": self.recommended,
             "recommendation": self.recommendation, "notes": self.notes,
             "precision": self.precision, "figures": self.figures,
             "seconds": round(self.seconds, 2), "time_budget": self.time_budget,
@@ -178,20 +207,30 @@ class Comparison:
             f"chaosgrad compare: {self.system.get('description') or self.system.get('name')}, "
             f"T = {self.horizon}, budget {self.budget} unroll steps per estimator; "
             "[95% intervals]",
+            f"target: {self.target_description}",
             f"reference: {self.reference}, ‖g*‖ = {self.reference_norm:.4g}, standard error "
             f"{self.reference_se:.2g} ({self.reference_se / self.reference_norm:.1%} of ‖g*‖; "
             f"95% upper bound {self.reference_se_upper:.2g})"
             if self.reference_norm > 0 else f"reference: {self.reference}, ‖g*‖ = 0",
-            f"{'estimator':<10}{'steps/est':>10}{'s/est':>9}  {'bias':<29}{'variance':<32}"
+            f"{'estimator':<10}{'steps/est':>10}{'s/rep':>9}  {'bias':<29}{'variance':<32}"
             f"{'rel. RMS error @budget':<27}{'NaN':>4}",
         ]
         for name in self.ranking:
             s = next(x for x in self.stats if x.name == name)
-            b = (f"< {s.bias.high:.3g}" if s.bias.low <= 0 else s.bias.fmt())
+            b = (f"< {s.bias.high:.3g}" if not s.bias.low > 0 else s.bias.fmt())
             if s.bias_status == "reference too noisy":
                 b += " (ref!)"
             lines.append(f"{s.name:<10}{s.steps:>10.0f}{s.seconds:>9.2e}  {b:<29}"
                          f"{s.variance.fmt():<32}{s.relative_error.fmt():<27}{s.nonfinite:>4}")
+        if self.reference_check:
+            rc = self.reference_check
+            d = rc["difference"]
+            lines.append(f"cross-check: {rc['kind']} ({rc['batches']} batches) against the "
+                         f"reference: difference {d['value']:.3g} [{d['low']:.3g}, "
+                         f"{d['high']:.3g}] (p = {rc['p_value']:.2g}), "
+                         + ("they agree" if rc["agree"] else "they DISAGREE"))
+        if self.null_check:
+            lines.append(f"null check: {self.null_check.get('sentence', '')}")
         lines += ["", f"RECOMMENDATION: {self.recommendation}"]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -210,21 +249,14 @@ def _flat(tree) -> np.ndarray:
     return np.asarray(ravel_pytree(tree)[0], np.float64)
 
 
-# Which of compare's shared settings each estimator takes, named explicitly: a renamed
-# estimator parameter then fails loudly in `estimators.make` instead of silently dropping out.
-COMMON_SETTINGS = {
-    "backprop": ("samples", "horizon"),
-    "tbptt": ("particles", "window", "horizon"),
-    "es": ("pairs", "sigma", "horizon"),
-    "tes": ("pairs", "sigma", "window", "horizon"),
-    "pes": ("pairs", "sigma", "window", "horizon"),
-    "combined": ("pairs", "sigma", "horizon"),
-}
+# compare's shared settings, handed to every estimator whose factory takes them (by name in
+# its signature): a user's estimator with the same parameter names takes them too.
+SHARED_SETTINGS = ("samples", "particles", "pairs", "sigma", "window", "horizon")
 
 
 def _estimator_params(name: str, common: dict, extra: dict | None) -> dict:
-    key = estimators.canonical_name(name)
-    params = {k: common[k] for k in COMMON_SETTINGS[key]}
+    accepted = estimators.parameters(name)
+    params = {k: common[k] for k in SHARED_SETTINGS if k in accepted}
     params.update(extra or {})
     return params
 
@@ -279,50 +311,50 @@ def _split_sampling(samplers_fn, n_jobs: int, allocate, progress) -> list | None
 
 
 class _Sampler:
-    """Successive estimates of one estimator at fixed θ, compiled and timed before the
-    sampling starts, so a time budget can be shared out first.
+    """Independent replicates of one estimator at fixed θ: replicate r starts from a fresh
+    ``init`` (key ``fold_in(key, r)``) and averages ``per_replicate`` successive estimates
+    with fresh keys. The first replicate compiles and the second is timed; both are kept as
+    ordinary replicates (on long unrolls each costs seconds)."""
 
-    The compiling call and the timed call are ordinary successive estimates of the same
-    chain (fresh keys, the state carried on), so they are kept as the first two samples
-    instead of being thrown away: on long unrolls each estimate costs seconds."""
-
-    def __init__(self, est, theta, key):
+    def __init__(self, est, theta, key, per_replicate: int = 1):
         self.est, self.theta, self.key = est, theta, key
+        self.per_replicate = max(1, int(per_replicate))
         self.estimate = jax.jit(est.estimate)
-        self.state = est.init(jax.random.fold_in(key, 0), theta)
-        self.kept = []  # (flat gradient, steps, seconds or None) of the first two estimates
-        g, self.state, info = self.estimate(self.state, theta, jax.random.fold_in(key, 1))
-        g = jax.block_until_ready(g)
-        self.kept.append((_flat(g), float(info["steps"]), None))  # its time includes compiling
-        self.steps = float(info["steps"])
+        self.next = 0
+        self.kept = [self._replicate()]
         t0 = time.perf_counter()
-        g, self.state, info = self.estimate(self.state, theta, jax.random.fold_in(key, 3))
-        g = jax.block_until_ready(g)
+        self.kept.append(self._replicate())
         self.seconds = time.perf_counter() - t0
-        self.kept.append((_flat(g), float(info["steps"]), self.seconds))
+
+    def _replicate(self) -> np.ndarray:
+        k = jax.random.fold_in(self.key, self.next)
+        self.next += 1
+        state = self.est.init(jax.random.fold_in(k, 0), self.theta)
+        total, first, steps = None, None, 0.0
+        for i in range(self.per_replicate):
+            g, state, info = self.estimate(state, self.theta, jax.random.fold_in(k, 1 + i))
+            g = _flat(jax.block_until_ready(g))
+            first = g if first is None else first
+            total = g if total is None else total + g
+            steps += float(info["steps"])
+        self.steps = steps / self.per_replicate
+        return np.stack([total / self.per_replicate, first])
 
     def run(self, samples: int, desc: str, progress) -> tuple[np.ndarray, float, float]:
-        """``samples`` successive estimates (the two made while compiling and timing come
-        first): flat gradients, steps per estimate, median seconds of the timed ones."""
-        grads, steps, secs = [], [], []
-        for g, st, sec in self.kept[:samples]:
-            grads.append(g)
-            steps.append(st)
-            if sec is not None:
-                secs.append(sec)
+        """``samples`` replicates (the two made while compiling and timing come first):
+        an array (samples, 2, d) of each replicate's mean and its first estimate (flat
+        gradients; the first estimates are independent single estimates), steps per
+        estimate, median seconds per replicate."""
+        rows = list(self.kept[:samples])
         self.kept = self.kept[samples:]
-        with progress_bar(samples - len(grads), desc, progress, min_total=1) as bar:
-            for i in range(samples - len(grads)):
+        secs = [self.seconds]
+        with progress_bar(samples - len(rows), desc, progress, min_total=1) as bar:
+            for _ in range(samples - len(rows)):
                 t0 = time.perf_counter()
-                g, self.state, info = self.estimate(self.state, self.theta,
-                                                    jax.random.fold_in(self.key, 4 + i))
-                g = jax.block_until_ready(g)
+                rows.append(self._replicate())
                 secs.append(time.perf_counter() - t0)
-                grads.append(_flat(g))
-                steps.append(float(info["steps"]))
                 bar.update(1)
-        seconds = float(np.median(secs)) if secs else self.seconds
-        return np.stack(grads), float(np.mean(steps)), seconds
+        return np.stack(rows), float(self.steps), float(np.median(secs))
 
 
 # Estimators built for a system, reused by later comparisons on the same system (a sweep
@@ -347,14 +379,39 @@ def make_estimator(name: str, system: System, **params):
     return est
 
 
-def _reference_sampler(system, theta, horizon, kind, key, per_batch, sigma) -> _Sampler:
+def _reference_estimator(system, kind: str, horizon: int, per_batch: int, sigma: float):
     if kind == "es":
-        est = make_estimator("es", system, pairs=per_batch, sigma=sigma, horizon=horizon)
-    elif kind == "backprop":
-        est = make_estimator("backprop", system, samples=per_batch, horizon=horizon)
-    else:
-        raise InputError(f"reference {kind!r} is not accepted: use 'auto', 'es' or 'backprop'")
-    return _Sampler(est, theta, key)
+        return make_estimator("es", system, pairs=per_batch, sigma=sigma, horizon=horizon)
+    if kind == "reparam":
+        return make_estimator("reparam", system, pairs=per_batch, sigma=sigma, horizon=horizon)
+    if kind == "backprop":
+        return make_estimator("backprop", system, samples=per_batch, horizon=horizon)
+    raise InputError(f"reference {kind!r} is not accepted: use 'auto', 'reparam', 'es' or "
+                     "'backprop'")
+
+
+def _reference_sampler(system, theta, horizon, kind, key, per_batch, sigma) -> _Sampler:
+    return _Sampler(_reference_estimator(system, kind, horizon, per_batch, sigma), theta, key)
+
+
+def _reference_from_rows(rows: np.ndarray, kind: str, per_batch: int, horizon: int,
+                         note: str = "") -> Reference:
+    """A `Reference` from independent batch estimates (rows: (batches, d)); batches with a
+    non-finite gradient are left out (and must not be more than half)."""
+    ok = np.all(np.isfinite(rows), axis=1)
+    good = rows[ok]
+    if len(good) < max(2, len(rows) // 2):
+        raise InputError(f"the {kind} reference gradient is non-finite in {int((~ok).sum())} of "
+                         f"{len(ok)} batches: the system diverges at T = {horizon}")
+    unit = "runs" if kind == "backprop" else "pairs"
+    what = {"es": "antithetic ES over whole unrolls",
+            "reparam": "backprop at θ ± σε (reparameterisation, antithetic)",
+            "backprop": "backprop"}[kind]
+    desc = f"{kind}: {what}, {fmt_count(len(good) * per_batch)} {unit} in {len(good)} batches"
+    return Reference(mean=good.mean(axis=0), var_of_mean=good.var(axis=0, ddof=1) / len(good),
+                     samples=len(good) * per_batch, kind=kind,
+                     description=desc + (f"; {note}" if note else ""), batches=len(good),
+                     rows=good)
 
 
 def reference_gradient(system: System, theta: PyTree, horizon: int, *, kind: str,
@@ -362,132 +419,170 @@ def reference_gradient(system: System, theta: PyTree, horizon: int, *, kind: str
                        sigma: float = 0.01, sampler: _Sampler | None = None) -> Reference:
     """A reference gradient g* with its standard error, from ``batches`` independent batches.
 
-    ``kind="es"``: antithetic ES over whole unrolls (unbiased for the gradient of the
-    Gaussian-smoothed meta-loss, which is what ES/PES estimate), ``batches × per_batch``
-    pairs. ``kind="backprop"``: the mean of ``batches × per_batch`` independent exact
-    gradients (the gradient of the expected meta-loss; equal to the smoothed one up to
-    O(σ²) where the loss is smooth, i.e. in stable systems). Batches with a non-finite
-    gradient are left out (and must not be more than half).
+    ``kind="reparam"``: backprop at θ ± σε (unbiased for the gradient of the Gaussian-smoothed
+    meta-loss, the default target); ``kind="es"``: antithetic ES over whole unrolls (the same
+    target, with a variance bounded by the loss's spread); ``kind="backprop"``: the mean of
+    exact gradients (the gradient of the expected meta-loss, the "exact" target). Batches
+    with a non-finite gradient are left out (and must not be more than half).
     """
     sampler = sampler or _reference_sampler(system, theta, horizon, kind, key, per_batch,
                                             sigma)
-    grads, _, _ = sampler.run(batches, f"reference ({kind})", False)
-    ok = np.all(np.isfinite(grads), axis=1)
-    grads = grads[ok]
-    if len(grads) < max(2, batches // 2):
-        raise InputError(f"the {kind} reference gradient is non-finite in {int((~ok).sum())} of "
-                         f"{len(ok)} batches: the system diverges at T = {horizon}")
-    unit = "pairs" if kind == "es" else "runs"
-    return Reference(mean=grads.mean(axis=0), var_of_mean=grads.var(axis=0, ddof=1) / len(grads),
-                     samples=len(grads) * per_batch, kind=kind,
-                     description=f"{kind} ({len(grads) * per_batch} {unit})", batches=len(grads))
+    rows, _, _ = sampler.run(batches, f"reference ({kind})", False)
+    return _reference_from_rows(rows[:, 0], kind, per_batch, horizon)
 
 
-def _check_inputs(names, horizon, window, samples, budget):
+def _check_inputs(names, horizon, window, samples, budget, target):
     canon = [estimators.canonical_name(n) for n in names]  # unknown names fail here
     if not canon:
         raise InputError("name at least one estimator; accepted: " + ", ".join(estimators.names()))
     dup = sorted({n for n in canon if canon.count(n) > 1})
     if dup:
         raise InputError(f"estimator {', '.join(dup)} named more than once; name each once")
-    if horizon <= 0:
+    if target not in TARGETS:
+        raise InputError(f"target {target!r} is not accepted: use one of {', '.join(TARGETS)}")
+    if isinstance(horizon, bool) or horizon <= 0:
         raise InputError(f"horizon must be a positive integer, got {horizon}")
-    if any(n in ("tbptt", "tes", "pes") for n in canon) and not 1 <= window <= horizon:
+    if any("window" in estimators.parameters(n) for n in canon) and not 1 <= window <= horizon:
         raise InputError(f"window {window} must be between 1 and the horizon {horizon}")
     if samples < MIN_SAMPLES:
-        raise InputError(f"samples must be at least {MIN_SAMPLES} (intervals need them), "
-                         f"got {samples}")
+        raise InputError(f"samples must be at least {MIN_SAMPLES} (independent replicates: the "
+                         f"bias test needs them), got {samples}")
     if budget is not None and budget <= 0:
         raise InputError(f"budget must be a positive number of unroll steps, got {budget}")
     return canon
 
 
+def _runner(name: str, target: str) -> str:
+    """The registry estimator that runs for ``name``: under the smoothed target, "backprop"
+    is the reparameterisation gradient (backprop at θ ± σε)."""
+    return "reparam" if (name == "backprop" and target == "smoothed") else name
+
+
 def compare(
     system: System,
     theta: PyTree = None,
-    estimators_: tuple[str, ...] | list[str] = DEFAULT_ESTIMATORS,
+    estimators: tuple[str, ...] | list[str] = DEFAULT_ESTIMATORS,
     *,
     horizon: int | None = None,
+    target: str = "smoothed",
     budget: int | None = None,
-    samples: int = 32,
+    samples: int = 16,
     window: int = 10,
     sigma: float = 0.01,
     population: int = 8,
     reference: str = "auto",
-    reference_batches: int = 256,
+    reference_batches: int | None = None,
     reference_per_batch: int | None = None,
     seconds: float | None = None,
-    lyapunov: tuple | None = None,
     params: dict | None = None,
     key: jax.Array | None = None,
     out: str | os.PathLike | None = None,
     progress: bool | None = None,
+    estimators_: tuple[str, ...] | list[str] | None = None,
 ) -> Comparison | None:
-    """Compare gradient estimators of ``system``'s T-step meta-loss at fixed θ.
+    """Compare gradient estimators of ``system``'s T-step meta-loss at fixed θ, against one
+    stated target gradient.
 
-    Each estimator (by registry name: backprop, tbptt, es, tes, pes, combined) gives
-    ``samples`` successive estimates with θ fixed (truncated ones advance their particles
-    through their staggered windows as in training). Against a reference gradient g*
-    (``reference``: "es", "backprop", or "auto" = backprop when the leading Lyapunov
-    exponent is negative, else ES), each gets a bias, a variance, a cost in unroll steps and
-    seconds, and its squared error when ``budget`` unroll steps are spent averaging its
-    estimates — the error per unit of compute — each with a 95% interval. Successive
-    estimates of the truncated estimators are correlated, so their intervals use batch
-    means. The recommendation names the estimator with the least error at that budget when
-    its interval separates it from the rest, and says "tie" otherwise; a bias the reference
-    is too noisy to call is reported as such, with the reference samples that would call it.
+    The target (``target``): "smoothed" (default) is ∇_θ E_key E_ε L_T(θ + ε; key) with
+    ε ~ N(0, σ² I) — what ES, NRES and PES estimate; there "backprop" runs as the
+    reparameterisation gradient, backprop at θ ± σε (`chaosgrad.estimators.reparam`).
+    "exact" is ∇_θ E_key L_T(θ; key), which backprop estimates: ES and PES are then charged
+    for their smoothing, and the notes say so.
+
+    The reference g* is independent of every estimator it judges (its own keys) and has
+    ``reference_batches`` (default 10 × ``samples``) batches of ``reference_per_batch``
+    (default ``population``) runs or pairs. Under the smoothed target two unbiased kinds
+    exist: the reparameterisation gradient and antithetic ES over whole unrolls; "auto"
+    measures the spread of both across run keys at T (4 batches each) and takes the one with
+    the least variance per second; the other kind's batches (``samples`` of them) are a
+    cross-check, tested for agreement with the reference. Under the exact target the
+    reference is backprop.
+
+    Every estimator gives ``samples`` independent replicates, each from a fresh ``init`` and
+    keys; a replicate of a correlated (truncated) estimator averages ceil(T / window)
+    successive estimates, a whole inner run per particle. From them: the bias (a sign-flip
+    test of an unbiased U-statistic, `chaosgrad.stats.bias_test`: no independent-coordinates
+    assumption), the variance of one estimate and the long-run variance per estimate
+    (Satterthwaite intervals), the cost, and the squared error at ``budget`` unroll steps,
+    each with a 95% interval. A null check — reparameterisation backprop (backprop under
+    "exact") against an independent sample of itself — is recorded with every comparison.
+    ``ranking[0]`` is the best point estimate; the recommendation names it only when its
+    interval separates it from the rest and the reference, the null check and the tails
+    allow a recommendation, and says why not otherwise.
 
     Args:
+      estimators: registry names (``estimators_``: the old name of this argument).
       horizon: T (default: the system's). window: K for truncated estimators (≤ T).
-      sigma: ES/PES perturbation scale. population: samples/pairs/particles per estimate.
-      samples: estimates per estimator (at least 4).
-      budget: unroll steps (default: what ``samples`` full-backprop estimates would cost);
-        at least the cost of one estimate of each estimator.
-      reference_batches, reference_per_batch: the reference's size, at most (the time
-        budget may take fewer batches). ``reference_per_batch`` None: the population, so
-        that the reference reuses the compiled backprop (or ES) program of the estimators
-        instead of compiling one of its own.
-      seconds: a time budget for the sampling (after compiling): every estimator and the
-        reference are timed first, then half of it goes to the reference and half is shared
-        by the estimators, each capped at ``samples`` (``reference_batches``) and never
-        below 4. None: no budget, take every sample asked for.
-      lyapunov: (Interval, units) of λ1 for the "auto" rule, measured beforehand by
-        `leading_exponent` (None: measured here).
+      sigma: ES/PES/NRES perturbation scale and the smoothing of the target.
+      population: samples/pairs/particles per estimate.
+      samples: replicates per estimator (at least 8).
+      budget: unroll steps (default: ``samples × population × T``).
+      reference: "auto", "reparam" (alias "backprop" under the smoothed target), "es", or
+        "backprop" (the exact target's).
+      seconds: a time budget for the sampling (after compiling): half to the reference,
+        half shared by the estimators, never below 8 replicates each.
       params: per-estimator overrides, e.g. ``{"pes": {"pairs": 16}}``.
       out: write compare.json and compare.png there.
 
     Under a multi-process launch (`chaosgrad.distributed`) every process calls it alike:
-    each estimator, and the reference, is built, timed and sampled whole by one process
-    (job j on process j mod P), and process 0 gathers the estimates, computes the numbers,
-    writes ``out`` and returns the `Comparison`; the others return None. Seconds are then
-    measured while the other processes work on their own jobs.
-    Raises InputError for unknown or repeated estimators, a window longer than the horizon,
-    fewer than 4 samples, or a budget below one estimate.
+    each estimator, and each reference sample, is built and sampled whole by one process,
+    and process 0 gathers the replicates, computes the numbers, writes ``out`` and returns
+    the `Comparison`; the others return None.
+    Raises InputError for unknown or repeated estimators, an unknown target or reference, a
+    window longer than the horizon, fewer than 8 samples, or a budget below one estimate.
     """
     t0 = time.perf_counter()
     theta = resolve_theta(system, theta)
     horizon = int(horizon or system.horizon)
-    names = _check_inputs(list(estimators_), horizon, int(window), int(samples), budget)
+    asked = list(estimators_ if estimators_ is not None else estimators)
+    names = _check_inputs(asked, horizon, int(window), int(samples), budget, target)
     key = default_key(key)
+    samples = int(samples)
     common = {"samples": population, "particles": population, "pairs": population,
               "sigma": sigma, "window": window, "horizon": horizon}
     split = distributed.process_count() > 1
-    # Under a launch each estimator runs whole on one process: built to work alone.
-    with distributed.local_only() if split else _nothing():
-        built = [make_estimator(n, system, **_estimator_params(n, common,
-                                                               (params or {}).get(n)))
-                 for n in names]
+    local = distributed.local_only if split else _nothing
+    with local():
+        built = []
+        for n in names:
+            runner = _runner(n, target)
+            overrides = (params or {}).get(n)
+            built.append(make_estimator(runner, system,
+                                        **_estimator_params(runner, common, overrides)))
+    per_rep = [max(1, math.ceil(horizon / int(window))) if e.correlated else 1 for e in built]
     budget = int(budget or samples * population * horizon)
     per_batch = int(reference_per_batch or population)
-    reference, reference_reason = _choose_reference(system, theta, key, horizon, reference,
-                                                    lyapunov)
+    n_ref = max(int(reference_batches or REFERENCE_FACTOR * samples), PILOT + 2)
+    kinds, chosen, reason = _reference_kinds(target, reference)
     ref_key = jax.random.fold_in(key, 1000)
+    with local():
+        pilots = {k: _reference_sampler(system, theta, horizon, k,
+                                         jax.random.fold_in(ref_key, i), per_batch, sigma)
+                  for i, k in enumerate(kinds)}
+        pilot_rows = {k: s.run(PILOT, f"reference pilot ({k})", False)[0]
+                      for k, s in pilots.items()}
+    if chosen is None:
+        chosen, reason = _choose_reference(pilot_rows, {k: s.seconds for k, s in pilots.items()})
+    other = next((k for k in kinds if k != chosen), None)
+    null_kind = "backprop" if target == "exact" else "reparam"
+    null_in = next((i for i, n in enumerate(names) if n == "backprop"), None)
+    # jobs: the estimators, the reference, the cross-check, a null sample when backprop was
+    # not asked for
+    extra = [("reference", chosen), *([("cross-check", other)] if other else []),
+             *([("null", null_kind)] if null_in is None else [])]
 
     def sampler(j):
         if j < len(built):
-            return _Sampler(built[j], theta, jax.random.fold_in(key, j))
-        return _reference_sampler(system, theta, horizon, reference, ref_key,
-                                  per_batch, sigma)
+            return _Sampler(built[j], theta, jax.random.fold_in(key, j), per_rep[j])
+        role, kind = extra[j - len(built)]
+        if role in ("reference", "cross-check"):
+            return pilots[kind]
+        return _Sampler(_reference_estimator(system, kind, horizon, per_batch, sigma), theta,
+                        jax.random.fold_in(ref_key, 77))
+
+    def wanted(role):
+        return {"reference": n_ref - PILOT, "cross-check": max(samples - PILOT, 2),
+                "null": samples}[role]
 
     def check_budget(steps_of):
         for est, steps in zip(built, steps_of, strict=False):
@@ -495,51 +590,263 @@ def compare(
                 raise InputError(f"budget {budget} is below the cost of one {est.name} "
                                  f"estimate ({steps:.0f} unroll steps); raise --budget")
 
-    if split:
-        # Estimators and the reference are independent: one process each, in turn.
-        def allocate(timings):
-            check_budget([t[0] for t in timings[:-1]])
-            stubs = [_Timed(st, sec) for st, sec in timings]
-            counts, n_ref = _allocate(stubs[:-1], stubs[-1], samples, reference_batches,
-                                      seconds)
-            return [*counts, n_ref]
+    def allocate(timings):
+        check_budget([t[0] for t in timings[:len(built)]])
+        counts = _allocate([t[1] for t in timings[:len(built)]], timings[len(built)][1],
+                           samples, n_ref - PILOT, seconds)
+        return [*counts[0], counts[1], *[wanted(r) for r, _ in extra[1:]]]
 
-        done = _split_sampling(sampler, len(built) + 1, allocate, progress)
+    n_jobs = len(built) + len(extra)
+    if split:
+        done = _split_sampling(sampler, n_jobs, allocate, progress)
         if done is None:
             return None  # process 0 reports
-        runs = [(est, *g) for est, (g, _) in zip(built, done[:-1], strict=True)]
-        (g_ref, st_ref, sec_ref), t_ref = done[-1]
-        ref_sampler = _Gathered(None, g_ref, st_ref, sec_ref, t_ref)
-        ref_batches = len(g_ref)
+        results = [g for g, _ in done]
     else:
-        samplers = [sampler(j) for j in range(len(built))]
-        check_budget([s.steps for s in samplers])
-        ref_sampler = sampler(len(built))
-        counts, ref_batches = _allocate(samplers, ref_sampler, samples, reference_batches,
-                                        seconds)
-        runs = []
-        for s, n in zip(samplers, counts, strict=True):
-            grads, steps, secs = s.run(n, f"compare {s.est.name}", progress)
-            runs.append((s.est, grads, steps, secs))
-    ref = reference_gradient(system, theta, horizon, kind=reference, key=ref_key,
-                             batches=ref_batches, per_batch=per_batch,
-                             sampler=ref_sampler)
-    ref.description += f"; {reference_reason}"
-    stats = [_estimator_stats(est, grads, steps, secs, ref, budget)
-             for est, grads, steps, secs in runs]
+        samplers = [sampler(j) for j in range(n_jobs)]
+        counts = allocate([(s.steps, s.seconds) for s in samplers])
+        results = [s.run(c, f"compare {s.est.name}", progress if j < len(built) else False)
+                   for j, (s, c) in enumerate(zip(samplers, counts, strict=True))]
+    by_role = {role: results[len(built) + i][0] for i, (role, _) in enumerate(extra)}
+    ref = _reference_from_rows(
+        np.concatenate([pilot_rows[chosen], by_role["reference"]])[:, 0], chosen, per_batch,
+        horizon, reason)
+    ref_check = {}
+    cross = None
+    if other:
+        cross = np.concatenate([pilot_rows[other], by_role["cross-check"]])[:, 0]
+        ref_check = _reference_check(cross, ref, other)
+    stats = [_estimator_stats(n, est, rows, steps, secs, ref, budget, m)
+             for n, est, (rows, steps, secs), m in zip(names, built, results, per_rep,
+                                                       strict=False)]
+    null_rows = results[null_in][0] if null_in is not None else by_role["null"]
+    against = ref.rows if chosen == null_kind else cross
+    null_check = _null_check(null_rows[:, 0], against, null_kind,
+                             "the reference" if chosen == null_kind else "the cross-check")
     ranking = rank({s.name: s.mse_at_budget for s in stats})
-    notes = _notes(stats, ref)
+    text, recommended = _recommend(stats, ranking, ref, null_check, ref_check)
     comp = Comparison(
         system=system.describe(), horizon=horizon, budget=budget, reference=ref.description,
         reference_norm=ref.norm, reference_se=ref.se, reference_se_upper=ref.se_upper,
-        reference_samples=ref.samples,
-        stats=stats, ranking=ranking.order, tied=ranking.tied,
-        recommendation=_recommend(stats, ranking), notes=notes, run=provenance(key),
+        reference_samples=ref.samples, stats=stats, ranking=ranking.order, tied=ranking.tied,
+        recommendation=text, notes=_notes(stats, ref, target, sigma), run=provenance(key),
         precision=precision_info(np.asarray(jax.tree_util.tree_leaves(theta)[0]).dtype),
-        seconds=time.perf_counter() - t0, time_budget=seconds)
+        seconds=time.perf_counter() - t0, time_budget=seconds, target=target,
+        target_description=_target_text(target, sigma), null_check=null_check,
+        reference_check=ref_check, recommended=recommended)
     if out is not None:
         comp.save(out)
     return comp
+
+
+def _target_text(target: str, sigma: float) -> str:
+    if target == "exact":
+        return "exact: ∇_θ E_key L_T(θ; key), the gradient of the expected meta-loss"
+    return (f"smoothed: ∇_θ E_key E_ε L_T(θ + ε; key), ε ~ N(0, σ²I), σ = {sigma:g} (what ES, "
+            "NRES and PES estimate; backprop runs at θ ± σε)")
+
+
+def _reference_kinds(target: str, reference: str) -> tuple[list[str], str | None, str]:
+    """The reference kinds to sample and the chosen one (None: choose after the pilot)."""
+    if target == "exact":
+        if reference not in ("auto", "backprop"):
+            raise InputError(f"reference {reference!r} does not estimate the exact target; "
+                             "use 'auto' or 'backprop' (or --target smoothed)")
+        return ["backprop"], "backprop", "the exact target's unbiased estimator"
+    ref = "reparam" if reference == "backprop" else reference
+    if ref not in ("auto", "reparam", "es"):
+        raise InputError(f"reference {reference!r} is not accepted: use 'auto', 'reparam' "
+                         "(or 'backprop'), 'es'")
+    return ["reparam", "es"], (None if ref == "auto" else ref), "asked for"
+
+
+def _choose_reference(pilot_rows: dict, seconds: dict) -> tuple[str, str]:
+    """The reference kind with the least variance per second of sampling, measured on the
+    pilot batches across run keys at T (both kinds are unbiased for the smoothed target)."""
+    score, parts = {}, []
+    for k, rows in pilot_rows.items():
+        g = rows[:, 0]
+        ok = np.all(np.isfinite(g), axis=1)
+        var = float(np.sum(g[ok].var(axis=0, ddof=1))) if ok.sum() >= 2 else math.inf
+        score[k] = var * seconds[k] if ok.all() else math.inf
+        parts.append(f"{k} {var:.3g} per batch, {seconds[k]:.2g} s")
+    best = min(score, key=lambda k: (score[k], k != "reparam"))
+    return best, (f"auto: the least variance per second across run keys at T ({'; '.join(parts)}"
+                  f"; {PILOT} batches each)")
+
+
+def _reference_check(cross: np.ndarray, ref: Reference, other: str) -> dict:
+    """The other unbiased kind against the reference: they estimate the same gradient, so
+    a resolved difference says one of them is not what it claims (or a tail was missed)."""
+    ok = np.all(np.isfinite(cross), axis=1)
+    t = bias_test(cross[ok], ref.rows)
+    se = math.sqrt(float(np.sum(cross[ok].var(axis=0, ddof=1))) / max(ok.sum(), 1))
+    return {"kind": other, "batches": int(ok.sum()), "difference": t.interval.to_json(),
+            "p_value": t.p_value, "agree": not t.resolved, "se": se,
+            "precise": bool(se < 0.2 * ref.norm and ref.se < 0.2 * ref.norm)}
+
+
+def _null_check(a: np.ndarray, b: np.ndarray, kind: str, against: str) -> dict:
+    """An unbiased estimator against an independent sample of itself: its bias must not be
+    resolved (at 95%, one such check in twenty resolves by chance)."""
+    a = a[np.all(np.isfinite(a), axis=1)]
+    b = b[np.all(np.isfinite(b), axis=1)]
+    t: BiasTest = bias_test(a, b)
+    if not t.interval.finite:
+        return {"estimator": kind, "against": against, "resolved": False,
+                "sentence": f"not run ({len(a)} and {len(b)} finite samples)"}
+    verdict = ("RESOLVED — the intervals here are not to be trusted" if t.resolved
+               else "not resolved, as it should not be")
+    return {"estimator": kind, "against": against, "bias": t.interval.to_json(),
+            "p_value": t.p_value, "resolved": t.resolved, "groups": t.groups,
+            "sentence": f"{kind} against an independent sample of itself ({against}): bias "
+                        f"{t.interval.fmt()} (p = {t.p_value:.2g}), {verdict}"}
+
+
+def _allocate(seconds_of: list[float], ref_seconds: float, samples: int, ref_batches: int,
+              seconds: float | None) -> tuple[list[int], int]:
+    """Replicates per estimator and reference batches that fit ``seconds`` of sampling (from
+    each one's timed replicate): half to the reference, whose noise limits every bias, half
+    shared by the estimators; at most what was asked, at least `MIN_SAMPLES`."""
+    if seconds is None:
+        return [samples] * len(seconds_of), ref_batches
+    share = 0.5 * float(seconds) / max(len(seconds_of), 1)
+    counts = [int(min(samples, max(MIN_SAMPLES, share // max(s, 1e-9)))) for s in seconds_of]
+    n_ref = int(min(ref_batches, max(MIN_SAMPLES, 0.5 * seconds // max(ref_seconds, 1e-9))))
+    return counts, n_ref
+
+
+def _estimator_stats(name, est, rows, steps, secs, ref: Reference, budget,
+                     per_rep: int) -> EstimatorStats:
+    means, firsts = rows[:, 0], rows[:, 1]
+    ok = np.all(np.isfinite(means), axis=1)
+    good = means[ok]
+    n = len(good)
+    nan = Interval(math.nan, math.nan, math.nan, method="too few finite replicates")
+    base = {"estimator": est.name, "target": est.target, "per_replicate": per_rep}
+    if n < 4:
+        return EstimatorStats(name, dict(est.params), len(means), n, steps, secs, nan,
+                              "upper bound", 0, nan, nan, nan, nan, int((~ok).sum()), **base)
+    test = bias_test(good, ref.rows)
+    bias = test.interval
+    variance, _ = trace_variance_interval(firsts[ok])
+    v_rep, _ = trace_variance_interval(good)
+    veff = Interval(v_rep.value * per_rep, v_rep.low * per_rep, v_rep.high * per_rep,
+                    method=f"{per_rep} × tr Cov of a replicate mean; {v_rep.method}")
+    share = steps / budget
+    mse = Interval(bias.value**2 + veff.value * share, bias.low**2 + veff.low * share,
+                   bias.high**2 + veff.high * share, method="bias² + variance_eff·steps/budget")
+    norm = ref.norm
+    rel = (Interval(math.sqrt(mse.value) / norm, math.sqrt(mse.low) / norm,
+                    math.sqrt(mse.high) / norm, method="sqrt(MSE)/‖g*‖")
+           if norm > 0 else Interval(math.inf, math.inf, math.inf, method="‖g*‖ = 0"))
+    own = v_rep.value / n  # squared standard error of the estimator's mean
+    ref_noise = float(np.sum(ref.var_of_mean))
+    if test.resolved:
+        status, needed = "resolved", 0
+    elif ref_noise > own and ref_noise > 0:
+        status = "reference too noisy"
+        needed = samples_needed(ref.samples, math.sqrt(ref_noise), math.sqrt(max(own, 1e-300)))
+    else:
+        status, needed = "upper bound", 0
+    norms = np.linalg.norm(good, axis=1)
+    med = float(np.median(norms))
+    tails = {"median_norm": med, "max_norm": float(norms.max()),
+             "beyond_10x_median": float(np.mean(norms > 10 * med)) if med > 0 else 0.0,
+             "dominated": dominated(good)}
+    return EstimatorStats(name, dict(est.params), len(means), n, steps, secs, bias, status,
+                          needed, variance, veff, mse, rel, int((~ok).sum()),
+                          bias_p=test.p_value, tails=tails, mean_grad=good.mean(axis=0),
+                          **base)
+
+
+def _notes(stats: list[EstimatorStats], ref: Reference, target: str, sigma: float) -> list[str]:
+    notes = []
+    noisy = [s for s in stats if s.bias_status == "reference too noisy"]
+    if noisy:
+        need = max(s.reference_samples_needed for s in noisy)
+        notes.append(
+            f"the reference is too noisy for {', '.join(s.name for s in noisy)}: its noise "
+            "exceeds theirs "
+            f"(its standard error is {ref.se:.2g}, at most {ref.se_upper:.2g}); about "
+            f"{fmt_count(need)} reference samples ({fmt_count(max(need - ref.samples, 0))} "
+            "more) would make it the smaller part")
+    if target == "smoothed" and any(s.name == "backprop" for s in stats):
+        notes.append(f"backprop runs at θ ± σε (σ = {sigma:g}, antithetic): the "
+                     "reparameterisation gradient of the smoothed target")
+    own = {s.name: s.target for s in stats}
+    if target == "exact":
+        smoothed = [n for n, t in own.items() if t.startswith("smoothed")]
+        if smoothed:
+            notes.append(f"the target is the exact gradient: {', '.join(smoothed)} estimate "
+                         "the gradient of the Gaussian-smoothed loss, so their bias here "
+                         "includes the smoothing")
+    per_trunc = [n for n, t in own.items() if t == "smoothed per truncation"]
+    if per_trunc and target == "smoothed":
+        notes.append(f"{', '.join(per_trunc)} {_verb(per_trunc, 'smooths', 'smooth')} each "
+                     "truncation separately: the own target differs from the stated one by "
+                     "O(σ²) where the loss is smooth; that difference is part of the bias shown "
+                     "(not measured apart)")
+    truncated = [n for n, t in own.items() if t == "truncated"]
+    if truncated:
+        notes.append(f"{', '.join(truncated)} {_verb(truncated, 'is', 'are')} unbiased only for "
+                     "the truncated gradient")
+    for s in stats:
+        if not s.bias.low > 0 and np.isfinite(s.bias.high):
+            notes.append(f"{s.name}: no bias resolved from zero; bias < {s.bias.high:.3g}")
+        if s.nonfinite:
+            notes.append(f"{s.name}: {s.nonfinite} of {s.samples} replicates non-finite "
+                         "(left out of its statistics)")
+        if s.tails.get("dominated"):
+            notes.append(f"{s.name}: one replicate carries more than half of the spread "
+                         f"(largest norm {s.tails['max_norm']:.3g} against a median of "
+                         f"{s.tails['median_norm']:.3g}): heavy tails, its mean is not trusted")
+    return notes
+
+
+def _verb(names: list, one: str, many: str) -> str:
+    return one if len(names) == 1 else many
+
+
+def _recommend(stats: list[EstimatorStats], ranking: Ranking, ref: Reference, null: dict,
+               ref_check: dict) -> tuple[str, str | None]:
+    """The recommendation sentence and the recommended name (None: no recommendation)."""
+    by = {s.name: s for s in stats}
+    best = by[ranking.order[0]]
+    if not np.isfinite(best.mse_at_budget.value):
+        return ("No estimator gave finite gradients: shorten the horizon or check the "
+                "system."), None
+    blocked = []
+    if ref.norm > 0 and ref.se_upper >= ref.norm:
+        blocked.append(f"the reference's standard error (at most {ref.se_upper:.2g} at 95%) "
+                       f"is as large as ‖g*‖ = {ref.norm:.3g}")
+    if null.get("resolved"):
+        blocked.append("the null check resolved a bias of an estimator against itself")
+    if ref_check and not ref_check.get("agree", True):
+        blocked.append(f"the {ref_check['kind']} cross-check disagrees with the reference "
+                       f"(p = {ref_check['p_value']:.2g})")
+    heavy = [s.name for s in stats if s.tails.get("dominated") and s.name in ranking.tied]
+    if dominated(ref.rows):
+        heavy.append("the reference")
+    if heavy:
+        blocked.append(f"the mean of {', '.join(heavy)} is dominated by one sample")
+    if blocked:
+        return (f"No recommendation: {'; '.join(blocked)}. Best point estimate: {best.name} "
+                f"({best.relative_error.fmt('.2g')} relative RMS error)."), None
+    why = ("bias-dominated" if best.bias.value**2 > best.mse_at_budget.value / 2
+           else "variance-dominated")
+    if not ranking.separated:
+        return (f"Tie at 95%: {', '.join(ranking.tied)} — their errors at the budget overlap "
+                f"(best point estimate: {best.name}, {best.relative_error.fmt('.2g')} "
+                "relative RMS error). Collect more replicates to separate them."), None
+    text = (f"Use {best.name}: the least error for the compute, separated from the rest at "
+            f"95% ({best.relative_error.fmt('.2g')} relative RMS error at the budget, {why}).")
+    if len(ranking.order) > 1:
+        second = by[ranking.order[1]]
+        if np.isfinite(second.mse_at_budget.value) and best.mse_at_budget.value > 0:
+            ratio = second.mse_at_budget.value / best.mse_at_budget.value
+            text += f" Next: {second.name}, {ratio:.3g}x its squared error."
+    return text, best.name
 
 
 class _Timed:
@@ -563,136 +870,3 @@ def leading_exponent(system: System, theta: PyTree, key: jax.Array, horizon: int
     ly = lyapunov_spectrum(system, theta, key=key, steps=max(500, 5 * horizon), k=1,
                            transient=horizon, progress=False)
     return segment_interval(ly.history_steps, ly.history[:, 0]), ly.units
-
-
-def _choose_reference(system, theta, key, horizon: int, reference: str,
-                      lyapunov=None) -> tuple[str, str]:
-    """"auto": the backprop mean (far less noisy) unless λ1's interval shows the gradient
-    exploding over the horizon (λ1 resolved above 0.5 / T per step, the margin diagnose
-    uses), where backprop's mean is not the smoothed gradient ES and PES estimate."""
-    if reference != "auto":
-        return reference, "asked for"
-    lam, units = lyapunov or leading_exponent(system, theta, key, horizon)
-    per_step = system.dt if system.dt is not None else 1.0
-    margin = 0.5 / horizon / per_step
-    kind = "es" if lam.low > margin else "backprop"
-    return kind, (f"auto: λ1 = {lam.fmt('+.3g')} {units}, "
-                  + ("resolved above" if kind == "es" else "not resolved above")
-                  + f" the margin 0.5/T = {margin:.3g}")
-
-
-def _allocate(samplers: list[_Sampler], ref: _Sampler, samples: int, ref_batches: int,
-              seconds: float | None) -> tuple[list[int], int]:
-    """Estimates per estimator and reference batches that fit ``seconds`` of sampling (from
-    each one's timed estimate): half to the reference, whose noise limits every bias, half
-    shared by the estimators; at most what was asked, at least `MIN_SAMPLES`."""
-    if seconds is None:
-        return [samples] * len(samplers), ref_batches
-    share = 0.5 * float(seconds) / max(len(samplers), 1)
-    counts = [int(min(samples, max(MIN_SAMPLES, share // max(s.seconds, 1e-9))))
-              for s in samplers]
-    n_ref = int(min(ref_batches, max(MIN_SAMPLES, 0.5 * seconds // max(ref.seconds, 1e-9))))
-    return counts, n_ref
-
-
-def _estimator_stats(est, grads, steps, secs, ref: Reference, budget) -> EstimatorStats:
-    ok = np.all(np.isfinite(grads), axis=1)
-    good = grads[ok]
-    n = len(good)
-    nan = Interval(math.nan, math.nan, math.nan, method="too few finite estimates")
-    if n < MIN_SAMPLES:
-        return EstimatorStats(est.name, dict(est.params), len(grads), n, steps, secs, nan,
-                              "upper bound", 0, nan, nan, nan, nan, int((~ok).sum()))
-    var_coord = good.var(axis=0, ddof=1)
-    if est.name in CORRELATED:
-        bm = batch_means(good)
-        eff = len(bm)
-        # the long-run variance per estimate: Var(batch mean) × batch size
-        var_mean_coord = bm.var(axis=0, ddof=1) / eff
-        v_eff = float(np.sum(bm.var(axis=0, ddof=1))) * (n // eff)
-    else:
-        eff = n
-        var_mean_coord = var_coord / n
-        v_eff = float(np.sum(var_coord))
-    mean = good.mean(axis=0)
-    # the noise behind both means is estimated from few pieces (batch means, reference
-    # batches): the t quantile with the smaller count keeps the interval honest
-    bias = bias_interval(mean, var_mean_coord, 1.0, ref.mean, ref.var_of_mean,
-                         dof=max(1, min(eff, ref.batches) - 1))
-    variance = variance_interval(float(np.sum(var_coord)), n - 1)
-    veff = variance_interval(v_eff, eff - 1)
-    share = steps / budget
-    mse = Interval(bias.value**2 + veff.value * share, bias.low**2 + veff.low * share,
-                   bias.high**2 + veff.high * share, method="bias² + variance_eff·steps/budget")
-    norm = ref.norm
-    rel = (Interval(math.sqrt(mse.value) / norm, math.sqrt(mse.low) / norm,
-                    math.sqrt(mse.high) / norm, method="sqrt(MSE)/‖g*‖")
-           if norm > 0 else Interval(math.inf, math.inf, math.inf, method="‖g*‖ = 0"))
-    own_se = math.sqrt(float(np.sum(var_mean_coord)))
-    status, needed = _bias_status(bias, ref, own_se)
-    return EstimatorStats(est.name, dict(est.params), len(grads), eff, steps, secs, bias,
-                          status, needed, variance, veff, mse, rel, int((~ok).sum()), mean)
-
-
-def _bias_status(bias: Interval, ref: Reference, own_se: float) -> tuple[str, int]:
-    """Whether a bias can be called, and how many reference samples would call it.
-
-    A bias is called nonzero only when its interval excludes 0 and the reference's own
-    standard error (its 95% upper bound) is at most a fifth of it. An unresolved bias is
-    blamed on the reference when the reference is the larger source of noise."""
-    se = ref.se_upper
-    if bias.low > 0:
-        if se <= bias.value / 5:
-            return "resolved", 0
-        return "reference too noisy", samples_needed(ref.samples, se, bias.value / 5)
-    if se > own_se and se > 0:
-        target = max(own_se, 1e-300)
-        return "reference too noisy", samples_needed(ref.samples, se, target)
-    return "upper bound", 0
-
-
-def _notes(stats: list[EstimatorStats], ref: Reference) -> list[str]:
-    notes = []
-    noisy = [s for s in stats if s.bias_status == "reference too noisy"]
-    if noisy:
-        need = max(s.reference_samples_needed for s in noisy)
-        notes.append(
-            f"the reference is too noisy to resolve the bias of {', '.join(s.name for s in noisy)}"
-            f" (its standard error is {ref.se:.2g}, at most {ref.se_upper:.2g}); about {need} "
-            "reference samples "
-            f"({max(need - ref.samples, 0)} more) would resolve it")
-    smoothed = [s.name for s in stats if s.name in ("es", "tes", "pes", "combined")]
-    if ref.kind == "backprop" and smoothed:
-        notes.append(f"the reference is the backprop mean: {', '.join(smoothed)} estimate the "
-                     "gradient of the Gaussian-smoothed loss, so their bias here includes the "
-                     "smoothing (PES and truncated ES smooth each truncation separately)")
-    for s in stats:
-        if s.bias.low <= 0 and np.isfinite(s.bias.high):
-            notes.append(f"{s.name}: no bias resolved from zero; bias < {s.bias.high:.3g}")
-        if s.nonfinite:
-            notes.append(f"{s.name}: {s.nonfinite} of {s.samples} estimates non-finite "
-                         "(left out of its statistics)")
-    return notes
-
-
-def _recommend(stats: list[EstimatorStats], ranking: Ranking) -> str:
-    by = {s.name: s for s in stats}
-    best = by[ranking.order[0]]
-    if not np.isfinite(best.mse_at_budget.value):
-        return "No estimator gave finite gradients: shorten the horizon or check the system."
-    why = ("bias-dominated" if best.bias.value**2 > best.mse_at_budget.value / 2
-           else "variance-dominated")
-    if not ranking.separated:
-        cheapest = min((by[n] for n in ranking.tied), key=lambda s: s.seconds)
-        return (f"Tie at 95%: {', '.join(ranking.tied)} — their errors at the budget overlap "
-                f"(best point estimate: {best.name}, {best.relative_error.fmt('.2g')} "
-                f"relative RMS error). Take the fastest, {cheapest.name}, or collect more "
-                "samples to separate them.")
-    text = (f"Use {best.name}: the least error for the compute, separated from the rest at "
-            f"95% ({best.relative_error.fmt('.2g')} relative RMS error at the budget, {why}).")
-    if len(ranking.order) > 1:
-        second = by[ranking.order[1]]
-        if np.isfinite(second.mse_at_budget.value) and best.mse_at_budget.value > 0:
-            ratio = second.mse_at_budget.value / best.mse_at_budget.value
-            text += f" Next: {second.name}, {ratio:.3g}x its squared error."
-    return text
