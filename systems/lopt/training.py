@@ -50,6 +50,9 @@ class LoptState(NamedTuple):
     task: PyTree
 
 
+SCHEDULES = ("constant", "cosine")
+
+
 def make_optimizer(name: str, lr: float | None = None, lopt_hidden: int = 32,
                    dtype=jnp.float32) -> Optimizer:
     """Build the optimizer ``name`` (one of `OPTIMIZERS`); ``lr`` None takes its default."""
@@ -81,6 +84,7 @@ def lopt_system(
     lopt_hidden: int = 32,
     seed: int = 0,
     dtype: str | None = None,
+    schedule: str = "constant",
 ) -> System:
     """Inner training of ``task`` by ``optimizer`` as a `chaosgrad.System`.
 
@@ -113,8 +117,13 @@ def lopt_system(
       lopt_hidden: hidden width of the learned optimizers' per-parameter MLP.
       seed: seeds the default θ (learned optimizer weights) and the fixed task.
       dtype: "float32" or "float64" (None: JAX's current default float).
+      schedule: "constant", or "cosine": every update is scaled by
+        ½(1 + cos(π min(t, inner_steps) / inner_steps)) at inner step t (a cosine decay of
+        the learning rate to 0 at ``inner_steps``; updates are linear in the learning rate).
     """
     dt = _dtype(dtype)
+    if schedule not in SCHEDULES:
+        raise InputError(f"schedule {schedule!r} is not accepted: use one of {SCHEDULES}")
     if loss not in LOSSES:
         raise InputError(f"loss {loss!r} is not accepted: use one of {LOSSES}")
     if task not in TASKS:
@@ -153,6 +162,10 @@ def lopt_system(
                       if need_valid else None)
         info = StepInfo(state.step, train_loss, valid_loss)
         updates, opt_state = opt.update(grads, state.opt_state, state.params, theta, info)
+        if schedule == "cosine":
+            frac = jnp.minimum(state.step, inner_steps).astype(train_loss.dtype) / inner_steps
+            scale = 0.5 * (1 + jnp.cos(jnp.pi * frac))
+            updates = jax.tree_util.tree_map(lambda u: u * scale.astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
         raw = valid_loss if loss == "valid" else train_loss
         ell = jnp.log(raw) if log_loss else raw
@@ -180,5 +193,5 @@ def lopt_system(
               "loss": loss, "log_loss": bool(log_loss), "hidden": int(hidden),
               "depth": int(depth), "dim": int(dim), "noise": float(noise),
               "fixed_batch": bool(fixed_batch), "sample_task": bool(sample_task),
-              "lopt_hidden": int(lopt_hidden), "seed": int(seed)},
+              "lopt_hidden": int(lopt_hidden), "seed": int(seed), "schedule": schedule},
     )
