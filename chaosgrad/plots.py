@@ -262,7 +262,7 @@ def plot_comparison(c):
     steps = [s.steps for s in order]
     axes[2].bar(x, steps, color="C4")
     log_scale(axes[2], steps, "y", "costs")
-    axes[2].set_title("cost: unroll steps per estimate")
+    axes[2].set_title("unroll steps per estimate (label: s per replicate)")
     for i, s in enumerate(order):
         axes[2].annotate(f"{s.seconds * 1e3:.2g} ms", (i, s.steps), ha="center", va="bottom",
                          fontsize=8)
@@ -272,8 +272,10 @@ def plot_comparison(c):
     axes[0].legend(fontsize=7)
     tie = (f"TIE at 95%: {', '.join(c.tied)}" if len(c.tied) > 1
            else f"best: {c.tied[0]} (separated at 95%)")
-    fig.suptitle(f"{c.system.get('name')}, T = {c.horizon}: estimators ranked by error per "
-                 f"compute (left = best); {tie}; reference {c.reference}", fontsize=10)
+    target = getattr(c, "target", "")
+    fig.suptitle(f"{c.system.get('name')}, T = {c.horizon}, target: {target} gradient: "
+                 f"estimators ranked by error per compute (left = best); {tie}\nreference "
+                 f"{c.reference.split(';')[0]}", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -784,7 +784,7 @@ def _notes(stats: list[EstimatorStats], ref: Reference, target: str, sigma: floa
     per_trunc = [n for n, t in own.items() if t == "smoothed per truncation"]
     if per_trunc and target == "smoothed":
         notes.append(f"{', '.join(per_trunc)} {_verb(per_trunc, 'smooths', 'smooth')} each "
-                     "truncation separately: the own target differs from the stated one by "
+                     "truncation separately: its own target differs from the stated one by "
                      "O(σ²) where the loss is smooth; that difference is part of the bias shown "
                      "(not measured apart)")
     truncated = [n for n, t in own.items() if t == "truncated"]
