@@ -50,6 +50,8 @@ def test_backprop_first_on_a_stable_system(tmp_path):
     # ranking[0] is the recommended estimator, or the ranking says tie
     assert saved["recommended"] in (c.ranking[0], None)
     assert (saved["recommended"] is None) == (len(c.tied) > 1)
+    # compiling and sampling are reported apart
+    assert saved["timing"]["compile_seconds"] >= 0 and saved["timing"]["sampling_seconds"] > 0
     assert (tmp_path / "compare.png").stat().st_size > 10_000
     saved_by = {e["name"]: e for e in saved["estimators"]}
     for s in c.stats:  # the figure of merit is bias² + variance·cost/budget, exactly

@@ -447,6 +447,7 @@ def test_estimator_study_runs_end_to_end_with_its_meta(tmp_path, monkeypatch):
     # logistic r = 3.7 at T = 8: backprop's variance explodes; the reference is ES
     assert set(cell["reference_kinds"]) <= {"es", "reparam"}
     assert meta["null_checks"]["cells"] == 4 and 0 <= meta["null_checks"]["resolved"] <= 4
+    assert meta["seconds"]["compile"] >= 0 and meta["seconds"]["sampling"] > 0
     cross = meta["crossover"]["0.0"]
     assert cross["runs"] == 2 and len(cross["per_run"]) == 2
     figures.write_json(tmp_path / "meta.json", meta)  # strict JSON: no tuples or NaN left

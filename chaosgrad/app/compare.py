@@ -182,6 +182,7 @@ class Comparison:
     null_check: dict = field(default_factory=dict)
     reference_check: dict = field(default_factory=dict)
     recommended: str | None = None
+    timing: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         """A JSON-friendly summary (write it with `chaosgrad.io`: non-finite → null)."""
@@ -198,7 +199,7 @@ class Comparison:
             "recommendation": self.recommendation, "notes": self.notes,
             "precision": self.precision, "figures": self.figures,
             "seconds": round(self.seconds, 2), "time_budget": self.time_budget,
-            "run": self.run,
+            "timing": self.timing, "run": self.run,
         }
 
     def table(self) -> str:
@@ -321,10 +322,13 @@ class _Sampler:
         self.per_replicate = max(1, int(per_replicate))
         self.estimate = jax.jit(est.estimate)
         self.next = 0
-        self.kept = [self._replicate()]
         t0 = time.perf_counter()
+        self.kept = [self._replicate()]
+        t1 = time.perf_counter()
         self.kept.append(self._replicate())
-        self.seconds = time.perf_counter() - t0
+        self.seconds = time.perf_counter() - t1
+        # the first replicate's time beyond an ordinary one: tracing and compiling
+        self.compile_seconds = max(t1 - t0 - self.seconds, 0.0)
 
     def _replicate(self) -> np.ndarray:
         k = jax.random.fold_in(self.key, self.next)
@@ -597,6 +601,7 @@ def compare(
         return [*counts[0], counts[1], *[wanted(r) for r, _ in extra[1:]]]
 
     n_jobs = len(built) + len(extra)
+    t_sample = None
     if split:
         done = _split_sampling(sampler, n_jobs, allocate, progress)
         if done is None:
@@ -604,9 +609,14 @@ def compare(
         results = [g for g, _ in done]
     else:
         samplers = [sampler(j) for j in range(n_jobs)]
+        compile_seconds = sum({id(s): s.compile_seconds for s in [*samplers, *pilots.values()]
+                               }.values())
+        t_sample = time.perf_counter()
         counts = allocate([(s.steps, s.seconds) for s in samplers])
         results = [s.run(c, f"compare {s.est.name}", progress if j < len(built) else False)
                    for j, (s, c) in enumerate(zip(samplers, counts, strict=True))]
+        t_sample = {"compile_seconds": round(compile_seconds, 2),
+                    "sampling_seconds": round(time.perf_counter() - t_sample, 2)}
     by_role = {role: results[len(built) + i][0] for i, (role, _) in enumerate(extra)}
     ref = _reference_from_rows(
         np.concatenate([pilot_rows[chosen], by_role["reference"]])[:, 0], chosen, per_batch,
@@ -633,7 +643,7 @@ def compare(
         precision=precision_info(np.asarray(jax.tree_util.tree_leaves(theta)[0]).dtype),
         seconds=time.perf_counter() - t0, time_budget=seconds, target=target,
         target_description=_target_text(target, sigma), null_check=null_check,
-        reference_check=ref_check, recommended=recommended)
+        reference_check=ref_check, recommended=recommended, timing=t_sample or {})
     if out is not None:
         comp.save(out)
     return comp

@@ -89,6 +89,8 @@ def cell(system, theta, horizon: int, size: dict, key) -> dict:
             "backprop_best": np.asarray("backprop" in c.tied),
             "tied": np.asarray(",".join(c.tied)), "budget": np.asarray(c.budget),
             "recommended": np.asarray(c.recommended or ""),
+            "timing": np.array([c.timing.get("compile_seconds", math.nan),
+                                c.timing.get("sampling_seconds", math.nan)]),
             "null_resolved": np.asarray(bool(c.null_check.get("resolved", False))),
             "null_p": np.asarray(float(c.null_check.get("p_value", math.nan))),
             "target": np.asarray(c.target)}
@@ -178,7 +180,11 @@ def summarize(parts: dict, shifts, unrolls, picks: int, seeds: int) -> dict:
 
     n = len(parts)
     test = binomtest(nulls, n, 0.05) if n else None
+    timing = np.array([np.asarray(c.get("timing", [math.nan, math.nan]), np.float64)
+                       for c in parts.values()])
     return {"cells": table, "crossover": cross,
+            "seconds": {"compile": float(np.nansum(timing[:, 0])),
+                        "sampling": float(np.nansum(timing[:, 1]))},
             "null_checks": {"resolved": nulls, "cells": n,
                             "p_value_vs_5_percent": test.pvalue if test else math.nan}}
 
