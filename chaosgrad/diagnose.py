@@ -29,6 +29,32 @@ from chaosgrad.unroll import unroll
 
 PyTree = Any
 VERDICTS = ("stable", "marginal", "chaotic", "diverges")
+TAIL_MULTIPLE = 100.0  # a seed's |grad| beyond this × the median is in the tail
+TAIL_RARITY = 500  # the tail a user should be able to see: 1 seed in this many
+
+
+def tail_table(norms: np.ndarray, multiple: float = TAIL_MULTIPLE) -> dict:
+    """Per horizon (rows of ``norms``, seeds along columns): the median and the largest
+    finite per-seed gradient norm, and the fraction of finite seeds beyond ``multiple`` × the
+    median. A mean (or a geometric mean) over few seeds cannot show a heavy tail; these can.
+    """
+    norms = np.asarray(norms, np.float64)
+    med, big, frac = [], [], []
+    for row in norms:
+        ok = row[np.isfinite(row)]
+        if ok.size == 0:
+            med.append(np.nan), big.append(np.nan), frac.append(np.nan)
+            continue
+        m = float(np.median(ok))
+        med.append(m)
+        big.append(float(ok.max()))
+        frac.append(float(np.mean(ok > multiple * m)) if m > 0 else 0.0)
+    return {"median": med, "max": big, "beyond": frac, "multiple": multiple}
+
+
+def seeds_to_see(rarity: float = TAIL_RARITY, chance: float = 0.95) -> int:
+    """Seeds needed to see at least one sample of a 1-in-``rarity`` tail with ``chance``."""
+    return int(math.ceil(math.log(1 - chance) / math.log(1 - 1 / rarity)))
 
 
 def default_horizons(system: System) -> list[int]:
@@ -132,6 +158,8 @@ class Diagnosis:
             "measured_variance_rate": self.measured_variance_rate,
             "variance_growth_limit": self.variance_growth_limit,
             "gradient_growth": self.growth.to_json() | {"norms": self.growth.norms.tolist()},
+            "gradient_tails": tail_table(self.growth.norms) | {
+                "seeds_to_see_1_in": TAIL_RARITY, "seeds_needed": seeds_to_see()},
             "loss_slices": self.slices.to_json(),
             "nonfinite": self.nonfinite,
             "blowup": self.blowup,
@@ -159,6 +187,13 @@ class Diagnosis:
                         else ""))
         return head
 
+    def _tail_note(self) -> str:
+        s = int(self.growth.norms.shape[1])
+        seen = 1 - (1 - 1 / TAIL_RARITY) ** s
+        return (f"Tails: {s} seeds see a 1-in-{TAIL_RARITY} tail of |grad| with probability "
+                f"{seen:.0%}; {seeds_to_see():,} seeds would see it with 95% (--seeds, or seeds= "
+                "in Python).")
+
     def summary(self) -> str:
         """The terminal report."""
         g, ly = self.growth, self.lyapunov
@@ -183,15 +218,19 @@ class Diagnosis:
             f"Growth rate of its variance: measured {_fi(g.variance_rate_interval)}, "
             f"predicted 2x that = {_f(self.predicted_variance_rate)}",
             "",
-            f"{'T':>7} {'|grad| (geo-mean)':>18} {'variance':>11} {'non-finite':>11} "
-            f"{'slice extrema':>14} {'slice NaN':>10}",
+            f"{'T':>7} {'|grad| (geo-mean)':>18} {'median':>11} {'largest':>11} "
+            f"{'>' + format(TAIL_MULTIPLE, 'g') + 'x med':>9} {'variance':>11} "
+            f"{'non-finite':>11} {'slice extrema':>14} {'slice NaN':>10}",
         ]
+        tails = tail_table(g.norms)
         for i, h in enumerate(g.horizons):
             j = int(np.searchsorted(self.slices.horizons, h))
             lines.append(
-                f"{int(h):>7} {g.geomean_norm[i]:>18.4e} {g.variance[i]:>11.3e} "
+                f"{int(h):>7} {g.geomean_norm[i]:>18.4e} {tails['median'][i]:>11.3e} "
+                f"{tails['max'][i]:>11.3e} {tails['beyond'][i]:>9.0%} {g.variance[i]:>11.3e} "
                 f"{g.nonfinite_fraction[i]:>10.0%} {int(self.slices.extrema[j]):>14} "
                 f"{int(self.slices.nonfinite[j]):>10}")
+        lines.append(self._tail_note())
         if self.nonfinite.get("message"):
             lines += ["", f"NON-FINITE: {self.nonfinite['message']}"]
         if self.figures:
@@ -235,13 +274,18 @@ class Diagnosis:
                f"{self.first_nonfinite_step} ({self.diverged_seeds} seeds)") + " |",
             f"| precision | {ly.precision['dtype']} on {ly.precision['backend']} |",
             "",
-            "| T | ‖∂L/∂θ‖ (geometric mean) | variance | non-finite | loss-slice extrema |",
-            "|---|---|---|---|---|",
+            f"| T | ‖∂L/∂θ‖ (geometric mean) | median | largest | beyond "
+            f"{TAIL_MULTIPLE:g}× median | variance | non-finite | loss-slice extrema |",
+            "|---|---|---|---|---|---|---|---|",
         ]
+        tails = tail_table(g.norms)
         for i, h in enumerate(g.horizons):
             j = int(np.searchsorted(self.slices.horizons, h))
-            md.append(f"| {int(h)} | {g.geomean_norm[i]:.4e} | {g.variance[i]:.3e} | "
+            md.append(f"| {int(h)} | {g.geomean_norm[i]:.4e} | {tails['median'][i]:.3e} | "
+                      f"{tails['max'][i]:.3e} | {tails['beyond'][i]:.0%} | "
+                      f"{g.variance[i]:.3e} | "
                       f"{g.nonfinite_fraction[i]:.0%} | {int(self.slices.extrema[j])} |")
+        md += ["", self._tail_note()]
         if self.nonfinite.get("message"):
             md += ["", f"**Non-finite values:** {self.nonfinite['message']}"]
         for name, path in self.figures.items():

@@ -94,3 +94,13 @@ def test_meta_train_takes_x64_horizon_and_an_outer_optimizer(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown outer optimizer 'lbfgs'; accepted: adam, sgd, momentum" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_named_leaves_gives_plain_pytree_paths():
+    # for theta.npz and logs a user reads: "log_lr", not "['log_lr']"
+    from chaosgrad.io import named_leaves
+
+    out = named_leaves({"log_lr": np.float64(-2.3), "net": [{"w": np.ones(2)}, (np.zeros(1),)]})
+    assert sorted(out) == ["log_lr", "net/0/w", "net/1/0"]
+    assert out["log_lr"] == -2.3 and out["net/0/w"].shape == (2,)
+    assert list(named_leaves(np.ones(3))) == ["theta"]

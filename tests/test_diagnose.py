@@ -316,3 +316,24 @@ def test_an_internal_failure_is_not_reported_as_bad_input(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "internal error (not a problem with the input)" in err and "OverflowError" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_tails_are_reported_per_horizon():
+    # the numbers: one seed in 512 with |g| = 1.1e5 while the median is 0.06
+    from chaosgrad.diagnose import TAIL_RARITY, seeds_to_see, tail_table
+
+    rng = np.random.default_rng(0)
+    row = 0.06 * np.exp(0.1 * rng.normal(size=512))
+    row[17] = 1.1e5
+    t = tail_table(np.stack([row, np.full(512, 0.06)]))
+    assert t["max"][0] == 1.1e5 and t["median"][0] == pytest.approx(0.06, rel=0.02)
+    assert t["beyond"][0] == 1 / 512 and t["beyond"][1] == 0.0
+    # the seeds needed to see a 1-in-500 tail with 95%: (1 - 1/500)^n <= 0.05
+    n = seeds_to_see()
+    assert (1 - 1 / TAIL_RARITY) ** n <= 0.05 < (1 - 1 / TAIL_RARITY) ** (n - 1)
+    d = diagnose(systems.make("rnn", n=4, g=0.5), horizons=[2, 4], seeds=3, key=KEY,
+                 lyapunov_steps=50)
+    text = d.summary()
+    assert f"3 seeds see a 1-in-500 tail of |grad| with probability 1%; {n:,} seeds" in text
+    med = float(np.median(d.growth.norms[0]))
+    assert f"{med:>11.3e}" in text.split("slice NaN")[1].splitlines()[1]
