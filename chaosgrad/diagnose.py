@@ -76,12 +76,12 @@ class Diagnosis:
         turns NaN/Inf, or grows past ``blowup_factor`` × its initial scale, see
         `blowup_test`; the same verdict in float32 and float64; never called chaotic).
       confidence: what the intervals allow, in words.
-      critical_horizon: the horizon (steps) at which backprop's gradient variance, on the
-        line fitted to the measured variances (the table's), has grown
-        ``variance_growth_limit`` times over its value at the shortest horizon measured
-        (the spectrum's 2·λ1 from T = 0 only when no measured rate is resolved and the
-        verdict is chaotic; ``critical_interval.method`` says which). None if nothing
-        resolved grows.
+      critical_horizon: the horizon (steps) over which backprop's gradient variance, on the
+        line fitted to the measured variances (the table's), grows
+        ``variance_growth_limit`` times: ln(limit) / rate, so where it has grown that much
+        from T = 0, whichever horizons were measured (the spectrum's 2·λ1 only when no
+        measured rate is resolved and the verdict is chaotic; ``critical_interval.method``
+        says which). None if nothing resolved grows.
       critical_interval: its interval, from the interval of the rate.
       critical_extrapolated: True when the critical horizon lies beyond the longest horizon
         measured.
@@ -177,12 +177,12 @@ class Diagnosis:
         head = f"VERDICT: {self.verdict.upper()}"
         if self.critical_horizon is not None:
             ci = self.critical_interval
-            fitted = "from T = 0" not in ci.method and "finite-time" not in ci.method
-            start = (f"from T = {int(np.min(self.growth.horizons))} " if fitted
-                     else "(the spectrum's prediction) ")
-            head += (f" - backprop variance grows {self.variance_growth_limit:g}x {start}"
-                     f"by T = {count_text(self.critical_horizon)} steps [{count_text(ci.low)}, "
-                     f"{count_text(ci.high)}]"
+            fitted = "fitted" in ci.method
+            head += (f" - backprop variance grows {self.variance_growth_limit:g}x every "
+                     f"{count_text(self.critical_horizon)} steps [{count_text(ci.low)}, "
+                     f"{count_text(ci.high)}] ("
+                     + ("the rate fitted to the table" if fitted
+                        else "the spectrum's prediction; the table resolves no rate") + ")"
                      + (" (beyond the horizons measured)" if self.critical_extrapolated
                         else ""))
         return head
@@ -262,8 +262,7 @@ class Diagnosis:
             f"{_f(self.predicted_rate)} |",
             f"| growth rate of its variance, measured / predicted | "
             f"{_fi(g.variance_rate_interval)} / {_f(self.predicted_variance_rate)} |",
-            f"| critical horizon (variance × {self.variance_growth_limit:g} over the shortest "
-            "horizon's) | "
+            f"| critical horizon (variance × {self.variance_growth_limit:g} from T = 0) | "
             + ("none" if self.critical_horizon is None else
                f"{count_text(self.critical_horizon)} steps "
                f"[{count_text(self.critical_interval.low)}, "
@@ -385,33 +384,32 @@ def _resolved_below(iv: Interval | None, x: float) -> bool:
 
 def _critical(lam: Interval, lam_ft: float, growth: GrowthResult, verdict: str,
               limit: float, per_step: float, margin: float) -> tuple[float | None, Interval]:
-    """The horizon (steps) where backprop's variance has grown ``limit`` times over its value
-    at the shortest horizon measured, on the line fitted to the measured variances (the
-    table's): T* = T_min + ln(limit) / rate, with rate the fitted variance rate when its
-    interval lies above +2·margin, else twice the fitted norm rate when that interval lies
-    above +margin. Only when neither measured rate is resolved but the verdict is chaotic
-    (e.g. every gradient overflowed) does it fall back to the spectrum, exp(2·λ1·T) = limit
-    from T = 0, and its method says so."""
+    """The horizon (steps) over which backprop's variance grows ``limit`` times, on the line
+    fitted to the measured variances (the table's): T* = ln(limit) / rate, with rate the
+    fitted variance rate when its interval lies above +2·margin, else twice the fitted norm
+    rate when that interval lies above +margin. So the table grows ``limit``-fold every T*
+    steps, and T* is where it has grown that much from T = 0: absolute, whichever horizons
+    were measured. Only when neither measured rate is resolved but the verdict is chaotic
+    (e.g. every gradient overflowed) does it fall back to the spectrum's 2·λ1, and its
+    method says so."""
     if verdict in ("stable", "diverges"):
         return None, NAN_INTERVAL
     v, g = growth.variance_rate_interval, growth.growth_interval
-    h0 = float(np.min(growth.horizons))
     if _resolved_above(v, 2 * margin):
-        rate, lo, hi, how, start = v.value, v.low, v.high, "fitted variance rate", h0
+        rate, lo, hi, how = v.value, v.low, v.high, "fitted variance rate"
     elif _resolved_above(g, margin):
-        rate, lo, hi, how, start = 2 * g.value, 2 * g.low, 2 * g.high, "2 × fitted |grad| rate", h0
+        rate, lo, hi, how = 2 * g.value, 2 * g.low, 2 * g.high, "2 × fitted |grad| rate"
     elif verdict == "chaotic" and np.isfinite(lam.low) and lam.low > margin:
-        rate, lo, hi, how, start = 2 * lam.value, 2 * lam.low, 2 * lam.high, "2·λ1, from T = 0", 0.0
+        rate, lo, hi, how = 2 * lam.value, 2 * lam.low, 2 * lam.high, "2·λ1 of the spectrum"
     elif verdict == "chaotic" and lam_ft > margin:
-        rate, lo, hi, how, start = 2 * lam_ft, 2 * lam_ft, 2 * lam_ft, "2·finite-time λ1", 0.0
+        rate, lo, hi, how = 2 * lam_ft, 2 * lam_ft, 2 * lam_ft, "2·finite-time λ1"
     else:
         return None, NAN_INTERVAL
     if not rate > 0:
         return None, NAN_INTERVAL
     steps = math.log(limit) / per_step
-    return start + steps / rate, Interval(
-        start + steps / rate, start + (steps / hi if np.isfinite(hi) and hi > 0 else 0.0),
-        start + steps / lo, method=f"log({limit:g}) / ({how})")
+    return steps / rate, Interval(steps / rate, steps / hi if np.isfinite(hi) and hi > 0
+                                  else 0.0, steps / lo, method=f"log({limit:g}) / ({how})")
 
 
 BLOWUP_FACTOR = 1e6  # "diverges" once the loss or the state grows past this × its start
@@ -550,8 +548,8 @@ def diagnose(
       tol: rates per step within ±tol count as zero (default 0.5 / the longest horizon:
         growth of less than e^0.5 over the whole unroll); a verdict needs the intervals to
         clear it.
-      variance_growth_limit: the critical horizon is where the variance fitted to the
-        measured ones has grown this factor over its value at the shortest horizon.
+      variance_growth_limit: the critical horizon is the T over which the variance fitted
+        to the measured ones grows by this factor.
       blowup_factor: "diverges" once a seed's loss or state grows past this multiple of
         its initial scale (see `blowup_test`), or turns NaN/Inf.
       out: if given, write report.json, report.md and PNG figures there.
@@ -682,8 +680,7 @@ def _recommend(verdict: str, critical: float | None, crit_iv: Interval, growth: 
     if critical is not None:
         ci = crit_iv
         where = (f"T ≈ {count_text(critical)} [{count_text(ci.low)}, {count_text(ci.high)}], "
-                 f"where its variance has "
-                 f"grown {limit:g}× ({ci.method})")
+                 f"where its variance has grown {limit:g}× since T = 0 ({ci.method})")
         if verdict == "chaotic":
             return (f"Do not trust backprop beyond {where}: {v_txt}, exponential growth that "
                     "averaging over seeds cannot rescue. Use a black-box estimator of the "

@@ -47,11 +47,13 @@ def test_user_rnn_verdicts_agree_across_precisions(lr, tmp_path):
             assert f"from step {d.first_nonfinite_step}" in text
             assert 0 <= d.first_nonfinite_step < 100
         if d.critical_horizon is not None:
-            # the headline's T is where the line fitted to the table's variances has grown
-            # 100x since T = 10, and the recommendation names the same T
+            # the headline's T is the horizon over which the line fitted to the table's
+            # variances grows 100x, and the recommendation names the same T
             v = d.growth.variance_rate_interval
-            assert f"from T = 10 by T = {count_text(d.critical_horizon)} steps" in text
-            assert d.critical_horizon == pytest.approx(10 + np.log(100) / v.value)
+            assert f"grows 100x every {count_text(d.critical_horizon)} steps" in text
+            assert d.critical_horizon == pytest.approx(np.log(100) / v.value)
+            V = d.growth.variance  # the table: 10 -> 100 grows as the fitted rate says
+            assert np.log(V[-1] / V[0]) / 90 == pytest.approx(v.value, rel=0.5)
             assert f"T ≈ {count_text(d.critical_horizon)}" in d.recommendation
         for n in re.findall(r"\d{12,}", text):  # no absurd integers printed in full
             pytest.fail(f"an unreadable number in the report: {n}")
