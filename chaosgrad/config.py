@@ -1,6 +1,7 @@
 """Process-wide JAX settings chaosgrad relies on: float64, the persistent compilation cache.
 
-Also `precision_info`, the precision facts recorded with every result.
+Also `precision_info`, the precision facts recorded with every result. Importing this module
+does not import JAX (the command line starts without it); each function imports it.
 """
 
 from __future__ import annotations
@@ -8,16 +9,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import jax
+LAUNCH_TIMEOUT = 120  # seconds a multi-process launch waits for its peers (CHAOSGRAD_TIMEOUT)
 
 
 def enable_x64(enable: bool = True) -> None:
     """Turn JAX's float64 mode on (or off). Arrays made before keep their dtype."""
+    import jax
+
     jax.config.update("jax_enable_x64", bool(enable))
 
 
 def x64_enabled() -> bool:
     """Whether JAX's float64 mode is on."""
+    import jax
+
     return bool(jax.config.jax_enable_x64)
 
 
@@ -62,9 +67,14 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     """Turn on JAX's persistent compilation cache in a user cache folder (never the repo).
 
     Repeated runs then load compiled programs instead of compiling again (a 37 s brax
-    compile drops to a few seconds). Set CHAOSGRAD_NO_CACHE=1 to leave it off.
-    Returns the folder, or None when disabled.
+    compile drops to a few seconds). chaosgrad calls this itself the first time one of its
+    computing modules is imported (the Python API and the command line alike); set
+    CHAOSGRAD_NO_CACHE=1 to leave it off, or call ``jax.config.update(
+    "jax_compilation_cache_dir", None)`` after importing chaosgrad. Returns the folder, or
+    None when disabled.
     """
+    import jax
+
     if os.environ.get("CHAOSGRAD_NO_CACHE"):
         return None
     folder = Path(path) if path is not None else cache_dir()
@@ -77,6 +87,24 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     return folder
 
 
+_AUTO_CACHE_DONE = False
+
+
+def auto_enable_compilation_cache() -> None:
+    """Turn the persistent compilation cache on once per process, unless CHAOSGRAD_NO_CACHE
+    is set or the user chose a cache folder of their own (JAX's setting or
+    JAX_COMPILATION_CACHE_DIR). Called when chaosgrad's computing modules are imported."""
+    global _AUTO_CACHE_DONE
+    if _AUTO_CACHE_DONE:
+        return
+    _AUTO_CACHE_DONE = True
+    import jax
+
+    if os.environ.get("CHAOSGRAD_NO_CACHE") or jax.config.jax_compilation_cache_dir:
+        return
+    enable_compilation_cache()
+
+
 def provenance(key=None, **extra) -> dict:
     """What produced a result: the chaosgrad version, the run key's data, and ``extra``
     (e.g. the seed and the command's arguments). Recorded in every report.json."""
@@ -84,6 +112,7 @@ def provenance(key=None, **extra) -> dict:
 
     out = {"chaosgrad": __version__}
     if key is not None:
+        import jax
         import jax.numpy as jnp
 
         k = jnp.asarray(key)
@@ -95,6 +124,8 @@ def provenance(key=None, **extra) -> dict:
 
 def precision_info(dtype=None) -> dict:
     """Precision facts recorded with a result: dtype used, x64 mode, matmul precision, backend."""
+    import jax
+
     return {
         "dtype": None if dtype is None else str(dtype),
         "x64": x64_enabled(),

@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from chaosgrad.config import LAUNCH_TIMEOUT
 from chaosgrad.errors import InputError
 
 PyTree = Any
@@ -31,7 +32,7 @@ ENV_TIMEOUT = "CHAOSGRAD_TIMEOUT"
 #: Seconds to wait for every process to join, and for a silent peer before it is called
 #: dead (then the survivors stop with the coordination service's error instead of hanging
 #: in a collective).
-DEFAULT_TIMEOUT = 120
+DEFAULT_TIMEOUT = LAUNCH_TIMEOUT  # seconds to wait for every process to join
 
 
 class Launch(NamedTuple):

@@ -139,3 +139,41 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
         raise InputError(f"cannot read {path}: {type(e).__name__}: {e}; it is damaged or not "
                          "an .npz archive (delete it to start that part again)") from None
+
+
+def count_text(x, digits: int = 2) -> str:
+    """A count or a horizon in words a reader can take in: ``1234`` below a million,
+    ``2e84`` (``digits`` significant figures, no ``+``) above, ``inf``/``n/a`` when it is
+    not a finite number — never an 85-digit integer."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError, OverflowError):
+        return "n/a"
+    if math.isnan(v):
+        return "n/a"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if abs(v) < 1e6:
+        return f"{v:.0f}"
+    mant, exp = f"{v:.{max(digits, 1) - 1}e}".split("e")
+    mant = mant.rstrip("0").rstrip(".") if "." in mant else mant
+    return f"{mant}e{int(exp)}"
+
+
+def named_leaves(tree, root: str = "theta") -> dict:
+    """The leaves of a pytree by plain path names: ``{"log_lr": ...}`` for a dict,
+    ``"layers/0/w"`` for nesting, ``root`` for a bare array. For files and logs a user reads
+    (theta.npz, curves.npz, log.jsonl), instead of ``"['log_lr']"``."""
+    import jax
+
+    def part(k) -> str:
+        for attr in ("key", "idx", "name"):  # DictKey, SequenceKey, GetAttrKey
+            if hasattr(k, attr):
+                return str(getattr(k, attr))
+        return str(k)
+
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = "/".join(part(k) for k in path) or root
+        out[name] = np.asarray(leaf)
+    return out

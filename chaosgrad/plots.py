@@ -13,7 +13,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from chaosgrad.io import write_bytes
+from chaosgrad.io import count_text, write_bytes
 
 
 def save(fig, path: str | os.PathLike) -> Path:
@@ -28,11 +28,37 @@ def save(fig, path: str | os.PathLike) -> Path:
     return write_bytes(path, buf.getvalue())
 
 
+PLOT_MAX = 1e300  # beyond this (or non-finite) a value is a gap: tick code overflows on it
+
+
+def plottable(values) -> np.ndarray:
+    """``values`` as float64 with NaN in place of ±Inf and of magnitudes above PLOT_MAX, so
+    matplotlib's autoscaling and tick formatters never meet an infinite or overflowing
+    limit (a tick at 1e308 × 10 is infinity, and its label cannot be formatted)."""
+    v = np.array(values, np.float64, copy=True)
+    with np.errstate(invalid="ignore"):
+        v[~np.isfinite(v) | (np.abs(v) > PLOT_MAX)] = np.nan
+    return v
+
+
+def _within(y, ref) -> np.ndarray:
+    """A model curve ``y`` (e.g. a fitted exponential) kept only where it stays within
+    twenty decades of the finite positive data ``ref``: an extrapolated line must not drag
+    the axis to 1e300."""
+    y = plottable(y)
+    r = plottable(ref)
+    r = r[np.isfinite(r) & (r > 0)]
+    if r.size:
+        with np.errstate(invalid="ignore"):
+            y[(y > r.max() * 1e20) | (y < r.min() * 1e-20)] = np.nan
+    return y
+
+
 def log_scale(ax, values, axis: str = "y", what: str = "values") -> bool:
     """Put ``axis`` on a log scale if ``values`` hold a positive finite number; otherwise
     leave it linear and say in the panel that there is nothing positive and finite to draw
     (matplotlib would fail with "Data cannot be log-scaled"). Returns whether it did."""
-    v = np.asarray(values, np.float64).ravel() if np.size(values) else np.zeros(0)
+    v = plottable(np.ravel(values)) if np.size(values) else np.zeros(0)
     if np.any(np.isfinite(v) & (v > 0)):
         (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
         return True
@@ -50,11 +76,12 @@ def plot_lyapunov(result, ax=None, title: str | None = None):
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))
     steps = result.history_steps
-    x = steps * (result.dt or 1.0)
+    x = plottable(steps * (result.dt or 1.0))
+    hist = plottable(result.history)
     for i in range(result.k):
-        ax.plot(x, result.history[:, i], lw=1.5, label=f"λ{i + 1} = {result.exponents[i]:+.4f}")
+        ax.plot(x, hist[:, i], lw=1.5, label=f"λ{i + 1} = {result.exponents[i]:+.4f}")
     ax.axhline(0.0, color="0.4", lw=0.8, ls="--")
-    drawn = np.isfinite(result.history).any(axis=1)
+    drawn = np.isfinite(hist).any(axis=1) & np.isfinite(x)
     log_scale(ax, x[drawn], "x", "exponents (the run overflowed)")
     ax.set_xlabel("time counted (after transient)" if result.dt else "steps counted (after "
                   "transient)")
@@ -77,18 +104,19 @@ def _axes_and_horizons(result, ax):
 def _rate_lines(ax, h, y, rate, interval, units, predicted, predicted_label):
     """Through the first finite point of ``y``: the fitted exponential (dotted, its rate and
     95% interval in the legend) and the one the spectrum predicts (dashed), if known."""
-    ok = np.isfinite(y)
+    y = plottable(y)
+    ok = np.isfinite(y) & (y > 0)
     if not ok.any():
         return
     x0, y0 = h[ok][0], y[ok][0]
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         if np.isfinite(rate):
             ci = (f" [{interval.low:+.3g}, {interval.high:+.3g}]"
                   if interval is not None and interval.finite else "")
-            ax.plot(h, y0 * np.exp(rate * (h - x0)), ":", color="C1",
+            ax.plot(h, _within(y0 * np.exp(rate * (h - x0)), y), ":", color="C1",
                     label=f"fit: rate {rate:+.3g}{ci} {units}")
         if predicted is not None and np.isfinite(predicted):
-            ax.plot(h, y0 * np.exp(predicted * (h - x0)), "--", color="C3",
+            ax.plot(h, _within(y0 * np.exp(predicted * (h - x0)), y), "--", color="C3",
                     label=predicted_label)
 
 
@@ -100,24 +128,25 @@ def plot_growth(result, ax=None, lyapunov: float | None = None, title: str | Non
     the spectrum predicts. Seeds whose gradient is not finite are marked on the top edge.
     """
     ax, h = _axes_and_horizons(result, ax)
-    norms = result.norms
-    finite = np.isfinite(norms) & (norms > 0)
+    norms = np.asarray(result.norms, np.float64)
+    shown = plottable(norms)
+    finite = np.isfinite(shown) & (shown > 0)
     for j in range(norms.shape[1]):
         ok = finite[:, j]
-        ax.plot(h[ok], norms[ok, j], "o", color="C0", alpha=0.35, ms=4,
+        ax.plot(h[ok], shown[ok, j], "o", color="C0", alpha=0.35, ms=4,
                 label="seeds" if j == 0 else None)
-    ax.plot(h, result.geomean_norm, "-", color="C0", lw=2, label="geometric mean")
+    ax.plot(h, plottable(result.geomean_norm), "-", color="C0", lw=2, label="geometric mean")
     pred = None if lyapunov is None else max(lyapunov, 0.0)
     _rate_lines(ax, h, result.geomean_norm, result.growth_rate,
                 getattr(result, "growth_interval", None), result.units, pred,
                 f"predicted from the spectrum: {pred:.3g}" if pred is not None else "")
     bad = ~np.isfinite(norms)
     if bad.any():
-        top = ax.get_ylim()[1]
-        for i in np.where(bad.any(axis=1))[0]:
-            ax.annotate(f"{bad[i].sum()} non-finite", (h[i], top), fontsize=7, color="C3",
+        for i in np.where(bad.any(axis=1))[0]:  # on the top edge, in axes coordinates
+            ax.annotate(f"{bad[i].sum()} non-finite", (h[i], 1.0),
+                        xycoords=("data", "axes fraction"), fontsize=7, color="C3",
                         ha="center", va="bottom")
-    log_scale(ax, norms, "y", "gradient norms")
+    log_scale(ax, shown, "y", "gradient norms")
     ax.set_xlabel("horizon T" + (" (time)" if result.dt else " (steps)"))
     ax.set_ylabel("‖∂L/∂θ‖")
     ax.set_title(title or f"{result.system.get('name')}: gradient norm vs horizon")
@@ -135,7 +164,7 @@ def plot_variance(result, ax=None, lyapunov: float | None = None, critical: floa
     """
     ax, h = _axes_and_horizons(result, ax)
     scale = result.dt or 1.0
-    v = result.variance
+    v = plottable(result.variance)
     ok = np.isfinite(v) & (v > 0)
     ax.plot(h[ok], v[ok], "o-", color="C2", lw=2, label="variance across seeds")
     pred = None if lyapunov is None else 2 * max(lyapunov, 0.0)
@@ -144,7 +173,7 @@ def plot_variance(result, ax=None, lyapunov: float | None = None, critical: floa
                 f"predicted: 2 × {pred / 2:.3g}" if pred is not None else "")
     if critical is not None and critical * scale <= h.max() * 1.05:
         ax.axvline(critical * scale, color="C3", lw=1, alpha=0.6,
-                   label=f"critical T ≈ {critical:.0f} (variance ×{limit or 100:g} from T=0)")
+                   label=f"critical T ≈ {count_text(critical)} (variance ×{limit or 100:g})")
     log_scale(ax, v, "y", "variances")
     ax.set_xlabel("horizon T" + (" (time)" if result.dt else " (steps)"))
     ax.set_ylabel("tr Cov[∂L/∂θ] across seeds")
@@ -165,12 +194,13 @@ def plot_slices(result, ax=None, title: str | None = None):
     cmap = plt.get_cmap("viridis")
     nh = len(result.horizons)
     for i, h in enumerate(result.horizons):
-        y = result.losses[i]
+        y = plottable(result.losses[i])
         ok = np.isfinite(y)
         if not ok.any():
             continue
         lo, hi = np.min(y[ok]), np.max(y[ok])
-        z = (y - lo) / (hi - lo) if hi > lo else y * 0
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = plottable((y - lo) / (hi - lo) if hi - lo > 0 else y * 0)
         ax.plot(result.shifts, np.where(ok, z, np.nan) + 1.1 * i, color=cmap(i / max(nh - 1, 1)),
                 lw=1.3, label=f"T={int(h)}: range {hi - lo:.2e}, {result.extrema[i]} extrema")
     ax.set_xlabel("shift s along a random unit direction (θ + s·d)")
@@ -192,7 +222,7 @@ def plot_diagnosis(d, out_dir) -> dict:
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
     plot_lyapunov(d.lyapunov, ax=axes[0, 0])
     iv = d.lyapunov_interval
-    if iv.finite:
+    if iv.finite and max(abs(iv.low), abs(iv.high)) < PLOT_MAX:
         axes[0, 0].axhspan(iv.low, iv.high, color="C0", alpha=0.15,
                            label=f"λ1 95% interval [{iv.low:+.3g}, {iv.high:+.3g}]")
         axes[0, 0].legend(fontsize=8, loc="best")

@@ -12,20 +12,48 @@ import time
 #: Runs whose remaining time is estimated above this many seconds print the estimate first.
 ANNOUNCE_SECONDS = 60.0
 
+_COMPILE = [0.0]  # seconds JAX has spent tracing, lowering, compiling or loading programs
+_LISTENING = [False]
+
+
+def _on_duration(event: str, seconds: float, **kwargs) -> None:
+    if event.startswith(("/jax/core/compile/", "/jax/compilation_cache/")):
+        _COMPILE[0] += float(seconds)
+
+
+def compile_seconds() -> float:
+    """Seconds JAX has spent compiling in this process (tracing, lowering, XLA compiles and
+    cache loads), counted from the first call of this function, through JAX's monitoring
+    events. 0 when JAX is not imported (nothing can have compiled)."""
+    if not _LISTENING[0]:
+        jax_monitoring = sys.modules.get("jax.monitoring")
+        if jax_monitoring is None and "jax" in sys.modules:
+            import jax.monitoring as jax_monitoring
+        if jax_monitoring is None:
+            return _COMPILE[0]
+        jax_monitoring.register_event_duration_secs_listener(_on_duration)
+        _LISTENING[0] = True
+    return _COMPILE[0]
+
 
 class _Bar:
     """A progress bar (or none) that, once a piece of work after the first is timed, prints on
     stderr how long the rest will take when that is more than a minute: a person then knows
-    before waiting whether to wait. The first piece run is not used for the estimate: it
-    usually includes compiling, which the later pieces reuse. Silent with
-    ``enabled=False``."""
+    before waiting whether to wait. Compiling is excluded from the estimate: the first piece
+    is not timed (it usually compiles what the later pieces reuse), and the seconds JAX
+    spends compiling during the timed pieces (a program first needed later, e.g. an
+    evaluation) are subtracted (`compile_seconds`). Silent with ``enabled=False``.
 
-    def __init__(self, total: int, desc: str, bar, announce: bool):
+    ``clock`` and ``compiled`` (seconds compiled so far) are injectable for tests."""
+
+    def __init__(self, total: int, desc: str, bar, announce: bool, clock=None, compiled=None):
         self.total, self.desc, self.bar, self.announce = max(int(total), 1), desc, bar, announce
+        self.clock = clock or (lambda: time.perf_counter())
+        self.compiled = compiled or compile_seconds
         self.done = 0
         self.base = 0  # work done before timing started (a resumed run's finished part)
         self.warm = False  # whether the first piece (with its compiling) has run
-        self.t0 = time.perf_counter()
+        self.t0, self.c0 = self.clock(), self.compiled()
 
     def __enter__(self):
         return self
@@ -40,23 +68,33 @@ class _Bar:
         self.update_bar(n)
         if not self.warm:
             # the first piece compiles: time the rest from its end
-            self.warm, self.base, self.t0 = True, self.done, time.perf_counter()
+            self.warm, self.base = True, self.done
+            self.t0, self.c0 = self.clock(), self.compiled()
             return
         if self.announce and self.base < self.done < self.total:
             self.announce = False  # judge once, from the first timed piece
             timed = self.done - self.base
-            left = (time.perf_counter() - self.t0) / timed * (self.total - self.done)
-            if left > ANNOUNCE_SECONDS:
+            left = self.seconds_left()
+            if left is not None and left > ANNOUNCE_SECONDS:
                 print(f"chaosgrad: {self.desc}: about {left / 60:.1f} more minutes "
                       f"(estimated from {timed} of {self.total - self.base} timed)",
                       file=sys.stderr, flush=True)
+
+    def seconds_left(self) -> float | None:
+        """The time the rest will take, from the timed pieces with the seconds spent
+        compiling during them taken out; None before a piece after the first has run."""
+        timed = self.done - self.base
+        if not self.warm or timed <= 0:
+            return None
+        work = max(self.clock() - self.t0 - (self.compiled() - self.c0), 0.0)
+        return work / timed * (self.total - self.done)
 
     def skip(self, n: int) -> None:
         """Mark ``n`` units as done before this run (a resumed run's finished part): the bar
         advances, and the time estimate is judged from the work done after them."""
         self.update_bar(n)
         self.base = self.done
-        self.t0 = time.perf_counter()
+        self.t0, self.c0 = self.clock(), self.compiled()
 
     def update_bar(self, n: int) -> None:
         """Advance the count and the bar by ``n`` (no time estimate)."""

@@ -95,7 +95,8 @@ class LyapunovResult(NamedTuple):
     """What `lyapunov_spectrum` returns.
 
     Attributes:
-      exponents: the k leading Lyapunov exponents, per step (maps) or per unit time (flows).
+      exponents: the k leading Lyapunov exponents, per step (maps) or per unit time (flows),
+        sorted descending (``history`` and ``window_exponents`` columns in the same order).
       history_steps: the step counts (after the transient) at which the estimate was recorded.
       history: the running estimate at each of those, shape (len(history_steps), k).
       window_exponents: the exponents over each recording window alone (finite-time), same
@@ -108,6 +109,7 @@ class LyapunovResult(NamedTuple):
       system: the system's metadata.
       seconds: wall-clock time of the run (compile included).
       qr_every: the steps between re-orthonormalisations (counted steps).
+      runs: independent runs averaged into this result (`lyapunov_runs`; 1 for one run).
     """
 
     exponents: np.ndarray
@@ -125,6 +127,7 @@ class LyapunovResult(NamedTuple):
     system: dict
     seconds: float
     qr_every: int = 1
+    runs: int = 1
 
     def to_json(self) -> dict:
         """A JSON-friendly summary (exponents, sizes, precision, system)."""
@@ -143,6 +146,7 @@ class LyapunovResult(NamedTuple):
             "system_meta": self.system,
             "seconds": round(self.seconds, 3),
             "qr_every": self.qr_every,
+            "runs": self.runs,
         }
 
 
@@ -270,11 +274,16 @@ def lyapunov_spectrum(
     scale = system.dt if system.dt is not None else 1.0
     widths = np.diff(np.concatenate([[0], ends]))[:, None]
     history = np.cumsum(sums, axis=0) / (ends[:, None] * scale)
+    # The QR's columns converge to descending order, but over a finite run two near-equal
+    # exponents can come out swapped: list them sorted (history columns with them; NaN last).
+    final = history[-1]
+    order = np.argsort(np.where(np.isfinite(final), -final, np.inf), kind="stable")
+    history = history[:, order]
     return LyapunovResult(
         exponents=history[-1],
         history_steps=ends,
         history=history,
-        window_exponents=sums / (widths * scale),
+        window_exponents=(sums / (widths * scale))[:, order],
         steps=steps,
         transient=int(transient),
         k=k,
@@ -287,6 +296,124 @@ def lyapunov_spectrum(
         seconds=time.perf_counter() - t_start,
         qr_every=every,
     )
+
+
+def _segment_means(steps: np.ndarray, running: np.ndarray, segments: int) -> np.ndarray:
+    """The averages over ``segments`` consecutive pieces of a run, from its running average
+    (``running[i]`` is the average over the first ``steps[i]`` steps)."""
+    t = np.asarray(steps, np.float64).ravel()
+    r = np.asarray(running, np.float64).ravel()
+    incr = np.diff(np.concatenate([[0.0], r * t]))
+    dt = np.diff(np.concatenate([[0.0], t]))
+    m = min(segments, r.size)
+    edges = np.linspace(0, r.size, m + 1).astype(int)
+    return np.array([incr[a:b].sum() / dt[a:b].sum()
+                     for a, b in zip(edges[:-1], edges[1:], strict=True)])
+
+
+def leading_exponent_interval(results, segments: int = 20, level: float = 0.95):
+    """λ1 with a 95% interval from independent runs (different run keys), each cut into
+    ``segments`` batch means.
+
+    One run's batch means see only the spread along that trajectory; when the system is not
+    stationary (a learned optimizer's task, a parameter that drifts, an initial condition
+    that persists) runs differ by more than that, and an interval from one run misses the
+    next run's value. Here the estimate is the mean of the R runs' λ1, and its squared
+    standard error is max(B, W) / R, with B the variance between the runs' values and W the
+    mean within-run variance of a run's value (from its batch means): the run-to-run
+    spread whenever it is the larger, never less than the within-run noise. The t quantile
+    has R − 1 degrees of freedom when B is used, else those of the batch means. With one
+    run it is that run's batch-means interval.
+
+    Args:
+      results: `LyapunovResult`s of independent runs with the same sizes.
+
+    Returns:
+      A `chaosgrad.stats.Interval` (method names the runs and segments).
+    """
+    from chaosgrad.stats import Interval, _t
+
+    results = list(results)
+    if not results:
+        raise InputError("leading_exponent_interval needs at least one LyapunovResult")
+    values, within, dofs = [], [], []
+    for res in results:
+        r = np.asarray(res.history, np.float64)[:, 0]
+        if r.size < 4 or not np.all(np.isfinite(r)):
+            value = float(r[-1]) if r.size else math.nan
+            return Interval(value, -math.inf, math.inf, level, "segments (too few or "
+                            "non-finite)")
+        seg = _segment_means(res.history_steps, r, segments)
+        values.append(float(r[-1]))
+        within.append(float(seg.var(ddof=1)) / seg.size)
+        dofs.append(seg.size - 1)
+    R = len(values)
+    value = float(np.mean(values))
+    W = float(np.mean(within))
+    B = float(np.var(values, ddof=1)) if R > 1 else 0.0
+    if R > 1 and B >= W:
+        se2, dof, which = B / R, R - 1, "run-to-run spread"
+    else:
+        se2, dof, which = W / R, int(sum(dofs)), "within-run batch means"
+    h = _t(level, dof) * math.sqrt(se2)
+    m = min(segments, np.asarray(results[0].history).shape[0])
+    return Interval(value, value - h, value + h, level,
+                    f"{R} run{'s' if R > 1 else ''} × {m} segments; {which} (t, {dof} dof)")
+
+
+class LyapunovRuns(NamedTuple):
+    """What `lyapunov_runs` returns.
+
+    Attributes:
+      result: the runs merged into one `LyapunovResult` (exponents, history and window
+        exponents averaged over the runs, sorted descending; ``runs`` set).
+      interval: λ1's interval over the runs (`leading_exponent_interval`).
+      run_exponents: each run's exponents, shape (runs, k).
+      results: the runs themselves.
+    """
+
+    result: LyapunovResult
+    interval: Any
+    run_exponents: np.ndarray
+    results: list
+
+
+def lyapunov_runs(
+    system: System,
+    theta: PyTree = None,
+    *,
+    key: jax.Array | None = None,
+    runs: int = 4,
+    steps: int = 10_000,
+    k: int | str | None = None,
+    transient: int = 1_000,
+    record_every: int | None = None,
+    progress: bool | None = None,
+) -> LyapunovRuns:
+    """The Lyapunov spectrum from ``runs`` independent trajectories (run keys
+    ``fold_in(key, r)``), each of ``steps`` counted steps after its own ``transient``, with
+    λ1's interval covering the run-to-run spread (`leading_exponent_interval`). The runs
+    share one compiled program. `compare` and `diagnose` measure λ1 this way.
+    """
+    from chaosgrad.system import default_key
+
+    runs = int(runs)
+    if runs < 1:
+        raise InputError(f"runs must be a positive integer, got {runs}")
+    key = default_key(key)
+    res = [lyapunov_spectrum(system, theta, key=jax.random.fold_in(key, r), steps=steps, k=k,
+                             transient=transient, record_every=record_every,
+                             progress=progress) for r in range(runs)]
+    exps = np.stack([r.exponents for r in res])
+    hist = np.mean([r.history for r in res], axis=0)
+    order = np.argsort(np.where(np.isfinite(hist[-1]), -hist[-1], np.inf), kind="stable")
+    bad = [r.nonfinite_step for r in res if r.nonfinite_step >= 0]
+    merged = res[0]._replace(
+        exponents=hist[-1][order], history=hist[:, order],
+        window_exponents=np.mean([r.window_exponents for r in res], axis=0)[:, order],
+        nonfinite_step=min(bad) if bad else -1, seconds=sum(r.seconds for r in res),
+        runs=runs)
+    return LyapunovRuns(merged, leading_exponent_interval(res), exps, res)
 
 
 def finite_time_lyapunov(

@@ -15,8 +15,13 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from chaosgrad.config import auto_enable_compilation_cache
 from chaosgrad.errors import InputError
 from chaosgrad.io import jsonable
+
+# The persistent compilation cache is on for the Python API as for the command line: every
+# computing module imports this one. CHAOSGRAD_NO_CACHE=1 leaves it off.
+auto_enable_compilation_cache()
 
 PyTree = Any
 META_LOSSES = ("mean", "sum", "last")

@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 
 import chaosgrad
-from chaosgrad.diagnose import diagnose
 from chaosgrad.plots import show_png
 
 chaosgrad.enable_x64()
@@ -72,13 +71,13 @@ def pendulum(amp):
 
 # %% [markdown]
 # ## 2. Diagnose it
-# `diagnose` runs the Lyapunov spectrum (QR method), exact backprop gradients for several
+# `chaosgrad.diagnose` runs the Lyapunov spectrum (QR method), exact backprop gradients for several
 # seeds at each horizon, and loss slices; it returns a verdict and writes a report.
 
 # %%
 results = {}
 for amp in (0.2, 1.2):
-    d = diagnose(pendulum(amp), seeds=6 if QUICK else 32, key=jax.random.PRNGKey(0),
+    d = chaosgrad.diagnose(pendulum(amp), seeds=6 if QUICK else 32, key=jax.random.PRNGKey(0),
                  out=f"{OUT}/pendulum_A{amp}")
     results[amp] = d
     print(d.summary())

@@ -14,7 +14,7 @@
 # # The figures of "Gradients are Not All You Need"
 #
 # Each figure of Metz, Freeman, Schoenholz & Kachman (arXiv 2111.05803) has a module in
-# `chaosgrad/figures/` that runs its experiment through chaosgrad's public API, saves the raw
+# `chaosgrad/app/figures/` that runs its experiment through chaosgrad's public API, saves the raw
 # results (`results.npz` + `meta.json` with versions, precision, seeds and sizes) and draws
 # the PNG from the saved results. `run_figure` resumes from saved parts after an
 # interruption; the command line equivalent is `chaosgrad figures --all --scale quick`.

@@ -26,12 +26,9 @@
 import os
 
 import jax
-import optax
-from chaosgrad.estimators.meta import meta_train
 
 import chaosgrad
-from chaosgrad import estimators, systems
-from chaosgrad.app.compare import compare
+from chaosgrad import systems
 from chaosgrad.plots import show_png
 
 chaosgrad.enable_x64()
@@ -44,8 +41,10 @@ SAMPLES = 16 if QUICK else 64
 
 # %%
 chaotic = systems.make("logistic", r=3.9)
-c = compare(chaotic, horizon=30, samples=SAMPLES, reference_batches=8 if QUICK else 32,
-            key=jax.random.PRNGKey(0), out=f"{OUT}/compare_logistic")
+ESTIMATORS = ["backprop", "tbptt", "es", "pes"]
+c = chaosgrad.compare(chaotic, estimators=ESTIMATORS, horizon=30, samples=SAMPLES,
+                      reference_batches=8 if QUICK else 32, key=jax.random.PRNGKey(0),
+                      out=f"{OUT}/compare_logistic")
 print(c.table())
 show_png(c.figures["compare"])
 
@@ -54,23 +53,33 @@ show_png(c.figures["compare"])
 
 # %%
 stable = systems.make("rnn", n=8, g=0.5)
-c2 = compare(stable, horizon=50, samples=SAMPLES, reference_batches=8 if QUICK else 32,
-             key=jax.random.PRNGKey(0), out=f"{OUT}/compare_rnn")
+c2 = chaosgrad.compare(stable, estimators=ESTIMATORS, horizon=50, samples=SAMPLES,
+                       reference_batches=8 if QUICK else 32, key=jax.random.PRNGKey(0),
+                       out=f"{OUT}/compare_rnn")
 print(c2.table())
 show_png(c2.figures["compare"])
 
 # %% [markdown]
 # ## 3. Train with the recommended estimator
-# `meta_train` runs any estimator with an optax optimizer, logs the meta-loss on fixed
-# evaluation unrolls, checkpoints atomically and resumes after an interruption.
+# `chaosgrad.meta_train` runs any estimator (by name) with an outer optimizer (by name), logs
+# the meta-loss on fixed evaluation unrolls, checkpoints atomically and resumes after an
+# interruption. We train the stable RNN's weights with the estimator its comparison ranked
+# first: its meta-loss (½ mean x², over fixed evaluation seeds) falls step after step.
+#
+# Why not the logistic map? Its meta-loss, the mean of x over the unroll, is a rough function
+# of r (periodic windows interleave with chaos): twenty outer steps move r by hundredths,
+# and what the evaluation then shows is that roughness, not progress. The comparison above
+# is what tells you which gradient to trust there; whether θ can be improved is a question
+# about the landscape (see the loss slices of `diagnose`).
 
 # %%
-best = c.ranking[0]
-est = estimators.make(best, chaotic, horizon=30, **({"window": 10} if best in ("pes", "tes",
-                                                                              "tbptt") else {}))
-res = meta_train(chaotic, est, optax.adam(1e-2), steps=20 if QUICK else 200,
-                 out_dir=f"{OUT}/meta_{best}", key=jax.random.PRNGKey(1), log_every=5,
-                 progress=False)
+best = c2.ranking[0]
+res = chaosgrad.meta_train(
+    stable, best, steps=20 if QUICK else 200, out=f"{OUT}/meta_{best}", optimizer="adam",
+    outer_lr=1e-2, estimator_params={"horizon": 50, **({"window": 10} if best in (
+        "pes", "tes", "tbptt") else {})},
+    key=jax.random.PRNGKey(1), log_every=5, progress=False)
 first, last = res.evals[0], res.evals[-1]
-print(f"{best}: meta-loss {first['meta_loss']:.4f} (step {first['step']}) -> "
-      f"{last['meta_loss']:.4f} (step {last['step']})")
+print(f"{best}: meta-loss {first['meta_loss']:.4g} (step {first['step']}) -> "
+      f"{last['meta_loss']:.4g} (step {last['step']})")
+assert last["meta_loss"] < first["meta_loss"], "training with the recommended estimator"

@@ -17,7 +17,10 @@ from pathlib import Path
 
 from chaosgrad.errors import InputError
 from chaosgrad.params import nonfinite_allowed, parse_kv
-from chaosgrad.system import System
+
+# `chaosgrad.system` (and so JAX) is imported only by `make`: listing and describing the
+# registered systems reads their factories' signatures from the source, without importing
+# them (`chaosgrad systems` starts in a fraction of a second).
 
 
 @dataclass(frozen=True)
@@ -134,17 +137,70 @@ def parameters(name: str) -> dict[str, inspect.Parameter]:
 def describe(name: str) -> dict:
     """What a registered system is and which parameters it takes (with defaults)."""
     entry, _ = _entry(name)
-    return {
-        "name": entry.name,
-        "description": entry.description,
-        "params": {
-            k: (None if p.default is inspect.Parameter.empty else p.default)
-            for k, p in parameters(name).items()
-        },
-    }
+    params = _defaults_from_source(entry)
+    if params is None:  # not a plain function of this package: import it and ask
+        params = {k: (None if p.default is inspect.Parameter.empty else p.default)
+                  for k, p in parameters(name).items()}
+    return {"name": entry.name, "description": entry.description, "params": params}
 
 
-def make(name: str, **params) -> System:
+def _constant(node):
+    """The value of a default written as a literal or literal arithmetic (``8.0 / 3.0``)."""
+    import ast
+    import operator
+
+    ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+           ast.Div: operator.truediv, ast.Pow: operator.pow, ast.USub: operator.neg,
+           ast.UAdd: operator.pos}
+    if isinstance(node, ast.BinOp) and type(node.op) in ops:
+        return ops[type(node.op)](_constant(node.left), _constant(node.right))
+    if isinstance(node, ast.UnaryOp) and type(node.op) in ops:
+        return ops[type(node.op)](_constant(node.operand))
+    return ast.literal_eval(node)
+
+
+def _defaults_from_source(entry: Entry, depth: int = 0) -> dict | None:
+    """The factory's parameters and defaults read from this package's source with `ast`
+    (following one ``from chaosgrad.systems.x import f``), or None when that is not possible
+    (a default that is not a literal, a user's module, ...)."""
+    import ast
+
+    module, _, func = entry.target.rpartition(":")
+    if not module.startswith(".") or depth > 2:
+        return None
+    base = Path(__file__).parent.joinpath(*module.lstrip(".").split("."))
+    path = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+    try:
+        tree = ast.parse(path.read_text())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == func:
+            a = node.args
+            if a.vararg or a.kwarg or a.posonlyargs:
+                return None
+            pos = a.args
+            defaults = [None] * (len(pos) - len(a.defaults)) + list(a.defaults)
+            out = {}
+            try:
+                for arg, d in [*zip(pos, defaults, strict=True),
+                               *zip(a.kwonlyargs, a.kw_defaults, strict=True)]:
+                    out[arg.arg] = None if d is None else _constant(d)
+            except (ValueError, TypeError, SyntaxError, ArithmeticError):
+                return None
+            return out
+        if isinstance(node, ast.ImportFrom) and node.module and any(
+                (al.asname or al.name) == func for al in node.names):
+            prefix = __name__ + "."
+            if not node.module.startswith(prefix):
+                return None
+            name = next(al.name for al in node.names if (al.asname or al.name) == func)
+            target = "." + node.module[len(prefix):] + ":" + name
+            return _defaults_from_source(Entry(entry.name, target, ""), depth + 1)
+    return None
+
+
+def make(name: str, **params):
     """Build the registered system ``name`` with ``params`` (see `describe`).
 
     ``name`` may carry a suffix for its main option, e.g. ``"brax:ant"``, or name a user's
@@ -152,6 +208,8 @@ def make(name: str, **params) -> System:
     `System`; its keyword arguments are the parameters). Registered names win over modules
     of the same name. Raises InputError for an unknown system or parameter.
     """
+    from chaosgrad.system import System
+
     entry, alias = _entry(name)
     accepted = parameters(name)
     unknown = [k for k in params if k not in accepted]

@@ -73,3 +73,34 @@ def test_console_script_exit_status_without_traceback():
 def test_parse_params_types():
     assert systems.parse_params("linear", ["n=3", "eigenvalues=1.5,0.2", "radius=2"]) == {
         "n": 3, "eigenvalues": (1.5, 0.2), "radius": 2.0}
+
+
+def test_meta_train_takes_x64_horizon_and_an_outer_optimizer(tmp_path, capsys):
+    out = tmp_path / "mt"
+    assert main(["meta-train", "linear", "--param", "n=3", "--param", "radius=0.95",
+                 "--param", "loss=quadratic", "--estimator", "backprop", "--est-param",
+                 "samples=2", "--horizon", "20", "--outer-optimizer", "momentum",
+                 "--outer-lr", "0.02", "--x64", "--steps", "10", "--log-every", "5",
+                 "--out", str(out), "--json", "--no-progress"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["estimator"]["params"]["horizon"] == 20  # --horizon reached the estimator
+    assert res["system"]["horizon"] == 20
+    assert res["precision"]["x64"] is True
+    assert res["final_meta_loss"] < res["initial_meta_loss"]
+    capsys.readouterr()
+    # an unknown outer optimizer: bad input, one line naming the accepted ones
+    assert main(["meta-train", "linear", "--outer-optimizer", "lbfgs", "--out",
+                 str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown outer optimizer 'lbfgs'; accepted: adam, sgd, momentum" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_named_leaves_gives_plain_pytree_paths():
+    # for theta.npz and logs a user reads: "log_lr", not "['log_lr']"
+    from chaosgrad.io import named_leaves
+
+    out = named_leaves({"log_lr": np.float64(-2.3), "net": [{"w": np.ones(2)}, (np.zeros(1),)]})
+    assert sorted(out) == ["log_lr", "net/0/w", "net/1/0"]
+    assert out["log_lr"] == -2.3 and out["net/0/w"].shape == (2,)
+    assert list(named_leaves(np.ones(3))) == ["theta"]

@@ -179,3 +179,73 @@ def test_meta_train_takes_the_system_positionally_or_by_alias(tmp_path):
     assert main(["meta-train", "logistic", *common]) == 0
     assert main(["meta-train", "--system", "logistic", *common]) == 0  # resumes: same run
     assert main(["meta-train", "logistic", "--system", "henon", *common]) == 2
+
+
+def _fresh(code: str, **env) -> str:
+    """Run ``code`` in a fresh interpreter; its stdout."""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, **env}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_start_up_imports_nothing_heavy():
+    # `import chaosgrad`, `chaosgrad --version` and `chaosgrad systems` load neither JAX nor
+    # scipy nor matplotlib: names load on first use (issue 22: a fast start)
+    heavy = "[m for m in ('jax', 'scipy', 'matplotlib', 'optax') if m in sys.modules]"
+    assert _fresh(f"import sys, chaosgrad; print({heavy})") == "[]"
+    assert _fresh("import sys, contextlib, io\nfrom chaosgrad.app.cli import main\n"
+                  "with contextlib.redirect_stdout(io.StringIO()):\n"
+                  f"    assert main(['systems']) == 0\nprint({heavy})") == "[]"
+    assert _fresh("import sys, contextlib, io\nfrom chaosgrad.app.cli import main\n"
+                  "try:\n    with contextlib.redirect_stdout(io.StringIO()):\n"
+                  "        main(['--version'])\nexcept SystemExit:\n    pass\n"
+                  f"print({heavy})") == "[]"
+    # ... and what `systems` prints is what importing every factory says
+    for name in systems.names():
+        entry = systems._entry(name)[0]
+        import inspect
+
+        params = {k: (None if p.default is inspect.Parameter.empty else p.default)
+                  for k, p in systems.parameters(name).items()}
+        assert systems._defaults_from_source(entry) == params, name
+
+
+def test_compilation_cache_is_on_for_the_python_api(tmp_path):
+    code = ("import chaosgrad, jax; chaosgrad.System; "
+            "print(jax.config.jax_compilation_cache_dir)")
+    assert _fresh(code, CHAOSGRAD_CACHE_DIR=str(tmp_path)) == str(tmp_path)
+    assert _fresh(code, CHAOSGRAD_CACHE_DIR=str(tmp_path), CHAOSGRAD_NO_CACHE="1") == "None"
+
+
+def test_one_namespace_with_plain_names(tmp_path):
+    import math
+
+    from chaosgrad.estimators.meta import meta_train as meta_train_full
+
+    import chaosgrad.diagnose as diagnose_module
+    from chaosgrad.app.compare import compare as compare_full
+
+    # chaosgrad.diagnose is the function when called and the module as before
+    assert chaosgrad.diagnose is diagnose_module
+    assert chaosgrad.diagnose.diagnose is diagnose_module.diagnose
+    s = systems.make("linear", eigenvalues=(0.5, 0.2))
+    d = chaosgrad.diagnose(s, horizons=[2, 4], seeds=2, lyapunov_steps=200, progress=False)
+    assert isinstance(d, chaosgrad.Diagnosis) and d.verdict == "stable"
+    # compare with `estimators=` (the full function's `estimators_` stays as it was)
+    import inspect
+
+    assert "estimators" in inspect.signature(chaosgrad.compare).parameters
+    assert "estimators_" in inspect.signature(compare_full).parameters
+    with pytest.raises(InputError, match="estimators="):
+        chaosgrad.compare(s, estimators_=["es"])
+    # meta_train by names: estimator and outer optimizer
+    r = chaosgrad.meta_train(systems.make("linear", n=2, radius=0.9, loss="quadratic"),
+                             "backprop", steps=4, out=tmp_path / "mt", optimizer="sgd",
+                             outer_lr=0.01, estimator_params={"samples": 1, "horizon": 5},
+                             log_every=2, progress=False)
+    assert r.step == 4 and math.isfinite(r.evals[-1]["meta_loss"])
+    assert meta_train_full is not chaosgrad.meta_train
+    with pytest.raises(InputError, match="accepted: adam, sgd"):
+        chaosgrad.meta_train(s, "es", optimizer="lbfgs", out=tmp_path / "x")
+    assert set(chaosgrad.__all__) >= {"diagnose", "compare", "meta_train", "System", "unroll"}

@@ -1,5 +1,6 @@
 """The `chaosgrad` command: systems, spectra, gradient growth, diagnose, compare, meta-train,
-figures, the demo. Bad input exits with status 2 and one line naming what was wrong.
+figures, the demo. Bad input exits with status 2 and one line naming what was wrong; a
+failure inside chaosgrad exits with status 3 and says it is internal.
 """
 
 from __future__ import annotations
@@ -12,17 +13,14 @@ import time
 import warnings
 from pathlib import Path
 
-import chaosgrad
-from chaosgrad import systems
-from chaosgrad.app import figures
-from chaosgrad.app.compare import compare
+from chaosgrad._version import __version__
 from chaosgrad.app.meta_train import add_launch_arguments, add_meta_train_parser, join_launch
 from chaosgrad.config import enable_compilation_cache, enable_x64
-from chaosgrad.diagnose import diagnose
 from chaosgrad.errors import InputError
-from chaosgrad.gradients import gradient_growth
-from chaosgrad.io import dumps, write_bytes, write_json
-from chaosgrad.spectra import lyapunov_spectrum, resolve_k
+
+# Everything that computes (JAX, the systems, the estimators, matplotlib, scipy) is imported
+# inside the command that needs it: `chaosgrad --version` and `chaosgrad systems` start in
+# well under a second and a half.
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,6 +39,8 @@ class _Parser(argparse.ArgumentParser):
                 hint = "; a system's parameters go as --param K=V"
         self.exit(2, f"{self.prog}: error: {message}{hint} (see {self.prog} --help)\n")
 
+
+INTERNAL_ERROR = 3  # exit status of a failure inside chaosgrad (2 is bad input)
 
 # Step counts and horizons index steps with int32 on the device (fold_in, scan counters):
 # larger values would overflow there, so they are refused here with the range.
@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="chaosgrad", description="Can gradients through this iterative "
                      "system be trusted? Lyapunov spectra, gradient growth and estimators.")
     parser.add_argument("--version", action="version",
-                        version=f"chaosgrad {chaosgrad.__version__}")
+                        version=f"chaosgrad {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -272,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _make_system(args):
+    from chaosgrad import systems
     from chaosgrad.system import check_system
 
     params = systems.parse_params(args.name, args.param)
@@ -326,6 +327,8 @@ def _fmt(x: float) -> str:
 
 
 def cmd_systems(args) -> int:
+    from chaosgrad import systems
+
     rows = []
     for name in systems.names():
         try:
@@ -333,6 +336,8 @@ def cmd_systems(args) -> int:
         except ImportError as e:  # an adapter whose module is not available
             rows.append({"name": name, "description": f"(unavailable: {e})", "params": {}})
     if args.json:
+        from chaosgrad.io import dumps
+
         print(dumps(rows))
         return 0
     for r in rows:
@@ -344,6 +349,9 @@ def cmd_systems(args) -> int:
 
 
 def cmd_spectrum(args) -> int:
+    from chaosgrad.io import dumps
+    from chaosgrad.spectra import lyapunov_spectrum, resolve_k
+
     system = _make_system(args)
     n = system.phase_dim(key=_key(args.seed))
     if isinstance(args.k, int) and args.k > n:
@@ -381,6 +389,10 @@ def cmd_spectrum(args) -> int:
 
 
 def cmd_grad_growth(args) -> int:
+    from chaosgrad.gradients import gradient_growth
+    from chaosgrad.io import dumps
+    from chaosgrad.spectra import lyapunov_spectrum
+
     system = _make_system(args)
     _check_memory(args, system, seeds=args.seeds, horizon=max(args.horizons))
     lyap = None
@@ -415,9 +427,11 @@ def cmd_grad_growth(args) -> int:
 def _save_and_print(args, result, out: Path, figure: str, text, where: str) -> int:
     """Record the seed and arguments in ``result``'s report, save it (report first, then the
     figures) into ``out``, copy ``figure`` to --plot, and print the JSON or ``text()``."""
+    from chaosgrad.io import dumps, write_bytes
+
     result.run.update(_run_record(args))
     result.save(out)
-    if args.plot:
+    if args.plot and figure in result.figures:  # a figure that failed is named in the report
         write_bytes(args.plot, Path(result.figures[figure]).read_bytes())
     if args.json:
         print(dumps(result.to_json()))
@@ -428,6 +442,9 @@ def _save_and_print(args, result, out: Path, figure: str, text, where: str) -> i
 
 
 def cmd_diagnose(args) -> int:
+    from chaosgrad.diagnose import diagnose
+    from chaosgrad.spectra import resolve_k
+
     system = _make_system(args)
     out = check_out_dir(args.out or os.path.join("out", "diagnose",
                                                   args.name.replace(":", "_")))
@@ -442,6 +459,8 @@ def cmd_diagnose(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from chaosgrad.app.compare import compare
+
     join_launch(args)  # before any computation
     system = _make_system(args)
     if not args.sigma > 0:
@@ -464,6 +483,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_figures(args) -> int:
+    from chaosgrad.app import figures
+
     if args.list:
         width = max(map(len, figures.names()))
         for name in figures.names():
@@ -488,7 +509,11 @@ def cmd_figures(args) -> int:
 
 def cmd_demo(args) -> int:
     """Spectrum + gradient growth of a chaotic (g=2) and a stable (g=0.5) tanh RNN."""
+    from chaosgrad import systems
+    from chaosgrad.gradients import gradient_growth
+    from chaosgrad.io import write_json
     from chaosgrad.plots import plot_growth, plot_lyapunov, save
+    from chaosgrad.spectra import lyapunov_spectrum
 
     enable_x64()
     out = Path(args.out)
@@ -521,7 +546,7 @@ def cmd_demo(args) -> int:
     fig.tight_layout()
     png = save(fig, out / "demo.png")
     write_json(out / "report.json", {"seed": 0, "arguments": vars(args),
-                                     "chaosgrad": chaosgrad.__version__, "systems": rows})
+                                     "chaosgrad": __version__, "systems": rows})
     print("chaosgrad demo: a tanh RNN x -> tanh(W x), W ~ N(0, g^2/n), n = 32, float64")
     print(f"{'system':<16}{'λ1':>10}{'λ2':>10}{'|g| rate':>10}{'var rate':>10}"
           f"{'|g| @T=5':>11}{'|g| @T=40':>11}  verdict")
@@ -553,20 +578,37 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `chaosgrad` command; returns the exit status."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # the command only writes files; never open a window
+    # the command only writes files; never open a window (set before matplotlib loads, so
+    # that commands which draw nothing never import it)
+    if "matplotlib" in sys.modules:
+        sys.modules["matplotlib"].use("Agg")
+    else:
+        os.environ["MPLBACKEND"] = "Agg"
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "x64", False):
-        enable_x64()
-    enable_compilation_cache()
+    if args.command != "systems":  # `systems` computes nothing: no JAX at all
+        if getattr(args, "x64", False):
+            enable_x64()
+        enable_compilation_cache()
     handler = COMMANDS.get(args.command) or getattr(args, "func", None)
 
     def fail(message: str) -> int:
         text = " ".join(str(message).split())  # one line, whatever the message holds
         print(f"chaosgrad {args.command}: error: {text}", file=sys.stderr)
         return 2
+
+    def internal(e: BaseException) -> int:
+        # Not bad input: a failure inside chaosgrad (or inside the system's own code). Its
+        # own status and words, so a user does not go looking for a mistake in the command.
+        import traceback
+
+        if os.environ.get("CHAOSGRAD_TRACEBACK"):
+            traceback.print_exception(e, file=sys.stderr)
+        text = " ".join(f"{type(e).__name__}: {e}".split())
+        print(f"chaosgrad {args.command}: internal error (not a problem with the input): "
+              f"{text}. Results saved before it are kept; set CHAOSGRAD_TRACEBACK=1 for the "
+              "traceback and please report it.", file=sys.stderr)
+        return INTERNAL_ERROR
 
     try:
         check_outputs(args)  # a bad --out/--plot fails now, not after minutes of compute
@@ -588,8 +630,6 @@ def main(argv: list[str] | None = None) -> int:
         return 141
     except MemoryError:
         return fail("out of memory; ask for less (fewer seeds, steps or a smaller system)")
-    except OverflowError as e:
-        return fail(f"a number is out of range: {e}")
     except OSError as e:
         where = f": {e.filename}" if e.filename else ""
         return fail(f"{e.strerror or e}{where}")
@@ -608,7 +648,9 @@ def main(argv: list[str] | None = None) -> int:
             distributed.exit_after_peer_failure(
                 e, f"chaosgrad {args.command}", "Run the same command on every process "
                 "again to resume (saved checkpoints and figure parts are reused).")
-        raise
+        return internal(e)
+    except Exception as e:  # noqa: BLE001 - anything else is ours, never "bad input"
+        return internal(e)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,11 @@ from __future__ import annotations
 import math
 import sys
 
-import jax
-import optax
-
-from chaosgrad import distributed, estimators, systems
+from chaosgrad.config import LAUNCH_TIMEOUT
 from chaosgrad.errors import InputError
-from chaosgrad.estimators.meta import meta_train
-from chaosgrad.io import dumps
+
+# JAX, optax, the systems and the estimators are imported when the command runs, not when
+# its parser is built (`chaosgrad --version` must not pay for them).
 
 
 def add_meta_train_parser(subparsers):
@@ -26,7 +24,7 @@ def add_meta_train_parser(subparsers):
     p = subparsers.add_parser(
         "meta-train",
         help="train a system's theta with a gradient estimator (e.g. PES on a learned optimizer)",
-        description="Meta-train theta with any estimator and Adam; writes log.jsonl, "
+        description="Meta-train theta with any estimator and an optax optimizer; writes log.jsonl, "
                     "results.json, curves.npz, theta.npz and checkpoint.npz to --out, and "
                     "resumes from the checkpoint when run again with the same settings.",
     )
@@ -42,8 +40,16 @@ def add_meta_train_parser(subparsers):
     p.add_argument("--steps", type=_positive_int, default=100,
                    help="total outer steps (default 100); a larger number extends a run")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--lr", type=_finite_float, default=1e-3,
-                   help="Adam learning rate (default 1e-3)")
+    p.add_argument("--outer-lr", "--lr", dest="lr", type=_finite_float, default=1e-3,
+                   help="the outer optimizer's learning rate (default 1e-3; --lr is the old "
+                        "name); a system's own learning rate goes as --param")
+    p.add_argument("--outer-optimizer", default="adam", metavar="NAME",
+                   help="the outer optimizer: adam, sgd, momentum (SGD with 0.9), adamw or "
+                        "rmsprop (default adam)")
+    p.add_argument("--horizon", type=_positive_int, default=None,
+                   help="unroll length T of the meta-loss (default: the system's); passed to "
+                        "the estimator too unless --est-param horizon=... is given")
+    p.add_argument("--x64", action="store_true", help="run in float64")
     p.add_argument("--seed", type=_seed, default=0, help="run seed (default 0)")
     p.add_argument("--log-every", type=_positive_int, default=10,
                    help="evaluate every N steps")
@@ -79,12 +85,14 @@ def add_launch_arguments(p, what: str):
     g.add_argument("--timeout", type=_positive_int, default=None, metavar="S",
                    help="seconds to wait for every process to join, and after which a silent "
                         f"process counts as dead (CHAOSGRAD_TIMEOUT, default "
-                        f"{distributed.DEFAULT_TIMEOUT})")
+                        f"{LAUNCH_TIMEOUT})")
 
 
 def join_launch(args):
     """Join the launch that ``args`` (or the environment) describe, before any computation;
     returns the `chaosgrad.distributed.Launch`, or None for a single process."""
+    from chaosgrad import distributed
+
     return distributed.initialize(getattr(args, "coordinator", None),
                                   getattr(args, "num_processes", None),
                                   getattr(args, "process_id", None),
@@ -95,6 +103,12 @@ def run_meta_train(args) -> int:
     """Run ``meta-train`` from parsed ``args``. Returns 0, or 130 when interrupted (the
     checkpoint is written; run the same command again to resume). Raises InputError for
     bad input."""
+    import jax
+
+    from chaosgrad import distributed, estimators, systems
+    from chaosgrad.estimators.meta import meta_train
+    from chaosgrad.io import dumps
+
     if args.name and args.system and args.name != args.system:
         raise InputError(f"two systems named: {args.name!r} and --system {args.system!r}")
     args.name = args.name or args.system
@@ -105,17 +119,26 @@ def run_meta_train(args) -> int:
     if args.steps is None or args.steps < 1:
         raise InputError(f"--steps must be a positive integer, got {args.steps!r}")
     # Before any computation: joining a launch must precede JAX's first use of devices.
+    from chaosgrad.app.api import outer_optimizer
+
+    name = getattr(args, "outer_optimizer", "adam")
+    opt = outer_optimizer(name, args.lr)  # an unknown name fails before any work
     launch = join_launch(args)
     system = systems.make(args.name, **systems.parse_params(args.name, args.param))
-    est = estimators.make(args.estimator, system,
-                          **estimators.parse_params(args.estimator, args.est_param))
+    est_params = estimators.parse_params(args.estimator, args.est_param)
+    horizon = getattr(args, "horizon", None)
+    if horizon is not None:
+        system = system.with_meta(horizon=int(horizon))
+        if "horizon" in estimators.parameters(args.estimator) and "horizon" not in est_params:
+            est_params["horizon"] = int(horizon)
+    est = estimators.make(args.estimator, system, **est_params)
     try:
         result = meta_train(
-            system, est, optax.adam(args.lr), args.steps, args.out,
+            system, est, opt, args.steps, args.out,
             jax.random.PRNGKey(args.seed),
             log_every=args.log_every, checkpoint_every=args.checkpoint_every,
             eval_seeds=args.eval_seeds, resume=not args.no_resume,
-            outer_config={"optimizer": "adam", "lr": args.lr},
+            outer_config={"optimizer": name, "lr": args.lr},
             progress=False if getattr(args, "no_progress", False) else None,
         )
     except jax.errors.JaxRuntimeError as e:
