@@ -10,9 +10,16 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
-from scipy import stats as _st
 
 LEVEL = 0.95  # every interval chaosgrad reports is a 95% interval unless it says otherwise
+
+
+def _st():
+    """scipy.stats, imported on first use: it costs over a second, and `import chaosgrad`
+    should not pay it."""
+    from scipy import stats
+
+    return stats
 
 
 class Interval(NamedTuple):
@@ -56,7 +63,7 @@ NAN_INTERVAL = Interval(math.nan, math.nan, math.nan, LEVEL, "none")
 
 
 def _t(level: float, dof: int) -> float:
-    return float(_st.t.ppf(0.5 + level / 2, max(dof, 1)))
+    return float(_st().t.ppf(0.5 + level / 2, max(dof, 1)))
 
 
 def mean_interval(x: Sequence[float], level: float = LEVEL) -> Interval:
@@ -134,7 +141,7 @@ def bias_interval(mean_est: np.ndarray, var_est: np.ndarray, n_est: float,
     b2 = float(np.sum(d**2) - np.sum(v))
     mu2 = np.maximum(d**2 - v, 0.0)
     sd = math.sqrt(float(4 * np.sum(mu2 * v) + 2 * np.sum(v**2)))
-    z = _t(level, dof) if dof else float(_st.norm.ppf(0.5 + level / 2))
+    z = _t(level, dof) if dof else float(_st().norm.ppf(0.5 + level / 2))
     # an estimate of ‖μ‖² below zero is noise: the upper end starts from 0, not from it, so
     # the bound stays a bound (at least z·sd) instead of collapsing to 0
     lo2, hi2 = b2 - z * sd, max(b2, 0.0) + z * sd
@@ -149,8 +156,8 @@ def variance_interval(total_var: float, dof: float, level: float = LEVEL) -> Int
     if not (math.isfinite(total_var) and dof >= 1):
         return Interval(total_var, -math.inf, math.inf, level, "chi2 (undefined)")
     a = (1 - level) / 2
-    lo = total_var * dof / float(_st.chi2.ppf(1 - a, dof))
-    hi = total_var * dof / float(_st.chi2.ppf(a, dof))
+    lo = total_var * dof / float(_st().chi2.ppf(1 - a, dof))
+    hi = total_var * dof / float(_st().chi2.ppf(a, dof))
     return Interval(float(total_var), lo, hi, level, f"chi2, {dof:g} dof")
 
 
@@ -309,7 +316,7 @@ def bias_test(x: np.ndarray, y: np.ndarray, level: float = LEVEL, draws: int = 4
     diag = np.diag(m)
     u_loo = (tot - 2 * rows + diag - (tr - diag)) / ((g - 1) * (g - 2))
     sd = math.sqrt(max((g - 1) / g * float(np.sum((u_loo - u_loo.mean()) ** 2)), 0.0))
-    z = float(_st.norm.ppf(level))
+    z = float(_st().norm.ppf(level))
     resolved = u > max(crit, 0.0)
     low = math.sqrt(u - max(crit, 0.0)) if resolved else 0.0
     high = math.sqrt(max(u, 0.0) + max(z * sd, crit, 0.0))
@@ -356,8 +363,8 @@ def trace_variance_interval(x: np.ndarray, level: float = LEVEL) -> tuple[Interv
         if var_tr > 0:
             nu = float(min(max(2 * total**2 / var_tr, 1.0), 1e6))
     a_ = (1 - level) / 2
-    lo = total * nu / float(_st.chi2.ppf(1 - a_, nu))
-    hi = total * nu / float(_st.chi2.ppf(a_, nu))
+    lo = total * nu / float(_st().chi2.ppf(1 - a_, nu))
+    hi = total * nu / float(_st().chi2.ppf(a_, nu))
     return Interval(total, lo, hi, level, f"chi2, Satterthwaite ν = {nu:.3g}"), nu
 
 

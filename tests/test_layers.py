@@ -90,8 +90,8 @@ def test_users_own_systems_and_estimators_modules_break_nothing(tmp_path):
     (tmp_path / "systems.py").write_text("raise RuntimeError('user systems.py imported')\n")
     (tmp_path / "estimators.py").write_text("raise RuntimeError('user estimators.py')\n")
     code = ("from chaosgrad.app.compare import compare; from chaosgrad import systems; "
-            "c = compare(systems.make('logistic', r=3.2), estimators_=['backprop'], "
-            "horizon=5, samples=4, reference='backprop', reference_batches=2, "
+            "c = compare(systems.make('logistic', r=3.2), estimators=['backprop'], "
+            "horizon=5, samples=8, reference='backprop', reference_batches=8, "
             "reference_per_batch=2); "
             "print(c.ranking)")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,

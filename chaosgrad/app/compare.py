@@ -21,8 +21,9 @@ from scipy.stats import chi2 as _chi2
 
 from chaosgrad import distributed, estimators
 from chaosgrad.config import precision_info, provenance
+from chaosgrad.diagnose import TAIL_MULTIPLE, tail_table
 from chaosgrad.errors import InputError
-from chaosgrad.io import write_json
+from chaosgrad.io import count_text, write_json
 from chaosgrad.plots import plot_comparison, save
 from chaosgrad.progress import progress_bar
 from chaosgrad.spectra import lyapunov_spectrum
@@ -45,14 +46,6 @@ TARGETS = ("smoothed", "exact")
 MIN_SAMPLES = 8  # replicates per estimator: the sign-flip bias test needs at least 6 groups
 PILOT = 4  # batches of each reference kind measured before the reference is chosen
 REFERENCE_FACTOR = 10  # the reference has at least this many times an estimator's replicates
-
-
-def fmt_count(n: float) -> str:
-    """A count for a sentence: exact up to 1e6, else like 2e84."""
-    n = float(n)
-    if not math.isfinite(n):
-        return str(n)
-    return f"{int(n)}" if abs(n) < 1e6 else f"{n:.1g}".replace("e+", "e")
 
 
 @dataclass
@@ -78,8 +71,9 @@ class EstimatorStats:
         a replicate mean: for correlated estimators the long-run variance).
       mse_at_budget: bias² + variance_eff · steps / budget; relative_error: its root / ‖g*‖.
       nonfinite: replicates with a non-finite estimate (left out, counted).
-      tails: median and largest replicate norm, the share of replicates beyond 10× the
-        median, and whether one replicate dominates the spread (then its mean is not trusted).
+      tails: median and largest replicate norm, the share of replicates beyond
+        `chaosgrad.diagnose.TAIL_MULTIPLE` × the median, and whether one replicate dominates
+        the spread (then its mean is not trusted).
     """
 
     name: str
@@ -411,7 +405,7 @@ def _reference_from_rows(rows: np.ndarray, kind: str, per_batch: int, horizon: i
     what = {"es": "antithetic ES over whole unrolls",
             "reparam": "backprop at θ ± σε (reparameterisation, antithetic)",
             "backprop": "backprop"}[kind]
-    desc = f"{kind}: {what}, {fmt_count(len(good) * per_batch)} {unit} in {len(good)} batches"
+    desc = f"{kind}: {what}, {count_text(len(good) * per_batch)} {unit} in {len(good)} batches"
     return Reference(mean=good.mean(axis=0), var_of_mean=good.var(axis=0, ddof=1) / len(good),
                      samples=len(good) * per_batch, kind=kind,
                      description=desc + (f"; {note}" if note else ""), batches=len(good),
@@ -759,10 +753,9 @@ def _estimator_stats(name, est, rows, steps, secs, ref: Reference, budget,
         needed = samples_needed(ref.samples, math.sqrt(ref_noise), math.sqrt(max(own, 1e-300)))
     else:
         status, needed = "upper bound", 0
-    norms = np.linalg.norm(good, axis=1)
-    med = float(np.median(norms))
-    tails = {"median_norm": med, "max_norm": float(norms.max()),
-             "beyond_10x_median": float(np.mean(norms > 10 * med)) if med > 0 else 0.0,
+    tail = tail_table(np.linalg.norm(good, axis=1)[None])
+    tails = {"median_norm": tail["median"][0], "max_norm": tail["max"][0],
+             f"beyond_{TAIL_MULTIPLE:g}x_median": tail["beyond"][0],
              "dominated": dominated(good)}
     return EstimatorStats(name, dict(est.params), len(means), n, steps, secs, bias, status,
                           needed, variance, veff, mse, rel, int((~ok).sum()),
@@ -779,11 +772,16 @@ def _notes(stats: list[EstimatorStats], ref: Reference, target: str, sigma: floa
             f"the reference is too noisy for {', '.join(s.name for s in noisy)}: its noise "
             "exceeds theirs "
             f"(its standard error is {ref.se:.2g}, at most {ref.se_upper:.2g}); about "
-            f"{fmt_count(need)} reference samples ({fmt_count(max(need - ref.samples, 0))} "
+            f"{count_text(need)} reference samples ({count_text(max(need - ref.samples, 0))} "
             "more) would make it the smaller part")
     if target == "smoothed" and any(s.name == "backprop" for s in stats):
         notes.append(f"backprop runs at θ ± σε (σ = {sigma:g}, antithetic): the "
                      "reparameterisation gradient of the smoothed target")
+    small = [s.name for s in stats if ref.batches < REFERENCE_FACTOR * s.effective_samples]
+    if small:
+        notes.append(f"the reference has {ref.batches} batches, fewer than "
+                      f"{REFERENCE_FACTOR} × the replicates of {', '.join(small)} (the time "
+                      "budget cut it): raise --seconds for a reference that dominates less")
     own = {s.name: s.target for s in stats}
     if target == "exact":
         smoothed = [n for n, t in own.items() if t.startswith("smoothed")]
