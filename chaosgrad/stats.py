@@ -5,6 +5,7 @@ a bias, and rankings that say "tie" when the intervals overlap.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -368,12 +369,26 @@ def trace_variance_interval(x: np.ndarray, level: float = LEVEL) -> tuple[Interv
     return Interval(total, lo, hi, level, f"chi2, Satterthwaite ν = {nu:.3g}"), nu
 
 
-def dominated(x: np.ndarray, share: float = 0.5) -> bool:
-    """Whether one replicate carries more than ``share`` of the total squared deviation from
-    the mean (a mean dominated by one sample: heavy tails; needs at least 8 replicates)."""
+@functools.lru_cache(maxsize=64)
+def dominance_threshold(r: int, level: float = 0.999) -> float:
+    """The share of the total squared deviation that the largest of ``r`` Gaussian samples
+    exceeds with probability 1 − ``level`` (one coordinate, the most concentrated case:
+    with more coordinates the shares are more even). Simulated once per ``r``."""
+    x = np.random.default_rng(0).normal(size=(20_000, int(r)))
+    d = (x - x.mean(axis=1, keepdims=True)) ** 2
+    return float(np.quantile(d.max(axis=1) / d.sum(axis=1), level))
+
+
+def dominated(x: np.ndarray, level: float = 0.999) -> tuple[bool, float, float]:
+    """Whether one replicate carries more of the total squared deviation from the mean than
+    Gaussian replicates would with probability 1 − ``level`` (a mean dominated by one
+    sample: a heavy tail). Needs at least 8 replicates. Returns (dominated, the largest
+    share, the threshold)."""
     x = np.asarray(x, np.float64).reshape(len(x), -1)
     if len(x) < 8:
-        return False
+        return False, math.nan, math.nan
     dev = np.sum((x - x.mean(axis=0)) ** 2, axis=1)
     tot = float(dev.sum())
-    return bool(tot > 0 and float(dev.max()) > share * tot)
+    share = float(dev.max()) / tot if tot > 0 else 0.0
+    limit = dominance_threshold(len(x), level)
+    return bool(share > limit), share, limit

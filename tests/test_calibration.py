@@ -74,3 +74,19 @@ def test_bias_test_resolves_a_real_bias_and_not_with_too_few_groups():
     assert t.interval.low <= 3 * np.sqrt(20) <= t.interval.high
     few = bias_test(x[:3], y)
     assert not few.resolved and np.isnan(few.interval.value)
+
+
+def test_one_replicate_dominating_is_flagged_only_beyond_gaussian_chance():
+    from chaosgrad.stats import dominated
+
+    rng = np.random.default_rng(3)
+    # Gaussian replicates (one direction carrying most of the variance: the most
+    # concentrated case) are flagged about once in a thousand, not once in three as a
+    # fixed "more than half" rule would at 8 replicates
+    flagged = np.mean([dominated(rng.normal(size=(8, 4)) * [30, 1, 1, 1])[0]
+                       for _ in range(3000)])
+    assert flagged <= 0.004, flagged
+    x = rng.normal(size=(16, 4))
+    x[5] *= 1000  # one heavy-tailed replicate
+    hit, share, limit = dominated(x)
+    assert hit and share > limit

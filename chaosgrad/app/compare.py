@@ -26,7 +26,6 @@ from chaosgrad.errors import InputError
 from chaosgrad.io import count_text, write_json
 from chaosgrad.plots import plot_comparison, save
 from chaosgrad.progress import progress_bar
-from chaosgrad.spectra import lyapunov_spectrum
 from chaosgrad.stats import (
     BiasTest,
     Interval,
@@ -35,7 +34,6 @@ from chaosgrad.stats import (
     dominated,
     rank,
     samples_needed,
-    segment_interval,
     trace_variance_interval,
 )
 from chaosgrad.system import System, default_key, resolve_theta
@@ -754,9 +752,10 @@ def _estimator_stats(name, est, rows, steps, secs, ref: Reference, budget,
     else:
         status, needed = "upper bound", 0
     tail = tail_table(np.linalg.norm(good, axis=1)[None])
+    dom, share, limit = dominated(good)
     tails = {"median_norm": tail["median"][0], "max_norm": tail["max"][0],
              f"beyond_{TAIL_MULTIPLE:g}x_median": tail["beyond"][0],
-             "dominated": dominated(good)}
+             "dominated": dom, "largest_share": share, "gaussian_limit": limit}
     return EstimatorStats(name, dict(est.params), len(means), n, steps, secs, bias, status,
                           needed, variance, veff, mse, rel, int((~ok).sum()),
                           bias_p=test.p_value, tails=tails, mean_grad=good.mean(axis=0),
@@ -806,9 +805,11 @@ def _notes(stats: list[EstimatorStats], ref: Reference, target: str, sigma: floa
             notes.append(f"{s.name}: {s.nonfinite} of {s.samples} replicates non-finite "
                          "(left out of its statistics)")
         if s.tails.get("dominated"):
-            notes.append(f"{s.name}: one replicate carries more than half of the spread "
-                         f"(largest norm {s.tails['max_norm']:.3g} against a median of "
-                         f"{s.tails['median_norm']:.3g}): heavy tails, its mean is not trusted")
+            notes.append(f"{s.name}: one replicate carries {s.tails['largest_share']:.0%} of "
+                         "the spread, more than Gaussian replicates reach once in a thousand "
+                         f"({s.tails['gaussian_limit']:.0%}; largest norm "
+                         f"{s.tails['max_norm']:.3g}, median {s.tails['median_norm']:.3g}): "
+                         "a heavy tail, its mean is not trusted")
     return notes
 
 
@@ -834,7 +835,7 @@ def _recommend(stats: list[EstimatorStats], ranking: Ranking, ref: Reference, nu
         blocked.append(f"the {ref_check['kind']} cross-check disagrees with the reference "
                        f"(p = {ref_check['p_value']:.2g})")
     heavy = [s.name for s in stats if s.tails.get("dominated") and s.name in ranking.tied]
-    if dominated(ref.rows):
+    if dominated(ref.rows)[0]:
         heavy.append("the reference")
     if heavy:
         blocked.append(f"the mean of {', '.join(heavy)} is dominated by one sample")
@@ -868,13 +869,3 @@ def _nothing():
     import contextlib
 
     return contextlib.nullcontext()
-
-
-def leading_exponent(system: System, theta: PyTree, key: jax.Array, horizon: int):
-    """λ1 with its 95% interval (batch means over the run), as the "auto" reference rule
-    measures it: over max(500, 5T) steps after a transient of T. Returns (Interval, units).
-    A sweep over several T at one θ may measure it once, at its longest T, and pass it to
-    `compare` as ``lyapunov``."""
-    ly = lyapunov_spectrum(system, theta, key=key, steps=max(500, 5 * horizon), k=1,
-                           transient=horizon, progress=False)
-    return segment_interval(ly.history_steps, ly.history[:, 0]), ly.units
