@@ -619,3 +619,72 @@ def test_options_are_taken_by_their_full_names_only(capsys):
     assert_refused(code, err, "n=3; a system's parameters go as --param K=V")
     code, _, err = run(["diagnose", "rnn", "--no-prog"], capsys)
     assert_refused(code, err, "--no-prog")
+
+
+# -- issue 23: the compile cache never serves a stale program ----------------------------------
+_HENON_CELL = """
+import jax, jax.numpy as jnp, chaosgrad
+A = {a}
+def make():
+    def init(key, theta):
+        return jax.random.uniform(key, (2,), minval=-0.1, maxval=0.1)
+    def step(s, theta, key):
+        s = jnp.stack([1 - A * s[0] ** 2 + s[1], 0.3 * s[0]])
+        return s, chaosgrad.StepOut(loss=s[0])
+    return chaosgrad.System(init, step, name="h", theta=jnp.zeros(()))
+"""
+
+
+def _lambda1(system):
+    from chaosgrad.spectra import lyapunov_spectrum
+    return float(lyapunov_spectrum(system, steps=300, transient=50, progress=False)
+                 .exponents[0])
+
+
+def test_a_redefined_step_reading_a_changed_global_is_compiled_afresh():
+    # A notebook cell run with A = 1.4 and again with A = 0.2 in one namespace: the second
+    # run must give the stable map's exponents, not the first run's (issue 23, item 1).
+    ns: dict = {}
+    exec(_HENON_CELL.format(a=1.4), ns)
+    chaotic = _lambda1(ns["make"]())
+    exec(_HENON_CELL.format(a=0.2), ns)
+    stable = _lambda1(ns["make"]())
+    assert chaotic > 0.2 and stable < 0, (chaotic, stable)
+    # the same function object, its global changed under it (no redefinition)
+    system = ns["make"]()
+    ns["A"] = 1.4
+    assert _lambda1(system) == pytest.approx(chaotic)
+    ns["A"] = 0.2
+    assert _lambda1(system) == pytest.approx(stable)
+
+
+def test_closure_values_mutated_in_place_are_compiled_afresh():
+    from chaosgrad.system import compile_key
+
+    for holder, set_a in [
+        (np.array([1.4]), lambda h, v: h.__setitem__(0, v)),  # numpy: by content
+        ([1.4], lambda h, v: h.__setitem__(0, v)),             # list: by value
+        ({"a": 1.4}, lambda h, v: h.__setitem__("a", v)),
+    ]:
+        key_of = (lambda h: h[0]) if not isinstance(holder, dict) else (lambda h: h["a"])
+
+        def init(key, theta):
+            return jax.random.uniform(key, (2,), minval=-0.1, maxval=0.1)
+
+        def step(s, theta, key, holder=holder, key_of=key_of):
+            s = jnp.stack([1 - key_of(holder) * s[0] ** 2 + s[1], 0.3 * s[0]])
+            return s, chaosgrad.StepOut(loss=s[0])
+
+        system = chaosgrad.System(init, step, theta=jnp.zeros(()))
+        before = compile_key(system)
+        chaotic = _lambda1(system)
+        set_a(holder, 0.2)
+        assert compile_key(system) != before
+        assert _lambda1(system) < 0 < chaotic
+
+
+def test_built_in_systems_still_share_compiled_programs():
+    from chaosgrad.system import compile_key
+
+    for name in ("logistic", "henon", "lorenz", "rnn"):
+        assert compile_key(systems.make(name)) == compile_key(systems.make(name))
