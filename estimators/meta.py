@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -78,6 +79,49 @@ def _fingerprint(system: System, estimator: Estimator, theta0, key, **settings) 
     })[0]
 
 
+def _program_digest(closed) -> str:
+    """SHA-256 of a traced program (a ClosedJaxpr): its text, with any memory address taken
+    out, and the values of its constants, nested programs' included. Two functions with the
+    same digest compute the same thing; a changed global or closure value changes it."""
+    h = hashlib.sha256(re.sub(r" at 0x[0-9a-fA-F]+", "", str(closed)).encode())
+    seen: set = set()
+
+    def walk(j):
+        if id(j) in seen:
+            return
+        seen.add(id(j))
+        for c in getattr(j, "consts", ()):
+            try:
+                a = np.asarray(c)
+            except Exception:  # noqa: BLE001 -- an array not addressable here: its layout only
+                h.update(str((getattr(c, "shape", None), str(getattr(c, "dtype", "")))).encode())
+                continue
+            h.update(str((a.shape, a.dtype.str)).encode())
+            if a.dtype != object:
+                h.update(np.ascontiguousarray(a).tobytes())
+        inner = getattr(j, "jaxpr", j)
+        for eqn in getattr(inner, "eqns", ()):
+            for v in eqn.params.values():
+                for x in (v if isinstance(v, (tuple, list)) else (v,)):
+                    if hasattr(x, "eqns") or hasattr(x, "consts"):
+                        walk(x)
+
+    walk(closed)
+    return h.hexdigest()
+
+
+def _code_fingerprint(system: System, theta0, train_step, train_args) -> dict:
+    """Digests of the traced programs a run executes: the system's ``init`` then ``step``
+    (what it computes), and the whole outer step (estimator, system and optimizer)."""
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+
+    def first_step(k, theta):
+        return system.step(system.init(k, theta), theta, k)
+
+    return {"system": _program_digest(jax.make_jaxpr(first_step)(key, theta0)),
+            "train_step": _program_digest(train_step.trace(*train_args).jaxpr)}
+
+
 def _fingerprint_mismatch(saved: str, now: dict) -> list[str]:
     """The fields in which a saved fingerprint differs from ``now``, as 'name (was, now)'."""
     try:
@@ -100,6 +144,11 @@ def _fingerprint_mismatch(saved: str, now: dict) -> list[str]:
 
 def _changed(field: str, was, now) -> str:
     # Short values are shown; long ones (a system description, a state layout) only named.
+    if field == "code.system":
+        return ("code.system (the system's init/step compute something else: other "
+                "functions, or the same code reading other values)")
+    if field == "code.train_step":
+        return "code.train_step (the estimator's or optimizer's traced program differs)"
     if len(repr(was)) + len(repr(now)) < 120:
         return f"{field} ({was!r} -> {now!r})"
     return field
@@ -272,9 +321,6 @@ def _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0, log
         # still tells Adam from SGD.
         outer_config = {"state": str(jax.tree_util.tree_structure(
             jax.eval_shape(outer_optimizer.init, theta0)))}
-    fp = _fingerprint(system, estimator, theta0, key, outer=outer_config,
-                      log_every=log_every, eval_seeds=eval_seeds, eval_horizon=horizon)
-    fingerprint = json.dumps(fp, sort_keys=True)
     evaluate = make_evaluator(system, eval_seeds, horizon, k_eval)
 
     def train_step(theta, opt_state, est_state, i):
@@ -295,6 +341,14 @@ def _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0, log
     multi = distributed.process_count() > 1
     template = jax.eval_shape(lambda: (theta0, outer_optimizer.init(theta0),
                                        estimator.init(k_init, theta0)))
+    # The run's identity includes its code: the traced programs, not only names and
+    # settings, so a resume with another system of the same name is refused (issue 23).
+    code = _code_fingerprint(system, theta0, train_step,
+                             (*template, jax.ShapeDtypeStruct((), jnp.int32)))
+    fp = _fingerprint(system, estimator, theta0, key, outer=outer_config,
+                      log_every=log_every, eval_seeds=eval_seeds, eval_horizon=horizon,
+                      code=code)
+    fingerprint = json.dumps(fp, sort_keys=True)
     loaded = _restore_checkpoint(ckpt, template, fingerprint, resume)
     if loaded is not None and loaded[1] > steps:
         raise InputError(f"{ckpt} is at step {loaded[1]}, past the {steps} steps asked for; "
@@ -424,8 +478,10 @@ def _restore_checkpoint(ckpt: Path, template, fingerprint: str, resume: bool):
     header: dict = {"error": "", "found": False}
     if distributed.is_main_process():
         try:
-            if not resume and ckpt.exists():
-                ckpt.unlink()  # start over: never resume from, nor mix with, the old run
+            if not resume or not ckpt.exists():
+                # Starting over: the old run's outputs go before the first step, so a run
+                # stopped before its first checkpoint never looks like the old one finished.
+                _remove_outputs(ckpt.parent)
             if resume and ckpt.exists():
                 found = _load_checkpoint(ckpt, template, fingerprint)
                 header.update(found=True, start=found[1], records=found[2], evals=found[3])
@@ -441,6 +497,19 @@ def _restore_checkpoint(ckpt: Path, template, fingerprint: str, resume: bool):
     host = distributed.broadcast_arrays(arrays, leaves_like)
     host = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), host)
     return host, header["start"], header["records"], header["evals"]
+
+
+def _remove_outputs(out: Path) -> None:
+    """Delete a previous run's files in ``out`` (the checkpoint first: a stop halfway leaves
+    no checkpoint, so the next run starts over and removes the rest)."""
+    for name in (CHECKPOINT, RESULTS, THETA, CURVES, LOG):
+        try:
+            (out / name).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise InputError(f"cannot remove {out / name} of an earlier run before starting "
+                             f"over ({e.strerror}); remove it or use another --out") from None
 
 
 def _load_checkpoint(ckpt: Path, template, fingerprint: str):

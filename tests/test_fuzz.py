@@ -688,3 +688,69 @@ def test_built_in_systems_still_share_compiled_programs():
 
     for name in ("logistic", "henon", "lorenz", "rnn"):
         assert compile_key(systems.make(name)) == compile_key(systems.make(name))
+
+
+# -- issue 23: a run's identity includes its code -------------------------------------------------
+_USER_SYS = """
+import jax, jax.numpy as jnp, chaosgrad
+def make():
+    def init(key, theta):
+        return 0.1 * jnp.ones(2)
+    def step(x, theta, key):
+        x = jnp.{f}(theta * x)
+        return x, chaosgrad.StepOut(loss={loss})
+    return chaosgrad.System(init, step, name="same-name", theta=jnp.array([0.5, 0.5]),
+                            horizon=4)
+"""
+MT_USER = ["--estimator", "backprop", "--est-param", "samples=1", "--est-param", "horizon=4",
+           "--log-every", "2", "--eval-seeds", "1", "--no-progress"]
+
+
+def test_meta_train_refuses_to_resume_a_different_system_of_the_same_name(tmp_path, capsys):
+    a, b = tmp_path / "sysA.py", tmp_path / "sysB.py"
+    a.write_text(_USER_SYS.format(f="tanh", loss="jnp.sum(x ** 2)"))
+    b.write_text(_USER_SYS.format(f="sin", loss="-jnp.sum(x)"))
+    out = tmp_path / "m"
+    code, _, err = run(["meta-train", f"{a}:make", "--steps", "2", "--out", out] + MT_USER,
+                       capsys)
+    assert code == 0, err
+    code, _, err = run(["meta-train", f"{b}:make", "--steps", "4", "--out", out] + MT_USER,
+                       capsys)
+    assert_refused(code, err, "code.system")
+    assert "--no-resume" in err
+    assert strict_json((out / "results.json").read_text())["steps_done"] == 2  # untouched
+    # the same code reading another global value is another run too
+    a.write_text("SCALE = 2.0\n" + _USER_SYS.format(f="tanh", loss="SCALE * jnp.sum(x ** 2)"))
+    code, _, err = run(["meta-train", f"{a}:make", "--steps", "4", "--out", out] + MT_USER,
+                       capsys)
+    assert_refused(code, err, "code.system")
+    # the very same code resumes
+    a.write_text(_USER_SYS.format(f="tanh", loss="jnp.sum(x ** 2)"))
+    code, _, err = run(["meta-train", f"{a}:make", "--steps", "4", "--out", out] + MT_USER,
+                       capsys)
+    assert code == 0, err
+    assert [e["step"] for e in strict_json((out / "results.json").read_text())["evals"]] \
+        == [0, 2, 4]
+
+
+def test_no_resume_removes_the_old_outputs_before_the_first_step(tmp_path):
+    out = tmp_path / "m"
+    _meta_api(out, 2)
+    names = ("checkpoint.npz", "results.json", "theta.npz", "curves.npz", "log.jsonl")
+    assert all((out / n).exists() for n in names)
+
+    def killed(step, rec):  # a hard stop before any checkpoint: nothing of the old run stays
+        assert not any((out / n).exists() for n in names)
+        raise SystemExit(9)
+
+    import optax
+    from chaosgrad.estimators.meta import meta_train  # noqa: F401
+
+    from chaosgrad import estimators
+
+    s = systems.make("linear", n=2)
+    est = estimators.make("backprop", s, samples=2, horizon=8)
+    with pytest.raises(SystemExit):
+        meta_train(s, est, optax.adam(0.01), 4, out, jax.random.PRNGKey(0), log_every=2,
+                   checkpoint_every=100, eval_seeds=2, callback=killed, resume=False)
+    assert not any((out / n).exists() for n in names)
