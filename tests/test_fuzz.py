@@ -754,3 +754,89 @@ def test_no_resume_removes_the_old_outputs_before_the_first_step(tmp_path):
         meta_train(s, est, optax.adam(0.01), 4, out, jax.random.PRNGKey(0), log_every=2,
                    checkpoint_every=100, eval_seeds=2, callback=killed, resume=False)
     assert not any((out / n).exists() for n in names)
+
+
+# -- issue 23: every failure of user code in one line ---------------------------------------------
+_GOOD_FACTORY = """
+import jax.numpy as jnp, chaosgrad
+def make(a: float = 1.4):
+    def init(key, th):
+        return jnp.zeros(2)
+    def step(x, th, key):
+        y = jnp.stack([1 - th[0] * x[0] ** 2 + x[1], 0.3 * x[0]])
+        return y, y[0]
+    return chaosgrad.System(init, step, name='mine', theta=jnp.array([a]))
+"""
+USER_FAILURES = {
+    # name: (source, what the one line must say)
+    "raises": ("def make():\n    raise ValueError('boom')\n", "raised ValueError: boom"),
+    "positional": ("def make(n):\n    pass\n", "needs n with no default"),
+    "keyword_only": ("def make(*, n):\n    pass\n", "needs n with no default"),
+    "positional_only": ("def make(n, /):\n    pass\n", "positional-only arguments n"),
+    "syntax": ("def make(:\n    pass\n", "SyntaxError at"),
+    "missing_import": ("import nosuchpackage_xyz\ndef make():\n    pass\n",
+                       "ModuleNotFoundError: No module named 'nosuchpackage_xyz'"),
+    "exit_on_import": ("import sys\nsys.exit(0)\n", "called sys.exit(0)"),
+    "exit_in_factory": ("import sys\ndef make():\n    sys.exit(3)\n", "called sys.exit(3)"),
+    "bad_system_field": ("import chaosgrad\ndef make():\n    return chaosgrad.System("
+                         "lambda k, t: 0., lambda s, t, k: (s, s), horizon=0)\n",
+                         "System horizon must be a positive integer"),
+    "not_a_system": ("def make():\n    return 3\n", "returned int, not a chaosgrad.System"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(USER_FAILURES))
+def test_user_code_failures_are_one_line(case, tmp_path, capsys, monkeypatch):
+    src, needle = USER_FAILURES[case]
+    (tmp_path / "mysys.py").write_text(src)
+    monkeypatch.chdir(tmp_path)
+    for spec in (f"{tmp_path / 'mysys.py'}:make", "./mysys.py:make"):
+        code, out, err = run(["spectrum", spec, "--steps", "5", "--transient", "0", "--json",
+                              "--no-progress"], capsys)
+        assert_refused(code, err, needle)
+        assert "mysys.py" in err and out == ""
+        if case not in ("syntax", "missing_import", "exit_on_import"):
+            assert "make" in err
+
+
+def test_user_module_failing_on_import_is_one_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "usermod_missing_dep.py").write_text("import nosuchpackage_xyz\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, out, err = run(["spectrum", "usermod_missing_dep:make", "--steps", "5"], capsys)
+    assert_refused(code, err, "No module named 'nosuchpackage_xyz'")
+    assert "usermod_missing_dep" in err
+
+
+def test_user_system_by_relative_paths_and_its_prints_go_to_stderr(tmp_path, capsys,
+                                                                   monkeypatch):
+    here = tmp_path / "work"
+    (tmp_path / "x").mkdir()
+    here.mkdir()
+    (tmp_path / "x" / "mysys.py").write_text(
+        "print('hello from the module')\n" + _GOOD_FACTORY.replace(
+            "    def init", "    print('hello from make')\n    def init"))
+    monkeypatch.chdir(here)
+    code, out, err = run(["spectrum", "../x/mysys.py:make", "--steps", "20", "--transient",
+                          "0", "--json", "--no-progress"], capsys)
+    assert code == 0, err
+    assert "mine" in str(strict_json(out)["system"])
+    assert "hello from the module" in err and "hello from make" in err
+
+
+def test_default_out_of_a_user_system_stays_under_out(tmp_path, capsys, monkeypatch):
+    from chaosgrad.app.cli import default_out
+
+    src = tmp_path / "src" / "mysys.py"
+    src.parent.mkdir()
+    src.write_text(_GOOD_FACTORY)
+    assert default_out("diagnose", f"{src}:make") == os.path.join("out", "diagnose",
+                                                                  "mysys_make")
+    assert default_out("compare", "../x/y.py:f") == os.path.join("out", "compare", "y_f")
+    assert default_out("diagnose", "brax:ant") == os.path.join("out", "diagnose", "brax_ant")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(["diagnose", f"{src}:make", "--horizons", "2,4", "--seeds", "2",
+                        "--lyapunov-steps", "20", "--no-progress"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "out" / "diagnose" / "mysys_make" / "report.json").exists()
+    assert sorted(p.name for p in src.parent.iterdir()) == ["mysys.py"]

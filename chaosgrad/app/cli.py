@@ -17,6 +17,7 @@ from chaosgrad import systems
 from chaosgrad.app import figures
 from chaosgrad.app.compare import compare
 from chaosgrad.app.meta_train import add_launch_arguments, add_meta_train_parser, join_launch
+from chaosgrad.app.output import json_output, print_json
 from chaosgrad.config import enable_compilation_cache, enable_x64
 from chaosgrad.diagnose import diagnose
 from chaosgrad.errors import InputError
@@ -154,6 +155,16 @@ def check_out_file(path: str | os.PathLike, flag: str = "--plot") -> Path:
         raise InputError(f"{flag} {path}: the folder {parent} does not exist")
     _check_writable(parent, f"{flag} {path}")
     return path
+
+
+def default_out(kind: str, name: str) -> str:
+    """``out/KIND/NAME``, with a user's ``path/to/mysys.py:make`` named ``mysys_make``: the
+    default folder stays under ./out, never next to the user's source."""
+    module, sep, func = name.rpartition(":")
+    if sep and (module.endswith(".py") or "/" in module or os.sep in module):
+        name = f"{Path(module).stem}_{func}"
+    base = name.replace(":", "_").replace("/", "_").replace(os.sep, "_").strip(".")
+    return os.path.join("out", kind, base or "system")
 
 
 def check_outputs(args) -> None:
@@ -325,7 +336,7 @@ def cmd_systems(args) -> int:
         except ImportError as e:  # an adapter whose module is not available
             rows.append({"name": name, "description": f"(unavailable: {e})", "params": {}})
     if args.json:
-        print(dumps(rows))
+        print_json(dumps(rows))
         return 0
     for r in rows:
         print(f"{r['name']:<10} {r['description']}")
@@ -351,7 +362,7 @@ def cmd_spectrum(args) -> int:
 
         save(plot_lyapunov(res).figure, args.plot)
     if args.json:
-        print(dumps(res.to_json()))
+        print_json(dumps(res.to_json()))
         return 0
     print(f"{system.description or system.name}  [{res.precision['dtype']}, "
           f"{res.precision['backend']}]")
@@ -388,7 +399,7 @@ def cmd_grad_growth(args) -> int:
     out = res.to_json()
     out["lyapunov_max"] = lyap
     if args.json:
-        print(dumps(out))
+        print_json(dumps(out))
         return 0
     print(f"{system.description or system.name}  [{res.precision['dtype']}]")
     print(f"{'T':>8} {'geomean |g|':>14} {'median |g|':>14} {'variance':>12} {'non-finite':>11}")
@@ -412,7 +423,7 @@ def _save_and_print(args, result, out: Path, figure: str, text, where: str) -> i
     if args.plot:
         write_bytes(args.plot, Path(result.figures[figure]).read_bytes())
     if args.json:
-        print(dumps(result.to_json()))
+        print_json(dumps(result.to_json()))
     else:
         print(text())
         print(where)
@@ -421,8 +432,7 @@ def _save_and_print(args, result, out: Path, figure: str, text, where: str) -> i
 
 def cmd_diagnose(args) -> int:
     system = _make_system(args)
-    out = check_out_dir(args.out or os.path.join("out", "diagnose",
-                                                  args.name.replace(":", "_")))
+    out = check_out_dir(args.out or default_out("diagnose", args.name))
     k = resolve_k(args.k, system.phase_dim(key=_key(args.seed)), args.name)
     _check_memory(args, system, k=k, seeds=args.seeds,
                   horizon=max(args.horizons or [system.horizon]))
@@ -441,7 +451,7 @@ def cmd_compare(args) -> int:
     if args.seconds < 0:
         raise InputError(f"--seconds must be >= 0 (0: no budget), got {args.seconds}")
     names = [n.strip() for n in args.estimators.split(",") if n.strip()]
-    out = check_out_dir(args.out or os.path.join("out", "compare", args.name.replace(":", "_")))
+    out = check_out_dir(args.out or default_out("compare", args.name))
     c = compare(system, estimators_=names, horizon=args.horizon, budget=args.budget,
                 samples=args.samples, window=args.window, sigma=args.sigma,
                 seconds=args.seconds if args.seconds > 0 else None,
@@ -561,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         check_outputs(args)  # a bad --out/--plot fails now, not after minutes of compute
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), json_output(getattr(args, "json", False)):
             warnings.showwarning = _show_warning
             status = int(handler(args) or 0)
         sys.stdout.flush()

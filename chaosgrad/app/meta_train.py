@@ -14,6 +14,7 @@ import jax
 import optax
 
 from chaosgrad import distributed, estimators, systems
+from chaosgrad.app.output import print_json
 from chaosgrad.errors import InputError
 from chaosgrad.estimators.meta import meta_train
 from chaosgrad.io import dumps
@@ -137,7 +138,7 @@ def run_meta_train(args) -> int:
     if launch is not None and not distributed.is_main_process():
         return 130 if result.interrupted else 0  # process 0 reports for the run
     if args.json:
-        print(dumps(summary, indent=None))
+        print_json(dumps(summary, indent=None))
     else:
         state = "interrupted at" if result.interrupted else "done:"
         print(f"meta-train {est.name} on {system.name} {state} step {result.step}: meta-loss "
