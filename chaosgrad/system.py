@@ -20,6 +20,7 @@ from jax.flatten_util import ravel_pytree
 
 from chaosgrad.errors import InputError
 from chaosgrad.io import jsonable
+from chaosgrad.params import check_int, check_number
 
 PyTree = Any
 META_LOSSES = ("mean", "sum", "last")
@@ -123,10 +124,18 @@ class System:
             raise InputError(
                 f"System meta_loss {self.meta_loss!r} is not accepted: use one of {META_LOSSES}"
             )
-        if self.dt is not None and not self.dt > 0:
-            raise InputError(f"System dt must be positive (or None for maps), got {self.dt!r}")
-        if int(self.horizon) <= 0:
-            raise InputError(f"System horizon must be a positive integer, got {self.horizon!r}")
+        if self.dt is not None:
+            try:
+                check_number(self.dt, "System dt", positive=True)
+            except InputError:
+                raise InputError(f"System dt must be a positive finite number (or None for "
+                                 f"maps), got {self.dt!r}") from None
+        try:
+            horizon = check_int(self.horizon, "System horizon", lo=1)
+        except InputError:
+            raise InputError(f"System horizon must be a positive integer, got "
+                             f"{self.horizon!r}") from None
+        object.__setattr__(self, "horizon", horizon)  # frozen: set once, as an int
 
     # -- phase helpers ---------------------------------------------------------------------
     def get_phase(self, state: PyTree) -> PyTree:
@@ -323,9 +332,18 @@ def check_system(system: System, theta: PyTree = None, *, batched: bool = False)
                 raise InputError(f"theta of system {name!r} has shape {list(_shape(a))}"
                                  f"{where}; expected {list(_shape(b))} like its default "
                                  "theta")
+    if sum(int(np.prod(_shape(x))) for x in jax.tree_util.tree_leaves(theta)) == 0:
+        raise InputError(f"theta of system {name!r} has no entries (size 0): the gradient is "
+                         "taken with respect to theta; give it at least one parameter")
     th = jax.tree_util.tree_map(_spec, theta)
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
     state = _trace(system, "init(key, theta)", system.init, key, th)
+    cplx = [f"{x.dtype.name}{list(x.shape)}" for x in jax.tree_util.tree_leaves(state)
+            if jnp.issubdtype(x.dtype, jnp.complexfloating)]
+    if cplx:
+        raise InputError(f"init(key, theta) of system {name!r} returned a complex state "
+                         f"({', '.join(cplx[:3])}); chaosgrad takes real states: keep the "
+                         "real and imaginary parts as two float leaves")
     result = _trace(system, "step(state, theta, key)", system.step, state, th, key)
     if not (isinstance(result, (tuple, list)) and len(result) == 2):
         got = (f"a {type(result).__name__} of {len(result)}"
@@ -350,7 +368,50 @@ def check_system(system: System, theta: PyTree = None, *, batched: bool = False)
         raise InputError(f"step(state, theta, key) of system {name!r} returned a loss "
                          f"{_dtype(loss).name}{list(_shape(loss))}; expected a "
                          "scalar float (the per-step loss)")
+    if system.phase is not None:
+        _check_phase_round_trip(system, state, theta, batched)
     seen.add(sig)
+
+
+def _check_phase_round_trip(system: System, state, theta, batched: bool) -> None:
+    """``with_phase`` must invert ``phase``: traced for shapes, then run once on a real
+    state, ``phase(with_phase(s, p + δ))`` must give back ``p + δ`` (a ``with_phase`` that
+    ignores its argument, or scales it, would make every Jacobian wrong without a word)."""
+    name = system.name
+    p = _trace(system, "phase(state)", system.phase, state)
+    back = _trace(system, "with_phase(state, phase)", system.with_phase, state, p)
+    s_leaves, s_tree = jax.tree_util.tree_flatten(state)
+    b_leaves, b_tree = jax.tree_util.tree_flatten(back)
+    if b_tree != s_tree or any(a.shape != b.shape or a.dtype != b.dtype
+                               for a, b in zip(b_leaves, s_leaves, strict=True)):
+        raise InputError(f"with_phase(state, phase) of system {name!r} must return a state "
+                         "like init's (same structure, shapes and dtypes)")
+    if any(not jnp.issubdtype(x.dtype, jnp.floating)
+           for x in jax.tree_util.tree_leaves(p)):
+        raise InputError(f"phase(state) of system {name!r} must return floating-point "
+                         "leaves (the Jacobian is taken over them)")
+    if isinstance(theta, jax.ShapeDtypeStruct) or any(
+            isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree_util.tree_leaves(theta)):
+        if not batched:
+            return  # nothing concrete to run on
+    if batched:
+        return  # the unbatched θ was checked (a batch of θ shares the functions)
+
+    def errors(key, theta):
+        s = system.init(key, theta)
+        flat, unravel = ravel_pytree(system.phase(s))
+        sign = jnp.where(jnp.arange(flat.size) % 2 == 0, 1.0, -1.0).astype(flat.dtype)
+        delta = 1e-3 * (1 + jnp.abs(flat)) * sign
+        got = ravel_pytree(system.phase(system.with_phase(s, unravel(flat + delta))))[0]
+        err = jnp.abs(got - (flat + delta)) / jnp.abs(delta)
+        return jnp.max(jnp.where(jnp.isfinite(err), err, 0.0))
+
+    err = float(jax.jit(errors)(jax.random.PRNGKey(0), theta))
+    if err > 0.05:
+        raise InputError(f"with_phase of system {name!r} is not the inverse of phase: "
+                         "phase(with_phase(state, p)) differs from p (by "
+                         f"{100 * err:.3g}% of a small change to p); the Jacobians would be "
+                         "wrong. with_phase(state, phase) must put the phase back")
 
 
 # -- compiled-function caches keyed on what a system computes ------------------------------------

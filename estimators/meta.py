@@ -24,7 +24,7 @@ from chaosgrad.estimators.base import Estimator, count_nonfinite
 from chaosgrad import distributed
 from chaosgrad.config import precision_info
 from chaosgrad.errors import InputError
-from chaosgrad.io import dumps, jsonable, load_npz, save_npz, write_text
+from chaosgrad.io import check_regular, dumps, jsonable, load_npz, save_npz, write_text
 from chaosgrad.progress import progress_bar
 from chaosgrad.system import System, resolve_theta
 from chaosgrad.unroll import check_steps, unrolled_loss
@@ -171,14 +171,29 @@ class OutputLock:
     def __enter__(self):
         import fcntl
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        for _ in range(100):
+            check_regular(self.path, "the lock file")
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise InputError(f"{self.path.parent} is in use by another meta-train run "
+                                 f"(pid {owner}); wait for it to finish or use another "
+                                 "--out") from None
+            # The holder we waited on unlinks the file as it leaves: a lock on the file we
+            # opened is worth nothing if the name now points elsewhere (or nowhere).
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             os.close(fd)
-            raise InputError(f"{self.path.parent} is in use by another meta-train run (pid "
-                             f"{owner}); wait for it to finish or use another --out") from None
+        else:
+            raise InputError(f"cannot lock {self.path}: it keeps being replaced; is another "
+                             "program writing into this folder?")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
@@ -538,19 +553,48 @@ def _load_checkpoint(ckpt: Path, template, fingerprint: str):
         if a.shape != leaf.shape or not np.can_cast(a.dtype, leaf.dtype, "same_kind"):
             raise InputError(f"the checkpoint {ckpt} holds leaf_{i} as {a.dtype}{list(a.shape)}"
                              f", expected {leaf.dtype}{list(leaf.shape)}; {recover}")
+    n_theta = len(jax.tree_util.tree_leaves(template[0]))
+    for i in range(n_theta):
+        a = z[f"leaf_{i}"]
+        if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a)):
+            raise InputError(f"the checkpoint {ckpt} holds a non-finite theta (leaf_{i}); "
+                             f"training never saves one, so it is damaged; {recover}")
     cur = tuple(jax.tree_util.tree_unflatten(
         treedef, [jnp.asarray(z[f"leaf_{i}"], dtype=leaf.dtype) for i, leaf in enumerate(leaves)]))
     try:
-        start = int(z["step"])
+        step = z["step"]
+        if step.shape != () or not np.issubdtype(step.dtype, np.integer):
+            raise TypeError("step")
+        start = int(step)
         saved = json.loads(str(z["history"]))
         records, evals = saved["records"], saved["evals"]
-    except (ValueError, TypeError, KeyError):
+        _check_history(records, evals)
+    except (ValueError, TypeError, KeyError, AttributeError):
         raise InputError(f"the checkpoint {ckpt} has an unreadable step or history; "
                          f"{recover}") from None
     if not 0 <= start <= len(records):
         raise InputError(f"the checkpoint {ckpt} is inconsistent (step {start}, "
                          f"{len(records)} records); {recover}")
     return cur, start, records[:start], evals
+
+
+def _check_history(records, evals) -> None:
+    """TypeError unless ``records`` and ``evals`` have the layout `_meta_train` writes."""
+    def number(x, nullable=False):
+        return (x is None and nullable) or (isinstance(x, (int, float))
+                                            and not isinstance(x, bool))
+
+    if not isinstance(records, list) or not isinstance(evals, list):
+        raise TypeError("history")
+    for r in records:
+        if not isinstance(r, dict) or not all(number(r.get(k), k in ("loss", "grad_norm"))
+                                              for k in STEP_FIELDS):
+            raise TypeError("record")
+    for e in evals:
+        if not (isinstance(e, dict) and isinstance(e.get("step"), int)
+                and not isinstance(e.get("step"), bool) and number(e.get("meta_loss"), True)
+                and isinstance(e.get("nonfinite"), int)):
+            raise TypeError("evaluation")
 
 
 def _write_log(out: Path, records: list, evals: list) -> None:

@@ -840,3 +840,241 @@ def test_default_out_of_a_user_system_stays_under_out(tmp_path, capsys, monkeypa
     assert code == 0, err
     assert (tmp_path / "out" / "diagnose" / "mysys_make" / "report.json").exists()
     assert sorted(p.name for p in src.parent.iterdir()) == ["mysys.py"]
+
+
+# -- issue 23: nothing coerced silently ------------------------------------------------------------
+def _tiny_system(**fields):
+    def init(key, theta):
+        return jnp.zeros(2)
+
+    def step(x, theta, key):
+        return x * theta, x[0] * theta
+
+    return chaosgrad.System(init, step, theta=jnp.asarray(0.5), **fields)
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("horizon", 2.7, "horizon must be a positive integer"),
+    ("horizon", True, "horizon must be a positive integer"),
+    ("horizon", 0, "horizon must be a positive integer"),
+    ("horizon", float("nan"), "horizon must be a positive integer"),
+    ("dt", float("inf"), "dt must be a positive finite number"),
+    ("dt", float("nan"), "dt must be a positive finite number"),
+    ("dt", -0.1, "dt must be a positive finite number"),
+])
+def test_system_fields_are_checked_not_coerced(field, value, needle):
+    with pytest.raises(InputError, match=needle):
+        _tiny_system(**{field: value})
+
+
+def test_system_horizon_given_as_a_whole_float_is_kept_as_that_integer():
+    assert _tiny_system(horizon=3.0).horizon == 3 and isinstance(
+        _tiny_system(horizon=3.0).horizon, int)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--param", "n=3", "--param", "eigenvalues=1,2"], "n=3 disagrees with the 2 eigenvalues"),
+    (["--param", "eigenvalues=0.5,0.2", "--param", "radius=2"], "not both"),
+    (["--param", "radius=-1"], "radius must be a positive finite number"),
+    (["--param", "n=2.5"], "linear n must be an integer"),
+    (["--param", "seed=-1"], "linear seed must be an integer in 0.."),
+    (["--param", "n=1_4"], "digit separators"),
+])
+def test_linear_parameters_are_checked(argv, needle, capsys):
+    code, out, err = run(["spectrum", "linear", *argv, "--steps", "5", "--transient", "0",
+                          "--no-progress"], capsys)
+    assert_refused(code, err, needle)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["lorenz", "--param", "burn_in=-1"], "lorenz burn_in must be an integer in 0.."),
+    (["lorenz", "--param", "dt=1e400"], "not a finite number"),
+    (["rnn", "--param", "seed=-1"], "rnn seed must be an integer in 0.."),
+    (["heat", "--param", "n=1"], "heat n (grid points) must be an integer in 2.."),
+    (["henon", "--param", "a=1_4"], "digit separators"),
+    (["henon", "--steps", "1_0"], "expected a positive integer"),
+    (["henon", "--transient", "1_0"], "expected an integer >= 0"),
+])
+def test_other_parameters_are_checked(argv, needle, capsys):
+    code, out, err = run(["spectrum", *argv, "--steps", "5", "--no-progress"]
+                         if "--steps" not in argv else ["spectrum", *argv, "--no-progress"],
+                         capsys)
+    assert_refused(code, err, needle)
+
+
+def test_grad_growth_digit_separators_refused(capsys):
+    code, _, err = run(["grad-growth", "henon", "--horizons", "1_0,20"], capsys)
+    assert_refused(code, err, "expected comma-separated positive integers")
+    code, _, err = run(["compare", "henon", "--sigma", "1_0"], capsys)
+    assert_refused(code, err, "expected a number")
+
+
+def test_check_system_refuses_complex_states_and_empty_theta():
+    def init(key, theta):
+        return jnp.zeros(2, jnp.complex64)
+
+    def step(x, theta, key):
+        return x * theta, jnp.real(x[0]) * theta
+
+    with pytest.raises(InputError, match="complex state"):
+        check_system(chaosgrad.System(init, step, name="cplx", theta=jnp.asarray(0.5)))
+    empty = chaosgrad.System(lambda k, t: jnp.zeros(2), lambda x, t, k: (x, x[0]),
+                             name="empty", theta=jnp.zeros((0,)))
+    with pytest.raises(InputError, match="no entries"):
+        check_system(empty)
+
+
+@pytest.mark.parametrize("bad", ["ignores", "scales", "good"])
+def test_check_system_checks_the_phase_round_trip(bad):
+    def init(key, theta):
+        return {"x": jnp.array([0.1, 0.2]), "t": jnp.zeros(())}
+
+    def step(s, theta, key):
+        x = jnp.stack([1 - theta[0] * s["x"][0] ** 2 + s["x"][1], theta[1] * s["x"][0]])
+        return {"x": x, "t": s["t"] + 1}, x[0]
+
+    def with_phase(s, p):
+        if bad == "ignores":
+            return s
+        return {**s, "x": 2 * p if bad == "scales" else p}
+
+    system = chaosgrad.System(init, step, phase=lambda s: s["x"], with_phase=with_phase,
+                              name=f"rt-{bad}", theta=jnp.array([1.4, 0.3]))
+    if bad == "good":
+        check_system(system)
+        return
+    with pytest.raises(InputError, match=f"with_phase of system 'rt-{bad}' is not the "
+                                         "inverse of phase"):
+        check_system(system)
+
+
+def test_plot_format_comes_from_the_extension_or_is_refused(tmp_path, capsys):
+    base = ["spectrum", "henon", "--steps", "20", "--transient", "0", "--no-progress"]
+    code, _, err = run(base + ["--plot", tmp_path / "x.svg"], capsys)
+    assert code == 0, err
+    assert b"<svg" in (tmp_path / "x.svg").read_bytes()[:2000]
+    code, _, err = run(base + ["--plot", tmp_path / "x.pdf"], capsys)
+    assert code == 0 and (tmp_path / "x.pdf").read_bytes().startswith(b"%PDF")
+    for name in ("x.gif", "x", "x.png.bak"):
+        code, _, err = run(base + ["--plot", tmp_path / name], capsys)
+        assert_refused(code, err, "accepted: .png, .svg, .pdf")
+        assert not (tmp_path / name).exists()
+    code, _, err = run(["diagnose", "henon", "--plot", tmp_path / "d.svg"], capsys)
+    assert_refused(code, err, "accepted: .png")
+    code, _, err = run(base + ["--plot", ""], capsys)
+    assert_refused(code, err, "--plot is empty")
+    code, _, err = run(["diagnose", "henon", "--out", " "], capsys)
+    assert_refused(code, err, "--out is empty")
+
+
+def test_figures_all_with_names_is_refused(capsys, tmp_path):
+    code, _, err = run(["figures", "--all", "nosuch", "--out", tmp_path], capsys)
+    assert_refused(code, err, "not both")
+    code, _, err = run(["figures", "nosuch", "--out", tmp_path], capsys)
+    assert_refused(code, err, "unknown figure 'nosuch'")
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- issue 23: files -----------------------------------------------------------------------------
+def _special_files(tmp_path):
+    import socket
+
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    sock_path = tmp_path / "sock.png"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(sock_path))
+    return {"fifo": fifo, "socket": sock_path}, sock
+
+
+def test_special_files_are_never_replaced(tmp_path, capsys):
+    import stat
+
+    from chaosgrad.io import write_bytes
+
+    special, sock = _special_files(tmp_path)
+    try:
+        for kind, path in special.items():
+            mode = os.lstat(path).st_mode
+            code, _, err = run(["spectrum", "henon", "--steps", "20", "--transient", "0",
+                                "--no-progress", "--plot", path], capsys)
+            assert_refused(code, err, f"is a {'FIFO' if kind == 'fifo' else 'socket'}")
+            with pytest.raises(InputError, match="writes only regular files"):
+                write_bytes(path, b"x")
+            assert os.lstat(path).st_mode == mode  # still the FIFO / socket
+        code, _, err = run(["diagnose", "henon", "--out", special["fifo"]], capsys)
+        assert_refused(code, err, "expected a folder")
+        assert stat.S_ISFIFO(os.lstat(special["fifo"]).st_mode)
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("damage", ["float_step", "nan_theta", "history_types",
+                                    "history_not_list"])
+def test_crafted_checkpoints_are_refused_with_the_way_out(damage, tmp_path):
+    out = tmp_path / "m"
+    _meta_api(out, 2)
+    ckpt = out / "checkpoint.npz"
+    z = dict(np.load(ckpt))
+    if damage == "float_step":
+        z["step"] = np.asarray(2.7)
+    elif damage == "nan_theta":
+        z["leaf_0"] = np.full_like(z["leaf_0"], np.nan)
+    elif damage == "history_types":
+        h = json.loads(str(z["history"]))
+        h["records"][0]["loss"] = "x"
+        z["history"] = np.asarray(json.dumps(h))
+    else:
+        z["history"] = np.asarray(json.dumps({"records": 3, "evals": []}))
+    np.savez(ckpt, **z)
+    with pytest.raises(InputError, match="checkpoint.*--no-resume"):
+        _meta_api(out, 4)
+
+
+def test_damaged_figure_files_name_force_which_recovers(tmp_path, monkeypatch):
+    from chaosgrad.app.figures import toy
+
+    monkeypatch.setitem(toy.SIZES, "quick", {"samples": 50, "xs": 5, "ws": 2})
+    figures.run_figure("toy", "quick", tmp_path)
+    folder = tmp_path / "toy"
+    # meta.json damaged: named with --force, and --force recovers
+    (folder / "meta.json").write_text("{not json")
+    with pytest.raises(InputError, match="meta.json.*--force"):
+        figures.run_figure("toy", "quick", tmp_path)
+    figures.run_figure("toy", "quick", tmp_path, force=True)
+    # results.npz with other keys or shapes than were saved
+    np.savez(folder / "results.npz", wrong=np.zeros(3))
+    with pytest.raises(InputError, match="results.npz.*--force"):
+        figures.run_figure("toy", "quick", tmp_path)
+    figures.run_figure("toy", "quick", tmp_path, force=True)
+    # a part with wrong keys or shapes (its digest no longer matches)
+    (folder / "results.npz").unlink()
+    part = sorted((folder / "parts").glob("*.npz"))[0]
+    z = dict(np.load(part))
+    first = next(k for k in z if not k.startswith("_"))
+    z[first] = np.zeros((7, 7))
+    np.savez(part, **z)
+    with pytest.raises(InputError, match=f"{part.name}.*--force"):
+        figures.run_figure("toy", "quick", tmp_path)
+    figures.run_figure("toy", "quick", tmp_path, force=True)
+    figures.run_figure("toy", "quick", tmp_path)  # and all is well again
+
+
+def test_lock_rechecks_the_file_after_locking(tmp_path, monkeypatch):
+    # A holder that leaves between our open and our lock unlinks the file: the lock we got
+    # is on a file no longer in the folder, so the lock is taken again on the new one.
+    import fcntl
+
+    real = fcntl.flock
+    calls = []
+
+    def flock(fd, op):
+        if not calls:  # the previous holder leaves right now
+            os.unlink(tmp_path / ".lock")
+        calls.append(fd)
+        return real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with OutputLock(tmp_path) as lock:
+        assert len(calls) == 2
+        assert os.path.samestat(os.fstat(lock.fd), os.stat(tmp_path / ".lock"))

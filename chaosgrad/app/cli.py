@@ -22,7 +22,7 @@ from chaosgrad.config import enable_compilation_cache, enable_x64
 from chaosgrad.diagnose import diagnose
 from chaosgrad.errors import InputError
 from chaosgrad.gradients import gradient_growth
-from chaosgrad.io import dumps, write_bytes, write_json
+from chaosgrad.io import PLOT_FORMATS, check_regular, dumps, write_bytes, write_json
 from chaosgrad.spectra import lyapunov_spectrum, resolve_k
 
 
@@ -52,6 +52,8 @@ MAX_SEED = 2**32 - 1  # a PRNGKey seed is 32 bits wide without float64 mode
 def _parse_int(text: str, what: str) -> int:
     """``text`` as an int, or the argparse error "expected <what>"."""
     try:
+        if "_" in text:  # int("1_0") is 10: digit separators are refused, not read
+            raise ValueError(text)
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
@@ -87,8 +89,11 @@ def _k_arg(text: str):
 
 
 def _int_list(text: str) -> list[int]:
+    parts = [x for x in text.split(",") if x.strip()]
     try:
-        vals = [int(x) for x in text.split(",") if x.strip()]
+        if any("_" in x for x in parts):  # int("1_0") is 10: separators refused, not read
+            raise ValueError(text)
+        vals = [int(x) for x in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated positive integers like 10,30,100, got {text!r}") from None
@@ -103,6 +108,8 @@ def _int_list(text: str) -> list[int]:
 
 def _finite_float(text: str) -> float:
     try:
+        if "_" in text:  # float("1_0") is 10.0: digit separators are refused, not read
+            raise ValueError(text)
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
@@ -114,6 +121,8 @@ def _finite_float(text: str) -> float:
 def check_out_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     """Refuse, before any compute, an output folder that cannot be made or written: a file
     where a folder is expected (there or above), or a folder this user cannot write."""
+    if not str(path).strip():
+        raise InputError(f"{flag} is empty; give a folder name")
     path = Path(path)
     probe = path
     while not probe.exists():  # the nearest part that exists must be a writable folder
@@ -142,12 +151,21 @@ def _check_writable(folder: Path, what: str) -> None:
                          f"({e.strerror or e})") from None
 
 
-def check_out_file(path: str | os.PathLike, flag: str = "--plot") -> Path:
+def check_out_file(path: str | os.PathLike, flag: str = "--plot",
+                   formats: tuple[str, ...] | None = None) -> Path:
     """Refuse, before any compute, an output file that cannot be written: onto a folder,
-    into a missing or unwritable folder, or over a file this user cannot write."""
+    into a missing or unwritable folder, or over a file this user cannot write; onto
+    anything but a regular file (a device, FIFO or socket is never replaced); and, given
+    ``formats``, a name whose extension is not one of them (the format comes from it)."""
+    if not str(path).strip():
+        raise InputError(f"{flag} is empty; give a file name")
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{flag} {path} is a folder, expected a file name")
+    check_regular(path, flag)
+    if formats is not None and path.suffix.lower().lstrip(".") not in formats:
+        raise InputError(f"{flag} {path}: the format comes from the extension; accepted: "
+                         f"{', '.join('.' + f for f in formats)}")
     parent = path.parent
     if parent.exists() and not parent.is_dir():
         raise InputError(f"{flag} {path}: {parent} is a file, expected a folder")
@@ -169,9 +187,11 @@ def default_out(kind: str, name: str) -> str:
 
 def check_outputs(args) -> None:
     """Check every output path of a command (``--out``, ``--plot``) before it computes."""
-    if getattr(args, "plot", None):
-        check_out_file(args.plot, "--plot")
-    if getattr(args, "out", None):
+    if getattr(args, "plot", None) is not None:
+        # diagnose and compare copy their saved PNG; the others draw in any format
+        copied = args.command in ("diagnose", "compare")
+        check_out_file(args.plot, "--plot", ("png",) if copied else PLOT_FORMATS)
+    if getattr(args, "out", None) is not None:
         check_out_dir(args.out, "--out")
 
 
@@ -470,6 +490,9 @@ def cmd_figures(args) -> int:
         for name in figures.names():
             print(f"{name:<{width}}  {figures.FIGURES[name][1]}")
         return 0
+    if args.all and args.names:  # "--all nosuch" would silently run every figure
+        raise InputError(f"give figure names or --all, not both (got --all and "
+                         f"{', '.join(args.names)}); accepted: {', '.join(figures.names())}")
     todo = figures.names() if args.all else args.names
     if not todo:
         raise InputError("name the figures to make, or pass --all; accepted: "
