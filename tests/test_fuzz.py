@@ -1078,3 +1078,42 @@ def test_lock_rechecks_the_file_after_locking(tmp_path, monkeypatch):
     with OutputLock(tmp_path) as lock:
         assert len(calls) == 2
         assert os.path.samestat(os.fstat(lock.fd), os.stat(tmp_path / ".lock"))
+
+
+# -- issue 23: launch failures end in one line, status 3, within --timeout -------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(tmp_path, extra, env_extra=None):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "OMPI_", "CHAOSGRAD_"))}
+    env.update(env_extra or {})
+    env.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    cmd = [sys.executable, "-m", "chaosgrad.app.cli", "meta-train", "linear", "--param",
+           "n=2", "--estimator", "backprop", "--steps", "1", "--out", str(tmp_path / "m"),
+           "--no-progress", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("case", ["peer_never_joins", "coordinator_unreachable"])
+def test_launch_failures_are_one_line_and_status_3(case, tmp_path):
+    port = _free_port()
+    pid = "0" if case == "peer_never_joins" else "1"  # 1: nobody listens on the port
+    r = _launch(tmp_path, ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                           "--process-id", pid, "--timeout", "3"])
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 3, r.stderr
+    assert len(lines) == 1 and "could not join" in lines[0], r.stderr
+    assert f"process {pid} of 2" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_slurm_variables_without_srun_are_one_line_and_status_3(tmp_path):
+    r = _launch(tmp_path, [], {"SLURM_NTASKS": "4", "SLURM_PROCID": "0"})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 3, r.stderr
+    assert len(lines) == 1 and "not started by srun" in lines[0], r.stderr

@@ -20,7 +20,7 @@ from chaosgrad.app.meta_train import add_launch_arguments, add_meta_train_parser
 from chaosgrad.app.output import json_output, print_json
 from chaosgrad.config import enable_compilation_cache, enable_x64
 from chaosgrad.diagnose import diagnose
-from chaosgrad.errors import InputError
+from chaosgrad.errors import InputError, LaunchError
 from chaosgrad.gradients import gradient_growth
 from chaosgrad.io import PLOT_FORMATS, check_regular, dumps, write_bytes, write_json
 from chaosgrad.spectra import lyapunov_spectrum, resolve_k
@@ -601,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
         return status
     except InputError as e:
         return fail(e)
+    except LaunchError as e:  # a multi-process launch that never formed: status 3
+        fail(e)
+        return 3
     except KeyboardInterrupt:
         print(f"chaosgrad {args.command}: interrupted", file=sys.stderr)
         return 130
