@@ -1,4 +1,4 @@
-"""Reliability: generated bad input for the command line and the API (issue 13).
+"""Reliability: generated bad input for the command line and the API (issues 13 and 23).
 
 Every bad input must end in exit status 2 and exactly one line on stderr (or, from the API,
 an InputError naming the problem), never a traceback, never a partial file; every `--json`
@@ -1117,3 +1117,41 @@ def test_slurm_variables_without_srun_are_one_line_and_status_3(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 3, r.stderr
     assert len(lines) == 1 and "not started by srun" in lines[0], r.stderr
+
+
+# -- issue 23: generated values that must never be coerced ---------------------------------
+@FUZZ
+@given(value=st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).filter(
+        lambda v: not (v == v and abs(v) != float("inf") and float(v).is_integer())),
+    st.booleans(), st.integers(max_value=0), st.text(max_size=3)))
+def test_fuzz_system_horizon_is_an_integer_or_refused(value):
+    with pytest.raises(InputError, match="horizon must be a positive integer"):
+        _tiny_system(horizon=value)
+
+
+@FUZZ
+@given(digits=st.integers(min_value=10, max_value=10**6),
+       name_key=st.sampled_from([("henon", "a"), ("linear", "n"), ("rnn", "seed"),
+                                 ("lorenz", "burn_in"), ("logistic", "r")]))
+def test_fuzz_digit_separators_are_refused_everywhere(digits, name_key, capsys):
+    text = str(digits)
+    text = text[:1] + "_" + text[1:]
+    name, key = name_key
+    code, out, err = run(["spectrum", name, "--param", f"{key}={text}", "--steps", "5",
+                          "--no-progress"], capsys)
+    assert_refused(code, err, "digit separators")
+
+
+def test_one_seed_gives_no_growth_interval_and_no_verdict_from_it(capsys, tmp_path):
+    from chaosgrad.gradients import gradient_growth
+
+    g = gradient_growth(systems.make("henon"), horizons=[5, 10, 20], seeds=1, progress=False)
+    assert np.isfinite(g.growth_rate)
+    for iv in (g.growth_interval, g.variance_rate_interval):
+        assert iv.low == -np.inf and iv.high == np.inf  # not a zero-width "95%" interval
+    code, out, err = run(["diagnose", "henon", "--seeds", "1", "--horizons", "5,10",
+                          "--lyapunov-steps", "200", "--out", tmp_path, "--json",
+                          "--no-progress"], capsys)
+    assert code == 0, err
+    assert strict_json(out)["verdict"] != "chaotic"
