@@ -1155,3 +1155,11 @@ def test_one_seed_gives_no_growth_interval_and_no_verdict_from_it(capsys, tmp_pa
                           "--no-progress"], capsys)
     assert code == 0, err
     assert strict_json(out)["verdict"] != "chaotic"
+
+
+def test_a_closed_stdout_is_one_line_not_a_traceback():
+    r = subprocess.run([sys.executable, "-m", "chaosgrad.app.cli", "systems", "--json"],
+                       stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1),
+                       timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "standard output is closed" in lines[0]

@@ -577,6 +577,11 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `chaosgrad` command; returns the exit status."""
+    if sys.stdout is None:  # started with stdout closed (`chaosgrad ... >&-`)
+        if sys.stderr is not None:
+            print("chaosgrad: error: standard output is closed; redirect it (e.g. "
+                  ">/dev/null) instead of closing it", file=sys.stderr)
+        return 2
     import matplotlib
 
     matplotlib.use("Agg")  # the command only writes files; never open a window
