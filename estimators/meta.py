@@ -79,11 +79,20 @@ def _fingerprint(system: System, estimator: Estimator, theta0, key, **settings) 
     })[0]
 
 
+def _layout_free(text: str) -> str:
+    """A program's text without memory addresses and without the device layout (mesh sizes,
+    device ids): a run may resume on another number of devices or processes."""
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", text)
+    text = re.sub(r"Mesh\((?:'[^']*': \d+(?:, )?)+",
+                  lambda m: re.sub(r": \d+", ": N", m.group(0)), text)
+    return re.sub(r"device_ids=\[[^\]]*\]|devices=\[[^\]]*\]", "devices=[…]", text)
+
+
 def _program_digest(closed) -> str:
     """SHA-256 of a traced program (a ClosedJaxpr): its text, with any memory address taken
     out, and the values of its constants, nested programs' included. Two functions with the
     same digest compute the same thing; a changed global or closure value changes it."""
-    h = hashlib.sha256(re.sub(r" at 0x[0-9a-fA-F]+", "", str(closed)).encode())
+    h = hashlib.sha256(_layout_free(str(closed)).encode())
     seen: set = set()
 
     def walk(j):

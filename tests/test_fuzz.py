@@ -1163,3 +1163,15 @@ def test_a_closed_stdout_is_one_line_not_a_traceback():
                        timeout=300)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "standard output is closed" in lines[0]
+
+
+def test_code_fingerprint_ignores_the_device_layout():
+    # A run may resume on another number of devices or processes: the mesh sizes and device
+    # ids in a traced program are not part of its identity (its code is).
+    from chaosgrad.estimators.meta import _layout_free
+
+    a = ("x = sharding_constraint[sharding=NamedSharding(mesh=Mesh('population': 2, "
+         "axis_types=(Auto,)), spec=P('population',))] y  # <function f at 0x7f00ab>")
+    b = a.replace("'population': 2", "'population': 8").replace("0x7f00ab", "0x55aa10")
+    assert _layout_free(a) == _layout_free(b)
+    assert _layout_free(a) != _layout_free(a.replace("spec=P('population',)", "spec=P()"))
