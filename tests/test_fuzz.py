@@ -1175,3 +1175,16 @@ def test_code_fingerprint_ignores_the_device_layout():
     b = a.replace("'population': 2", "'population': 8").replace("0x7f00ab", "0x55aa10")
     assert _layout_free(a) == _layout_free(b)
     assert _layout_free(a) != _layout_free(a.replace("spec=P('population',)", "spec=P()"))
+
+
+@pytest.mark.parametrize("name,params,needle", [
+    ("influence", {"horizon": 2.7}, "influence_balancing horizon must be an integer"),
+    ("linear", {"n": True}, "linear n must be an integer"),
+    ("heat", {"n": 3.5}, "heat n (grid points) must be an integer"),
+    ("lorenz", {"burn_in": 1.5}, "lorenz burn_in must be an integer"),
+    ("lorenz", {"dt": float("inf")}, "lorenz dt must be a positive finite number"),
+])
+def test_factories_take_integers_only_where_integers_are_meant(name, params, needle):
+    with pytest.raises(InputError) as e:
+        systems.make(name, **params)
+    assert needle in str(e.value)
