@@ -7,7 +7,6 @@ what each takes. Heavy adapters (brax, mjx, jax-md, learned optimizers) import l
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -93,8 +92,7 @@ def load_factory(spec: str):
             loader = importlib.util.spec_from_file_location(mod_name, path)
             mod = importlib.util.module_from_spec(loader)
             sys.modules[mod_name] = mod
-            with user_output():
-                loader.loader.exec_module(mod)
+            loader.loader.exec_module(mod)
         except (InputError, KeyboardInterrupt):
             raise
         except BaseException as e:  # noqa: BLE001 -- any failure of the user's file
@@ -104,8 +102,7 @@ def load_factory(spec: str):
         if os.getcwd() not in sys.path and "" not in sys.path:
             sys.path.insert(0, os.getcwd())
         try:
-            with user_output():
-                mod = importlib.import_module(module)
+            mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
             if e.name and module.startswith(e.name):
                 raise InputError(
@@ -121,13 +118,6 @@ def load_factory(spec: str):
     if not callable(f):
         raise InputError(f"{module!r} has no function {func!r} (from system {spec!r})")
     return f
-
-
-@contextlib.contextmanager
-def user_output():
-    """Send what user code prints to stderr while it runs: stdout may carry ``--json``."""
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
 
 
 def user_code_error(spec: str, doing: str, e: BaseException, path=None) -> InputError:
@@ -215,8 +205,7 @@ def make(name: str, **params) -> System:
         factory = entry.factory()
         _check_call(entry.name, accepted, kwargs)
         try:
-            with user_output():
-                system = factory(**kwargs)
+            system = factory(**kwargs)
         except KeyboardInterrupt:
             raise
         except InputError as e:  # e.g. chaosgrad.System refusing a field: say whose
