@@ -368,12 +368,13 @@ def check_system(system: System, theta: PyTree = None, *, batched: bool = False)
         raise InputError(f"step(state, theta, key) of system {name!r} returned a loss "
                          f"{_dtype(loss).name}{list(_shape(loss))}; expected a "
                          "scalar float (the per-step loss)")
-    if system.phase is not None:
-        _check_phase_round_trip(system, state, theta, batched)
+    if system.phase is not None and not _check_phase_round_trip(system, state, theta,
+                                                                batched):
+        return  # the round trip could not run here (θ traced): check again next time
     seen.add(sig)
 
 
-def _check_phase_round_trip(system: System, state, theta, batched: bool) -> None:
+def _check_phase_round_trip(system: System, state, theta, batched: bool) -> bool:
     """``with_phase`` must invert ``phase``: traced for shapes, then run once on a real
     state, ``phase(with_phase(s, p + δ))`` must give back ``p + δ`` (a ``with_phase`` that
     ignores its argument, or scales it, would make every Jacobian wrong without a word)."""
@@ -390,12 +391,11 @@ def _check_phase_round_trip(system: System, state, theta, batched: bool) -> None
            for x in jax.tree_util.tree_leaves(p)):
         raise InputError(f"phase(state) of system {name!r} must return floating-point "
                          "leaves (the Jacobian is taken over them)")
-    if isinstance(theta, jax.ShapeDtypeStruct) or any(
-            isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree_util.tree_leaves(theta)):
-        if not batched:
-            return  # nothing concrete to run on
     if batched:
-        return  # the unbatched θ was checked (a batch of θ shares the functions)
+        return True  # its functions are those of the unbatched θ, checked there
+    if any(isinstance(x, (jax.ShapeDtypeStruct, jax.core.Tracer))
+           for x in jax.tree_util.tree_leaves(theta)):
+        return False  # nothing concrete to run on (θ abstract, or traced inside a jit)
 
     def errors(key, theta):
         s = system.init(key, theta)
@@ -406,12 +406,14 @@ def _check_phase_round_trip(system: System, state, theta, batched: bool) -> None
         err = jnp.abs(got - (flat + delta)) / jnp.abs(delta)
         return jnp.max(jnp.where(jnp.isfinite(err), err, 0.0))
 
-    err = float(jax.jit(errors)(jax.random.PRNGKey(0), theta))
+    with jax.ensure_compile_time_eval():  # run now, even when called inside a jit trace
+        err = float(jax.jit(errors)(jax.random.PRNGKey(0), theta))
     if err > 0.05:
         raise InputError(f"with_phase of system {name!r} is not the inverse of phase: "
                          "phase(with_phase(state, p)) differs from p (by "
                          f"{100 * err:.3g}% of a small change to p); the Jacobians would be "
                          "wrong. with_phase(state, phase) must put the phase back")
+    return True
 
 
 # -- compiled-function caches keyed on what a system computes ------------------------------------

@@ -1188,3 +1188,25 @@ def test_factories_take_integers_only_where_integers_are_meant(name, params, nee
     with pytest.raises(InputError) as e:
         systems.make(name, **params)
     assert needle in str(e.value)
+
+
+def test_phase_round_trip_check_runs_inside_a_jit_trace_too():
+    # check_system may first be reached while tracing (a Jacobian inside the user's jit)
+    from chaosgrad.jacobian import step_jacobian
+
+    def init(key, theta):
+        return {"x": jnp.array([0.1, 0.2]), "t": jnp.zeros(())}
+
+    def step(s, theta, key):
+        x = jnp.stack([1 - theta[0] * s["x"][0] ** 2 + s["x"][1], theta[1] * s["x"][0]])
+        return {"x": x, "t": s["t"] + 1}, x[0]
+
+    good = chaosgrad.System(init, step, phase=lambda s: s["x"],
+                            with_phase=lambda s, p: {**s, "x": p}, name="rt-jit",
+                            theta=jnp.array([1.4, 0.3]))
+    state = init(None, None)
+    jac = jax.jit(lambda s: step_jacobian(good, good.theta, s, jax.random.PRNGKey(0), 0))(state)
+    assert np.asarray(jac).shape == (2, 2)
+    bad = good.with_meta(with_phase=lambda s, p: s, name="rt-jit-bad")
+    with pytest.raises(InputError, match="not the inverse of phase"):
+        jax.jit(lambda s: step_jacobian(bad, bad.theta, s, jax.random.PRNGKey(0), 0))(state)
