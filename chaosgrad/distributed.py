@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -20,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from chaosgrad.config import LAUNCH_TIMEOUT
-from chaosgrad.errors import InputError
+from chaosgrad.errors import InputError, LaunchError
 
 PyTree = Any
 POPULATION_AXIS = "population"
@@ -153,11 +155,43 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         raise InputError(f"timeout must be a number of seconds, got {t!r}") from None
     if t < 1:
         raise InputError(f"timeout must be at least 1 second, got {t}")
+    if launch.source == "slurm":
+        missing = [v for v in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_LOCALID")
+                   if v not in env]
+        if missing:
+            raise LaunchError(
+                f"SLURM_NTASKS={env.get('SLURM_NTASKS')} asks for a multi-process launch, "
+                f"but this process was not started by srun (no {', '.join(missing)}): run "
+                "it as `srun chaosgrad ...`, or unset SLURM_NTASKS to run one process")
+    where = (f"coordinator {launch.coordinator}" if launch.coordinator
+             else f"the {launch.source} launch")
+    who = (f"process {launch.process_id} of {launch.num_processes}"
+           if launch.num_processes else "this process")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=launch.coordinator, num_processes=launch.num_processes,
-        process_id=launch.process_id, initialization_timeout=t,
-        heartbeat_timeout_seconds=t, shutdown_timeout_seconds=t)
+    # JAX aborts the whole process (a C++ stack, status -6) when joining times out; our own
+    # watchdog ends it first, at ``t``, with one line and status 3.
+    joined = threading.Event()
+
+    def watchdog():
+        if not joined.wait(t):
+            print(f"chaosgrad: error: {who} could not join {where} within {t} s: a peer "
+                  "never joined or the coordinator cannot be reached; start every process "
+                  "with the same coordinator and process count (or raise --timeout)",
+                  file=sys.stderr, flush=True)
+            os._exit(3)
+
+    threading.Thread(target=watchdog, name="chaosgrad-join-watchdog", daemon=True).start()
+    try:
+        jax.distributed.initialize(
+            coordinator_address=launch.coordinator, num_processes=launch.num_processes,
+            process_id=launch.process_id, initialization_timeout=t + 60,
+            heartbeat_timeout_seconds=t, shutdown_timeout_seconds=t)
+    except Exception as e:  # noqa: BLE001 -- any failure to join is a launch failure
+        first = " ".join(str(e).split())[:300]
+        raise LaunchError(f"{who} could not join {where}: {type(e).__name__}: "
+                          f"{first}") from None
+    finally:
+        joined.set()
     return launch
 
 
@@ -322,8 +356,6 @@ def exit_after_peer_failure(error: BaseException, command: str, advice: str) -> 
     """Stop this process at once after a computation across processes failed (typically
     because another process died): print one clear line to stderr and exit with status 3,
     without the shutdown handshake, which would wait for the dead peer and then abort."""
-    import sys
-
     first = " ".join(str(error).split())[:300]
     print(f"{command}: error: process {process_index()} of {process_count()} lost "
           f"contact with another process, which died or was stopped ({first}). {advice}",

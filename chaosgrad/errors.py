@@ -8,6 +8,11 @@ class InputError(ValueError):
     """Bad input from a user: the message names what was wrong and what is accepted."""
 
 
+class LaunchError(RuntimeError):
+    """A multi-process launch could not be formed (a peer never joined, the coordinator is
+    unreachable, cluster variables without their launcher); the CLI exits with status 3."""
+
+
 class MissingExtra(InputError, ImportError):
     """An optional dependency is not installed; the message names the extra that brings it."""
 

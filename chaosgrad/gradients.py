@@ -15,7 +15,7 @@ import numpy as np
 from chaosgrad.config import precision_info
 from chaosgrad.errors import InputError
 from chaosgrad.progress import progress_bar
-from chaosgrad.stats import NAN_INTERVAL, Interval, percentile_interval, resample_indices
+from chaosgrad.stats import LEVEL, NAN_INTERVAL, Interval, percentile_interval, resample_indices
 from chaosgrad.system import System, default_key, resolve_theta
 from chaosgrad.unroll import check_steps, unroll_grad
 
@@ -199,6 +199,14 @@ def gradient_growth(
     with np.errstate(invalid="ignore"):
         median = np.array([np.median(r[np.isfinite(r)]) if np.isfinite(r).any() else np.nan
                            for r in np.where(finite, norms, np.nan)])
+    if seeds < 2:
+        # One seed: every resample is that seed, and the bootstrap's zero width would be
+        # read as certainty. An interval needs at least 2 independent samples.
+        g_iv = Interval(rate, -math.inf, math.inf, LEVEL, "none (one seed)")
+        v_iv = Interval(vrate, -math.inf, math.inf, LEVEL, "none (one seed)")
+    else:
+        g_iv = percentile_interval(rate, boot[:, 0], method=BOOTSTRAP_METHOD)
+        v_iv = percentile_interval(vrate, boot[:, 1], method=BOOTSTRAP_METHOD)
     return GrowthResult(
         horizons=hs,
         norms=norms,
@@ -207,9 +215,8 @@ def gradient_growth(
         variance=variance,
         nonfinite_fraction=1.0 - np.isfinite(norms).mean(axis=1),
         nonfinite_loss_fraction=1.0 - np.isfinite(losses).mean(axis=1),
-        growth_interval=percentile_interval(rate, boot[:, 0], method=BOOTSTRAP_METHOD),
-        variance_rate_interval=percentile_interval(vrate, boot[:, 1],
-                                                   method=BOOTSTRAP_METHOD),
+        growth_interval=g_iv,
+        variance_rate_interval=v_iv,
         losses=losses,
         growth_rate=rate,
         variance_rate=vrate,

@@ -19,6 +19,8 @@ from chaosgrad.errors import InputError
 
 #: The key under which `dumps` records how many non-finite numbers became null.
 NONFINITE_KEY = "nonfinite_values"
+#: Figure formats a file name may ask for by its extension.
+PLOT_FORMATS = ("png", "svg", "pdf")
 
 
 def jsonable(obj: Any) -> tuple[Any, int]:
@@ -69,8 +71,31 @@ def dumps(obj: Any, indent: int | None = 2) -> str:
     return json.dumps(clean, indent=indent, allow_nan=False)
 
 
+def check_regular(path: str | os.PathLike, what: str = "") -> None:
+    """Refuse to write over ``path`` when it exists and is not a regular file (a device
+    node, FIFO or socket: replacing ``/dev/null`` with a PNG must never happen). A symbolic
+    link is itself replaced, never followed."""
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError:
+        return  # unreadable here: the write itself will say why
+    if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+        return
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device" if
+            stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    prefix = f"{what} " if what else ""
+    raise InputError(f"{prefix}{path} is {kind}; chaosgrad writes only regular files: give "
+                     "a file name")
+
+
 def _atomic(path: Path, write) -> Path:
     path = Path(path)
+    check_regular(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -78,6 +103,7 @@ def _atomic(path: Path, write) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
+        check_regular(path)  # again: it may have appeared while we wrote
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -13,16 +13,23 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from chaosgrad.io import count_text, write_bytes
+from chaosgrad.errors import InputError
+from chaosgrad.io import PLOT_FORMATS, count_text, write_bytes
 
 
 def save(fig, path: str | os.PathLike) -> Path:
-    """Save ``fig`` as a PNG atomically (write a temp file, then rename) and close it."""
+    """Save ``fig`` atomically (write a temp file, then rename) and close it, in the format
+    its extension names (.png, .svg or .pdf; any other is an InputError)."""
     path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in PLOT_FORMATS:
+        plt.close(fig)
+        raise InputError(f"cannot save a figure as {str(path)!r}: the format comes from the "
+                         f"extension; accepted: {', '.join('.' + f for f in PLOT_FORMATS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     try:
-        fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+        fig.savefig(buf, format=fmt, dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
     return write_bytes(path, buf.getvalue())

@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import types
 import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from chaosgrad.config import auto_enable_compilation_cache
 from chaosgrad.errors import InputError
 from chaosgrad.io import jsonable
+from chaosgrad.params import check_int, check_number
 
 # The persistent compilation cache is on for the Python API as for the command line: every
 # computing module imports this one. CHAOSGRAD_NO_CACHE=1 leaves it off.
@@ -125,10 +129,18 @@ class System:
             raise InputError(
                 f"System meta_loss {self.meta_loss!r} is not accepted: use one of {META_LOSSES}"
             )
-        if self.dt is not None and not self.dt > 0:
-            raise InputError(f"System dt must be positive (or None for maps), got {self.dt!r}")
-        if int(self.horizon) <= 0:
-            raise InputError(f"System horizon must be a positive integer, got {self.horizon!r}")
+        if self.dt is not None:
+            try:
+                check_number(self.dt, "System dt", positive=True)
+            except InputError:
+                raise InputError(f"System dt must be a positive finite number (or None for "
+                                 f"maps), got {self.dt!r}") from None
+        try:
+            horizon = check_int(self.horizon, "System horizon", lo=1)
+        except InputError:
+            raise InputError(f"System horizon must be a positive integer, got "
+                             f"{self.horizon!r}") from None
+        object.__setattr__(self, "horizon", horizon)  # frozen: set once, as an int
 
     # -- phase helpers ---------------------------------------------------------------------
     def get_phase(self, state: PyTree) -> PyTree:
@@ -325,9 +337,18 @@ def check_system(system: System, theta: PyTree = None, *, batched: bool = False)
                 raise InputError(f"theta of system {name!r} has shape {list(_shape(a))}"
                                  f"{where}; expected {list(_shape(b))} like its default "
                                  "theta")
+    if sum(int(np.prod(_shape(x))) for x in jax.tree_util.tree_leaves(theta)) == 0:
+        raise InputError(f"theta of system {name!r} has no entries (size 0): the gradient is "
+                         "taken with respect to theta; give it at least one parameter")
     th = jax.tree_util.tree_map(_spec, theta)
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
     state = _trace(system, "init(key, theta)", system.init, key, th)
+    cplx = [f"{x.dtype.name}{list(x.shape)}" for x in jax.tree_util.tree_leaves(state)
+            if jnp.issubdtype(x.dtype, jnp.complexfloating)]
+    if cplx:
+        raise InputError(f"init(key, theta) of system {name!r} returned a complex state "
+                         f"({', '.join(cplx[:3])}); chaosgrad takes real states: keep the "
+                         "real and imaginary parts as two float leaves")
     result = _trace(system, "step(state, theta, key)", system.step, state, th, key)
     if not (isinstance(result, (tuple, list)) and len(result) == 2):
         got = (f"a {type(result).__name__} of {len(result)}"
@@ -352,42 +373,221 @@ def check_system(system: System, theta: PyTree = None, *, batched: bool = False)
         raise InputError(f"step(state, theta, key) of system {name!r} returned a loss "
                          f"{_dtype(loss).name}{list(_shape(loss))}; expected a "
                          "scalar float (the per-step loss)")
+    if system.phase is not None and not _check_phase_round_trip(system, state, theta,
+                                                                batched):
+        return  # the round trip could not run here (θ traced): check again next time
     seen.add(sig)
 
 
-# -- compiled-function caches keyed on what a system computes ------------------------------------
-def _function_key(f: Any, depth: int = 0) -> Any:
-    """A hashable key that is equal for two functions that compute the same thing: the same
-    code with equal closure values and defaults (nested functions compared the same way).
+def _check_phase_round_trip(system: System, state, theta, batched: bool) -> bool:
+    """``with_phase`` must invert ``phase``: traced for shapes, then run once on a real
+    state, ``phase(with_phase(s, p + δ))`` must give back ``p + δ`` (a ``with_phase`` that
+    ignores its argument, or scales it, would make every Jacobian wrong without a word)."""
+    name = system.name
+    p = _trace(system, "phase(state)", system.phase, state)
+    back = _trace(system, "with_phase(state, phase)", system.with_phase, state, p)
+    s_leaves, s_tree = jax.tree_util.tree_flatten(state)
+    b_leaves, b_tree = jax.tree_util.tree_flatten(back)
+    if b_tree != s_tree or any(a.shape != b.shape or a.dtype != b.dtype
+                               for a, b in zip(b_leaves, s_leaves, strict=True)):
+        raise InputError(f"with_phase(state, phase) of system {name!r} must return a state "
+                         "like init's (same structure, shapes and dtypes)")
+    if any(not jnp.issubdtype(x.dtype, jnp.floating)
+           for x in jax.tree_util.tree_leaves(p)):
+        raise InputError(f"phase(state) of system {name!r} must return floating-point "
+                         "leaves (the Jacobian is taken over them)")
+    if batched:
+        return True  # its functions are those of the unbatched θ, checked there
+    if any(isinstance(x, (jax.ShapeDtypeStruct, jax.core.Tracer))
+           for x in jax.tree_util.tree_leaves(theta)):
+        return False  # nothing concrete to run on (θ abstract, or traced inside a jit)
 
-    Anything that cannot be compared by value (arrays, mutable objects) is compared by
-    identity, so the key errs on the side of recompiling, never of reusing wrongly.
-    """
-    code = getattr(f, "__code__", None)
-    if code is None or depth > 8:
-        return ("id", id(f)) if not _hashable(f) else ("value", type(f), f)
-    cells = tuple(_value_key(c.cell_contents, depth) for c in (f.__closure__ or ()))
-    defaults = tuple(_value_key(d, depth) for d in (f.__defaults__ or ()))
-    return (code, cells, defaults, id(f.__globals__))
+    def errors(key, theta):
+        s = system.init(key, theta)
+        flat, unravel = ravel_pytree(system.phase(s))
+        sign = jnp.where(jnp.arange(flat.size) % 2 == 0, 1.0, -1.0).astype(flat.dtype)
+        delta = 1e-3 * (1 + jnp.abs(flat)) * sign
+        got = ravel_pytree(system.phase(system.with_phase(s, unravel(flat + delta))))[0]
+        err = jnp.abs(got - (flat + delta)) / jnp.abs(delta)
+        return jnp.max(jnp.where(jnp.isfinite(err), err, 0.0))
 
-
-def _hashable(x) -> bool:
-    try:
-        hash(x)
-    except TypeError:
-        return False
+    with jax.ensure_compile_time_eval():  # run now, even when called inside a jit trace
+        err = float(jax.jit(errors)(jax.random.PRNGKey(0), theta))
+    if err > 0.05:
+        raise InputError(f"with_phase of system {name!r} is not the inverse of phase: "
+                         "phase(with_phase(state, p)) differs from p (by "
+                         f"{100 * err:.3g}% of a small change to p); the Jacobians would be "
+                         "wrong. with_phase(state, phase) must put the phase back")
     return True
 
 
-def _value_key(x: Any, depth: int) -> Any:
-    if callable(x) and hasattr(x, "__code__"):
-        return _function_key(x, depth + 1)
-    if isinstance(x, (bool, int, float, complex, str, bytes, type(None))):
+# -- compiled-function caches keyed on what a system computes ------------------------------------
+# A compiled program bakes in everything its Python functions read while being traced: their
+# code, closure cells, defaults, and the module globals they read. The key below covers all
+# of these, so a redefined function that reads a changed global (a notebook cell re-run with
+# A = 0.2 instead of 1.4) compiles afresh instead of being served the old program (issue 23).
+# A value that can be neither compared by content nor trusted immutable makes the system
+# uncacheable: it then compiles on every call, never reusing a program wrongly.
+
+# Functions from these packages are installed code: their module globals do not change while
+# a program runs, so only their code, closures and defaults are keyed (cheap, and two builds
+# of a built-in system still share compiled programs).
+_LIBRARY_ROOTS = frozenset({
+    "chaosgrad", "jax", "jaxlib", "numpy", "optax", "scipy", "flax", "equinox", "brax",
+    "mujoco", "functools", "builtins", "math", "operator", "ml_dtypes",
+})
+_MAX_DEPTH = 12
+_MAX_ITEMS = 256
+
+
+class _Uncacheable(Exception):
+    """A value a compiled function depends on cannot be keyed safely."""
+
+
+class _Same:
+    """Equal only to the very same object, which it keeps alive: an ``id`` cannot be reused
+    by another object while a cache key holds it."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __eq__(self, other):
+        return isinstance(other, _Same) and other.obj is self.obj
+
+    def __hash__(self):
+        return id(self.obj)
+
+
+@functools.lru_cache(maxsize=2048)
+def _global_names(code) -> tuple:
+    """Every name ``code`` (or a function or lambda nested in it) may read as a global."""
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if hasattr(c, "co_names"):
+            names.update(_global_names(c))
+    return tuple(sorted(names))
+
+
+def _is_library(obj) -> bool:
+    mod = getattr(obj, "__module__", None) or ""
+    return mod.split(".")[0] in _LIBRARY_ROOTS
+
+
+def _function_key(f: Any, memo: dict | None = None, depth: int = 0) -> Any:
+    """A hashable key that is equal for two functions that compute the same thing: the same
+    code, equal closure values, defaults and (for user code) values of the globals it reads,
+    nested functions compared the same way.
+
+    Values that cannot be compared by content are compared by identity only when they are
+    immutable (JAX arrays, dtypes, classes, modules); anything else raises `_Uncacheable`,
+    so the key errs on the side of recompiling, never of reusing wrongly.
+    """
+    memo = {} if memo is None else memo
+    return _value_key(f, memo, depth)
+
+
+def _code_key(f, memo: dict, depth: int) -> tuple:
+    code = f.__code__
+    if id(f) in memo:
+        key = memo[id(f)]
+        return ("recursive", code) if key is None else key
+    memo[id(f)] = None  # a function that reads itself (recursion) stops here
+    cells = []
+    for c in f.__closure__ or ():
+        try:
+            cells.append(_value_key(c.cell_contents, memo, depth + 1))
+        except ValueError:  # an empty cell (a name bound later in the enclosing function)
+            cells.append(("empty",))
+    defaults = tuple(_value_key(d, memo, depth + 1) for d in (f.__defaults__ or ()))
+    kwdefaults = tuple((k, _value_key(v, memo, depth + 1))
+                       for k, v in sorted((f.__kwdefaults__ or {}).items()))
+    reads: tuple = ()
+    if not _is_library(f):
+        g = f.__globals__
+        names = _global_names(code)
+        read = []
+        for name in names:
+            if name in g:
+                read.append((name, _global_key(g[name], names, memo, depth + 1)))
+        reads = tuple(read)
+    key = ("fn", code, tuple(cells), defaults, kwdefaults, reads)
+    memo[id(f)] = key
+    return key
+
+
+def _global_key(x: Any, names: tuple, memo: dict, depth: int) -> Any:
+    """A global's key; for a module, also the plain values of the attributes the code may read
+    (``cfg.A``), since those are module globals too."""
+    if isinstance(x, types.ModuleType):
+        if _is_library(x) or (x.__name__.split(".")[0] in _LIBRARY_ROOTS):
+            return ("module", x.__name__)
+        attrs = []
+        for n in names:
+            v = getattr(x, n, None)
+            if v is not None and not callable(v) and not isinstance(v, types.ModuleType):
+                attrs.append((n, _value_key(v, memo, depth + 1)))
+            elif callable(v) and hasattr(v, "__code__"):
+                attrs.append((n, _value_key(v, memo, depth + 1)))
+        return ("module", _Same(x), tuple(attrs))
+    return _value_key(x, memo, depth)
+
+
+def _frozen(x) -> bool:
+    params = getattr(type(x), "__dataclass_params__", None)
+    return bool(params is not None and params.frozen)
+
+
+def _value_key(x: Any, memo: dict, depth: int) -> Any:
+    if depth > _MAX_DEPTH:
+        raise _Uncacheable("nested too deeply")
+    if isinstance(x, (bool, int, str, bytes, type(None))):
         return ("value", type(x), x)
-    if isinstance(x, tuple) and len(x) < 32:
-        return ("tuple",) + tuple(_value_key(v, depth) for v in x)
-    # Arrays, dicts, objects: by identity (and kept alive by the cached closure itself).
-    return ("id", id(x))
+    if isinstance(x, (float, complex)):  # repr: NaN equals NaN, -0.0 differs from 0.0
+        return ("value", type(x), repr(x))
+    if isinstance(x, types.FunctionType):
+        return _code_key(x, memo, depth)
+    if isinstance(x, types.MethodType):
+        return ("method", _value_key(x.__func__, memo, depth + 1),
+                _value_key(x.__self__, memo, depth + 1))
+    if isinstance(x, functools.partial):
+        return ("partial", _value_key(x.func, memo, depth + 1),
+                tuple(_value_key(a, memo, depth + 1) for a in x.args),
+                tuple((k, _value_key(v, memo, depth + 1)) for k, v in sorted(x.keywords.items())))
+    if isinstance(x, jax.Array):  # immutable; identity, kept alive by the key
+        return ("array", _Same(x))
+    if isinstance(x, np.ndarray):  # mutable in place: by content
+        if x.dtype == object:
+            raise _Uncacheable("a numpy array of objects")
+        data = np.ascontiguousarray(x)
+        return ("ndarray", data.dtype.str, data.shape,
+                hashlib.blake2b(data.tobytes(), digest_size=16).digest())
+    if isinstance(x, np.generic):
+        return ("npscalar", x.dtype.str, x.tobytes())
+    if isinstance(x, (np.dtype, type, types.ModuleType, types.BuiltinFunctionType)):
+        return ("same", _Same(x))
+    if isinstance(x, (tuple, list, set, frozenset)):
+        if len(x) > _MAX_ITEMS:
+            raise _Uncacheable(f"a {type(x).__name__} of {len(x)} items")
+        items = sorted(x, key=repr) if isinstance(x, (set, frozenset)) else x
+        return (type(x),) + tuple(_value_key(v, memo, depth + 1) for v in items)
+    if isinstance(x, dict):
+        if len(x) > _MAX_ITEMS:
+            raise _Uncacheable(f"a dict of {len(x)} items")
+        return (type(x),) + tuple((_value_key(k, memo, depth + 1),
+                                   _value_key(v, memo, depth + 1)) for k, v in x.items())
+    if _is_library(type(x)) and (not hasattr(x, "__dict__") or _frozen(x)):
+        # Installed code's objects without attributes to reassign (jit wrappers, ufuncs, a
+        # Brax or MJX model, which are frozen dataclasses of arrays): by identity.
+        return ("same", _Same(x))
+    if hasattr(x, "__dict__") or hasattr(type(x), "__slots__"):
+        fields = dict(getattr(x, "__dict__", {}))
+        for slot in getattr(type(x), "__slots__", ()):
+            if isinstance(slot, str) and hasattr(x, slot):
+                fields[slot] = getattr(x, slot)
+        return ("object", type(x), _Same(x), _value_key(fields, memo, depth + 1))
+    raise _Uncacheable(f"a {type(x).__name__}")
 
 
 def compile_key(system: System) -> tuple:
@@ -395,7 +595,8 @@ def compile_key(system: System) -> tuple:
     and meta-loss rule, not the `System` object. Two builds of the same system, or copies
     that differ in θ, name or metadata (`System.with_meta`), share compiled functions."""
     fns = (system.init, system.step, system.phase, system.with_phase)
-    return tuple(_function_key(f) for f in fns) + (system.meta_loss,)
+    memo: dict = {}
+    return tuple(_function_key(f, memo) for f in fns) + (system.meta_loss,)
 
 
 def cache_by_functions(maxsize: int = 64):
@@ -408,7 +609,10 @@ def cache_by_functions(maxsize: int = 64):
 
         @functools.wraps(build)
         def wrapper(system: System, *args):
-            key = (compile_key(system),) + args
+            try:
+                key = (compile_key(system),) + args
+            except _Uncacheable:  # correctness first: compile for this call alone
+                return build(system, *args)
             if key in cache:
                 cache[key] = cache.pop(key)  # most recently used last
                 return cache[key]

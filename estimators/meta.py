@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -23,7 +24,7 @@ from chaosgrad.estimators.base import Estimator, count_nonfinite
 from chaosgrad import distributed
 from chaosgrad.config import precision_info
 from chaosgrad.errors import InputError
-from chaosgrad.io import dumps, jsonable, load_npz, save_npz, write_text
+from chaosgrad.io import check_regular, dumps, jsonable, load_npz, save_npz, write_text
 from chaosgrad.progress import progress_bar
 from chaosgrad.system import System, resolve_theta
 from chaosgrad.unroll import check_steps, unrolled_loss
@@ -78,6 +79,58 @@ def _fingerprint(system: System, estimator: Estimator, theta0, key, **settings) 
     })[0]
 
 
+def _layout_free(text: str) -> str:
+    """A program's text without memory addresses and without the device layout (mesh sizes,
+    device ids): a run may resume on another number of devices or processes."""
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", text)
+    text = re.sub(r"Mesh\((?:'[^']*': \d+(?:, )?)+",
+                  lambda m: re.sub(r": \d+", ": N", m.group(0)), text)
+    return re.sub(r"device_ids=\[[^\]]*\]|devices=\[[^\]]*\]", "devices=[…]", text)
+
+
+def _program_digest(closed) -> str:
+    """SHA-256 of a traced program (a ClosedJaxpr): its text, with any memory address taken
+    out, and the values of its constants, nested programs' included. Two functions with the
+    same digest compute the same thing; a changed global or closure value changes it."""
+    h = hashlib.sha256(_layout_free(str(closed)).encode())
+    seen: set = set()
+
+    def walk(j):
+        if id(j) in seen:
+            return
+        seen.add(id(j))
+        for c in getattr(j, "consts", ()):
+            try:
+                a = np.asarray(c)
+            except Exception:  # noqa: BLE001 -- an array not addressable here: its layout only
+                h.update(str((getattr(c, "shape", None), str(getattr(c, "dtype", "")))).encode())
+                continue
+            h.update(str((a.shape, a.dtype.str)).encode())
+            if a.dtype != object:
+                h.update(np.ascontiguousarray(a).tobytes())
+        inner = getattr(j, "jaxpr", j)
+        for eqn in getattr(inner, "eqns", ()):
+            for v in eqn.params.values():
+                for x in (v if isinstance(v, (tuple, list)) else (v,)):
+                    if hasattr(x, "eqns") or hasattr(x, "consts"):
+                        walk(x)
+
+    walk(closed)
+    return h.hexdigest()
+
+
+def _code_fingerprint(system: System, theta0, train_step, train_args) -> dict:
+    """Digests of the traced programs a run executes: the system's ``init`` then ``step``
+    (what it computes), and the whole outer step (estimator, system and optimizer)."""
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+
+    def first_step(k, theta):
+        return system.step(system.init(k, theta), theta, k)
+
+    return {"system": _program_digest(jax.make_jaxpr(first_step)(key, theta0)),
+            "train_step": _program_digest(train_step.trace(*train_args).jaxpr)}
+
+
 def _fingerprint_mismatch(saved: str, now: dict) -> list[str]:
     """The fields in which a saved fingerprint differs from ``now``, as 'name (was, now)'."""
     try:
@@ -100,6 +153,11 @@ def _fingerprint_mismatch(saved: str, now: dict) -> list[str]:
 
 def _changed(field: str, was, now) -> str:
     # Short values are shown; long ones (a system description, a state layout) only named.
+    if field == "code.system":
+        return ("code.system (the system's init/step compute something else: other "
+                "functions, or the same code reading other values)")
+    if field == "code.train_step":
+        return "code.train_step (the estimator's or optimizer's traced program differs)"
     if len(repr(was)) + len(repr(now)) < 120:
         return f"{field} ({was!r} -> {now!r})"
     return field
@@ -122,14 +180,29 @@ class OutputLock:
     def __enter__(self):
         import fcntl
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        for _ in range(100):
+            check_regular(self.path, "the lock file")
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise InputError(f"{self.path.parent} is in use by another meta-train run "
+                                 f"(pid {owner}); wait for it to finish or use another "
+                                 "--out") from None
+            # The holder we waited on unlinks the file as it leaves: a lock on the file we
+            # opened is worth nothing if the name now points elsewhere (or nowhere).
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             os.close(fd)
-            raise InputError(f"{self.path.parent} is in use by another meta-train run (pid "
-                             f"{owner}); wait for it to finish or use another --out") from None
+        else:
+            raise InputError(f"cannot lock {self.path}: it keeps being replaced; is another "
+                             "program writing into this folder?")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
@@ -272,9 +345,6 @@ def _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0, log
         # still tells Adam from SGD.
         outer_config = {"state": str(jax.tree_util.tree_structure(
             jax.eval_shape(outer_optimizer.init, theta0)))}
-    fp = _fingerprint(system, estimator, theta0, key, outer=outer_config,
-                      log_every=log_every, eval_seeds=eval_seeds, eval_horizon=horizon)
-    fingerprint = json.dumps(fp, sort_keys=True)
     evaluate = make_evaluator(system, eval_seeds, horizon, k_eval)
 
     def train_step(theta, opt_state, est_state, i):
@@ -295,6 +365,14 @@ def _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0, log
     multi = distributed.process_count() > 1
     template = jax.eval_shape(lambda: (theta0, outer_optimizer.init(theta0),
                                        estimator.init(k_init, theta0)))
+    # The run's identity includes its code: the traced programs, not only names and
+    # settings, so a resume with another system of the same name is refused (issue 23).
+    code = _code_fingerprint(system, theta0, train_step,
+                             (*template, jax.ShapeDtypeStruct((), jnp.int32)))
+    fp = _fingerprint(system, estimator, theta0, key, outer=outer_config,
+                      log_every=log_every, eval_seeds=eval_seeds, eval_horizon=horizon,
+                      code=code)
+    fingerprint = json.dumps(fp, sort_keys=True)
     loaded = _restore_checkpoint(ckpt, template, fingerprint, resume)
     if loaded is not None and loaded[1] > steps:
         raise InputError(f"{ckpt} is at step {loaded[1]}, past the {steps} steps asked for; "
@@ -424,8 +502,10 @@ def _restore_checkpoint(ckpt: Path, template, fingerprint: str, resume: bool):
     header: dict = {"error": "", "found": False}
     if distributed.is_main_process():
         try:
-            if not resume and ckpt.exists():
-                ckpt.unlink()  # start over: never resume from, nor mix with, the old run
+            if not resume or not ckpt.exists():
+                # Starting over: the old run's outputs go before the first step, so a run
+                # stopped before its first checkpoint never looks like the old one finished.
+                _remove_outputs(ckpt.parent)
             if resume and ckpt.exists():
                 found = _load_checkpoint(ckpt, template, fingerprint)
                 header.update(found=True, start=found[1], records=found[2], evals=found[3])
@@ -441,6 +521,19 @@ def _restore_checkpoint(ckpt: Path, template, fingerprint: str, resume: bool):
     host = distributed.broadcast_arrays(arrays, leaves_like)
     host = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), host)
     return host, header["start"], header["records"], header["evals"]
+
+
+def _remove_outputs(out: Path) -> None:
+    """Delete a previous run's files in ``out`` (the checkpoint first: a stop halfway leaves
+    no checkpoint, so the next run starts over and removes the rest)."""
+    for name in (CHECKPOINT, RESULTS, THETA, CURVES, LOG):
+        try:
+            (out / name).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise InputError(f"cannot remove {out / name} of an earlier run before starting "
+                             f"over ({e.strerror}); remove it or use another --out") from None
 
 
 def _load_checkpoint(ckpt: Path, template, fingerprint: str):
@@ -469,19 +562,48 @@ def _load_checkpoint(ckpt: Path, template, fingerprint: str):
         if a.shape != leaf.shape or not np.can_cast(a.dtype, leaf.dtype, "same_kind"):
             raise InputError(f"the checkpoint {ckpt} holds leaf_{i} as {a.dtype}{list(a.shape)}"
                              f", expected {leaf.dtype}{list(leaf.shape)}; {recover}")
+    n_theta = len(jax.tree_util.tree_leaves(template[0]))
+    for i in range(n_theta):
+        a = z[f"leaf_{i}"]
+        if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a)):
+            raise InputError(f"the checkpoint {ckpt} holds a non-finite theta (leaf_{i}); "
+                             f"training never saves one, so it is damaged; {recover}")
     cur = tuple(jax.tree_util.tree_unflatten(
         treedef, [jnp.asarray(z[f"leaf_{i}"], dtype=leaf.dtype) for i, leaf in enumerate(leaves)]))
     try:
-        start = int(z["step"])
+        step = z["step"]
+        if step.shape != () or not np.issubdtype(step.dtype, np.integer):
+            raise TypeError("step")
+        start = int(step)
         saved = json.loads(str(z["history"]))
         records, evals = saved["records"], saved["evals"]
-    except (ValueError, TypeError, KeyError):
+        _check_history(records, evals)
+    except (ValueError, TypeError, KeyError, AttributeError):
         raise InputError(f"the checkpoint {ckpt} has an unreadable step or history; "
                          f"{recover}") from None
     if not 0 <= start <= len(records):
         raise InputError(f"the checkpoint {ckpt} is inconsistent (step {start}, "
                          f"{len(records)} records); {recover}")
     return cur, start, records[:start], evals
+
+
+def _check_history(records, evals) -> None:
+    """TypeError unless ``records`` and ``evals`` have the layout `_meta_train` writes."""
+    def number(x, nullable=False):
+        return (x is None and nullable) or (isinstance(x, (int, float))
+                                            and not isinstance(x, bool))
+
+    if not isinstance(records, list) or not isinstance(evals, list):
+        raise TypeError("history")
+    for r in records:
+        if not isinstance(r, dict) or not all(number(r.get(k), k in ("loss", "grad_norm"))
+                                              for k in STEP_FIELDS):
+            raise TypeError("record")
+    for e in evals:
+        if not (isinstance(e, dict) and isinstance(e.get("step"), int)
+                and not isinstance(e.get("step"), bool) and number(e.get("meta_loss"), True)
+                and isinstance(e.get("nonfinite"), int)):
+            raise TypeError("evaluation")
 
 
 def _write_log(out: Path, records: list, evals: list) -> None:

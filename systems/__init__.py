@@ -12,6 +12,7 @@ import importlib.util
 import inspect
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +33,12 @@ class Entry:
     description: str
     alias_param: str | None = None  # "brax:ant" means make("brax", <alias_param>="ant")
 
+    user: bool = False  # a user's "module:function" or "file.py:function"
+
     def factory(self):
         """The function that builds the system."""
         module, _, func = self.target.rpartition(":")
-        if module.startswith("."):
+        if module.startswith(".") and not self.user:  # "./mysys.py:make" is a user's file
             return getattr(importlib.import_module(module, package=__name__), func)
         return load_factory(self.target)
 
@@ -83,15 +86,21 @@ def load_factory(spec: str):
     module, sep, func = spec.rpartition(":")
     if not sep or not module or not func:
         raise InputError(f"expected 'module:function' or 'file.py:function', got {spec!r}")
-    if module.endswith(".py") or os.sep in module:
+    if module.endswith(".py") or os.sep in module or (os.altsep and os.altsep in module):
         path = Path(module).expanduser()
         if not path.is_file():
             raise InputError(f"no such file {str(path)!r} (from system {spec!r})")
         mod_name = f"_chaosgrad_user_{path.stem}"
-        loader = importlib.util.spec_from_file_location(mod_name, path)
-        mod = importlib.util.module_from_spec(loader)
-        sys.modules[mod_name] = mod
-        loader.loader.exec_module(mod)
+        try:
+            loader = importlib.util.spec_from_file_location(mod_name, path)
+            mod = importlib.util.module_from_spec(loader)
+            sys.modules[mod_name] = mod
+            loader.loader.exec_module(mod)
+        except (InputError, KeyboardInterrupt):
+            raise
+        except BaseException as e:  # noqa: BLE001 -- any failure of the user's file
+            sys.modules.pop(mod_name, None)
+            raise user_code_error(spec, f"loading {path}", e, path) from None
     else:
         if os.getcwd() not in sys.path and "" not in sys.path:
             sys.path.insert(0, os.getcwd())
@@ -103,18 +112,42 @@ def load_factory(spec: str):
                     f"unknown system {spec!r}: it is not registered (accepted: "
                     f"{', '.join(names())}) and no module {module!r} can be imported from "
                     f"{os.getcwd()} or sys.path") from None
+            raise user_code_error(spec, f"importing {module}", e) from None
+        except (InputError, KeyboardInterrupt):
             raise
+        except BaseException as e:  # noqa: BLE001 -- any failure of the user's module
+            raise user_code_error(spec, f"importing {module}", e) from None
     f = getattr(mod, func, None)
     if not callable(f):
         raise InputError(f"{module!r} has no function {func!r} (from system {spec!r})")
     return f
 
 
+def user_code_error(spec: str, doing: str, e: BaseException, path=None) -> InputError:
+    """One line for a failure of user code: the spec, what was being done, where (file and
+    line of the innermost frame in the user's code) and the exception."""
+    if isinstance(e, SystemExit):
+        return InputError(f"system {spec!r}: {doing} called sys.exit({e.code!r}); a system "
+                          "factory must return a chaosgrad.System, not exit")
+    if isinstance(e, SyntaxError):
+        where = f"{e.filename} line {e.lineno}" if e.filename else "its source"
+        return InputError(f"system {spec!r}: {doing}: {type(e).__name__} at {where}: {e.msg}")
+    frames = traceback.extract_tb(e.__traceback__)
+    own = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the chaosgrad package
+    mine = [f for f in frames if path is not None and Path(f.filename) == Path(path)]
+    user = mine or [f for f in frames if not f.filename.startswith(own)
+                    and "importlib" not in f.filename]
+    where = f" (at {user[-1].filename} line {user[-1].lineno}, in {user[-1].name})" \
+        if user else ""
+    first = (str(e).strip().splitlines() or [""])[0]
+    return InputError(f"system {spec!r}: {doing} raised {type(e).__name__}: {first}{where}")
+
+
 def _entry(name: str) -> tuple[Entry, dict]:
     base, _, alias = name.partition(":")
     if base not in _REGISTRY:
         if ":" in name:  # a user's own factory, "module:function"
-            return Entry(name, name, f"user system {name}"), {}
+            return Entry(name, name, f"user system {name}", user=True), {}
         raise InputError(
             f"unknown system {name!r}; accepted: {', '.join(names())} "
             "(and e.g. brax:ENV for a Brax environment, mjx:MODEL for an MJX model, or "
@@ -131,7 +164,12 @@ def _entry(name: str) -> tuple[Entry, dict]:
 def parameters(name: str) -> dict[str, inspect.Parameter]:
     """The parameters ``make(name, ...)`` accepts, by name."""
     entry, _ = _entry(name)
-    return dict(inspect.signature(entry.factory()).parameters)
+    factory = entry.factory()
+    try:
+        return dict(inspect.signature(factory).parameters)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"system {name!r}: the parameters of {factory!r} cannot be read "
+                         f"({e})") from None
 
 
 def describe(name: str) -> dict:
@@ -218,11 +256,43 @@ def make(name: str, **params):
             f"system {entry.name!r} has no parameter {', '.join(map(repr, unknown))}; "
             f"accepted: {', '.join(accepted) or '(none)'}"
         )
-    system = entry.factory()(**{**alias, **params})
+    kwargs = {**alias, **params}
+    if not entry.user:
+        system = entry.factory()(**kwargs)
+    else:
+        factory = entry.factory()
+        _check_call(entry.name, accepted, kwargs)
+        try:
+            system = factory(**kwargs)
+        except KeyboardInterrupt:
+            raise
+        except InputError as e:  # e.g. chaosgrad.System refusing a field: say whose
+            raise InputError(f"system {entry.name!r}: {e}") from None
+        except BaseException as e:  # noqa: BLE001 -- any failure of the user's factory
+            raise user_code_error(entry.name, f"calling {entry.name.rpartition(':')[2]}"
+                                  "(...)", e) from None
     if not isinstance(system, System):
         raise InputError(f"{entry.target} returned {type(system).__name__}, not a "
                          "chaosgrad.System")
     return system
+
+
+def _check_call(spec: str, accepted: dict, kwargs: dict) -> None:
+    """A user's factory is called with keyword parameters only: refuse, in one line, one
+    that needs arguments that cannot be given that way, or are not given."""
+    P = inspect.Parameter
+    positional = [n for n, p in accepted.items()
+                  if p.kind is P.POSITIONAL_ONLY and p.default is P.empty]
+    if positional:
+        raise InputError(f"system {spec!r}: the factory needs positional-only arguments "
+                         f"{', '.join(positional)}; a system factory is called with keyword "
+                         "parameters only (--param K=V): give them defaults")
+    missing = [n for n, p in accepted.items() if p.default is P.empty and n not in kwargs
+               and p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)]
+    if missing:
+        raise InputError(f"system {spec!r}: the factory needs {', '.join(missing)} with no "
+                         "default; give each as --param K=V (make(..., K=V)), or a default "
+                         "in the factory")
 
 
 def parse_params(name: str, items: list[str] | None) -> dict:

@@ -16,6 +16,7 @@ import numpy as np
 
 from chaosgrad.config import precision_name as _precision
 from chaosgrad.errors import InputError, require
+from chaosgrad.params import check_int
 from chaosgrad.system import StepOut, System
 
 from .rigid import (
@@ -362,8 +363,11 @@ def brax_system(
         raise InputError(f"unknown loss {loss!r}; accepted: {', '.join(LOSSES)}")
     if rotations not in ROTATIONS:
         raise InputError(f"unknown rotations {rotations!r}; accepted: {', '.join(ROTATIONS)}")
-    if int(substeps) < 0:
-        raise InputError(f"substeps must be >= 0 (0 = auto), got {substeps!r}")
+    substeps = check_int(substeps, "brax substeps (0 = auto)", lo=0)
+    horizon = check_int(horizon, "brax horizon", lo=1)
+    seed = check_int(seed, "brax seed", lo=0, hi=2**32 - 1)
+    hidden = check_int(hidden, "brax hidden", lo=0)
+    layers = check_int(layers, "brax layers", lo=0)
     dtype_name = check_run_settings(horizon, action_noise, dtype)
     return _build(_Spec(env, backend, policy, int(hidden), int(layers), int(horizon),
                         float(policy_scale), float(action_noise), int(seed), loss, rotations,

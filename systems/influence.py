@@ -10,6 +10,7 @@ import numpy as np
 from chaosgrad.config import precision_name as _precision
 from chaosgrad.config import resolve_dtype as _dtype
 from chaosgrad.errors import InputError
+from chaosgrad.params import check_int
 from chaosgrad.system import StepOut, System
 
 
@@ -24,7 +25,9 @@ def influence_balancing(n: int = 23, positive: int = 10, theta: float = 0.0,
     loss quadratic, so the Gaussian-smoothed loss has the same gradient as the loss. The
     system is deterministic (keys are ignored).
     """
-    n, positive = int(n), int(positive)
+    n = check_int(n, "influence_balancing n", lo=1)
+    positive = check_int(positive, "influence_balancing positive", lo=0)
+    horizon = check_int(horizon, "influence_balancing horizon", lo=1)
     if n < 1 or not 0 <= positive <= n:
         raise InputError(f"influence_balancing needs n >= 1 and 0 <= positive <= n, "
                          f"got n={n}, positive={positive}")

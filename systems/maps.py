@@ -11,6 +11,7 @@ import numpy as np
 
 from chaosgrad.config import precision_name, resolve_dtype
 from chaosgrad.errors import InputError
+from chaosgrad.params import check_int, check_number
 from chaosgrad.system import StepOut, System
 
 # One home for these (chaosgrad.config); the short names keep the adapters readable.
@@ -85,8 +86,8 @@ def lorenz(
     and is differentiated like any other step.
     """
     fdt = _dtype(dtype)
-    if not dt > 0:
-        raise InputError(f"lorenz dt must be positive, got {dt!r}")
+    dt = check_number(dt, "lorenz dt", positive=True)
+    burn_in = check_int(burn_in, "lorenz burn_in", lo=0)
 
     def f(s, th):
         x, y, z = s[0], s[1], s[2]
@@ -119,8 +120,8 @@ def lorenz(
 
 
 def linear(
-    n: int = 4,
-    radius: float = 0.9,
+    n: int | None = None,
+    radius: float | None = None,
     eigenvalues: tuple | None = None,
     seed: int = 0,
     loss: str = "linear",
@@ -134,24 +135,39 @@ def linear(
 
     With ``eigenvalues`` given, A = Q diag(eigenvalues) Qᵀ for a random orthogonal Q (a
     symmetric A of exactly those eigenvalues); otherwise A is Gaussian, rescaled to spectral
-    radius ``radius``. The Lyapunov exponents are ln|eigenvalues of A| exactly.
+    radius ``radius`` (default 0.9). The Lyapunov exponents are ln|eigenvalues of A| exactly.
+    ``n`` (default 4) is the dimension; with ``eigenvalues`` it is their count, and an ``n``
+    or ``radius`` that disagrees with them is refused, not ignored.
     """
     if loss not in ("linear", "quadratic"):
         raise InputError(f"linear map loss {loss!r} is not accepted: use 'linear' or 'quadratic'")
     fdt = _dtype(dtype)
+    seed = check_int(seed, "linear seed", lo=0)
     rng = np.random.default_rng(seed)
+    if n is not None:
+        n = check_int(n, "linear n", lo=1)
     if eigenvalues is not None:
-        ev = np.atleast_1d(np.asarray(eigenvalues, dtype=np.float64))
-        if ev.ndim != 1 or ev.size == 0:
+        try:
+            ev = np.atleast_1d(np.asarray(eigenvalues, dtype=np.float64))
+        except (TypeError, ValueError):
+            ev = np.zeros((0,))
+        if ev.ndim != 1 or ev.size == 0 or not np.all(np.isfinite(ev)):
             raise InputError(
-                f"eigenvalues must be a non-empty list of numbers, got {eigenvalues!r}"
+                f"eigenvalues must be a non-empty list of finite numbers, got {eigenvalues!r}"
             )
+        if n is not None and n != ev.size:
+            raise InputError(f"linear n={n} disagrees with the {ev.size} eigenvalues given; "
+                             "give n equal to their count, or leave n out")
+        if radius is not None:
+            raise InputError("linear: give eigenvalues or radius, not both (the eigenvalues "
+                             "fix the spectral radius)")
         q, _ = np.linalg.qr(rng.standard_normal((ev.size, ev.size)))
         a = q @ np.diag(ev) @ q.T
         n = ev.size
     else:
-        if int(n) < 1:
-            raise InputError(f"linear map needs n >= 1, got {n!r}")
+        n = 4 if n is None else n
+        radius = 0.9 if radius is None else check_number(radius, "linear radius",
+                                                         positive=True)
         a = rng.standard_normal((n, n))
         a *= radius / np.max(np.abs(np.linalg.eigvals(a)))
     c = rng.standard_normal(a.shape[0])
@@ -190,9 +206,8 @@ def heat(
     random unit readout c. The initial profile is standard normal from the key.
     """
     fdt = _dtype(dtype)
-    if int(n) < 2:
-        raise InputError(f"heat needs n >= 2 grid points, got {n!r}")
-    rng = np.random.default_rng(seed)
+    n = check_int(n, "heat n (grid points)", lo=2)
+    rng = np.random.default_rng(check_int(seed, "heat seed", lo=0))
     c = rng.standard_normal(int(n))
     c = jnp.asarray(c / np.linalg.norm(c), fdt)
 

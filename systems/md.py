@@ -18,6 +18,7 @@ import numpy as np
 from chaosgrad.config import precision_name as _precision
 from chaosgrad.config import resolve_dtype as _dtype
 from chaosgrad.errors import InputError, require
+from chaosgrad.params import check_int
 from chaosgrad.system import StepOut, System
 
 MODES = ("fire", "nve", "nvt", "brownian")
@@ -159,9 +160,7 @@ def _md_config(mode, n, d_small, packing, dt, kT, gamma, tau, chain_length, init
     if mode not in MODES:
         raise InputError(f"md mode {mode!r} is not accepted: use one of {', '.join(MODES)}")
     fdt = _dtype(dtype)
-    n = int(n)
-    if n < 4:
-        raise InputError(f"md n must be an integer ≥ 4, got {n!r}")
+    n = check_int(n, "md n", lo=4)
     if not d_small > 0:
         raise InputError(f"md d_small must be positive, got {d_small!r}")
     if not packing > 0:
@@ -182,8 +181,8 @@ def _md_config(mode, n, d_small, packing, dt, kT, gamma, tau, chain_length, init
         raise InputError(f"md gamma must be positive, got {gamma!r}")
     if tau is not None and not tau > 0:
         raise InputError(f"md tau must be positive, got {tau!r}")
-    if int(chain_length) < 2:
-        raise InputError(f"md chain_length must be ≥ 2, got {chain_length!r}")
+    chain_length = check_int(chain_length, "md chain_length", lo=2)
+    init_seed = check_int(init_seed, "md init_seed", lo=-1)
     nh_tau = 100 * step_dt if tau is None else float(tau)
     return _MDConfig(mode, n, float(packing), side, step_dt, float(kT), float(gamma), nh_tau,
                      int(chain_length), int(init_seed), fdt)
@@ -349,7 +348,7 @@ def md_system(
         name=f"md:{mode}",
         theta=jnp.asarray(d_small, fdt),
         dt=None if mode == "fire" else step_dt,
-        horizon=int(horizon),
+        horizon=check_int(horizon, "md horizon", lo=1),
         precision=_precision(fdt),
         meta_loss=meta_loss,
         description=(

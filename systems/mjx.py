@@ -19,6 +19,7 @@ import numpy as np
 
 from chaosgrad.config import precision_name as _precision
 from chaosgrad.errors import InputError, require
+from chaosgrad.params import check_int
 from chaosgrad.system import StepOut, System
 
 from .rigid import (
@@ -272,8 +273,11 @@ def mjx_system(
     if model not in MODELS:
         raise InputError(f"unknown mjx model {model!r}; accepted: {', '.join(model_names())}")
     check_policy(policy, hidden, layers)
-    if int(n_frames) < 0:
-        raise InputError(f"n_frames must be >= 0 (0 = the model's own), got {n_frames!r}")
+    n_frames = check_int(n_frames, "mjx n_frames (0 = the model's own)", lo=0)
+    horizon = check_int(horizon, "mjx horizon", lo=1)
+    seed = check_int(seed, "mjx seed", lo=0, hi=2**32 - 1)
+    hidden = check_int(hidden, "mjx hidden", lo=0)
+    layers = check_int(layers, "mjx layers", lo=0)
     if not policy_scale >= 0:
         raise InputError(f"policy_scale must be >= 0, got {policy_scale!r}")
     dtype_name = check_run_settings(horizon, action_noise, dtype)

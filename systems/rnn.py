@@ -11,8 +11,8 @@ import numpy as np
 
 from chaosgrad.config import precision_name as _precision
 from chaosgrad.config import resolve_dtype as _dtype
-from chaosgrad.errors import InputError
 from chaosgrad.memory import check_fits
+from chaosgrad.params import check_int, check_number
 from chaosgrad.system import StepOut, System
 
 
@@ -22,8 +22,9 @@ def rnn(n: int = 64, g: float = 2.0, seed: int = 0, dtype: str | None = None) ->
     W is Gaussian with variance g²/n (from ``seed``). For large n the origin is stable for
     g < 1 and the dynamics are chaotic for g > 1. The initial state is standard normal.
     """
-    if int(n) < 1:
-        raise InputError(f"rnn needs n >= 1, got {n!r}")
+    n = check_int(n, "rnn n", lo=1)
+    seed = check_int(seed, "rnn seed", lo=0)
+    g = check_number(g, "rnn gain g")
     fdt = _dtype(dtype)
     # W is drawn in float64 by numpy, then copied at the working precision: refuse up front
     # what cannot fit rather than fail inside numpy after a long wait.

@@ -1,4 +1,4 @@
-"""Reliability: generated bad input for the command line and the API (issue 13).
+"""Reliability: generated bad input for the command line and the API (issues 13 and 23).
 
 Every bad input must end in exit status 2 and exactly one line on stderr (or, from the API,
 an InputError naming the problem), never a traceback, never a partial file; every `--json`
@@ -619,3 +619,596 @@ def test_options_are_taken_by_their_full_names_only(capsys):
     assert_refused(code, err, "n=3; a system's parameters go as --param K=V")
     code, _, err = run(["diagnose", "rnn", "--no-prog"], capsys)
     assert_refused(code, err, "--no-prog")
+
+
+# -- issue 23: the compile cache never serves a stale program ----------------------------------
+_HENON_CELL = """
+import jax, jax.numpy as jnp, chaosgrad
+A = {a}
+def make():
+    def init(key, theta):
+        return jax.random.uniform(key, (2,), minval=-0.1, maxval=0.1)
+    def step(s, theta, key):
+        s = jnp.stack([1 - A * s[0] ** 2 + s[1], 0.3 * s[0]])
+        return s, chaosgrad.StepOut(loss=s[0])
+    return chaosgrad.System(init, step, name="h", theta=jnp.zeros(()))
+"""
+
+
+def _lambda1(system):
+    from chaosgrad.spectra import lyapunov_spectrum
+    return float(lyapunov_spectrum(system, steps=300, transient=50, progress=False)
+                 .exponents[0])
+
+
+def test_a_redefined_step_reading_a_changed_global_is_compiled_afresh():
+    # A notebook cell run with A = 1.4 and again with A = 0.2 in one namespace: the second
+    # run must give the stable map's exponents, not the first run's (issue 23, item 1).
+    ns: dict = {}
+    exec(_HENON_CELL.format(a=1.4), ns)
+    chaotic = _lambda1(ns["make"]())
+    exec(_HENON_CELL.format(a=0.2), ns)
+    stable = _lambda1(ns["make"]())
+    assert chaotic > 0.2 and stable < 0, (chaotic, stable)
+    # the same function object, its global changed under it (no redefinition)
+    system = ns["make"]()
+    ns["A"] = 1.4
+    assert _lambda1(system) == pytest.approx(chaotic)
+    ns["A"] = 0.2
+    assert _lambda1(system) == pytest.approx(stable)
+
+
+def test_closure_values_mutated_in_place_are_compiled_afresh():
+    from chaosgrad.system import compile_key
+
+    for holder, set_a in [
+        (np.array([1.4]), lambda h, v: h.__setitem__(0, v)),  # numpy: by content
+        ([1.4], lambda h, v: h.__setitem__(0, v)),             # list: by value
+        ({"a": 1.4}, lambda h, v: h.__setitem__("a", v)),
+    ]:
+        key_of = (lambda h: h[0]) if not isinstance(holder, dict) else (lambda h: h["a"])
+
+        def init(key, theta):
+            return jax.random.uniform(key, (2,), minval=-0.1, maxval=0.1)
+
+        def step(s, theta, key, holder=holder, key_of=key_of):
+            s = jnp.stack([1 - key_of(holder) * s[0] ** 2 + s[1], 0.3 * s[0]])
+            return s, chaosgrad.StepOut(loss=s[0])
+
+        system = chaosgrad.System(init, step, theta=jnp.zeros(()))
+        before = compile_key(system)
+        chaotic = _lambda1(system)
+        set_a(holder, 0.2)
+        assert compile_key(system) != before
+        assert _lambda1(system) < 0 < chaotic
+
+
+def test_built_in_systems_still_share_compiled_programs():
+    from chaosgrad.system import compile_key
+
+    for name in ("logistic", "henon", "lorenz", "rnn"):
+        assert compile_key(systems.make(name)) == compile_key(systems.make(name))
+
+
+# -- issue 23: a run's identity includes its code -------------------------------------------------
+_USER_SYS = """
+import jax, jax.numpy as jnp, chaosgrad
+def make():
+    def init(key, theta):
+        return 0.1 * jnp.ones(2)
+    def step(x, theta, key):
+        x = jnp.{f}(theta * x)
+        return x, chaosgrad.StepOut(loss={loss})
+    return chaosgrad.System(init, step, name="same-name", theta=jnp.array([0.5, 0.5]),
+                            horizon=4)
+"""
+MT_USER = ["--estimator", "backprop", "--est-param", "samples=1", "--est-param", "horizon=4",
+           "--log-every", "2", "--eval-seeds", "1", "--no-progress"]
+
+
+def test_meta_train_refuses_to_resume_a_different_system_of_the_same_name(tmp_path, capsys):
+    a, b = tmp_path / "sysA.py", tmp_path / "sysB.py"
+    a.write_text(_USER_SYS.format(f="tanh", loss="jnp.sum(x ** 2)"))
+    b.write_text(_USER_SYS.format(f="sin", loss="-jnp.sum(x)"))
+    out = tmp_path / "m"
+    code, _, err = run(["meta-train", f"{a}:make", "--steps", "2", "--out", out] + MT_USER,
+                       capsys)
+    assert code == 0, err
+    code, _, err = run(["meta-train", f"{b}:make", "--steps", "4", "--out", out] + MT_USER,
+                       capsys)
+    assert_refused(code, err, "code.system")
+    assert "--no-resume" in err
+    assert strict_json((out / "results.json").read_text())["steps_done"] == 2  # untouched
+    # the same code reading another global value is another run too
+    a.write_text("SCALE = 2.0\n" + _USER_SYS.format(f="tanh", loss="SCALE * jnp.sum(x ** 2)"))
+    code, _, err = run(["meta-train", f"{a}:make", "--steps", "4", "--out", out] + MT_USER,
+                       capsys)
+    assert_refused(code, err, "code.system")
+    # the very same code resumes
+    a.write_text(_USER_SYS.format(f="tanh", loss="jnp.sum(x ** 2)"))
+    code, _, err = run(["meta-train", f"{a}:make", "--steps", "4", "--out", out] + MT_USER,
+                       capsys)
+    assert code == 0, err
+    assert [e["step"] for e in strict_json((out / "results.json").read_text())["evals"]] \
+        == [0, 2, 4]
+
+
+def test_no_resume_removes_the_old_outputs_before_the_first_step(tmp_path):
+    out = tmp_path / "m"
+    _meta_api(out, 2)
+    names = ("checkpoint.npz", "results.json", "theta.npz", "curves.npz", "log.jsonl")
+    assert all((out / n).exists() for n in names)
+
+    def killed(step, rec):  # a hard stop before any checkpoint: nothing of the old run stays
+        assert not any((out / n).exists() for n in names)
+        raise SystemExit(9)
+
+    import optax
+    from chaosgrad.estimators.meta import meta_train  # noqa: F401
+
+    from chaosgrad import estimators
+
+    s = systems.make("linear", n=2)
+    est = estimators.make("backprop", s, samples=2, horizon=8)
+    with pytest.raises(SystemExit):
+        meta_train(s, est, optax.adam(0.01), 4, out, jax.random.PRNGKey(0), log_every=2,
+                   checkpoint_every=100, eval_seeds=2, callback=killed, resume=False)
+    assert not any((out / n).exists() for n in names)
+
+
+# -- issue 23: every failure of user code in one line ---------------------------------------------
+_GOOD_FACTORY = """
+import jax.numpy as jnp, chaosgrad
+def make(a: float = 1.4):
+    def init(key, th):
+        return jnp.zeros(2)
+    def step(x, th, key):
+        y = jnp.stack([1 - th[0] * x[0] ** 2 + x[1], 0.3 * x[0]])
+        return y, y[0]
+    return chaosgrad.System(init, step, name='mine', theta=jnp.array([a]))
+"""
+USER_FAILURES = {
+    # name: (source, what the one line must say)
+    "raises": ("def make():\n    raise ValueError('boom')\n", "raised ValueError: boom"),
+    "positional": ("def make(n):\n    pass\n", "needs n with no default"),
+    "keyword_only": ("def make(*, n):\n    pass\n", "needs n with no default"),
+    "positional_only": ("def make(n, /):\n    pass\n", "positional-only arguments n"),
+    "syntax": ("def make(:\n    pass\n", "SyntaxError at"),
+    "missing_import": ("import nosuchpackage_xyz\ndef make():\n    pass\n",
+                       "ModuleNotFoundError: No module named 'nosuchpackage_xyz'"),
+    "exit_on_import": ("import sys\nsys.exit(0)\n", "called sys.exit(0)"),
+    "exit_in_factory": ("import sys\ndef make():\n    sys.exit(3)\n", "called sys.exit(3)"),
+    "bad_system_field": ("import chaosgrad\ndef make():\n    return chaosgrad.System("
+                         "lambda k, t: 0., lambda s, t, k: (s, s), horizon=0)\n",
+                         "System horizon must be a positive integer"),
+    "not_a_system": ("def make():\n    return 3\n", "returned int, not a chaosgrad.System"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(USER_FAILURES))
+def test_user_code_failures_are_one_line(case, tmp_path, capsys, monkeypatch):
+    src, needle = USER_FAILURES[case]
+    (tmp_path / "mysys.py").write_text(src)
+    monkeypatch.chdir(tmp_path)
+    for spec in (f"{tmp_path / 'mysys.py'}:make", "./mysys.py:make"):
+        code, out, err = run(["spectrum", spec, "--steps", "5", "--transient", "0", "--json",
+                              "--no-progress"], capsys)
+        assert_refused(code, err, needle)
+        assert "mysys.py" in err and out == ""
+        if case not in ("syntax", "missing_import", "exit_on_import"):
+            assert "make" in err
+
+
+def test_user_module_failing_on_import_is_one_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "usermod_missing_dep.py").write_text("import nosuchpackage_xyz\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, out, err = run(["spectrum", "usermod_missing_dep:make", "--steps", "5"], capsys)
+    assert_refused(code, err, "No module named 'nosuchpackage_xyz'")
+    assert "usermod_missing_dep" in err
+
+
+def test_user_system_by_relative_paths_and_its_prints_go_to_stderr(tmp_path, capsys,
+                                                                   monkeypatch):
+    here = tmp_path / "work"
+    (tmp_path / "x").mkdir()
+    here.mkdir()
+    (tmp_path / "x" / "mysys.py").write_text(
+        "print('hello from the module')\n" + _GOOD_FACTORY.replace(
+            "    def init", "    print('hello from make')\n    def init"))
+    monkeypatch.chdir(here)
+    code, out, err = run(["spectrum", "../x/mysys.py:make", "--steps", "20", "--transient",
+                          "0", "--json", "--no-progress"], capsys)
+    assert code == 0, err
+    assert "mine" in str(strict_json(out)["system"])
+    assert "hello from the module" in err and "hello from make" in err
+
+
+def test_default_out_of_a_user_system_stays_under_out(tmp_path, capsys, monkeypatch):
+    from chaosgrad.app.cli import default_out
+
+    src = tmp_path / "src" / "mysys.py"
+    src.parent.mkdir()
+    src.write_text(_GOOD_FACTORY)
+    assert default_out("diagnose", f"{src}:make") == os.path.join("out", "diagnose",
+                                                                  "mysys_make")
+    assert default_out("compare", "../x/y.py:f") == os.path.join("out", "compare", "y_f")
+    assert default_out("diagnose", "brax:ant") == os.path.join("out", "diagnose", "brax_ant")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(["diagnose", f"{src}:make", "--horizons", "2,4", "--seeds", "2",
+                        "--lyapunov-steps", "20", "--no-progress"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "out" / "diagnose" / "mysys_make" / "report.json").exists()
+    assert sorted(p.name for p in src.parent.iterdir()) == ["mysys.py"]
+
+
+# -- issue 23: nothing coerced silently ------------------------------------------------------------
+def _tiny_system(**fields):
+    def init(key, theta):
+        return jnp.zeros(2)
+
+    def step(x, theta, key):
+        return x * theta, x[0] * theta
+
+    return chaosgrad.System(init, step, theta=jnp.asarray(0.5), **fields)
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("horizon", 2.7, "horizon must be a positive integer"),
+    ("horizon", True, "horizon must be a positive integer"),
+    ("horizon", 0, "horizon must be a positive integer"),
+    ("horizon", float("nan"), "horizon must be a positive integer"),
+    ("dt", float("inf"), "dt must be a positive finite number"),
+    ("dt", float("nan"), "dt must be a positive finite number"),
+    ("dt", -0.1, "dt must be a positive finite number"),
+])
+def test_system_fields_are_checked_not_coerced(field, value, needle):
+    with pytest.raises(InputError, match=needle):
+        _tiny_system(**{field: value})
+
+
+def test_system_horizon_given_as_a_whole_float_is_kept_as_that_integer():
+    assert _tiny_system(horizon=3.0).horizon == 3 and isinstance(
+        _tiny_system(horizon=3.0).horizon, int)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--param", "n=3", "--param", "eigenvalues=1,2"], "n=3 disagrees with the 2 eigenvalues"),
+    (["--param", "eigenvalues=0.5,0.2", "--param", "radius=2"], "not both"),
+    (["--param", "radius=-1"], "radius must be a positive finite number"),
+    (["--param", "n=2.5"], "linear n must be an integer"),
+    (["--param", "seed=-1"], "linear seed must be an integer in 0.."),
+    (["--param", "n=1_4"], "digit separators"),
+])
+def test_linear_parameters_are_checked(argv, needle, capsys):
+    code, out, err = run(["spectrum", "linear", *argv, "--steps", "5", "--transient", "0",
+                          "--no-progress"], capsys)
+    assert_refused(code, err, needle)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["lorenz", "--param", "burn_in=-1"], "lorenz burn_in must be an integer in 0.."),
+    (["lorenz", "--param", "dt=1e400"], "not a finite number"),
+    (["rnn", "--param", "seed=-1"], "rnn seed must be an integer in 0.."),
+    (["heat", "--param", "n=1"], "heat n (grid points) must be an integer in 2.."),
+    (["henon", "--param", "a=1_4"], "digit separators"),
+    (["henon", "--steps", "1_0"], "expected a positive integer"),
+    (["henon", "--transient", "1_0"], "expected an integer >= 0"),
+])
+def test_other_parameters_are_checked(argv, needle, capsys):
+    code, out, err = run(["spectrum", *argv, "--steps", "5", "--no-progress"]
+                         if "--steps" not in argv else ["spectrum", *argv, "--no-progress"],
+                         capsys)
+    assert_refused(code, err, needle)
+
+
+def test_grad_growth_digit_separators_refused(capsys):
+    code, _, err = run(["grad-growth", "henon", "--horizons", "1_0,20"], capsys)
+    assert_refused(code, err, "expected comma-separated positive integers")
+    code, _, err = run(["compare", "henon", "--sigma", "1_0"], capsys)
+    assert_refused(code, err, "expected a number")
+
+
+def test_check_system_refuses_complex_states_and_empty_theta():
+    def init(key, theta):
+        return jnp.zeros(2, jnp.complex64)
+
+    def step(x, theta, key):
+        return x * theta, jnp.real(x[0]) * theta
+
+    with pytest.raises(InputError, match="complex state"):
+        check_system(chaosgrad.System(init, step, name="cplx", theta=jnp.asarray(0.5)))
+    empty = chaosgrad.System(lambda k, t: jnp.zeros(2), lambda x, t, k: (x, x[0]),
+                             name="empty", theta=jnp.zeros((0,)))
+    with pytest.raises(InputError, match="no entries"):
+        check_system(empty)
+
+
+@pytest.mark.parametrize("bad", ["ignores", "scales", "good"])
+def test_check_system_checks_the_phase_round_trip(bad):
+    def init(key, theta):
+        return {"x": jnp.array([0.1, 0.2]), "t": jnp.zeros(())}
+
+    def step(s, theta, key):
+        x = jnp.stack([1 - theta[0] * s["x"][0] ** 2 + s["x"][1], theta[1] * s["x"][0]])
+        return {"x": x, "t": s["t"] + 1}, x[0]
+
+    def with_phase(s, p):
+        if bad == "ignores":
+            return s
+        return {**s, "x": 2 * p if bad == "scales" else p}
+
+    system = chaosgrad.System(init, step, phase=lambda s: s["x"], with_phase=with_phase,
+                              name=f"rt-{bad}", theta=jnp.array([1.4, 0.3]))
+    if bad == "good":
+        check_system(system)
+        return
+    with pytest.raises(InputError, match=f"with_phase of system 'rt-{bad}' is not the "
+                                         "inverse of phase"):
+        check_system(system)
+
+
+def test_plot_format_comes_from_the_extension_or_is_refused(tmp_path, capsys):
+    base = ["spectrum", "henon", "--steps", "20", "--transient", "0", "--no-progress"]
+    code, _, err = run(base + ["--plot", tmp_path / "x.svg"], capsys)
+    assert code == 0, err
+    assert b"<svg" in (tmp_path / "x.svg").read_bytes()[:2000]
+    code, _, err = run(base + ["--plot", tmp_path / "x.pdf"], capsys)
+    assert code == 0 and (tmp_path / "x.pdf").read_bytes().startswith(b"%PDF")
+    for name in ("x.gif", "x", "x.png.bak"):
+        code, _, err = run(base + ["--plot", tmp_path / name], capsys)
+        assert_refused(code, err, "accepted: .png, .svg, .pdf")
+        assert not (tmp_path / name).exists()
+    code, _, err = run(["diagnose", "henon", "--plot", tmp_path / "d.svg"], capsys)
+    assert_refused(code, err, "accepted: .png")
+    code, _, err = run(base + ["--plot", ""], capsys)
+    assert_refused(code, err, "--plot is empty")
+    code, _, err = run(["diagnose", "henon", "--out", " "], capsys)
+    assert_refused(code, err, "--out is empty")
+
+
+def test_figures_all_with_names_is_refused(capsys, tmp_path):
+    code, _, err = run(["figures", "--all", "nosuch", "--out", tmp_path], capsys)
+    assert_refused(code, err, "not both")
+    code, _, err = run(["figures", "nosuch", "--out", tmp_path], capsys)
+    assert_refused(code, err, "unknown figure 'nosuch'")
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- issue 23: files -----------------------------------------------------------------------------
+def _special_files(tmp_path):
+    import socket
+
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    sock_path = tmp_path / "sock.png"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(sock_path))
+    return {"fifo": fifo, "socket": sock_path}, sock
+
+
+def test_special_files_are_never_replaced(tmp_path, capsys):
+    import stat
+
+    from chaosgrad.io import write_bytes
+
+    special, sock = _special_files(tmp_path)
+    try:
+        for kind, path in special.items():
+            mode = os.lstat(path).st_mode
+            code, _, err = run(["spectrum", "henon", "--steps", "20", "--transient", "0",
+                                "--no-progress", "--plot", path], capsys)
+            assert_refused(code, err, f"is a {'FIFO' if kind == 'fifo' else 'socket'}")
+            with pytest.raises(InputError, match="writes only regular files"):
+                write_bytes(path, b"x")
+            assert os.lstat(path).st_mode == mode  # still the FIFO / socket
+        code, _, err = run(["diagnose", "henon", "--out", special["fifo"]], capsys)
+        assert_refused(code, err, "expected a folder")
+        assert stat.S_ISFIFO(os.lstat(special["fifo"]).st_mode)
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("damage", ["float_step", "nan_theta", "history_types",
+                                    "history_not_list"])
+def test_crafted_checkpoints_are_refused_with_the_way_out(damage, tmp_path):
+    out = tmp_path / "m"
+    _meta_api(out, 2)
+    ckpt = out / "checkpoint.npz"
+    z = dict(np.load(ckpt))
+    if damage == "float_step":
+        z["step"] = np.asarray(2.7)
+    elif damage == "nan_theta":
+        z["leaf_0"] = np.full_like(z["leaf_0"], np.nan)
+    elif damage == "history_types":
+        h = json.loads(str(z["history"]))
+        h["records"][0]["loss"] = "x"
+        z["history"] = np.asarray(json.dumps(h))
+    else:
+        z["history"] = np.asarray(json.dumps({"records": 3, "evals": []}))
+    np.savez(ckpt, **z)
+    with pytest.raises(InputError, match="checkpoint.*--no-resume"):
+        _meta_api(out, 4)
+
+
+def test_damaged_figure_files_name_force_which_recovers(tmp_path, monkeypatch):
+    from chaosgrad.app.figures import toy
+
+    monkeypatch.setitem(toy.SIZES, "quick", {"samples": 50, "xs": 5, "ws": 2})
+    figures.run_figure("toy", "quick", tmp_path)
+    folder = tmp_path / "toy"
+    # meta.json damaged: named with --force, and --force recovers
+    (folder / "meta.json").write_text("{not json")
+    with pytest.raises(InputError, match="meta.json.*--force"):
+        figures.run_figure("toy", "quick", tmp_path)
+    figures.run_figure("toy", "quick", tmp_path, force=True)
+    # results.npz with other keys or shapes than were saved
+    np.savez(folder / "results.npz", wrong=np.zeros(3))
+    with pytest.raises(InputError, match="results.npz.*--force"):
+        figures.run_figure("toy", "quick", tmp_path)
+    figures.run_figure("toy", "quick", tmp_path, force=True)
+    # a part with wrong keys or shapes (its digest no longer matches)
+    (folder / "results.npz").unlink()
+    part = sorted((folder / "parts").glob("*.npz"))[0]
+    z = dict(np.load(part))
+    first = next(k for k in z if not k.startswith("_"))
+    z[first] = np.zeros((7, 7))
+    np.savez(part, **z)
+    with pytest.raises(InputError, match=f"{part.name}.*--force"):
+        figures.run_figure("toy", "quick", tmp_path)
+    figures.run_figure("toy", "quick", tmp_path, force=True)
+    figures.run_figure("toy", "quick", tmp_path)  # and all is well again
+
+
+def test_lock_rechecks_the_file_after_locking(tmp_path, monkeypatch):
+    # A holder that leaves between our open and our lock unlinks the file: the lock we got
+    # is on a file no longer in the folder, so the lock is taken again on the new one.
+    import fcntl
+
+    real = fcntl.flock
+    calls = []
+
+    def flock(fd, op):
+        if not calls:  # the previous holder leaves right now
+            os.unlink(tmp_path / ".lock")
+        calls.append(fd)
+        return real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with OutputLock(tmp_path) as lock:
+        assert len(calls) == 2
+        assert os.path.samestat(os.fstat(lock.fd), os.stat(tmp_path / ".lock"))
+
+
+# -- issue 23: launch failures end in one line, status 3, within --timeout -------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(tmp_path, extra, env_extra=None):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "OMPI_", "CHAOSGRAD_"))}
+    env.update(env_extra or {})
+    env.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    cmd = [sys.executable, "-m", "chaosgrad.app.cli", "meta-train", "linear", "--param",
+           "n=2", "--estimator", "backprop", "--steps", "1", "--out", str(tmp_path / "m"),
+           "--no-progress", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("case", ["peer_never_joins", "coordinator_unreachable"])
+def test_launch_failures_are_one_line_and_status_3(case, tmp_path):
+    port = _free_port()
+    pid = "0" if case == "peer_never_joins" else "1"  # 1: nobody listens on the port
+    r = _launch(tmp_path, ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                           "--process-id", pid, "--timeout", "3"])
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 3, r.stderr
+    assert len(lines) == 1 and "could not join" in lines[0], r.stderr
+    assert f"process {pid} of 2" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_slurm_variables_without_srun_are_one_line_and_status_3(tmp_path):
+    r = _launch(tmp_path, [], {"SLURM_NTASKS": "4", "SLURM_PROCID": "0"})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 3, r.stderr
+    assert len(lines) == 1 and "not started by srun" in lines[0], r.stderr
+
+
+# -- issue 23: generated values that must never be coerced ---------------------------------
+@FUZZ
+@given(value=st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).filter(
+        lambda v: not (v == v and abs(v) != float("inf") and float(v).is_integer())),
+    st.booleans(), st.integers(max_value=0), st.text(max_size=3)))
+def test_fuzz_system_horizon_is_an_integer_or_refused(value):
+    with pytest.raises(InputError, match="horizon must be a positive integer"):
+        _tiny_system(horizon=value)
+
+
+@FUZZ
+@given(digits=st.integers(min_value=10, max_value=10**6),
+       name_key=st.sampled_from([("henon", "a"), ("linear", "n"), ("rnn", "seed"),
+                                 ("lorenz", "burn_in"), ("logistic", "r")]))
+def test_fuzz_digit_separators_are_refused_everywhere(digits, name_key, capsys):
+    text = str(digits)
+    text = text[:1] + "_" + text[1:]
+    name, key = name_key
+    code, out, err = run(["spectrum", name, "--param", f"{key}={text}", "--steps", "5",
+                          "--no-progress"], capsys)
+    assert_refused(code, err, "digit separators")
+
+
+def test_one_seed_gives_no_growth_interval_and_no_verdict_from_it(capsys, tmp_path):
+    from chaosgrad.gradients import gradient_growth
+
+    g = gradient_growth(systems.make("henon"), horizons=[5, 10, 20], seeds=1, progress=False)
+    assert np.isfinite(g.growth_rate)
+    for iv in (g.growth_interval, g.variance_rate_interval):
+        assert iv.low == -np.inf and iv.high == np.inf  # not a zero-width "95%" interval
+    code, out, err = run(["diagnose", "henon", "--seeds", "1", "--horizons", "5,10",
+                          "--lyapunov-steps", "200", "--out", tmp_path, "--json",
+                          "--no-progress"], capsys)
+    assert code == 0, err
+    assert strict_json(out)["verdict"] != "chaotic"
+
+
+def test_a_closed_stdout_is_one_line_not_a_traceback():
+    import shlex
+
+    # the shell closes stdout (no preexec_fn: a fork of this multithreaded process)
+    r = subprocess.run(["sh", "-c", f"exec {shlex.quote(sys.executable)} -m chaosgrad.app.cli "
+                        "systems --json >&-"], stderr=subprocess.PIPE, text=True, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "standard output is closed" in lines[0]
+
+
+def test_code_fingerprint_ignores_the_device_layout():
+    # A run may resume on another number of devices or processes: the mesh sizes and device
+    # ids in a traced program are not part of its identity (its code is).
+    from chaosgrad.estimators.meta import _layout_free
+
+    a = ("x = sharding_constraint[sharding=NamedSharding(mesh=Mesh('population': 2, "
+         "axis_types=(Auto,)), spec=P('population',))] y  # <function f at 0x7f00ab>")
+    b = a.replace("'population': 2", "'population': 8").replace("0x7f00ab", "0x55aa10")
+    assert _layout_free(a) == _layout_free(b)
+    assert _layout_free(a) != _layout_free(a.replace("spec=P('population',)", "spec=P()"))
+
+
+@pytest.mark.parametrize("name,params,needle", [
+    ("influence", {"horizon": 2.7}, "influence_balancing horizon must be an integer"),
+    ("linear", {"n": True}, "linear n must be an integer"),
+    ("heat", {"n": 3.5}, "heat n (grid points) must be an integer"),
+    ("lorenz", {"burn_in": 1.5}, "lorenz burn_in must be an integer"),
+    ("lorenz", {"dt": float("inf")}, "lorenz dt must be a positive finite number"),
+])
+def test_factories_take_integers_only_where_integers_are_meant(name, params, needle):
+    with pytest.raises(InputError) as e:
+        systems.make(name, **params)
+    assert needle in str(e.value)
+
+
+def test_phase_round_trip_check_runs_inside_a_jit_trace_too():
+    # check_system may first be reached while tracing (a Jacobian inside the user's jit)
+    from chaosgrad.jacobian import step_jacobian
+
+    def init(key, theta):
+        return {"x": jnp.array([0.1, 0.2]), "t": jnp.zeros(())}
+
+    def step(s, theta, key):
+        x = jnp.stack([1 - theta[0] * s["x"][0] ** 2 + s["x"][1], theta[1] * s["x"][0]])
+        return {"x": x, "t": s["t"] + 1}, x[0]
+
+    good = chaosgrad.System(init, step, phase=lambda s: s["x"],
+                            with_phase=lambda s, p: {**s, "x": p}, name="rt-jit",
+                            theta=jnp.array([1.4, 0.3]))
+    state = init(None, None)
+    jac = jax.jit(lambda s: step_jacobian(good, good.theta, s, jax.random.PRNGKey(0), 0))(state)
+    assert np.asarray(jac).shape == (2, 2)
+    bad = good.with_meta(with_phase=lambda s, p: s, name="rt-jit-bad")
+    with pytest.raises(InputError, match="not the inverse of phase"):
+        jax.jit(lambda s: step_jacobian(bad, bad.theta, s, jax.random.PRNGKey(0), 0))(state)

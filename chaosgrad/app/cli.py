@@ -15,8 +15,10 @@ from pathlib import Path
 
 from chaosgrad._version import __version__
 from chaosgrad.app.meta_train import add_launch_arguments, add_meta_train_parser, join_launch
+from chaosgrad.app.output import json_output, print_json
 from chaosgrad.config import enable_compilation_cache, enable_x64
-from chaosgrad.errors import InputError
+from chaosgrad.errors import InputError, LaunchError
+from chaosgrad.io import PLOT_FORMATS, check_regular, dumps, write_bytes, write_json
 
 # Everything that computes (JAX, the systems, the estimators, matplotlib, scipy) is imported
 # inside the command that needs it: `chaosgrad --version` and `chaosgrad systems` start in
@@ -51,6 +53,8 @@ MAX_SEED = 2**32 - 1  # a PRNGKey seed is 32 bits wide without float64 mode
 def _parse_int(text: str, what: str) -> int:
     """``text`` as an int, or the argparse error "expected <what>"."""
     try:
+        if "_" in text:  # int("1_0") is 10: digit separators are refused, not read
+            raise ValueError(text)
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
@@ -86,8 +90,11 @@ def _k_arg(text: str):
 
 
 def _int_list(text: str) -> list[int]:
+    parts = [x for x in text.split(",") if x.strip()]
     try:
-        vals = [int(x) for x in text.split(",") if x.strip()]
+        if any("_" in x for x in parts):  # int("1_0") is 10: separators refused, not read
+            raise ValueError(text)
+        vals = [int(x) for x in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated positive integers like 10,30,100, got {text!r}") from None
@@ -102,6 +109,8 @@ def _int_list(text: str) -> list[int]:
 
 def _finite_float(text: str) -> float:
     try:
+        if "_" in text:  # float("1_0") is 10.0: digit separators are refused, not read
+            raise ValueError(text)
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
@@ -113,6 +122,8 @@ def _finite_float(text: str) -> float:
 def check_out_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     """Refuse, before any compute, an output folder that cannot be made or written: a file
     where a folder is expected (there or above), or a folder this user cannot write."""
+    if not str(path).strip():
+        raise InputError(f"{flag} is empty; give a folder name")
     path = Path(path)
     probe = path
     while not probe.exists():  # the nearest part that exists must be a writable folder
@@ -141,12 +152,21 @@ def _check_writable(folder: Path, what: str) -> None:
                          f"({e.strerror or e})") from None
 
 
-def check_out_file(path: str | os.PathLike, flag: str = "--plot") -> Path:
+def check_out_file(path: str | os.PathLike, flag: str = "--plot",
+                   formats: tuple[str, ...] | None = None) -> Path:
     """Refuse, before any compute, an output file that cannot be written: onto a folder,
-    into a missing or unwritable folder, or over a file this user cannot write."""
+    into a missing or unwritable folder, or over a file this user cannot write; onto
+    anything but a regular file (a device, FIFO or socket is never replaced); and, given
+    ``formats``, a name whose extension is not one of them (the format comes from it)."""
+    if not str(path).strip():
+        raise InputError(f"{flag} is empty; give a file name")
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{flag} {path} is a folder, expected a file name")
+    check_regular(path, flag)
+    if formats is not None and path.suffix.lower().lstrip(".") not in formats:
+        raise InputError(f"{flag} {path}: the format comes from the extension; accepted: "
+                         f"{', '.join('.' + f for f in formats)}")
     parent = path.parent
     if parent.exists() and not parent.is_dir():
         raise InputError(f"{flag} {path}: {parent} is a file, expected a folder")
@@ -156,11 +176,23 @@ def check_out_file(path: str | os.PathLike, flag: str = "--plot") -> Path:
     return path
 
 
+def default_out(kind: str, name: str) -> str:
+    """``out/KIND/NAME``, with a user's ``path/to/mysys.py:make`` named ``mysys_make``: the
+    default folder stays under ./out, never next to the user's source."""
+    module, sep, func = name.rpartition(":")
+    if sep and (module.endswith(".py") or "/" in module or os.sep in module):
+        name = f"{Path(module).stem}_{func}"
+    base = name.replace(":", "_").replace("/", "_").replace(os.sep, "_").strip(".")
+    return os.path.join("out", kind, base or "system")
+
+
 def check_outputs(args) -> None:
     """Check every output path of a command (``--out``, ``--plot``) before it computes."""
-    if getattr(args, "plot", None):
-        check_out_file(args.plot, "--plot")
-    if getattr(args, "out", None):
+    if getattr(args, "plot", None) is not None:
+        # diagnose and compare copy their saved PNG; the others draw in any format
+        copied = args.command in ("diagnose", "compare")
+        check_out_file(args.plot, "--plot", ("png",) if copied else PLOT_FORMATS)
+    if getattr(args, "out", None) is not None:
         check_out_dir(args.out, "--out")
 
 
@@ -336,9 +368,7 @@ def cmd_systems(args) -> int:
         except ImportError as e:  # an adapter whose module is not available
             rows.append({"name": name, "description": f"(unavailable: {e})", "params": {}})
     if args.json:
-        from chaosgrad.io import dumps
-
-        print(dumps(rows))
+        print_json(dumps(rows))
         return 0
     for r in rows:
         print(f"{r['name']:<10} {r['description']}")
@@ -367,7 +397,7 @@ def cmd_spectrum(args) -> int:
 
         save(plot_lyapunov(res).figure, args.plot)
     if args.json:
-        print(dumps(res.to_json()))
+        print_json(dumps(res.to_json()))
         return 0
     print(f"{system.description or system.name}  [{res.precision['dtype']}, "
           f"{res.precision['backend']}]")
@@ -408,7 +438,7 @@ def cmd_grad_growth(args) -> int:
     out = res.to_json()
     out["lyapunov_max"] = lyap
     if args.json:
-        print(dumps(out))
+        print_json(dumps(out))
         return 0
     print(f"{system.description or system.name}  [{res.precision['dtype']}]")
     print(f"{'T':>8} {'geomean |g|':>14} {'median |g|':>14} {'variance':>12} {'non-finite':>11}")
@@ -427,14 +457,14 @@ def cmd_grad_growth(args) -> int:
 def _save_and_print(args, result, out: Path, figure: str, text, where: str) -> int:
     """Record the seed and arguments in ``result``'s report, save it (report first, then the
     figures) into ``out``, copy ``figure`` to --plot, and print the JSON or ``text()``."""
-    from chaosgrad.io import dumps, write_bytes
+    from chaosgrad.io import dumps
 
     result.run.update(_run_record(args))
     result.save(out)
     if args.plot and figure in result.figures:  # a figure that failed is named in the report
         write_bytes(args.plot, Path(result.figures[figure]).read_bytes())
     if args.json:
-        print(dumps(result.to_json()))
+        print_json(dumps(result.to_json()))
     else:
         print(text())
         print(where)
@@ -446,8 +476,7 @@ def cmd_diagnose(args) -> int:
     from chaosgrad.spectra import resolve_k
 
     system = _make_system(args)
-    out = check_out_dir(args.out or os.path.join("out", "diagnose",
-                                                  args.name.replace(":", "_")))
+    out = check_out_dir(args.out or default_out("diagnose", args.name))
     k = resolve_k(args.k, system.phase_dim(key=_key(args.seed)), args.name)
     _check_memory(args, system, k=k, seeds=args.seeds,
                   horizon=max(args.horizons or [system.horizon]))
@@ -468,7 +497,7 @@ def cmd_compare(args) -> int:
     if args.seconds < 0:
         raise InputError(f"--seconds must be >= 0 (0: no budget), got {args.seconds}")
     names = [n.strip() for n in args.estimators.split(",") if n.strip()]
-    out = check_out_dir(args.out or os.path.join("out", "compare", args.name.replace(":", "_")))
+    out = check_out_dir(args.out or default_out("compare", args.name))
     c = compare(system, estimators=names, target=args.target, horizon=args.horizon,
                 budget=args.budget,
                 samples=args.samples, window=args.window, sigma=args.sigma,
@@ -490,6 +519,9 @@ def cmd_figures(args) -> int:
         for name in figures.names():
             print(f"{name:<{width}}  {figures.FIGURES[name][1]}")
         return 0
+    if args.all and args.names:  # "--all nosuch" would silently run every figure
+        raise InputError(f"give figure names or --all, not both (got --all and "
+                         f"{', '.join(args.names)}); accepted: {', '.join(figures.names())}")
     todo = figures.names() if args.all else args.names
     if not todo:
         raise InputError("name the figures to make, or pass --all; accepted: "
@@ -511,7 +543,6 @@ def cmd_demo(args) -> int:
     """Spectrum + gradient growth of a chaotic (g=2) and a stable (g=0.5) tanh RNN."""
     from chaosgrad import systems
     from chaosgrad.gradients import gradient_growth
-    from chaosgrad.io import write_json
     from chaosgrad.plots import plot_growth, plot_lyapunov, save
     from chaosgrad.spectra import lyapunov_spectrum
 
@@ -578,6 +609,11 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `chaosgrad` command; returns the exit status."""
+    if sys.stdout is None:  # started with stdout closed (`chaosgrad ... >&-`)
+        if sys.stderr is not None:
+            print("chaosgrad: error: standard output is closed; redirect it (e.g. "
+                  ">/dev/null) instead of closing it", file=sys.stderr)
+        return 2
     # the command only writes files; never open a window (set before matplotlib loads, so
     # that commands which draw nothing never import it)
     if "matplotlib" in sys.modules:
@@ -612,13 +648,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         check_outputs(args)  # a bad --out/--plot fails now, not after minutes of compute
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), json_output(getattr(args, "json", False)):
             warnings.showwarning = _show_warning
             status = int(handler(args) or 0)
         sys.stdout.flush()
         return status
     except InputError as e:
         return fail(e)
+    except LaunchError as e:  # a multi-process launch that never formed: status 3
+        fail(e)
+        return 3
     except KeyboardInterrupt:
         print(f"chaosgrad {args.command}: interrupted", file=sys.stderr)
         return 130

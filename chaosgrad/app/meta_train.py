@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import sys
 
+from chaosgrad.app.output import print_json
 from chaosgrad.config import LAUNCH_TIMEOUT
 from chaosgrad.errors import InputError
 
@@ -160,7 +161,7 @@ def run_meta_train(args) -> int:
     if launch is not None and not distributed.is_main_process():
         return 130 if result.interrupted else 0  # process 0 reports for the run
     if args.json:
-        print(dumps(summary, indent=None))
+        print_json(dumps(summary, indent=None))
     else:
         state = "interrupted at" if result.interrupted else "done:"
         print(f"meta-train {est.name} on {system.name} {state} step {result.step}: meta-loss "

@@ -15,6 +15,7 @@ from chaosgrad.systems.lopt.tasks import TASKS, make_task
 from chaosgrad.systems.maps import _dtype, _precision
 
 from chaosgrad.errors import InputError
+from chaosgrad.params import check_int
 from chaosgrad.system import StepOut, System
 
 PyTree = Any
@@ -136,10 +137,9 @@ def lopt_system(
         tk = make_task(task, dim=dim, noise=noise, dtype=dt)
     else:
         tk = make_task(task, hidden=hidden, depth=depth, batch_size=batch_size, dtype=dt)
-    inner_steps = int(inner_steps)
-    if inner_steps < 1:
-        raise InputError(f"inner_steps must be a positive integer, got {inner_steps!r}")
-    root = jax.random.PRNGKey(int(seed))
+    inner_steps = check_int(inner_steps, "lopt inner_steps", lo=1)
+    seed = check_int(seed, "lopt seed", lo=0, hi=2**32 - 1)
+    root = jax.random.PRNGKey(seed)
     theta0 = opt.init_theta(jax.random.fold_in(root, 1))
     fixed_consts = tk.sample(jax.random.fold_in(root, 2))
     need_valid = opt.needs_valid or loss == "valid"

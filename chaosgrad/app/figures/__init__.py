@@ -8,6 +8,7 @@ process 0 gathers them, saves and draws (`run_split`).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -112,11 +113,48 @@ def config_hash(name: str, scale: str) -> str:
 PART_SECONDS = "_part_seconds"
 
 
-def read_part(path: Path) -> tuple[dict, float]:
+PART_DIGEST = "_part_sha256"
+FORCE = "pass --force to recompute it"
+
+
+def arrays_digest(arrays: dict) -> str:
+    """SHA-256 of named arrays (names, dtypes, shapes and bytes), in name order."""
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(np.asarray(arrays[k]))
+        h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def write_part(path: Path, arrays: dict, seconds: float | None = None) -> None:
+    """Save a part with its digest (and the seconds it took, when known)."""
+    extra = {} if seconds is None else {PART_SECONDS: np.asarray(seconds)}
+    body = {**arrays, **extra}
+    save_npz(path, {**body, PART_DIGEST: np.asarray(arrays_digest(body))})
+
+
+def read_part(path: Path) -> tuple[dict, float] | None:
     """A saved part's arrays (as the experiment made them) and the seconds it took to make
-    (0 for a part saved without them)."""
-    arrays = load_npz(path)
-    return arrays, float(arrays.pop(PART_SECONDS, 0.0))
+    (0 for a part saved without them); None for a part saved without a digest (by an older
+    chaosgrad: it is recomputed). A damaged part, or one whose contents do not match its
+    digest (edited, or of another shape), is an InputError naming it and ``--force``."""
+    try:
+        arrays = load_npz(path)
+    except InputError:
+        raise InputError(f"the saved part {path} is damaged (not a readable .npz archive); "
+                         f"{FORCE}") from None
+    digest = arrays.pop(PART_DIGEST, None)
+    if digest is None:
+        return None
+    if digest.shape != () or str(digest) != arrays_digest(arrays):
+        raise InputError(f"the saved part {path} does not match its digest (damaged or "
+                         f"edited); {FORCE}")
+    try:
+        seconds = float(arrays.pop(PART_SECONDS, 0.0))
+    except (TypeError, ValueError):
+        seconds = 0.0
+    return arrays, seconds
 
 
 class Store:
@@ -142,14 +180,15 @@ class Store:
         seconds it took (``_part_seconds``, not returned), so a figure rebuilt from parts
         still reports what it cost in all."""
         path = self.folder / f"{self.prefix}-{key}.npz"
-        if path.exists() and not self.force:
+        saved = read_part(path) if path.exists() and not self.force else None
+        if saved is not None:
             self.reused += 1
-            arrays, seconds = read_part(path)
+            arrays, seconds = saved
             self.reused_seconds += seconds
             return arrays
         t0 = time.perf_counter()
         arrays = {k: np.asarray(v) for k, v in fn().items()}
-        save_npz(path, {**arrays, PART_SECONDS: np.asarray(time.perf_counter() - t0)})
+        write_part(path, arrays, time.perf_counter() - t0)
         return arrays
 
 
@@ -215,7 +254,7 @@ class SplitStore(Store):
     def keep(self, key: str, arrays: dict) -> None:
         """Save a part another process made (process 0 only), so a resumed run has it."""
         if self.rank == 0:
-            save_npz(self.folder / f"{self.prefix}-{key}.npz", arrays)
+            write_part(self.folder / f"{self.prefix}-{key}.npz", arrays)
 
     def saved_parts(self) -> dict:
         """The parts process 0 finds in its folder under this configuration (none with
@@ -223,8 +262,9 @@ class SplitStore(Store):
         if self.rank != 0 or self.force:
             return {}
         head = f"{self.prefix}-"
-        return {p.name[len(head):-len(".npz")]: read_part(p)[0]
-                for p in sorted(self.folder.glob(f"{head}*.npz"))}
+        found = {p.name[len(head):-len(".npz")]: read_part(p)
+                 for p in sorted(self.folder.glob(f"{head}*.npz"))}
+        return {k: v[0] for k, v in found.items() if v is not None}
 
 
 def _pack(status: str, error: str, parts: dict) -> bytes:
@@ -305,6 +345,36 @@ def run_split(name: str, mod, scale: str, store_args: tuple, progress) -> tuple 
                              "different processes")
 
 
+def _saved_meta(folder: Path, config: str, force: bool) -> bool:
+    """Whether the saved results in ``folder`` are reusable: made under ``config``, and
+    ``results.npz`` matching the digest in ``meta.json``. Damaged files are an InputError
+    naming ``--force`` (which does not read them at all)."""
+    meta_path, res_path = folder / "meta.json", folder / "results.npz"
+    if force or not (meta_path.exists() and res_path.exists()):
+        return False
+    try:
+        saved = read_json(meta_path)
+    except InputError:
+        raise InputError(f"the saved {meta_path} is damaged (not readable JSON); "
+                         f"{FORCE}") from None
+    if not isinstance(saved, dict):
+        raise InputError(f"the saved {meta_path} is damaged (not a JSON object); {FORCE}")
+    if saved.get("config_hash") != config:
+        return False
+    digest = saved.get("results_sha256")
+    if digest is None:
+        return False  # saved by an older chaosgrad: recomputed
+    try:
+        arrays = load_npz(res_path)
+    except InputError:
+        raise InputError(f"the saved {res_path} is damaged (not a readable .npz archive); "
+                         f"{FORCE}") from None
+    if digest != arrays_digest(arrays):
+        raise InputError(f"the saved {res_path} does not match the digest in {meta_path} "
+                         f"(damaged or edited); {FORCE}")
+    return True
+
+
 def load(name: str, out: str | os.PathLike) -> tuple[dict, dict]:
     """The saved results and metadata of figure ``name`` under ``out``."""
     folder = Path(out) / name
@@ -335,10 +405,7 @@ def run_figure(name: str, scale: str = "quick", out: str | os.PathLike = "figs",
     reuse = False
     if main:
         folder.mkdir(parents=True, exist_ok=True)
-        have = meta_path.exists() and (folder / "results.npz").exists()
-        saved = read_json(meta_path) if have else None
-        reuse = (have and not force and isinstance(saved, dict)
-                 and saved.get("config_hash") == config)
+        reuse = _saved_meta(folder, config, force)
     # Process 0's folder decides, for every process: all run the experiment, or none.
     reuse = distributed.broadcast_text("reuse" if reuse else "run") == "reuse"
     if not main:
@@ -363,7 +430,8 @@ def run_figure(name: str, scale: str = "quick", out: str | os.PathLike = "figs",
                 "config_hash": config, "seconds": round(seconds, 2),
                 "compute_seconds": round(seconds + reused_seconds, 2),
                 "parts_reused": reused,
-                "versions": versions(), "precision": precision_info(), **meta}
+                "versions": versions(), "precision": precision_info(), **meta,
+                "results_sha256": arrays_digest(results)}
         save_npz(folder / "results.npz", results)
         write_json(meta_path, meta)
     png = folder / f"{name}.png"
