@@ -325,6 +325,8 @@ def _fi(iv: Interval) -> str:
     """``+0.42 [+0.41, +0.43]``; ends that are unbounded or unknown say so."""
     if not np.isfinite(iv.value):
         return "n/a"
+    if not np.isfinite(iv.low) and not np.isfinite(iv.high):
+        return f"{iv.value:+.4g} (no interval: n/a)"
     return f"{iv.value:+.4g} [{_f(iv.low) if np.isfinite(iv.low) else '-inf'}, " \
            f"{_f(iv.high) if np.isfinite(iv.high) else '+inf'}]"
 

@@ -17,6 +17,7 @@ from jax import lax
 from chaosgrad.config import precision_info
 from chaosgrad.errors import InputError
 from chaosgrad.jacobian import MAX_DENSE_DIM, check_dense, phase_map, start_run
+from chaosgrad.params import check_int
 from chaosgrad.progress import progress_bar
 from chaosgrad.system import System, cache_by_functions
 from chaosgrad.unroll import _tree_where, all_finite, check_steps
@@ -187,6 +188,8 @@ def resolve_k(k: int | str | None, n: int, name: str = "system") -> int:
             k = int(k)
         except ValueError:
             raise InputError(f"k must be an integer in 1..{n} or 'all', got {k!r}") from None
+    if isinstance(k, bool) or not float(k).is_integer():
+        raise InputError(f"k must be an integer in 1..{n} or 'all', got {k!r}")
     k = int(k)
     if not 1 <= k <= n:
         raise InputError(f"k must be between 1 and the phase dimension {n} of {name!r} "
@@ -502,6 +505,8 @@ def jacobian_eigenvalues(
     steps = check_steps(steps)
     theta, state, k_steps, _ = start_run(system, theta, key, state)
     n = int(system.flat_phase(state)[0].shape[0])
+    if k is not None:
+        k = resolve_k(k, n, system.name)
     if method == "auto":
         method = "dense" if n <= dense_max_dim else "arnoldi"
     if method == "dense":
@@ -518,7 +523,7 @@ def jacobian_eigenvalues(
         if k is not None:
             ev = ev[:, :k]
     elif method == "arnoldi":
-        ev = _arnoldi_along(system, theta, state, k_steps, steps, 6 if k is None else int(k))
+        ev = _arnoldi_along(system, theta, state, k_steps, steps, 6 if k is None else k)
     else:
         raise InputError(f"method {method!r} is not accepted: use 'auto', 'dense' or 'arnoldi'")
     return EigenResult(np.arange(steps), ev, np.abs(ev).max(axis=1), method)
@@ -625,7 +630,7 @@ def jacobian_products(
     x0, _ = system.flat_phase(state)
     n = int(x0.shape[0])
     check_dense(n, max_dim)
-    k = min(int(k), n)
+    k = min(check_int(k, "k", lo=1), n)
     chunk = min(steps, 256)
     fn = _jit_product_chunk(system, chunk, k)
     p, c = jnp.eye(n, dtype=x0.dtype), jnp.zeros((), x0.dtype)
@@ -664,8 +669,8 @@ def product_singular_values(
     theta, state, k_steps, key = start_run(system, theta, key, state)
     x0, unravel = system.flat_phase(state)
     n = int(x0.shape[0])
-    if not 1 <= k <= n:
-        raise InputError(f"k must be between 1 and the phase dimension {n}, got {k}")
+    k = resolve_k(k, n, system.name)
+    iters = check_int(iters, "iters (subspace iterations)", lo=1)
 
     def flow(xf):
         s = system.set_phase(state, unravel(xf))

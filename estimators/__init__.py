@@ -14,7 +14,7 @@ from chaosgrad.estimators.combine import combined, inverse_variance_combine
 from chaosgrad.estimators.es import es, nres, pes, truncated_es
 
 from chaosgrad.errors import InputError
-from chaosgrad.params import nonfinite_allowed, parse_kv
+from chaosgrad.params import check_number, nonfinite_allowed, parse_kv
 from chaosgrad.system import System
 
 _REGISTRY = {
@@ -101,7 +101,8 @@ def make(name: str, system: System, **params) -> Estimator:
     if unknown:
         raise InputError(f"estimator {name!r} has no parameter {', '.join(map(repr, unknown))};"
                          f" accepted: {', '.join(accepted)}")
-    clip = float(params.pop("clip_norm", 0.0) or 0.0)
+    clip = check_number(params.pop("clip_norm", 0.0), "estimator clip_norm (0: no clipping)",
+                        nonneg=True)
     est = f(system, **params)
     return clip_by_global_norm(est, clip) if clip > 0 else est
 

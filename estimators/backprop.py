@@ -10,10 +10,11 @@ import jax
 import jax.numpy as jnp
 from chaosgrad.estimators.base import (
     Estimator,
-    check_positive_float,
     check_positive_int,
+    check_sigma,
     finish_info,
     population_sharding,
+    remat_chunk_of,
     shard_population,
     tree_mean0,
 )
@@ -60,7 +61,7 @@ def backprop(system: System, samples: int = 8, horizon: int = 0, remat_chunk: in
     """
     samples = check_positive_int(samples, "samples")
     horizon = check_positive_int(horizon or system.horizon, "horizon")
-    chunk = int(remat_chunk) or max(1, round(horizon ** 0.5))
+    chunk = remat_chunk_of(remat_chunk, horizon)
     sharding = population_sharding(samples, shard)
 
     def init(key, theta):
@@ -165,9 +166,9 @@ def reparam(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int = 
       shard: shard the pairs over the local devices.
     """
     pairs = check_positive_int(pairs, "pairs")
-    sigma = check_positive_float(sigma, "sigma")
+    sigma = check_sigma(sigma, system)
     horizon = check_positive_int(horizon or system.horizon, "horizon")
-    chunk = int(remat_chunk) or max(1, round(horizon ** 0.5))
+    chunk = remat_chunk_of(remat_chunk, horizon)
     sharding = population_sharding(pairs, shard)
 
     def init(key, theta):

@@ -148,3 +148,31 @@ def check_positive_float(value, name: str) -> float:
     if not (x > 0 and x < float("inf")):
         raise InputError(f"{name} must be a positive number, got {value!r}")
     return x
+
+
+def check_sigma(sigma, system) -> float:
+    """σ as a positive float whose square does not underflow in θ's precision (σ² divides
+    every ES-type estimate: an underflow would read as a diverging system)."""
+    import math
+
+    import numpy as np
+
+    sigma = check_positive_float(sigma, "sigma")
+    leaves = jax.tree_util.tree_leaves(system.theta)
+    dtype = jnp.result_type(*leaves) if leaves else jnp.float32
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.float32
+    tiny = float(np.finfo(dtype).tiny)
+    if sigma**2 < tiny:
+        raise InputError(f"sigma {sigma:g} is too small: sigma² underflows in {np.dtype(dtype)}"
+                         f"; accepted: sigma >= {math.sqrt(tiny):.1e}")
+    return sigma
+
+
+def remat_chunk_of(remat_chunk, horizon: int) -> int:
+    """The reverse-mode checkpoint chunk: ``remat_chunk`` steps (a non-negative integer; 0:
+    about sqrt(T))."""
+    from chaosgrad.params import check_int
+
+    return check_int(remat_chunk, "remat_chunk (0: about sqrt(T))", lo=0) or max(
+        1, round(horizon ** 0.5))

@@ -11,10 +11,11 @@ import jax.numpy as jnp
 from chaosgrad.estimators.backprop import full_unroll_loss
 from chaosgrad.estimators.base import (
     Estimator,
-    check_positive_float,
     check_positive_int,
+    check_sigma,
     finish_info,
     population_sharding,
+    remat_chunk_of,
     shard_population,
 )
 from chaosgrad.estimators.es import pair_perturbations
@@ -82,9 +83,9 @@ def combined(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int =
     pairs = check_positive_int(pairs, "pairs")
     if pairs < 2:
         raise InputError(f"combined needs pairs >= 2 to estimate variances, got {pairs}")
-    sigma = check_positive_float(sigma, "sigma")
+    sigma = check_sigma(sigma, system)
     horizon = check_positive_int(horizon or system.horizon, "horizon")
-    chunk = int(remat_chunk) or max(1, round(horizon ** 0.5))
+    chunk = remat_chunk_of(remat_chunk, horizon)
     sharding = population_sharding(pairs, shard)
 
     def init(key, theta):

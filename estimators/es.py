@@ -13,8 +13,8 @@ import optax.tree_utils as otu
 from chaosgrad.estimators.backprop import full_unroll_loss
 from chaosgrad.estimators.base import (
     Estimator,
-    check_positive_float,
     check_positive_int,
+    check_sigma,
     finish_info,
     population_sharding,
     shard_population,
@@ -53,7 +53,7 @@ def es(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int = 0,
       shard: shard the pairs over the local devices.
     """
     pairs = check_positive_int(pairs, "pairs")
-    sigma = check_positive_float(sigma, "sigma")
+    sigma = check_sigma(sigma, system)
     horizon = check_positive_int(horizon or system.horizon, "horizon")
     sharding = population_sharding(pairs, shard)
 
@@ -170,7 +170,7 @@ def _truncated(system: System, name: str, credit: Credit, *, pairs: int, sigma: 
                stagger: bool, antithetic: bool, shard: bool) -> Estimator:
     """A truncated ES estimator over a persistent population, crediting losses by ``credit``."""
     pairs = check_positive_int(pairs, "pairs")
-    sigma = check_positive_float(sigma, "sigma")
+    sigma = check_sigma(sigma, system)
     window = check_positive_int(window, "window")
     sched = make_schedule(schedule, horizon or system.horizon, min_length, max_length)
     members = 2 if antithetic else 1
@@ -293,7 +293,7 @@ def nres(system: System, pairs: int = 8, sigma: float = 0.01, window: int = 10,
     Args: as `pes`.
     """
     pairs = check_positive_int(pairs, "pairs")
-    sigma = check_positive_float(sigma, "sigma")
+    sigma = check_sigma(sigma, system)
     window = check_positive_int(window, "window")
     sched = make_schedule(schedule, horizon or system.horizon, min_length, max_length)
     members = 2 if antithetic else 1
