@@ -24,7 +24,15 @@ from chaosgrad.estimators.base import Estimator, count_nonfinite
 from chaosgrad import distributed
 from chaosgrad.config import precision_info
 from chaosgrad.errors import InputError
-from chaosgrad.io import check_regular, dumps, jsonable, load_npz, save_npz, write_text
+from chaosgrad.io import (
+    check_regular,
+    dumps,
+    jsonable,
+    load_npz,
+    named_leaves,
+    save_npz,
+    write_text,
+)
 from chaosgrad.progress import progress_bar
 from chaosgrad.system import System, resolve_theta
 from chaosgrad.unroll import check_steps, unrolled_loss
@@ -46,7 +54,9 @@ class MetaTrainResult(NamedTuple):
       step: how many outer steps are done (== ``steps`` unless interrupted).
       history: per outer step, the estimator's statistics (dict of lists, one entry per
         step: loss, grad_norm, nonfinite_grad, nonfinite_losses, skipped).
-      evals: the fixed-seed evaluations: a list of {"step", "meta_loss", "nonfinite"}.
+      evals: the fixed-seed evaluations: a list of {"step", "meta_loss", "nonfinite"} with
+        θ at that step ("theta", by plain names, when it has at most `THETA_LOG_MAX` numbers;
+        else "theta_norm").
       interrupted: True when a KeyboardInterrupt stopped it (a checkpoint was written).
       out_dir: where the files are.
     """
@@ -403,7 +413,7 @@ def _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0, log
     def eval_record(step, theta):
         m, vals = distributed.to_host(evaluate(theta))
         return {"step": step, "meta_loss": float(m),
-                "nonfinite": int(np.sum(~np.isfinite(vals)))}
+                "nonfinite": int(np.sum(~np.isfinite(vals))), **theta_record(theta)}
 
     def save_checkpoint(step, state):
         # Gathering is a collective (every process); writing is process 0's alone.
@@ -606,6 +616,19 @@ def _check_history(records, evals) -> None:
             raise TypeError("evaluation")
 
 
+THETA_LOG_MAX = 64  # θ with at most this many numbers is logged whole, else by its norm
+
+
+def theta_record(theta) -> dict:
+    """θ for the log: ``{"theta": {plain name: value}}`` (lists for arrays) when it has at
+    most `THETA_LOG_MAX` numbers, else ``{"theta_norm": ‖θ‖}`` (theta.npz has it whole)."""
+    leaves = named_leaves(distributed.to_host(theta))
+    if sum(np.size(v) for v in leaves.values()) <= THETA_LOG_MAX:
+        return {"theta": {k: np.asarray(v, np.float64).tolist() for k, v in leaves.items()}}
+    return {"theta_norm": float(np.sqrt(sum(np.sum(np.square(np.asarray(v, np.float64)))
+                                            for v in leaves.values())))}
+
+
 def _write_log(out: Path, records: list, evals: list) -> None:
     """Rewrite log.jsonl from the step records: one line per evaluation, with the
     estimator's statistics averaged over the steps since the previous evaluation."""
@@ -615,6 +638,7 @@ def _write_log(out: Path, records: list, evals: list) -> None:
     for e in evals:
         s = e["step"]
         rec = {"step": s, "eval_meta_loss": e["meta_loss"], "eval_nonfinite": e["nonfinite"]}
+        rec.update({k: e[k] for k in ("theta", "theta_norm") if k in e})
         if s > prev:
             seg = slice(prev, s)
             rec["train_loss"] = float(np.mean(history["loss"][seg]))
@@ -629,13 +653,16 @@ def _write_log(out: Path, records: list, evals: list) -> None:
 
 def _write_results(out, system, estimator, theta, step, steps, history, evals, interrupted,
                    wall):
-    flat, _ = jax.tree_util.tree_flatten_with_path(theta)
-    save_npz(out / THETA, {jax.tree_util.keystr(p) or "theta": np.asarray(x)
-                                for p, x in flat})
+    save_npz(out / THETA, named_leaves(theta))
+    logged = [e for e in evals if "theta" in e]
+    per_eval = ({f"theta/{k}": np.asarray([e["theta"][k] for e in logged])
+                 for k in logged[0]["theta"]} if logged and len(logged) == len(evals) else
+                {"theta_norm": np.asarray([e.get("theta_norm", np.nan) for e in evals])})
     save_npz(out / CURVES, {
         **{k: np.asarray(v) for k, v in history.items()},
         "eval_step": np.asarray([e["step"] for e in evals]),
         "eval_meta_loss": np.asarray([e["meta_loss"] for e in evals]),
+        **per_eval,
     })
     summary = {
         "system": system.describe(),

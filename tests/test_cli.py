@@ -87,6 +87,18 @@ def test_meta_train_takes_x64_horizon_and_an_outer_optimizer(tmp_path, capsys):
     assert res["system"]["horizon"] == 20
     assert res["precision"]["x64"] is True
     assert res["final_meta_loss"] < res["initial_meta_loss"]
+    # θ by plain names: per evaluation in log.jsonl and curves.npz, and in theta.npz
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    with np.load(out / "theta.npz") as z:
+        final = {k: z[k] for k in z.files}
+    with np.load(out / "curves.npz") as z:
+        per_eval = {k: z[k] for k in z.files if k.startswith("theta/")}
+    assert set(log[-1]["theta"]) == set(final) and len(final) >= 1
+    for name, value in final.items():
+        np.testing.assert_allclose(log[-1]["theta"][name], value, rtol=1e-12)
+        assert per_eval[f"theta/{name}"].shape == (len(log), *value.shape)
+        np.testing.assert_allclose(per_eval[f"theta/{name}"][-1], value, rtol=1e-12)
+    assert log[0]["theta"] != log[-1]["theta"]  # θ moved
     capsys.readouterr()
     # an unknown outer optimizer: bad input, one line naming the accepted ones
     assert main(["meta-train", "linear", "--outer-optimizer", "lbfgs", "--out",
