@@ -4,7 +4,8 @@ truncated backprop through windows of K steps of a persistent, staggered populat
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -146,6 +147,40 @@ def truncated_backprop(system: System, particles: int = 8, window: int = 10, hor
         "stagger": bool(stagger)}, target="truncated", correlated=True)
 
 
+class Antithetic(NamedTuple):
+    """The shared part of the estimators that differentiate ± pairs of whole unrolls
+    (`reparam`, `chaosgrad.estimators.combined`): checked settings and ``run(theta, key) ->
+    (eps, (meta-losses, per-step losses), gradients)``, one batched reverse-mode unroll of
+    every pair's ± members (each pair's members share its run key)."""
+
+    pairs: int
+    sigma: float
+    horizon: int
+    chunk: int
+    run: Callable
+
+
+def antithetic(system: System, pairs, sigma, horizon, remat_chunk, shard) -> Antithetic:
+    """`Antithetic` for ``system``: settings checked (σ² must not underflow), rematerialised
+    every ``remat_chunk`` steps (0: about sqrt(T)), the pairs sharded over the devices."""
+    pairs = check_positive_int(pairs, "pairs")
+    sigma = check_sigma(sigma, system)
+    horizon = check_positive_int(horizon or system.horizon, "horizon")
+    chunk = remat_chunk_of(remat_chunk, horizon)
+    sharding = population_sharding(pairs, shard)
+    vg = jax.value_and_grad(
+        lambda th, k: full_unroll_loss(system, th, k, horizon, chunk), has_aux=True)
+    vmember = jax.vmap(jax.vmap(vg, in_axes=(0, None)), in_axes=(0, 0))
+
+    def run(theta, key):
+        k_eps, k_runs = jax.random.split(key)
+        eps = pair_perturbations(k_eps, theta, pairs, sigma, sharding)
+        keys = shard_population(jax.random.split(k_runs, pairs), sharding)
+        return (eps, *vmember(perturbed_thetas(theta, eps, 2), keys))
+
+    return Antithetic(pairs, sigma, horizon, chunk, run)
+
+
 def reparam(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int = 0,
             remat_chunk: int = 0, shard: bool = True) -> Estimator:
     """Backprop at θ ± ε: the reparameterisation gradient of the Gaussian-smoothed meta-loss,
@@ -165,29 +200,19 @@ def reparam(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int = 
       remat_chunk: checkpoint chunk (0: about sqrt(T)).
       shard: shard the pairs over the local devices.
     """
-    pairs = check_positive_int(pairs, "pairs")
-    sigma = check_sigma(sigma, system)
-    horizon = check_positive_int(horizon or system.horizon, "horizon")
-    chunk = remat_chunk_of(remat_chunk, horizon)
-    sharding = population_sharding(pairs, shard)
+    pair = antithetic(system, pairs, sigma, horizon, remat_chunk, shard)
 
     def init(key, theta):
         return ()
 
-    vg = jax.value_and_grad(
-        lambda th, k: full_unroll_loss(system, th, k, horizon, chunk), has_aux=True)
-    vmember = jax.vmap(jax.vmap(vg, in_axes=(0, None)), in_axes=(0, 0))
-
     def estimate(est_state, theta, key):
-        k_eps, k_runs = jax.random.split(key)
-        eps = pair_perturbations(k_eps, theta, pairs, sigma, sharding)
-        keys = shard_population(jax.random.split(k_runs, pairs), sharding)
-        (vals, losses), g = vmember(perturbed_thetas(theta, eps, 2), keys)
+        _, (vals, losses), g = pair.run(theta, key)
         grad = jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=(0, 1)), g)
-        info = finish_info(grad, loss=jnp.mean(vals), steps=jnp.asarray(2 * pairs * horizon),
+        info = finish_info(grad, loss=jnp.mean(vals),
+                           steps=jnp.asarray(2 * pair.pairs * pair.horizon),
                            nonfinite_losses=jnp.sum(~jnp.isfinite(losses)).astype(jnp.int32))
         return grad, est_state, info
 
     return Estimator(init, estimate, "reparam", {
-        "pairs": pairs, "sigma": sigma, "horizon": horizon, "remat_chunk": chunk},
-        target="smoothed")
+        "pairs": pair.pairs, "sigma": pair.sigma, "horizon": pair.horizon,
+        "remat_chunk": pair.chunk}, target="smoothed")

@@ -8,18 +8,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from chaosgrad.estimators.backprop import full_unroll_loss
+from chaosgrad.estimators.backprop import antithetic
 from chaosgrad.estimators.base import (
     Estimator,
     check_positive_int,
-    check_sigma,
     finish_info,
-    population_sharding,
-    remat_chunk_of,
-    shard_population,
 )
-from chaosgrad.estimators.es import pair_perturbations
-from chaosgrad.estimators.particles import perturbed_thetas
 
 from chaosgrad.errors import InputError
 from chaosgrad.system import System
@@ -83,29 +77,15 @@ def combined(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int =
     pairs = check_positive_int(pairs, "pairs")
     if pairs < 2:
         raise InputError(f"combined needs pairs >= 2 to estimate variances, got {pairs}")
-    sigma = check_sigma(sigma, system)
-    horizon = check_positive_int(horizon or system.horizon, "horizon")
-    chunk = remat_chunk_of(remat_chunk, horizon)
-    sharding = population_sharding(pairs, shard)
+    pair = antithetic(system, pairs, sigma, horizon, remat_chunk, shard)
+    sigma, horizon = pair.sigma, pair.horizon
 
     def init(key, theta):
         return ()
 
-    vg = jax.value_and_grad(
-        lambda th, k: full_unroll_loss(system, th, k, horizon, chunk), has_aux=True)
-
-    def member(th, k):
-        (val, losses), g = vg(th, k)
-        return val, g, jnp.sum(~jnp.isfinite(losses))
-
-    # One vmap over pairs × members (θ ± ε share the pair's run key): a single batched scan.
-    vmember = jax.vmap(jax.vmap(member, in_axes=(0, None)), in_axes=(0, 0))
-
     def estimate(est_state, theta, key):
-        k_eps, k_runs = jax.random.split(key)
-        eps = pair_perturbations(k_eps, theta, pairs, sigma, sharding)
-        keys = shard_population(jax.random.split(k_runs, pairs), sharding)
-        vals, g, bad = vmember(perturbed_thetas(theta, eps, 2), keys)
+        eps, (vals, losses), g = pair.run(theta, key)
+        bad = ~jnp.isfinite(losses)
         lp, lm = vals[:, 0], vals[:, 1]
         g_bp = jax.tree_util.tree_map(lambda x: 0.5 * (x[:, 0] + x[:, 1]), g)
         g_es = jax.tree_util.tree_map(
@@ -124,5 +104,5 @@ def combined(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int =
         return grad, est_state, info
 
     return Estimator(init, estimate, "combined", {
-        "pairs": pairs, "sigma": sigma, "horizon": horizon, "remat_chunk": chunk},
+        "pairs": pair.pairs, "sigma": sigma, "horizon": horizon, "remat_chunk": pair.chunk},
         target="smoothed")

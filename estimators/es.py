@@ -165,10 +165,11 @@ TES = Credit(tes_credit, persistent=False)
 PES = Credit(pes_credit, persistent=True, target="smoothed per truncation")
 
 
-def _truncated(system: System, name: str, credit: Credit, *, pairs: int, sigma: float,
-               window: int, horizon: int, schedule: str, min_length: int, max_length: int,
-               stagger: bool, antithetic: bool, shard: bool) -> Estimator:
-    """A truncated ES estimator over a persistent population, crediting losses by ``credit``."""
+def _population(system: System, pairs, sigma, window, horizon, schedule, min_length,
+                max_length, stagger, antithetic, shard, *, burn_in: bool):
+    """The checked settings of a truncated ES estimator and its ``init``: a staggered
+    population, burnt in under a perturbation that ξ records when ``burn_in``.
+    Returns (pairs, sigma, window, schedule, members, sharding, init)."""
     pairs = check_positive_int(pairs, "pairs")
     sigma = check_sigma(sigma, system)
     window = check_positive_int(window, "window")
@@ -179,9 +180,19 @@ def _truncated(system: System, name: str, credit: Credit, *, pairs: int, sigma: 
     def init(key, theta):
         theta = resolve_theta(system, theta)
         return init_population(system, sched, theta, key, pairs=pairs, members=members,
-                               stagger=bool(stagger),
-                               burn_in_sigma=sigma if credit.persistent else None,
+                               stagger=bool(stagger), burn_in_sigma=sigma if burn_in else None,
                                sharding=sharding)
+
+    return pairs, sigma, window, sched, members, sharding, init
+
+
+def _truncated(system: System, name: str, credit: Credit, *, pairs: int, sigma: float,
+               window: int, horizon: int, schedule: str, min_length: int, max_length: int,
+               stagger: bool, antithetic: bool, shard: bool) -> Estimator:
+    """A truncated ES estimator over a persistent population, crediting losses by ``credit``."""
+    pairs, sigma, window, sched, members, sharding, init = _population(
+        system, pairs, sigma, window, horizon, schedule, min_length, max_length, stagger,
+        antithetic, shard, burn_in=credit.persistent)
 
     def one(th, state, t, length, run, pk):
         return run_window(system, sched, window, th, state, t, length, run, pk)
@@ -292,19 +303,10 @@ def nres(system: System, pairs: int = 8, sigma: float = 0.01, window: int = 10,
 
     Args: as `pes`.
     """
-    pairs = check_positive_int(pairs, "pairs")
-    sigma = check_sigma(sigma, system)
-    window = check_positive_int(window, "window")
-    sched = make_schedule(schedule, horizon or system.horizon, min_length, max_length)
-    members = 2 if antithetic else 1
-    sharding = population_sharding(pairs, shard)
-
-    def init(key, theta):
-        theta = resolve_theta(system, theta)
-        # ξ holds s_m ε of the particle's current run (the burn-in runs under it).
-        return init_population(system, sched, theta, key, pairs=pairs, members=members,
-                               stagger=bool(stagger), burn_in_sigma=sigma,
-                               sharding=sharding)
+    # ξ holds s_m ε of the particle's current run (the burn-in runs under it).
+    pairs, sigma, window, sched, members, sharding, init = _population(
+        system, pairs, sigma, window, horizon, schedule, min_length, max_length, stagger,
+        antithetic, shard, burn_in=True)
 
     def one(th, th_next, state, t, length, run, pk):
         return run_window(system, sched, window, th, state, t, length, run, pk, th_next)

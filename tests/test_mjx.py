@@ -40,7 +40,8 @@ def test_registry_and_errors(pendulum):
         systems.make("mjx:humanoid")
     with pytest.raises(InputError, match="linear, mlp, paper"):
         mjx_system(policy="cnn")
-    with pytest.raises(InputError, match="n_frames must be >= 0"):
+    with pytest.raises(InputError,
+                       match=r"n_frames \(0 = the model's own\) must be an integer in 0"):
         mjx_system(n_frames=-1)
 
 

@@ -43,6 +43,24 @@ def test_transcripts_come_with_their_reports():
     assert [e["name"] for e in cmp["estimators"] if e["bias_status"] == "resolved"] == [
         "tbptt"]
     assert all(e["bias"]["low"] == 0 for e in cmp["estimators"] if e["name"] != "tbptt")
+    # and about the learned optimizer: "backprop at θ ± σε has a variance per batch ten
+    # thousand times below ES's ... is the reference ... backprop is best, separated ...
+    # truncated backprop's bias is resolved ..., PES's is not. ES's is resolved too (0.50
+    # [0.14, 0.73], p = 0.03) ... cross-check ... (0.40, p = 0.14) ... the reference at 12
+    # batches, fewer than 10 × ..."
+    lopt = json.loads((folder / "compare_lopt" / "compare.json").read_text())
+    assert lopt["reference"].startswith("reparam:") and lopt["reference_check"]["agree"]
+    assert lopt["tied"] == ["backprop"] and lopt["recommended"] == "backprop"
+    by = {e["name"]: e for e in lopt["estimators"]}
+    assert by["tbptt"]["bias_status"] == "resolved"
+    assert by["pes"]["bias"]["low"] == 0 and by["es"]["bias_status"] == "resolved"
+    assert [round(by["es"]["bias"][k], 2) for k in ("value", "low", "high")] == [
+        0.50, 0.14, 0.73] and round(by["es"]["bias_p"], 2) == 0.03
+    assert round(lopt["reference_check"]["difference"]["value"], 2) == 0.40
+    assert round(lopt["reference_check"]["p_value"], 2) == 0.14
+    assert round(by["tbptt"]["bias"]["value"], 2) == 0.42
+    assert round(lopt["reference_norm"], 2) == 0.46
+    assert any("the reference has 12 batches, fewer than 10" in n for n in lopt["notes"])
 
 
 def _gallery_numbers():
