@@ -254,24 +254,12 @@ def _estimator_params(name: str, common: dict, extra: dict | None) -> dict:
     return params
 
 
-class _Gathered:
-    """What another process's `_Sampler.run` returned, standing in for that sampler."""
-
-    def __init__(self, est, grads: np.ndarray, steps: float, secs: float, seconds: float):
-        self.est, self.grads, self.steps, self.secs, self.seconds = (est, grads, steps, secs,
-                                                                     seconds)
-
-    def run(self, samples: int, desc: str, progress) -> tuple[np.ndarray, float, float]:
-        """The gathered estimates (``samples`` of them were asked of their owner)."""
-        return self.grads, self.steps, self.secs
-
-
 def _split_sampling(samplers_fn, n_jobs: int, allocate, progress) -> list | None:
     """Run the ``n_jobs`` samplers (the estimators, then the reference) split over the
     processes of a launch: job j is built, timed and run by process j mod P alone
     (`distributed.local_only`). Timings are shared first, so every process allocates
     the samples the same way (``allocate(steps_and_seconds) -> counts``). Returns process
-    0's list of `_Gathered`, None on the others."""
+    0's list of ((rows, steps, seconds), timed seconds) per job, None on the others."""
     import io as _io
     import json
 
@@ -856,13 +844,6 @@ def _recommend(stats: list[EstimatorStats], ranking: Ranking, ref: Reference, nu
             ratio = second.mse_at_budget.value / best.mse_at_budget.value
             text += f" Next: {second.name}, {ratio:.3g}x its squared error."
     return text, best.name
-
-
-class _Timed:
-    """A sampler's cost alone (steps and seconds per estimate), for `_allocate`."""
-
-    def __init__(self, steps: float, seconds: float):
-        self.steps, self.seconds = steps, seconds
 
 
 def _nothing():
