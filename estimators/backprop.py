@@ -82,7 +82,8 @@ def backprop(system: System, samples: int = 8, horizon: int = 0, remat_chunk: in
         return grad, est_state, info
 
     return Estimator(init, estimate, "backprop",
-                     {"samples": samples, "horizon": horizon, "remat_chunk": chunk})
+                     {"samples": samples, "horizon": horizon, "remat_chunk": chunk},
+                     reverse_mode=True, steps=samples * horizon)
 
 
 def truncated_backprop(system: System, particles: int = 8, window: int = 10, horizon: int = 0,
@@ -144,7 +145,8 @@ def truncated_backprop(system: System, particles: int = 8, window: int = 10, hor
     return Estimator(init, estimate, "tbptt", {
         "particles": n, "window": window, "schedule": sched.kind,
         "min_length": sched.min_length, "max_length": sched.max_length,
-        "stagger": bool(stagger)}, target="truncated", correlated=True)
+        "stagger": bool(stagger)}, target="truncated", correlated=True,
+        windowed=True, reverse_mode=True, steps=n * window)
 
 
 class Antithetic(NamedTuple):
@@ -215,4 +217,5 @@ def reparam(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int = 
 
     return Estimator(init, estimate, "reparam", {
         "pairs": pair.pairs, "sigma": pair.sigma, "horizon": pair.horizon,
-        "remat_chunk": pair.chunk}, target="smoothed")
+        "remat_chunk": pair.chunk}, target="smoothed",
+        smoothing=pair.sigma, reverse_mode=True, steps=2 * pair.pairs * pair.horizon)

@@ -5,7 +5,7 @@ pytree helpers every estimator shares (noise like θ, norms, non-finite counts, 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
 import jax
 import jax.numpy as jnp
@@ -21,24 +21,38 @@ POPULATION_AXIS = distributed.POPULATION_AXIS
 
 
 class Estimator(NamedTuple):
-    """A gradient estimator of a system's meta-loss, as two pure functions.
+    """A gradient estimator of a system's meta-loss, as two pure functions and its traits.
 
     Attributes:
       init: ``init(key, theta) -> est_state``: the estimator's persistent state (for
         truncated estimators the population of inner states; ``()`` for full unrolls).
       estimate: ``estimate(est_state, theta, key) -> (grad, est_state, info)``. ``grad`` is
-        a pytree like θ; ``info`` is a dict of scalars with at least ``loss`` (the mean
-        loss the estimate saw), ``steps`` (system steps run), ``nonfinite_losses``,
-        ``nonfinite_grad`` and ``grad_norm``. Pure and jittable: ``jax.jit(est.estimate)``.
-      name: the registry name.
+        a pytree like θ; ``info`` is an `Info`: a dict of scalars with at least ``loss``
+        (the mean loss the estimate saw), ``steps`` (system steps run),
+        ``nonfinite_losses``, ``nonfinite_grad`` and ``grad_norm`` — build it with
+        `finish_info`, which fills the last two. Pure and jittable:
+        ``jax.jit(est.estimate)``.
+      name: the registry name (a user's estimator: any name it reports under).
       params: the settings it was built with (recorded with results).
+
+    Its traits — what `compare`, the figures and meta-training read, never its name:
       target: the gradient it is unbiased for, at θ held fixed (one of `TARGETS`):
         "exact" ∇E_key L_T(θ); "smoothed" ∇E_key E_ε L_T(θ + ε), ε ~ N(0, σ²I) over the whole
-        run; "smoothed per truncation" the same with a fresh ε for every truncation window
-        (PES: equal to "smoothed" up to O(σ²) where the loss is smooth); "truncated" the
-        gradient with the state held fixed at window starts (biased for every other target).
+        run, σ = ``smoothing``; "smoothed per truncation" the same with a fresh ε for every
+        truncation window (PES: equal to "smoothed" up to O(σ²) where the loss is smooth);
+        "truncated" the gradient with the state held fixed at window starts (biased for
+        every other target); "none" no stated gradient (a compressed or otherwise biased
+        estimate, judged only by its error).
       correlated: whether successive estimates share state (persistent particles), so that
-        only independent replicates (fresh ``init`` and keys) give honest intervals.
+        only independent replicates of several successive estimates (batch means) give
+        honest intervals.
+      smoothing: σ of the Gaussian smoothing of its target (0.0 when it smooths nothing).
+      windowed: whether each estimate advances windows of K = ``params["window"]`` steps of
+        persistent inner runs (a window must fit in the horizon) instead of whole unrolls.
+      reverse_mode: whether it differentiates through the unroll, so that each step it runs
+        also costs a backward pass (cost accounting in forward-step equivalents).
+      steps: system steps one estimate runs (0: not known before it runs; its ``info``
+        says).
     """
 
     init: Callable[[jax.Array, PyTree], PyTree]
@@ -47,9 +61,86 @@ class Estimator(NamedTuple):
     params: dict
     target: str = "exact"
     correlated: bool = False
+    smoothing: float = 0.0
+    windowed: bool = False
+    reverse_mode: bool = False
+    steps: int = 0
+
+    def traits(self) -> dict:
+        """What the estimator is, as plain values (recorded with results)."""
+        return {"target": self.target, "smoothing": self.smoothing,
+                "correlated": self.correlated, "windowed": self.windowed,
+                "reverse_mode": self.reverse_mode, "steps": self.steps}
 
 
-TARGETS = ("exact", "smoothed", "smoothed per truncation", "truncated")
+TARGETS = ("exact", "smoothed", "smoothed per truncation", "truncated", "none")
+
+
+class Info(TypedDict):
+    """The ``info`` of an estimate (a plain dict, so it passes through ``jax.jit``): the five
+    keys of `INFO_KEYS` are required; an estimator may add its own (``resets``,
+    ``weight_backprop``, ``clipped``, ...)."""
+
+    loss: jax.Array
+    steps: jax.Array
+    nonfinite_losses: jax.Array
+    nonfinite_grad: jax.Array
+    grad_norm: jax.Array
+
+
+INFO_KEYS = ("loss", "steps", "nonfinite_losses", "nonfinite_grad", "grad_norm")
+
+
+def check_info(info, name: str) -> None:
+    """Refuse, in one line, an estimate's ``info`` that is not a dict with every key of
+    `INFO_KEYS` (works on traced or abstract values as well as on arrays)."""
+    if not isinstance(info, dict):
+        raise InputError(f"estimator {name!r}: estimate(...) must return (grad, state, info) "
+                         f"with info a dict, got {type(info).__name__}; build it with "
+                         "chaosgrad.estimators.finish_info")
+    missing = [k for k in INFO_KEYS if k not in info]
+    if missing:
+        raise InputError(f"estimator {name!r}: its info lacks {', '.join(missing)}; an "
+                         f"estimate's info needs {', '.join(INFO_KEYS)} (build it with "
+                         "chaosgrad.estimators.finish_info(grad, loss=..., steps=..., "
+                         "nonfinite_losses=...))")
+
+
+def check_estimator(est, name: str | None = None) -> Estimator:
+    """``est`` if it is an `Estimator` whose functions are callable and whose traits are of
+    the accepted values, else an InputError naming the field (``name``: what it was asked as).
+    """
+    who = name or getattr(est, "name", None) or type(est).__name__
+    if not isinstance(est, Estimator):
+        raise InputError(f"estimator {who!r} is a {type(est).__name__}, not a "
+                         "chaosgrad.estimators.Estimator")
+    if not (callable(est.init) and callable(est.estimate)):
+        raise InputError(f"estimator {who!r}: init and estimate must be functions")
+    if not isinstance(est.name, str) or not est.name:
+        raise InputError(f"estimator {who!r}: its name must be a non-empty string")
+    if not isinstance(est.params, dict):
+        raise InputError(f"estimator {who!r}: params must be a dict, got "
+                         f"{type(est.params).__name__}")
+    if est.target not in TARGETS:
+        raise InputError(f"estimator {who!r}: target {est.target!r} is not accepted; "
+                         f"accepted: {', '.join(TARGETS)}")
+    try:
+        smoothing = float(est.smoothing)
+    except (TypeError, ValueError):
+        smoothing = float("nan")
+    if not smoothing >= 0 or smoothing == float("inf"):
+        raise InputError(f"estimator {who!r}: smoothing must be a finite σ >= 0, got "
+                         f"{est.smoothing!r}")
+    if est.target.startswith("smoothed") and smoothing == 0:
+        raise InputError(f"estimator {who!r}: a {est.target!r} target needs its σ as "
+                         "smoothing=...")
+    if est.windowed and "window" not in est.params:
+        raise InputError(f"estimator {who!r}: a windowed estimator records its window K in "
+                         "params['window']")
+    if isinstance(est.steps, bool) or not isinstance(est.steps, int) or est.steps < 0:
+        raise InputError(f"estimator {who!r}: steps must be an integer >= 0 (0: unknown), "
+                         f"got {est.steps!r}")
+    return est
 
 
 # -- pytree helpers ----------------------------------------------------------------------------
@@ -69,12 +160,13 @@ def count_nonfinite(tree: PyTree) -> jax.Array:
     return sum(jnp.sum(~jnp.isfinite(x)).astype(jnp.int32) for x in leaves)
 
 
-def finish_info(grad: PyTree, **info) -> dict:
-    """The info dict of an estimate: the given fields plus ``nonfinite_grad`` and
-    ``grad_norm`` of ``grad``."""
-    info["nonfinite_grad"] = count_nonfinite(grad)
-    info["grad_norm"] = otu.tree_norm(grad)
-    return info
+def finish_info(grad: PyTree, *, loss, steps, nonfinite_losses, **extra) -> Info:
+    """The info of an estimate, built in one place: ``loss`` (the mean loss it saw),
+    ``steps`` (system steps run), ``nonfinite_losses`` (NaN/Inf per-step losses), then
+    ``nonfinite_grad`` and ``grad_norm`` of ``grad``, and the estimator's own ``extra``
+    fields."""
+    return Info(loss=loss, steps=steps, nonfinite_losses=nonfinite_losses,
+                nonfinite_grad=count_nonfinite(grad), grad_norm=otu.tree_norm(grad), **extra)
 
 
 # -- sharding the population over devices --------------------------------------------------------
@@ -129,9 +221,9 @@ def clip_by_global_norm(estimator: Estimator, max_norm: float) -> Estimator:
                     grad_norm=otu.tree_norm(grad))
         return grad, est_state, info
 
-    return Estimator(estimator.init, estimate, estimator.name,
-                     dict(estimator.params, clip_norm=max_norm), estimator.target,
-                     estimator.correlated)
+    # every trait is kept: clipping changes the estimate, not what the estimator is
+    return estimator._replace(estimate=estimate,
+                              params=dict(estimator.params, clip_norm=max_norm))
 
 
 def check_positive_int(value, name: str) -> int:

@@ -105,4 +105,5 @@ def combined(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int =
 
     return Estimator(init, estimate, "combined", {
         "pairs": pair.pairs, "sigma": sigma, "horizon": horizon, "remat_chunk": pair.chunk},
-        target="smoothed")
+        target="smoothed",
+        smoothing=sigma, reverse_mode=True, steps=2 * pairs * horizon)

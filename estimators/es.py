@@ -82,7 +82,7 @@ def es(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int = 0,
         return grad, est_state, info
 
     return Estimator(init, estimate, "es", {"pairs": pairs, "sigma": sigma, "horizon": horizon},
-                     target="smoothed")
+                     target="smoothed", smoothing=sigma, steps=2 * pairs * horizon)
 
 
 def _contract(w: jax.Array, tree: PyTree, axes: int) -> PyTree:
@@ -221,7 +221,8 @@ def _truncated(system: System, name: str, credit: Credit, *, pairs: int, sigma: 
         "pairs": pairs, "sigma": sigma, "window": window, "schedule": sched.kind,
         "min_length": sched.min_length, "max_length": sched.max_length,
         "stagger": bool(stagger), "antithetic": bool(antithetic)},
-        target=credit.target, correlated=True)
+        target=credit.target, correlated=True,
+        smoothing=sigma, windowed=True, steps=pairs * members * window)
 
 
 def truncated_es(system: System, pairs: int = 8, sigma: float = 0.01, window: int = 10,
@@ -344,4 +345,5 @@ def nres(system: System, pairs: int = 8, sigma: float = 0.01, window: int = 10,
         "pairs": pairs, "sigma": sigma, "window": window, "schedule": sched.kind,
         "min_length": sched.min_length, "max_length": sched.max_length,
         "stagger": bool(stagger), "antithetic": bool(antithetic)},
-        target="smoothed", correlated=True)
+        target="smoothed", correlated=True,
+        smoothing=sigma, windowed=True, steps=pairs * members * window)

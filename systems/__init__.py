@@ -8,14 +8,11 @@ what each takes. Heavy adapters (brax, mjx, jax-md, learned optimizers) import l
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import inspect
-import os
-import sys
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from chaosgrad import user_code
 from chaosgrad.errors import InputError
 from chaosgrad.params import nonfinite_allowed, parse_kv
 
@@ -81,66 +78,16 @@ def load_factory(spec: str):
 
     A module is looked up on ``sys.path`` with the current folder first (as ``python -m``
     does), so ``chaosgrad diagnose mymod:make`` finds ``./mymod.py``.
-    Raises InputError when the module, file or function cannot be found.
+    Raises InputError when the module, file or function cannot be found
+    (`chaosgrad.user_code.load_factory`, shared with the estimators).
     """
-    module, sep, func = spec.rpartition(":")
-    if not sep or not module or not func:
-        raise InputError(f"expected 'module:function' or 'file.py:function', got {spec!r}")
-    if module.endswith(".py") or os.sep in module or (os.altsep and os.altsep in module):
-        path = Path(module).expanduser()
-        if not path.is_file():
-            raise InputError(f"no such file {str(path)!r} (from system {spec!r})")
-        mod_name = f"_chaosgrad_user_{path.stem}"
-        try:
-            loader = importlib.util.spec_from_file_location(mod_name, path)
-            mod = importlib.util.module_from_spec(loader)
-            sys.modules[mod_name] = mod
-            loader.loader.exec_module(mod)
-        except (InputError, KeyboardInterrupt):
-            raise
-        except BaseException as e:  # noqa: BLE001 -- any failure of the user's file
-            sys.modules.pop(mod_name, None)
-            raise user_code_error(spec, f"loading {path}", e, path) from None
-    else:
-        if os.getcwd() not in sys.path and "" not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name and module.startswith(e.name):
-                raise InputError(
-                    f"unknown system {spec!r}: it is not registered (accepted: "
-                    f"{', '.join(names())}) and no module {module!r} can be imported from "
-                    f"{os.getcwd()} or sys.path") from None
-            raise user_code_error(spec, f"importing {module}", e) from None
-        except (InputError, KeyboardInterrupt):
-            raise
-        except BaseException as e:  # noqa: BLE001 -- any failure of the user's module
-            raise user_code_error(spec, f"importing {module}", e) from None
-    f = getattr(mod, func, None)
-    if not callable(f):
-        raise InputError(f"{module!r} has no function {func!r} (from system {spec!r})")
-    return f
+    return user_code.load_factory(spec, "system", names)
 
 
 def user_code_error(spec: str, doing: str, e: BaseException, path=None) -> InputError:
     """One line for a failure of user code: the spec, what was being done, where (file and
     line of the innermost frame in the user's code) and the exception."""
-    if isinstance(e, SystemExit):
-        return InputError(f"system {spec!r}: {doing} called sys.exit({e.code!r}); a system "
-                          "factory must return a chaosgrad.System, not exit")
-    if isinstance(e, SyntaxError):
-        where = f"{e.filename} line {e.lineno}" if e.filename else "its source"
-        return InputError(f"system {spec!r}: {doing}: {type(e).__name__} at {where}: {e.msg}")
-    frames = traceback.extract_tb(e.__traceback__)
-    own = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the chaosgrad package
-    mine = [f for f in frames if path is not None and Path(f.filename) == Path(path)]
-    user = mine or [f for f in frames if not f.filename.startswith(own)
-                    and "importlib" not in f.filename]
-    where = f" (at {user[-1].filename} line {user[-1].lineno}, in {user[-1].name})" \
-        if user else ""
-    first = (str(e).strip().splitlines() or [""])[0]
-    return InputError(f"system {spec!r}: {doing} raised {type(e).__name__}: {first}{where}")
+    return user_code.user_code_error(spec, doing, e, path, "system")
 
 
 def _entry(name: str) -> tuple[Entry, dict]:
