@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from chaosgrad.estimators.base import Estimator, count_nonfinite
+from chaosgrad.estimators.base import Estimator, check_estimator, check_info, count_nonfinite
 
 from chaosgrad import distributed
 from chaosgrad.config import precision_info
@@ -316,6 +316,7 @@ def meta_train(
     Returns:
       A `MetaTrainResult`.
     """
+    check_estimator(estimator)
     steps = check_steps(steps)
     log_every = check_steps(log_every, "log_every")
     checkpoint_every = check_steps(checkpoint_every, "checkpoint_every")
@@ -360,6 +361,7 @@ def _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0, log
     def train_step(theta, opt_state, est_state, i):
         grad, est_state, info = estimator.estimate(est_state, theta, jax.random.fold_in(
             k_train, i))
+        check_info(info, estimator.name)  # at trace time: before any step runs
         finite = count_nonfinite(grad) == 0
         updates, new_opt = outer_optimizer.update(grad, opt_state, theta)
         new_theta = optax.apply_updates(theta, updates)
@@ -666,7 +668,8 @@ def _write_results(out, system, estimator, theta, step, steps, history, evals, i
     })
     summary = {
         "system": system.describe(),
-        "estimator": {"name": estimator.name, "params": estimator.params},
+        "estimator": {"name": estimator.name, "params": estimator.params,
+                      "traits": estimator.traits()},
         "steps_done": step,
         "steps": steps,
         "interrupted": interrupted,

@@ -23,17 +23,17 @@ __all__ = ["Comparison", "OUTER_OPTIMIZERS", "compare", "meta_train", "outer_opt
 
 def compare(system, theta: PyTree = None, estimators=DEFAULT_ESTIMATORS, **kwargs):
     """Which gradient estimator for ``system``? `chaosgrad.app.compare.compare` with the
-    estimators named ``estimators`` (e.g. ``("backprop", "es", "pes")``); every other
-    keyword is passed on (horizon, budget, samples, seconds, key, out, ...).
+    estimators ``estimators``: registered names (e.g. ``("backprop", "es", "pes")``, or one
+    comma-separated string), ``"module:function"`` factories, or `Estimator` objects built
+    for ``system``; every other keyword is passed on (horizon, budget, samples, seconds,
+    key, out, ...).
 
     Returns:
       A `Comparison` (None on a process other than 0 of a multi-process launch).
     """
     if "estimators_" in kwargs:
         raise InputError("pass the estimators as estimators=..., not estimators_=")
-    if isinstance(estimators, str):
-        estimators = [n.strip() for n in estimators.split(",") if n.strip()]
-    return _compare(system, theta, list(estimators), **kwargs)
+    return _compare(system, theta, estimators, **kwargs)
 
 
 def outer_optimizer(name, lr: float):
@@ -65,7 +65,9 @@ def meta_train(system, estimator="pes", *, steps: int = 100,
     Args:
       system: a `chaosgrad.System`.
       estimator: a registered estimator's name ("backprop", "tbptt", "es", "tes", "pes",
-        "combined") built with ``estimator_params``, or an estimator object.
+        "nres", "combined", ... or one added by `chaosgrad.estimators.register`) or a
+        ``"module:function"`` factory, built with ``estimator_params``; or an `Estimator`
+        object built for ``system``.
       steps: outer steps. out: the output folder (log.jsonl, curves.npz, theta.npz, ...).
       optimizer: the outer optimizer, one of OUTER_OPTIMIZERS (with ``outer_lr``), or an
         optax GradientTransformation.

@@ -254,8 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "against a reference gradient, at equal compute")
     _add_system_args(p)
     p.add_argument("--estimators", default="backprop,tbptt,es,pes",
-                   help="comma-separated (backprop, tbptt, es, tes, pes, nres, combined, "
-                        "reparam)")
+                   help="comma-separated: registered (backprop, tbptt, es, tes, pes, nres, "
+                        "combined, reparam) or your own as module:function or "
+                        "file.py:function (a factory(system, **params) -> Estimator; "
+                        "compare's settings go to the parameters it names)")
     p.add_argument("--target", default="smoothed", choices=["smoothed", "exact"],
                    help="the gradient every estimator is judged against (default smoothed: "
                         "of the Gaussian-smoothed meta-loss, which ES/NRES/PES estimate; "

@@ -23,6 +23,7 @@ from chaosgrad import distributed, estimators
 from chaosgrad.config import precision_info, provenance
 from chaosgrad.diagnose import TAIL_MULTIPLE, tail_table
 from chaosgrad.errors import InputError
+from chaosgrad.estimators import Estimator
 from chaosgrad.io import count_text, write_json
 from chaosgrad.plots import plot_comparison, save
 from chaosgrad.progress import progress_bar
@@ -52,9 +53,11 @@ class EstimatorStats:
     interval, all from independent replicates.
 
     Attributes:
-      name: the name asked for; estimator: the registry name of what ran (under the smoothed
-        target "backprop" runs as "reparam", backprop at θ ± σε); target: the gradient it is
-        unbiased for on its own (see `chaosgrad.estimators.TARGETS`); params: its settings.
+      name: the name asked for (an `Estimator` given as an object: its own name);
+        estimator: the name of what ran (under the smoothed target "backprop" runs as
+        "reparam", backprop at θ ± σε); target: the gradient it is unbiased for on its own
+        (see `chaosgrad.estimators.TARGETS`); traits: all it says it is
+        (`Estimator.traits`); params: its settings.
       samples: replicates taken (each from a fresh ``init`` and keys); per_replicate:
         successive estimates averaged in each (a truncated estimator's replicate covers a
         whole inner run per particle); effective_samples: the finite replicates.
@@ -94,12 +97,13 @@ class EstimatorStats:
     bias_p: float = math.nan
     tails: dict = field(default_factory=dict)
     mean_grad: np.ndarray = field(repr=False, default=None)
+    traits: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         """A JSON-friendly dict (intervals as value/low/high)."""
         return {
             "name": self.name, "estimator": self.estimator, "target": self.target,
-            "params": self.params, "samples": self.samples,
+            "traits": self.traits, "params": self.params, "samples": self.samples,
             "per_replicate": self.per_replicate,
             "effective_samples": self.effective_samples, "steps": self.steps,
             "seconds": self.seconds, "bias": self.bias.to_json(), "bias_p": self.bias_p,
@@ -317,6 +321,7 @@ class _Sampler:
         total, first, steps = None, None, 0.0
         for i in range(self.per_replicate):
             g, state, info = self.estimate(state, self.theta, jax.random.fold_in(k, 1 + i))
+            estimators.check_info(info, self.est.name)
             g = _flat(jax.block_until_ready(g))
             first = g if first is None else first
             total = g if total is None else total + g
@@ -415,25 +420,52 @@ def reference_gradient(system: System, theta: PyTree, horizon: int, *, kind: str
     return _reference_from_rows(rows[:, 0], kind, per_batch, horizon)
 
 
-def _check_inputs(names, horizon, window, samples, budget, target):
-    canon = [estimators.canonical_name(n) for n in names]  # unknown names fail here
-    if not canon:
-        raise InputError("name at least one estimator; accepted: " + ", ".join(estimators.names()))
-    dup = sorted({n for n in canon if canon.count(n) > 1})
+def _check_inputs(asked, horizon, samples, budget, target) -> list[tuple[str, Any]]:
+    """(label, what) for each estimator asked for: a registry name or ``"module:function"``
+    (resolved, unknown names refused here) or an `Estimator` object (checked)."""
+    if not asked:
+        raise InputError("name at least one estimator; accepted: "
+                         + ", ".join(estimators.names()) + ", module:function, or an "
+                         "Estimator object")
+    entries = []
+    for a in asked:
+        if isinstance(a, str):
+            entries.append((estimators.canonical_name(a), a))
+        else:
+            est = estimators.check_estimator(a)
+            entries.append((est.name, est))
+    labels = [n for n, _ in entries]
+    dup = sorted({n for n in labels if labels.count(n) > 1})
     if dup:
         raise InputError(f"estimator {', '.join(dup)} named more than once; name each once")
     if target not in TARGETS:
         raise InputError(f"target {target!r} is not accepted: use one of {', '.join(TARGETS)}")
     if isinstance(horizon, bool) or horizon <= 0:
         raise InputError(f"horizon must be a positive integer, got {horizon}")
-    if any("window" in estimators.parameters(n) for n in canon) and not 1 <= window <= horizon:
-        raise InputError(f"window {window} must be between 1 and the horizon {horizon}")
     if samples < MIN_SAMPLES:
         raise InputError(f"samples must be at least {MIN_SAMPLES} (independent replicates: the "
                          f"bias test needs them), got {samples}")
     if budget is not None and budget <= 0:
         raise InputError(f"budget must be a positive number of unroll steps, got {budget}")
-    return canon
+    return [(n, a if not isinstance(a, str) else n) for n, a in entries]
+
+
+def _check_windows(labels, built, horizon) -> None:
+    """A windowed estimator's window K must fit in the horizon."""
+    for name, est in zip(labels, built, strict=True):
+        if est.windowed and not 1 <= int(est.params["window"]) <= horizon:
+            raise InputError(f"window {est.params['window']} of {name} must be between 1 and "
+                             f"the horizon {horizon}")
+
+
+def _replicate_length(est, horizon: int, window: int) -> int:
+    """Successive estimates per replicate: one for independent estimates; for a correlated
+    estimator ceil(T / K), a whole inner run per particle (its own window K when windowed,
+    else compare's ``window``), so replicate means are honest batch means."""
+    if not est.correlated:
+        return 1
+    k = int(est.params["window"]) if est.windowed else int(window)
+    return max(1, math.ceil(horizon / k))
 
 
 def _runner(name: str, target: str) -> str:
@@ -445,7 +477,7 @@ def _runner(name: str, target: str) -> str:
 def compare(
     system: System,
     theta: PyTree = None,
-    estimators: tuple[str, ...] | list[str] = DEFAULT_ESTIMATORS,
+    estimators: tuple | list = DEFAULT_ESTIMATORS,
     *,
     horizon: int | None = None,
     target: str = "smoothed",
@@ -484,9 +516,12 @@ def compare(
 
     Every estimator gives ``samples`` independent replicates, each from a fresh ``init`` and
     keys; a replicate of a correlated (truncated) estimator averages ceil(T / window)
-    successive estimates, a whole inner run per particle. From them: the bias (a sign-flip
-    test of an unbiased U-statistic, `chaosgrad.stats.bias_test`: no independent-coordinates
-    assumption), the variance of one estimate and the long-run variance per estimate
+    successive estimates, a whole inner run per particle. What an estimator is comes from
+    its traits (`chaosgrad.estimators.Estimator`: target and smoothing, correlated,
+    windowed), never from its name, so a user's estimator is judged like a built-in one.
+    From the replicates: the bias (a sign-flip test of an unbiased U-statistic,
+    `chaosgrad.stats.bias_test`: no independent-coordinates assumption), the variance of
+    one estimate and the long-run variance per estimate
     (Satterthwaite intervals), the cost, and the squared error at ``budget`` unroll steps,
     each with a 95% interval. A null check — reparameterisation backprop (backprop under
     "exact") against an independent sample of itself — is recorded with every comparison.
@@ -495,7 +530,10 @@ def compare(
     allow a recommendation, and says why not otherwise.
 
     Args:
-      estimators: registry names (``estimators_``: the old name of this argument).
+      estimators: registry names, ``"module:function"`` factories (built like registered
+        ones: compare's settings go to the parameters their signature names), or
+        `Estimator` objects built for ``system`` (used as they are); ``estimators_``: the
+        old name of this argument.
       horizon: T (default: the system's). window: K for truncated estimators (≤ T).
       sigma: ES/PES/NRES perturbation scale and the smoothing of the target.
       population: samples/pairs/particles per estimate.
@@ -512,28 +550,43 @@ def compare(
     each estimator, and each reference sample, is built and sampled whole by one process,
     and process 0 gathers the replicates, computes the numbers, writes ``out`` and returns
     the `Comparison`; the others return None.
-    Raises InputError for unknown or repeated estimators, an unknown target or reference, a
-    window longer than the horizon, fewer than 8 samples, or a budget below one estimate.
+    Raises InputError (one line, naming what is accepted) for unknown or repeated
+    estimators, an unknown target or reference, a window longer than the horizon, fewer
+    than 8 samples, or a budget below one estimate.
     """
     t0 = time.perf_counter()
     theta = resolve_theta(system, theta)
     horizon = int(horizon or system.horizon)
-    asked = list(estimators_ if estimators_ is not None else estimators)
-    names = _check_inputs(asked, horizon, int(window), int(samples), budget, target)
+    asked = estimators_ if estimators_ is not None else estimators
+    if isinstance(asked, str):  # "backprop,es,mymod:make"
+        asked = [n.strip() for n in asked.split(",") if n.strip()]
+    asked = [asked] if isinstance(asked, Estimator) else list(asked)
+    entries = _check_inputs(asked, horizon, int(samples), budget, target)
+    names = [n for n, _ in entries]
     key = default_key(key)
     samples = int(samples)
     common = {"samples": population, "particles": population, "pairs": population,
               "sigma": sigma, "window": window, "horizon": horizon}
     split = distributed.process_count() > 1
+    if split and any(not isinstance(what, str) for _, what in entries):
+        # each estimator is sampled by one process alone: it must be built inside
+        # `distributed.local_only`, which an object built by the caller was not
+        raise InputError("under a multi-process launch give compare's estimators by name or "
+                         "module:function (each is then built for the process that samples "
+                         "it), not as Estimator objects")
     local = distributed.local_only if split else _nothing
     with local():
         built = []
-        for n in names:
+        for n, what in entries:
+            if not isinstance(what, str):
+                built.append(what)  # the user's own object, as built
+                continue
             runner = _runner(n, target)
             overrides = (params or {}).get(n)
             built.append(make_estimator(runner, system,
                                         **_estimator_params(runner, common, overrides)))
-    per_rep = [max(1, math.ceil(horizon / int(window))) if e.correlated else 1 for e in built]
+    _check_windows(names, built, horizon)
+    per_rep = [_replicate_length(e, horizon, window) for e in built]
     budget = int(budget or samples * population * horizon)
     per_batch = int(reference_per_batch or population)
     n_ref = max(int(reference_batches or REFERENCE_FACTOR * samples), PILOT + 2)
@@ -549,7 +602,9 @@ def compare(
         chosen, reason = _choose_reference(pilot_rows, {k: s.seconds for k, s in pilots.items()})
     other = next((k for k in kinds if k != chosen), None)
     null_kind = "backprop" if target == "exact" else "reparam"
-    null_in = next((i for i, n in enumerate(names) if n == "backprop"), None)
+    # backprop asked for by name is already a sample of the null kind
+    null_in = next((i for i, (n, what) in enumerate(entries)
+                    if n == "backprop" and isinstance(what, str)), None)
     # jobs: the estimators, the reference, the cross-check, a null sample when backprop was
     # not asked for
     extra = [("reference", chosen), *([("cross-check", other)] if other else []),
@@ -609,6 +664,7 @@ def compare(
     stats = [_estimator_stats(n, est, rows, steps, secs, ref, budget, m)
              for n, est, (rows, steps, secs), m in zip(names, built, results, per_rep,
                                                        strict=False)]
+    smoothing = {n: e.smoothing for n, e in zip(names, built, strict=True)}
     null_rows = results[null_in][0] if null_in is not None else by_role["null"]
     against = ref.rows if chosen == null_kind else cross
     null_check = _null_check(null_rows[:, 0], against, null_kind,
@@ -619,7 +675,8 @@ def compare(
         system=system.describe(), horizon=horizon, budget=budget, reference=ref.description,
         reference_norm=ref.norm, reference_se=ref.se, reference_se_upper=ref.se_upper,
         reference_samples=ref.samples, stats=stats, ranking=ranking.order, tied=ranking.tied,
-        recommendation=text, notes=_notes(stats, ref, target, sigma), run=provenance(key),
+        recommendation=text, notes=_notes(stats, ref, target, sigma, smoothing),
+        run=provenance(key),
         precision=precision_info(np.asarray(jax.tree_util.tree_leaves(theta)[0]).dtype),
         seconds=time.perf_counter() - t0, time_budget=seconds, target=target,
         target_description=_target_text(target, sigma), null_check=null_check,
@@ -713,7 +770,8 @@ def _estimator_stats(name, est, rows, steps, secs, ref: Reference, budget,
     good = means[ok]
     n = len(good)
     nan = Interval(math.nan, math.nan, math.nan, method="too few finite replicates")
-    base = {"estimator": est.name, "target": est.target, "per_replicate": per_rep}
+    base = {"estimator": est.name, "target": est.target, "per_replicate": per_rep,
+            "traits": est.traits()}
     if n < 4:
         return EstimatorStats(name, dict(est.params), len(means), n, steps, secs, nan,
                               "upper bound", 0, nan, nan, nan, nan, int((~ok).sum()), **base)
@@ -750,7 +808,8 @@ def _estimator_stats(name, est, rows, steps, secs, ref: Reference, budget,
                           **base)
 
 
-def _notes(stats: list[EstimatorStats], ref: Reference, target: str, sigma: float) -> list[str]:
+def _notes(stats: list[EstimatorStats], ref: Reference, target: str, sigma: float,
+           smoothing: dict | None = None) -> list[str]:
     notes = []
     noisy = [s for s in stats if s.bias_status == "reference too noisy"]
     if noisy:
@@ -786,6 +845,17 @@ def _notes(stats: list[EstimatorStats], ref: Reference, target: str, sigma: floa
     if truncated:
         notes.append(f"{', '.join(truncated)} {_verb(truncated, 'is', 'are')} unbiased only for "
                      "the truncated gradient")
+    other_sigma = [f"{n} (σ = {(smoothing or {})[n]:g})" for n, t in own.items()
+                   if target == "smoothed" and t.startswith("smoothed")
+                   and not math.isclose((smoothing or {}).get(n, sigma), sigma)]
+    if other_sigma:
+        notes.append(f"{', '.join(other_sigma)} {_verb(other_sigma, 'smooths', 'smooth')} with "
+                     f"another σ than the target's ({sigma:g}): the difference is part of the "
+                     "bias shown")
+    unstated = [n for n, t in own.items() if t == "none"]
+    if unstated:
+        notes.append(f"{', '.join(unstated)} {_verb(unstated, 'states', 'state')} no target "
+                     "gradient: its bias against the stated one is measured, not assumed zero")
     for s in stats:
         if not s.bias.low > 0 and np.isfinite(s.bias.high):
             notes.append(f"{s.name}: no bias resolved from zero; bias < {s.bias.high:.3g}")

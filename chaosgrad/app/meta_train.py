@@ -35,7 +35,9 @@ def add_meta_train_parser(subparsers):
     p.add_argument("--param", action="append", default=[], metavar="K=V",
                    help="system parameter (repeatable)")
     p.add_argument("--estimator", default="pes",
-                   help="backprop, tbptt, es, tes, pes or combined (default pes)")
+                   help="a registered estimator (backprop, tbptt, es, tes, pes, nres, reparam, "
+                        "combined; default pes) or your own as module:function or "
+                        "file.py:function (a factory(system, **params) -> Estimator)")
     p.add_argument("--est-param", action="append", default=[], metavar="K=V",
                    help="estimator parameter (repeatable), e.g. pairs=8 sigma=0.01 window=10")
     p.add_argument("--steps", type=_positive_int, default=100,

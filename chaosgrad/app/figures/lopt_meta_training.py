@@ -68,22 +68,16 @@ def estimator_params(name: str, size: dict) -> dict:
 
 
 def steps_per_estimate(name: str, size: dict) -> int:
-    """Inner steps one estimate runs."""
-    p = estimator_params(name, size)
-    if name in ("pes", "nres"):
-        return 2 * p["pairs"] * p["window"]  # antithetic: two members per pair
-    if name == "tbptt":
-        return p["particles"] * p["window"]
-    if name == "es":
-        return 2 * p["pairs"] * p["horizon"]
-    return p["samples"] * p["horizon"]
+    """Inner steps one estimate runs (the estimator's ``steps`` trait)."""
+    return _built(name, json.dumps(size, sort_keys=True))[1].steps
 
 
 def fse_per_estimate(name: str, size: dict) -> float:
-    """Forward-step equivalents of one estimate: reverse-mode estimators pay each step
-    forward and backward (1 + `BACKWARD_COST`), the black-box ones forward only."""
-    steps = steps_per_estimate(name, size)
-    return steps * (1 + BACKWARD_COST) if name in ("tbptt", "backprop") else float(steps)
+    """Forward-step equivalents of one estimate: an estimator that differentiates through
+    the unroll (its ``reverse_mode`` trait) pays each step forward and backward
+    (1 + `BACKWARD_COST`), a black-box one forward only."""
+    est = _built(name, json.dumps(size, sort_keys=True))[1]
+    return est.steps * (1 + BACKWARD_COST) if est.reverse_mode else float(est.steps)
 
 
 @functools.lru_cache(maxsize=16)
