@@ -75,10 +75,10 @@ show_png(c2.figures["compare"])
 
 # %%
 best = c2.recommended or c2.ranking[0]
+windowed = next(s.traits["windowed"] for s in c2.stats if s.name == best)  # what it is
 res = chaosgrad.meta_train(
     stable, best, steps=20 if QUICK else 200, out=f"{OUT}/meta_{best}", optimizer="adam",
-    outer_lr=1e-2, estimator_params={"horizon": 50, **({"window": 10} if best in (
-        "pes", "tes", "tbptt", "nres") else {})},
+    outer_lr=1e-2, estimator_params={"horizon": 50, **({"window": 10} if windowed else {})},
     key=jax.random.PRNGKey(1), log_every=5, progress=False)
 first, last = res.evals[0], res.evals[-1]
 print(f"{best}: meta-loss {first['meta_loss']:.4g} (step {first['step']}) -> "

@@ -84,8 +84,14 @@ def sign_es(tmp_path):
     estimators._REGISTRY.update(before)
 
 
-def test_a_registered_estimator_is_one_like_the_others(sign_es):
+def test_a_registered_estimator_is_one_like_the_others(sign_es, tmp_path):
     assert "sign_es" in estimators.names()
+    # as systems.register takes "module:function", loaded only when the estimator is made
+    estimators.register("sign_es_file", f"{tmp_path / 'my_estimators.py'}:sign_es")
+    assert estimators.make("sign_es_file", systems.make("henon")).target == "none"
+    for bad in (("a:b", sign_es), ("x", 3), ("", sign_es)):
+        with pytest.raises(InputError, match="name must be|factory must be"):
+            estimators.register(*bad)
     d = estimators.describe("sign_es")
     assert d["params"] == {"pairs": 8, "sigma": 0.01, "horizon": 0, "clip_norm": 0.0}
     assert d["description"].startswith("ES compressed to scaled signs")
