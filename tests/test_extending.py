@@ -112,11 +112,17 @@ def test_compare_and_meta_train_read_traits_not_names(sign_es, tmp_path):
     # a correlated, windowed user estimator named like nothing built in: compare averages
     # ceil(T / K) successive estimates per replicate because of its traits
     pes = estimators.make("pes", henon, pairs=2, window=5, horizon=10)._replace(name="mine")
-    c = compare(henon, estimators=["sign_es", pes], horizon=10, samples=8, key=KEY,
+    exact = estimators.make("backprop", henon, samples=2, horizon=10)._replace(name="bp")
+    c = compare(henon, estimators=["sign_es", pes, exact], horizon=10, samples=8, key=KEY,
                 progress=False)
     by = {s.name: s for s in c.stats}
     assert by["mine"].per_replicate == 2 and by["sign_es"].per_replicate == 1
     assert by["mine"].traits["windowed"] and by["sign_es"].traits["target"] == "none"
+    assert by["bp"].estimator == "bp"  # an object runs as built (no reparam swap by name)
+    assert any(n.startswith("the target is the smoothed gradient: bp estimates the exact")
+               for n in c.notes)
+    with pytest.raises(InputError, match="'mine' was given as an Estimator object"):
+        compare(henon, estimators=[pes], horizon=10, params={"mine": {"pairs": 4}})
     r = meta_train(henon, estimators.make("sign_es", henon, pairs=2, horizon=10),
                    __import__("optax").sgd(1e-3), 3, tmp_path / "mt", KEY, progress=False)
     assert r.step == 3

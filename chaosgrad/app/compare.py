@@ -579,6 +579,10 @@ def compare(
         built = []
         for n, what in entries:
             if not isinstance(what, str):
+                if n in (params or {}):
+                    raise InputError(f"estimator {n!r} was given as an Estimator object, "
+                                     "used as built: give its settings when building it, "
+                                     "not in params")
                 built.append(what)  # the user's own object, as built
                 continue
             runner = _runner(n, target)
@@ -835,6 +839,12 @@ def _notes(stats: list[EstimatorStats], ref: Reference, target: str, sigma: floa
             notes.append(f"the target is the exact gradient: {', '.join(smoothed)} estimate "
                          "the gradient of the Gaussian-smoothed loss, so their bias here "
                          "includes the smoothing")
+    if target == "smoothed":
+        exact = [n for n, t in own.items() if t == "exact"]
+        if exact:
+            notes.append(f"the target is the smoothed gradient: {', '.join(exact)} "
+                         f"{_verb(exact, 'estimates', 'estimate')} the exact one, so "
+                         f"{_verb(exact, 'its', 'their')} bias here includes the smoothing")
     per_trunc = [n for n, t in own.items() if t == "smoothed per truncation"]
     if per_trunc and target == "smoothed":
         notes.append(f"{', '.join(per_trunc)} {_verb(per_trunc, 'smooths', 'smooth')} each "
