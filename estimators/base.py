@@ -26,7 +26,9 @@ class Estimator(NamedTuple):
 
     Attributes:
       init: ``init(key, theta) -> est_state``: the estimator's persistent state (for
-        truncated estimators the population of inner states; ``()`` for full unrolls).
+        truncated estimators the population of inner states and the schedule's bounds; for
+        whole unrolls the horizon T, `chaosgrad.estimators.unrolled.Horizon`). The horizon
+        lives in the state, so one compiled ``estimate`` serves every T.
       estimate: ``estimate(est_state, theta, key) -> (grad, est_state, info)``. ``grad`` is
         a pytree like θ; ``info`` is a dict of scalars with at least ``loss`` (the mean
         loss the estimate saw), ``steps`` (system steps run), ``nonfinite_losses``,
