@@ -394,6 +394,10 @@ def main(argv=None) -> int:
             rows += evosax_rows(n, a.rounds)
     rows += unroll_rows(a.rounds)
     if not a.quick:
+        sys.path.insert(0, str(_HERE))
+        from first_call import first_call_rows
+
+        rows += first_call_rows()
         rows += lopt_rows(max(3, a.rounds // 3), a.lopt_steps)
         rows += lyapunov_rows(max(3, a.rounds // 3), 1024, 16, 50, 32, every_step_too=True)
         rows += lyapunov_rows(3, 2048, 16, 20, 64)

@@ -4,6 +4,7 @@ pytree helpers every estimator shares (noise like θ, norms, non-finite counts, 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypedDict
 
@@ -25,7 +26,9 @@ class Estimator(NamedTuple):
 
     Attributes:
       init: ``init(key, theta) -> est_state``: the estimator's persistent state (for
-        truncated estimators the population of inner states; ``()`` for full unrolls).
+        truncated estimators the population of inner states and the schedule's bounds; for
+        whole unrolls the horizon T, `chaosgrad.estimators.unrolled.Horizon`). The horizon
+        lives in the state, so one compiled ``estimate`` serves every T.
       estimate: ``estimate(est_state, theta, key) -> (grad, est_state, info)``. ``grad`` is
         a pytree like θ; ``info`` is an `Info`: a dict of scalars with at least ``loss``
         (the mean loss the estimate saw), ``steps`` (system steps run),
@@ -211,8 +214,18 @@ def clip_by_global_norm(estimator: Estimator, max_norm: float) -> Estimator:
     if not max_norm > 0:
         raise InputError(f"clip max_norm must be positive, got {max_norm!r}")
 
-    def estimate(est_state, theta, key):
-        grad, est_state, info = estimator.estimate(est_state, theta, key)
+    # every trait is kept: clipping changes the estimate, not what the estimator is
+    return estimator._replace(estimate=_clipped_estimate(estimator.estimate, max_norm),
+                              params=dict(estimator.params, clip_norm=max_norm))
+
+
+@functools.lru_cache(maxsize=64)
+def _clipped_estimate(estimate: Callable, max_norm: float) -> Callable:
+    """``estimate`` clipped to global norm ``max_norm``: one function per (estimate, norm),
+    so a clipped estimator, like the one it wraps, compiles once for every horizon."""
+
+    def clipped(est_state, theta, key):
+        grad, est_state, info = estimate(est_state, theta, key)
         norm = otu.tree_norm(grad)
         scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-30))
         # tree_cast_like: a float64 scale must not promote float32 leaves.
@@ -221,9 +234,7 @@ def clip_by_global_norm(estimator: Estimator, max_norm: float) -> Estimator:
                     grad_norm=otu.tree_norm(grad))
         return grad, est_state, info
 
-    # every trait is kept: clipping changes the estimate, not what the estimator is
-    return estimator._replace(estimate=estimate,
-                              params=dict(estimator.params, clip_norm=max_norm))
+    return clipped
 
 
 def check_positive_int(value, name: str) -> int:
@@ -259,12 +270,3 @@ def check_sigma(sigma, system) -> float:
         raise InputError(f"sigma {sigma:g} is too small: sigma² underflows in {np.dtype(dtype)}"
                          f"; accepted: sigma >= {math.sqrt(tiny):.1e}")
     return sigma
-
-
-def remat_chunk_of(remat_chunk, horizon: int) -> int:
-    """The reverse-mode checkpoint chunk: ``remat_chunk`` steps (a non-negative integer; 0:
-    about sqrt(T))."""
-    from chaosgrad.params import check_int
-
-    return check_int(remat_chunk, "remat_chunk (0: about sqrt(T))", lo=0) or max(
-        1, round(horizon ** 0.5))

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -14,6 +15,7 @@ from chaosgrad.estimators.base import (
     check_positive_int,
     finish_info,
 )
+from chaosgrad.estimators.unrolled import Horizon, steps_of
 
 from chaosgrad.errors import InputError
 from chaosgrad.system import System
@@ -81,11 +83,20 @@ def combined(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int =
     sigma, horizon = pair.sigma, pair.horizon
 
     def init(key, theta):
-        return ()
+        return Horizon(jnp.asarray(horizon, jnp.int32))
 
-    def estimate(est_state, theta, key):
-        eps, (vals, losses), g = pair.run(theta, key)
-        bad = ~jnp.isfinite(losses)
+    return Estimator(init, _combined_estimate(pair.run, pairs, sigma), "combined", {
+        "pairs": pair.pairs, "sigma": sigma, "horizon": horizon, "remat_chunk": pair.chunk},
+        target="smoothed", smoothing=sigma, reverse_mode=True, steps=2 * pairs * horizon)
+
+
+@functools.lru_cache(maxsize=32)
+def _combined_estimate(run, pairs: int, sigma: float):
+    """The combination's ``estimate`` over a shared `Antithetic.run`: one function (one
+    compiled program) for every horizon."""
+
+    def estimate(est_state: Horizon, theta, key):
+        eps, (vals, bad), g = run(theta, key, steps_of(est_state))
         lp, lm = vals[:, 0], vals[:, 1]
         g_bp = jax.tree_util.tree_map(lambda x: 0.5 * (x[:, 0] + x[:, 1]), g)
         g_es = jax.tree_util.tree_map(
@@ -96,14 +107,11 @@ def combined(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int =
         leaves = jax.tree_util.tree_leaves(w_bp)
         size = sum(x.size for x in leaves)
         info = finish_info(
-            grad, loss=jnp.mean(vals), steps=jnp.asarray(2 * pairs * horizon),
+            grad, loss=jnp.mean(vals), steps=2 * pairs * steps_of(est_state),
             nonfinite_losses=jnp.sum(bad).astype(jnp.int32),
             weight_backprop=sum(jnp.sum(x) for x in leaves) / size,
             nonfinite_backprop=sum(jnp.sum(~jnp.isfinite(x)) for x in
                                    jax.tree_util.tree_leaves(g_bp)).astype(jnp.int32))
         return grad, est_state, info
 
-    return Estimator(init, estimate, "combined", {
-        "pairs": pair.pairs, "sigma": sigma, "horizon": horizon, "remat_chunk": pair.chunk},
-        target="smoothed",
-        smoothing=sigma, reverse_mode=True, steps=2 * pairs * horizon)
+    return estimate

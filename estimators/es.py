@@ -10,7 +10,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax.tree_utils as otu
-from chaosgrad.estimators.backprop import full_unroll_loss
 from chaosgrad.estimators.base import (
     Estimator,
     check_positive_int,
@@ -21,6 +20,7 @@ from chaosgrad.estimators.base import (
 )
 from chaosgrad.estimators.particles import (
     Particles,
+    TracedSchedule,
     TruncatedState,
     init_population,
     make_schedule,
@@ -29,8 +29,9 @@ from chaosgrad.estimators.particles import (
     perturbed_thetas,
     run_window,
 )
+from chaosgrad.estimators.unrolled import Horizon, steps_of, unroll_value
 
-from chaosgrad.system import System, resolve_theta
+from chaosgrad.system import System, cache_by_functions, resolve_theta
 
 PyTree = Any
 
@@ -55,34 +56,38 @@ def es(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int = 0,
     pairs = check_positive_int(pairs, "pairs")
     sigma = check_sigma(sigma, system)
     horizon = check_positive_int(horizon or system.horizon, "horizon")
-    sharding = population_sharding(pairs, shard)
+    estimate = _es_estimate(system, pairs, sigma, population_sharding(pairs, shard))
 
     def init(key, theta):
-        return ()
+        return Horizon(jnp.asarray(horizon, jnp.int32))
 
-    def member_loss(th, k):
-        val, losses = full_unroll_loss(system, th, k, horizon)
-        return val, jnp.sum(~jnp.isfinite(losses))
+    return Estimator(init, estimate, "es", {"pairs": pairs, "sigma": sigma, "horizon": horizon},
+                     target="smoothed", smoothing=sigma, steps=2 * pairs * horizon)
 
-    # One vmap over pairs × members (θ ± ε share the pair's run key): a single batched scan.
-    vloss = jax.vmap(jax.vmap(member_loss, in_axes=(0, None)), in_axes=(0, 0))
 
-    def estimate(est_state, theta, key):
+@cache_by_functions(maxsize=32)
+def _es_estimate(system: System, pairs: int, sigma: float, sharding):
+    """ES's ``estimate``, one function (one compiled program) for every horizon: T is in the
+    state and the unroll is a loop with a traced trip count."""
+
+    # One vmap over pairs × members (θ ± ε share the pair's run key): a single batched loop.
+    vloss = jax.vmap(jax.vmap(lambda th, k, n: unroll_value(system, th, k, n),
+                              in_axes=(0, None, None)), in_axes=(0, 0, None))
+
+    def estimate(est_state: Horizon, theta, key):
         k_eps, k_runs = jax.random.split(key)
         eps = pair_perturbations(k_eps, theta, pairs, sigma, sharding)
         keys = shard_population(jax.random.split(k_runs, pairs), sharding)
-        vals, bad = vloss(perturbed_thetas(theta, eps, 2), keys)
+        vals, bad = vloss(perturbed_thetas(theta, eps, 2), keys, steps_of(est_state))
         lp, lm = vals[:, 0], vals[:, 1]
         diff = (lp - lm) / (2 * pairs * sigma**2)
         grad = jax.tree_util.tree_map(
             lambda e: jnp.tensordot(diff.astype(e.dtype), e, axes=1), eps)
-        info = finish_info(grad, loss=jnp.mean(vals),
-                           steps=jnp.asarray(2 * pairs * horizon),
+        info = finish_info(grad, loss=jnp.mean(vals), steps=2 * pairs * steps_of(est_state),
                            nonfinite_losses=jnp.sum(bad).astype(jnp.int32))
         return grad, est_state, info
 
-    return Estimator(init, estimate, "es", {"pairs": pairs, "sigma": sigma, "horizon": horizon},
-                     target="smoothed", smoothing=sigma, steps=2 * pairs * horizon)
+    return estimate
 
 
 def _contract(w: jax.Array, tree: PyTree, axes: int) -> PyTree:
@@ -193,17 +198,34 @@ def _truncated(system: System, name: str, credit: Credit, *, pairs: int, sigma: 
     pairs, sigma, window, sched, members, sharding, init = _population(
         system, pairs, sigma, window, horizon, schedule, min_length, max_length, stagger,
         antithetic, shard, burn_in=credit.persistent)
+    estimate = _truncated_estimate(system, credit, pairs, sigma, window, sched.kind,
+                                   window <= sched.min_length, members, sharding)
+    return Estimator(init, estimate, name, {
+        "pairs": pairs, "sigma": sigma, "window": window, "schedule": sched.kind,
+        "min_length": sched.min_length, "max_length": sched.max_length,
+        "stagger": bool(stagger), "antithetic": bool(antithetic)},
+        target=credit.target, correlated=True,
+        smoothing=sigma, windowed=True, steps=pairs * members * window)
 
-    def one(th, state, t, length, run, pk):
-        return run_window(system, sched, window, th, state, t, length, run, pk)
 
-    vone = jax.vmap(jax.vmap(one, in_axes=(0, 0, 0, 0, 0, None)), in_axes=(0, 0, 0, 0, 0, 0))
+@cache_by_functions(maxsize=32)
+def _truncated_estimate(system: System, credit: Credit, pairs: int, sigma: float, window: int,
+                        kind: str, one_reset: bool, members: int, sharding):
+    """A truncated ES ``estimate``, one function for every horizon (the schedule's bounds
+    are in the state)."""
+
+    def one(th, bounds, state, t, length, run, pk):
+        return run_window(system, TracedSchedule(kind, bounds), window, th, state, t, length,
+                          run, pk, one_reset=one_reset)
+
+    vone = jax.vmap(jax.vmap(one, in_axes=(0, None, 0, 0, 0, 0, None)),
+                    in_axes=(0, None, 0, 0, 0, 0, 0))
 
     def estimate(est_state: TruncatedState, theta, key):
         p = est_state.particles
         eps = pair_perturbations(key, theta, pairs, sigma, sharding)
-        carry, win = vone(perturbed_thetas(theta, eps, members), p.state, p.t, p.length,
-                          p.run, est_state.pair_keys)
+        carry, win = vone(perturbed_thetas(theta, eps, members), est_state.lengths, p.state,
+                          p.t, p.length, p.run, est_state.pair_keys)
         losses = WindowLosses(old=win.loss(~win.fresh), new=win.loss(win.fresh),
                               reset=win.resets > 0)
         total, xi = credit.rule(eps, member_signs(members), p.xi, losses)
@@ -215,14 +237,9 @@ def _truncated(system: System, name: str, credit: Credit, *, pairs: int, sigma: 
             nonfinite_losses=jnp.sum(~jnp.isfinite(win.losses)).astype(jnp.int32),
             nonfinite_states=jnp.sum(~win.finite_state).astype(jnp.int32),
             resets=jnp.sum(win.resets).astype(jnp.int32))
-        return grad, TruncatedState(new, est_state.pair_keys, est_state.count + 1), info
+        return grad, est_state._replace(particles=new, count=est_state.count + 1), info
 
-    return Estimator(init, estimate, name, {
-        "pairs": pairs, "sigma": sigma, "window": window, "schedule": sched.kind,
-        "min_length": sched.min_length, "max_length": sched.max_length,
-        "stagger": bool(stagger), "antithetic": bool(antithetic)},
-        target=credit.target, correlated=True,
-        smoothing=sigma, windowed=True, steps=pairs * members * window)
+    return estimate
 
 
 def truncated_es(system: System, pairs: int = 8, sigma: float = 0.01, window: int = 10,
@@ -309,11 +326,27 @@ def nres(system: System, pairs: int = 8, sigma: float = 0.01, window: int = 10,
         system, pairs, sigma, window, horizon, schedule, min_length, max_length, stagger,
         antithetic, shard, burn_in=True)
 
-    def one(th, th_next, state, t, length, run, pk):
-        return run_window(system, sched, window, th, state, t, length, run, pk, th_next)
+    estimate = _nres_estimate(system, pairs, sigma, window, sched.kind,
+                              window <= sched.min_length, members, sharding)
+    return Estimator(init, estimate, "nres", {
+        "pairs": pairs, "sigma": sigma, "window": window, "schedule": sched.kind,
+        "min_length": sched.min_length, "max_length": sched.max_length,
+        "stagger": bool(stagger), "antithetic": bool(antithetic)},
+        target="smoothed", correlated=True,
+        smoothing=sigma, windowed=True, steps=pairs * members * window)
 
-    vone = jax.vmap(jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, None)),
-                    in_axes=(0, 0, 0, 0, 0, 0, 0))
+
+@cache_by_functions(maxsize=32)
+def _nres_estimate(system: System, pairs: int, sigma: float, window: int, kind: str,
+                   one_reset: bool, members: int, sharding):
+    """NRES's ``estimate``, one function for every horizon."""
+
+    def one(th, th_next, bounds, state, t, length, run, pk):
+        return run_window(system, TracedSchedule(kind, bounds), window, th, state, t, length,
+                          run, pk, th_next, one_reset=one_reset)
+
+    vone = jax.vmap(jax.vmap(one, in_axes=(0, 0, None, 0, 0, 0, 0, None)),
+                    in_axes=(0, 0, None, 0, 0, 0, 0, 0))
 
     def estimate(est_state: TruncatedState, theta, key):
         p = est_state.particles
@@ -321,7 +354,8 @@ def nres(system: System, pairs: int = 8, sigma: float = 0.01, window: int = 10,
         xi_next = perturbed_thetas(jax.tree_util.tree_map(jnp.zeros_like, theta), eps, members)
         th_run = jax.tree_util.tree_map(lambda t_, x: t_[None, None] + x, theta, p.xi)
         th_next = perturbed_thetas(theta, eps, members)
-        carry, win = vone(th_run, th_next, p.state, p.t, p.length, p.run, est_state.pair_keys)
+        carry, win = vone(th_run, th_next, est_state.lengths, p.state, p.t, p.length, p.run,
+                          est_state.pair_keys)
         old, new = win.loss(~win.fresh), win.loss(win.fresh)
         total = jax.tree_util.tree_map(jnp.add, _contract(old, p.xi, 2),
                                        _contract(new, xi_next, 2))
@@ -339,11 +373,6 @@ def nres(system: System, pairs: int = 8, sigma: float = 0.01, window: int = 10,
             nonfinite_losses=jnp.sum(~jnp.isfinite(win.losses)).astype(jnp.int32),
             nonfinite_states=jnp.sum(~win.finite_state).astype(jnp.int32),
             resets=jnp.sum(win.resets).astype(jnp.int32))
-        return grad, TruncatedState(new_p, est_state.pair_keys, est_state.count + 1), info
+        return grad, est_state._replace(particles=new_p, count=est_state.count + 1), info
 
-    return Estimator(init, estimate, "nres", {
-        "pairs": pairs, "sigma": sigma, "window": window, "schedule": sched.kind,
-        "min_length": sched.min_length, "max_length": sched.max_length,
-        "stagger": bool(stagger), "antithetic": bool(antithetic)},
-        target="smoothed", correlated=True,
-        smoothing=sigma, windowed=True, steps=pairs * members * window)
+    return estimate

@@ -30,6 +30,18 @@ PyTree = Any
 _LENGTH_TAG = 0x4C454E  # folds a run key into the key of its run length
 
 
+class LengthBounds(NamedTuple):
+    """A schedule's bounds as arrays, carried in the estimator state so that one compiled
+    program serves every horizon: int32 ``min_length`` and ``max_length``, and the float32
+    ``log_lo`` = log(min_length) and ``log_span`` = log(max_length + 1) − log(min_length)
+    that the log-uniform draw uses."""
+
+    min_length: jax.Array
+    max_length: jax.Array
+    log_lo: jax.Array
+    log_span: jax.Array
+
+
 class Schedule(NamedTuple):
     """How long each inner run lasts before its particle resets.
 
@@ -43,14 +55,33 @@ class Schedule(NamedTuple):
     min_length: int
     max_length: int
 
+    def bounds(self) -> LengthBounds:
+        """The bounds as arrays (`LengthBounds`), for a program that serves every horizon."""
+        lo, hi = math.log(self.min_length), math.log(self.max_length + 1)
+        return LengthBounds(jnp.asarray(self.min_length, jnp.int32),
+                            jnp.asarray(self.max_length, jnp.int32),
+                            jnp.asarray(lo, jnp.float32), jnp.asarray(hi - lo, jnp.float32))
+
     def sample(self, run_key: jax.Array) -> jax.Array:
         """The length of the inner run with key ``run_key`` (an int32 scalar)."""
+        return TracedSchedule(self.kind, self.bounds()).sample(run_key)
+
+
+class TracedSchedule(NamedTuple):
+    """A `Schedule` whose bounds are (possibly traced) arrays: ``kind`` and `LengthBounds`.
+    Draws exactly the lengths the `Schedule` with the same bounds draws."""
+
+    kind: str
+    bounds: LengthBounds
+
+    def sample(self, run_key: jax.Array) -> jax.Array:
+        """The length of the inner run with key ``run_key`` (an int32 scalar)."""
+        b = self.bounds
         if self.kind == "constant":
-            return jnp.asarray(self.max_length, jnp.int32)
+            return jnp.asarray(b.max_length, jnp.int32)
         u = jax.random.uniform(jax.random.fold_in(run_key, _LENGTH_TAG), (), jnp.float32)
-        lo, hi = math.log(self.min_length), math.log(self.max_length + 1)
-        n = jnp.floor(jnp.exp(lo + u * (hi - lo))).astype(jnp.int32)
-        return jnp.clip(n, self.min_length, self.max_length)
+        n = jnp.floor(jnp.exp(b.log_lo + u * b.log_span)).astype(jnp.int32)
+        return jnp.clip(n, b.min_length, b.max_length)
 
 
 SCHEDULES = ("constant", "loguniform")
@@ -121,7 +152,7 @@ def _where(cond, a, b):
     return jax.tree_util.tree_map(lambda x, y: jnp.where(cond, x, y), a, b)
 
 
-def first_particle_run(system: System, schedule: Schedule, theta: PyTree,
+def first_particle_run(system: System, schedule: Schedule | TracedSchedule, theta: PyTree,
                        pair_key: jax.Array, offset: jax.Array | None):
     """The first inner run of a particle, advanced ``offset`` steps (a burn-in) with θ.
 
@@ -131,15 +162,15 @@ def first_particle_run(system: System, schedule: Schedule, theta: PyTree,
     length = schedule.sample(run_key)
     k_init, k_steps = split_run_key(run_key)
     state = system.init(k_init, theta)
-    if offset is None or schedule.max_length <= 1:
+    if offset is None:
         return state, jnp.zeros((), jnp.int32), length, jnp.zeros((), jnp.int32)
 
-    def body(s, i):
+    def body(i, s):
         new, _ = system.step(s, theta, step_key(k_steps, i))
-        return _where(i < offset, new, s), None
+        return new
 
-    # A masked scan of static length compiles once for every offset.
-    state, _ = lax.scan(body, state, jnp.arange(schedule.max_length - 1))
+    # A loop with a traced trip count compiles once for every offset and every horizon.
+    state = lax.fori_loop(0, offset.astype(jnp.int32), body, state)
     return state, offset.astype(jnp.int32), length, jnp.zeros((), jnp.int32)
 
 
@@ -150,9 +181,10 @@ def _reports_done(system: System, theta: PyTree, state: PyTree) -> bool:
     return done_of(out) is not None
 
 
-def run_window(system: System, schedule: Schedule, window: int, theta: PyTree, state: PyTree,
-               t: jax.Array, length: jax.Array, run: jax.Array, pair_key: jax.Array,
-               theta_next: PyTree = None):
+def run_window(system: System, schedule: Schedule | TracedSchedule, window: int,
+               theta: PyTree, state: PyTree, t: jax.Array, length: jax.Array, run: jax.Array,
+               pair_key: jax.Array, theta_next: PyTree = None, *,
+               one_reset: bool | None = None):
     """Run one particle for ``window`` steps with parameters ``theta``, resetting it when its
     inner run reaches its length (or the step reports ``done``).
 
@@ -171,13 +203,18 @@ def run_window(system: System, schedule: Schedule, window: int, theta: PyTree, s
     expected window loss equals the T-step meta-loss, since each step of the run falls in a
     window with probability K/T (for K ≤ T).
 
+    ``one_reset``: whether no run can end twice inside a window (K ≤ the shortest run),
+    decided by the caller when the schedule's bounds are traced (None: from ``schedule``).
+
     Returns ((state, t, length, run), Window).
     """
+    if one_reset is None:
+        one_reset = window <= schedule.min_length
     # When no run can end twice inside a window (K ≤ the shortest run, no ``done``), where
     # the one reset falls is known before the window runs: the scan then carries the state
     # alone, and weights, step indices and freshness are computed once, vectorised,
     # afterwards (per-step bookkeeping dominated small populations, issue 12).
-    if window <= schedule.min_length and not _reports_done(system, theta, state):
+    if one_reset and not _reports_done(system, theta, state):
         return _run_window_one_reset(system, schedule, window, theta, state, t, length, run,
                                      pair_key, theta_next)
     return _run_window_steps(system, schedule, window, theta, state, t, length, run, pair_key,
@@ -262,11 +299,14 @@ class TruncatedState(NamedTuple):
       pair_keys: one base key per pair, shape (pairs, 2); run r of a pair has key
         ``fold_in(pair_key, r)``.
       count: how many estimates have been made.
+      lengths: the schedule's bounds (`LengthBounds`), traced, so that one compiled
+        ``estimate`` serves every horizon.
     """
 
     particles: Particles
     pair_keys: jax.Array
     count: jax.Array
+    lengths: LengthBounds
 
 
 def member_signs(members: int, dtype=jnp.float32) -> jax.Array:
@@ -316,21 +356,23 @@ def init_population(system: System, schedule: Schedule, theta: PyTree, key: jax.
     what PES at this θ would have produced, so PES is unbiased from its first estimate.
     Otherwise particles burn in with θ and carry no ξ.
     """
-    fn = _jit_init_population(system, schedule, int(pairs), int(members), bool(stagger),
+    fn = _jit_init_population(system, schedule.kind, int(pairs), int(members), bool(stagger),
                               None if burn_in_sigma is None else float(burn_in_sigma),
                               sharding)
-    return fn(theta, key)
+    return fn(theta, key, schedule.bounds())
 
 
 @cache_by_functions(maxsize=32)
-def _jit_init_population(system: System, schedule: Schedule, pairs: int, members: int,
+def _jit_init_population(system: System, kind: str, pairs: int, members: int,
                          stagger: bool, burn_in_sigma: float | None, sharding):
-    """`init_population` compiled once per (system's functions, settings): run eagerly, its
-    burn-in scan was traced and compiled anew on every call (a fresh closure each time),
-    which dominated the first estimate of every truncated estimator on costly systems."""
+    """`init_population` compiled once per (system's functions, schedule kind, settings),
+    for every horizon (the schedule's bounds are arguments): run eagerly, its burn-in was
+    traced and compiled anew on every call (a fresh closure each time), which dominated the
+    first estimate of every truncated estimator on costly systems."""
     from chaosgrad.estimators.base import shard_population
 
-    def build(theta, key):
+    def build(theta, key, bounds):
+        schedule = TracedSchedule(kind, bounds)
         k_pairs, k_offset, k_eps = jax.random.split(key, 3)
         pair_keys = jax.random.split(k_pairs, pairs)
         lengths = jax.vmap(lambda k: schedule.sample(jax.random.fold_in(k, 0)))(pair_keys)
@@ -354,7 +396,7 @@ def _jit_init_population(system: System, schedule: Schedule, pairs: int, members
         state, t, length, run = jax.vmap(per_pair, in_axes=(0, 0, 0 if stagger else None))(
             thetas, pair_keys, offsets)
         init = TruncatedState(Particles(state, t, length, run, xi), pair_keys,
-                              jnp.zeros((), jnp.int32))
+                              jnp.zeros((), jnp.int32), bounds)
         # Placed by a sharding constraint, like the state `estimate` returns: then the first
         # and every later estimate see the same input shardings and compile once.
         return shard_population(init, sharding)

@@ -166,7 +166,7 @@ def test_full_backprop_matches_finite_differences():
     est = estimators.make("backprop", sysm, samples=2, horizon=horizon, remat_chunk=3,
                           shard=False)
     key = jax.random.PRNGKey(7)
-    g, _, info = jax.jit(est.estimate)((), theta, key)
+    g, _, info = jax.jit(est.estimate)(est.init(key, theta), theta, key)
     keys = jax.random.split(key, 2)  # the run keys the estimator draws
 
     loss = jax.jit(lambda th: jnp.mean(jax.vmap(
@@ -286,8 +286,8 @@ def test_clipping_wrapper():
     base = estimators.make("backprop", sysm, samples=1, shard=False)
     clipped = estimators.make("backprop", sysm, samples=1, shard=False, clip_norm=0.1)
     key = jax.random.PRNGKey(0)
-    g, _, _ = jax.jit(base.estimate)((), sysm.theta, key)
-    gc, _, info = jax.jit(clipped.estimate)((), sysm.theta, key)
+    g, _, _ = jax.jit(base.estimate)(base.init(key, sysm.theta), sysm.theta, key)
+    gc, _, info = jax.jit(clipped.estimate)(clipped.init(key, sysm.theta), sysm.theta, key)
     norm = float(jnp.linalg.norm(g))
     assert norm > 0.1
     np.testing.assert_allclose(np.asarray(gc), np.asarray(g) * 0.1 / norm, rtol=1e-12)

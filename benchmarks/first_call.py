@@ -1,0 +1,153 @@
+"""First-call latency (trace, compile and run in a fresh process, no persistent compile
+cache) of chaosgrad's estimators against the same gradient written by hand.
+
+Each case runs in its own process, ours and the hand-written baseline alternating, so
+neither inherits the other's compiled programs or warm caches:
+
+    .venv/bin/python benchmarks/first_call.py CASE ours|hand   # one process, prints JSON
+
+Cases:
+  backprop-lopt: the backprop estimator (8 samples) on the learned optimizer (digits MLP
+    task, MLP optimizer, float32) at T = 100, then a second horizon T = 50 in the same
+    process, then T = 50 again (its compute alone). The baseline is
+    ``jax.jit(jax.grad(...))`` of the samples' mean ``lax.scan`` meta-loss, one program per
+    horizon.
+  sweep-lopt: the same estimator with 2 samples at T = 8, 32, 128 and 256 in one process
+    against four hand-written programs.
+
+`benchmarks/bench.py` calls `first_call_rows`, which runs the processes and returns rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+SWEEP = (8, 32, 128, 256)
+
+
+def _system():
+    from chaosgrad import systems
+
+    return systems.make("lopt", task="digits_mlp", optimizer="mlp", dtype="float32")
+
+
+def _hand(system, samples: int, horizon: int):
+    """The gradient of the samples' mean T-step meta-loss, as a user writes it by hand."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    from chaosgrad.system import loss_of, split_run_key, step_key
+
+    def loss(th, k):
+        k_init, k_steps = split_run_key(k)
+        state = system.init(k_init, th)
+
+        def body(s, t):
+            s, out = system.step(s, th, step_key(k_steps, t))
+            return s, loss_of(out)
+
+        _, losses = lax.scan(body, state, jnp.arange(horizon))
+        return jnp.mean(losses)
+
+    def grad(th, key):
+        keys = jax.random.split(key, samples)
+        return jax.grad(lambda t: jnp.mean(jax.vmap(lambda k: loss(t, k))(keys)))(th)
+
+    return jax.jit(grad)
+
+
+def _ours(system, samples: int, horizon: int):
+    import jax
+
+    from chaosgrad import estimators
+
+    est = estimators.make("backprop", system, samples=samples, horizon=horizon)
+    step = jax.jit(est.estimate)
+    return lambda th, key: step(est.init(key, th), th, key)[0]
+
+
+def run_case(case: str, side: str) -> dict:
+    """Seconds of each call of ``case`` on ``side`` ("ours" or "hand") in this process."""
+    import jax
+
+    build = _ours if side == "ours" else _hand
+    system = _system()
+    key = jax.random.PRNGKey(0)
+    plan = [(8, 100), (8, 50), (8, 50)] if case == "backprop-lopt" else [(2, t) for t in SWEEP]
+    seconds = []
+    for samples, horizon in plan:
+        t = time.perf_counter()
+        jax.block_until_ready(build(system, samples, horizon)(system.theta, key))
+        seconds.append(time.perf_counter() - t)
+    return {"case": case, "side": side, "plan": plan, "seconds": seconds}
+
+
+def _spawn(case: str, side: str) -> dict:
+    env = dict(os.environ, CHAOSGRAD_NO_CACHE="1")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    out = subprocess.run([sys.executable, __file__, case, side], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def first_call_rows(rounds: int = 2) -> list[dict]:
+    """Rows for `bench.py`: per round one fresh process for ours and one for the baseline,
+    alternating which goes first; ratios are medians over rounds (spread: min–max)."""
+    import numpy as np
+
+    rows = []
+    for case in ("backprop-lopt", "sweep-lopt"):
+        ours, hand = [], []
+        for r in range(rounds):
+            for side in (("ours", "hand") if r % 2 == 0 else ("hand", "ours")):
+                (ours if side == "ours" else hand).append(_spawn(case, side)["seconds"])
+        ours, hand = np.array(ours), np.array(hand)
+        if case == "backprop-lopt":
+            first = ours[:, 0] / hand[:, 0]
+            rows.append(_row(first, ours[:, 0], hand[:, 0],
+                             "first call: backprop estimator, lopt, T=100",
+                             "jax.jit(jax.grad(lax.scan meta-loss)) by hand, fresh process",
+                             "<= 1.5x", lambda m: m <= 1.5))
+            # A second horizon: what it costs beyond its own compute (the warm repeat).
+            extra = (ours[:, 1] - ours[:, 2]) / ours[:, 0]
+            rows.append(_row(extra, ours[:, 1] - ours[:, 2], ours[:, 0],
+                             "second horizon (T=50) beyond its compute / first call",
+                             "our first call (T=100) in the same process", "<= 0.1x",
+                             lambda m: m <= 0.1))
+            raw = ours[:, 1] / ours[:, 0]
+            rows.append(_row(raw, ours[:, 1], ours[:, 0],
+                             "second horizon (T=50), compute included / first call",
+                             "our first call (T=100) in the same process", "(info)", None))
+            rows.append(_row(hand[:, 1] / hand[:, 0], hand[:, 1], hand[:, 0],
+                             "by hand: second horizon (T=50) / first call",
+                             "the hand-written first call (T=100)", "(info)", None))
+        else:
+            tot_o, tot_h = ours.sum(axis=1), hand.sum(axis=1)
+            rows.append(_row(tot_o / tot_h, tot_o, tot_h,
+                             f"horizon sweep T={','.join(map(str, SWEEP))}, lopt, 2 samples",
+                             "four jax.jit(jax.grad(...)) programs by hand, fresh process",
+                             "(info)", None))
+    return rows
+
+
+def _row(ratio, ours, base, figure, baseline, goal, ok) -> dict:
+    import numpy as np
+
+    med = float(np.median(ratio))
+    return {"ours_s": float(np.median(ours)), "base_s": float(np.median(base)), "ratio": med,
+            "q25": float(np.min(ratio)), "q75": float(np.max(ratio)), "rounds": len(ratio),
+            "figure": figure, "baseline": baseline, "goal": goal,
+            "ok": None if ok is None else bool(ok(med))}
+
+
+if __name__ == "__main__":
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+    sys.path.insert(0, str(_HERE.parent))
+    print(json.dumps(run_case(sys.argv[1], sys.argv[2])))
