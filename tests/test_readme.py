@@ -83,7 +83,7 @@ def test_gallery_numbers_are_the_saved_results():
     assert {"toy", "packing", "spectra", "learning_rate", "rigid_body", "perturbation",
             "linear", "truncation", "perturbation_paper", "learning_rate_paper",
             "learned_optimizer", "learned_optimizer_paper", "lopt_estimators",
-            "lopt_meta_training"} <= set(found)
+            "lopt_meta_training", "state_perturbation", "state_perturbation_paper"} <= set(found)
     # the gallery images whose README numbers predate saved metadata; shrink this list as
     # their figures are regenerated with a meta.json beside the PNG
     assert not unchecked, unchecked  # every gallery image has its meta.json

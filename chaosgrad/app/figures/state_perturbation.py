@@ -253,10 +253,14 @@ def draw(results: dict, meta: dict, path) -> None:
         lam = results[f"eigenvalues_{j}"]
         for k, ls, mk in ((0, "-", "o"), (n - 1, "--", "s")):
             color = f"C{2 * j + (k > 0)}"
-            a.loglog(eps, results[f"once_{j}"][k, :, -1], mk, color=color, ms=4,
+            # k = 1 has nearly the same λ at both r: the first r's markers are open and
+            # larger, its lines wide and pale, so the second r's stay visible on top
+            a.loglog(eps, results[f"once_{j}"][k, :, -1], mk, color=color,
+                     ms=8 if j == 0 else 4, mfc="none" if j == 0 else color,
                      label=f"r = {r}, k = {k + 1} (λ = {lam[k]:+.3f})")
             a.loglog(eps, results[f"exact_once_{j}"][k, :, -1], ls, color=color, lw=0.8)
             d.semilogy(i[1:], results[f"every_{j}"][k, iref, 1:], ls, color=color,
+                       lw=4 if j == 0 else 1.2, alpha=0.45 if j == 0 else 1,
                        label=f"r = {r}, k = {k + 1}")
             d.semilogy(i[1:], results[f"exact_every_{j}"][k, iref, 1:], ":", color="k", lw=0.8)
         ax = (b, c)[j]
@@ -286,12 +290,12 @@ def draw(results: dict, meta: dict, path) -> None:
                 fontsize=10)
     a.set_xlabel("perturbation ε along eigenvector v_k")
     a.set_ylabel(f"MSE after {steps} steps")
-    a.legend(fontsize=7)
+    a.legend(fontsize=7, loc="center right", bbox_to_anchor=(1.0, 0.42), framealpha=0.9)
     d.set_title(f"(d) ε = {eps[iref]:g} added along v_k at every step (dotted: closed form)",
                 fontsize=10)
     d.set_xlabel("step i")
     d.set_ylabel("MSE_i")
-    d.legend(fontsize=7)
+    d.legend(fontsize=7, loc="center right", framealpha=0.9)
     for ax in axes.ravel():
         ax.grid(alpha=0.3, which="both")
     fig.suptitle(f"Appendix oracle (not Figure 7): FTCS heat equation, n = {n}; a state "
