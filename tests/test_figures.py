@@ -451,6 +451,13 @@ def test_rigid_body_summary_counts_extrema_and_roughness():
     assert summ["b"]["16"]["mean_wiggle"] < 1e-12 < 0.04 < summ["b"]["16"]["seed_wiggle_median"]
     assert summ["b"]["16"]["seed_extrema_max"] > 30 and summ["b"]["16"]["seed_extrema_min"] == 1
     assert summ["c"]["0.002"]["variance"] == 1e3 and summ["b"]["8"]["nonfinite"] == 0
+    assert "variance_per_param" not in summ["c"]["0.002"]  # no parameter count given
+    assert fig2.summary(out, size, n_params=4)["c"]["0.002"]["variance_per_param"] == 250.0
+    # relative to the range: the fixed slice x² has none, the jagged one 40 flips of ±0.05
+    assert summ["a"]["1"]["roughness"] < 1e-12 < 0.03 < summ["a"]["16"]["roughness"]
+    # the three seeds' mean is x² (smooth), one seed's is jagged: the words follow
+    r = summ["b"]["16"]["roughness"]
+    assert r["smooth"] and r["smoother"] and r["mean_roughness"] < 1e-12
 
 
 def test_truncation_training_batches_episodes_and_scores_held_out_episodes():

@@ -99,6 +99,42 @@ def test_gallery_numbers_are_the_saved_results():
             assert quoted in printed, f"{name}: README quotes {quoted}, not in its meta.json"
 
 
+def test_smooth_words_in_the_gallery_are_backed_by_saved_verdicts():
+    """Every "smooth"/"smoother" in the gallery is a claim listed in gallery_numbers'
+    SMOOTH_CLAIMS for its figure's paragraph, and the roughness verdict it names (relative to
+    the curve's range, against the noise floor of its seeds) is true in that meta.json."""
+    gn = _gallery_numbers()
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Gallery")
+    section = text[start:text.index("\n## ", start + 1)]
+    claimed = 0
+    for name in gn.gallery_pngs():
+        para = gn.readme_paragraph(text, name)
+        words = sorted(w.lower() for w in gn.SMOOTH_WORDS.findall(para))
+        claims = gn.SMOOTH_CLAIMS.get(name, [])
+        assert words == sorted(w for w, _ in claims), (name, words, claims)
+        meta = json.loads((gn.GALLERY / f"{name}.meta.json").read_text())
+        for word, path in claims:
+            assert gn.saved_verdict(meta, path) is True, (name, word, path)
+        claimed += len(claims)
+    # and none outside the figures' paragraphs (the gallery's introduction)
+    assert len(gn.SMOOTH_WORDS.findall(section)) == claimed
+
+
+def test_gallery_introduction_times_and_image_sizes_are_the_saved_ones():
+    """The introduction's time per figure is the sentence gallery_numbers writes from each
+    meta.json; every gallery PNG is what gallery_copy makes (≤ 1400 pixels wide, 256
+    colours), as the introduction says."""
+    from PIL import Image
+
+    gn = _gallery_numbers()
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert " ".join(gn.intro_times().split()) in text
+    for name in gn.gallery_pngs():
+        with Image.open(gn.GALLERY / f"{name}.png") as im:
+            assert im.width <= 1400 and im.mode == "P", (name, im.size, im.mode)
+
+
 def test_gallery_number_format():
     gn = _gallery_numbers()
     assert [gn.fmt(x) for x in (0.0383, 2.35e-16, 2656.6, 0.1166)] == [
