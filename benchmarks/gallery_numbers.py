@@ -278,10 +278,29 @@ def learned_optimizer(m: dict) -> list[tuple[str, str]]:
     return out
 
 
+def growth_fits(variance: dict) -> dict:
+    """Least-squares fits of ln variance against T (exponential) and against ln T (power
+    law) over the saved horizons: {"rate", "exp_rms", "power", "power_rms"}, the residual
+    RMS in ln units (which fits better is the smaller)."""
+    t = np.array([float(h) for h in variance])
+    v = np.log(np.array([float(x) for x in variance.values()]))
+    pe, pp = np.polyfit(t, v, 1), np.polyfit(np.log(t), v, 1)
+    return {"rate": float(pe[0]), "exp_rms": float(np.sqrt(np.mean((v - np.polyval(pe, t)) ** 2))),
+            "power": float(pp[0]),
+            "power_rms": float(np.sqrt(np.mean((v - np.polyval(pp, np.log(t))) ** 2)))}
+
+
 def learned_optimizer_paper(m: dict) -> list[tuple[str, str]]:
-    """Figure 3 at paper scale (GPU run): as at quick scale, plus its sizes."""
+    """Figure 3 at paper scale (GPU run): as at quick scale, plus its sizes, and at shifts 0
+    and 0.008 the power-law and exponential fits of panel (c)'s growth."""
     z = m["sizes"]
-    return _lopt_figure3(m, ("10", "120")) + [
+    fits = []
+    for sh in ("0.0", "0.008"):
+        f = growth_fits(m["variance"][sh])
+        fits += [(f"shift {sh}: power of T", fmt(f["power"])),
+                 (f"shift {sh}: power-law residual RMS (ln)", fmt(f["power_rms"], 1)),
+                 (f"shift {sh}: exponential residual RMS (ln)", fmt(f["exp_rms"]))]
+    return _lopt_figure3(m, ("10", "120")) + fits + [
         ("points per slice", str(z["points"])), ("smoothing samples", str(z["smooth_samples"])),
         ("candidates", str(z["candidates"])), ("candidate points", str(z["candidate_points"])),
         ("seconds", str(round(m["seconds"]))),
@@ -352,7 +371,9 @@ QUOTED = {
     "toy": [("the toy's amplitude, 0.1 sin(...)", "0.1"), ("the toy's offset, + 0.1", "0.1")],
     "learned_optimizer": [("the paper's variance range, low", "1e-8"),
                           ("the paper's variance range, high", "1e13")],
-    "learned_optimizer_paper": [("the paper's 128-step minimum", "2.1")],
+    "learned_optimizer_paper": [("the paper's 128-step minimum", "2.1"),
+                                ("the paper's variance range, low", "1e-8"),
+                                ("the paper's variance range, high", "1e13")],
 }
 
 

@@ -119,6 +119,20 @@ def test_smooth_words_in_the_gallery_are_backed_by_saved_verdicts():
         claimed += len(claims)
     # and none outside the figures' paragraphs (the gallery's introduction)
     assert len(gn.SMOOTH_WORDS.findall(section)) == claimed
+    # no saved fit says any growth in the gallery is exponential (Figure 3's is closer to a
+    # power law: gallery_numbers.growth_fits); "best" only where the estimator study's tie
+    # sets back it (test_estimator_study_sentences_match_its_saved_results)
+    words = re.findall(r"\bexponential\w*", section, re.IGNORECASE)
+    para = gn.readme_paragraph(text, "learned_optimizer_paper")
+    assert len(words) == len(re.findall(r"\bexponential", para)) == 2
+    assert "closer to a power law than to an exponential" in " ".join(para.split())
+    meta = json.loads((gn.GALLERY / "learned_optimizer_paper.meta.json").read_text())
+    for shift in ("0.0", "0.008"):
+        fit = gn.growth_fits(meta["variance"][shift])
+        assert fit["power_rms"] < fit["exp_rms"], (shift, fit)
+    for name in gn.gallery_pngs():
+        if name != "lopt_estimators":
+            assert not re.search(r"\bbest\b", gn.readme_paragraph(text, name)), name
 
 
 def test_gallery_introduction_times_and_image_sizes_are_the_saved_ones():
