@@ -34,8 +34,10 @@ def fmt(x: float, sig: int = 2) -> str:
 
 
 def rigid_body(m: dict) -> list[tuple[str, str]]:
-    """Figure 2: (a) range and extrema at 8 and 16 steps, (b) extrema and wiggle per seed and
-    of the mean, (c) the variance at the longest unroll per shift."""
+    """Figure 2: (a) range and extrema at 8 and 16 steps, (b) extrema per seed and, where
+    saved, the roughness of one seed and of the mean relative to their range with the mean's
+    noise floor (else the older wiggle), (c) the variance at the longest unroll per shift
+    (per parameter, the paper's unit, where the parameter count is saved)."""
     s = m["summary"]
     b8, b16 = s["b"]["8"], s["b"][str(m["sizes"]["smooth_unroll"])]
     out = [("points per slice", str(m["sizes"]["points"])),
@@ -44,22 +46,65 @@ def rigid_body(m: dict) -> list[tuple[str, str]]:
            ("(b) jagged unroll", str(m["sizes"]["smooth_unroll"])),
            ("(b) per-seed extrema min", str(b16["seed_extrema_min"])),
            ("(b) per-seed extrema max", str(b16["seed_extrema_max"])),
-           ("(b) per-seed extrema median at 8 steps", fmt(b8["seed_extrema_median"], 3)),
-           ("(b) per-seed wiggle (median)", fmt(b16["seed_wiggle_median"])),
-           ("(b) wiggle of the mean", fmt(b16["mean_wiggle"]))]
+           ("(b) per-seed extrema median at 8 steps", fmt(b8["seed_extrema_median"], 3))]
+    if "roughness" in b16:
+        r = b16["roughness"]
+        out += [("(b) one seed's roughness (median)", fmt(r["curve_roughness_median"])),
+                ("(b) the mean's roughness", fmt(r["mean_roughness"])),
+                ("(b) the mean's noise floor", fmt(r["noise_floor"]))]
+    else:
+        out += [("(b) per-seed wiggle (median)", fmt(b16["seed_wiggle_median"])),
+                ("(b) wiggle of the mean", fmt(b16["mean_wiggle"]))]
     for t in ("8", "16"):
         a = s["a"][t]
         out += [(f"(a) T={t} range", fmt(a["range"])), (f"(a) T={t} extrema", str(a["extrema"]))]
+    per = "n_params" in m
+    if per:
+        out.append(("parameters", f"{m['n_params']:,}"))
     for sh, c in s["c"].items():
         if float(sh):
             out.append((f"(c) shift {sh}", fmt(abs(float(sh)))))
-        out.append((f"(c) T={c['horizon']} variance at shift {sh}", fmt(c["variance"])))
+        if per:
+            out += [(f"(c) T={c['horizon']} per parameter at shift {sh}",
+                     fmt(c["variance_per_param"])),
+                    (f"(c) T={c['horizon_first']} per parameter at shift {sh}",
+                     fmt(c["variance_first"] / m["n_params"]))]
+        else:
+            out.append((f"(c) T={c['horizon']} variance at shift {sh}", fmt(c["variance"])))
     out.append(("(c) horizon", str(next(iter(s["c"].values()))["horizon"])))
+    if per:
+        out.append(("(c) first horizon", str(next(iter(s["c"].values()))["horizon_first"])))
     return out
 
 
 def perturbation(m: dict) -> list[tuple[str, str]]:
-    """Figure 7: MSE after the last step at ε_ref, modes growing, agreement with closed form."""
+    """Figure 7: sizes, the spectra's moduli, the MSE's log-log slope in ‖ε‖, the first-order
+    law's largest relative error at the smallest ‖ε‖, its slope and where it is 10% off, and
+    the MSE at ‖ε‖_ref after the last step per spectrum."""
+    z, s = m["sizes"], m["summary"]
+    out = [("n", str(z["n"])), ("steps", str(z["steps"])), ("directions", str(z["draws"])),
+           ("‖ε‖ ref", fmt(m["eps_ref"])),
+           ("smallest ‖ε‖", fmt(min(v["smallest_eps_compared"] for v in s.values()), 1)),
+           ("slope fitted below ‖ε‖", fmt(1e-4, 1))]
+    for name in ("inside", "outside"):
+        lo, hi = s[name]["moduli"]
+        out += [(f"{name} moduli low", fmt(lo)), (f"{name} moduli high", fmt(hi))]
+    out.append(("MSE slope (every spectrum)",
+                ", ".join(sorted({fmt(v["slope_small_eps"]) for v in s.values()}))))
+    out.append(("first-order law: largest relative error at the smallest ‖ε‖",
+                fmt(max(v["rel_error_smallest_eps"] for v in s.values()))))
+    off = [v["eps_first_order_off_by_10pct"] for v in s.values()]
+    out += [("10% off from ‖ε‖ (lowest)", fmt(min(off))),
+            ("10% off from ‖ε‖ (highest)", fmt(max(off)))]
+    for name, v in s.items():
+        out += [(f"{name}: relative error's slope", fmt(v["rel_error_slope"])),
+                (f"{name}: MSE at ‖ε‖ ref, last step", fmt(v["mse_ref_final"]))]
+    return out
+
+
+def state_perturbation(m: dict) -> list[tuple[str, str]]:
+    """Appendix oracle (state perturbation): MSE after the last step at ε_ref, modes growing,
+    agreement with closed form."""
     n, steps = m["sizes"]["n"], m["sizes"]["steps"]
     out = [("n", str(n)), ("steps", str(steps)), ("ε", fmt(m["eps_ref"]))]
     errs = []
@@ -158,6 +203,11 @@ def packing(m: dict) -> list[tuple[str, str]]:
     for d, v in s["variance_at_longest"].items():
         out += [(f"D = {d}", fmt(float(d))),
                 (f"variance at D = {d}", fmt(v, 1 if v >= 1e3 else 2))]
+    r = s.get("roughness", {}).get(str(s["horizon"]))
+    if r is not None:  # roughness relative to the curve's range (chaosgrad.roughness)
+        out += [("longest T: one seed's roughness (median)", fmt(r["curve_roughness_median"])),
+                ("longest T: the mean's roughness", fmt(r["mean_roughness"])),
+                ("longest T: the mean's noise floor", fmt(r["noise_floor"]))]
     return out
 
 
@@ -189,6 +239,8 @@ def learning_rate(m: dict) -> list[tuple[str, str]]:
     out += _interval(f"backprop error at η = {hi}", iv[hi]["backprop"], (2, 2, 2))
     out += _interval(f"ES error at η = {hi}", iv[hi]["es"], (2, 2, 2))
     out += _interval(f"backprop error at η = {lo}", iv[lo]["backprop"], (2, 2, 2))
+    # backprop's is the lowest value there, but its interval overlaps PES's: no ranking
+    out += _interval(f"PES error at η = {lo}", iv[lo]["pes"], (2, 2, 2))
     return out
 
 
@@ -206,13 +258,15 @@ def _lopt_figure3(m: dict, variance_horizons: tuple[str, str]) -> list[tuple[str
         out += [("shift range", fmt(m["range"])), ("smoothing std", fmt(m["smooth_std"]))]
     out += [(f"extrema at {t} steps", str(sl[t]["extrema"])) for t in sl]
     lo, hi = variance_horizons
+    n = m["n_params"]  # the paper's unit is the mean over the weights: tr Cov / n
+    out.append(("weights", f"{n:,}"))
     for shift in ("0.0", "0.008"):
         if float(shift):
             out.append((f"variance shift {shift}", shift))
-        out += [(f"variance at shift {shift}, T={lo}", fmt(v[shift][lo], 1 if not paper
-                                                             and shift == "0.0" else 2)),
-                (f"variance at shift {shift}, T={hi}", fmt(v[shift][hi], 1 if not paper
-                                                             and shift == "0.0" else 2))]
+        sig = 1 if not paper and shift == "0.0" else 2
+        for t in (lo, hi):
+            out += [(f"variance at shift {shift}, T={t}", fmt(v[shift][t], sig)),
+                    (f"per weight at shift {shift}, T={t}", fmt(v[shift][t] / n, sig))]
     return out
 
 
@@ -224,10 +278,29 @@ def learned_optimizer(m: dict) -> list[tuple[str, str]]:
     return out
 
 
+def growth_fits(variance: dict) -> dict:
+    """Least-squares fits of ln variance against T (exponential) and against ln T (power
+    law) over the saved horizons: {"rate", "exp_rms", "power", "power_rms"}, the residual
+    RMS in ln units (which fits better is the smaller)."""
+    t = np.array([float(h) for h in variance])
+    v = np.log(np.array([float(x) for x in variance.values()]))
+    pe, pp = np.polyfit(t, v, 1), np.polyfit(np.log(t), v, 1)
+    return {"rate": float(pe[0]), "exp_rms": float(np.sqrt(np.mean((v - np.polyval(pe, t)) ** 2))),
+            "power": float(pp[0]),
+            "power_rms": float(np.sqrt(np.mean((v - np.polyval(pp, np.log(t))) ** 2)))}
+
+
 def learned_optimizer_paper(m: dict) -> list[tuple[str, str]]:
-    """Figure 3 at paper scale (GPU run): as at quick scale, plus its sizes."""
+    """Figure 3 at paper scale (GPU run): as at quick scale, plus its sizes, and at shifts 0
+    and 0.008 the power-law and exponential fits of panel (c)'s growth."""
     z = m["sizes"]
-    return _lopt_figure3(m, ("10", "120")) + [
+    fits = []
+    for sh in ("0.0", "0.008"):
+        f = growth_fits(m["variance"][sh])
+        fits += [(f"shift {sh}: power of T", fmt(f["power"])),
+                 (f"shift {sh}: power-law residual RMS (ln)", fmt(f["power_rms"], 1)),
+                 (f"shift {sh}: exponential residual RMS (ln)", fmt(f["exp_rms"]))]
+    return _lopt_figure3(m, ("10", "120")) + fits + [
         ("points per slice", str(z["points"])), ("smoothing samples", str(z["smooth_samples"])),
         ("candidates", str(z["candidates"])), ("candidate points", str(z["candidate_points"])),
         ("seconds", str(round(m["seconds"]))),
@@ -298,7 +371,9 @@ QUOTED = {
     "toy": [("the toy's amplitude, 0.1 sin(...)", "0.1"), ("the toy's offset, + 0.1", "0.1")],
     "learned_optimizer": [("the paper's variance range, low", "1e-8"),
                           ("the paper's variance range, high", "1e13")],
-    "learned_optimizer_paper": [("the paper's 128-step minimum", "2.1")],
+    "learned_optimizer_paper": [("the paper's 128-step minimum", "2.1"),
+                                ("the paper's variance range, low", "1e-8"),
+                                ("the paper's variance range, high", "1e13")],
 }
 
 
@@ -326,11 +401,16 @@ def learning_rate_paper(m: dict) -> list[tuple[str, str]]:
 
 
 def perturbation_paper(m: dict) -> list[tuple[str, str]]:
-    """Figure 7 at paper scale (run on this CPU): as at quick scale, plus what differencing two
-    runs gave instead (its largest relative error and the unperturbed run's RMS at the end, at
-    the r with growing modes) and the time."""
+    """Figure 7 at paper scale (run on this CPU): as at quick scale, plus the time."""
+    return perturbation(m) + [("seconds", str(round(m["seconds"])))]
+
+
+def state_perturbation_paper(m: dict) -> list[tuple[str, str]]:
+    """The state-perturbation oracle at paper scale (run on this CPU): as at quick scale,
+    plus what differencing two runs gave instead (its largest relative error and the
+    unperturbed run's RMS at the end, at the r with growing modes) and the time."""
     grow = [p for p in m["per_r"].values() if p["modes_growing"]]
-    return perturbation(m) + [
+    return state_perturbation(m) + [
         ("two runs differenced: max relative error",
          fmt(max(p["two_run_rel_error_once"] for p in m["per_r"].values()), 1)),
         ("unperturbed RMS after the last step", fmt(max(p["base_rms_final"] for p in grow), 1)),
@@ -360,14 +440,23 @@ def rigid_body_paper(m: dict) -> list[tuple[str, str]]:
     """Figure 2 at paper scale (run on this CPU, the paper's policy): as at quick scale, plus
     the (c) seeds, the policy's layers and the time."""
     z = m["sizes"]
+    b = m["summary"]["b"][str(z["smooth_unroll"])]
     return rigid_body(m) + [("(c) seeds", str(z["var_seeds"])), ("policy layers", str(z["layers"])),
-                            ("seconds", str(round(m["seconds"])))]
+                            ("seconds", str(round(m["seconds"]))),
+                            ("(b) extrema of the mean", str(b["mean_extrema"])),
+                            ("(b) the mean's wiggle over its range",
+                             fmt(b["mean_wiggle"] / b["mean_range"]))]
 
 
 def packing_paper(m: dict) -> list[tuple[str, str]]:
-    """Figure 4 at paper scale (run on this CPU): as at quick scale, plus sizes and time."""
+    """Figure 4 at paper scale (run on this CPU): as at quick scale, plus sizes, time and the
+    extrema of the mean and of one seed (median) at the longest T."""
+    s = m["summary"]
+    t = str(s["horizon"])
     return packing(m) + [("diameters", str(m["sizes"]["points"])),
-                         ("seconds", str(round(m["seconds"])))]
+                         ("seconds", str(round(m["seconds"]))),
+                         ("extrema of the mean at the longest T", str(s["mean_extrema"][t])),
+                         ("extrema of one seed (median)", fmt(s["seed_extrema_median"][t]))]
 
 
 NUMBERS = {"toy": toy, "packing": packing, "spectra": spectra, "rigid_body": rigid_body,
@@ -376,10 +465,59 @@ NUMBERS = {"toy": toy, "packing": packing, "spectra": spectra, "rigid_body": rig
            "rigid_body_paper": rigid_body_paper, "packing_paper": packing_paper,
            "perturbation_paper": perturbation_paper,
            "learning_rate_paper": learning_rate_paper,
-           "perturbation": perturbation, "linear": linear, "truncation": truncation,
+           "perturbation": perturbation, "state_perturbation": state_perturbation,
+           "state_perturbation_paper": state_perturbation_paper,
+           "linear": linear, "truncation": truncation,
            "learned_optimizer": learned_optimizer,
            "learned_optimizer_paper": learned_optimizer_paper,
            "lopt_estimators": lopt_estimators, "lopt_meta_training": lopt_meta_training}
+
+
+# Each "smooth" or "smoother" (whole words, any case) in a figure's gallery paragraph, with the
+# saved verdict behind it (`chaosgrad.roughness.smoothness`, as keys into its meta.json):
+# tests/test_readme.py checks that the gallery's words and these claims match one to one, and
+# that every verdict named is true. Words like "smoothed" or "smoothing" name an operation
+# and are not claims.
+SMOOTH_WORDS = re.compile(r"\bsmooth(?:er)?\b", re.IGNORECASE)
+SMOOTH_CLAIMS: dict[str, list[tuple[str, list[str]]]] = {}
+
+
+def saved_verdict(meta: dict, path: list[str]):
+    """The value at ``path`` (keys) in a figure's meta.json."""
+    for k in path:
+        meta = meta[k]
+    return meta
+
+
+# The gallery introduction's times, figure by figure (quick scale), as it writes them.
+INTRO_TIMES = (("Figure 1", "toy"), ("Figure 2", "rigid_body"), ("Figure 4", "packing"),
+               ("Figure 5", "spectra"), ("Figure 6", "truncation"), ("Figure 7", "perturbation"),
+               ("its state-perturbation oracle", "state_perturbation"),
+               ("the appendix oracle", "linear"), ("the learning-rate figure", "learning_rate"))
+
+
+def _seconds(x: float) -> str:
+    return str(round(x)) if x >= 10 else fmt(x)
+
+
+def intro_times() -> str:
+    """The introduction's sentence of times, from each quick figure's meta.json: its
+    ``compute_seconds`` (this run plus the parts it reused), or, for a figure saved before
+    parts kept their times and rebuilt from reused parts, its ``seconds`` and how many parts
+    it reused (their time unknown)."""
+    done, rebuilt = [], []
+    for label, name in INTRO_TIMES:
+        m = json.loads((GALLERY / f"{name}.meta.json").read_text())
+        if m.get("compute_seconds") is not None or not m.get("parts_reused"):
+            done.append(f"{label}: {_seconds(m.get('compute_seconds') or m['seconds'])} s")
+        else:
+            rebuilt.append(f"{label} ({_seconds(m['seconds'])} s, {m['parts_reused']} "
+                           "parts reused)")
+    text = "Figure by figure, from each meta.json: " + ", ".join(done) + "."
+    if rebuilt:
+        text += (" Rebuilt from saved parts whose own time was not recorded: "
+                 + ", ".join(rebuilt) + ".")
+    return text
 
 
 def gallery_pngs() -> list[str]:

@@ -50,10 +50,15 @@ def rotvec_to_quat(omega: jax.Array) -> jax.Array:
 
 def with_rotvecs(q: jax.Array, quats: np.ndarray, omega: jax.Array) -> jax.Array:
     """``q`` with the quaternions at index rows ``quats`` (shape (n, 4)) set from rotation
-    vectors ``omega`` (shape (n, 3)), each on the hemisphere of the quaternion it replaces
-    (so a state is exact in value when ``omega`` is its own rotation vector)."""
-    sign = jnp.where(q[quats][:, :1] < 0, -1.0, 1.0).astype(q.dtype)
-    return q.at[quats].set(sign * rotvec_to_quat(omega))
+    vectors ``omega`` (shape (n, 3)), each on the hemisphere and with the norm of the
+    quaternion it replaces (so a state is exact in value when ``omega`` is its own rotation
+    vector). Brax's resets add noise to q, quaternions included, so they are not exactly of
+    unit norm; `quat_to_rotvec` reads only the direction, and a unit quaternion put in place
+    of a non-unit one would change the state by more than ``omega`` asks."""
+    old = q[quats]
+    sign = jnp.where(old[:, :1] < 0, -1.0, 1.0).astype(q.dtype)
+    norm = jnp.linalg.norm(old, axis=-1, keepdims=True)
+    return q.at[quats].set(sign * norm * rotvec_to_quat(omega))
 
 
 # -- settings both adapters take ------------------------------------------------------------

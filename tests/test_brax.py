@@ -106,6 +106,24 @@ def test_rotvec_round_trip():
     np.testing.assert_allclose(jax.jacfwd(rotvec_to_quat)(jnp.zeros(3))[1:], 0.5 * np.eye(3))
 
 
+def test_with_rotvecs_inverts_quat_to_rotvec_on_non_unit_quaternions():
+    """Brax's resets add noise to q, quaternions included: with_phase's round trip must hold
+    there too (it failed by 2-8% of a small change on Ant's reset before the replaced
+    quaternion kept its norm)."""
+    from chaosgrad.systems.rigid import with_rotvecs
+
+    q = jnp.array([0.1, 0.2, 1.07, 0.02, -0.05, 0.01, 0.3])  # position, |quat| = 1.07..
+    quats = np.array([[2, 3, 4, 5]])
+    w0 = quat_to_rotvec(q[quats])
+    back = with_rotvecs(q, quats, w0)
+    np.testing.assert_allclose(back, q, atol=1e-12)  # its own rotation vector: exact
+    w = w0 + jnp.array([[1e-3, -1e-3, 1e-3]])
+    # with_phase adds (new − reference) to the state; both keep the norm, so the rotation
+    # vector read back is the one asked for
+    moved = q + (with_rotvecs(q, quats, w) - with_rotvecs(q, quats, w0))
+    np.testing.assert_allclose(quat_to_rotvec(moved[quats]), w, atol=1e-12)
+
+
 def test_step_jacobian_matches_finite_differences(pendulum):
     key = jax.random.PRNGKey(3)
     state = pendulum.init(split_run_key(key)[0], pendulum.theta)

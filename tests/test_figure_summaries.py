@@ -34,6 +34,11 @@ def test_packing_summary_reads_the_longest_horizon_and_counts_extrema():
     assert s["variance_at_longest"] == {"0.1": 1e50, "0.35": 1e35, "0.6": 1e20, "0.85": 1e5}
     assert s["seed_extrema_median"] == {"1": 0.0, "256": 5.0}
     assert s["mean_extrema"]["1"] == 0
+    # roughness relative to the range: none at T = 1 (1 + D² is a polynomial); at T = 256 the
+    # two seeds' alternations cancel only partly, and 2 seeds do not resolve the mean's
+    r1, r256 = s["roughness"]["1"], s["roughness"]["256"]
+    assert r1["mean_roughness"] < 1e-12 and r1["smooth"]
+    assert r256["curve_roughness_median"] > 0.1 and r256["curves"] == 2
 
 
 def test_spectra_summary_takes_the_last_product_and_the_eigenvalues_at_step_at():

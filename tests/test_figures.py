@@ -216,11 +216,12 @@ def test_estimator_study_cell_records_its_target_and_null_check(tmp_path):
     assert not math.isnan(float(cell["budget"]))
 
 
-def test_eigenvector_perturbation_mse_matches_closed_form():
-    """Figure 7: a perturbation ε·v_k of the FTCS heat step's start (or added every step)
-    leaves MSE ε²λ_k^{2i}/n (or ε²(Σ_{j<i}λ_k^j)²/n) — exact for a linear step."""
+def test_state_perturbation_oracle_mse_matches_closed_form():
+    """Appendix oracle (not Figure 7): a perturbation ε·v_k of the FTCS heat step's start (or
+    added every step) leaves MSE ε²λ_k^{2i}/n (or ε²(Σ_{j<i}λ_k^j)²/n) — exact for a linear
+    step."""
     import chaosgrad
-    from chaosgrad.app.figures import perturbation as fig7
+    from chaosgrad.app.figures import state_perturbation as fig7
 
     chaosgrad.enable_x64()
     n, steps = 4, 10
@@ -252,13 +253,13 @@ def test_eigenvector_perturbation_mse_matches_closed_form():
     assert np.all(unstable["once"][grows, 0, -1] > 1e-4 / n)
 
 
-def test_figure7_iterated_deviation_survives_the_round_off_that_swamps_two_runs():
-    """Why Figure 7 iterates the deviation: at r = 0.55 the unperturbed run grows like
-    max|λ|^i (1.18^100 ≈ 2e7 at n = 16), and its round-off, amplified alike, swamps the ε-mode
-    of decaying eigenvectors in the difference of two runs; the iterated deviation has no
-    such run beside it and keeps the closed form."""
+def test_state_perturbation_iterated_deviation_survives_the_round_off_of_two_runs():
+    """Why the state-perturbation oracle iterates the deviation: at r = 0.55 the unperturbed
+    run grows like max|λ|^i (1.18^100 ≈ 2e7 at n = 16), and its round-off, amplified alike,
+    swamps the ε-mode of decaying eigenvectors in the difference of two runs; the iterated
+    deviation has no such run beside it and keeps the closed form."""
     import chaosgrad
-    from chaosgrad.app.figures import perturbation as fig7
+    from chaosgrad.app.figures import state_perturbation as fig7
 
     chaosgrad.enable_x64()
     r = fig7.measure(16, 0.55, [1e-6, 1e-3], 100)
@@ -270,21 +271,131 @@ def test_figure7_iterated_deviation_survives_the_round_off_that_swamps_two_runs(
     assert 0 < below < r["once"].size / 2
 
 
-def test_figure7_registered_under_its_own_name_and_meta_says_what_is_drawn(tmp_path,
-                                                                          monkeypatch):
-    from chaosgrad.app.figures import perturbation as fig7
+def test_state_perturbation_registered_as_an_oracle_not_figure7(tmp_path, monkeypatch):
+    from chaosgrad.app.figures import state_perturbation as oracle
 
     assert figures.FIGURES["perturbation"][1].startswith("Figure 7")
+    assert not figures.FIGURES["state_perturbation"][1].startswith("Figure 7")
     assert not figures.FIGURES["linear"][1].startswith("Figure 7")
-    monkeypatch.setitem(fig7.SIZES, "quick", {"n": 6, "steps": 12, "eps": [1e-5, 1e-2],
-                                              "eps_points": 4})
-    figures.run_figure("perturbation", "quick", tmp_path)
-    meta = json.loads((tmp_path / "perturbation" / "meta.json").read_text())
-    assert "eigenvector" in meta["drawn"] and "X^{i+1} = X^i + ε" in meta["assumption"]
+    monkeypatch.setitem(oracle.SIZES, "quick", {"n": 6, "steps": 12, "eps": [1e-5, 1e-2],
+                                                "eps_points": 4})
+    figures.run_figure("state_perturbation", "quick", tmp_path)
+    meta = json.loads((tmp_path / "state_perturbation" / "meta.json").read_text())
+    assert "eigenvector" in meta["drawn"] and "not the paper's Figure 7" in meta["assumption"]
     for r, grow in (("0.45", 0), ("0.55", 1)):
         pr = meta["per_r"][r]
         assert pr["modes_growing"] == grow and pr["nonfinite"] == 0
         assert pr["rel_error_once"] < 1e-4 and pr["eigenvalue_max_abs_error"] < 1e-12
+
+
+def test_figure7_two_maps_by_hand():
+    """n = 2, k = 2, X⁰ = I, ε = s·e₁e₂ᵀ: X₁ = [[1, s], [0, 1]] and A₁A₀x⁰ − D₁D₀x⁰ =
+    (s (d₁[2] − d₁[1]) d₀[2], 0) exactly (X₁ is I plus a nilpotent part: no O(s²) term)."""
+    import chaosgrad
+    from chaosgrad.app.figures import perturbation as fig7
+
+    chaosgrad.enable_x64()
+    d = np.array([[0.7, -1.3], [1.1, 0.4]])  # d₀, d₁
+    x_mat, x0 = np.eye(2), np.ones(2)
+    g = np.array([[0.0, 1.0], [0.0, 0.0]])
+    s = 0.3
+    err = (np.asarray(fig7.exact_states(jnp.asarray(x_mat), jnp.asarray(s * g), jnp.asarray(d),
+                                        jnp.asarray(x0)))
+           - np.asarray(fig7.approximate_states(jnp.asarray(x_mat), jnp.asarray(d),
+                                                jnp.asarray(x0))))
+    by_hand = np.array([s * (0.4 - 1.1) * -1.3, 0.0])
+    np.testing.assert_allclose(err[2], by_hand, atol=1e-15)
+    np.testing.assert_allclose(err[:2], 0, atol=1e-15)  # k = 0, 1: no drift yet
+    np.testing.assert_allclose(s * fig7.first_order_error(x_mat, g, d, x0)[2], by_hand,
+                               atol=1e-15)
+    assert fig7.first_order_mse(x_mat, g, d, x0)[2] == pytest.approx(by_hand[0] ** 2 / 2 / s**2)
+
+
+def _figure7_case(moduli=(1.05, 1.2), n=5, steps=8):
+    from chaosgrad.app.figures import perturbation as fig7
+
+    p = fig7.setup(n, steps, moduli, draws=3, seed=3)
+    return fig7, p, tuple(jnp.asarray(p[k]) for k in ("X0", "D", "x0"))
+
+
+def test_figure7_first_order_term_is_the_derivative_of_the_exact_product():
+    """The closed-form first-order error X⁰((X⁰⁻¹G) ∘ C_k)X⁰⁻¹x⁰ equals d/ds of the exact
+    product Π A_i x⁰ (X_i = X⁰ + i·s·G) at s = 0, by forward-mode autodiff through the solves,
+    for every k and each spectrum."""
+    import chaosgrad
+
+    chaosgrad.enable_x64()
+    for moduli in ((0.5, 0.95), (1.0, 1.0), (1.05, 1.2)):
+        fig7, p, (x_mat, d, x0) = _figure7_case(moduli)
+        for g in p["G"]:
+            g = jnp.asarray(g)
+            def states(s, g=g, x_mat=x_mat, d=d, x0=x0, fig7=fig7):
+                return fig7.exact_states(x_mat, s * g, d, x0)
+
+            _, tangent = jax.jvp(states, (jnp.float64(0.0),), (jnp.float64(1.0),))
+            closed = fig7.first_order_error(p["X0"], np.asarray(g), p["D"], p["x0"])
+            np.testing.assert_allclose(closed, np.asarray(tangent), rtol=1e-9,
+                                       atol=1e-11 * np.abs(closed).max())
+            assert np.abs(closed[-1]).max() > 1e-3  # a drift off the diagonal: not zero
+
+
+def test_figure7_mse_is_first_order_law_times_eps_squared():
+    """MSE_k = c_k(G) ‖ε‖² (1 + O(‖ε‖)): the ratio tends to 1 and its error shrinks about
+    tenfold per decade of ‖ε‖; the expected c̄_k equals the average of c_k over a basis."""
+    import chaosgrad
+
+    chaosgrad.enable_x64()
+    fig7, p, _ = _figure7_case()
+    eps = np.array([1e-6, 1e-5, 1e-4])
+    m = fig7.measure(5, 8, (1.05, 1.2), eps, draws=3, seed=3)
+    rel = fig7.first_order_relative_error(m, eps)
+    assert np.all(np.isfinite(rel)) and np.all(rel[:, 0] < 1e-3)
+    ratio = rel[:, 1:] / rel[:, :-1]
+    assert np.all((ratio > 5) & (ratio < 20)), ratio
+    # c_k(G) is a quadratic form in G; over G uniform on the unit sphere of R^{n×n} its mean
+    # is its trace over n², i.e. the mean of c_k over the n² unit matrices e_p e_qᵀ
+    n = 5
+    basis = np.eye(n * n).reshape(n * n, n, n)
+    avg = np.mean([fig7.first_order_mse(p["X0"], g, p["D"], p["x0"]) for g in basis], axis=0)
+    np.testing.assert_allclose(fig7.expected_first_order_mse(p["X0"], p["D"], p["x0"]), avg,
+                               rtol=1e-12)
+
+
+def test_figure7_rescaled_eigenvectors_and_scalar_maps_leave_no_error():
+    """Exact cases: ε = s·X⁰Λ only rescales the eigenvectors (A_i unchanged: no error at any
+    s, and C_k's diagonal is 0); D_i = ρ_i I makes every A_i = ρ_i I (no error for any ε)."""
+    import chaosgrad
+
+    chaosgrad.enable_x64()
+    fig7, p, (x_mat, d, x0) = _figure7_case()
+    lam = jnp.asarray(np.diag(np.linspace(-0.5, 1.0, 5)))
+    approx = fig7.approximate_states(x_mat, d, x0)
+    exact = fig7.exact_states(x_mat, 0.05 * x_mat @ lam, d, x0)
+    scale = float(jnp.abs(approx).max())
+    np.testing.assert_allclose(exact, approx, atol=1e-12 * scale)
+    c = fig7.first_order_coefficients(p["D"])
+    # the diagonal is (k−1)S_k − (k−1)S_k: zero up to the rounding of the sum
+    np.testing.assert_allclose(np.diagonal(c, axis1=1, axis2=2), 0,
+                               atol=1e-14 * np.abs(c).max())
+    scalar = jnp.asarray(np.repeat(np.asarray(p["D"])[:, :1], 5, axis=1))
+    g = jnp.asarray(p["G"][0])
+    np.testing.assert_allclose(fig7.exact_states(x_mat, 0.05 * g, scalar, x0),
+                               fig7.approximate_states(x_mat, scalar, x0), atol=1e-12 * scale)
+
+
+def test_figure7_registered_with_its_first_order_law_in_meta(tmp_path, monkeypatch):
+    from chaosgrad.app.figures import perturbation as fig7
+
+    monkeypatch.setitem(fig7.SIZES, "quick", {"n": 4, "steps": 6, "eps": [1e-6, 1e-2],
+                                              "eps_points": 5, "draws": 2})
+    png = figures.run_figure("perturbation", "quick", tmp_path)
+    assert png.exists()
+    meta = json.loads((tmp_path / "perturbation" / "meta.json").read_text())
+    assert "X_{i+1} = X_i + ε" in meta["drawn"] and "C_k" in meta["first_order"]
+    assert set(meta["summary"]) == {"inside", "on", "outside"}
+    for s in meta["summary"].values():
+        assert s["nonfinite"] == 0 and s["slope_small_eps"] == pytest.approx(2, abs=0.01)
+        assert s["rel_error_smallest_eps"] < 1e-3
 
 
 def test_fixed_reset_keeps_the_start_and_varies_only_the_step_noise():
@@ -340,6 +451,13 @@ def test_rigid_body_summary_counts_extrema_and_roughness():
     assert summ["b"]["16"]["mean_wiggle"] < 1e-12 < 0.04 < summ["b"]["16"]["seed_wiggle_median"]
     assert summ["b"]["16"]["seed_extrema_max"] > 30 and summ["b"]["16"]["seed_extrema_min"] == 1
     assert summ["c"]["0.002"]["variance"] == 1e3 and summ["b"]["8"]["nonfinite"] == 0
+    assert "variance_per_param" not in summ["c"]["0.002"]  # no parameter count given
+    assert fig2.summary(out, size, n_params=4)["c"]["0.002"]["variance_per_param"] == 250.0
+    # relative to the range: the fixed slice x² has none, the jagged one 40 flips of ±0.05
+    assert summ["a"]["1"]["roughness"] < 1e-12 < 0.03 < summ["a"]["16"]["roughness"]
+    # the three seeds' mean is x² (smooth), one seed's is jagged: the words follow
+    r = summ["b"]["16"]["roughness"]
+    assert r["smooth"] and r["smoother"] and r["mean_roughness"] < 1e-12
 
 
 def test_truncation_training_batches_episodes_and_scores_held_out_episodes():

@@ -83,7 +83,7 @@ def test_gallery_numbers_are_the_saved_results():
     assert {"toy", "packing", "spectra", "learning_rate", "rigid_body", "perturbation",
             "linear", "truncation", "perturbation_paper", "learning_rate_paper",
             "learned_optimizer", "learned_optimizer_paper", "lopt_estimators",
-            "lopt_meta_training"} <= set(found)
+            "lopt_meta_training", "state_perturbation", "state_perturbation_paper"} <= set(found)
     # the gallery images whose README numbers predate saved metadata; shrink this list as
     # their figures are regenerated with a meta.json beside the PNG
     assert not unchecked, unchecked  # every gallery image has its meta.json
@@ -97,6 +97,56 @@ def test_gallery_numbers_are_the_saved_results():
                 f"{name}: {label} = {value} (from its meta.json) is not in the README")
         for quoted in gn.MEASURED.findall(para):
             assert quoted in printed, f"{name}: README quotes {quoted}, not in its meta.json"
+
+
+def test_smooth_words_in_the_gallery_are_backed_by_saved_verdicts():
+    """Every "smooth"/"smoother" in the gallery is a claim listed in gallery_numbers'
+    SMOOTH_CLAIMS for its figure's paragraph, and the roughness verdict it names (relative to
+    the curve's range, against the noise floor of its seeds) is true in that meta.json."""
+    gn = _gallery_numbers()
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Gallery")
+    section = text[start:text.index("\n## ", start + 1)]
+    claimed = 0
+    for name in gn.gallery_pngs():
+        para = gn.readme_paragraph(text, name)
+        words = sorted(w.lower() for w in gn.SMOOTH_WORDS.findall(para))
+        claims = gn.SMOOTH_CLAIMS.get(name, [])
+        assert words == sorted(w for w, _ in claims), (name, words, claims)
+        meta = json.loads((gn.GALLERY / f"{name}.meta.json").read_text())
+        for word, path in claims:
+            assert gn.saved_verdict(meta, path) is True, (name, word, path)
+        claimed += len(claims)
+    # and none outside the figures' paragraphs (the gallery's introduction)
+    assert len(gn.SMOOTH_WORDS.findall(section)) == claimed
+    # no saved fit says any growth in the gallery is exponential (Figure 3's is closer to a
+    # power law: gallery_numbers.growth_fits); "best" only where the estimator study's tie
+    # sets back it (test_estimator_study_sentences_match_its_saved_results)
+    words = re.findall(r"\bexponential\w*", section, re.IGNORECASE)
+    para = gn.readme_paragraph(text, "learned_optimizer_paper")
+    assert len(words) == len(re.findall(r"\bexponential", para)) == 2
+    assert "closer to a power law than to an exponential" in " ".join(para.split())
+    meta = json.loads((gn.GALLERY / "learned_optimizer_paper.meta.json").read_text())
+    for shift in ("0.0", "0.008"):
+        fit = gn.growth_fits(meta["variance"][shift])
+        assert fit["power_rms"] < fit["exp_rms"], (shift, fit)
+    for name in gn.gallery_pngs():
+        if name != "lopt_estimators":
+            assert not re.search(r"\bbest\b", gn.readme_paragraph(text, name)), name
+
+
+def test_gallery_introduction_times_and_image_sizes_are_the_saved_ones():
+    """The introduction's time per figure is the sentence gallery_numbers writes from each
+    meta.json; every gallery PNG is what gallery_copy makes (≤ 1400 pixels wide, 256
+    colours), as the introduction says."""
+    from PIL import Image
+
+    gn = _gallery_numbers()
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert " ".join(gn.intro_times().split()) in text
+    for name in gn.gallery_pngs():
+        with Image.open(gn.GALLERY / f"{name}.png") as im:
+            assert im.width <= 1400 and im.mode == "P", (name, im.size, im.mode)
 
 
 def test_gallery_number_format():

@@ -45,7 +45,11 @@ FIGURES = {
                            "Beyond the paper: meta-training a learned optimizer with PES, "
                            "truncated backprop, ES and backprop; against tuned Adam/SGD/momentum"),
     "perturbation": ("chaosgrad.app.figures.perturbation",
-                     "Figure 7: MSE after a perturbation ε along each eigenvector (FTCS heat)"),
+                     "Figure 7: error of X⁰(Π D_i)X⁰⁻¹ for maps X_i D_i X_i⁻¹ whose "
+                     "eigenvectors drift, X_{i+1} = X_i + ε"),
+    "state_perturbation": ("chaosgrad.app.figures.state_perturbation",
+                           "Appendix oracle (not a numbered figure): MSE after a state "
+                           "perturbation ε along each eigenvector (FTCS heat)"),
     "linear": ("chaosgrad.app.figures.linear",
                "Appendix (not a numbered figure): gradient norms of linear maps and FTCS heat, "
                "the FTCS leading exponent vs r"),

@@ -15,6 +15,7 @@ import numpy as np
 
 from chaosgrad import systems
 from chaosgrad.gradients import count_extrema, loss_slice, random_direction
+from chaosgrad.roughness import mean_roughness, roughness, smoothness, turn_indices
 
 # float32 at quick scale: the 401-point slices through 512 steps are ~2e5 learned-optimizer
 # steps (each one an MLP over 3,466 inner weights), twice as fast as float64 on a CPU; the
@@ -209,38 +210,6 @@ def perturbed_gradient_variance(system, theta, horizons, *, samples: int, std: f
             "nonfinite": np.asarray(bad)}
 
 
-def turn_indices(y, tol: float) -> list[int]:
-    """Indices of the local extrema of a sampled curve that stand out by more than ``tol``:
-    a turn counts once the curve has moved back by more than ``tol`` from its running
-    extreme (hysteresis), so wiggles at the level of rounding do not count. Non-finite
-    samples are skipped; the indices refer to ``y`` as given."""
-    y = np.asarray(y, np.float64)
-    idx = np.flatnonzero(np.isfinite(y))
-    if len(idx) < 3:
-        return []
-    turns: list[int] = []
-    trend = 0  # +1 rising, -1 falling, 0 not yet known
-    hi = lo = (y[idx[0]], idx[0])
-    for i in idx[1:]:
-        v = y[i]
-        if trend >= 0 and v > hi[0]:
-            hi = (v, i)
-        if trend <= 0 and v < lo[0]:
-            lo = (v, i)
-        if trend == 0:
-            if v > lo[0] + tol:
-                trend, hi = 1, (v, i)
-            elif v < hi[0] - tol:
-                trend, lo = -1, (v, i)
-        elif trend > 0 and v < hi[0] - tol:
-            turns.append(int(hi[1]))
-            trend, lo = -1, (v, i)
-        elif trend < 0 and v > lo[0] + tol:
-            turns.append(int(lo[1]))
-            trend, hi = 1, (v, i)
-    return turns
-
-
 def count_turns(y, tol: float) -> int:
     """How many local extrema of ``y`` stand out by more than ``tol`` (see `turn_indices`);
     ``tol = 0`` counts every sign change of the first difference, like
@@ -298,17 +267,23 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
                        "at_0": float(sl[i, mid]),
                        "min": float(np.nanmin(sl[i])),
                        "argmin_shift": float(shifts[int(np.nanargmin(sl[i]))]),
+                       "roughness": roughness(sl[i]),
                        "nonfinite": int((~np.isfinite(sl[i])).sum())}
               for i, t in enumerate(size["unrolls"])}
     mean = np.mean(out["smooth_samples"], axis=0)
     smoothing = {"extrema_of_mean": count_turns(mean, EXTREMA_TOL),
                  "extrema_per_sample": [count_turns(y, EXTREMA_TOL)
                                         for y in out["smooth_samples"]],
-                 "nonfinite": int((~np.isfinite(out["smooth_samples"])).sum())}
+                 "nonfinite": int((~np.isfinite(out["smooth_samples"])).sum()),
+                 # relative to the curves' own range, with what the samples can resolve
+                 "roughness": smoothness(mean_roughness(out["smooth_samples"]))}
     variance = {str(sh): {str(int(h)): _num(out[f"variance_{i}"][j])
                           for j, h in enumerate(size["var_horizons"])}
                 for i, sh in enumerate(SHIFTS)}
     nonfinite = {str(sh): [int(x) for x in out[f"nonfinite_{i}"]] for i, sh in enumerate(SHIFTS)}
+    # the paper's unit: the mean over θ's coordinates (tr Cov / number of weights)
+    per_param = {sh: {h: (None if v is None else v / n_params) for h, v in d.items()}
+                 for sh, d in variance.items()}
     fmt = dict(size, unrolls=size["unrolls"], var_horizons=size["var_horizons"])
     meta = {"sizes": size, "variance_shifts": SHIFTS, "n_params": n_params,
             "smooth_std": SMOOTH_STD, "range": RANGE, "system": system.describe(),
@@ -317,7 +292,13 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
                             "log-loss (hysteresis); extrema_raw counts every sign change of "
                             "the difference, float32 wiggles on the flat side included",
             "slices": slices, "smoothing": smoothing,
-            "variance": variance, "variance_nonfinite_samples": nonfinite,
+            "variance": variance, "variance_per_param": per_param,
+            "variance_units": "variance: tr Cov over θ's n_params weights; variance_per_param "
+                              "and panel (c): the paper's unit, tr Cov / n_params",
+            "roughness_rule": "chaosgrad.roughness: RMS about a degree-4 least-squares "
+                              "polynomial over the curve's own range; smoothing.roughness: "
+                              "of the mean of the samples, with its noise floor",
+            "variance_nonfinite_samples": nonfinite,
             "variance_over": "θ + 0.01·N(0, I) perturbations; data batch and inner init fixed",
             "differs_from_paper": [s.format(**fmt) for s in DIFFERS]}
     return out, meta
@@ -358,13 +339,14 @@ def draw(results: dict, meta: dict, path) -> None:
     axes[1].set_xlabel("shift s")
     axes[1].legend(fontsize=7)
     h = results["var_horizons"]
+    per = float(meta["n_params"])  # the paper's unit: the mean over θ's coordinates
     for i, sh in enumerate(meta["variance_shifts"]):
-        v = results[f"variance_{i}"]
+        v = results[f"variance_{i}"] / per
         ok = np.isfinite(v) & (v > 0)
         axes[2].semilogy(h[ok], v[ok], "o-", ms=3, label=f"shift {sh}")
     axes[2].set_title("(c) meta-gradient variance over θ + N(0, 0.01²)", fontsize=10)
     axes[2].set_xlabel("unroll length (inner steps)")
-    axes[2].set_ylabel("tr Cov[∂L/∂θ]")
+    axes[2].set_ylabel(f"mean over the {meta['n_params']} weights of Var[∂L/∂θ_i]")
     axes[2].legend(fontsize=7)
     axes[2].grid(alpha=0.3, which="both")
     for ax in axes[:2]:

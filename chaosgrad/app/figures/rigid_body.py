@@ -12,6 +12,7 @@ import numpy as np
 
 from chaosgrad import systems
 from chaosgrad.gradients import count_extrema, gradient_growth, loss_slice, random_direction
+from chaosgrad.roughness import mean_roughness, roughness, smoothness
 from chaosgrad.system import split_run_key
 
 SIZES = {
@@ -85,6 +86,7 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     size = SIZES[scale]
     system = make_system(size)
     theta = system.theta
+    n_params = int(sum(np.size(x) for x in jax.tree_util.tree_leaves(theta)))
     key = jax.random.PRNGKey(0)
     direction = random_direction(theta, jax.random.fold_in(key, 1))
     smooth = [PAPER_SMOOTH_UNROLL, size["smooth_unroll"]]
@@ -124,18 +126,31 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
                 "b": "reset state fixed (the one of panel a) for every seed; seed i draws "
                      f"{noise_b} from fold_in(PRNGKey(0), 10 + i)",
                 "c": f"{size['var_seeds']} seeds, each its own reset state and action noise"},
-            "summary": summary(out, size)}
+            "n_params": n_params,
+            "variance_units": "(c) plots the paper's unit, the mean over θ's n_params "
+                              "coordinates of Var[∂L/∂θ_i] (tr Cov / n_params); summary c "
+                              "keeps tr Cov as 'variance' beside it",
+            "roughness_rule": ROUGHNESS_RULE,
+            "summary": summary(out, size, n_params)}
     return out, meta
 
 
-def summary(out: dict, size: dict) -> dict:
-    """The numbers the README quotes, computed from the results alone."""
+ROUGHNESS_RULE = (
+    "chaosgrad.roughness: the RMS about a degree-4 least-squares polynomial over the curve's "
+    "own range, per seed and for the mean over seeds, with the noise floor the seeds' scatter "
+    "leaves in that mean; 'smooth' = at most 0.02, 'smoother' = at most half the median "
+    "seed's, 'resolved' = above 2 floors")
+
+
+def summary(out: dict, size: dict, n_params: int | None = None) -> dict:
+    """The numbers the README quotes, computed from the results alone (the variance also per
+    parameter, the paper's unit, when ``n_params`` is given)."""
     sl = out["slice_losses"]
     seeds = out["seed_losses"]
     mean = np.nanmean(seeds, axis=0)
     res = {
         "a": {str(t): {"range": float(np.ptp(sl[i])), "extrema": count_extrema(sl[i]),
-                       "wiggle": wiggle(sl[i]),
+                       "wiggle": wiggle(sl[i]), "roughness": roughness(sl[i]),
                        "nonfinite": int(np.sum(~np.isfinite(sl[i])))}
               for i, t in enumerate(size["unrolls"])},
         "b": {},
@@ -150,6 +165,7 @@ def summary(out: dict, size: dict) -> dict:
             "seed_wiggle_median": float(np.nanmedian(wig)),
             "mean_extrema": count_extrema(mean[j]), "mean_wiggle": wiggle(mean[j]),
             "mean_range": float(np.ptp(mean[j])),
+            "roughness": smoothness(mean_roughness(seeds[:, j])),
             "nonfinite": int(np.sum(~np.isfinite(seeds[:, j])))}
     h = out["var_horizons"]
     for j, sh in enumerate(VAR_SHIFTS):
@@ -157,6 +173,8 @@ def summary(out: dict, size: dict) -> dict:
         res["c"][str(sh)] = {"horizon": int(h[-1]), "variance": float(v[-1]),
                              "variance_first": float(v[0]), "horizon_first": int(h[0]),
                              "nonfinite_fraction_max": float(np.max(out[f"nonfinite_{j}"]))}
+        if n_params:
+            res["c"][str(sh)]["variance_per_param"] = float(v[-1]) / n_params
     return res
 
 
@@ -181,12 +199,19 @@ def draw(results: dict, meta: dict, path) -> None:
     for i, t in enumerate(un):
         ax = fig.add_subplot(grid[0, i])
         a = summ["a"][str(int(t))]
-        ax.plot(s, results["slice_losses"][i], color="C0", lw=1)
-        ax.set_title(f"(a) T = {int(t)}: range {a['range']:.2g}, {a['extrema']} extrema",
-                     fontsize=9)
+        y = results["slice_losses"][i]
+        at0 = float(y[len(y) // 2])
+        # each panel minus its value at shift 0 (stated in the title): the tick labels then
+        # show the change along the slice, not six equal leading digits
+        ax.plot(s, y - at0, color="C0", lw=1)
+        for sh in meta["var_shifts"]:
+            ax.axvline(sh, color="0.5", ls="--", lw=0.7)
+        ax.set_title(f"(a) T = {int(t)}: L(0) = {at0:.4g}\nrange {a['range']:.2g}, "
+                     f"{a['extrema']} extrema", fontsize=9)
         ax.set_xlabel("shift along a unit direction in θ", fontsize=8)
         if i == 0:
-            ax.set_ylabel("mean −reward, randomness fixed\n(each panel its own y scale)")
+            ax.set_ylabel("mean −reward − L(0), randomness fixed\n(each panel its own y "
+                          "scale)")
         ax.set_xticks([-RANGE, 0.0, RANGE])
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
@@ -200,24 +225,32 @@ def draw(results: dict, meta: dict, path) -> None:
         b.plot(s, y, alpha=0.35, lw=0.7)
     b.plot(s, np.nanmean(seeds, axis=0), "k-", lw=2.2, label=f"mean over {len(seeds)} seeds")
     bs = summ["b"][str(t)]
-    b.set_title(f"(b) T = {t}, reset state fixed, {len(seeds)} action-noise seeds. Wiggle (RMS "
-                f"about a quadratic fit): one seed {bs['seed_wiggle_median']:.2g} (median), "
-                f"the mean {bs['mean_wiggle']:.2g}", fontsize=9)
+    for sh in meta["var_shifts"]:
+        b.axvline(sh, color="0.5", ls="--", lw=0.7)
+    r = bs.get("roughness")
+    b.set_title(f"(b) T = {t}, reset state fixed, {len(seeds)} action-noise seeds" + (
+        "" if r is None else
+        f". Roughness / own range: one seed {r['curve_roughness_median']:.2g} (median), "
+        f"the mean {r['mean_roughness']:.2g} (noise floor {r['noise_floor']:.2g})")
+        + "; dashed: the shifts of (c)", fontsize=9)
     b.set_xlabel("shift along the same direction")
     b.set_ylabel(f"mean −reward over {t} steps")
     b.set_xticks([-RANGE, -RANGE / 2, 0.0, RANGE / 2, RANGE])
     b.legend(fontsize=8)
     h = results["var_horizons"]
+    # the paper's unit: the mean over θ's coordinates of the variance (tr Cov / n)
+    per = float(meta.get("n_params") or 1)
     for k, sh in enumerate(meta["var_shifts"]):
-        v = results[f"variance_{k}"]
+        v = results[f"variance_{k}"] / per
         ok = np.isfinite(v) & (v > 0)
         c.plot(h[ok], v[ok], "o-", ms=3, label=f"shift {sh}")
-    log_scale(c, np.concatenate([results[f"variance_{k}"]
+    log_scale(c, np.concatenate([results[f"variance_{k}"] / per
                                  for k in range(len(meta["var_shifts"]))]), "y", "variance")
     c.set_title(f"(c) gradient variance across {meta['sizes']['var_seeds']} seeds "
                 "(reset and action noise)", fontsize=9)
     c.set_xlabel("unroll length (steps)")
-    c.set_ylabel("tr Cov[∂L/∂θ]")
+    c.set_ylabel("mean over θ's coordinates of Var[∂L/∂θ_i]" if "n_params" in meta
+                 else "tr Cov[∂L/∂θ]")
     c.legend(fontsize=8)
     for ax in (b, c):
         ax.grid(alpha=0.3, which="both")

@@ -285,7 +285,7 @@ def draw(results: dict, meta: dict, path) -> None:
         norms = np.asarray(results[f"grad_norm_{t}"], np.float64)
         with np.errstate(all="ignore"):
             it = np.arange(norms.shape[1])
-            b.plot(it, np.nanmedian(norms, axis=0), color=f"C{i}", lw=1)
+            b.plot(it, np.nanmedian(norms, axis=0), color=f"C{i}", lw=1, label=f"t = {name(t)}")
             b.fill_between(it, np.nanmin(norms, axis=0), np.nanmax(norms, axis=0),
                            color=f"C{i}", alpha=0.12)
         v = summ[str(t)]
@@ -316,6 +316,7 @@ def draw(results: dict, meta: dict, path) -> None:
     b.set_xlabel("Adam step")
     b.set_ylabel("‖gradient‖ of the batch loss")
     b.set_title("(c) gradient norm: median over seeds, band min–max", fontsize=10)
+    b.legend(fontsize=7, framealpha=0.9)
     for ax in (a, m, b):
         ax.grid(alpha=0.3, which="both")
     fig.suptitle(f"Brax {z['env']} ({z.get('backend', 'generalized')} backend): truncated "
