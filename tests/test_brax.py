@@ -147,6 +147,7 @@ def test_inverted_pendulum_positive_lyapunov_exponent(pendulum):
     assert res.units == "per unit time" and res.dt == pytest.approx(0.04)
 
 
+@pytest.mark.slow  # heavy (compile-bound, 30-80 s on 2 cores): make test-slow
 def test_inverted_pendulum_gradient_grows_with_horizon(pendulum):
     g = gradient_growth(pendulum, horizons=(10, 30, 100), seeds=3, key=jax.random.PRNGKey(1))
     assert np.all(g.nonfinite_fraction == 0)
@@ -177,6 +178,7 @@ def tumblers():
                         rotations="quaternion"))
 
 
+@pytest.mark.slow  # heavy (compile-bound, 30-80 s on 2 cores): make test-slow
 def test_free_joint_phase_has_no_spurious_exponent(tumblers):
     rot, raw = tumblers
     # q: 7 (free) + 1, qd: 6 + 1; one quaternion number is redundant
@@ -256,6 +258,7 @@ def test_paper_policy_is_a_tanh_normal_of_swish_layers():
                                np.tanh(mean + std * eps), rtol=1e-12)
 
 
+@pytest.mark.slow  # heavy (compile-bound, 30-80 s on 2 cores): make test-slow
 def test_paper_policy_runs_through_one_gradient():
     from chaosgrad.gradients import random_direction
     from chaosgrad.unroll import unroll_grad

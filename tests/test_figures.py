@@ -125,6 +125,7 @@ def test_count_turns_ignores_wiggles_below_the_tolerance():
     assert count_turns([0, 1, 0, 1, 0], 0.5) == 3 and count_turns([0, 1, 0, 1, 0], 1.5) == 0
 
 
+@pytest.mark.slow  # heavy (compile-bound, 30-80 s on 2 cores): make test-slow
 def test_lopt_meta_training_comparison_runs_end_to_end(tmp_path, monkeypatch):
     from chaosgrad.app.figures import lopt_meta_training as m
     from chaosgrad.unroll import unrolled_loss

@@ -99,6 +99,7 @@ def test_systems_lists_mjx(capsys):
     assert "MJX" in rows["mjx"]["description"]
 
 
+@pytest.mark.slow  # heavy (compile-bound, 30-80 s on 2 cores): make test-slow
 def test_cli_diagnose_mjx_cartpole(tmp_path, capsys):
     # the cheapest model (Euler, 2 dof): `diagnose` compiles a dozen programs of it
     out = tmp_path / "rep"
