@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/chaosgrad demo --out out/demo
 
 test: $(STAMP)
-	XLA_FLAGS="--xla_backend_optimization_level=0 $(XLA_FLAGS)" $(BIN)/python -m pytest -q
+	XLA_FLAGS="--xla_backend_optimization_level=0 $(XLA_FLAGS)" $(BIN)/python -m pytest -q -n auto --dist loadfile
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

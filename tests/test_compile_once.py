@@ -4,7 +4,8 @@ compiled one program per horizon (recorded by ``data/record_estimates.py`` at co
 ``XLA_FLAGS=--xla_backend_optimization_level=0``, ``estimates_94ff132.npz`` without it, since
 XLA's optimisation level changes the order of floating-point operations).
 
-The truncated estimators and ES give bitwise-equal estimates. The reverse-mode whole-unroll
+The truncated estimators and ES give bitwise-equal estimates, and every estimator's shared
+program gives bit for bit what a program built for one horizon gives. The reverse-mode whole-unroll
 estimators (backprop, reparam, combined) now sum the meta-loss and pull its gradient back
 chunk by chunk, a different order of floating-point sums, which the Hénon map's chaos
 amplifies by about exp(λ₁ T): at T = 30 they agree to 2e-10 relative, not bit for bit.
@@ -85,6 +86,16 @@ def test_one_program_for_three_horizons_with_the_recorded_estimates(name):
                     np.testing.assert_array_equal(g, w, err_msg=tag)
                 else:
                     np.testing.assert_allclose(g, w, rtol=1e-9, atol=0, err_msg=tag)
+    # The shared program (T an input) against a program built for one horizon (the state,
+    # T included, a constant of the program): bit for bit, for every estimator.
+    est = estimators.make(name, system, horizon=17, **record.CASES[name])
+    state = est.init(jax.random.PRNGKey(1), system.theta)
+    shared = jax.jit(est.estimate)(state, system.theta, jax.random.PRNGKey(10))
+    alone = jax.jit(lambda th, k: est.estimate(state, th, k))(system.theta,
+                                                              jax.random.PRNGKey(10))
+    for a, b in zip(jax.tree_util.tree_leaves(shared), jax.tree_util.tree_leaves(alone),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # The first horizon builds the program (pes's log-uniform schedule at T = 30 is another
     # static setting, so it may build once more); the other horizons build nothing.
     assert built[17] == 0, built
