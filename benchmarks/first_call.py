@@ -14,6 +14,11 @@ Cases:
     horizon.
   sweep-lopt: the same estimator with 2 samples at T = 8, 32, 128 and 256 in one process
     against four hand-written programs.
+  diagnose-rnn: `chaosgrad.diagnose` on the default RNN (n = 64, horizons 10, 33, 100, 8
+    seeds, 4 Lyapunov runs, k = 8, 41-point slices), against the same computations written
+    by hand in JAX: a forward scan per seed, the QR Lyapunov spectrum by jvp (4 runs and the
+    finite-time one), the gradient per seed at each horizon, the loss along a line at each
+    horizon — nine jitted programs, no statistics.
 
 `benchmarks/bench.py` calls `first_call_rows`, which runs the processes and returns rows.
 """
@@ -73,10 +78,77 @@ def _ours(system, samples: int, horizon: int):
     return lambda th, key: step(est.init(key, th), th, key)[0]
 
 
+def _hand_diagnose(system, hs=(10, 33, 100), seeds=8, runs=4, k=8, points=41):
+    """What `diagnose` computes on an array-state system, written by hand (no statistics,
+    no report): returns the arrays, so every program runs."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    from chaosgrad.system import loss_of, split_run_key, step_key
+
+    theta = system.theta
+    hmax = max(hs)
+    steps = max(50, -(-max(2000, 20 * hmax) // runs))
+
+    def run_losses(th, key, horizon):
+        k_init, k_steps = split_run_key(key)
+
+        def body(s, t):
+            s, out = system.step(s, th, step_key(k_steps, t))
+            return s, loss_of(out)
+
+        return lax.scan(body, system.init(k_init, th), jnp.arange(horizon))
+
+    forward = jax.jit(jax.vmap(lambda k: run_losses(theta, k, hmax)))
+
+    def lyapunov(key, transient, counted):
+        k_init, k_steps = split_run_key(key)
+        s0 = system.init(k_init, theta)
+        q0 = jnp.eye(s0.shape[0], k, dtype=s0.dtype)
+
+        def body(carry, t):
+            s, q, acc = carry
+            f = lambda x: system.step(x, theta, step_key(k_steps, t))[0]  # noqa: E731
+            s2, tq = jax.vmap(lambda v: jax.jvp(f, (s,), (v,)), in_axes=1, out_axes=(None, 1))(q)
+            q2, r = jnp.linalg.qr(tq)
+            logs = jnp.log(jnp.abs(jnp.diagonal(r)))
+            return (s2, q2, acc + jnp.where(t >= transient, logs, 0.0)), None
+
+        (_, _, acc), _ = lax.scan(body, (s0, q0, jnp.zeros(k, s0.dtype)),
+                                  jnp.arange(transient + counted))
+        return acc / counted
+
+    lyap_runs = jax.jit(jax.vmap(lambda kk: lyapunov(kk, hmax, steps)))
+    lyap_ft = jax.jit(jax.vmap(lambda kk: lyapunov(kk, 0, hmax)))
+    grads = {h: jax.jit(jax.vmap(jax.grad(lambda th, kk, h=h: jnp.mean(run_losses(th, kk, h)[1])),
+                                 in_axes=(None, 0))) for h in hs}
+    direction = jax.random.normal(jax.random.PRNGKey(3), theta.shape, theta.dtype)
+    shifts = jnp.linspace(-1.0, 1.0, points, dtype=theta.dtype)
+    slices = {h: jax.jit(jax.vmap(lambda a, kk, h=h: jnp.mean(
+        run_losses(theta + a * direction, kk, h)[1]), in_axes=(0, None))) for h in hs}
+    key = jax.random.PRNGKey(0)
+    keys = jax.random.split(key, seeds)
+    out = [forward(keys), lyap_runs(jax.random.split(key, runs)),
+           lyap_ft(jax.random.split(jax.random.fold_in(key, 10), 3))]
+    out += [grads[h](theta, keys) for h in hs] + [slices[h](shifts, key) for h in hs]
+    return out
+
+
 def run_case(case: str, side: str) -> dict:
     """Seconds of each call of ``case`` on ``side`` ("ours" or "hand") in this process."""
     import jax
 
+    if case == "diagnose-rnn":
+        from chaosgrad import diagnose, systems
+
+        system = systems.make("rnn")
+        t = time.perf_counter()
+        if side == "ours":
+            diagnose(system, progress=False)
+        else:
+            jax.block_until_ready(_hand_diagnose(system))
+        return {"case": case, "side": side, "plan": [], "seconds": [time.perf_counter() - t]}
     build = _ours if side == "ours" else _hand
     system = _system()
     key = jax.random.PRNGKey(0)
@@ -103,7 +175,7 @@ def first_call_rows(rounds: int = 2) -> list[dict]:
     import numpy as np
 
     rows = []
-    for case in ("backprop-lopt", "sweep-lopt"):
+    for case in ("backprop-lopt", "sweep-lopt", "diagnose-rnn"):
         ours, hand = [], []
         for r in range(rounds):
             for side in (("ours", "hand") if r % 2 == 0 else ("hand", "ours")):
@@ -128,6 +200,11 @@ def first_call_rows(rounds: int = 2) -> list[dict]:
             rows.append(_row(hand[:, 1] / hand[:, 0], hand[:, 1], hand[:, 0],
                              "by hand: second horizon (T=50) / first call",
                              "the hand-written first call (T=100)", "(info)", None))
+        elif case == "diagnose-rnn":
+            rows.append(_row(ours[:, 0] / hand[:, 0], ours[:, 0], hand[:, 0],
+                             "first call: diagnose, RNN n=64 (defaults)",
+                             "its nine computations by hand in JAX, fresh process",
+                             "<= 1.5x", lambda m: m <= 1.5))
         else:
             tot_o, tot_h = ours.sum(axis=1), hand.sum(axis=1)
             rows.append(_row(tot_o / tot_h, tot_o, tot_h,
