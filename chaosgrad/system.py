@@ -425,7 +425,7 @@ def _check_phase_round_trip(system: System, state, theta, batched: bool) -> bool
 # A compiled program bakes in everything its Python functions read while being traced: their
 # code, closure cells, defaults, and the module globals they read. The key below covers all
 # of these, so a redefined function that reads a changed global (a notebook cell re-run with
-# A = 0.2 instead of 1.4) compiles afresh instead of being served the old program (issue 23).
+# A = 0.2 instead of 1.4) compiles afresh instead of being served the old program.
 # A value that can be neither compared by content nor trusted immutable makes the system
 # uncacheable: it then compiles on every call, never reusing a program wrongly.
 
@@ -601,8 +601,10 @@ def compile_key(system: System) -> tuple:
 
 def cache_by_functions(maxsize: int = 64):
     """Decorator for ``build(system, *args)`` → compiled function: cached on
-    ``(compile_key(system), *args)`` instead of on the `System` object's identity
-    (issue 12: every rebuild of a system used to compile again)."""
+    ``(compile_key(system), *args)`` instead of on the `System` object's identity, so a
+    system rebuilt by its factory (every command, figure and estimator builds its own)
+    reuses the programs compiled for the last build instead of compiling again (a Brax
+    step compiles in 30 to 70 s on 2 CPU cores)."""
 
     def deco(build):
         cache: dict = {}

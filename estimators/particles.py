@@ -213,7 +213,9 @@ def run_window(system: System, schedule: Schedule | TracedSchedule, window: int,
     # When no run can end twice inside a window (K ≤ the shortest run, no ``done``), where
     # the one reset falls is known before the window runs: the scan then carries the state
     # alone, and weights, step indices and freshness are computed once, vectorised,
-    # afterwards (per-step bookkeeping dominated small populations, issue 12).
+    # afterwards (per-step bookkeeping dominated small populations: one window of K = 10
+    # steps for 16 particles of a 32-unit RNN took 0.27 ms step by step and 0.16 ms this
+    # way, with the same losses; CPU, 2 cores, 2026-12-07).
     if one_reset and not _reports_done(system, theta, state):
         return _run_window_one_reset(system, schedule, window, theta, state, t, length, run,
                                      pair_key, theta_next)
@@ -330,9 +332,11 @@ def pair_perturbations(key: jax.Array, theta: PyTree, pairs: int, sigma: float, 
 
     One normal draw per leaf of shape (pairs, *leaf.shape), from the key's split per leaf
     (`optax.tree_utils.tree_split_key_like`; the key itself for a one-leaf θ). On CPU every
-    threefry draw is a loop of its own, so a per-pair key split and draw cost three loops
-    where this costs one (issue 12). With JAX's partitionable threefry (the default) the
-    values do not depend on how the pairs are sharded.
+    threefry draw is a loop of its own, so a per-pair key split and draw cost more loops
+    than this one; measured with jax 0.10.2 (CPU, 2 cores, 2026-12-07) the two take the
+    same time within 20% (8 or 64 pairs of 32 × 32 or 256 × 256 leaves: 0.2 to 6 ms
+    each). With JAX's partitionable threefry (the default) the values do not depend on how
+    the pairs are sharded.
     """
     leaves, treedef = jax.tree_util.tree_flatten(theta)
     keys = [key] if len(leaves) == 1 else jax.tree_util.tree_leaves(
