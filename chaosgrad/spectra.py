@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax.tree_utils as otu
 from jax import lax
 
 from chaosgrad.config import precision_info
@@ -20,7 +21,7 @@ from chaosgrad.jacobian import MAX_DENSE_DIM, check_dense, phase_map, start_run
 from chaosgrad.params import check_int
 from chaosgrad.progress import progress_bar
 from chaosgrad.system import System, cache_by_functions
-from chaosgrad.unroll import _tree_where, all_finite, check_steps
+from chaosgrad.unroll import all_finite, check_steps
 
 PyTree = Any
 FLOAT32_LONG_RUN = 20_000
@@ -68,7 +69,7 @@ def _jit_qr_chunk(system: System, chunk: int, k: int, every: int = 1):
                 q_new, logs = lax.cond(due & active, qr_logs,
                                        lambda m: (m, jnp.zeros(k, m.dtype)), jq)
             ok = all_finite(x) & jnp.all(jnp.isfinite(logs))
-            new_s = _tree_where(active, new_s, s)
+            new_s = otu.tree_where(active, new_s, s)
             q_new = jnp.where(active, q_new, q)
             logs = jnp.where(active, logs, 0.0)
             return (new_s, q_new), (logs, ok | ~active)

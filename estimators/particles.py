@@ -148,10 +148,6 @@ class Window(NamedTuple):
         return weighted_sum(w, self.losses)
 
 
-def _where(cond, a, b):
-    return jax.tree_util.tree_map(lambda x, y: jnp.where(cond, x, y), a, b)
-
-
 def first_particle_run(system: System, schedule: Schedule | TracedSchedule, theta: PyTree,
                        pair_key: jax.Array, offset: jax.Array | None):
     """The first inner run of a particle, advanced ``offset`` steps (a burn-in) with θ.
@@ -233,7 +229,7 @@ def _run_window_steps(system: System, schedule: Schedule, window: int, theta: Py
     def body(carry, _):
         s, t, n, r, fresh = carry
         _, k_steps = split_run_key(jax.random.fold_in(pair_key, r))
-        th = theta if theta_next is None else _where(fresh, theta_next, theta)
+        th = theta if theta_next is None else otu.tree_where(fresh, theta_next, theta)
         s2, out = system.step(s, th, step_key(k_steps, t))
         loss = jnp.asarray(loss_of(out))
         w = (loss_weights(kind, t, n) * n / window).astype(loss.dtype)
@@ -246,7 +242,7 @@ def _run_window_steps(system: System, schedule: Schedule, window: int, theta: Py
         r2 = r + end.astype(jnp.int32)
         new_key = jax.random.fold_in(pair_key, r2)
         s_new, n_new = system.init(split_run_key(new_key)[0], th_new), schedule.sample(new_key)
-        s3 = _where(end, s_new, s2)
+        s3 = otu.tree_where(end, s_new, s2)
         t3 = jnp.where(end, 0, t2).astype(jnp.int32)
         n3 = jnp.where(end, n_new, n)
         return (s3, t3, n3, r2, fresh | end), (loss, w, fresh, finite)
@@ -275,10 +271,10 @@ def _run_window_one_reset(system: System, schedule: Schedule, window: int, theta
 
     def body(s, i):
         key = jnp.where(i < left, step_key(k_old, t + i), step_key(k_new, i - left))
-        th = theta if theta_next is None else _where(i < left, theta, theta_next)
+        th = theta if theta_next is None else otu.tree_where(i < left, theta, theta_next)
         s2, out = system.step(s, th, key)
         finite = all_finite(system.get_phase(s2))  # the step's own result, before a reset
-        return _where(i == left - 1, s_next, s2), (jnp.asarray(loss_of(out)), finite)
+        return otu.tree_where(i == left - 1, s_next, s2), (jnp.asarray(loss_of(out)), finite)
 
     i = jnp.arange(window)
     state, (losses, finite) = lax.scan(body, state, i)

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import chaosgrad.gradients as gradients
 from chaosgrad import InputError, StepOut, System, systems
-from chaosgrad.gradients import fit_rate, gradient_growth, tree_norm
+from chaosgrad.gradients import fit_rate, gradient_growth, overflow_safe_norm
 from chaosgrad.unroll import unroll, unroll_grad, unrolled_loss
 
 KEY = jax.random.PRNGKey(7)
@@ -132,11 +133,25 @@ def test_gradient_growth_on_linear_map_recovers_twice_the_log_eigenvalue():
     assert g.growth_rate == pytest.approx(2 * np.log(lam) + np.log(2) / 200, abs=5e-3)
 
 
-def test_tree_norm_survives_values_near_the_float_range():
+def test_overflow_safe_norm_survives_values_near_the_float_range():
     g = {"a": np.array([3e200, 4e200]), "b": np.array([0.0])}
-    assert tree_norm(g) == pytest.approx(5e200, rel=1e-12)
-    assert np.isnan(tree_norm({"a": np.array([1.0, np.nan])}))
-    assert tree_norm({"a": np.array([1.0, np.inf])}) == np.inf
+    assert overflow_safe_norm(g) == pytest.approx(5e200, rel=1e-12)
+    assert np.isnan(overflow_safe_norm({"a": np.array([1.0, np.nan])}))
+    assert overflow_safe_norm({"a": np.array([1.0, np.inf])}) == np.inf
+    # why not optax.tree_utils.tree_norm: it squares unscaled, in float32 here
+    import optax.tree_utils as otu
+
+    g32 = {"a": np.array([3e20, 4e20], np.float32)}
+    assert overflow_safe_norm(g32) == pytest.approx(5e20, rel=1e-6)
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(float(otu.tree_norm(g32)))
+
+
+def test_tree_norm_is_a_deprecated_alias():
+    g = {"a": np.array([[3.0, 4.0], [1e200, 0.0]])}
+    with pytest.warns(DeprecationWarning, match="tree_norm is deprecated.*overflow_safe_norm"):
+        old = gradients.tree_norm(g, batched=True)
+    np.testing.assert_array_equal(old, overflow_safe_norm(g, batched=True))
 
 
 def test_fit_rate_is_least_squares_on_finite_points():
