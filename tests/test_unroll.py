@@ -171,6 +171,50 @@ def test_system_rejects_bad_definitions():
         unroll(systems.make("henon"), steps=0)
 
 
+def _scale_system(theta, **fields):
+    return System(lambda k, t: jnp.ones(2, jnp.asarray(t).dtype),
+                  lambda s, t, k: (s * t, jnp.sum(s * t)), theta=theta, **fields)
+
+
+def test_system_precision_is_checked_against_theta():
+    """A label that disagrees with θ is one line naming both; without one, θ says it."""
+    th32, th64 = jnp.asarray(0.5, jnp.float32), jnp.asarray(0.5, jnp.float64)  # x64 is on
+    with pytest.raises(InputError) as e:
+        _scale_system(th32, name="mislabelled", precision="float64")
+    msg = str(e.value)
+    assert "\n" not in msg and "'mislabelled'" in msg and "precision 'float64'" in msg \
+        and "theta is float32" in msg
+    with pytest.raises(InputError, match="precision 'float32' but its theta is float64"):
+        _scale_system(th64, precision="float32")
+    assert _scale_system(th32).precision == "float32"
+    assert _scale_system(th64).precision == "float64"
+    assert _scale_system(th64, precision="float64").describe()["precision"] == "float64"
+    # the widest leaf decides (float32 weights with a float64 scalar compute in float64)
+    assert _scale_system({"w": th32, "b": th64}).precision == "float64"
+    assert _scale_system(None).precision == "float32"  # no default θ: nothing to read
+    with pytest.raises(InputError, match="'float16' is not accepted"):
+        _scale_system(th32, precision="float16")
+    # the unroll runs in the precision the system reports
+    assert unroll(_scale_system(th32), steps=3).losses.dtype == np.float32
+    assert unroll(_scale_system(th64), steps=3).losses.dtype == np.float64
+
+
+def test_system_replace_and_its_deprecated_alias():
+    s = _scale_system(jnp.asarray(0.5, jnp.float32), name="a", horizon=7)
+    r = s.replace(name="b", horizon=9)
+    assert (r.name, r.horizon, r.precision, s.name) == ("b", 9, "float32", "a")
+    assert r.step is s.step and r.theta is s.theta
+    # a new θ brings its own precision unless one is given with it
+    assert s.replace(theta=jnp.asarray(0.5, jnp.float64)).precision == "float64"
+    with pytest.raises(InputError, match="theta is float64"):
+        s.replace(theta=jnp.asarray(0.5, jnp.float64), precision="float32")
+    with pytest.raises(InputError, match="horizon must be a positive integer"):
+        s.replace(horizon=0)  # the copy is checked like a new system
+    with pytest.warns(DeprecationWarning, match="System.with_meta is deprecated.*System.replace"):
+        old = s.with_meta(horizon=9)
+    assert old.horizon == 9 and old.name == "a"
+
+
 def test_user_system_with_custom_phase_and_integer_state():
     """A user's own step with a counter in its state: the phase excludes the counter."""
 
@@ -224,7 +268,7 @@ def test_rebuilt_system_reuses_compiled_chunks():
     a = systems.make("rnn", n=5, g=1.5)
     b = systems.make("rnn", n=5, g=1.5, seed=3)
     assert _jit_chunk(a, 8, False, False) is _jit_chunk(b, 8, False, False)
-    assert _jit_chunk(a, 8, False, False) is _jit_chunk(a.with_meta(theta=2 * a.theta), 8,
+    assert _jit_chunk(a, 8, False, False) is _jit_chunk(a.replace(theta=2 * a.theta), 8,
                                                         False, False)
     assert _jit_chunk(a, 8, False, False) is not _jit_chunk(systems.make("henon"), 8, False,
                                                             False)
