@@ -28,7 +28,7 @@ def alias(fn: Callable, old: str, new: str | None = None) -> Callable:
         warn(old, new)
         return fn(*args, **kwargs)
 
-    wrapper.__doc__ = f"Deprecated alias of `{new}` (removed in {REMOVED_IN})."
-    wrapper.__name__ = old.rpartition(".")[2]
+    wrapper.__doc__ = f"Deprecated (removed in {REMOVED_IN}): use {new}."
+    wrapper.__name__ = old.partition("(")[0].rpartition(".")[2]
     wrapper.__qualname__ = wrapper.__name__
     return wrapper

@@ -147,6 +147,42 @@ def test_step_jacobian_matches_finite_differences_and_operator(name, params):
     np.testing.assert_allclose(op.x_next, f(x), rtol=1e-12)
 
 
+def test_one_argument_order_and_the_old_one_still_works():
+    """(system, theta, key, state, t) everywhere; the old (system, theta, state, key, t) of
+    the step Jacobians gives the same matrix with a DeprecationWarning; keywords never warn."""
+    import warnings
+
+    s = systems.make("henon")
+    state = jnp.array([0.3, -0.2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        new = np.asarray(step_jacobian(s, s.theta, KEY, state, 5))
+        assert np.array_equal(np.asarray(step_jacobian(s, key=KEY, state=state, t=5)), new)
+        assert np.array_equal(np.asarray(step_jacobian(s, s.theta, None, state)),
+                              np.asarray(step_jacobian(s, state=state)))
+        op = step_jacobian_operator(s, s.theta, KEY, state, 5)
+        # the key third, by position, at every spectra entry point
+        a = lyapunov_spectrum(s, s.theta, KEY, steps=20, transient=0, k=2)
+        assert np.array_equal(a.exponents, lyapunov_spectrum(s, key=KEY, steps=20, transient=0,
+                                                             k=2).exponents)
+        assert np.array_equal(jacobian_products(s, None, KEY, steps=3).log_singular_values,
+                              jacobian_products(s, key=KEY, steps=3).log_singular_values)
+    np.testing.assert_array_equal(op.dense(), new)
+    with pytest.warns(DeprecationWarning, match=r"step_jacobian\(system, theta, state, key, t\)"
+                      r" is deprecated.*step_jacobian\(system, theta, key, state, t\)"):
+        old = np.asarray(step_jacobian(s, s.theta, state, KEY, 5))
+    np.testing.assert_array_equal(old, new)
+    with pytest.warns(DeprecationWarning, match="step_jacobian_operator"):
+        old_op = step_jacobian_operator(s, s.theta, state, KEY, 5)
+    np.testing.assert_array_equal(old_op.dense(), new)
+    with pytest.warns(DeprecationWarning):  # the old order with the key left out
+        assert np.array_equal(np.asarray(step_jacobian(s, s.theta, state)),
+                              np.asarray(step_jacobian(s, state=state)))
+    with pytest.warns(DeprecationWarning):  # ... and with None for the state
+        assert np.array_equal(np.asarray(step_jacobian(s, s.theta, None, KEY)),
+                              np.asarray(step_jacobian(s, key=KEY)))
+
+
 def test_henon_jacobian_is_closed_form():
     s = systems.make("henon")
     state = jnp.array([0.3, -0.2])

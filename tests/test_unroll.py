@@ -171,6 +171,31 @@ def test_system_rejects_bad_definitions():
         unroll(systems.make("henon"), steps=0)
 
 
+def test_pure_unroll_takes_the_run_key_like_unroll():
+    """One key, one run: pure_unroll (inside jit) gives unroll's losses and state; a run
+    continued from a state with t0 gives the rest of it; unrolled_loss is its meta-loss."""
+    from chaosgrad.system import split_run_key
+    from chaosgrad.unroll import pure_unroll, rollout
+
+    s = systems.make("rnn", n=4)
+    ref = unroll(s, s.theta, KEY, 12, chunk=5)
+    state, losses = jax.jit(lambda th, k: pure_unroll(s, th, k, 12))(s.theta, KEY)
+    np.testing.assert_allclose(losses, ref.losses, rtol=1e-12)
+    np.testing.assert_allclose(state, ref.state, rtol=1e-12)
+    mid, first = pure_unroll(s, s.theta, KEY, 7)
+    _, rest = pure_unroll(s, s.theta, KEY, 5, state=mid, t0=7)
+    np.testing.assert_allclose(np.concatenate([first, rest]), ref.losses, rtol=1e-12)
+    remat = pure_unroll(s, s.theta, KEY, 12, remat_chunk=5)[1]
+    np.testing.assert_allclose(remat, ref.losses, rtol=1e-12)
+    assert float(unrolled_loss(s, s.theta, KEY, 12)) == pytest.approx(float(ref.meta_loss),
+                                                                      rel=1e-12)
+    # rollout, the old name, took the steps half of the key: it still does, and warns
+    with pytest.warns(DeprecationWarning, match="rollout.*is deprecated.*pure_unroll"):
+        k_init, k_steps = split_run_key(KEY)
+        _, old = rollout(s, s.theta, s.init(k_init, s.theta), k_steps, 12)
+    np.testing.assert_array_equal(old, pure_unroll(s, s.theta, KEY, 12)[1])
+
+
 def _scale_system(theta, **fields):
     return System(lambda k, t: jnp.ones(2, jnp.asarray(t).dtype),
                   lambda s, t, k: (s * t, jnp.sum(s * t)), theta=theta, **fields)
