@@ -39,14 +39,12 @@ def _time(fn, reps):
 
 def forward_seconds(system, theta, population, steps, reps):
     """Median seconds of a jitted, vmapped forward unroll of ``population`` runs."""
-    from chaosgrad.system import split_run_key
-    from chaosgrad.unroll import rollout
+    from chaosgrad.unroll import pure_unroll
 
     @jax.jit
     def run(key):
         def one(k):
-            k_init, k_steps = split_run_key(k)
-            _, losses = rollout(system, theta, system.init(k_init, theta), k_steps, steps)
+            _, losses = pure_unroll(system, theta, k, steps)
             return jnp.mean(losses)
 
         return jax.vmap(one)(jax.random.split(key, population))

@@ -34,7 +34,8 @@ _LAZY = {
     "System": "chaosgrad.system:System",
     "GradResult": "chaosgrad.unroll:GradResult",
     "UnrollResult": "chaosgrad.unroll:UnrollResult",
-    "rollout": "chaosgrad.unroll:rollout",
+    "pure_unroll": "chaosgrad.unroll:pure_unroll",
+    "rollout": "chaosgrad.unroll:rollout",  # deprecated: pure_unroll takes the run key
     "unroll": "chaosgrad.unroll:unroll",
     "unroll_grad": "chaosgrad.unroll:unroll_grad",
     "unrolled_loss": "chaosgrad.unroll:unrolled_loss",

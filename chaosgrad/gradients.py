@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from chaosgrad import deprecation
 from chaosgrad.config import precision_info
 from chaosgrad.errors import InputError
 from chaosgrad.progress import progress_bar
@@ -22,11 +23,14 @@ from chaosgrad.unroll import check_steps, unroll_grad
 PyTree = Any
 
 
-def tree_norm(tree: PyTree, batched: bool = False) -> np.ndarray:
+def overflow_safe_norm(tree: PyTree, batched: bool = False) -> np.ndarray:
     """The global L2 norm of a pytree (per row when ``batched``), in float64 on the host.
 
     Scaled by the largest entry first, so gradients near the float range do not overflow
-    in the squares. Non-finite entries give NaN or Inf, as they should.
+    in the squares. Non-finite entries give NaN or Inf, as they should. Inside jit, or for
+    norms well inside the float range, use ``optax.tree_utils.tree_norm``; it squares
+    without scaling, in the leaves' dtype (float32 unless x64 is on), so a float32 gradient
+    with entries of 3e20 and 4e20 has norm inf there and 5e20 here.
     """
     leaves = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(tree)]
     if batched:
@@ -40,6 +44,11 @@ def tree_norm(tree: PyTree, batched: bool = False) -> np.ndarray:
         norm = np.where(np.isfinite(scale), norm, scale)
         norm = np.where(np.any(np.isnan(flat), axis=1), np.nan, norm)
     return norm if batched else norm[0]
+
+
+tree_norm = deprecation.alias(overflow_safe_norm, "chaosgrad.gradients.tree_norm",
+                              "chaosgrad.gradients.overflow_safe_norm (the same values), or "
+                              "optax.tree_utils.tree_norm inside jit")
 
 
 def fit_rate(horizons: np.ndarray, log_values: np.ndarray) -> tuple[float, float]:
@@ -178,7 +187,7 @@ def gradient_growth(
         for i, h in enumerate(hs):
             res = unroll_grad(system, theta, keys, int(h), chunk=chunk, progress=False)
             losses[i] = np.asarray(res.meta_loss, np.float64)
-            norms[i] = np.where(np.isfinite(losses[i]), tree_norm(res.grad, batched=True),
+            norms[i] = np.where(np.isfinite(losses[i]), overflow_safe_norm(res.grad, batched=True),
                                 np.nan)
             flat = np.concatenate(
                 [np.asarray(x, np.float64).reshape(seeds, -1)

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from chaosgrad import deprecation
 from chaosgrad.errors import InputError
 from chaosgrad.system import System, default_key, resolve_theta, split_run_key, step_key
 
@@ -81,18 +82,42 @@ def start_run(system: System, theta: PyTree, key: jax.Array | None, state: PyTre
     return theta, state, k_steps, key
 
 
+def _is_key(x) -> bool:
+    """Whether ``x`` is one PRNG key (a typed key, or uint32 of shape (2,))."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        return False
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        return jnp.ndim(x) == 0
+    return dtype == jnp.uint32 and tuple(jnp.shape(x)) == (2,)
+
+
+def _key_then_state(name: str, key, state):
+    """``(key, state)`` in the order ``(system, theta, key, state, t)``. The order before
+    0.2.0, ``(system, theta, state, key, t)``, still works with a DeprecationWarning: it is
+    recognised by a third argument that is not a key (a state) or a key in the fourth."""
+    if (key is not None and not _is_key(key)) or (key is None and _is_key(state)):
+        deprecation.warn(f"{name}(system, theta, state, key, t)",
+                         f"{name}(system, theta, key, state, t) or keywords", stacklevel=4)
+        return state, key
+    return key, state
+
+
 def step_jacobian_operator(
     system: System,
     theta: PyTree = None,
-    state: PyTree = None,
     key: jax.Array | None = None,
+    state: PyTree = None,
     t: int = 0,
 ) -> StepJacobian:
     """The Jacobian of one step at ``state`` (default: the initial state), matrix-free.
 
     ``key`` is the run key as in `chaosgrad.unroll`: step ``t`` uses the same step key as
-    step ``t`` of an unroll from that key.
+    step ``t`` of an unroll from that key. Arguments in the order of every entry point,
+    ``(system, theta, key, ...)``; the order before 0.2.0, ``(system, theta, state, key,
+    t)``, still works and warns.
     """
+    key, state = _key_then_state("step_jacobian_operator", key, state)
     theta, state, k_steps, _ = start_run(system, theta, key, state)
     f, x = phase_map(system, theta, state, k_steps, t)
     x_next, jvp, _ = jax.linearize(f, x, has_aux=True)
@@ -105,13 +130,19 @@ def step_jacobian_operator(
 def step_jacobian(
     system: System,
     theta: PyTree = None,
-    state: PyTree = None,
     key: jax.Array | None = None,
+    state: PyTree = None,
     t: int = 0,
     *,
     max_dim: int = MAX_DENSE_DIM,
 ) -> jax.Array:
-    """The one-step Jacobian ∂phase_{t+1}/∂phase_t as a dense n × n matrix (``jax.jacfwd``)."""
+    """The one-step Jacobian ∂phase_{t+1}/∂phase_t as a dense n × n matrix (``jax.jacfwd``),
+    at ``state`` (default: the initial state from ``key``) and global step ``t``.
+
+    Arguments as in `step_jacobian_operator` (the old order ``(system, theta, state, key,
+    t)`` still works and warns).
+    """
+    key, state = _key_then_state("step_jacobian", key, state)
     theta, state, k_steps, _ = start_run(system, theta, key, state)
     f, x = phase_map(system, theta, state, k_steps, t)
     check_dense(int(x.shape[0]), max_dim)

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax.tree_utils as otu
 from jax import lax
 
 from chaosgrad.config import precision_info
@@ -20,7 +21,7 @@ from chaosgrad.jacobian import MAX_DENSE_DIM, check_dense, phase_map, start_run
 from chaosgrad.params import check_int
 from chaosgrad.progress import progress_bar
 from chaosgrad.system import System, cache_by_functions
-from chaosgrad.unroll import _tree_where, all_finite, check_steps
+from chaosgrad.unroll import all_finite, check_steps
 
 PyTree = Any
 FLOAT32_LONG_RUN = 20_000
@@ -68,7 +69,7 @@ def _jit_qr_chunk(system: System, chunk: int, k: int, every: int = 1):
                 q_new, logs = lax.cond(due & active, qr_logs,
                                        lambda m: (m, jnp.zeros(k, m.dtype)), jq)
             ok = all_finite(x) & jnp.all(jnp.isfinite(logs))
-            new_s = _tree_where(active, new_s, s)
+            new_s = otu.tree_where(active, new_s, s)
             q_new = jnp.where(active, q_new, q)
             logs = jnp.where(active, logs, 0.0)
             return (new_s, q_new), (logs, ok | ~active)
@@ -174,34 +175,43 @@ def _qr_run(system, theta, state, k_steps, q, t0, steps, record_every, desc, pro
 DEFAULT_K = 8  # exponents when none are asked for: cheap at any n, enough for a verdict
 
 
-def resolve_k(k: int | str | None, n: int, name: str = "system") -> int:
-    """The number of exponents to compute: ``None`` → min(n, DEFAULT_K), ``"all"`` → n.
+def resolve_k(k: int | str | None, n: int, name: str = "system", *,
+              default: int | str | None = None, what: str = "k") -> int:
+    """How many directions (exponents, singular values, eigenvalues) to compute: the one
+    rule of every entry point that takes ``k``.
 
-    Raises InputError for anything else that is not an integer in 1..n.
+    ``None`` → the entry point's ``default`` (itself resolved; None: min(n, DEFAULT_K)),
+    ``"all"`` → n, else an integer in 1..n (a whole float or a numeric string is accepted);
+    anything else, a k above n included, is an InputError with one message, naming ``what``
+    was given (``"--k"`` on the command line) and the system ``name``. Nothing is clamped.
     """
     if k is None:
-        return min(n, DEFAULT_K)
+        if default is None:
+            return min(n, DEFAULT_K)
+        return resolve_k(default, n, name, what=what)
+
+    def refuse():
+        return InputError(f"{what} must be an integer between 1 and the phase dimension {n} "
+                          f"of {name!r}, or 'all'; got {k!r}")
+
     if isinstance(k, str):
         if k.strip().lower() == "all":
             return n
         try:
             k = int(k)
         except ValueError:
-            raise InputError(f"k must be an integer in 1..{n} or 'all', got {k!r}") from None
-    if isinstance(k, bool) or not float(k).is_integer():
-        raise InputError(f"k must be an integer in 1..{n} or 'all', got {k!r}")
-    k = int(k)
-    if not 1 <= k <= n:
-        raise InputError(f"k must be between 1 and the phase dimension {n} of {name!r} "
-                         f"(or 'all'), got {k}")
-    return k
+            raise refuse() from None
+    if isinstance(k, bool) or not isinstance(k, (int, float, np.integer, np.floating)) \
+            or not float(k).is_integer() or not 1 <= k <= n:
+        raise refuse()
+    return int(k)
 
 
 def lyapunov_spectrum(
     system: System,
     theta: PyTree = None,
-    *,
     key: jax.Array | None = None,
+    *,
     steps: int = 10_000,
     k: int | str | None = None,
     transient: int = 1_000,
@@ -246,9 +256,6 @@ def lyapunov_spectrum(
     x0, _ = system.flat_phase(state)
     n = int(x0.shape[0])
     k = resolve_k(k, n, system.name)
-    if not 1 <= k <= n:
-        raise InputError(f"k must be between 1 and the phase dimension {n} of {system.name!r}, "
-                         f"got {k}")
     dtype = x0.dtype
     if dtype == jnp.float32 and steps + transient > FLOAT32_LONG_RUN:
         warnings.warn(
@@ -384,8 +391,8 @@ class LyapunovRuns(NamedTuple):
 def lyapunov_runs(
     system: System,
     theta: PyTree = None,
-    *,
     key: jax.Array | None = None,
+    *,
     runs: int = 4,
     steps: int = 10_000,
     k: int | str | None = None,
@@ -422,8 +429,8 @@ def lyapunov_runs(
 def finite_time_lyapunov(
     system: System,
     theta: PyTree = None,
-    *,
     key: jax.Array | None = None,
+    *,
     window: int = 100,
     windows: int = 100,
     k: int | None = 1,
@@ -486,8 +493,8 @@ def _sort_by_modulus(ev: np.ndarray) -> np.ndarray:
 def jacobian_eigenvalues(
     system: System,
     theta: PyTree = None,
-    *,
     key: jax.Array | None = None,
+    *,
     steps: int = 100,
     state: PyTree = None,
     k: int | None = None,
@@ -500,15 +507,15 @@ def jacobian_eigenvalues(
       method: "dense" (``jacfwd`` + LAPACK, all n eigenvalues), "arnoldi" (the k leading
         eigenvalues by ARPACK on the matrix-free jvp, for large n), or "auto" (dense when
         n ≤ ``dense_max_dim``).
-      k: how many leading eigenvalues to keep (default: all densely, 6 by Arnoldi).
+      k: how many leading eigenvalues to keep (`resolve_k`; default: all densely, 6 by
+        Arnoldi).
     """
     steps = check_steps(steps)
     theta, state, k_steps, _ = start_run(system, theta, key, state)
     n = int(system.flat_phase(state)[0].shape[0])
-    if k is not None:
-        k = resolve_k(k, n, system.name)
     if method == "auto":
         method = "dense" if n <= dense_max_dim else "arnoldi"
+    k = resolve_k(k, n, system.name, default="all" if method != "arnoldi" else min(6, n))
     if method == "dense":
         check_dense(n, MAX_DENSE_DIM)
         chunk = int(max(1, min(steps, 256, 2e8 // (8 * n * n))))
@@ -519,11 +526,9 @@ def jacobian_eigenvalues(
             jacs = np.asarray(jacs, dtype=np.float64)
             evs.append(np.linalg.eigvals(jacs) if np.all(np.isfinite(jacs))
                        else np.array([_eig_or_nan(j) for j in jacs]))
-        ev = _sort_by_modulus(np.concatenate(evs)[:steps])
-        if k is not None:
-            ev = ev[:, :k]
+        ev = _sort_by_modulus(np.concatenate(evs)[:steps])[:, :k]
     elif method == "arnoldi":
-        ev = _arnoldi_along(system, theta, state, k_steps, steps, 6 if k is None else k)
+        ev = _arnoldi_along(system, theta, state, k_steps, steps, k)
     else:
         raise InputError(f"method {method!r} is not accepted: use 'auto', 'dense' or 'arnoldi'")
     return EigenResult(np.arange(steps), ev, np.abs(ev).max(axis=1), method)
@@ -609,10 +614,10 @@ class ProductResult(NamedTuple):
 def jacobian_products(
     system: System,
     theta: PyTree = None,
-    *,
     key: jax.Array | None = None,
+    *,
     steps: int = 100,
-    k: int = 1,
+    k: int | str | None = 1,
     state: PyTree = None,
     eigenvalues: bool = True,
     max_dim: int = 256,
@@ -623,14 +628,14 @@ def jacobian_products(
     large n use `product_singular_values` (matrix-free, one horizon). The leading singular
     value and the spectral radius are accurate at every t; a subleading σ_i is resolved only
     while σ_i/σ_1 stays well above the float epsilon (use `lyapunov_spectrum` for the rates
-    of the weaker directions).
+    of the weaker directions). ``k``: how many singular values (`resolve_k`; default 1).
     """
     steps = check_steps(steps)
     theta, state, k_steps, _ = start_run(system, theta, key, state)
     x0, _ = system.flat_phase(state)
     n = int(x0.shape[0])
     check_dense(n, max_dim)
-    k = min(check_int(k, "k", lo=1), n)
+    k = resolve_k(k, n, system.name, default=1)
     chunk = min(steps, 256)
     fn = _jit_product_chunk(system, chunk, k)
     p, c = jnp.eye(n, dtype=x0.dtype), jnp.zeros((), x0.dtype)
@@ -652,10 +657,10 @@ def jacobian_products(
 def product_singular_values(
     system: System,
     theta: PyTree = None,
-    *,
     key: jax.Array | None = None,
+    *,
     steps: int = 100,
-    k: int = 1,
+    k: int | str | None = 1,
     state: PyTree = None,
     iters: int = 30,
 ) -> np.ndarray:
@@ -663,13 +668,14 @@ def product_singular_values(
 
     Subspace iteration on MᵀM, with M V by vmapped jvp through the T-step unroll and MᵀU by
     its vjp; no n × n matrix is formed. Values above the float range come out as inf; use
-    `jacobian_products` (log-scaled) for small systems, or shorter horizons.
+    `jacobian_products` (log-scaled) for small systems, or shorter horizons. ``k``:
+    `resolve_k` (default 1).
     """
     steps = check_steps(steps)
     theta, state, k_steps, key = start_run(system, theta, key, state)
     x0, unravel = system.flat_phase(state)
     n = int(x0.shape[0])
-    k = resolve_k(k, n, system.name)
+    k = resolve_k(k, n, system.name, default=1)
     iters = check_int(iters, "iters (subspace iterations)", lo=1)
 
     def flow(xf):

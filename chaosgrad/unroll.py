@@ -1,7 +1,10 @@
 """Unrolls of a `System`: jitted, chunked `lax.scan` that compiles once per chunk size.
 
 Also the meta-gradient of an unroll by chunk-wise reverse mode (compile once, memory
-O(T/chunk) saved states) and `rollout`/`unrolled_loss`, pure functions to use inside jit.
+O(T/chunk) saved states) and `pure_unroll`/`unrolled_loss`, pure functions to use inside jit.
+
+Every entry point takes the *run key* ``key``: its init half makes the initial state and its
+steps half the step keys (`split_run_key`), so one key gives the same run everywhere.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax.tree_utils as otu
 from jax import lax
 
+from chaosgrad import deprecation
 from chaosgrad.errors import InputError
 from chaosgrad.progress import progress_bar
 from chaosgrad.system import (
@@ -87,34 +92,48 @@ def all_finite(tree: PyTree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def _tree_where(cond, a, b):
-    return jax.tree_util.tree_map(lambda x, y: jnp.where(cond, x, y), a, b)
+# The name `_scan_chunk` reads (its body belongs to the speed work on the drivers; use
+# `otu.tree_where` directly everywhere else).
+_tree_where = otu.tree_where
 
 
 # -- pure rollouts, for use inside jit --------------------------------------------------------
-def rollout(
+def pure_unroll(
     system: System,
     theta: PyTree,
-    state: PyTree,
-    steps_key: jax.Array,
+    key: jax.Array,
     steps: int,
     *,
+    state: PyTree = None,
     t0: int | jax.Array = 0,
     remat_chunk: int | None = None,
 ) -> tuple[PyTree, jax.Array]:
-    """Run ``steps`` steps from ``state`` (pure, jittable, differentiable, vmappable).
+    """Run ``steps`` steps from the run key ``key`` (pure, jittable, differentiable,
+    vmappable): the same run as ``unroll(system, theta, key, steps)``.
 
     Args:
-      system, theta, state: the system, its parameters and the state to start from.
-      steps_key: the key the step keys derive from (step t uses ``fold_in(steps_key, t)``).
+      system, theta: the system and its parameters.
+      key: the run key: ``system.init`` takes its init half (unless ``state`` is given) and
+        step t uses ``fold_in(steps half, t)``, as in `unroll` and `unroll_grad`.
       steps: a static int.
-      t0: the global index of the first step (may be traced).
+      state: the state to start from (default: ``system.init`` with the key's init half).
+      t0: the global index of the first step (may be traced); with ``state``, a run can go
+        on where another stopped with the same key.
       remat_chunk: if given, ``jax.checkpoint`` every chunk of this many steps, so reverse
         mode stores one state per chunk instead of every step's activations.
 
     Returns:
       (final state, per-step losses of shape (steps,)).
     """
+    k_init, k_steps = split_run_key(key)
+    if state is None:
+        state = system.init(k_init, theta)
+    return _scan_steps(system, theta, state, k_steps, steps, t0=t0, remat_chunk=remat_chunk)
+
+
+def _scan_steps(system: System, theta: PyTree, state: PyTree, steps_key: jax.Array, steps: int,
+                *, t0: int | jax.Array = 0, remat_chunk: int | None = None):
+    """`pure_unroll` from the *steps* half of a run key (what `rollout` took)."""
 
     def body(s, i):
         s, out = system.step(s, theta, step_key(steps_key, t0 + i))
@@ -145,16 +164,20 @@ def unrolled_loss(
     state: PyTree = None,
     remat_chunk: int | None = None,
 ) -> jax.Array:
-    """The meta-loss of a ``steps``-step unroll from ``key`` (pure; ``jax.grad`` it).
+    """The meta-loss of a ``steps``-step unroll from the run key ``key`` (pure; ``jax.grad``
+    it): the meta-loss of `pure_unroll`'s losses, the rule of `meta_loss_of`.
 
     The state starts from ``system.init`` (with the key's init half) unless ``state`` is
     given. Use ``remat_chunk`` for long unrolls under reverse mode.
     """
-    k_init, k_steps = split_run_key(key)
-    if state is None:
-        state = system.init(k_init, theta)
-    _, losses = rollout(system, theta, state, k_steps, steps, remat_chunk=remat_chunk)
+    _, losses = pure_unroll(system, theta, key, steps, state=state, remat_chunk=remat_chunk)
     return meta_loss_of(system, losses)
+
+
+rollout = deprecation.alias(
+    _scan_steps, "chaosgrad.unroll.rollout(system, theta, state, steps_key, steps)",
+    "chaosgrad.unroll.pure_unroll(system, theta, key, steps, state=state), which takes the run "
+    "key like every other entry point (steps_key was its steps half, split_run_key(key)[1])")
 
 
 # -- chunked drivers: compile once per (system, chunk), loop on the host -----------------------
@@ -175,8 +198,9 @@ def _chunk_body(system: System, chunk: int, record: bool, checked: bool = False)
     """Unbatched chunk for the forward unroll: steps t0 … min(t0 + chunk, t_end) − 1.
 
     The trip count is traced (a ``fori_loop`` writing into chunk-sized buffers), so one
-    compilation runs full and partial chunks alike, with no masked or padded steps (issue
-    12: masking every step and padding the last chunk cost 1.8× a hand-written scan).
+    compilation runs full and partial chunks alike, with no masked or padded steps
+    (measured: masking every step and padding the last chunk cost 1.8× a hand-written
+    scan).
 
     Finiteness of the phase: ``checked`` records a flag per step (a reduction each step,
     ~20% of a small step). Unchecked, the chunk carries z ← z + 0·phase, which turns NaN
@@ -314,7 +338,8 @@ def unroll(
     """Run ``steps`` steps of ``system`` in jitted chunks of ``lax.scan``.
 
     The chunk function compiles once (per chunk size and batch shape) and is reused for
-    any number of steps; the last partial chunk is masked, not recompiled.
+    any number of steps: its trip count is traced, so a last partial chunk runs only its own
+    steps (no masking, no padding) in the same compiled program.
 
     Args:
       system: the system.
@@ -325,7 +350,8 @@ def unroll(
       state: the state to start from (default: ``system.init`` with the key's init half);
         batched like the keys.
       t0: global index of the first step (step keys are ``fold_in(key, t)``).
-      chunk: steps per compiled chunk (default: min(T, 256)).
+      chunk: steps per compiled chunk (default: ``DEFAULT_CHUNK`` = 1024; with
+        ``trajectory``, min(T, ``TRAJECTORY_CHUNK`` = 256), the steps buffered per chunk).
       trajectory: also return the phase after every step.
       progress: show a progress bar (default: only for long unrolls on a terminal).
       theta_batched: the leading axis of every leaf of ``theta`` is a batch of parameter

@@ -38,8 +38,8 @@ from chaosgrad.estimators.unrolled import (
     unroll_value_and_grad,
 )
 
-from chaosgrad.system import System, cache_by_functions, resolve_theta, split_run_key
-from chaosgrad.unroll import meta_loss_of, rollout
+from chaosgrad.system import System, cache_by_functions, resolve_theta
+from chaosgrad.unroll import meta_loss_of, pure_unroll
 
 PyTree = Any
 
@@ -47,9 +47,7 @@ PyTree = Any
 def full_unroll_loss(system: System, theta: PyTree, key: jax.Array, horizon: int,
                      remat_chunk: int | None = None):
     """(meta-loss, per-step losses) of one ``horizon``-step run with run key ``key``."""
-    k_init, k_steps = split_run_key(key)
-    state = system.init(k_init, theta)
-    _, losses = rollout(system, theta, state, k_steps, horizon, remat_chunk=remat_chunk)
+    _, losses = pure_unroll(system, theta, key, horizon, remat_chunk=remat_chunk)
     return meta_loss_of(system, losses), losses
 
 

@@ -73,7 +73,7 @@ def combined(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int =
       pairs: N ≥ 2 pairs per estimate (sharded over devices).
       sigma: σ of the perturbations.
       horizon: T (0: the system's horizon).
-      remat_chunk: checkpoint chunk for backprop (0: about sqrt(T)).
+      remat_chunk: checkpoint chunk for backprop (0: the default chunk, see `backprop`).
       shard: shard the pairs over the local devices.
     """
     pairs = check_positive_int(pairs, "pairs")

@@ -378,7 +378,7 @@ def _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0, log
     template = jax.eval_shape(lambda: (theta0, outer_optimizer.init(theta0),
                                        estimator.init(k_init, theta0)))
     # The run's identity includes its code: the traced programs, not only names and
-    # settings, so a resume with another system of the same name is refused (issue 23).
+    # settings, so a resume with another system of the same name is refused.
     code = _code_fingerprint(system, theta0, train_step,
                              (*template, jax.ShapeDtypeStruct((), jnp.int32)))
     fp = _fingerprint(system, estimator, theta0, key, outer=outer_config,

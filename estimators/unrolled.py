@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax.tree_utils as otu
 from jax import lax
 
 from chaosgrad.errors import InputError
@@ -72,10 +73,6 @@ def slots_of(capacity: int, chunk: int) -> int:
     return -(-capacity // chunk)
 
 
-def _tree_where(cond, a, b):
-    return jax.tree_util.tree_map(lambda x, y: jnp.where(cond, x, y), a, b)
-
-
 def _term(kind: str, t, steps, loss):
     """Step t's share w_t ℓ_t of the meta-loss (0 where w_t = 0, whatever ℓ_t is)."""
     w = loss_weights(kind, t, steps).astype(loss.dtype)
@@ -125,11 +122,11 @@ def unroll_value_and_grad(system: System, theta: PyTree, key: jax.Array, steps: 
             live = t < steps
             # Past T: no gradient reaches the step (0 × Inf would be NaN), its state is
             # dropped and its loss weighs nothing.
-            s_in = _tree_where(live, s, lax.stop_gradient(s))
-            th_in = _tree_where(live, th, lax.stop_gradient(th))
+            s_in = otu.tree_where(live, s, lax.stop_gradient(s))
+            th_in = otu.tree_where(live, th, lax.stop_gradient(th))
             new, out = system.step(s_in, th_in, step_key(k_steps, t))
             loss = jnp.asarray(loss_of(out))
-            return _tree_where(live, new, s), (_term(kind, t, steps, loss),
+            return otu.tree_where(live, new, s), (_term(kind, t, steps, loss),
                                                live & ~jnp.isfinite(loss))
 
         s, (terms, bad) = lax.scan(body, state, jnp.arange(chunk))

@@ -14,7 +14,7 @@ def jac_and_fd(system, state, key, h=1e-6):
 
     @jax.jit
     def both(s):
-        jac = step_jacobian(system, system.theta, s, key)
+        jac = step_jacobian(system, system.theta, key, s)
         f, x = phase_map(system, system.theta, s, k_steps, 0)
         e = jnp.eye(x.shape[0], dtype=x.dtype) * h
         fpm = jax.vmap(lambda d: f(x + d)[0])(jnp.concatenate([e, -e]))

@@ -47,7 +47,10 @@ def test_systems_lists_the_oracles(capsys):
 
 @pytest.mark.parametrize("argv,needle", [
     (["spectrum", "nosuch"], "unknown system 'nosuch'; accepted:"),
-    (["spectrum", "henon", "--k", "3"], "--k 3 is larger than the phase dimension 2"),
+    (["spectrum", "henon", "--k", "3"],
+     "--k must be an integer between 1 and the phase dimension 2 of 'henon', or 'all'; got 3"),
+    (["diagnose", "henon", "--k", "3"],
+     "--k must be an integer between 1 and the phase dimension 2 of 'henon', or 'all'; got 3"),
     (["spectrum", "henon", "--steps", "0"], "expected a positive integer, got '0'"),
     (["spectrum", "henon", "--param", "c=1"], "no parameter 'c'; accepted: a, b, dtype"),
     (["spectrum", "henon", "--param", "a=x"], "cannot read 'x' as float"),

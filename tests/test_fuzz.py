@@ -1207,8 +1207,8 @@ def test_phase_round_trip_check_runs_inside_a_jit_trace_too():
                             with_phase=lambda s, p: {**s, "x": p}, name="rt-jit",
                             theta=jnp.array([1.4, 0.3]))
     state = init(None, None)
-    jac = jax.jit(lambda s: step_jacobian(good, good.theta, s, jax.random.PRNGKey(0), 0))(state)
+    jac = jax.jit(lambda s: step_jacobian(good, good.theta, jax.random.PRNGKey(0), s, 0))(state)
     assert np.asarray(jac).shape == (2, 2)
-    bad = good.with_meta(with_phase=lambda s, p: s, name="rt-jit-bad")
+    bad = good.replace(with_phase=lambda s, p: s, name="rt-jit-bad")
     with pytest.raises(InputError, match="not the inverse of phase"):
-        jax.jit(lambda s: step_jacobian(bad, bad.theta, s, jax.random.PRNGKey(0), 0))(state)
+        jax.jit(lambda s: step_jacobian(bad, bad.theta, jax.random.PRNGKey(0), s, 0))(state)

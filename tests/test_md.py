@@ -160,7 +160,7 @@ def _jacobian_and_fd(system, state, h=1e-6):
 
         eye = jnp.eye(x.shape[0], dtype=x.dtype)
         fd = (jax.vmap(lambda e: f(x + h * e) - f(x - h * e))(eye)).T / (2 * h)
-        jac = step_jacobian(system, system.theta, state, KEY, 0)
+        jac = step_jacobian(system, system.theta, KEY, state, 0)
         return jac, fd, unravel(f(x))["position"]
 
     return [np.asarray(a) for a in jax.jit(run)(state)]

@@ -56,7 +56,7 @@ def test_step_jacobian_matches_finite_differences(pendulum):
     np.testing.assert_allclose(np.asarray(jac)[:2, 2:], 0.02 * np.eye(2), atol=5e-3)
     # the closed loop matters: zero the policy and the Jacobian changes
     theta0 = jax.tree_util.tree_map(jnp.zeros_like, pendulum.theta)
-    jac0 = step_jacobian(pendulum, theta0, state, key)
+    jac0 = step_jacobian(pendulum, theta0, key, state)
     assert np.abs(np.asarray(jac) - np.asarray(jac0)).max() > 1e-3
 
 

@@ -5,14 +5,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from chaosgrad import systems
+import chaosgrad
+from chaosgrad import InputError, systems
 from chaosgrad.jacobian import step_jacobian, step_jacobian_operator
 from chaosgrad.spectra import (
     finite_time_lyapunov,
     jacobian_eigenvalues,
     jacobian_products,
+    lyapunov_runs,
     lyapunov_spectrum,
     product_singular_values,
+    resolve_k,
 )
 
 KEY = jax.random.PRNGKey(3)
@@ -75,6 +78,47 @@ def test_bad_k_is_a_clear_error():
         lyapunov_spectrum(systems.make("henon"), key=KEY, steps=10, k=3)
 
 
+_K_ENTRY_POINTS = {
+    "lyapunov_spectrum": lambda s, k: lyapunov_spectrum(s, key=KEY, steps=4, transient=0, k=k),
+    "lyapunov_runs": lambda s, k: lyapunov_runs(s, key=KEY, runs=2, steps=4, transient=0, k=k),
+    "finite_time_lyapunov": lambda s, k: finite_time_lyapunov(s, key=KEY, window=2, windows=2,
+                                                              transient=0, k=k),
+    "jacobian_eigenvalues": lambda s, k: jacobian_eigenvalues(s, key=KEY, steps=2, k=k),
+    "jacobian_products": lambda s, k: jacobian_products(s, key=KEY, steps=2, k=k),
+    "product_singular_values": lambda s, k: product_singular_values(s, key=KEY, steps=2, k=k,
+                                                                    iters=2),
+    "diagnose": lambda s, k: chaosgrad.diagnose(s, horizons=[2], seeds=2, k=k,
+                                                lyapunov_steps=4, progress=False),
+}
+
+
+@pytest.mark.parametrize("entry", sorted(_K_ENTRY_POINTS))
+@pytest.mark.parametrize("k", [3, 0, -1, 2.5, True, "two", [1]])
+def test_k_is_resolved_one_way_everywhere(entry, k):
+    """Every entry point that takes k refuses the same values with the same one-line message
+    (`resolve_k`): nothing is clamped (jacobian_products used to cut k = 3 to 2 silently)."""
+    with pytest.raises(InputError) as e:
+        _K_ENTRY_POINTS[entry](systems.make("henon"), k)
+    assert str(e.value) == ("k must be an integer between 1 and the phase dimension 2 of "
+                            f"'henon', or 'all'; got {k!r}")
+
+
+def test_k_all_and_whole_values_mean_the_same_everywhere():
+    s = systems.make("henon")
+    assert resolve_k("all", 2) == resolve_k(" ALL ", 2) == resolve_k(2.0, 2) == 2
+    assert resolve_k("1", 2) == resolve_k(np.int64(1), 2) == 1
+    assert resolve_k(None, 20) == 8 and resolve_k(None, 3) == 3  # min(n, DEFAULT_K)
+    assert resolve_k(None, 20, default=1) == 1 and resolve_k(None, 5, default="all") == 5
+    assert lyapunov_spectrum(s, key=KEY, steps=4, transient=0, k="all").k == 2
+    assert jacobian_products(s, key=KEY, steps=2, k="all").log_singular_values.shape == (2, 2)
+    assert jacobian_products(s, key=KEY, steps=2).log_singular_values.shape == (2, 1)
+    assert product_singular_values(s, key=KEY, steps=2, k="all", iters=2).shape == (2,)
+    assert jacobian_eigenvalues(s, key=KEY, steps=2, k=1).eigenvalues.shape == (2, 1)
+    assert jacobian_eigenvalues(s, key=KEY, steps=2).eigenvalues.shape == (2, 2)  # all
+    assert finite_time_lyapunov(s, key=KEY, window=2, windows=2, transient=0,
+                                k="all").shape == (2, 2)
+
+
 def test_float32_long_run_warns():
     s = systems.make("henon", dtype="float32")
     with pytest.warns(UserWarning, match="float32"):
@@ -101,6 +145,42 @@ def test_step_jacobian_matches_finite_differences_and_operator(name, params):
     u = np.random.default_rng(0).standard_normal(x.size)
     np.testing.assert_allclose(op.rmatvec(jnp.asarray(u)), jac.T @ u, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(op.x_next, f(x), rtol=1e-12)
+
+
+def test_one_argument_order_and_the_old_one_still_works():
+    """(system, theta, key, state, t) everywhere; the old (system, theta, state, key, t) of
+    the step Jacobians gives the same matrix with a DeprecationWarning; keywords never warn."""
+    import warnings
+
+    s = systems.make("henon")
+    state = jnp.array([0.3, -0.2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        new = np.asarray(step_jacobian(s, s.theta, KEY, state, 5))
+        assert np.array_equal(np.asarray(step_jacobian(s, key=KEY, state=state, t=5)), new)
+        assert np.array_equal(np.asarray(step_jacobian(s, s.theta, None, state)),
+                              np.asarray(step_jacobian(s, state=state)))
+        op = step_jacobian_operator(s, s.theta, KEY, state, 5)
+        # the key third, by position, at every spectra entry point
+        a = lyapunov_spectrum(s, s.theta, KEY, steps=20, transient=0, k=2)
+        assert np.array_equal(a.exponents, lyapunov_spectrum(s, key=KEY, steps=20, transient=0,
+                                                             k=2).exponents)
+        assert np.array_equal(jacobian_products(s, None, KEY, steps=3).log_singular_values,
+                              jacobian_products(s, key=KEY, steps=3).log_singular_values)
+    np.testing.assert_array_equal(op.dense(), new)
+    with pytest.warns(DeprecationWarning, match=r"step_jacobian\(system, theta, state, key, t\)"
+                      r" is deprecated.*step_jacobian\(system, theta, key, state, t\)"):
+        old = np.asarray(step_jacobian(s, s.theta, state, KEY, 5))
+    np.testing.assert_array_equal(old, new)
+    with pytest.warns(DeprecationWarning, match="step_jacobian_operator"):
+        old_op = step_jacobian_operator(s, s.theta, state, KEY, 5)
+    np.testing.assert_array_equal(old_op.dense(), new)
+    with pytest.warns(DeprecationWarning):  # the old order with the key left out
+        assert np.array_equal(np.asarray(step_jacobian(s, s.theta, state)),
+                              np.asarray(step_jacobian(s, state=state)))
+    with pytest.warns(DeprecationWarning):  # ... and with None for the state
+        assert np.array_equal(np.asarray(step_jacobian(s, s.theta, None, KEY)),
+                              np.asarray(step_jacobian(s, key=KEY)))
 
 
 def test_henon_jacobian_is_closed_form():

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import chaosgrad.gradients as gradients
 from chaosgrad import InputError, StepOut, System, systems
-from chaosgrad.gradients import fit_rate, gradient_growth, tree_norm
+from chaosgrad.gradients import fit_rate, gradient_growth, overflow_safe_norm
 from chaosgrad.unroll import unroll, unroll_grad, unrolled_loss
 
 KEY = jax.random.PRNGKey(7)
@@ -132,11 +133,25 @@ def test_gradient_growth_on_linear_map_recovers_twice_the_log_eigenvalue():
     assert g.growth_rate == pytest.approx(2 * np.log(lam) + np.log(2) / 200, abs=5e-3)
 
 
-def test_tree_norm_survives_values_near_the_float_range():
+def test_overflow_safe_norm_survives_values_near_the_float_range():
     g = {"a": np.array([3e200, 4e200]), "b": np.array([0.0])}
-    assert tree_norm(g) == pytest.approx(5e200, rel=1e-12)
-    assert np.isnan(tree_norm({"a": np.array([1.0, np.nan])}))
-    assert tree_norm({"a": np.array([1.0, np.inf])}) == np.inf
+    assert overflow_safe_norm(g) == pytest.approx(5e200, rel=1e-12)
+    assert np.isnan(overflow_safe_norm({"a": np.array([1.0, np.nan])}))
+    assert overflow_safe_norm({"a": np.array([1.0, np.inf])}) == np.inf
+    # why not optax.tree_utils.tree_norm: it squares unscaled, in float32 here
+    import optax.tree_utils as otu
+
+    g32 = {"a": np.array([3e20, 4e20], np.float32)}
+    assert overflow_safe_norm(g32) == pytest.approx(5e20, rel=1e-6)
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(float(otu.tree_norm(g32)))
+
+
+def test_tree_norm_is_a_deprecated_alias():
+    g = {"a": np.array([[3.0, 4.0], [1e200, 0.0]])}
+    with pytest.warns(DeprecationWarning, match="tree_norm is deprecated.*overflow_safe_norm"):
+        old = gradients.tree_norm(g, batched=True)
+    np.testing.assert_array_equal(old, overflow_safe_norm(g, batched=True))
 
 
 def test_fit_rate_is_least_squares_on_finite_points():
@@ -154,6 +169,75 @@ def test_system_rejects_bad_definitions():
         unroll(System(lambda k, t: 0.0, lambda s, t, k: (s, 0.0)), steps=3)
     with pytest.raises(InputError, match="positive integer"):
         unroll(systems.make("henon"), steps=0)
+
+
+def test_pure_unroll_takes_the_run_key_like_unroll():
+    """One key, one run: pure_unroll (inside jit) gives unroll's losses and state; a run
+    continued from a state with t0 gives the rest of it; unrolled_loss is its meta-loss."""
+    from chaosgrad.system import split_run_key
+    from chaosgrad.unroll import pure_unroll, rollout
+
+    s = systems.make("rnn", n=4)
+    ref = unroll(s, s.theta, KEY, 12, chunk=5)
+    state, losses = jax.jit(lambda th, k: pure_unroll(s, th, k, 12))(s.theta, KEY)
+    np.testing.assert_allclose(losses, ref.losses, rtol=1e-12)
+    np.testing.assert_allclose(state, ref.state, rtol=1e-12)
+    mid, first = pure_unroll(s, s.theta, KEY, 7)
+    _, rest = pure_unroll(s, s.theta, KEY, 5, state=mid, t0=7)
+    np.testing.assert_allclose(np.concatenate([first, rest]), ref.losses, rtol=1e-12)
+    remat = pure_unroll(s, s.theta, KEY, 12, remat_chunk=5)[1]
+    np.testing.assert_allclose(remat, ref.losses, rtol=1e-12)
+    assert float(unrolled_loss(s, s.theta, KEY, 12)) == pytest.approx(float(ref.meta_loss),
+                                                                      rel=1e-12)
+    # rollout, the old name, took the steps half of the key: it still does, and warns
+    with pytest.warns(DeprecationWarning, match="rollout.*is deprecated.*pure_unroll"):
+        k_init, k_steps = split_run_key(KEY)
+        _, old = rollout(s, s.theta, s.init(k_init, s.theta), k_steps, 12)
+    np.testing.assert_array_equal(old, pure_unroll(s, s.theta, KEY, 12)[1])
+
+
+def _scale_system(theta, **fields):
+    return System(lambda k, t: jnp.ones(2, jnp.asarray(t).dtype),
+                  lambda s, t, k: (s * t, jnp.sum(s * t)), theta=theta, **fields)
+
+
+def test_system_precision_is_checked_against_theta():
+    """A label that disagrees with θ is one line naming both; without one, θ says it."""
+    th32, th64 = jnp.asarray(0.5, jnp.float32), jnp.asarray(0.5, jnp.float64)  # x64 is on
+    with pytest.raises(InputError) as e:
+        _scale_system(th32, name="mislabelled", precision="float64")
+    msg = str(e.value)
+    assert "\n" not in msg and "'mislabelled'" in msg and "precision 'float64'" in msg \
+        and "theta is float32" in msg
+    with pytest.raises(InputError, match="precision 'float32' but its theta is float64"):
+        _scale_system(th64, precision="float32")
+    assert _scale_system(th32).precision == "float32"
+    assert _scale_system(th64).precision == "float64"
+    assert _scale_system(th64, precision="float64").describe()["precision"] == "float64"
+    # the widest leaf decides (float32 weights with a float64 scalar compute in float64)
+    assert _scale_system({"w": th32, "b": th64}).precision == "float64"
+    assert _scale_system(None).precision == "float32"  # no default θ: nothing to read
+    with pytest.raises(InputError, match="'float16' is not accepted"):
+        _scale_system(th32, precision="float16")
+    # the unroll runs in the precision the system reports
+    assert unroll(_scale_system(th32), steps=3).losses.dtype == np.float32
+    assert unroll(_scale_system(th64), steps=3).losses.dtype == np.float64
+
+
+def test_system_replace_and_its_deprecated_alias():
+    s = _scale_system(jnp.asarray(0.5, jnp.float32), name="a", horizon=7)
+    r = s.replace(name="b", horizon=9)
+    assert (r.name, r.horizon, r.precision, s.name) == ("b", 9, "float32", "a")
+    assert r.step is s.step and r.theta is s.theta
+    # a new θ brings its own precision unless one is given with it
+    assert s.replace(theta=jnp.asarray(0.5, jnp.float64)).precision == "float64"
+    with pytest.raises(InputError, match="theta is float64"):
+        s.replace(theta=jnp.asarray(0.5, jnp.float64), precision="float32")
+    with pytest.raises(InputError, match="horizon must be a positive integer"):
+        s.replace(horizon=0)  # the copy is checked like a new system
+    with pytest.warns(DeprecationWarning, match="System.with_meta is deprecated.*System.replace"):
+        old = s.with_meta(horizon=9)
+    assert old.horizon == 9 and old.name == "a"
 
 
 def test_user_system_with_custom_phase_and_integer_state():
@@ -209,7 +293,7 @@ def test_rebuilt_system_reuses_compiled_chunks():
     a = systems.make("rnn", n=5, g=1.5)
     b = systems.make("rnn", n=5, g=1.5, seed=3)
     assert _jit_chunk(a, 8, False, False) is _jit_chunk(b, 8, False, False)
-    assert _jit_chunk(a, 8, False, False) is _jit_chunk(a.with_meta(theta=2 * a.theta), 8,
+    assert _jit_chunk(a, 8, False, False) is _jit_chunk(a.replace(theta=2 * a.theta), 8,
                                                         False, False)
     assert _jit_chunk(a, 8, False, False) is not _jit_chunk(systems.make("henon"), 8, False,
                                                             False)

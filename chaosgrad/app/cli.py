@@ -385,11 +385,7 @@ def cmd_spectrum(args) -> int:
     from chaosgrad.spectra import lyapunov_spectrum, resolve_k
 
     system = _make_system(args)
-    n = system.phase_dim(key=_key(args.seed))
-    if isinstance(args.k, int) and args.k > n:
-        raise InputError(f"--k {args.k} is larger than the phase dimension {n} of "
-                         f"{args.name!r}; accepted: 1..{n} or 'all'")
-    k = resolve_k(args.k, n, args.name)
+    k = resolve_k(args.k, system.phase_dim(key=_key(args.seed)), args.name, what="--k")
     _check_memory(args, system, k=k)
     res = lyapunov_spectrum(system, key=_key(args.seed), steps=args.steps, k=k,
                             transient=args.transient,
@@ -479,7 +475,7 @@ def cmd_diagnose(args) -> int:
 
     system = _make_system(args)
     out = check_out_dir(args.out or default_out("diagnose", args.name))
-    k = resolve_k(args.k, system.phase_dim(key=_key(args.seed)), args.name)
+    k = resolve_k(args.k, system.phase_dim(key=_key(args.seed)), args.name, what="--k")
     _check_memory(args, system, k=k, seeds=args.seeds,
                   horizon=max(args.horizons or [system.horizon]))
     d = diagnose(system, horizons=args.horizons, seeds=args.seeds, key=_key(args.seed),

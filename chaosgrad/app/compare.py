@@ -7,6 +7,7 @@ keys), with intervals whose calibration is tested, and a null check on every com
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -574,7 +575,7 @@ def compare(
         raise InputError("under a multi-process launch give compare's estimators by name or "
                          "module:function (each is then built for the process that samples "
                          "it), not as Estimator objects")
-    local = distributed.local_only if split else _nothing
+    local = distributed.local_only if split else contextlib.nullcontext
     with local():
         built = []
         for n, what in entries:
@@ -925,8 +926,3 @@ def _recommend(stats: list[EstimatorStats], ranking: Ranking, ref: Reference, nu
             text += f" Next: {second.name}, {ratio:.3g}x its squared error."
     return text, best.name
 
-
-def _nothing():
-    import contextlib
-
-    return contextlib.nullcontext()

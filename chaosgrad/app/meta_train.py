@@ -131,7 +131,7 @@ def run_meta_train(args) -> int:
     est_params = estimators.parse_params(args.estimator, args.est_param)
     horizon = getattr(args, "horizon", None)
     if horizon is not None:
-        system = system.with_meta(horizon=int(horizon))
+        system = system.replace(horizon=int(horizon))
         if "horizon" in estimators.parameters(args.estimator) and "horizon" not in est_params:
             est_params["horizon"] = int(horizon)
     est = estimators.make(args.estimator, system, **est_params)

@@ -150,8 +150,7 @@ def _jit_grads(system, horizons: tuple, remat_chunk: int):
     every horizon and shift. A non-finite loss after step T would leak into the T-horizon
     gradient as 0·Inf = NaN; such samples are counted as non-finite, never zeroed.
     """
-    from chaosgrad.system import split_run_key
-    from chaosgrad.unroll import loss_weights, rollout
+    from chaosgrad.unroll import loss_weights, pure_unroll
 
     t_max = max(horizons)
     w = np.zeros((len(horizons), t_max))
@@ -159,11 +158,8 @@ def _jit_grads(system, horizons: tuple, remat_chunk: int):
         w[i, :T] = np.asarray(loss_weights(system.meta_loss, np.arange(T), T), np.float64)
 
     def one(th, key):
-        k_init, k_steps = split_run_key(key)
-
         def losses(th):
-            return rollout(system, th, system.init(k_init, th), k_steps, t_max,
-                           remat_chunk=remat_chunk)[1]
+            return pure_unroll(system, th, key, t_max, remat_chunk=remat_chunk)[1]
 
         ell, pull = jax.vjp(losses, th)
         return jax.vmap(lambda c: pull(c)[0])(jnp.asarray(w, ell.dtype))

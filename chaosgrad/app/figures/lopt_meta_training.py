@@ -83,12 +83,10 @@ def fse_per_estimate(name: str, size: dict) -> float:
 @functools.lru_cache(maxsize=16)
 def _jit_curves(system, steps: int):
     """Compiled ``(thetas, keys) -> per-step losses (n_theta, n_keys, steps)``."""
-    from chaosgrad.system import split_run_key
-    from chaosgrad.unroll import rollout
+    from chaosgrad.unroll import pure_unroll
 
     def one(theta, key):
-        k_init, k_steps = split_run_key(key)
-        return rollout(system, theta, system.init(k_init, theta), k_steps, steps)[1]
+        return pure_unroll(system, theta, key, steps)[1]
 
     return jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None)))
 

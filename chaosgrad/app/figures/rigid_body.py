@@ -5,8 +5,6 @@ the variance of the gradient grows exponentially with the unroll, at a rate that
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import numpy as np
 
@@ -63,7 +61,7 @@ def fixed_reset(system, key):
     """``system`` with its reset state fixed to the one ``key``'s run starts from, so that a
     run's key drives the action noise alone (the paper's randomness in Figure 2b)."""
     k_init, _ = split_run_key(key)
-    return dataclasses.replace(system, init=lambda _key, theta: system.init(k_init, theta))
+    return system.replace(init=lambda _key, theta: system.init(k_init, theta))
 
 
 def wiggle(y) -> float:

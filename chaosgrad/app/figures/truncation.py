@@ -16,7 +16,7 @@ from jax import lax
 
 from chaosgrad import systems
 from chaosgrad.system import split_run_key
-from chaosgrad.unroll import meta_loss_of, rollout
+from chaosgrad.unroll import meta_loss_of, pure_unroll
 
 SIZES = {
     # quick: Brax's inverted double pendulum on its spring backend (the cheapest Brax physics,
@@ -43,11 +43,11 @@ EVAL_KEY = 12345
 def truncated_loss(system, theta, key, steps: int, every: int):
     """The episode's meta-loss with ``jax.lax.stop_gradient`` on the state every ``every``
     steps: its value is the full loss, its gradient the truncated-backprop gradient."""
-    k_init, k_steps = split_run_key(key)
-    state = system.init(k_init, theta)
+    state = system.init(split_run_key(key)[0], theta)
 
     def window(s, w):
-        s, losses = rollout(system, theta, lax.stop_gradient(s), k_steps, every, t0=w * every)
+        s, losses = pure_unroll(system, theta, key, every, state=lax.stop_gradient(s),
+                                t0=w * every)
         return s, losses
 
     _, losses = lax.scan(window, state, jnp.arange(steps // every))
