@@ -120,6 +120,9 @@ def choose_theta(system, candidates: int, T: int, points: int, key):
         s_min = float(np.linspace(-RANGE, RANGE, points)[i])
         rows.append({"seed": c, "direction_key": 1000 + c, "at_0": float(y[mid]),
                      "min": float(y[i]), "argmin_shift": s_min, "range": span,
+                     # the fall to the minimum: the earlier rule, by which lopt_estimators
+                     # still ranks its picks
+                     "drop": float(y[mid] - y[i]) if finite else float("nan"),
                      "roughness": rough, "nonfinite": int((~np.isfinite(y)).sum())})
         if finite and span > MIN_RANGE and (best is None or rough > best[0]):
             best = (rough, c, theta, d, s_min)
@@ -334,6 +337,11 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     # panel (c)'s growth as measured: which of e^{rate·T} and T^power fits ln variance
     fits = {sh: growth_fits(size["var_horizons"], out[f"variance_{i}"])
             for i, sh in enumerate(map(str, SHIFTS))}
+    # and over the longer half of the unrolls (the last ⌈H/2⌉), where the growth settles
+    half = len(size["var_horizons"]) // 2
+    tail = {sh: dict(growth_fits(size["var_horizons"][half:], out[f"variance_{i}"][half:]),
+                     from_T=int(size["var_horizons"][half]))
+            for i, sh in enumerate(map(str, SHIFTS))}
     fmt = dict(size, unrolls=size["unrolls"], var_horizons=size["var_horizons"])
     meta = {"sizes": size, "variance_shifts": SHIFTS, "n_params": n_params,
             "smooth_std": SMOOTH_STD, "range": RANGE, "system": system.describe(),
@@ -343,9 +351,12 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
                             "the difference, float32 wiggles on the flat side included",
             "slices": slices, "smoothing": smoothing,
             "variance": variance, "variance_per_param": per_param, "growth_fits": fits,
+            "growth_fits_tail": tail,
             "growth_fit_rule": "least squares of ln variance against T (exponential) and "
-                               "against ln T (power law) over every saved unroll length; "
-                               "better: the smaller residual RMS (ln units)",
+                               "against ln T (power law) over every saved unroll length "
+                               "(growth_fits) and over the longer half, from_T on "
+                               "(growth_fits_tail); better: the smaller residual RMS (ln "
+                               "units)",
             "variance_units": "variance: tr Cov over θ's n_params weights; variance_per_param "
                               "and panel (c): the paper's unit, tr Cov / n_params",
             "roughness_rule": "chaosgrad.roughness: RMS about a degree-4 least-squares "
