@@ -71,6 +71,10 @@ def rigid_body(m: dict) -> list[tuple[str, str]]:
                      fmt(c["variance_first"] / m["n_params"]))]
         else:
             out.append((f"(c) T={c['horizon']} variance at shift {sh}", fmt(c["variance"])))
+    if m["scale"] == "quick":  # the paper-scale paragraph does not compare them
+        last = [c["variance"] for c in s["c"].values()]
+        out.append(("(c) largest over smallest shift's variance at the last unroll",
+                    f"{float(f'{max(last) / min(last):.2g}'):g}"))
     out.append(("(c) horizon", str(next(iter(s["c"].values()))["horizon"])))
     if per:
         out.append(("(c) first horizon", str(next(iter(s["c"].values()))["horizon_first"])))
