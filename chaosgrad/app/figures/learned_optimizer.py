@@ -23,7 +23,7 @@ from chaosgrad.roughness import mean_roughness, roughness, smoothness, turn_indi
 SIZES = {
     "quick": {"unrolls": [8, 32, 128, 256, 512], "points": 401, "candidates": 10,
               "candidate_points": 41, "candidate_T": 128, "smooth_T": 128,
-              "smooth_points": 101, "smooth_samples": 8, "smooth_std": 0.05,
+              "smooth_points": 101, "smooth_samples": 16, "smooth_std": 0.05,
               "var_horizons": [10, 30, 60, 90, 120, 180, 240], "var_samples": 16,
               "dtype": "float32"},
     "paper": {"unrolls": [8, 32, 128, 256, 512, 1024], "points": 801, "candidates": 10,
