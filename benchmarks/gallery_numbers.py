@@ -71,6 +71,10 @@ def rigid_body(m: dict) -> list[tuple[str, str]]:
                      fmt(c["variance_first"] / m["n_params"]))]
         else:
             out.append((f"(c) T={c['horizon']} variance at shift {sh}", fmt(c["variance"])))
+    if m["scale"] == "quick":  # the paper-scale paragraph does not compare them
+        last = [c["variance"] for c in s["c"].values()]
+        out.append(("(c) largest over smallest shift's variance at the last unroll",
+                    f"{float(f'{max(last) / min(last):.2g}'):g}"))
     out.append(("(c) horizon", str(next(iter(s["c"].values()))["horizon"])))
     if per:
         out.append(("(c) first horizon", str(next(iter(s["c"].values()))["horizon_first"])))
@@ -271,23 +275,74 @@ def _lopt_figure3(m: dict, variance_horizons: tuple[str, str]) -> list[tuple[str
 
 
 def learned_optimizer(m: dict) -> list[tuple[str, str]]:
-    """Figure 3 at quick scale (float32, digits)."""
-    out = _lopt_figure3(m, ("10", "120"))
+    """Figure 3 at quick scale (float32, digits): θ's roughness rule and its candidates, the
+    slices' extrema and roughness, panel (b)'s move against its noise and the roughness of the
+    slice, a sample and the mean, and panel (c) per weight (the paper's unit, as the image
+    plots it) with the saved exponential and power-law fits at shifts 0 and 0.008."""
+    if "growth_fits" not in m:  # a run before the roughness rule (kept readable)
+        out = _lopt_figure3(m, ("10", "120"))
+        threshold = float(re.search(r"more than ([\d.]+)", m["extrema_rule"]).group(1))
+        return out + [("extrema threshold", f"{threshold:.0e}".replace("e-0", "e-"))]
+    z, sl, n = m["sizes"], m["slices"], m["n_params"]
+    ch, sm = m["theta_choice"], m["smoothing"]
+    r, move = sm["roughness"], sm["change"]
+    rough = sorted(c["roughness"] for c in ch["candidates"] if c["roughness"] is not None)
+    chosen = next(c for c in ch["candidates"] if c["seed"] == ch["chosen_seed"])
+    floor = re.search(r"range above ([\d.]+)", ch["rule"]).group(1)
     threshold = float(re.search(r"more than ([\d.]+)", m["extrema_rule"]).group(1))
-    out.append(("extrema threshold", f"{threshold:.0e}".replace("e-0", "e-")))  # 1e-3
+    longest = str(max(int(t) for t in sl))
+    out = [("candidates", str(z["candidates"])), ("candidate shifts", str(z["candidate_points"])),
+           ("candidate slice steps", str(z["candidate_T"])), ("least range ranked", floor),
+           ("chosen slice's roughness", fmt(ch["chosen_roughness"])),
+           ("next roughest candidate", fmt(rough[-2])),
+           ("chosen slice's range", fmt(chosen["range"])),
+           ("shifts per slice", str(z["points"])), ("shift range", fmt(m["range"])),
+           ("extrema threshold", f"{threshold:.0e}".replace("e-0", "e-")),
+           ("128-step slice at shift 0", fmt(sl["128"]["at_0"])),
+           (f"{longest}-step slice minimum", fmt(sl[longest]["min"], 3))]
+    out += [(f"extrema at {t} steps", str(sl[t]["extrema"])) for t in sl]
+    out += [(f"roughness at {t} steps", fmt(sl[t]["roughness"])) for t in sl]
+    out += [("(b) steps", str(z["smooth_T"])), ("(b) samples", str(z["smooth_samples"])),
+            ("(b) shifts", str(z["smooth_points"])), ("(b) std", fmt(sm["std"])),
+            ("(b) unperturbed slice's roughness", fmt(sm["base_roughness"])),
+            ("(b) one sample's roughness (median)", fmt(r["curve_roughness_median"])),
+            ("(b) the mean's roughness", fmt(r["mean_roughness"])),
+            ("(b) the mean's noise floor", fmt(r["noise_floor"])),
+            ("(b) mean minus unperturbed, RMS over range", fmt(move["rms"])),
+            ("(b) its noise", fmt(move["noise"])),
+            ("(c) std", fmt(m["smooth_std"])), ("(c) samples", str(z["var_samples"])),
+            ("weights", f"{n:,}")]
+    hs = [str(h) for h in z["var_horizons"]]
+    out += [("(c) first unroll", hs[0]), ("(c) longest unroll", hs[-1]),
+            ("(c) unrolls measured", str(len(hs)))]
+    for shift in ("0.0", "0.008"):
+        if float(shift):
+            out.append((f"variance shift {shift}", shift))
+        v, f = m["variance_per_param"][shift], m["growth_fits"][shift]
+        out += [(f"per weight at shift {shift}, T={t}", fmt(v[t])) for t in (hs[0], hs[-1])]
+        out += [(f"shift {shift}: power of T", fmt(f["power"])),
+                (f"shift {shift}: power-law residual RMS (ln)", fmt(f["power_rms"])),
+                (f"shift {shift}: exponential rate per step", fmt(f["rate"])),
+                (f"shift {shift}: exponential residual RMS (ln)", fmt(f["exp_rms"]))]
+    tail = m["growth_fits_tail"]
+    out.append(("tail fits from unroll", str(tail["0.0"]["from_T"])))
+    for shift in ("0.0", "0.002"):
+        f = tail[shift]
+        if float(shift):
+            out.append((f"tail shift {shift}", shift))
+        out += [(f"tail shift {shift}: exponential rate per step", fmt(f["rate"])),
+                (f"tail shift {shift}: exponential residual RMS (ln)", fmt(f["exp_rms"])),
+                (f"tail shift {shift}: power-law residual RMS (ln)", fmt(f["power_rms"]))]
     return out
 
 
 def growth_fits(variance: dict) -> dict:
-    """Least-squares fits of ln variance against T (exponential) and against ln T (power
-    law) over the saved horizons: {"rate", "exp_rms", "power", "power_rms"}, the residual
-    RMS in ln units (which fits better is the smaller)."""
-    t = np.array([float(h) for h in variance])
-    v = np.log(np.array([float(x) for x in variance.values()]))
-    pe, pp = np.polyfit(t, v, 1), np.polyfit(np.log(t), v, 1)
-    return {"rate": float(pe[0]), "exp_rms": float(np.sqrt(np.mean((v - np.polyval(pe, t)) ** 2))),
-            "power": float(pp[0]),
-            "power_rms": float(np.sqrt(np.mean((v - np.polyval(pp, np.log(t))) ** 2)))}
+    """`chaosgrad.gradients.growth_fits` of a saved {horizon: variance} (for a meta.json that
+    predates the fits being saved beside it)."""
+    from chaosgrad.gradients import growth_fits as fits
+
+    return fits([float(h) for h in variance],
+                [np.nan if x is None else float(x) for x in variance.values()])
 
 
 def learned_optimizer_paper(m: dict) -> list[tuple[str, str]]:

@@ -65,6 +65,32 @@ def fit_rate(horizons: np.ndarray, log_values: np.ndarray) -> tuple[float, float
     return float(slope), float(intercept)
 
 
+def growth_fits(horizons, values) -> dict:
+    """Which law describes a positive quantity's growth with the horizon: least-squares fits
+    of ln value against T (exponential, e^{rate·T}) and against ln T (power law, T^power).
+
+    Returns {"rate", "exp_rms", "power", "power_rms", "points", "better"}: the residual RMS
+    of each fit in ln units and ``better``, the law with the smaller one ("exponential" or
+    "power law"; None when fewer than three finite positive points remain, where two
+    parameters fit any two points exactly). Non-positive or non-finite values are left out
+    and counted in ``points``' complement, never replaced.
+    """
+    t = np.asarray(horizons, np.float64)
+    v = np.asarray(values, np.float64)
+    ok = np.isfinite(v) & (v > 0) & (t > 0)
+    t, y = t[ok], np.log(np.where(ok, v, 1.0)[ok])
+    out = {"rate": math.nan, "exp_rms": math.nan, "power": math.nan, "power_rms": math.nan,
+           "points": int(ok.sum()), "better": None}
+    if ok.sum() < 3 or np.ptp(t) == 0:
+        return out
+    pe, pp = np.polyfit(t, y, 1), np.polyfit(np.log(t), y, 1)
+    out.update(rate=float(pe[0]), power=float(pp[0]),
+               exp_rms=float(np.sqrt(np.mean((y - np.polyval(pe, t)) ** 2))),
+               power_rms=float(np.sqrt(np.mean((y - np.polyval(pp, np.log(t))) ** 2))))
+    out["better"] = "power law" if out["power_rms"] < out["exp_rms"] else "exponential"
+    return out
+
+
 class GrowthResult(NamedTuple):
     """What `gradient_growth` returns.
 

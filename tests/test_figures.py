@@ -125,6 +125,40 @@ def test_count_turns_ignores_wiggles_below_the_tolerance():
     assert count_turns([0, 1, 0, 1, 0], 0.5) == 3 and count_turns([0, 1, 0, 1, 0], 1.5) == 0
 
 
+def test_growth_fits_tell_an_exponential_from_a_power_law():
+    from chaosgrad.gradients import growth_fits
+
+    t = np.array([10, 30, 60, 90, 120, 180, 240])
+    e = growth_fits(t, 3e-5 * np.exp(0.07 * t))
+    assert abs(e["rate"] - 0.07) < 1e-12 and e["exp_rms"] < 1e-12
+    assert e["power_rms"] > 0.1 and e["better"] == "exponential"
+    p = growth_fits(t, 2e-4 * t ** 3.5)
+    assert abs(p["power"] - 3.5) < 1e-12 and p["power_rms"] < 1e-12
+    assert p["exp_rms"] > 0.1 and p["better"] == "power law"
+    # non-finite and non-positive values are left out (counted by "points"), never replaced
+    q = growth_fits(t, np.where(t == 60, np.nan, 2e-4 * t ** 3.5) * np.where(t == 90, -1, 1))
+    assert q["points"] == 5 and abs(q["power"] - 3.5) < 1e-12
+    # two points fit either law exactly: no verdict
+    assert growth_fits([10, 20, 30], [1.0, 2.0, np.inf])["better"] is None
+
+
+def test_smoothing_change_against_the_noise_of_the_mean():
+    from chaosgrad.app.figures.learned_optimizer import smoothing_change
+
+    rng = np.random.default_rng(0)
+    x = np.linspace(-1, 1, 101)
+    base = np.sin(20 * x)  # range 2
+    noise = 0.1 * rng.standard_normal((64, 101))
+    same = smoothing_change(base, base + noise)
+    # the mean of 64 noisy copies moves by its standard error alone: 0.1/8 over a range of 2
+    assert abs(same["noise"] - 0.1 / 8 / 2) < 0.1 * 0.1 / 8 / 2
+    assert same["rms"] < 2 * same["noise"] and not same["changed"]
+    moved = smoothing_change(base, 0.5 * base + noise)  # smoothing halves the oscillation
+    assert abs(moved["rms"] - 0.5 * np.sqrt(0.5) / 2) < 0.01 and moved["changed"]
+    bad = smoothing_change(base, np.vstack([base + noise[:3], np.full(101, np.nan)]))
+    assert bad["samples"] == 3 and bad["nonfinite_samples"] == 1
+
+
 @pytest.mark.slow  # heavy (compile-bound, 30-80 s on 2 cores): make test-slow
 def test_lopt_meta_training_comparison_runs_end_to_end(tmp_path, monkeypatch):
     from chaosgrad.app.figures import lopt_meta_training as m
@@ -426,6 +460,38 @@ def test_fixed_reset_keeps_the_start_and_varies_only_the_step_noise():
     from chaosgrad.system import split_run_key, step_key
     noise = [jax.random.normal(step_key(split_run_key(k)[1], 0), (2,))[0] for k in (k1, k2)]
     assert float(l1[0] - l2[0]) == pytest.approx(float(noise[0] - noise[1]), rel=1e-6)
+
+
+def test_rigid_body_panel_c_draws_the_randomness_of_panel_b(tmp_path, monkeypatch):
+    """Figure 2 end to end on a stand-in system whose only randomness is its reset: (c) is
+    taken over panel (b)'s randomness (reset fixed, step noise per seed), so every seed's
+    gradient is the same and the variance is exactly 0; from a random reset it is not."""
+    import chaosgrad
+    from chaosgrad.app.figures import rigid_body as fig2
+    from chaosgrad.gradients import gradient_growth
+
+    def init(key, theta):
+        return jax.random.normal(key, (2,))
+
+    def step(x, theta, key):  # deterministic: the randomness is the start alone
+        x = jnp.tanh(theta["w"] * x) + 0.1 * x
+        return x, chaosgrad.StepOut(loss=jnp.sum(x ** 2))
+
+    toy = chaosgrad.System(init, step, name="reset_only", theta={"w": jnp.asarray(1.5)})
+    tiny = {"env": "toy", "unrolls": [1, 2], "points": 5, "seeds": 2, "smooth_unroll": 2,
+            "var_horizons": [2, 4], "var_seeds": 4, "layers": 1}
+    monkeypatch.setitem(fig2.SIZES, "quick", tiny)
+    monkeypatch.setattr(fig2, "make_system", lambda size: toy)
+    figures.run_figure("rigid_body", "quick", tmp_path, progress=False)
+    meta = json.loads((tmp_path / "rigid_body" / "meta.json").read_text())
+    assert meta["randomness"]["c"].startswith("as in b: reset state fixed")
+    for c in meta["summary"]["c"].values():
+        assert c["variance"] == 0.0 and c["variance_first"] == 0.0
+    # the same seeds from their own resets do vary: the zero above is the fixed reset's
+    free = gradient_growth(toy, toy.theta, [2, 4], 4, key=jax.random.fold_in(
+        jax.random.PRNGKey(0), 100), progress=False)
+    assert np.all(free.variance > 1e-6)
+    assert (tmp_path / "rigid_body" / "rigid_body.png").exists()
 
 
 def test_rigid_body_summary_counts_extrema_and_roughness():

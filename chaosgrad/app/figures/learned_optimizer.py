@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from chaosgrad import systems
-from chaosgrad.gradients import count_extrema, loss_slice, random_direction
+from chaosgrad.gradients import count_extrema, growth_fits, loss_slice, random_direction
 from chaosgrad.roughness import mean_roughness, roughness, smoothness, turn_indices
 
 # float32 at quick scale: the 401-point slices through 512 steps are ~2e5 learned-optimizer
@@ -22,32 +22,40 @@ from chaosgrad.roughness import mean_roughness, roughness, smoothness, turn_indi
 # paper's learned_optimization code runs in float32 too. Paper scale (for a GPU) is float64.
 SIZES = {
     "quick": {"unrolls": [8, 32, 128, 256, 512], "points": 401, "candidates": 10,
-              "candidate_points": 21, "candidate_T": 128, "smooth_T": 128,
-              "smooth_points": 101, "smooth_samples": 8, "var_horizons": [10, 30, 60, 90, 120],
-              "var_samples": 16, "dtype": "float32"},
+              "candidate_points": 41, "candidate_T": 128, "smooth_T": 128,
+              "smooth_points": 101, "smooth_samples": 16, "smooth_std": 0.05,
+              "var_horizons": [10, 30, 60, 90, 120, 180, 240], "var_samples": 16,
+              "dtype": "float32"},
     "paper": {"unrolls": [8, 32, 128, 256, 512, 1024], "points": 801, "candidates": 10,
               "candidate_points": 41, "candidate_T": 128, "smooth_T": 256,
-              "smooth_points": 401, "smooth_samples": 32,
-              "var_horizons": list(range(10, 121, 10)), "var_samples": 64, "dtype": "float64"},
+              "smooth_points": 401, "smooth_samples": 32, "smooth_std": 0.05,
+              "var_horizons": list(range(10, 241, 10)), "var_samples": 64, "dtype": "float64"},
 }
 SHIFTS = (0.0, 0.002, 0.005, 0.008)
 RANGE = 0.01
+# the paper's θ-perturbation for (c) (and its (b)); our (b) uses each size's smooth_std, 0.05:
+# at 0.01 the 128-step mean lay within 0.036 of the unperturbed slice's range (noise 0.014),
+# its roughness unchanged (0.185 vs 0.187), so the panel showed no smoothing
 SMOOTH_STD = 0.01
 # a turn of the slice counts as an extremum when it stands out by more than this (mean
 # log-loss): in float32 the flat part of a slice wiggles by 1e-5..1e-4 from shift to shift
 EXTREMA_TOL = 1e-3
+# θ's candidates are ranked by roughness only when their slice spans more than this (mean
+# log-loss): ten times EXTREMA_TOL, far above float32's 1e-5..1e-4 wiggles on a flat slice
+MIN_RANGE = 0.01
 SEED = 0
 DIFFERS = [
     "data: scikit-learn's 8x8 digits (64 inputs, 1,438 training images) instead of MNIST "
     "(784 inputs); the inner MLP is 64-32-32-10 (3,466 weights), the learned optimizer "
     "19-32-32-2 (1,762 weights) as in the paper",
     "one fixed training batch of 128 and one fixed inner initialisation (the paper's setup)",
-    "theta and the direction: the best of {candidates} random (init, direction) candidates "
-    "by a {candidate_T}-step slice, with the direction's sign chosen so the loss falls "
-    "towards positive shifts (the paper also picked among ~10 candidates)",
+    "theta and the direction: of {candidates} random (init, direction) candidates, the one "
+    "whose {candidate_T}-step slice ({candidate_points} shifts) is roughest relative to its "
+    "range, the direction's sign chosen so the slice's minimum lies at positive shifts (the "
+    "paper picked among ~10 'to highlight the instability', rule unstated)",
     "sizes: {points} shifts per slice (unrolls {unrolls}); smoothing over {smooth_samples} "
-    "perturbations at {smooth_T} steps and {smooth_points} shifts; the variance over "
-    "{var_samples} perturbations at unrolls {var_horizons}",
+    "perturbations θ + N(0, {smooth_std}²) at {smooth_T} steps and {smooth_points} shifts; "
+    "the variance over {var_samples} perturbations θ + N(0, 0.01²) at unrolls {var_horizons}",
     "precision: {dtype}",
 ]
 
@@ -83,11 +91,15 @@ def _line(system, theta, direction, horizons, key, points):
 
 
 def choose_theta(system, candidates: int, T: int, points: int, key):
-    """Pick θ and the direction as the paper did: among ``candidates`` random learned-
+    """Pick θ and the direction by an instability rule (the paper picked among ~10 "to
+    highlight the instability" without saying how): among ``candidates`` random learned-
     optimizer inits (the system's init with seeds 0, 1, …), each with its own random
-    direction of norm = number of weights, take the one whose T-step slice (randomness fixed)
-    falls furthest below its value at shift 0; flip the direction so that fall lies at
-    positive shifts. Returns (theta, direction, report) with every candidate's numbers."""
+    direction of norm = number of weights, take the one whose T-step slice (randomness
+    fixed, ``points`` shifts) is roughest relative to its own range
+    (`chaosgrad.roughness.roughness`), among the slices whose range exceeds `MIN_RANGE`
+    (a flat float32 slice's wiggles would otherwise count as rough); flip the direction so
+    the slice's minimum lies at positive shifts. Returns (theta, direction, report) with every
+    candidate's numbers."""
     from chaosgrad.systems.lopt import make_optimizer
 
     dtype = jax.tree_util.tree_leaves(system.theta)[0].dtype
@@ -100,25 +112,32 @@ def choose_theta(system, candidates: int, T: int, points: int, key):
         d = random_direction(theta, jax.random.PRNGKey(1000 + c), norm=float(n))
         y = _line(system, theta, d, [T], key, points)[0]
         mid = points // 2
-        finite = np.isfinite(y)
-        i = int(np.nanargmin(np.where(finite, y, np.nan))) if finite.any() else mid
-        drop = float(y[mid] - y[i]) if finite.any() else float("nan")
+        finite = bool(np.all(np.isfinite(y)))
+        # a slice with a NaN/Inf is not ranked (its roughness is undefined), and is counted
+        rough = roughness(y) if finite else float("nan")
+        span = float(np.ptp(y)) if finite else float("nan")
+        i = int(np.argmin(y)) if finite else mid
         s_min = float(np.linspace(-RANGE, RANGE, points)[i])
         rows.append({"seed": c, "direction_key": 1000 + c, "at_0": float(y[mid]),
-                     "min": float(y[i]), "argmin_shift": s_min, "drop": drop,
-                     "nonfinite": int((~finite).sum())})
-        if np.isfinite(drop) and (best is None or drop > best[0]):
-            best = (drop, c, theta, d, s_min)
+                     "min": float(y[i]), "argmin_shift": s_min, "range": span,
+                     # the fall to the minimum: the earlier rule, by which lopt_estimators
+                     # still ranks its picks
+                     "drop": float(y[mid] - y[i]) if finite else float("nan"),
+                     "roughness": rough, "nonfinite": int((~np.isfinite(y)).sum())})
+        if finite and span > MIN_RANGE and (best is None or rough > best[0]):
+            best = (rough, c, theta, d, s_min)
     if best is None:
-        raise RuntimeError("every candidate slice was non-finite")
+        raise RuntimeError(f"no candidate slice was finite with a range above {MIN_RANGE}")
     _, c, theta, d, s_min = best
     sign = -1.0 if s_min < 0 else 1.0
     d = jax.tree_util.tree_map(lambda x: sign * x, d)
-    report = {"rule": f"largest drop from shift 0 to the minimum of a {T}-step slice at "
-                      f"{points} shifts, among {candidates} (init seed, direction key) "
-                      "candidates; direction sign flipped so the minimum is at s > 0",
+    report = {"rule": f"the roughest {T}-step slice at {points} shifts (chaosgrad.roughness:"
+                      " RMS about a degree-4 fit over the slice's range) among "
+                      f"{candidates} (init seed, direction key) candidates whose slice is "
+                      f"finite with a range above {MIN_RANGE}; direction sign flipped so the "
+                      "slice's minimum is at s > 0",
               "chosen_seed": c, "direction_key": 1000 + c, "direction_sign": sign,
-              "candidates": rows}
+              "chosen_roughness": best[0], "candidates": rows}
     return theta, d, report
 
 
@@ -206,6 +225,30 @@ def perturbed_gradient_variance(system, theta, horizons, *, samples: int, std: f
             "nonfinite": np.asarray(bad)}
 
 
+def smoothing_change(base, samples) -> dict:
+    """How far smoothing moves a slice: the RMS of (mean of ``samples`` − ``base``) over the
+    slice, relative to ``base``'s range, against ``noise`` — the RMS standard error of that
+    mean (its samples' spread / √N) over the same range. ``changed``: the move exceeds
+    `chaosgrad.roughness.RESOLVED_FACTOR` noises, so more samples would not remove it.
+    Samples with a NaN/Inf are left out and counted."""
+    from chaosgrad.roughness import RESOLVED_FACTOR
+
+    samples = np.asarray(samples, np.float64)
+    base = np.asarray(base, np.float64)
+    ok = np.all(np.isfinite(samples), axis=1)
+    good = samples[ok]
+    span = float(np.ptp(base)) if np.all(np.isfinite(base)) else float("nan")
+    if len(good) < 2 or not np.isfinite(span) or span == 0:
+        nan = float("nan")
+        return {"rms": nan, "noise": nan, "changed": False, "samples": int(len(good)),
+                "nonfinite_samples": int((~ok).sum())}
+    rms = float(np.sqrt(np.mean((good.mean(axis=0) - base) ** 2))) / span
+    noise = float(np.sqrt(np.mean(np.var(good, axis=0, ddof=1)) / len(good))) / span
+    return {"rms": rms, "noise": noise, "changed": bool(rms > RESOLVED_FACTOR * noise),
+            "samples": int(len(good)), "nonfinite_samples": int((~ok).sum()),
+            "resolved_factor": RESOLVED_FACTOR}
+
+
 def count_turns(y, tol: float) -> int:
     """How many local extrema of ``y`` stand out by more than ``tol`` (see `turn_indices`);
     ``tol = 0`` counts every sign change of the first difference, like
@@ -233,10 +276,14 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
         out["slice_losses"] = a["losses"]
         bar.update(1)
         pkey = jax.random.PRNGKey(SEED + 7)  # the θ-perturbations of (b) and (c)
+        # (b)'s unperturbed slice at its own shifts, the curve the smoothing is judged against
+        base = store.part("smooth_base", lambda: {"losses": _line(
+            system, theta, direction, [size["smooth_T"]], key, size["smooth_points"])[0]})
+        out["smooth_base"] = base["losses"]
         smooth = []
         for m in range(size["smooth_samples"]):
             eps = random_direction(theta, jax.random.fold_in(pkey, m), norm=None)
-            th = jax.tree_util.tree_map(lambda t, e: t + SMOOTH_STD * e, theta, eps)
+            th = jax.tree_util.tree_map(lambda t, e: t + size["smooth_std"] * e, theta, eps)
             part = store.part(f"smooth{m}", lambda th=th: {"losses": _line(
                 system, th, direction, [size["smooth_T"]], key, size["smooth_points"])[0]})
             smooth.append(part["losses"])
@@ -267,7 +314,10 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
                        "nonfinite": int((~np.isfinite(sl[i])).sum())}
               for i, t in enumerate(size["unrolls"])}
     mean = np.mean(out["smooth_samples"], axis=0)
-    smoothing = {"extrema_of_mean": count_turns(mean, EXTREMA_TOL),
+    smoothing = {"std": size["smooth_std"], "base_roughness": roughness(out["smooth_base"]),
+                 "base_extrema": count_turns(out["smooth_base"], EXTREMA_TOL),
+                 "change": smoothing_change(out["smooth_base"], out["smooth_samples"]),
+                 "extrema_of_mean": count_turns(mean, EXTREMA_TOL),
                  "extrema_per_sample": [count_turns(y, EXTREMA_TOL)
                                         for y in out["smooth_samples"]],
                  "nonfinite": int((~np.isfinite(out["smooth_samples"])).sum()),
@@ -280,6 +330,14 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     # the paper's unit: the mean over θ's coordinates (tr Cov / number of weights)
     per_param = {sh: {h: (None if v is None else v / n_params) for h, v in d.items()}
                  for sh, d in variance.items()}
+    # panel (c)'s growth as measured: which of e^{rate·T} and T^power fits ln variance
+    fits = {sh: growth_fits(size["var_horizons"], out[f"variance_{i}"])
+            for i, sh in enumerate(map(str, SHIFTS))}
+    # and over the longer half of the unrolls (the last ⌈H/2⌉), where the growth settles
+    half = len(size["var_horizons"]) // 2
+    tail = {sh: dict(growth_fits(size["var_horizons"][half:], out[f"variance_{i}"][half:]),
+                     from_T=int(size["var_horizons"][half]))
+            for i, sh in enumerate(map(str, SHIFTS))}
     fmt = dict(size, unrolls=size["unrolls"], var_horizons=size["var_horizons"])
     meta = {"sizes": size, "variance_shifts": SHIFTS, "n_params": n_params,
             "smooth_std": SMOOTH_STD, "range": RANGE, "system": system.describe(),
@@ -288,7 +346,13 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
                             "log-loss (hysteresis); extrema_raw counts every sign change of "
                             "the difference, float32 wiggles on the flat side included",
             "slices": slices, "smoothing": smoothing,
-            "variance": variance, "variance_per_param": per_param,
+            "variance": variance, "variance_per_param": per_param, "growth_fits": fits,
+            "growth_fits_tail": tail,
+            "growth_fit_rule": "least squares of ln variance against T (exponential) and "
+                               "against ln T (power law) over every saved unroll length "
+                               "(growth_fits) and over the longer half, from_T on "
+                               "(growth_fits_tail); better: the smaller residual RMS (ln "
+                               "units)",
             "variance_units": "variance: tr Cov over θ's n_params weights; variance_per_param "
                               "and panel (c): the paper's unit, tr Cov / n_params",
             "roughness_rule": "chaosgrad.roughness: RMS about a degree-4 least-squares "
@@ -326,10 +390,18 @@ def draw(results: dict, meta: dict, path) -> None:
     axes[0].legend(fontsize=7)
     sm = results["smooth_samples"]
     ss = results.get("smooth_shifts", np.linspace(-RANGE, RANGE, sm.shape[1]))
+    sm_meta = meta.get("smoothing", {})
+    std = sm_meta.get("std", meta["smooth_std"])
     for y in sm:
         axes[1].plot(ss, y, color="C0", alpha=0.3, lw=0.8)
+    if "smooth_base" in results:
+        r0 = sm_meta.get("base_roughness")
+        axes[1].plot(ss, results["smooth_base"], color="C3", lw=1.2,
+                     label="θ unperturbed" + (f" (roughness {r0:.2g})" if r0 is not None else ""))
+    rm = sm_meta.get("roughness", {}).get("mean_roughness")
     axes[1].plot(ss, np.mean(sm, axis=0), "k-", lw=2,
-                 label=f"mean of {len(sm)} (θ + N(0, {meta['smooth_std']}²))")
+                 label=f"mean of {len(sm)} (θ + N(0, {std}²))"
+                 + (f" (roughness {rm:.2g})" if rm is not None else ""))
     axes[1].set_title(f"(b) smoothed over θ, {meta['sizes']['smooth_T']} steps, "
                       "data and init fixed", fontsize=10)
     axes[1].set_xlabel("shift s")
@@ -339,7 +411,11 @@ def draw(results: dict, meta: dict, path) -> None:
     for i, sh in enumerate(meta["variance_shifts"]):
         v = results[f"variance_{i}"] / per
         ok = np.isfinite(v) & (v > 0)
-        axes[2].semilogy(h[ok], v[ok], "o-", ms=3, label=f"shift {sh}")
+        f = meta.get("growth_fits", {}).get(str(sh))
+        fit = "" if not f or f.get("better") is None else (
+            f": T^{f['power']:.2g} (ln RMS {f['power_rms']:.2g}) vs "
+            f"e^{{{f['rate']:.2g}T}} ({f['exp_rms']:.2g})")
+        axes[2].semilogy(h[ok], v[ok], "o-", ms=3, label=f"shift {sh}{fit}")
     axes[2].set_title("(c) meta-gradient variance over θ + N(0, 0.01²)", fontsize=10)
     axes[2].set_xlabel("unroll length (inner steps)")
     axes[2].set_ylabel(f"mean over the {meta['n_params']} weights of Var[∂L/∂θ_i]")

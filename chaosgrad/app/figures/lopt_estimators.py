@@ -114,8 +114,10 @@ def backprop_beaten(part: dict) -> bool:
 
 
 def picks_from(system, report: dict, picks: int):
-    """The ``picks`` best (θ, direction) candidates of Figure 3's choice (by the drop of
-    their slice), each direction's sign set so its minimum lies at positive shifts."""
+    """The ``picks`` (θ, direction) candidates of Figure 3's choice report whose slice drops
+    most (Figure 3's rule until it took the roughest slice; this study keeps it, so its saved
+    results stay comparable), each direction's sign set so its minimum lies at positive
+    shifts."""
     from chaosgrad.gradients import random_direction
     from chaosgrad.systems.lopt import make_optimizer
 
@@ -190,8 +192,8 @@ def summarize(parts: dict, shifts, unrolls, picks: int, seeds: int) -> dict:
 
 
 def run(scale: str, store, progress) -> tuple[dict, dict]:
-    """Choose the (θ, direction) picks as Figure 3 does, then `compare` every estimator at
-    every (pick, master seed, shift, unroll)."""
+    """Choose the (θ, direction) picks by the drop of their slice (`picks_from`), then
+    `compare` every estimator at every (pick, master seed, shift, unroll)."""
     from chaosgrad.progress import progress_bar
 
     size = SIZES[scale]
