@@ -39,16 +39,8 @@ from chaosgrad.estimators.unrolled import (
 )
 
 from chaosgrad.system import System, cache_by_functions, resolve_theta
-from chaosgrad.unroll import meta_loss_of, pure_unroll
 
 PyTree = Any
-
-
-def full_unroll_loss(system: System, theta: PyTree, key: jax.Array, horizon: int,
-                     remat_chunk: int | None = None):
-    """(meta-loss, per-step losses) of one ``horizon``-step run with run key ``key``."""
-    _, losses = pure_unroll(system, theta, key, horizon, remat_chunk=remat_chunk)
-    return meta_loss_of(system, losses), losses
 
 
 def backprop(system: System, samples: int = 8, horizon: int = 0, remat_chunk: int = 0,
