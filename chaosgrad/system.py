@@ -1,15 +1,14 @@
 """The one step interface every iterative system implements.
 
 `System` holds pure functions (`init`, `step`, optional `phase`/`with_phase`) and metadata.
+Validation by tracing (`check_system`) lives in `chaosgrad.validation` and the compile cache
+(`compile_key`, `cache_by_functions`) in `chaosgrad.compile_cache`; both stay importable from
+here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
-import types
-import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -18,10 +17,37 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from chaosgrad.compile_cache import (  # noqa: F401 -- re-exported
+    _LIBRARY_ROOTS,
+    _MAX_DEPTH,
+    _MAX_ITEMS,
+    _code_key,
+    _frozen,
+    _function_key,
+    _global_key,
+    _global_names,
+    _is_library,
+    _Same,
+    _Uncacheable,
+    _value_key,
+    cache_by_functions,
+    compile_key,
+)
 from chaosgrad.config import auto_enable_compilation_cache
 from chaosgrad.errors import InputError
 from chaosgrad.io import jsonable
 from chaosgrad.params import check_int, check_number
+from chaosgrad.validation import (  # noqa: F401 -- re-exported
+    _CHECKED,
+    _check_phase_round_trip,
+    _describe_leaves,
+    _dtype,
+    _shape,
+    _signature,
+    _spec,
+    _trace,
+    check_system,
+)
 
 # The persistent compilation cache is on for the Python API as for the command line: every
 # computing module imports this one. CHAOSGRAD_NO_CACHE=1 leaves it off.
@@ -284,377 +310,3 @@ def resolve_theta(system: System, theta: PyTree, *, batched: bool = False) -> Py
         raise InputError(f"no theta given and system {system.name!r} has no default theta")
     check_system(system, theta, batched=batched)
     return theta
-
-
-# Systems already checked, with the θ signatures they were checked with. Weak keys: a
-# system built in a loop is forgotten with it. `System` hashes by identity (eq=False).
-_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _shape(x) -> tuple:
-    return tuple(x.shape) if hasattr(x, "shape") else tuple(jnp.shape(x))
-
-
-def _dtype(x):
-    return x.dtype if hasattr(x, "dtype") else jnp.result_type(x)
-
-
-def _spec(x) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(_shape(x), jax.dtypes.canonicalize_dtype(_dtype(x)))
-
-
-def _describe_leaves(tree: PyTree) -> str:
-    leaves = jax.tree_util.tree_leaves(tree)
-    if len(leaves) > 4:
-        return f"{len(leaves)} leaves"
-    return ", ".join(f"{_dtype(x).name}{list(_shape(x))}" for x in leaves) or "none"
-
-
-def _signature(tree: PyTree) -> tuple:
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return treedef, tuple((_shape(x), _dtype(x).name) for x in leaves)
-
-
-def _trace(system: System, what: str, fn, *args):
-    """``jax.eval_shape(fn, *args)``; a failure is an InputError naming ``what``."""
-    try:
-        return jax.eval_shape(fn, *args)
-    except InputError:
-        raise
-    except Exception as e:  # any error from tracing the user's function is bad input
-        first = (str(e).strip().splitlines() or [""])[0]
-        hint = ""
-        if isinstance(e, jax.errors.ConcretizationTypeError):
-            hint = " (a Python if/while/int() on a traced value: use jnp.where or lax.cond)"
-        raise InputError(f"{what} of system {system.name!r} cannot be traced by JAX: "
-                         f"{type(e).__name__}: {first}{hint}") from None
-
-
-def check_system(system: System, theta: PyTree = None, *, batched: bool = False) -> None:
-    """Check ``system`` with ``theta`` by tracing it once with `jax.eval_shape` (no compute).
-
-    θ must match the system's default θ in tree structure and leaf shapes, with floating
-    leaves; ``step(state, theta, key)`` must return ``(state, out)`` with the state's
-    structure, shapes and dtypes unchanged and a scalar float loss. Each failure is an
-    InputError naming the function and what was expected. A (system, θ signature) pair is
-    checked once; later calls cost a dictionary look-up.
-    """
-    theta = system.theta if theta is None else theta
-    if theta is None:
-        raise InputError(f"no theta given and system {system.name!r} has no default theta")
-    if batched:  # check one member of the batch
-        theta = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(
-            _shape(x)[1:], _dtype(x)), theta)
-    sig = _signature(theta)
-    seen = _CHECKED.setdefault(system, set())
-    if sig in seen:
-        return
-    name = system.name
-    bad = [_dtype(x).name for x in jax.tree_util.tree_leaves(theta)
-           if not jnp.issubdtype(_dtype(x), jnp.floating)]
-    if bad:
-        raise InputError(f"theta of system {name!r} must have floating-point leaves (its "
-                         f"gradient is taken); got {', '.join(bad)} leaves")
-    if system.theta is not None and theta is not system.theta:
-        d_leaves, d_tree = jax.tree_util.tree_flatten(system.theta)
-        leaves, tree = jax.tree_util.tree_flatten(theta)
-        if tree != d_tree:
-            raise InputError(f"theta of system {name!r} has structure {tree}; expected the "
-                             f"structure of its default theta, {d_tree}")
-        for i, (a, b) in enumerate(zip(leaves, d_leaves, strict=True)):
-            if _shape(a) != _shape(b):
-                where = f" (leaf {i})" if len(leaves) > 1 else ""
-                raise InputError(f"theta of system {name!r} has shape {list(_shape(a))}"
-                                 f"{where}; expected {list(_shape(b))} like its default "
-                                 "theta")
-    if sum(int(np.prod(_shape(x))) for x in jax.tree_util.tree_leaves(theta)) == 0:
-        raise InputError(f"theta of system {name!r} has no entries (size 0): the gradient is "
-                         "taken with respect to theta; give it at least one parameter")
-    th = jax.tree_util.tree_map(_spec, theta)
-    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
-    state = _trace(system, "init(key, theta)", system.init, key, th)
-    cplx = [f"{x.dtype.name}{list(x.shape)}" for x in jax.tree_util.tree_leaves(state)
-            if jnp.issubdtype(x.dtype, jnp.complexfloating)]
-    if cplx:
-        raise InputError(f"init(key, theta) of system {name!r} returned a complex state "
-                         f"({', '.join(cplx[:3])}); chaosgrad takes real states: keep the "
-                         "real and imaginary parts as two float leaves")
-    result = _trace(system, "step(state, theta, key)", system.step, state, th, key)
-    if not (isinstance(result, (tuple, list)) and len(result) == 2):
-        got = (f"a {type(result).__name__} of {len(result)}"
-               if isinstance(result, (tuple, list))
-               else f"{type(result).__name__} {_describe_leaves(result)}")
-        raise InputError(f"step(state, theta, key) of system {name!r} must return "
-                         f"(new_state, out); got {got}")
-    new_state, out = result
-    s_leaves, s_tree = jax.tree_util.tree_flatten(state)
-    n_leaves, n_tree = jax.tree_util.tree_flatten(new_state)
-    if s_tree != n_tree:
-        raise InputError(f"step(state, theta, key) of system {name!r} returned a state of "
-                         f"structure {n_tree}; expected the structure init made, {s_tree}")
-    for i, (a, b) in enumerate(zip(n_leaves, s_leaves, strict=True)):
-        if a.shape != b.shape or a.dtype != b.dtype:
-            where = f" (leaf {i})" if len(s_leaves) > 1 else ""
-            raise InputError(f"step(state, theta, key) of system {name!r} returned a state "
-                             f"{a.dtype.name}{list(a.shape)}{where}; expected it unchanged "
-                             f"from init: {b.dtype.name}{list(b.shape)}")
-    loss = loss_of(out)
-    if _shape(loss) != () or not jnp.issubdtype(_dtype(loss), jnp.floating):
-        raise InputError(f"step(state, theta, key) of system {name!r} returned a loss "
-                         f"{_dtype(loss).name}{list(_shape(loss))}; expected a "
-                         "scalar float (the per-step loss)")
-    if system.phase is not None and not _check_phase_round_trip(system, state, theta,
-                                                                batched):
-        return  # the round trip could not run here (θ traced): check again next time
-    seen.add(sig)
-
-
-def _check_phase_round_trip(system: System, state, theta, batched: bool) -> bool:
-    """``with_phase`` must invert ``phase``: traced for shapes, then run once on a real
-    state, ``phase(with_phase(s, p + δ))`` must give back ``p + δ`` (a ``with_phase`` that
-    ignores its argument, or scales it, would make every Jacobian wrong without a word)."""
-    name = system.name
-    p = _trace(system, "phase(state)", system.phase, state)
-    back = _trace(system, "with_phase(state, phase)", system.with_phase, state, p)
-    s_leaves, s_tree = jax.tree_util.tree_flatten(state)
-    b_leaves, b_tree = jax.tree_util.tree_flatten(back)
-    if b_tree != s_tree or any(a.shape != b.shape or a.dtype != b.dtype
-                               for a, b in zip(b_leaves, s_leaves, strict=True)):
-        raise InputError(f"with_phase(state, phase) of system {name!r} must return a state "
-                         "like init's (same structure, shapes and dtypes)")
-    if any(not jnp.issubdtype(x.dtype, jnp.floating)
-           for x in jax.tree_util.tree_leaves(p)):
-        raise InputError(f"phase(state) of system {name!r} must return floating-point "
-                         "leaves (the Jacobian is taken over them)")
-    if batched:
-        return True  # its functions are those of the unbatched θ, checked there
-    if any(isinstance(x, (jax.ShapeDtypeStruct, jax.core.Tracer))
-           for x in jax.tree_util.tree_leaves(theta)):
-        return False  # nothing concrete to run on (θ abstract, or traced inside a jit)
-
-    def errors(key, theta):
-        s = system.init(key, theta)
-        flat, unravel = ravel_pytree(system.phase(s))
-        sign = jnp.where(jnp.arange(flat.size) % 2 == 0, 1.0, -1.0).astype(flat.dtype)
-        delta = 1e-3 * (1 + jnp.abs(flat)) * sign
-        got = ravel_pytree(system.phase(system.with_phase(s, unravel(flat + delta))))[0]
-        err = jnp.abs(got - (flat + delta)) / jnp.abs(delta)
-        return jnp.max(jnp.where(jnp.isfinite(err), err, 0.0))
-
-    with jax.ensure_compile_time_eval():  # run now, even when called inside a jit trace
-        err = float(jax.jit(errors)(jax.random.PRNGKey(0), theta))
-    if err > 0.05:
-        raise InputError(f"with_phase of system {name!r} is not the inverse of phase: "
-                         "phase(with_phase(state, p)) differs from p (by "
-                         f"{100 * err:.3g}% of a small change to p); the Jacobians would be "
-                         "wrong. with_phase(state, phase) must put the phase back")
-    return True
-
-
-# -- compiled-function caches keyed on what a system computes ------------------------------------
-# A compiled program bakes in everything its Python functions read while being traced: their
-# code, closure cells, defaults, and the module globals they read. The key below covers all
-# of these, so a redefined function that reads a changed global (a notebook cell re-run with
-# A = 0.2 instead of 1.4) compiles afresh instead of being served the old program.
-# A value that can be neither compared by content nor trusted immutable makes the system
-# uncacheable: it then compiles on every call, never reusing a program wrongly.
-
-# Functions from these packages are installed code: their module globals do not change while
-# a program runs, so only their code, closures and defaults are keyed (cheap, and two builds
-# of a built-in system still share compiled programs).
-_LIBRARY_ROOTS = frozenset({
-    "chaosgrad", "jax", "jaxlib", "numpy", "optax", "scipy", "flax", "equinox", "brax",
-    "mujoco", "functools", "builtins", "math", "operator", "ml_dtypes",
-})
-_MAX_DEPTH = 12
-_MAX_ITEMS = 256
-
-
-class _Uncacheable(Exception):
-    """A value a compiled function depends on cannot be keyed safely."""
-
-
-class _Same:
-    """Equal only to the very same object, which it keeps alive: an ``id`` cannot be reused
-    by another object while a cache key holds it."""
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj):
-        self.obj = obj
-
-    def __eq__(self, other):
-        return isinstance(other, _Same) and other.obj is self.obj
-
-    def __hash__(self):
-        return id(self.obj)
-
-
-@functools.lru_cache(maxsize=2048)
-def _global_names(code) -> tuple:
-    """Every name ``code`` (or a function or lambda nested in it) may read as a global."""
-    names = set(code.co_names)
-    for c in code.co_consts:
-        if hasattr(c, "co_names"):
-            names.update(_global_names(c))
-    return tuple(sorted(names))
-
-
-def _is_library(obj) -> bool:
-    mod = getattr(obj, "__module__", None) or ""
-    return mod.split(".")[0] in _LIBRARY_ROOTS
-
-
-def _function_key(f: Any, memo: dict | None = None, depth: int = 0) -> Any:
-    """A hashable key that is equal for two functions that compute the same thing: the same
-    code, equal closure values, defaults and (for user code) values of the globals it reads,
-    nested functions compared the same way.
-
-    Values that cannot be compared by content are compared by identity only when they are
-    immutable (JAX arrays, dtypes, classes, modules); anything else raises `_Uncacheable`,
-    so the key errs on the side of recompiling, never of reusing wrongly.
-    """
-    memo = {} if memo is None else memo
-    return _value_key(f, memo, depth)
-
-
-def _code_key(f, memo: dict, depth: int) -> tuple:
-    code = f.__code__
-    if id(f) in memo:
-        key = memo[id(f)]
-        return ("recursive", code) if key is None else key
-    memo[id(f)] = None  # a function that reads itself (recursion) stops here
-    cells = []
-    for c in f.__closure__ or ():
-        try:
-            cells.append(_value_key(c.cell_contents, memo, depth + 1))
-        except ValueError:  # an empty cell (a name bound later in the enclosing function)
-            cells.append(("empty",))
-    defaults = tuple(_value_key(d, memo, depth + 1) for d in (f.__defaults__ or ()))
-    kwdefaults = tuple((k, _value_key(v, memo, depth + 1))
-                       for k, v in sorted((f.__kwdefaults__ or {}).items()))
-    reads: tuple = ()
-    if not _is_library(f):
-        g = f.__globals__
-        names = _global_names(code)
-        read = []
-        for name in names:
-            if name in g:
-                read.append((name, _global_key(g[name], names, memo, depth + 1)))
-        reads = tuple(read)
-    key = ("fn", code, tuple(cells), defaults, kwdefaults, reads)
-    memo[id(f)] = key
-    return key
-
-
-def _global_key(x: Any, names: tuple, memo: dict, depth: int) -> Any:
-    """A global's key; for a module, also the plain values of the attributes the code may read
-    (``cfg.A``), since those are module globals too."""
-    if isinstance(x, types.ModuleType):
-        if _is_library(x) or (x.__name__.split(".")[0] in _LIBRARY_ROOTS):
-            return ("module", x.__name__)
-        attrs = []
-        for n in names:
-            v = getattr(x, n, None)
-            if v is not None and not callable(v) and not isinstance(v, types.ModuleType):
-                attrs.append((n, _value_key(v, memo, depth + 1)))
-            elif callable(v) and hasattr(v, "__code__"):
-                attrs.append((n, _value_key(v, memo, depth + 1)))
-        return ("module", _Same(x), tuple(attrs))
-    return _value_key(x, memo, depth)
-
-
-def _frozen(x) -> bool:
-    params = getattr(type(x), "__dataclass_params__", None)
-    return bool(params is not None and params.frozen)
-
-
-def _value_key(x: Any, memo: dict, depth: int) -> Any:
-    if depth > _MAX_DEPTH:
-        raise _Uncacheable("nested too deeply")
-    if isinstance(x, (bool, int, str, bytes, type(None))):
-        return ("value", type(x), x)
-    if isinstance(x, (float, complex)):  # repr: NaN equals NaN, -0.0 differs from 0.0
-        return ("value", type(x), repr(x))
-    if isinstance(x, types.FunctionType):
-        return _code_key(x, memo, depth)
-    if isinstance(x, types.MethodType):
-        return ("method", _value_key(x.__func__, memo, depth + 1),
-                _value_key(x.__self__, memo, depth + 1))
-    if isinstance(x, functools.partial):
-        return ("partial", _value_key(x.func, memo, depth + 1),
-                tuple(_value_key(a, memo, depth + 1) for a in x.args),
-                tuple((k, _value_key(v, memo, depth + 1)) for k, v in sorted(x.keywords.items())))
-    if isinstance(x, jax.Array):  # immutable; identity, kept alive by the key
-        return ("array", _Same(x))
-    if isinstance(x, np.ndarray):  # mutable in place: by content
-        if x.dtype == object:
-            raise _Uncacheable("a numpy array of objects")
-        data = np.ascontiguousarray(x)
-        return ("ndarray", data.dtype.str, data.shape,
-                hashlib.blake2b(data.tobytes(), digest_size=16).digest())
-    if isinstance(x, np.generic):
-        return ("npscalar", x.dtype.str, x.tobytes())
-    if isinstance(x, (np.dtype, type, types.ModuleType, types.BuiltinFunctionType)):
-        return ("same", _Same(x))
-    if isinstance(x, (tuple, list, set, frozenset)):
-        if len(x) > _MAX_ITEMS:
-            raise _Uncacheable(f"a {type(x).__name__} of {len(x)} items")
-        items = sorted(x, key=repr) if isinstance(x, (set, frozenset)) else x
-        return (type(x),) + tuple(_value_key(v, memo, depth + 1) for v in items)
-    if isinstance(x, dict):
-        if len(x) > _MAX_ITEMS:
-            raise _Uncacheable(f"a dict of {len(x)} items")
-        return (type(x),) + tuple((_value_key(k, memo, depth + 1),
-                                   _value_key(v, memo, depth + 1)) for k, v in x.items())
-    if _is_library(type(x)) and (not hasattr(x, "__dict__") or _frozen(x)):
-        # Installed code's objects without attributes to reassign (jit wrappers, ufuncs, a
-        # Brax or MJX model, which are frozen dataclasses of arrays): by identity.
-        return ("same", _Same(x))
-    if hasattr(x, "__dict__") or hasattr(type(x), "__slots__"):
-        fields = dict(getattr(x, "__dict__", {}))
-        for slot in getattr(type(x), "__slots__", ()):
-            if isinstance(slot, str) and hasattr(x, slot):
-                fields[slot] = getattr(x, slot)
-        return ("object", type(x), _Same(x), _value_key(fields, memo, depth + 1))
-    raise _Uncacheable(f"a {type(x).__name__}")
-
-
-def compile_key(system: System) -> tuple:
-    """What a compiled function of ``system`` depends on: its functions (by `_function_key`)
-    and meta-loss rule, not the `System` object. Two builds of the same system, or copies
-    that differ in θ, name or metadata (`System.replace`), share compiled functions."""
-    fns = (system.init, system.step, system.phase, system.with_phase)
-    memo: dict = {}
-    return tuple(_function_key(f, memo) for f in fns) + (system.meta_loss,)
-
-
-def cache_by_functions(maxsize: int = 64):
-    """Decorator for ``build(system, *args)`` → compiled function: cached on
-    ``(compile_key(system), *args)`` instead of on the `System` object's identity, so a
-    system rebuilt by its factory (every command, figure and estimator builds its own)
-    reuses the programs compiled for the last build instead of compiling again (a Brax
-    step compiles in 30 to 70 s on 2 CPU cores)."""
-
-    def deco(build):
-        cache: dict = {}
-
-        @functools.wraps(build)
-        def wrapper(system: System, *args):
-            try:
-                key = (compile_key(system),) + args
-            except _Uncacheable:  # correctness first: compile for this call alone
-                return build(system, *args)
-            if key in cache:
-                cache[key] = cache.pop(key)  # most recently used last
-                return cache[key]
-            fn = build(system, *args)
-            cache[key] = fn
-            while len(cache) > maxsize:
-                cache.pop(next(iter(cache)))
-            return fn
-
-        wrapper.cache_clear = cache.clear
-        return wrapper
-
-    return deco

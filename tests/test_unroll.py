@@ -327,11 +327,8 @@ def test_a_phase_that_turns_nonfinite_and_back_is_still_counted(batch):
 def test_unroll_grad_memory_plans_beyond_the_budget_equal_jax_grad(monkeypatch, plan):
     # Past the residual budget unroll_grad checkpoints every step (keeping one state per
     # step) and, past it again, recomputes chunks too: both are the exact gradient.
-    import sys
-
+    from chaosgrad import unroll_reverse as unroll_mod  # unroll_grad's memory planner
     from chaosgrad.system import split_run_key
-
-    unroll_mod = sys.modules["chaosgrad.unroll"]  # the package re-exports a function `unroll`
 
     s = systems.make("rnn", n=6, g=1.8)
     steps = 22

@@ -1,6 +1,9 @@
 """The `chaosgrad` command: systems, spectra, gradient growth, diagnose, compare, meta-train,
 figures, the demo. Bad input exits with status 2 and one line naming what was wrong; a
 failure inside chaosgrad exits with status 3 and says it is internal.
+
+The argument types live in `chaosgrad.app.cli_types` and the demo in `chaosgrad.app.demo`;
+both stay importable from here.
 """
 
 from __future__ import annotations
@@ -14,11 +17,23 @@ import warnings
 from pathlib import Path
 
 from chaosgrad._version import __version__
+from chaosgrad.app.cli_types import (  # noqa: F401 -- re-exported
+    MAX_SEED,
+    MAX_STEPS,
+    _finite_float,
+    _int_list,
+    _k_arg,
+    _nonneg_int,
+    _parse_int,
+    _positive_int,
+    _seed,
+)
+from chaosgrad.app.demo import cmd_demo
 from chaosgrad.app.meta_train import add_launch_arguments, add_meta_train_parser, join_launch
 from chaosgrad.app.output import json_output, print_json
 from chaosgrad.config import enable_compilation_cache, enable_x64
 from chaosgrad.errors import InputError, LaunchError
-from chaosgrad.io import PLOT_FORMATS, check_regular, dumps, write_bytes, write_json
+from chaosgrad.io import PLOT_FORMATS, check_regular, dumps, write_bytes
 
 # Everything that computes (JAX, the systems, the estimators, matplotlib, scipy) is imported
 # inside the command that needs it: `chaosgrad --version` and `chaosgrad systems` start in
@@ -43,80 +58,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 INTERNAL_ERROR = 3  # exit status of a failure inside chaosgrad (2 is bad input)
-
-# Step counts and horizons index steps with int32 on the device (fold_in, scan counters):
-# larger values would overflow there, so they are refused here with the range.
-MAX_STEPS = 2**31 - 1
-MAX_SEED = 2**32 - 1  # a PRNGKey seed is 32 bits wide without float64 mode
-
-
-def _parse_int(text: str, what: str) -> int:
-    """``text`` as an int, or the argparse error "expected <what>"."""
-    try:
-        if "_" in text:  # int("1_0") is 10: digit separators are refused, not read
-            raise ValueError(text)
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-
-
-def _positive_int(text: str, hi: int = MAX_STEPS) -> int:
-    v = _parse_int(text, "a positive integer")
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    if v > hi:
-        raise argparse.ArgumentTypeError(f"{text} is too large; accepted: 1..{hi}")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    v = _parse_int(text, "an integer >= 0")
-    if not 0 <= v <= MAX_STEPS:
-        raise argparse.ArgumentTypeError(f"expected an integer in 0..{MAX_STEPS}, got {text!r}")
-    return v
-
-
-def _seed(text: str) -> int:
-    v = _parse_int(text, "an integer seed")
-    if not 0 <= v <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"seed {text} is out of range; accepted: 0..{MAX_SEED}")
-    return v
-
-
-def _k_arg(text: str):
-    if text.strip().lower() == "all":
-        return "all"
-    return _positive_int(text)
-
-
-def _int_list(text: str) -> list[int]:
-    parts = [x for x in text.split(",") if x.strip()]
-    try:
-        if any("_" in x for x in parts):  # int("1_0") is 10: separators refused, not read
-            raise ValueError(text)
-        vals = [int(x) for x in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive integers like 10,30,100, got {text!r}") from None
-    if not vals or any(v <= 0 for v in vals):
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive integers like 10,30,100, got {text!r}")
-    if max(vals) > MAX_STEPS:
-        raise argparse.ArgumentTypeError(
-            f"horizon {max(vals)} is too large; accepted: 1..{MAX_STEPS}")
-    return vals
-
-
-def _finite_float(text: str) -> float:
-    try:
-        if "_" in text:  # float("1_0") is 10.0: digit separators are refused, not read
-            raise ValueError(text)
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return v
 
 
 def check_out_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
@@ -534,59 +475,6 @@ def cmd_figures(args) -> int:
                                  progress=False if args.no_progress else None)
         if png is not None:  # None: another process of a launch; process 0 reports
             print(f"{name:<10} {png}  ({time.perf_counter() - t0:.1f} s)")
-    return 0
-
-
-def cmd_demo(args) -> int:
-    """Spectrum + gradient growth of a chaotic (g=2) and a stable (g=0.5) tanh RNN."""
-    from chaosgrad import systems
-    from chaosgrad.gradients import gradient_growth
-    from chaosgrad.plots import plot_growth, plot_lyapunov, save
-    from chaosgrad.spectra import lyapunov_spectrum
-
-    enable_x64()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    progress = False if args.no_progress else None
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    rows = []
-    for j, g in enumerate((2.0, 0.5)):
-        system = systems.make("rnn", n=32, g=g, seed=0)
-        t0 = time.perf_counter()
-        lyap = lyapunov_spectrum(system, key=_key(0), steps=4000, k=4, transient=500,
-                                 progress=progress)
-        growth = gradient_growth(system, horizons=[5, 10, 20, 30, 40], seeds=8, key=_key(1),
-                                 progress=progress)
-        plot_lyapunov(lyap, ax=axes[0, j], title=f"tanh RNN n=32, g={g}: Lyapunov spectrum")
-        plot_growth(growth, ax=axes[1, j], lyapunov=float(lyap.exponents[0]),
-                    title=f"tanh RNN n=32, g={g}: gradient norm vs horizon")
-        lam = float(lyap.exponents[0])
-        rows.append({
-            "system": f"rnn n=32 g={g}", "lyapunov": [float(x) for x in lyap.exponents],
-            "growth_rate": growth.growth_rate, "variance_rate": growth.variance_rate,
-            "grad_norm": {int(h): float(v) for h, v in zip(growth.horizons, growth.geomean_norm,
-                                                          strict=True)},
-            "verdict": "chaotic: backprop gradients explode" if lam > 0.01 else
-                       "stable: backprop gradients stay bounded",
-            "seconds": round(time.perf_counter() - t0, 2),
-        })
-    fig.tight_layout()
-    png = save(fig, out / "demo.png")
-    write_json(out / "report.json", {"seed": 0, "arguments": vars(args),
-                                     "chaosgrad": __version__, "systems": rows})
-    print("chaosgrad demo: a tanh RNN x -> tanh(W x), W ~ N(0, g^2/n), n = 32, float64")
-    print(f"{'system':<16}{'λ1':>10}{'λ2':>10}{'|g| rate':>10}{'var rate':>10}"
-          f"{'|g| @T=5':>11}{'|g| @T=40':>11}  verdict")
-    for r in rows:
-        gn = list(r["grad_norm"].values())
-        print(f"{r['system']:<16}{r['lyapunov'][0]:>+10.4f}{r['lyapunov'][1]:>+10.4f}"
-              f"{r['growth_rate']:>+10.4f}{r['variance_rate']:>+10.4f}"
-              f"{gn[0]:>11.3e}{gn[-1]:>11.3e}  {r['verdict']}")
-    print("Rates are per step; a chaotic system's |g| grows at about λ1 and its variance at "
-          "about 2 λ1.")
-    print(f"figure: {png}\nreport: {out / 'report.json'}")
     return 0
 
 

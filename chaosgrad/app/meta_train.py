@@ -20,7 +20,7 @@ from chaosgrad.errors import InputError
 
 def add_meta_train_parser(subparsers):
     """Add the ``meta-train`` subcommand to an argparse ``subparsers`` object; returns it."""
-    from chaosgrad.app.cli import _finite_float, _positive_int, _seed
+    from chaosgrad.app.cli_types import _finite_float, _positive_int, _seed
 
     p = subparsers.add_parser(
         "meta-train",
@@ -72,7 +72,7 @@ def add_meta_train_parser(subparsers):
 def add_launch_arguments(p, what: str):
     """Add --coordinator, --num-processes, --process-id and --timeout to parser ``p``
     (``what``: what is split over the processes, for the help)."""
-    from chaosgrad.app.cli import _positive_int
+    from chaosgrad.app.cli_types import _positive_int
 
     g = p.add_argument_group(
         "multi-process launch",

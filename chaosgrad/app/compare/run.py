@@ -1,0 +1,353 @@
+"""`compare` itself: inputs checked, a pilot, the reference chosen and sampled, every
+estimator sampled, statistics, notes and the recommendation gathered into a `Comparison`;
+and `reference_gradient`, the reference alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from chaosgrad import distributed, estimators
+from chaosgrad.app.compare.report import (
+    Comparison,
+    Reference,
+    _estimator_stats,
+    _notes,
+    _null_check,
+    _recommend,
+    _reference_check,
+    _reference_from_rows,
+    _target_text,
+)
+from chaosgrad.app.compare.sampling import (
+    MIN_SAMPLES,
+    PILOT,
+    REFERENCE_FACTOR,
+    PyTree,
+    _allocate,
+    _choose_reference,
+    _estimator_params,
+    _reference_estimator,
+    _reference_sampler,
+    _Sampler,
+    _split_sampling,
+    make_estimator,
+)
+from chaosgrad.config import precision_info, provenance
+from chaosgrad.errors import InputError
+from chaosgrad.estimators import Estimator
+from chaosgrad.stats import (
+    rank,
+)
+from chaosgrad.system import System, default_key, resolve_theta
+
+DEFAULT_ESTIMATORS = ("backprop", "tbptt", "es", "pes")
+TARGETS = ("smoothed", "exact")
+
+
+def reference_gradient(system: System, theta: PyTree, horizon: int, *, kind: str,
+                       key: jax.Array, batches: int = 32, per_batch: int = 32,
+                       sigma: float = 0.01, sampler: _Sampler | None = None) -> Reference:
+    """A reference gradient g* with its standard error, from ``batches`` independent batches.
+
+    ``kind="reparam"``: backprop at θ ± σε (unbiased for the gradient of the Gaussian-smoothed
+    meta-loss, the default target); ``kind="es"``: antithetic ES over whole unrolls (the same
+    target, with a variance bounded by the loss's spread); ``kind="backprop"``: the mean of
+    exact gradients (the gradient of the expected meta-loss, the "exact" target). Batches
+    with a non-finite gradient are left out (and must not be more than half).
+    """
+    sampler = sampler or _reference_sampler(system, theta, horizon, kind, key, per_batch,
+                                            sigma)
+    rows, _, _ = sampler.run(batches, f"reference ({kind})", False)
+    return _reference_from_rows(rows[:, 0], kind, per_batch, horizon)
+
+
+def _check_inputs(asked, horizon, samples, budget, target) -> list[tuple[str, Any]]:
+    """(label, what) for each estimator asked for: a registry name or ``"module:function"``
+    (resolved, unknown names refused here) or an `Estimator` object (checked)."""
+    if not asked:
+        raise InputError("name at least one estimator; accepted: "
+                         + ", ".join(estimators.names()) + ", module:function, or an "
+                         "Estimator object")
+    entries = []
+    for a in asked:
+        if isinstance(a, str):
+            entries.append((estimators.canonical_name(a), a))
+        else:
+            est = estimators.check_estimator(a)
+            entries.append((est.name, est))
+    labels = [n for n, _ in entries]
+    dup = sorted({n for n in labels if labels.count(n) > 1})
+    if dup:
+        raise InputError(f"estimator {', '.join(dup)} named more than once; name each once")
+    if target not in TARGETS:
+        raise InputError(f"target {target!r} is not accepted: use one of {', '.join(TARGETS)}")
+    if isinstance(horizon, bool) or horizon <= 0:
+        raise InputError(f"horizon must be a positive integer, got {horizon}")
+    if samples < MIN_SAMPLES:
+        raise InputError(f"samples must be at least {MIN_SAMPLES} (independent replicates: the "
+                         f"bias test needs them), got {samples}")
+    if budget is not None and budget <= 0:
+        raise InputError(f"budget must be a positive number of unroll steps, got {budget}")
+    return [(n, a if not isinstance(a, str) else n) for n, a in entries]
+
+
+def _check_windows(labels, built, horizon) -> None:
+    """A windowed estimator's window K must fit in the horizon."""
+    for name, est in zip(labels, built, strict=True):
+        if est.windowed and not 1 <= int(est.params["window"]) <= horizon:
+            raise InputError(f"window {est.params['window']} of {name} must be between 1 and "
+                             f"the horizon {horizon}")
+
+
+def _replicate_length(est, horizon: int, window: int) -> int:
+    """Successive estimates per replicate: one for independent estimates; for a correlated
+    estimator ceil(T / K), a whole inner run per particle (its own window K when windowed,
+    else compare's ``window``), so replicate means are honest batch means."""
+    if not est.correlated:
+        return 1
+    k = int(est.params["window"]) if est.windowed else int(window)
+    return max(1, math.ceil(horizon / k))
+
+
+def _runner(name: str, target: str) -> str:
+    """The registry estimator that runs for ``name``: under the smoothed target, "backprop"
+    is the reparameterisation gradient (backprop at θ ± σε)."""
+    return "reparam" if (name == "backprop" and target == "smoothed") else name
+
+
+def compare(
+    system: System,
+    theta: PyTree = None,
+    estimators: tuple | list = DEFAULT_ESTIMATORS,
+    *,
+    horizon: int | None = None,
+    target: str = "smoothed",
+    budget: int | None = None,
+    samples: int = 16,
+    window: int = 10,
+    sigma: float = 0.01,
+    population: int = 8,
+    reference: str = "auto",
+    reference_batches: int | None = None,
+    reference_per_batch: int | None = None,
+    seconds: float | None = None,
+    params: dict | None = None,
+    key: jax.Array | None = None,
+    out: str | os.PathLike | None = None,
+    progress: bool | None = None,
+    estimators_: tuple[str, ...] | list[str] | None = None,
+) -> Comparison | None:
+    """Compare gradient estimators of ``system``'s T-step meta-loss at fixed θ, against one
+    stated target gradient.
+
+    The target (``target``): "smoothed" (default) is ∇_θ E_key E_ε L_T(θ + ε; key) with
+    ε ~ N(0, σ² I) — what ES, NRES and PES estimate; there "backprop" runs as the
+    reparameterisation gradient, backprop at θ ± σε (`chaosgrad.estimators.reparam`).
+    "exact" is ∇_θ E_key L_T(θ; key), which backprop estimates: ES and PES are then charged
+    for their smoothing, and the notes say so.
+
+    The reference g* is independent of every estimator it judges (its own keys) and has
+    ``reference_batches`` (default 10 × ``samples``) batches of ``reference_per_batch``
+    (default ``population``) runs or pairs. Under the smoothed target two unbiased kinds
+    exist: the reparameterisation gradient and antithetic ES over whole unrolls; "auto"
+    measures the spread of both across run keys at T (4 batches each) and takes the one with
+    the least variance per second; the other kind's batches (``samples`` of them) are a
+    cross-check, tested for agreement with the reference. Under the exact target the
+    reference is backprop.
+
+    Every estimator gives ``samples`` independent replicates, each from a fresh ``init`` and
+    keys; a replicate of a correlated (truncated) estimator averages ceil(T / window)
+    successive estimates, a whole inner run per particle. What an estimator is comes from
+    its traits (`chaosgrad.estimators.Estimator`: target and smoothing, correlated,
+    windowed), never from its name, so a user's estimator is judged like a built-in one.
+    From the replicates: the bias (a sign-flip test of an unbiased U-statistic,
+    `chaosgrad.stats.bias_test`: no independent-coordinates assumption), the variance of
+    one estimate and the long-run variance per estimate
+    (Satterthwaite intervals), the cost, and the squared error at ``budget`` unroll steps,
+    each with a 95% interval. A null check — reparameterisation backprop (backprop under
+    "exact") against an independent sample of itself — is recorded with every comparison.
+    ``ranking[0]`` is the best point estimate; the recommendation names it only when its
+    interval separates it from the rest and the reference, the null check and the tails
+    allow a recommendation, and says why not otherwise.
+
+    Args:
+      estimators: registry names, ``"module:function"`` factories (built like registered
+        ones: compare's settings go to the parameters their signature names), or
+        `Estimator` objects built for ``system`` (used as they are); ``estimators_``: the
+        old name of this argument.
+      horizon: T (default: the system's). window: K for truncated estimators (≤ T).
+      sigma: ES/PES/NRES perturbation scale and the smoothing of the target.
+      population: samples/pairs/particles per estimate.
+      samples: replicates per estimator (at least 8).
+      budget: unroll steps (default: ``samples × population × T``).
+      reference: "auto", "reparam" (alias "backprop" under the smoothed target), "es", or
+        "backprop" (the exact target's).
+      seconds: a time budget for the sampling (after compiling): half to the reference,
+        half shared by the estimators, never below 8 replicates each.
+      params: per-estimator overrides, e.g. ``{"pes": {"pairs": 16}}``.
+      out: write compare.json and compare.png there.
+
+    Under a multi-process launch (`chaosgrad.distributed`) every process calls it alike:
+    each estimator, and each reference sample, is built and sampled whole by one process,
+    and process 0 gathers the replicates, computes the numbers, writes ``out`` and returns
+    the `Comparison`; the others return None.
+    Raises InputError (one line, naming what is accepted) for unknown or repeated
+    estimators, an unknown target or reference, a window longer than the horizon, fewer
+    than 8 samples, or a budget below one estimate.
+    """
+    t0 = time.perf_counter()
+    theta = resolve_theta(system, theta)
+    horizon = int(horizon or system.horizon)
+    asked = estimators_ if estimators_ is not None else estimators
+    if isinstance(asked, str):  # "backprop,es,mymod:make"
+        asked = [n.strip() for n in asked.split(",") if n.strip()]
+    asked = [asked] if isinstance(asked, Estimator) else list(asked)
+    entries = _check_inputs(asked, horizon, int(samples), budget, target)
+    names = [n for n, _ in entries]
+    key = default_key(key)
+    samples = int(samples)
+    common = {"samples": population, "particles": population, "pairs": population,
+              "sigma": sigma, "window": window, "horizon": horizon}
+    split = distributed.process_count() > 1
+    if split and any(not isinstance(what, str) for _, what in entries):
+        # each estimator is sampled by one process alone: it must be built inside
+        # `distributed.local_only`, which an object built by the caller was not
+        raise InputError("under a multi-process launch give compare's estimators by name or "
+                         "module:function (each is then built for the process that samples "
+                         "it), not as Estimator objects")
+    local = distributed.local_only if split else contextlib.nullcontext
+    with local():
+        built = []
+        for n, what in entries:
+            if not isinstance(what, str):
+                if n in (params or {}):
+                    raise InputError(f"estimator {n!r} was given as an Estimator object, "
+                                     "used as built: give its settings when building it, "
+                                     "not in params")
+                built.append(what)  # the user's own object, as built
+                continue
+            runner = _runner(n, target)
+            overrides = (params or {}).get(n)
+            built.append(make_estimator(runner, system,
+                                        **_estimator_params(runner, common, overrides)))
+    _check_windows(names, built, horizon)
+    per_rep = [_replicate_length(e, horizon, window) for e in built]
+    budget = int(budget or samples * population * horizon)
+    per_batch = int(reference_per_batch or population)
+    n_ref = max(int(reference_batches or REFERENCE_FACTOR * samples), PILOT + 2)
+    kinds, chosen, reason = _reference_kinds(target, reference)
+    ref_key = jax.random.fold_in(key, 1000)
+    with local():
+        pilots = {k: _reference_sampler(system, theta, horizon, k,
+                                         jax.random.fold_in(ref_key, i), per_batch, sigma)
+                  for i, k in enumerate(kinds)}
+        pilot_rows = {k: s.run(PILOT, f"reference pilot ({k})", False)[0]
+                      for k, s in pilots.items()}
+    if chosen is None:
+        chosen, reason = _choose_reference(pilot_rows, {k: s.seconds for k, s in pilots.items()})
+    other = next((k for k in kinds if k != chosen), None)
+    null_kind = "backprop" if target == "exact" else "reparam"
+    # backprop asked for by name is already a sample of the null kind
+    null_in = next((i for i, (n, what) in enumerate(entries)
+                    if n == "backprop" and isinstance(what, str)), None)
+    # jobs: the estimators, the reference, the cross-check, a null sample when backprop was
+    # not asked for
+    extra = [("reference", chosen), *([("cross-check", other)] if other else []),
+             *([("null", null_kind)] if null_in is None else [])]
+
+    def sampler(j):
+        if j < len(built):
+            return _Sampler(built[j], theta, jax.random.fold_in(key, j), per_rep[j])
+        role, kind = extra[j - len(built)]
+        if role in ("reference", "cross-check"):
+            return pilots[kind]
+        return _Sampler(_reference_estimator(system, kind, horizon, per_batch, sigma), theta,
+                        jax.random.fold_in(ref_key, 77))
+
+    def wanted(role):
+        return {"reference": n_ref - PILOT, "cross-check": max(samples - PILOT, 2),
+                "null": samples}[role]
+
+    def check_budget(steps_of):
+        for est, steps in zip(built, steps_of, strict=False):
+            if steps > budget:
+                raise InputError(f"budget {budget} is below the cost of one {est.name} "
+                                 f"estimate ({steps:.0f} unroll steps); raise --budget")
+
+    def allocate(timings):
+        check_budget([t[0] for t in timings[:len(built)]])
+        counts = _allocate([t[1] for t in timings[:len(built)]], timings[len(built)][1],
+                           samples, n_ref - PILOT, seconds)
+        return [*counts[0], counts[1], *[wanted(r) for r, _ in extra[1:]]]
+
+    n_jobs = len(built) + len(extra)
+    t_sample = None
+    if split:
+        done = _split_sampling(sampler, n_jobs, allocate, progress)
+        if done is None:
+            return None  # process 0 reports
+        results = [g for g, _ in done]
+    else:
+        samplers = [sampler(j) for j in range(n_jobs)]
+        compile_seconds = sum({id(s): s.compile_seconds for s in [*samplers, *pilots.values()]
+                               }.values())
+        t_sample = time.perf_counter()
+        counts = allocate([(s.steps, s.seconds) for s in samplers])
+        results = [s.run(c, f"compare {s.est.name}", progress if j < len(built) else False)
+                   for j, (s, c) in enumerate(zip(samplers, counts, strict=True))]
+        t_sample = {"compile_seconds": round(compile_seconds, 2),
+                    "sampling_seconds": round(time.perf_counter() - t_sample, 2)}
+    by_role = {role: results[len(built) + i][0] for i, (role, _) in enumerate(extra)}
+    ref = _reference_from_rows(
+        np.concatenate([pilot_rows[chosen], by_role["reference"]])[:, 0], chosen, per_batch,
+        horizon, reason)
+    ref_check = {}
+    cross = None
+    if other:
+        cross = np.concatenate([pilot_rows[other], by_role["cross-check"]])[:, 0]
+        ref_check = _reference_check(cross, ref, other)
+    stats = [_estimator_stats(n, est, rows, steps, secs, ref, budget, m)
+             for n, est, (rows, steps, secs), m in zip(names, built, results, per_rep,
+                                                       strict=False)]
+    smoothing = {n: e.smoothing for n, e in zip(names, built, strict=True)}
+    null_rows = results[null_in][0] if null_in is not None else by_role["null"]
+    against = ref.rows if chosen == null_kind else cross
+    null_check = _null_check(null_rows[:, 0], against, null_kind,
+                             "the reference" if chosen == null_kind else "the cross-check")
+    ranking = rank({s.name: s.mse_at_budget for s in stats})
+    text, recommended = _recommend(stats, ranking, ref, null_check, ref_check)
+    comp = Comparison(
+        system=system.describe(), horizon=horizon, budget=budget, reference=ref.description,
+        reference_norm=ref.norm, reference_se=ref.se, reference_se_upper=ref.se_upper,
+        reference_samples=ref.samples, stats=stats, ranking=ranking.order, tied=ranking.tied,
+        recommendation=text, notes=_notes(stats, ref, target, sigma, smoothing),
+        run=provenance(key),
+        precision=precision_info(np.asarray(jax.tree_util.tree_leaves(theta)[0]).dtype),
+        seconds=time.perf_counter() - t0, time_budget=seconds, target=target,
+        target_description=_target_text(target, sigma), null_check=null_check,
+        reference_check=ref_check, recommended=recommended, timing=t_sample or {})
+    if out is not None:
+        comp.save(out)
+    return comp
+
+
+def _reference_kinds(target: str, reference: str) -> tuple[list[str], str | None, str]:
+    """The reference kinds to sample and the chosen one (None: choose after the pilot)."""
+    if target == "exact":
+        if reference not in ("auto", "backprop"):
+            raise InputError(f"reference {reference!r} does not estimate the exact target; "
+                             "use 'auto' or 'backprop' (or --target smoothed)")
+        return ["backprop"], "backprop", "the exact target's unbiased estimator"
+    ref = "reparam" if reference == "backprop" else reference
+    if ref not in ("auto", "reparam", "es"):
+        raise InputError(f"reference {reference!r} is not accepted: use 'auto', 'reparam' "
+                         "(or 'backprop'), 'es'")
+    return ["reparam", "es"], (None if ref == "auto" else ref), "asked for"
