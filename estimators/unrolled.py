@@ -109,16 +109,21 @@ def unroll_value_and_grad(system: System, theta: PyTree, key: jax.Array, steps: 
                           chunk: int, slots: int):
     """((meta-loss, non-finite loss count), ∂meta-loss/∂θ) of one ``steps``-step run with
     run key ``key``, by the chunked reverse pass of this module (``steps`` may be traced;
-    it must not exceed ``chunk * slots``, else the gradient is NaN)."""
+    it must not exceed ``chunk * slots``, else the meta-loss and gradient are NaN)."""
     k_init, k_steps = split_run_key(key)
     kind = system.meta_loss
     state0, init_vjp = jax.vjp(lambda th: system.init(k_init, th), theta)
     steps = jnp.asarray(steps, jnp.int32)
-    n_chunks = (steps + chunk - 1) // chunk
+    n_full = jnp.minimum(steps // chunk, slots)  # chunks that end at or before T
+    partial = steps > n_full * chunk  # a last chunk that runs past T (masked)
 
-    def run_chunk(state, th, c):
+    def run_chunk(state, th, c, masked: bool):
         def body(s, i):
             t = c * chunk + i
+            if not masked:
+                new, out = system.step(s, th, step_key(k_steps, t))
+                loss = jnp.asarray(loss_of(out))
+                return new, (_term(kind, t, steps, loss), ~jnp.isfinite(loss))
             live = t < steps
             # Past T: no gradient reaches the step (0 × Inf would be NaN), its state is
             # dropped and its loss weighs nothing.
@@ -136,24 +141,34 @@ def unroll_value_and_grad(system: System, theta: PyTree, key: jax.Array, steps: 
     buffer = jax.tree_util.tree_map(lambda x: jnp.zeros((slots,) + jnp.shape(x), x.dtype),
                                     state0)
 
+    def put(buf, s, c):
+        return jax.tree_util.tree_map(
+            lambda b, x: lax.dynamic_update_index_in_dim(b, x, jnp.minimum(c, slots - 1), 0),
+            buf, s)
+
     def forward(c, carry):
         s, buf, val, bad = carry
-        buf = jax.tree_util.tree_map(
-            lambda b, x: lax.dynamic_update_index_in_dim(b, x, c, 0), buf, s)
-        s, v, b = run_chunk(s, theta, c)
+        buf = put(buf, s, c)
+        s, v, b = run_chunk(s, theta, c, False)
         return s, buf, val + v, bad + b
 
     carry = (state0, buffer, jnp.zeros((), dtype), jnp.zeros((), jnp.int32))
-    s_end, buffer, val, bad = lax.fori_loop(0, jnp.minimum(n_chunks, slots), forward, carry)
+    carry = lax.fori_loop(0, n_full, forward, carry)
 
-    def backward(j, carry):
-        ct, grad = carry
-        c = n_chunks - 1 - j
-        start = jax.tree_util.tree_map(lambda b: lax.dynamic_index_in_dim(b, c, 0, False),
-                                       buffer)
+    def last(carry):
+        s, buf, val, bad = carry
+        buf = put(buf, s, n_full)  # the partial chunk's start
+        s, v, b = run_chunk(s, theta, n_full, True)
+        return s, buf, val + v, bad + b
+
+    s_end, buffer, val, bad = lax.cond(partial, last, lambda carry: carry, carry)
+
+    def pull(c, masked, ct, grad):
+        start = jax.tree_util.tree_map(
+            lambda b: lax.dynamic_index_in_dim(b, jnp.minimum(c, slots - 1), 0, False), buffer)
 
         def f(floats, th):
-            s, v, _ = run_chunk(float_leaves_with_phase(start, floats), th, c)
+            s, v, _ = run_chunk(float_leaves_with_phase(start, floats), th, c, masked)
             return float_leaves_phase(s), v
 
         (_, v), vjp = jax.vjp(f, float_leaves_phase(start), theta)
@@ -162,13 +177,16 @@ def unroll_value_and_grad(system: System, theta: PyTree, key: jax.Array, steps: 
 
     ct0 = [jnp.zeros_like(x) for x in float_leaves_phase(s_end)]
     grad0 = jax.tree_util.tree_map(jnp.zeros_like, theta)
-    ct, grad = lax.fori_loop(0, jnp.minimum(n_chunks, slots), backward, (ct0, grad0))
+    ct, grad = lax.cond(partial, lambda cg: pull(n_full, True, *cg), lambda cg: cg,
+                        (ct0, grad0))
+    ct, grad = lax.fori_loop(0, n_full, lambda j, cg: pull(n_full - 1 - j, False, *cg),
+                             (ct, grad))
     (g_init,) = init_vjp(float_leaves_with_phase(
         jax.tree_util.tree_map(_zero_cotangent, state0), ct))
     grad = jax.tree_util.tree_map(jnp.add, grad, g_init)
-    over = n_chunks > slots
+    over = steps > chunk * slots
     grad = jax.tree_util.tree_map(lambda g: jnp.where(over, jnp.nan, g), grad)
-    return (val, bad), grad
+    return (jnp.where(over, jnp.nan, val), bad), grad
 
 
 def _zero_cotangent(x):

@@ -101,3 +101,26 @@ def test_one_program_for_three_horizons_with_the_recorded_estimates(name):
     assert built[17] == 0, built
     if name != "pes":
         assert built[30] == 0, built
+
+
+@pytest.mark.parametrize("horizon", [1, 7, 8, 47, 48, 49])
+def test_chunked_reverse_pass_is_the_gradient_of_the_unroll(horizon):
+    """The in-program reverse pass (chunk 8, room for 6 chunk starts) against jax.grad of the
+    plain unroll: a partial first chunk, a full one, partial and exactly full buffers; past
+    the buffer's room the meta-loss and gradient are NaN, never a wrong number."""
+    from chaosgrad.estimators.unrolled import unroll_value_and_grad
+
+    from chaosgrad.unroll import unrolled_loss
+
+    system = systems.make("rnn", n=4, g=1.5, dtype="float64")
+    key = jax.random.PRNGKey(3)
+    (val, bad), grad = jax.jit(
+        lambda th: unroll_value_and_grad(system, th, key, horizon, 8, 6))(system.theta)
+    if horizon > 48:
+        assert np.isnan(float(val)) and np.all(np.isnan(np.asarray(grad)))
+        return
+    want_val, want_grad = jax.value_and_grad(
+        lambda th: unrolled_loss(system, th, key, horizon))(system.theta)
+    assert int(bad) == 0
+    np.testing.assert_allclose(float(val), float(want_val), rtol=1e-14)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(want_grad), rtol=1e-12, atol=1e-15)
