@@ -32,7 +32,7 @@ $(BENCH_STAMP): $(STAMP)
 	touch $(BENCH_STAMP)
 
 # One table (figure, ours, baseline, ratio with spread, goal, meets goal), also saved to
-# benchmarks/results/bench.txt and bench.json. About 1.5 minutes on a 2-core CPU once installed.
+# benchmarks/results/bench.txt and bench.json. About 5 minutes on a 2-core CPU once installed.
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench.py
 
