@@ -60,7 +60,7 @@ def backprop(system: System, samples: int = 8, horizon: int = 0, remat_chunk: in
       samples: independent runs per estimate (the population; sharded over devices).
       horizon: T (0: the system's horizon).
       remat_chunk: the reverse pass keeps the state every this many steps and recomputes
-        the steps between (0: 16, more above T = 1024); memory is about
+        the steps between (0: 8, more above T = 1024); memory is about
         max(1024, T) / chunk states plus one chunk's activations.
       shard: shard the samples over the local devices.
     """

@@ -62,10 +62,15 @@ def capacity_of(horizon: int) -> int:
 
 
 def chunk_of(remat_chunk, capacity: int) -> int:
-    """The reverse-mode chunk C: ``remat_chunk`` (a non-negative integer; 0: 16, or about
-    √capacity / 2 for capacities above 1024, so the buffer stays ≤ 2 √capacity states)."""
+    """The reverse-mode chunk C: ``remat_chunk`` (a non-negative integer; 0: 8, or about
+    √capacity / 2 for capacities above 1024, so the buffer stays ≤ 2 √capacity states).
+
+    A last partial chunk computes C steps for the fewer it has left (masked), so C bounds
+    the waste: with 8, horizons 8, 32, 128 and 256 waste nothing and T = 10 computes 16
+    steps (with 16, T = 8 computed 16: reparam on the learned optimizer took 0.543 s per
+    estimate against 0.227 s for the one-program-per-T code)."""
     c = check_int(remat_chunk, "remat_chunk (0: the default chunk)", lo=0)
-    return c or max(16, int(capacity ** 0.5) // 2)
+    return c or (8 if capacity <= MIN_CAPACITY else int(capacity ** 0.5) // 2)
 
 
 def slots_of(capacity: int, chunk: int) -> int:
