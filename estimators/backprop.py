@@ -33,6 +33,7 @@ from chaosgrad.estimators.unrolled import (
     Horizon,
     capacity_of,
     chunk_of,
+    horizon_init,
     slots_of,
     steps_of,
     unroll_value_and_grad,
@@ -71,9 +72,7 @@ def backprop(system: System, samples: int = 8, horizon: int = 0, remat_chunk: in
     estimate = _backprop_estimate(system, samples, chunk, slots_of(capacity, chunk),
                                   population_sharding(samples, shard))
 
-    def init(key, theta):
-        return Horizon(jnp.asarray(horizon, jnp.int32))
-
+    init = horizon_init(horizon)
     return Estimator(init, estimate, "backprop",
                      {"samples": samples, "horizon": horizon, "remat_chunk": chunk},
                      reverse_mode=True, steps=samples * horizon)
@@ -89,10 +88,11 @@ def _backprop_estimate(system: System, samples: int, chunk: int, slots: int, sha
     vg = jax.vmap(per_sample, in_axes=(None, 0, None))
 
     def estimate(est_state: Horizon, theta, key):
+        steps = steps_of(est_state)
         keys = shard_population(jax.random.split(key, samples), sharding)
-        (vals, bad), grads = vg(theta, keys, steps_of(est_state))
+        (vals, bad), grads = vg(theta, keys, steps)
         grad = tree_mean0(grads)
-        info = finish_info(grad, loss=jnp.mean(vals), steps=samples * steps_of(est_state),
+        info = finish_info(grad, loss=jnp.mean(vals), steps=samples * steps,
                            nonfinite_losses=jnp.sum(bad).astype(jnp.int32))
         return grad, est_state, info
 
@@ -244,9 +244,7 @@ def reparam(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int = 
     pair = antithetic(system, pairs, sigma, horizon, remat_chunk, shard)
     horizon = pair.horizon
 
-    def init(key, theta):
-        return Horizon(jnp.asarray(horizon, jnp.int32))
-
+    init = horizon_init(horizon)
     return Estimator(init, _reparam_estimate(pair.run, pair.pairs), "reparam", {
         "pairs": pair.pairs, "sigma": pair.sigma, "horizon": pair.horizon,
         "remat_chunk": pair.chunk}, target="smoothed",
@@ -258,9 +256,10 @@ def _reparam_estimate(run: Callable, pairs: int):
     """Reparam's ``estimate`` over a shared `Antithetic.run`: one function per run."""
 
     def estimate(est_state: Horizon, theta, key):
-        _, (vals, bad), g = run(theta, key, steps_of(est_state))
+        steps = steps_of(est_state)
+        _, (vals, bad), g = run(theta, key, steps)
         grad = jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=(0, 1)), g)
-        info = finish_info(grad, loss=jnp.mean(vals), steps=2 * pairs * steps_of(est_state),
+        info = finish_info(grad, loss=jnp.mean(vals), steps=2 * pairs * steps,
                            nonfinite_losses=jnp.sum(bad).astype(jnp.int32))
         return grad, est_state, info
 

@@ -15,7 +15,7 @@ from chaosgrad.estimators.base import (
     check_positive_int,
     finish_info,
 )
-from chaosgrad.estimators.unrolled import Horizon, steps_of
+from chaosgrad.estimators.unrolled import Horizon, horizon_init, steps_of
 
 from chaosgrad.errors import InputError
 from chaosgrad.system import System
@@ -82,9 +82,7 @@ def combined(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int =
     pair = antithetic(system, pairs, sigma, horizon, remat_chunk, shard)
     sigma, horizon = pair.sigma, pair.horizon
 
-    def init(key, theta):
-        return Horizon(jnp.asarray(horizon, jnp.int32))
-
+    init = horizon_init(horizon)
     return Estimator(init, _combined_estimate(pair.run, pairs, sigma), "combined", {
         "pairs": pair.pairs, "sigma": sigma, "horizon": horizon, "remat_chunk": pair.chunk},
         target="smoothed", smoothing=sigma, reverse_mode=True, steps=2 * pairs * horizon)
@@ -96,7 +94,8 @@ def _combined_estimate(run, pairs: int, sigma: float):
     compiled program) for every horizon."""
 
     def estimate(est_state: Horizon, theta, key):
-        eps, (vals, bad), g = run(theta, key, steps_of(est_state))
+        steps = steps_of(est_state)
+        eps, (vals, bad), g = run(theta, key, steps)
         lp, lm = vals[:, 0], vals[:, 1]
         g_bp = jax.tree_util.tree_map(lambda x: 0.5 * (x[:, 0] + x[:, 1]), g)
         g_es = jax.tree_util.tree_map(
@@ -107,7 +106,7 @@ def _combined_estimate(run, pairs: int, sigma: float):
         leaves = jax.tree_util.tree_leaves(w_bp)
         size = sum(x.size for x in leaves)
         info = finish_info(
-            grad, loss=jnp.mean(vals), steps=2 * pairs * steps_of(est_state),
+            grad, loss=jnp.mean(vals), steps=2 * pairs * steps,
             nonfinite_losses=jnp.sum(bad).astype(jnp.int32),
             weight_backprop=sum(jnp.sum(x) for x in leaves) / size,
             nonfinite_backprop=sum(jnp.sum(~jnp.isfinite(x)) for x in

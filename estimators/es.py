@@ -29,7 +29,7 @@ from chaosgrad.estimators.particles import (
     perturbed_thetas,
     run_window,
 )
-from chaosgrad.estimators.unrolled import Horizon, steps_of, unroll_value
+from chaosgrad.estimators.unrolled import Horizon, horizon_init, steps_of, unroll_value
 
 from chaosgrad.system import System, cache_by_functions, resolve_theta
 
@@ -58,9 +58,7 @@ def es(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int = 0,
     horizon = check_positive_int(horizon or system.horizon, "horizon")
     estimate = _es_estimate(system, pairs, sigma, population_sharding(pairs, shard))
 
-    def init(key, theta):
-        return Horizon(jnp.asarray(horizon, jnp.int32))
-
+    init = horizon_init(horizon)
     return Estimator(init, estimate, "es", {"pairs": pairs, "sigma": sigma, "horizon": horizon},
                      target="smoothed", smoothing=sigma, steps=2 * pairs * horizon)
 
@@ -78,12 +76,13 @@ def _es_estimate(system: System, pairs: int, sigma: float, sharding):
         k_eps, k_runs = jax.random.split(key)
         eps = pair_perturbations(k_eps, theta, pairs, sigma, sharding)
         keys = shard_population(jax.random.split(k_runs, pairs), sharding)
-        vals, bad = vloss(perturbed_thetas(theta, eps, 2), keys, steps_of(est_state))
+        steps = steps_of(est_state)
+        vals, bad = vloss(perturbed_thetas(theta, eps, 2), keys, steps)
         lp, lm = vals[:, 0], vals[:, 1]
         diff = (lp - lm) / (2 * pairs * sigma**2)
         grad = jax.tree_util.tree_map(
             lambda e: jnp.tensordot(diff.astype(e.dtype), e, axes=1), eps)
-        info = finish_info(grad, loss=jnp.mean(vals), steps=2 * pairs * steps_of(est_state),
+        info = finish_info(grad, loss=jnp.mean(vals), steps=2 * pairs * steps,
                            nonfinite_losses=jnp.sum(bad).astype(jnp.int32))
         return grad, est_state, info
 

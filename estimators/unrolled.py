@@ -55,6 +55,16 @@ def steps_of(est_state) -> jax.Array:
     return est_state.steps
 
 
+def horizon_init(horizon: int):
+    """The ``init`` of a whole-unroll estimator built for ``horizon``: ``(key, theta) ->
+    Horizon(T)`` (the key and θ are unused)."""
+
+    def init(key, theta):
+        return Horizon(jnp.asarray(horizon, jnp.int32))
+
+    return init
+
+
 def capacity_of(horizon: int) -> int:
     """The largest horizon the program built for ``horizon`` serves: 1024, or the next
     power of two above ``horizon`` (so horizons share programs in doublings)."""
@@ -125,19 +135,18 @@ def unroll_value_and_grad(system: System, theta: PyTree, key: jax.Array, steps: 
     def run_chunk(state, th, c, masked: bool):
         def body(s, i):
             t = c * chunk + i
-            if not masked:
-                new, out = system.step(s, th, step_key(k_steps, t))
-                loss = jnp.asarray(loss_of(out))
-                return new, (_term(kind, t, steps, loss), ~jnp.isfinite(loss))
-            live = t < steps
-            # Past T: no gradient reaches the step (0 × Inf would be NaN), its state is
-            # dropped and its loss weighs nothing.
-            s_in = otu.tree_where(live, s, lax.stop_gradient(s))
-            th_in = otu.tree_where(live, th, lax.stop_gradient(th))
+            s_in, th_in, live = s, th, True
+            if masked:
+                # Past T: no gradient reaches the step (0 × Inf would be NaN), its state is
+                # dropped and its loss weighs nothing.
+                live = t < steps
+                s_in = otu.tree_where(live, s, lax.stop_gradient(s))
+                th_in = otu.tree_where(live, th, lax.stop_gradient(th))
             new, out = system.step(s_in, th_in, step_key(k_steps, t))
             loss = jnp.asarray(loss_of(out))
-            return otu.tree_where(live, new, s), (_term(kind, t, steps, loss),
-                                               live & ~jnp.isfinite(loss))
+            if masked:
+                new = otu.tree_where(live, new, s)
+            return new, (_term(kind, t, steps, loss), live & ~jnp.isfinite(loss))
 
         s, (terms, bad) = lax.scan(body, state, jnp.arange(chunk))
         return s, jnp.sum(terms), jnp.sum(bad, dtype=jnp.int32)
