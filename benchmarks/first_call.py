@@ -42,24 +42,29 @@ def _system():
     return systems.make("lopt", task="digits_mlp", optimizer="mlp", dtype="float32")
 
 
-def _hand(system, samples: int, horizon: int):
-    """The gradient of the samples' mean T-step meta-loss, as a user writes it by hand."""
-    import jax
+def _scan_run(system, th, key, horizon):
+    """(final state, per-step losses) of a ``horizon``-step run, a ``lax.scan`` by hand."""
     import jax.numpy as jnp
     from jax import lax
 
     from chaosgrad.system import loss_of, split_run_key, step_key
 
+    k_init, k_steps = split_run_key(key)
+
+    def body(s, t):
+        s, out = system.step(s, th, step_key(k_steps, t))
+        return s, loss_of(out)
+
+    return lax.scan(body, system.init(k_init, th), jnp.arange(horizon))
+
+
+def _hand(system, samples: int, horizon: int):
+    """The gradient of the samples' mean T-step meta-loss, as a user writes it by hand."""
+    import jax
+    import jax.numpy as jnp
+
     def loss(th, k):
-        k_init, k_steps = split_run_key(k)
-        state = system.init(k_init, th)
-
-        def body(s, t):
-            s, out = system.step(s, th, step_key(k_steps, t))
-            return s, loss_of(out)
-
-        _, losses = lax.scan(body, state, jnp.arange(horizon))
-        return jnp.mean(losses)
+        return jnp.mean(_scan_run(system, th, k, horizon)[1])
 
     def grad(th, key):
         keys = jax.random.split(key, samples)
@@ -85,20 +90,14 @@ def _hand_diagnose(system, hs=(10, 33, 100), seeds=8, runs=4, k=8, points=41):
     import jax.numpy as jnp
     from jax import lax
 
-    from chaosgrad.system import loss_of, split_run_key, step_key
+    from chaosgrad.system import split_run_key, step_key
 
     theta = system.theta
     hmax = max(hs)
     steps = max(50, -(-max(2000, 20 * hmax) // runs))
 
     def run_losses(th, key, horizon):
-        k_init, k_steps = split_run_key(key)
-
-        def body(s, t):
-            s, out = system.step(s, th, step_key(k_steps, t))
-            return s, loss_of(out)
-
-        return lax.scan(body, system.init(k_init, th), jnp.arange(horizon))
+        return _scan_run(system, th, key, horizon)
 
     forward = jax.jit(jax.vmap(lambda k: run_losses(theta, k, hmax)))
 
