@@ -13,7 +13,7 @@ from pathlib import Path
 from chaosgrad.io import read_json, write_bytes, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-GALLERY = ROOT / "chaosgrad" / "app" / "figures" / "gallery"
+GALLERY = ROOT / "docs" / "gallery"
 WIDTH = 1400
 
 

@@ -1,5 +1,5 @@
 """Print every number the README's gallery quotes, from the meta.json saved beside each gallery
-PNG (chaosgrad/app/figures/gallery/<figure>.meta.json), formatted as the README writes it.
+PNG (docs/gallery/<figure>.meta.json), formatted as the README writes it.
 
     .venv/bin/python benchmarks/gallery_numbers.py
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-GALLERY = ROOT / "chaosgrad" / "app" / "figures" / "gallery"
+GALLERY = ROOT / "docs" / "gallery"
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -600,7 +600,7 @@ MEASURED = re.compile(r"(?<![\w.^{])(\d+(?:\.\d+)?e-?\d+|\d*\.\d+)(?![\d])")
 
 def readme_paragraph(text: str, name: str) -> str:
     """The README gallery paragraph that ends with figure ``name``'s image."""
-    img = f"![{name}](chaosgrad/app/figures/gallery/{name}.png)"
+    img = f"![{name}](docs/gallery/{name}.png)"
     end = text.index(img)
     start = text.rfind("\n\n", 0, end)
     return text[start:end]

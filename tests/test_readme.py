@@ -169,7 +169,7 @@ def test_gallery_number_format():
 
 def test_estimator_study_sentences_match_its_saved_results():
     """The README's lopt_estimators paragraph, claim by claim, against its meta.json."""
-    m = json.loads((ROOT / "chaosgrad/app/figures/gallery/lopt_estimators.meta.json")
+    m = json.loads((ROOT / "docs/gallery/lopt_estimators.meta.json")
                    .read_text())
     r = m["results"]
     assert all(c["reference"].startswith("backprop") for d in r.values() for c in d.values())
@@ -194,7 +194,7 @@ def test_estimator_study_sentences_match_its_saved_results():
 
 def test_learned_optimizer_quick_run_time_is_the_saved_one():
     """The gallery's time of the three learned-optimizer figures, from their meta.json."""
-    g = ROOT / "chaosgrad/app/figures/gallery"
+    g = ROOT / "docs/gallery"
     secs = [json.loads((g / f"{n}.meta.json").read_text())["compute_seconds"]
             for n in ("learned_optimizer", "lopt_estimators", "lopt_meta_training")]
     text = (ROOT / "README.md").read_text()
@@ -215,7 +215,7 @@ def _close(quoted: float, value: float, digits: int) -> bool:
 def test_learned_optimizer_gallery_sentences_match_their_saved_results():
     """Figure 3 (quick and paper scale) and lopt_meta_training: each number the README
     quotes, against its meta.json (to the digits quoted)."""
-    g = ROOT / "chaosgrad/app/figures/gallery"
+    g = ROOT / "docs/gallery"
     text = (ROOT / "README.md").read_text()
     q = json.loads((g / "learned_optimizer.meta.json").read_text())
     assert [q["slices"][t]["extrema"] for t in ("8", "32", "128", "256", "512")] == [
