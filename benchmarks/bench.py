@@ -55,8 +55,14 @@ def summarise(a, b, speedup: bool = False) -> dict:
     """Median ours/baseline ratio (baseline/ours for a speed-up) and its 25–75% spread."""
     r = (b / a) if speedup else (a / b)
     q1, med, q3 = np.percentile(r, [25, 50, 75])
-    return {"ours_s": float(np.median(a)), "base_s": float(np.median(b)), "ratio": float(med),
-            "q25": float(q1), "q75": float(q3), "rounds": len(r)}
+    return {
+        "ours_s": float(np.median(a)),
+        "base_s": float(np.median(b)),
+        "ratio": float(med),
+        "q25": float(q1),
+        "q75": float(q3),
+        "rounds": len(r),
+    }
 
 
 # -- the inner problem: a window of K steps of the tanh RNN, per-member θ ----------------------
@@ -122,14 +128,26 @@ def estimator_rows(n: int, rounds: int, names=("pes", "tes", "tbptt", "es")) -> 
             hand = make_tbptt_by_hand(n)
             bare = make_floor(n, noise=False)
             a, b = interleaved(ours, lambda g=bare: g(theta, x, key), rounds)
-            rows.append(dict(summarise(a, b), figure=f"tbptt estimate, RNN n={n}, 16 particles, "
-                             "K=10", baseline="bare vmapped scan of the 16 windows",
-                             goal="<= 4x", ok=None))
+            rows.append(
+                dict(
+                    summarise(a, b),
+                    figure=f"tbptt estimate, RNN n={n}, 16 particles, K=10",
+                    baseline="bare vmapped scan of the 16 windows",
+                    goal="<= 4x",
+                    ok=None,
+                )
+            )
             rows[-1]["ok"] = rows[-1]["ratio"] <= 4.0
             a, b = interleaved(ours, lambda g=hand: g(theta, x), rounds)
-            rows.append(dict(summarise(a, b), figure=f"tbptt estimate, RNN n={n}",
-                             baseline="jax.grad through the same 16 windows by hand",
-                             goal="(info)", ok=None))
+            rows.append(
+                dict(
+                    summarise(a, b),
+                    figure=f"tbptt estimate, RNN n={n}",
+                    baseline="jax.grad through the same 16 windows by hand",
+                    goal="(info)",
+                    ok=None,
+                )
+            )
             continue
         if name == "es":
             floor_t = make_es_floor(n)
@@ -173,8 +191,12 @@ def evosax_pes(n: int):
     from evosax.algorithms import PersistentES
 
     solution = jnp.zeros((n, n), jnp.float32)
-    es = PersistentES(population_size=2 * PAIRS, solution=solution, optimizer=optax.sgd(1.0),
-                      std_schedule=optax.constant_schedule(SIGMA))
+    es = PersistentES(
+        population_size=2 * PAIRS,
+        solution=solution,
+        optimizer=optax.sgd(1.0),
+        std_schedule=optax.constant_schedule(SIGMA),
+    )
     params = es.default_params.replace(T=T_INNER, K=K)
 
     def init(key, theta, x0):
@@ -209,15 +231,26 @@ def agreement(rounds_runs: int = 2000, n: int = 6) -> dict:
     try:
         base = systems.make("rnn", n=n, g=0.9, dtype="float32")
         x0 = jax.random.normal(jax.random.PRNGKey(5), (n,), jnp.float32)
-        fixed = System(lambda key, th: x0, base.step, name="rnn-fixed-x0", theta=base.theta,
-                       horizon=T_INNER)
+        fixed = System(
+            lambda key, th: x0, base.step, name="rnn-fixed-x0", theta=base.theta, horizon=T_INNER
+        )
         theta = base.theta
-        exact = np.asarray(jax.grad(lambda th: unrolled_loss(fixed, th, jax.random.PRNGKey(0),
-                                                             T_INNER))(theta), np.float64)
+        exact = np.asarray(
+            jax.grad(lambda th: unrolled_loss(fixed, th, jax.random.PRNGKey(0), T_INNER))(theta),
+            np.float64,
+        )
         windows = T_INNER // K
         # ours: synchronised particles (stagger=False) like evosax's
-        est = estimators.make("pes", fixed, pairs=PAIRS, sigma=SIGMA, window=K,
-                              horizon=T_INNER, stagger=False, shard=False)
+        est = estimators.make(
+            "pes",
+            fixed,
+            pairs=PAIRS,
+            sigma=SIGMA,
+            window=K,
+            horizon=T_INNER,
+            stagger=False,
+            shard=False,
+        )
         init = jax.jit(jax.vmap(est.init, in_axes=(0, None)))
         step = jax.jit(jax.vmap(est.estimate, in_axes=(0, None, 0)))
         keys = jax.random.split(jax.random.PRNGKey(11), rounds_runs)
@@ -235,22 +268,30 @@ def agreement(rounds_runs: int = 2000, n: int = 6) -> dict:
         vstep = jax.jit(jax.vmap(e_step, in_axes=(0, 0, None)))
         acc = 0
         for w in range(windows):
-            carry, g = vstep(carry, jax.vmap(jax.random.fold_in, in_axes=(0, None))(ekeys, w),
-                             xr)
+            carry, g = vstep(carry, jax.vmap(jax.random.fold_in, in_axes=(0, None))(ekeys, w), xr)
             acc = acc + np.asarray(g, np.float64)
         theirs = acc / windows
 
         def rel(samples):
             m = samples.mean(axis=0)
             err = float(np.linalg.norm(m - exact) / np.linalg.norm(exact))
-            se = float(np.linalg.norm(samples.std(axis=0, ddof=1)) / np.sqrt(len(samples))
-                       / np.linalg.norm(exact))
+            se = float(
+                np.linalg.norm(samples.std(axis=0, ddof=1))
+                / np.sqrt(len(samples))
+                / np.linalg.norm(exact)
+            )
             return err, se
 
         (eo, so), (ee, se) = rel(ours), rel(theirs)
-        return {"n": n, "runs": rounds_runs, "ours_rel_err": eo, "ours_rel_se": so,
-                "evosax_rel_err": ee, "evosax_rel_se": se,
-                "ok": bool(eo <= 3 * so + 0.02 and ee <= 3 * se + 0.02)}
+        return {
+            "n": n,
+            "runs": rounds_runs,
+            "ours_rel_err": eo,
+            "ours_rel_se": so,
+            "evosax_rel_err": ee,
+            "evosax_rel_se": se,
+            "ok": bool(eo <= 3 * so + 0.02 and ee <= 3 * se + 0.02),
+        }
     finally:
         K, T_INNER = saved
 
@@ -268,10 +309,13 @@ def evosax_rows(n: int, rounds: int) -> list[dict]:
     x0 = jax.random.normal(jax.random.PRNGKey(3), (2 * PAIRS, n), jnp.float32)
     carry = e_init(jax.random.PRNGKey(0), theta.reshape(n, n), x0)
     key = jax.random.PRNGKey(1)
-    a, b = interleaved(lambda: f(state, theta, key)[0], lambda: e_step(carry, key, x0)[1],
-                       rounds)
-    row = dict(summarise(a, b), figure=f"pes estimate vs evosax PersistentES, n={n}",
-               baseline="evosax 0.3.2 ask + same 16 windows + tell", goal="< 1x")
+    a, b = interleaved(lambda: f(state, theta, key)[0], lambda: e_step(carry, key, x0)[1], rounds)
+    row = dict(
+        summarise(a, b),
+        figure=f"pes estimate vs evosax PersistentES, n={n}",
+        baseline="evosax 0.3.2 ask + same 16 windows + tell",
+        goal="< 1x",
+    )
     row["ok"] = row["ratio"] < 1.0
     return [row]
 
@@ -295,20 +339,29 @@ def unroll_rows(rounds: int, n: int = 256, steps: int = 1000) -> list[dict]:
         return x, losses, jnp.mean(losses)
 
     grad = jax.jit(jax.grad(lambda th, k: unrolled_loss(s, th, k, steps)))
+
     def by_hand():
         # The same results in the same place as `unroll`: losses and meta-loss on the host.
         x, losses, meta = hand(theta, x0)
         return x, np.asarray(losses), np.asarray(meta)
 
     a, b = interleaved(lambda: unroll(s, theta, key, steps).losses, by_hand, rounds)
-    r1 = dict(summarise(a, b), figure=f"unroll, RNN n={n}, T={steps}",
-              baseline="jitted lax.scan by hand from the same x0, losses fetched to numpy",
-              goal="<= 1.05x")
+    r1 = dict(
+        summarise(a, b),
+        figure=f"unroll, RNN n={n}, T={steps}",
+        baseline="jitted lax.scan by hand from the same x0, losses fetched to numpy",
+        goal="<= 1.05x",
+    )
     r1["ok"] = r1["ratio"] <= 1.05
-    a, b = interleaved(lambda: unroll_grad(s, theta, key, steps).grad,
-                       lambda: grad(theta, key), rounds)
-    r2 = dict(summarise(a, b), figure=f"unroll_grad, RNN n={n}, T={steps}",
-              baseline="jitted jax.grad(unrolled_loss)", goal="<= 1.1x")
+    a, b = interleaved(
+        lambda: unroll_grad(s, theta, key, steps).grad, lambda: grad(theta, key), rounds
+    )
+    r2 = dict(
+        summarise(a, b),
+        figure=f"unroll_grad, RNN n={n}, T={steps}",
+        baseline="jitted jax.grad(unrolled_loss)",
+        goal="<= 1.1x",
+    )
     r2["ok"] = r2["ratio"] <= 1.1
     return [r1, r2]
 
@@ -319,16 +372,24 @@ def lopt_rows(rounds: int, steps: int) -> list[dict]:
 
     s = systems.make("lopt", task="digits_mlp", optimizer="mlp", dtype="float32")
     theta, key = s.theta, jax.random.PRNGKey(0)
-    a, b = interleaved(lambda: unroll_grad(s, theta, key, steps).grad,
-                       lambda: unroll(s, theta, key, steps).losses, rounds)
-    row = dict(summarise(a, b), figure=f"backprop/forward, lopt digits MLP + MLP optimizer, "
-               f"T={steps}", baseline="unroll (forward) of the same steps", goal="<= 4x")
+    a, b = interleaved(
+        lambda: unroll_grad(s, theta, key, steps).grad,
+        lambda: unroll(s, theta, key, steps).losses,
+        rounds,
+    )
+    row = dict(
+        summarise(a, b),
+        figure=f"backprop/forward, lopt digits MLP + MLP optimizer, T={steps}",
+        baseline="unroll (forward) of the same steps",
+        goal="<= 4x",
+    )
     row["ok"] = row["ratio"] <= 4.0
     return [row]
 
 
-def lyapunov_rows(rounds: int, n: int, k: int, steps: int, goal: float,
-                  every_step_too: bool = False) -> list[dict]:
+def lyapunov_rows(
+    rounds: int, n: int, k: int, steps: int, goal: float, every_step_too: bool = False
+) -> list[dict]:
     sys.path.insert(0, str(_HERE))
     from lyapunov_jvp_vs_dense import dense_qr_spectrum
 
@@ -339,35 +400,59 @@ def lyapunov_rows(rounds: int, n: int, k: int, steps: int, goal: float,
     key = jax.random.PRNGKey(0)
     # A short transient lets the QR interval be chosen from the measured growth, as a user
     # gets by default; both sides then time the same `steps` counted steps.
-    res = lyapunov_spectrum(system, key=key, steps=steps, k=k, transient=100,
-                            record_every=steps, progress=False)
+    res = lyapunov_spectrum(
+        system, key=key, steps=steps, k=k, transient=100, record_every=steps, progress=False
+    )
     every = res.qr_every
 
     def ours():
-        return lyapunov_spectrum(system, key=key, steps=steps, k=k, transient=0,
-                                 record_every=steps, qr_every=every,
-                                 progress=False).exponents
+        return lyapunov_spectrum(
+            system,
+            key=key,
+            steps=steps,
+            k=k,
+            transient=0,
+            record_every=steps,
+            qr_every=every,
+            progress=False,
+        ).exponents
 
     def dense():
         return dense_qr_spectrum(system, key, steps, k, steps)
 
     a, b = interleaved(ours, dense, rounds)
-    row = dict(summarise(a, b, speedup=True),
-               figure=f"lyapunov_spectrum k={k}, n={n} (QR every {every})",
-               baseline="QR of dense jacfwd Jacobians, every step", goal=f">= {goal:.0f}x")
+    row = dict(
+        summarise(a, b, speedup=True),
+        figure=f"lyapunov_spectrum k={k}, n={n} (QR every {every})",
+        baseline="QR of dense jacfwd Jacobians, every step",
+        goal=f">= {goal:.0f}x",
+    )
     row["ok"] = row["ratio"] >= goal
     rows = [row]
     if every_step_too:  # what re-orthonormalising every m steps is worth, for the record
 
         def ours_every_step():
-            return lyapunov_spectrum(system, key=key, steps=steps, k=k, transient=0,
-                                     record_every=steps, qr_every=1, progress=False).exponents
+            return lyapunov_spectrum(
+                system,
+                key=key,
+                steps=steps,
+                k=k,
+                transient=0,
+                record_every=steps,
+                qr_every=1,
+                progress=False,
+            ).exponents
 
         a, b = interleaved(ours_every_step, dense, rounds)
-        rows.append(dict(summarise(a, b, speedup=True),
-                         figure=f"lyapunov_spectrum k={k}, n={n} (QR every step)",
-                         baseline="QR of dense jacfwd Jacobians, every step", goal="(info)",
-                         ok=None))
+        rows.append(
+            dict(
+                summarise(a, b, speedup=True),
+                figure=f"lyapunov_spectrum k={k}, n={n} (QR every step)",
+                baseline="QR of dense jacfwd Jacobians, every step",
+                goal="(info)",
+                ok=None,
+            )
+        )
     return rows
 
 
@@ -381,13 +466,13 @@ def main(argv=None) -> int:
     rows = []
     check = None
     for n in (256, 32):
-        rows += estimator_rows(n, a.rounds, ("pes", "tes", "tbptt", "es") if n == 256
-                               else ("pes",))
+        rows += estimator_rows(n, a.rounds, ("pes", "tes", "tbptt", "es") if n == 256 else ("pes",))
     try:
         import evosax  # noqa: F401
     except ImportError:
-        print("evosax is not installed (pip install '.[bench]'): skipping its rows",
-              file=sys.stderr)
+        print(
+            "evosax is not installed (pip install '.[bench]'): skipping its rows", file=sys.stderr
+        )
     else:
         check = agreement()
         for n in (32, 256):
@@ -401,34 +486,45 @@ def main(argv=None) -> int:
         rows += lopt_rows(max(3, a.rounds // 3), a.lopt_steps)
         rows += lyapunov_rows(max(3, a.rounds // 3), 1024, 16, 50, 32, every_step_too=True)
         rows += lyapunov_rows(3, 2048, 16, 20, 64)
-    meta = {"backend": jax.default_backend(), "device": str(jax.devices()[0]),
-            "cpu_count": __import__("os").cpu_count(), "machine": platform.machine(),
-            "jax": jax.__version__, "dtype": "float32", "rounds": a.rounds,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    lines = [f"# chaosgrad benchmarks: {meta['backend']} ({meta['cpu_count']} cores), "
-             f"float32, jax {meta['jax']}, {meta['date']}; interleaved rounds, compile "
-             "excluded; ratio = ours/baseline (speed-ups: baseline/ours), median [25%-75%]",
-             f"{'figure':<58} {'ours':>10} {'baseline':>10} {'ratio':>20}  {'goal':<9} meets",
-             ]
+    meta = {
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0]),
+        "cpu_count": __import__("os").cpu_count(),
+        "machine": platform.machine(),
+        "jax": jax.__version__,
+        "dtype": "float32",
+        "rounds": a.rounds,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    lines = [
+        f"# chaosgrad benchmarks: {meta['backend']} ({meta['cpu_count']} cores), "
+        f"float32, jax {meta['jax']}, {meta['date']}; interleaved rounds, compile "
+        "excluded; ratio = ours/baseline (speed-ups: baseline/ours), median [25%-75%]",
+        f"{'figure':<58} {'ours':>10} {'baseline':>10} {'ratio':>20}  {'goal':<9} meets",
+    ]
     for r in rows:
         spread = f"{r['ratio']:.2f} [{r['q25']:.2f}-{r['q75']:.2f}]"
-        lines.append(f"{r['figure']:<58} {_fmt(r['ours_s']):>10} {_fmt(r['base_s']):>10} "
-                     f"{spread:>20}  {r['goal']:<9} "
-                     f"{'-' if r['ok'] is None else ('yes' if r['ok'] else 'no')}")
+        lines.append(
+            f"{r['figure']:<58} {_fmt(r['ours_s']):>10} {_fmt(r['base_s']):>10} "
+            f"{spread:>20}  {r['goal']:<9} "
+            f"{'-' if r['ok'] is None else ('yes' if r['ok'] else 'no')}"
+        )
         lines.append(f"    baseline: {r['baseline']}")
     if check is not None:
         lines.append(
             f"PES vs exact gradient (n={check['n']}, {check['runs']} runs, fixed x0, T=20, "
             f"K=5): ours rel. error {check['ours_rel_err']:.3f} (s.e. "
             f"{check['ours_rel_se']:.3f}), evosax {check['evosax_rel_err']:.3f} (s.e. "
-            f"{check['evosax_rel_se']:.3f}): {'agree' if check['ok'] else 'DISAGREE'}")
+            f"{check['evosax_rel_se']:.3f}): {'agree' if check['ok'] else 'DISAGREE'}"
+        )
     text = "\n".join(lines)
     print(text)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.txt").write_text(text + "\n")
-    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows,
-                                                "agreement": check}, indent=1) + "\n")
+    (out / "bench.json").write_text(
+        json.dumps({"meta": meta, "rows": rows, "agreement": check}, indent=1) + "\n"
+    )
     return 0
 
 

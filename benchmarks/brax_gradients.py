@@ -50,18 +50,33 @@ def main(argv=None) -> dict:
     out["unroll"] = {"steps": h, "first_s": t1, "run_s": t2, "compile_s": t1 - t2}
     _, t1 = _timed(lambda: unroll_grad(sy, sy.theta, key, h, chunk=a.chunk).grad)
     g, t2 = _timed(lambda: unroll_grad(sy, sy.theta, key, h, chunk=a.chunk).grad)
-    out["grad"] = {"steps": h, "first_s": t1, "run_s": t2, "compile_s": t1 - t2,
-                   "norm": float(np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2)
-                                             for x in jax.tree_util.tree_leaves(g))))}
+    out["grad"] = {
+        "steps": h,
+        "first_s": t1,
+        "run_s": t2,
+        "compile_s": t1 - t2,
+        "norm": float(
+            np.sqrt(
+                sum(np.sum(np.asarray(x, np.float64) ** 2) for x in jax.tree_util.tree_leaves(g))
+            )
+        ),
+    }
     gg = gradient_growth(sy, horizons=horizons, seeds=a.seeds, key=key, chunk=a.chunk)
-    out["growth"] = {k: gg.to_json()[k] for k in
-                     ("horizons", "geomean_norm", "nonfinite_fraction", "growth_rate", "units")}
+    out["growth"] = {
+        k: gg.to_json()[k]
+        for k in ("horizons", "geomean_norm", "nonfinite_fraction", "growth_rate", "units")
+    }
     out["growth"]["seconds"] = gg.seconds
     print(json.dumps(out), flush=True)  # partial results, in case the spectrum fails
-    ly = lyapunov_spectrum(sy, key=key, steps=a.lyap_steps, k=1, transient=0,
-                           record_every=a.lyap_steps)
-    out["lyapunov_from_start"] = {"steps": a.lyap_steps, "lambda1": float(ly.exponents[0]),
-                                  "units": ly.units, "seconds": ly.seconds}
+    ly = lyapunov_spectrum(
+        sy, key=key, steps=a.lyap_steps, k=1, transient=0, record_every=a.lyap_steps
+    )
+    out["lyapunov_from_start"] = {
+        "steps": a.lyap_steps,
+        "lambda1": float(ly.exponents[0]),
+        "units": ly.units,
+        "seconds": ly.seconds,
+    }
     out["system"] = sy.describe()
     print(json.dumps(out, indent=1), flush=True)
     return out

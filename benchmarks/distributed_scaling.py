@@ -33,16 +33,36 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 # Bytes per element of the HLO element types that can appear in a collective.
-_ELEMENT_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
-                  "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8,
-                  "c128": 16}
-_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
-                "collective-permute", "collective-broadcast")
+_ELEMENT_BYTES = {
+    "pred": 1,
+    "s8": 1,
+    "u8": 1,
+    "s16": 2,
+    "u16": 2,
+    "f16": 2,
+    "bf16": 2,
+    "s32": 4,
+    "u32": 4,
+    "f32": 4,
+    "s64": 8,
+    "u64": 8,
+    "f64": 8,
+    "c64": 8,
+    "c128": 16,
+}
+_COLLECTIVES = (
+    "all-reduce",
+    "all-gather",
+    "reduce-scatter",
+    "all-to-all",
+    "collective-permute",
+    "collective-broadcast",
+)
 _SHAPE = re.compile(r"\b(" + "|".join(_ELEMENT_BYTES) + r")\[([\d,]*)\]")
 
 # The projection's assumptions (stated in the report).
 LINK_BYTES_PER_S = 12.5e9  # 100 Gb/s per host (InfiniBand EDR / 100 GbE)
-LINK_LATENCY_S = 10e-6     # per message step of the ring
+LINK_LATENCY_S = 10e-6  # per message step of the ring
 
 
 def collective_bytes(hlo_text: str) -> list[tuple[str, int, bool]]:
@@ -59,7 +79,7 @@ def collective_bytes(hlo_text: str) -> list[tuple[str, int, bool]]:
             m = re.search(r"\b" + op + r"(-start)?\(", rhs)
             if m is None:
                 continue
-            result_type = rhs[:m.start()]
+            result_type = rhs[: m.start()]
             for dtype, dims in _SHAPE.findall(result_type):
                 size = 1
                 for d in filter(None, dims.split(",")):
@@ -99,8 +119,7 @@ def worker(a) -> None:
 
     distributed.initialize(timeout=300)
     system = make_system(a.system)
-    est = estimators.make(a.estimator, system, **estimator_params(a.estimator, a.pairs,
-                                                                   a.window))
+    est = estimators.make(a.estimator, system, **estimator_params(a.estimator, a.pairs, a.window))
     t0 = time.perf_counter()
     state = jax.jit(est.init)(jax.random.PRNGKey(0), system.theta)
     f = jax.jit(est.estimate)
@@ -122,15 +141,20 @@ def worker(a) -> None:
 
         theta_leaves = jax.tree_util.tree_leaves(system.theta)
         part = {
-            "processes": jax.process_count(), "devices": jax.device_count(),
-            "estimator": a.estimator, "pairs": a.pairs, "window": a.window, "reps": a.reps,
+            "processes": jax.process_count(),
+            "devices": jax.device_count(),
+            "estimator": a.estimator,
+            "pairs": a.pairs,
+            "window": a.window,
+            "reps": a.reps,
             "weights": int(sum(x.size for x in theta_leaves)),
             "theta_bytes": int(sum(x.size * x.dtype.itemsize for x in theta_leaves)),
             "seconds_per_estimate": float(np.median(times)),
             "seconds_spread": [float(np.min(times)), float(np.max(times))],
             "warmup_seconds": warm,
             "collectives": collective_bytes(compiled.as_text()),
-            "system": system.description, "cores": os.cpu_count(),
+            "system": system.description,
+            "cores": os.cpu_count(),
             "jax": jax.__version__,
         }
         Path(a.part).write_text(json.dumps(part))
@@ -149,16 +173,39 @@ def launch(a, processes: int, part: Path) -> dict:
     procs = []
     for i in range(processes):
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHAOSGRAD_")}
-        env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
-                   PYTHONPATH=str(_HERE.parent))
+        env.update(
+            JAX_PLATFORMS="cpu",
+            XLA_FLAGS="--xla_force_host_platform_device_count=1",
+            PYTHONPATH=str(_HERE.parent),
+        )
         if processes > 1:
-            env.update(CHAOSGRAD_COORDINATOR=f"127.0.0.1:{port}",
-                       CHAOSGRAD_NUM_PROCESSES=str(processes), CHAOSGRAD_PROCESS_ID=str(i))
-        cmd = [sys.executable, __file__, "--worker", "--part", str(part), "--system", a.system,
-               "--estimator", a.estimator,
-               "--pairs", str(a.pairs), "--window", str(a.window), "--reps", str(a.reps)]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, text=True))
+            env.update(
+                CHAOSGRAD_COORDINATOR=f"127.0.0.1:{port}",
+                CHAOSGRAD_NUM_PROCESSES=str(processes),
+                CHAOSGRAD_PROCESS_ID=str(i),
+            )
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--part",
+            str(part),
+            "--system",
+            a.system,
+            "--estimator",
+            a.estimator,
+            "--pairs",
+            str(a.pairs),
+            "--window",
+            str(a.window),
+            "--reps",
+            str(a.reps),
+        ]
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            )
+        )
     deadline = time.monotonic() + a.timeout
     errors = []
     for i, p in enumerate(procs):
@@ -182,8 +229,7 @@ def _summary(collectives) -> str:
     arrays = [n for _, n, scalar in collectives if not scalar]
     scalars = sum(n for _, n, scalar in collectives if scalar)
     ops = sorted({op for op, _, _ in collectives})
-    return (f"{sum(arrays)} in {len(arrays)} arrays + {scalars} in scalars "
-            f"({', '.join(ops)})")
+    return f"{sum(arrays)} in {len(arrays)} arrays + {scalars} in scalars ({', '.join(ops)})"
 
 
 def ring_allreduce_seconds(nbytes: float, hosts: int) -> float:
@@ -200,25 +246,29 @@ def report(rows: list[dict]) -> tuple[str, dict]:
     as a JSON-able dict."""
     base = rows[0]
     name = base.get("estimator", "pes")
-    lines = [f"{name.upper()} estimates per second on localhost ({base['system']}; "
-             f"{base['weights']} weights; a population of {base['pairs']} split over the "
-             f"processes, window {base['window']}; median of {base['reps']} estimates; "
-             "1 CPU device per process, "
-             f"{base.get('cores', os.cpu_count())} cores on this machine, shared with other "
-             "work; one process may already use several cores through XLA's thread pool)",
-             "",
-             "processes  pairs/process  s/estimate  estimates/s  speedup  efficiency  "
-             "collective bytes/estimate"]
+    lines = [
+        f"{name.upper()} estimates per second on localhost ({base['system']}; "
+        f"{base['weights']} weights; a population of {base['pairs']} split over the "
+        f"processes, window {base['window']}; median of {base['reps']} estimates; "
+        "1 CPU device per process, "
+        f"{base.get('cores', os.cpu_count())} cores on this machine, shared with other "
+        "work; one process may already use several cores through XLA's thread pool)",
+        "",
+        "processes  pairs/process  s/estimate  estimates/s  speedup  efficiency  "
+        "collective bytes/estimate",
+    ]
     for r in rows:
         r["estimates_per_second"] = 1.0 / r["seconds_per_estimate"]
         r["speedup"] = base["seconds_per_estimate"] / r["seconds_per_estimate"]
         r["efficiency"] = r["speedup"] / r["processes"]
         r["collective_bytes"] = int(sum(n for _, n, _ in r["collectives"]))
-        lines.append(f"{r['processes']:>9}  {r['pairs'] // r['processes']:>13}  "
-                     f"{r['seconds_per_estimate']:>10.4f}  {r['estimates_per_second']:>11.2f}  "
-                     f"{r['speedup']:>7.2f}  {r['efficiency']:>10.2f}  "
-                     f"{r['collective_bytes']:>9} = "
-                     f"{_summary(r['collectives'])}")
+        lines.append(
+            f"{r['processes']:>9}  {r['pairs'] // r['processes']:>13}  "
+            f"{r['seconds_per_estimate']:>10.4f}  {r['estimates_per_second']:>11.2f}  "
+            f"{r['speedup']:>7.2f}  {r['efficiency']:>10.2f}  "
+            f"{r['collective_bytes']:>9} = "
+            f"{_summary(r['collectives'])}"
+        )
     multi = [r for r in rows if r["processes"] > 1]
     worst = max(multi, key=lambda r: r["collective_bytes"]) if multi else base
     payload = worst["collective_bytes"]
@@ -228,47 +278,66 @@ def report(rows: list[dict]) -> tuple[str, dict]:
     big = [n for _, n, scalar in worst["collectives"] if not scalar]
     extra = payload - sum(big)
     copies = sum(big) / theta_bytes
-    at = {"lopt_1762": round(1762 * itemsize * copies) + extra,
-          "1e6": round(10**6 * itemsize * copies) + extra}
-    lines += ["",
-              f"Bytes crossing processes per estimate (the compiled program's collectives, "
-              f"P > 1): {payload} = {copies:g} x theta ({base['weights']} x {itemsize} B = "
-              f"{theta_bytes}) + {extra} of scalars (loss and counts).",
-              f"Assumption of the projection: what crosses hosts is what crosses processes "
-              f"here, the {copies:g} theta-sized all-reduce(s) of the gradient's partial sums "
-              "and a few scalars; the population's states and noise stay where their pairs "
-              "live (each pair draws from its own key), whatever the host count.",
-              f"  at the lopt size (1,762 weights, {itemsize}-byte floats): {at['lopt_1762']} "
-              f"bytes all-reduced per estimate; a ring all-reduce sends 2(P-1)/P of that per "
-              f"host: {2 * 63 / 64 * at['lopt_1762']:.0f} bytes per host at 64 hosts",
-              f"  at 10^6 weights ({itemsize}-byte floats): {at['1e6']} bytes all-reduced; "
-              f"{2 * 63 / 64 * at['1e6']:.0f} bytes per host at 64 hosts"]
+    at = {
+        "lopt_1762": round(1762 * itemsize * copies) + extra,
+        "1e6": round(10**6 * itemsize * copies) + extra,
+    }
+    lines += [
+        "",
+        f"Bytes crossing processes per estimate (the compiled program's collectives, "
+        f"P > 1): {payload} = {copies:g} x theta ({base['weights']} x {itemsize} B = "
+        f"{theta_bytes}) + {extra} of scalars (loss and counts).",
+        f"Assumption of the projection: what crosses hosts is what crosses processes "
+        f"here, the {copies:g} theta-sized all-reduce(s) of the gradient's partial sums "
+        "and a few scalars; the population's states and noise stay where their pairs "
+        "live (each pair draws from its own key), whatever the host count.",
+        f"  at the lopt size (1,762 weights, {itemsize}-byte floats): {at['lopt_1762']} "
+        f"bytes all-reduced per estimate; a ring all-reduce sends 2(P-1)/P of that per "
+        f"host: {2 * 63 / 64 * at['lopt_1762']:.0f} bytes per host at 64 hosts",
+        f"  at 10^6 weights ({itemsize}-byte floats): {at['1e6']} bytes all-reduced; "
+        f"{2 * 63 / 64 * at['1e6']:.0f} bytes per host at 64 hosts",
+    ]
     # Weak scaling to 64 hosts: each host keeps the measured 1-process population and
     # compute time; the estimate adds one all-reduce of the payload.
     t_host = base["seconds_per_estimate"]
     proj = {}
-    lines += ["",
-              f"Projection to 64 hosts (weak scaling: each host holds the {base['pairs']} "
-              f"pairs it held alone here, {t_host:.4f} s of compute per estimate; links of "
-              f"{LINK_BYTES_PER_S / 1e9:.1f} GB/s and {LINK_LATENCY_S * 1e6:.0f} us per ring "
-              "step — assumed, not measured):",
-              "weights     all-reduce s  s/estimate  pairs/estimate  pair-estimates/s  "
-              "comm share"]
+    lines += [
+        "",
+        f"Projection to 64 hosts (weak scaling: each host holds the {base['pairs']} "
+        f"pairs it held alone here, {t_host:.4f} s of compute per estimate; links of "
+        f"{LINK_BYTES_PER_S / 1e9:.1f} GB/s and {LINK_LATENCY_S * 1e6:.0f} us per ring "
+        "step — assumed, not measured):",
+        "weights     all-reduce s  s/estimate  pairs/estimate  pair-estimates/s  comm share",
+    ]
     for label, nbytes in at.items():
         t_comm = ring_allreduce_seconds(nbytes, 64)
         t = t_host + t_comm
-        proj[label] = {"bytes": nbytes, "allreduce_seconds": t_comm, "seconds_per_estimate": t,
-                       "pairs_per_estimate": 64 * base["pairs"],
-                       "pair_estimates_per_second": 64 * base["pairs"] / t,
-                       "comm_share": t_comm / t}
-        lines.append(f"{label:<10}  {t_comm:>12.2e}  {t:>10.4f}  {64 * base['pairs']:>14}  "
-                     f"{64 * base['pairs'] / t:>16.0f}  {t_comm / t:>10.1%}")
-    result = {"rows": rows, "payload_bytes": payload, "theta_bytes": theta_bytes,
-              "theta_sized_allreduces": copies,
-              "scalar_bytes": extra, "bytes_per_estimate": at, "projection_64_hosts": proj,
-              "assumptions": {"link_bytes_per_s": LINK_BYTES_PER_S,
-                              "link_latency_s": LINK_LATENCY_S,
-                              "model": "weak scaling, ring all-reduce of theta-sized payload"}}
+        proj[label] = {
+            "bytes": nbytes,
+            "allreduce_seconds": t_comm,
+            "seconds_per_estimate": t,
+            "pairs_per_estimate": 64 * base["pairs"],
+            "pair_estimates_per_second": 64 * base["pairs"] / t,
+            "comm_share": t_comm / t,
+        }
+        lines.append(
+            f"{label:<10}  {t_comm:>12.2e}  {t:>10.4f}  {64 * base['pairs']:>14}  "
+            f"{64 * base['pairs'] / t:>16.0f}  {t_comm / t:>10.1%}"
+        )
+    result = {
+        "rows": rows,
+        "payload_bytes": payload,
+        "theta_bytes": theta_bytes,
+        "theta_sized_allreduces": copies,
+        "scalar_bytes": extra,
+        "bytes_per_estimate": at,
+        "projection_64_hosts": proj,
+        "assumptions": {
+            "link_bytes_per_s": LINK_BYTES_PER_S,
+            "link_latency_s": LINK_LATENCY_S,
+            "model": "weak scaling, ring all-reduce of theta-sized payload",
+        },
+    }
     return "\n".join(lines) + "\n", result
 
 
@@ -276,10 +345,13 @@ def main(argv=None) -> int:
     """Run the benchmark (or, with --worker, one of its processes)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--system", choices=("lopt", "rnn"), default="lopt")
-    p.add_argument("--estimator", choices=("pes", "es", "backprop", "tbptt", "tes"),
-                   default="pes")
-    p.add_argument("--pairs", type=int, default=8,
-                   help="the population: pairs (ES, PES), samples (backprop), particles")
+    p.add_argument("--estimator", choices=("pes", "es", "backprop", "tbptt", "tes"), default="pes")
+    p.add_argument(
+        "--pairs",
+        type=int,
+        default=8,
+        help="the population: pairs (ES, PES), samples (backprop), particles",
+    )
     p.add_argument("--window", type=int, default=10)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--processes", default="1,2,4")
@@ -287,8 +359,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(_HERE / "results"))
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--part", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--from-json", default=None, metavar="FILE",
-                   help="print and save the report of a saved distributed_scaling.json again")
+    p.add_argument(
+        "--from-json",
+        default=None,
+        metavar="FILE",
+        help="print and save the report of a saved distributed_scaling.json again",
+    )
     a = p.parse_args(argv)
     if a.worker:
         worker(a)
@@ -305,8 +381,11 @@ def main(argv=None) -> int:
         for n in counts if not rows else []:
             t = time.perf_counter()
             rows.append(launch(a, n, Path(tmp) / f"part{n}.json"))
-            print(f"{n} process(es): {rows[-1]['seconds_per_estimate']:.4f} s/estimate "
-                  f"({time.perf_counter() - t:.0f} s with start-up)", flush=True)
+            print(
+                f"{n} process(es): {rows[-1]['seconds_per_estimate']:.4f} s/estimate "
+                f"({time.perf_counter() - t:.0f} s with start-up)",
+                flush=True,
+            )
     text, result = report(rows)
     print(text)
     out = Path(a.out)

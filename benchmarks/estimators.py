@@ -88,30 +88,49 @@ def main(argv=None) -> int:
         _, _, info = f(state, theta, jax.random.PRNGKey(1))
         steps = int(info["steps"])
         per_run = steps // pop
-        sec = _time(lambda f=f, state=state: f(state, theta, jax.random.PRNGKey(1))[0],
-                    args.reps)
+        sec = _time(lambda f=f, state=state: f(state, theta, jax.random.PRNGKey(1))[0], args.reps)
         if per_run not in fwd_cache:
             fwd_cache[per_run] = forward_seconds(system, theta, pop, per_run, args.reps)
         fwd = fwd_cache[per_run]
-        rows.append({"estimator": name, "population": pop, "steps_per_estimate": steps,
-                     "seconds_per_estimate": sec, "steps_per_second": steps / sec,
-                     "forward_seconds": fwd, "forward_steps_per_second": steps / fwd,
-                     "overhead": sec / fwd})
-    meta = {"system": system.describe(), "window": args.window, "population": pop,
-            "reps": args.reps, "device": str(jax.devices()[0]), "backend": jax.default_backend()}
+        rows.append(
+            {
+                "estimator": name,
+                "population": pop,
+                "steps_per_estimate": steps,
+                "seconds_per_estimate": sec,
+                "steps_per_second": steps / sec,
+                "forward_seconds": fwd,
+                "forward_steps_per_second": steps / fwd,
+                "overhead": sec / fwd,
+            }
+        )
+    meta = {
+        "system": system.describe(),
+        "window": args.window,
+        "population": pop,
+        "reps": args.reps,
+        "device": str(jax.devices()[0]),
+        "backend": jax.default_backend(),
+    }
     if args.json:
         print(json.dumps({"meta": meta, "rows": rows}))
         return 0
-    print(f"# {meta['system']['description']}, T={args.horizon}, K={args.window}, "
-          f"population {pop}, {args.dtype}, {meta['device']}, median of {args.reps}")
-    head = (f"{'estimator':<10}{'steps/est':>10}{'s/estimate':>12}{'steps/s':>12}"
-            f"{'fwd s':>11}{'fwd steps/s':>13}{'overhead':>10}")
+    print(
+        f"# {meta['system']['description']}, T={args.horizon}, K={args.window}, "
+        f"population {pop}, {args.dtype}, {meta['device']}, median of {args.reps}"
+    )
+    head = (
+        f"{'estimator':<10}{'steps/est':>10}{'s/estimate':>12}{'steps/s':>12}"
+        f"{'fwd s':>11}{'fwd steps/s':>13}{'overhead':>10}"
+    )
     print(head)
     for r in rows:
-        print(f"{r['estimator']:<10}{r['steps_per_estimate']:>10}"
-              f"{r['seconds_per_estimate']:>12.3e}{r['steps_per_second']:>12.3e}"
-              f"{r['forward_seconds']:>11.3e}{r['forward_steps_per_second']:>13.3e}"
-              f"{r['overhead']:>10.2f}")
+        print(
+            f"{r['estimator']:<10}{r['steps_per_estimate']:>10}"
+            f"{r['seconds_per_estimate']:>12.3e}{r['steps_per_second']:>12.3e}"
+            f"{r['forward_seconds']:>11.3e}{r['forward_steps_per_second']:>13.3e}"
+            f"{r['overhead']:>10.2f}"
+        )
     return 0
 
 

@@ -114,22 +114,39 @@ def _hand_diagnose(system, hs=(10, 33, 100), seeds=8, runs=4, k=8, points=41):
             logs = jnp.log(jnp.abs(jnp.diagonal(r)))
             return (s2, q2, acc + jnp.where(t >= transient, logs, 0.0)), None
 
-        (_, _, acc), _ = lax.scan(body, (s0, q0, jnp.zeros(k, s0.dtype)),
-                                  jnp.arange(transient + counted))
+        (_, _, acc), _ = lax.scan(
+            body, (s0, q0, jnp.zeros(k, s0.dtype)), jnp.arange(transient + counted)
+        )
         return acc / counted
 
     lyap_runs = jax.jit(jax.vmap(lambda kk: lyapunov(kk, hmax, steps)))
     lyap_ft = jax.jit(jax.vmap(lambda kk: lyapunov(kk, 0, hmax)))
-    grads = {h: jax.jit(jax.vmap(jax.grad(lambda th, kk, h=h: jnp.mean(run_losses(th, kk, h)[1])),
-                                 in_axes=(None, 0))) for h in hs}
+    grads = {
+        h: jax.jit(
+            jax.vmap(
+                jax.grad(lambda th, kk, h=h: jnp.mean(run_losses(th, kk, h)[1])), in_axes=(None, 0)
+            )
+        )
+        for h in hs
+    }
     direction = jax.random.normal(jax.random.PRNGKey(3), theta.shape, theta.dtype)
     shifts = jnp.linspace(-1.0, 1.0, points, dtype=theta.dtype)
-    slices = {h: jax.jit(jax.vmap(lambda a, kk, h=h: jnp.mean(
-        run_losses(theta + a * direction, kk, h)[1]), in_axes=(0, None))) for h in hs}
+    slices = {
+        h: jax.jit(
+            jax.vmap(
+                lambda a, kk, h=h: jnp.mean(run_losses(theta + a * direction, kk, h)[1]),
+                in_axes=(0, None),
+            )
+        )
+        for h in hs
+    }
     key = jax.random.PRNGKey(0)
     keys = jax.random.split(key, seeds)
-    out = [forward(keys), lyap_runs(jax.random.split(key, runs)),
-           lyap_ft(jax.random.split(jax.random.fold_in(key, 10), 3))]
+    out = [
+        forward(keys),
+        lyap_runs(jax.random.split(key, runs)),
+        lyap_ft(jax.random.split(jax.random.fold_in(key, 10), 3)),
+    ]
     out += [grads[h](theta, keys) for h in hs] + [slices[h](shifts, key) for h in hs]
     return out
 
@@ -163,8 +180,9 @@ def run_case(case: str, side: str) -> dict:
 def _spawn(case: str, side: str) -> dict:
     env = dict(os.environ, CHAOSGRAD_NO_CACHE="1")
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    out = subprocess.run([sys.executable, __file__, case, side], env=env, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, case, side], env=env, check=True, capture_output=True, text=True
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -177,39 +195,83 @@ def first_call_rows(rounds: int = 2) -> list[dict]:
     for case in ("backprop-lopt", "sweep-lopt", "diagnose-rnn"):
         ours, hand = [], []
         for r in range(rounds):
-            for side in (("ours", "hand") if r % 2 == 0 else ("hand", "ours")):
+            for side in ("ours", "hand") if r % 2 == 0 else ("hand", "ours"):
                 (ours if side == "ours" else hand).append(_spawn(case, side)["seconds"])
         ours, hand = np.array(ours), np.array(hand)
         if case == "backprop-lopt":
             first = ours[:, 0] / hand[:, 0]
-            rows.append(_row(first, ours[:, 0], hand[:, 0],
-                             "first call: backprop estimator, lopt, T=100",
-                             "jax.jit(jax.grad(lax.scan meta-loss)) by hand, fresh process",
-                             "<= 1.5x", lambda m: m <= 1.5))
+            rows.append(
+                _row(
+                    first,
+                    ours[:, 0],
+                    hand[:, 0],
+                    "first call: backprop estimator, lopt, T=100",
+                    "jax.jit(jax.grad(lax.scan meta-loss)) by hand, fresh process",
+                    "<= 1.5x",
+                    lambda m: m <= 1.5,
+                )
+            )
             # A second horizon: what it costs beyond its own compute (the warm repeat).
             extra = (ours[:, 1] - ours[:, 2]) / ours[:, 0]
-            rows.append(_row(extra, ours[:, 1] - ours[:, 2], ours[:, 0],
-                             "second horizon (T=50) beyond its compute / first call",
-                             "our first call (T=100) in the same process", "<= 0.1x",
-                             lambda m: m <= 0.1))
+            rows.append(
+                _row(
+                    extra,
+                    ours[:, 1] - ours[:, 2],
+                    ours[:, 0],
+                    "second horizon (T=50) beyond its compute / first call",
+                    "our first call (T=100) in the same process",
+                    "<= 0.1x",
+                    lambda m: m <= 0.1,
+                )
+            )
             raw = ours[:, 1] / ours[:, 0]
-            rows.append(_row(raw, ours[:, 1], ours[:, 0],
-                             "second horizon (T=50), compute included / first call",
-                             "our first call (T=100) in the same process", "(info)", None))
-            rows.append(_row(hand[:, 1] / hand[:, 0], hand[:, 1], hand[:, 0],
-                             "by hand: second horizon (T=50) / first call",
-                             "the hand-written first call (T=100)", "(info)", None))
+            rows.append(
+                _row(
+                    raw,
+                    ours[:, 1],
+                    ours[:, 0],
+                    "second horizon (T=50), compute included / first call",
+                    "our first call (T=100) in the same process",
+                    "(info)",
+                    None,
+                )
+            )
+            rows.append(
+                _row(
+                    hand[:, 1] / hand[:, 0],
+                    hand[:, 1],
+                    hand[:, 0],
+                    "by hand: second horizon (T=50) / first call",
+                    "the hand-written first call (T=100)",
+                    "(info)",
+                    None,
+                )
+            )
         elif case == "diagnose-rnn":
-            rows.append(_row(ours[:, 0] / hand[:, 0], ours[:, 0], hand[:, 0],
-                             "first call: diagnose, RNN n=64 (defaults)",
-                             "its nine computations by hand in JAX, fresh process",
-                             "<= 1.5x", lambda m: m <= 1.5))
+            rows.append(
+                _row(
+                    ours[:, 0] / hand[:, 0],
+                    ours[:, 0],
+                    hand[:, 0],
+                    "first call: diagnose, RNN n=64 (defaults)",
+                    "its nine computations by hand in JAX, fresh process",
+                    "<= 1.5x",
+                    lambda m: m <= 1.5,
+                )
+            )
         else:
             tot_o, tot_h = ours.sum(axis=1), hand.sum(axis=1)
-            rows.append(_row(tot_o / tot_h, tot_o, tot_h,
-                             f"horizon sweep T={','.join(map(str, SWEEP))}, lopt, 2 samples",
-                             "four jax.jit(jax.grad(...)) programs by hand, fresh process",
-                             "(info)", None))
+            rows.append(
+                _row(
+                    tot_o / tot_h,
+                    tot_o,
+                    tot_h,
+                    f"horizon sweep T={','.join(map(str, SWEEP))}, lopt, 2 samples",
+                    "four jax.jit(jax.grad(...)) programs by hand, fresh process",
+                    "(info)",
+                    None,
+                )
+            )
     return rows
 
 
@@ -217,10 +279,18 @@ def _row(ratio, ours, base, figure, baseline, goal, ok) -> dict:
     import numpy as np
 
     med = float(np.median(ratio))
-    return {"ours_s": float(np.median(ours)), "base_s": float(np.median(base)), "ratio": med,
-            "q25": float(np.min(ratio)), "q75": float(np.max(ratio)), "rounds": len(ratio),
-            "figure": figure, "baseline": baseline, "goal": goal,
-            "ok": None if ok is None else bool(ok(med))}
+    return {
+        "ours_s": float(np.median(ours)),
+        "base_s": float(np.median(base)),
+        "ratio": med,
+        "q25": float(np.min(ratio)),
+        "q75": float(np.max(ratio)),
+        "rounds": len(ratio),
+        "figure": figure,
+        "baseline": baseline,
+        "goal": goal,
+        "ok": None if ok is None else bool(ok(med)),
+    }
 
 
 if __name__ == "__main__":

@@ -40,21 +40,27 @@ def rigid_body(m: dict) -> list[tuple[str, str]]:
     (per parameter, the paper's unit, where the parameter count is saved)."""
     s = m["summary"]
     b8, b16 = s["b"]["8"], s["b"][str(m["sizes"]["smooth_unroll"])]
-    out = [("points per slice", str(m["sizes"]["points"])),
-           ("slice half-width", fmt(m["slice_radius"])),
-           ("(b) seeds", str(m["sizes"]["seeds"])),
-           ("(b) jagged unroll", str(m["sizes"]["smooth_unroll"])),
-           ("(b) per-seed extrema min", str(b16["seed_extrema_min"])),
-           ("(b) per-seed extrema max", str(b16["seed_extrema_max"])),
-           ("(b) per-seed extrema median at 8 steps", fmt(b8["seed_extrema_median"], 3))]
+    out = [
+        ("points per slice", str(m["sizes"]["points"])),
+        ("slice half-width", fmt(m["slice_radius"])),
+        ("(b) seeds", str(m["sizes"]["seeds"])),
+        ("(b) jagged unroll", str(m["sizes"]["smooth_unroll"])),
+        ("(b) per-seed extrema min", str(b16["seed_extrema_min"])),
+        ("(b) per-seed extrema max", str(b16["seed_extrema_max"])),
+        ("(b) per-seed extrema median at 8 steps", fmt(b8["seed_extrema_median"], 3)),
+    ]
     if "roughness" in b16:
         r = b16["roughness"]
-        out += [("(b) one seed's roughness (median)", fmt(r["curve_roughness_median"])),
-                ("(b) the mean's roughness", fmt(r["mean_roughness"])),
-                ("(b) the mean's noise floor", fmt(r["noise_floor"]))]
+        out += [
+            ("(b) one seed's roughness (median)", fmt(r["curve_roughness_median"])),
+            ("(b) the mean's roughness", fmt(r["mean_roughness"])),
+            ("(b) the mean's noise floor", fmt(r["noise_floor"])),
+        ]
     else:
-        out += [("(b) per-seed wiggle (median)", fmt(b16["seed_wiggle_median"])),
-                ("(b) wiggle of the mean", fmt(b16["mean_wiggle"]))]
+        out += [
+            ("(b) per-seed wiggle (median)", fmt(b16["seed_wiggle_median"])),
+            ("(b) wiggle of the mean", fmt(b16["mean_wiggle"])),
+        ]
     for t in ("8", "16"):
         a = s["a"][t]
         out += [(f"(a) T={t} range", fmt(a["range"])), (f"(a) T={t} extrema", str(a["extrema"]))]
@@ -65,16 +71,23 @@ def rigid_body(m: dict) -> list[tuple[str, str]]:
         if float(sh):
             out.append((f"(c) shift {sh}", fmt(abs(float(sh)))))
         if per:
-            out += [(f"(c) T={c['horizon']} per parameter at shift {sh}",
-                     fmt(c["variance_per_param"])),
-                    (f"(c) T={c['horizon_first']} per parameter at shift {sh}",
-                     fmt(c["variance_first"] / m["n_params"]))]
+            out += [
+                (f"(c) T={c['horizon']} per parameter at shift {sh}", fmt(c["variance_per_param"])),
+                (
+                    f"(c) T={c['horizon_first']} per parameter at shift {sh}",
+                    fmt(c["variance_first"] / m["n_params"]),
+                ),
+            ]
         else:
             out.append((f"(c) T={c['horizon']} variance at shift {sh}", fmt(c["variance"])))
     if m["scale"] == "quick":  # the paper-scale paragraph does not compare them
         last = [c["variance"] for c in s["c"].values()]
-        out.append(("(c) largest over smallest shift's variance at the last unroll",
-                    f"{float(f'{max(last) / min(last):.2g}'):g}"))
+        out.append(
+            (
+                "(c) largest over smallest shift's variance at the last unroll",
+                f"{float(f'{max(last) / min(last):.2g}'):g}",
+            )
+        )
     out.append(("(c) horizon", str(next(iter(s["c"].values()))["horizon"])))
     if per:
         out.append(("(c) first horizon", str(next(iter(s["c"].values()))["horizon_first"])))
@@ -86,23 +99,39 @@ def perturbation(m: dict) -> list[tuple[str, str]]:
     law's largest relative error at the smallest ‖ε‖, its slope and where it is 10% off, and
     the MSE at ‖ε‖_ref after the last step per spectrum."""
     z, s = m["sizes"], m["summary"]
-    out = [("n", str(z["n"])), ("steps", str(z["steps"])), ("directions", str(z["draws"])),
-           ("‖ε‖ ref", fmt(m["eps_ref"])),
-           ("smallest ‖ε‖", fmt(min(v["smallest_eps_compared"] for v in s.values()), 1)),
-           ("slope fitted below ‖ε‖", fmt(1e-4, 1))]
+    out = [
+        ("n", str(z["n"])),
+        ("steps", str(z["steps"])),
+        ("directions", str(z["draws"])),
+        ("‖ε‖ ref", fmt(m["eps_ref"])),
+        ("smallest ‖ε‖", fmt(min(v["smallest_eps_compared"] for v in s.values()), 1)),
+        ("slope fitted below ‖ε‖", fmt(1e-4, 1)),
+    ]
     for name in ("inside", "outside"):
         lo, hi = s[name]["moduli"]
         out += [(f"{name} moduli low", fmt(lo)), (f"{name} moduli high", fmt(hi))]
-    out.append(("MSE slope (every spectrum)",
-                ", ".join(sorted({fmt(v["slope_small_eps"]) for v in s.values()}))))
-    out.append(("first-order law: largest relative error at the smallest ‖ε‖",
-                fmt(max(v["rel_error_smallest_eps"] for v in s.values()))))
+    out.append(
+        (
+            "MSE slope (every spectrum)",
+            ", ".join(sorted({fmt(v["slope_small_eps"]) for v in s.values()})),
+        )
+    )
+    out.append(
+        (
+            "first-order law: largest relative error at the smallest ‖ε‖",
+            fmt(max(v["rel_error_smallest_eps"] for v in s.values())),
+        )
+    )
     off = [v["eps_first_order_off_by_10pct"] for v in s.values()]
-    out += [("10% off from ‖ε‖ (lowest)", fmt(min(off))),
-            ("10% off from ‖ε‖ (highest)", fmt(max(off)))]
+    out += [
+        ("10% off from ‖ε‖ (lowest)", fmt(min(off))),
+        ("10% off from ‖ε‖ (highest)", fmt(max(off))),
+    ]
     for name, v in s.items():
-        out += [(f"{name}: relative error's slope", fmt(v["rel_error_slope"])),
-                (f"{name}: MSE at ‖ε‖ ref, last step", fmt(v["mse_ref_final"]))]
+        out += [
+            (f"{name}: relative error's slope", fmt(v["rel_error_slope"])),
+            (f"{name}: MSE at ‖ε‖ ref, last step", fmt(v["mse_ref_final"])),
+        ]
     return out
 
 
@@ -115,8 +144,10 @@ def state_perturbation(m: dict) -> list[tuple[str, str]]:
     for r, p in m["per_r"].items():
         out += [("r", r), (f"r={r} MSE k=n", fmt(p["mse_final_kn"]))]
         if p["modes_growing"]:
-            out += [(f"r={r} modes growing", str(p["modes_growing"])),
-                    (f"r={r} max |λ|", fmt(p["max_abs_eigenvalue"], 3))]
+            out += [
+                (f"r={r} modes growing", str(p["modes_growing"])),
+                (f"r={r} max |λ|", fmt(p["max_abs_eigenvalue"], 3)),
+            ]
         errs.append(max(p["rel_error_once"], p["rel_error_every"]))
     out.append(("max relative error vs closed form", fmt(max(errs), 1)))
     return out
@@ -127,14 +158,19 @@ def linear(m: dict) -> list[tuple[str, str]]:
     s = m["summary"]
     n = m["sizes"]["n"]
     bound = 1 / (2 * np.sin(n * np.pi / (2 * (n + 1))) ** 2)  # the Dirichlet von Neumann bound
-    out = [("final horizon", str(s["final_horizon"])),
-           ("max |λ1 measured − exact|", fmt(s["heat_lyapunov_max_abs_error"], 1)),
-           ("last r with λ1 ≤ 0", fmt(s["heat_last_nonpositive_r"], 3)),
-           ("first r with λ1 > 0", fmt(s["heat_first_positive_r"], 3)),
-           ("n", str(n)), ("bound", fmt(bound, 3))]
+    out = [
+        ("final horizon", str(s["final_horizon"])),
+        ("max |λ1 measured − exact|", fmt(s["heat_lyapunov_max_abs_error"], 1)),
+        ("last r with λ1 ≤ 0", fmt(s["heat_last_nonpositive_r"], 3)),
+        ("first r with λ1 > 0", fmt(s["heat_first_positive_r"], 3)),
+        ("n", str(n)),
+        ("bound", fmt(bound, 3)),
+    ]
     for rho in (min(m["radii"]), max(m["radii"])):
-        out += [(f"radius {rho}", fmt(rho)),
-                (f"final norm at radius {rho}", fmt(s["final_norm"][f"linear {rho}"]))]
+        out += [
+            (f"radius {rho}", fmt(rho)),
+            (f"final norm at radius {rho}", fmt(s["final_norm"][f"linear {rho}"])),
+        ]
     return out
 
 
@@ -143,28 +179,39 @@ def truncation(m: dict) -> list[tuple[str, str]]:
     over seeds), the best t's paired difference to no truncation, and no truncation's
     gain over the initial policies."""
     z = m["sizes"]
-    out = [("episode", str(z["episode"])), ("batch", str(z["batch"])),
-           ("seeds", str(z["seeds"])), ("iterations", str(z["iterations"])),
-           ("evaluation episodes", str(z["eval_episodes"]))]
+    out = [
+        ("episode", str(z["episode"])),
+        ("batch", str(z["batch"])),
+        ("seeds", str(z["seeds"])),
+        ("iterations", str(z["iterations"])),
+        ("evaluation episodes", str(z["eval_episodes"])),
+    ]
     s = m["summary"]
     ts = sorted(int(t) for t in s)
     full = s[str(max(ts))]
     v = m["verdict"]
-    out += [("reward at initialisation", fmt(full["initial_reward"])),
-            ("largest gradient norm without truncation", fmt(full["grad_norm_max"])),
-            ("best t", str(v["best_t"])),
-            ("t tied with the best", ", ".join(map(str, v["tied_with_best"]))),
-            ("no truncation: final − initial", fmt(v["full_gain"])),
-            ("no truncation: final − initial, low", fmt(v["full_gain_low"])),
-            ("no truncation: final − initial, high", fmt(v["full_gain_high"]))]
+    out += [
+        ("reward at initialisation", fmt(full["initial_reward"])),
+        ("largest gradient norm without truncation", fmt(full["grad_norm_max"])),
+        ("best t", str(v["best_t"])),
+        ("t tied with the best", ", ".join(map(str, v["tied_with_best"]))),
+        ("no truncation: final − initial", fmt(v["full_gain"])),
+        ("no truncation: final − initial, low", fmt(v["full_gain_low"])),
+        ("no truncation: final − initial, high", fmt(v["full_gain_high"])),
+    ]
     for t in ts:
         r = s[str(t)]
-        out += [(f"t={t} final reward", fmt(r["final_reward"])),
-                (f"t={t} low", fmt(r["low"])), (f"t={t} high", fmt(r["high"]))]
+        out += [
+            (f"t={t} final reward", fmt(r["final_reward"])),
+            (f"t={t} low", fmt(r["low"])),
+            (f"t={t} high", fmt(r["high"])),
+        ]
         if t == v["best_t"] and t != max(ts):
-            out += [(f"t={t} minus no truncation", fmt(r["minus_full"])),
-                    (f"t={t} minus no truncation, low", fmt(r["minus_full_low"])),
-                    (f"t={t} minus no truncation, high", fmt(r["minus_full_high"]))]
+            out += [
+                (f"t={t} minus no truncation", fmt(r["minus_full"])),
+                (f"t={t} minus no truncation, low", fmt(r["minus_full_low"])),
+                (f"t={t} minus no truncation, high", fmt(r["minus_full_high"])),
+            ]
         if r["skipped"]:
             out.append((f"t={t} skipped", str(r["skipped"])))
     return out + truncation_other_seeds()
@@ -180,38 +227,49 @@ def truncation_other_seeds() -> list[tuple[str, str]]:
     m = json.loads(path.read_text())
     v = m["verdict"]
     best = m["summary"][str(v["best_t"])]
-    return [("other seeds: best t", str(v["best_t"])),
-            ("other seeds: t tied with the best", ", ".join(map(str, v["tied_with_best"]))),
-            ("other seeds: best t minus no truncation", fmt(best["minus_full"])),
-            ("other seeds: best t minus no truncation, low", fmt(best["minus_full_low"])),
-            ("other seeds: best t minus no truncation, high", fmt(best["minus_full_high"])),
-            ("other seeds: no truncation final − initial", fmt(v["full_gain"])),
-            ("other seeds: no truncation final − initial, low", fmt(v["full_gain_low"])),
-            ("other seeds: no truncation final − initial, high", fmt(v["full_gain_high"]))]
+    return [
+        ("other seeds: best t", str(v["best_t"])),
+        ("other seeds: t tied with the best", ", ".join(map(str, v["tied_with_best"]))),
+        ("other seeds: best t minus no truncation", fmt(best["minus_full"])),
+        ("other seeds: best t minus no truncation, low", fmt(best["minus_full_low"])),
+        ("other seeds: best t minus no truncation, high", fmt(best["minus_full_high"])),
+        ("other seeds: no truncation final − initial", fmt(v["full_gain"])),
+        ("other seeds: no truncation final − initial, low", fmt(v["full_gain_low"])),
+        ("other seeds: no truncation final − initial, high", fmt(v["full_gain_high"])),
+    ]
 
 
 def toy(m: dict) -> list[tuple[str, str]]:
     """Figure 1: σ, the fitted w² slope of backprop's variance, ES's range, the crossing."""
     s = m["summary"]
     lo, hi = s["crossing_between"]
-    return [("σ", fmt(m["sigma"])), ("backprop variance log-log slope", fmt(s["rep_slope"], 3)),
-            ("ES variance min", fmt(s["es_min"], 1)), ("ES variance max", fmt(s["es_max"])),
-            ("crossing after w", fmt(lo)), ("crossing by w", fmt(hi))]
+    return [
+        ("σ", fmt(m["sigma"])),
+        ("backprop variance log-log slope", fmt(s["rep_slope"], 3)),
+        ("ES variance min", fmt(s["es_min"], 1)),
+        ("ES variance max", fmt(s["es_max"])),
+        ("crossing after w", fmt(lo)),
+        ("crossing by w", fmt(hi)),
+    ]
 
 
 def packing(m: dict) -> list[tuple[str, str]]:
     """Figure 4: N, the longest T, and the variance of dE/dD there at each diameter."""
     s = m["summary"]
-    out = [("N", str(m["sizes"]["n"])), ("longest T", str(s["horizon"])),
-           ("seeds", str(m["sizes"]["seeds"]))]
+    out = [
+        ("N", str(m["sizes"]["n"])),
+        ("longest T", str(s["horizon"])),
+        ("seeds", str(m["sizes"]["seeds"])),
+    ]
     for d, v in s["variance_at_longest"].items():
-        out += [(f"D = {d}", fmt(float(d))),
-                (f"variance at D = {d}", fmt(v, 1 if v >= 1e3 else 2))]
+        out += [(f"D = {d}", fmt(float(d))), (f"variance at D = {d}", fmt(v, 1 if v >= 1e3 else 2))]
     r = s.get("roughness", {}).get(str(s["horizon"]))
     if r is not None:  # roughness relative to the curve's range (chaosgrad.roughness)
-        out += [("longest T: one seed's roughness (median)", fmt(r["curve_roughness_median"])),
-                ("longest T: the mean's roughness", fmt(r["mean_roughness"])),
-                ("longest T: the mean's noise floor", fmt(r["noise_floor"]))]
+        out += [
+            ("longest T: one seed's roughness (median)", fmt(r["curve_roughness_median"])),
+            ("longest T: the mean's roughness", fmt(r["mean_roughness"])),
+            ("longest T: the mean's noise floor", fmt(r["noise_floor"])),
+        ]
     return out
 
 
@@ -220,11 +278,14 @@ def spectra(m: dict) -> list[tuple[str, str]]:
     norm at the longest unroll; init2's scale."""
     s = m["summary"]
     i1, i2 = s["init1"], s["init2"]
-    return [("steps", str(s["steps"])), ("init2 scale", fmt(m["inits"]["init2"])),
-            ("init1 product radius", fmt(i1["product_radius"], 1)),
-            ("init1 gradient norm", fmt(i1["grad_norm"])),
-            ("init2 product radius", f"{i2['product_radius']:.0f}"),
-            ("init2 gradient norm", fmt(i2["grad_norm"], 1))]
+    return [
+        ("steps", str(s["steps"])),
+        ("init2 scale", fmt(m["inits"]["init2"])),
+        ("init1 product radius", fmt(i1["product_radius"], 1)),
+        ("init1 gradient norm", fmt(i1["grad_norm"])),
+        ("init2 product radius", f"{i2['product_radius']:.0f}"),
+        ("init2 gradient norm", fmt(i2["grad_norm"], 1)),
+    ]
 
 
 def learning_rate(m: dict) -> list[tuple[str, str]]:
@@ -234,12 +295,15 @@ def learning_rate(m: dict) -> list[tuple[str, str]]:
     s = m["summary"]
     lo, hi = (str(x) for x in m["compare_lrs"])
     iv = s["rel_error_interval"]
-    out = [("max λ1 below the jump", fmt(s["max_lyapunov_below"])),
-           ("last η below the jump", fmt(s["last_lr_below"])),
-           ("λ1 after the jump", fmt(s["lyapunov_first_above"])),
-           ("first η after the jump", fmt(s["first_lr_above"])),
-           (f"η = {lo}", fmt(float(lo))), (f"η = {hi}", f"{float(hi):.1f}"),
-           (f"ES error at η = {lo}", fmt(iv[lo]["es"][0], 1))]
+    out = [
+        ("max λ1 below the jump", fmt(s["max_lyapunov_below"])),
+        ("last η below the jump", fmt(s["last_lr_below"])),
+        ("λ1 after the jump", fmt(s["lyapunov_first_above"])),
+        ("first η after the jump", fmt(s["first_lr_above"])),
+        (f"η = {lo}", fmt(float(lo))),
+        (f"η = {hi}", f"{float(hi):.1f}"),
+        (f"ES error at η = {lo}", fmt(iv[lo]["es"][0], 1)),
+    ]
     out += _interval(f"backprop error at η = {hi}", iv[hi]["backprop"], (2, 2, 2))
     out += _interval(f"ES error at η = {hi}", iv[hi]["es"], (2, 2, 2))
     out += _interval(f"backprop error at η = {lo}", iv[lo]["backprop"], (2, 2, 2))
@@ -254,10 +318,12 @@ def _lopt_figure3(m: dict, variance_horizons: tuple[str, str]) -> list[tuple[str
     sl, v = m["slices"], m["variance"]
     longest = str(max(int(t) for t in sl))
     paper = m["scale"] == "paper"
-    out = [("128-step slice at shift 0", fmt(sl["128"]["at_0"])),
-           ("128-step slice minimum", fmt(sl["128"]["min"], 3 if paper else 2)),
-           (f"{longest}-step slice minimum", fmt(sl[longest]["min"], 3)),
-           ("extrema of the smoothed mean", str(m["smoothing"]["extrema_of_mean"]))]
+    out = [
+        ("128-step slice at shift 0", fmt(sl["128"]["at_0"])),
+        ("128-step slice minimum", fmt(sl["128"]["min"], 3 if paper else 2)),
+        (f"{longest}-step slice minimum", fmt(sl[longest]["min"], 3)),
+        ("extrema of the smoothed mean", str(m["smoothing"]["extrema_of_mean"])),
+    ]
     if not paper:  # the paper-scale paragraph does not repeat them
         out += [("shift range", fmt(m["range"])), ("smoothing std", fmt(m["smooth_std"]))]
     out += [(f"extrema at {t} steps", str(sl[t]["extrema"])) for t in sl]
@@ -269,8 +335,10 @@ def _lopt_figure3(m: dict, variance_horizons: tuple[str, str]) -> list[tuple[str
             out.append((f"variance shift {shift}", shift))
         sig = 1 if not paper and shift == "0.0" else 2
         for t in (lo, hi):
-            out += [(f"variance at shift {shift}, T={t}", fmt(v[shift][t], sig)),
-                    (f"per weight at shift {shift}, T={t}", fmt(v[shift][t] / n, sig))]
+            out += [
+                (f"variance at shift {shift}, T={t}", fmt(v[shift][t], sig)),
+                (f"per weight at shift {shift}, T={t}", fmt(v[shift][t] / n, sig)),
+            ]
     return out
 
 
@@ -291,48 +359,65 @@ def learned_optimizer(m: dict) -> list[tuple[str, str]]:
     floor = re.search(r"range above ([\d.]+)", ch["rule"]).group(1)
     threshold = float(re.search(r"more than ([\d.]+)", m["extrema_rule"]).group(1))
     longest = str(max(int(t) for t in sl))
-    out = [("candidates", str(z["candidates"])), ("candidate shifts", str(z["candidate_points"])),
-           ("candidate slice steps", str(z["candidate_T"])), ("least range ranked", floor),
-           ("chosen slice's roughness", fmt(ch["chosen_roughness"])),
-           ("next roughest candidate", fmt(rough[-2])),
-           ("chosen slice's range", fmt(chosen["range"])),
-           ("shifts per slice", str(z["points"])), ("shift range", fmt(m["range"])),
-           ("extrema threshold", f"{threshold:.0e}".replace("e-0", "e-")),
-           ("128-step slice at shift 0", fmt(sl["128"]["at_0"])),
-           (f"{longest}-step slice minimum", fmt(sl[longest]["min"], 3))]
+    out = [
+        ("candidates", str(z["candidates"])),
+        ("candidate shifts", str(z["candidate_points"])),
+        ("candidate slice steps", str(z["candidate_T"])),
+        ("least range ranked", floor),
+        ("chosen slice's roughness", fmt(ch["chosen_roughness"])),
+        ("next roughest candidate", fmt(rough[-2])),
+        ("chosen slice's range", fmt(chosen["range"])),
+        ("shifts per slice", str(z["points"])),
+        ("shift range", fmt(m["range"])),
+        ("extrema threshold", f"{threshold:.0e}".replace("e-0", "e-")),
+        ("128-step slice at shift 0", fmt(sl["128"]["at_0"])),
+        (f"{longest}-step slice minimum", fmt(sl[longest]["min"], 3)),
+    ]
     out += [(f"extrema at {t} steps", str(sl[t]["extrema"])) for t in sl]
     out += [(f"roughness at {t} steps", fmt(sl[t]["roughness"])) for t in sl]
-    out += [("(b) steps", str(z["smooth_T"])), ("(b) samples", str(z["smooth_samples"])),
-            ("(b) shifts", str(z["smooth_points"])), ("(b) std", fmt(sm["std"])),
-            ("(b) unperturbed slice's roughness", fmt(sm["base_roughness"])),
-            ("(b) one sample's roughness (median)", fmt(r["curve_roughness_median"])),
-            ("(b) the mean's roughness", fmt(r["mean_roughness"])),
-            ("(b) the mean's noise floor", fmt(r["noise_floor"])),
-            ("(b) mean minus unperturbed, RMS over range", fmt(move["rms"])),
-            ("(b) its noise", fmt(move["noise"])),
-            ("(c) std", fmt(m["smooth_std"])), ("(c) samples", str(z["var_samples"])),
-            ("weights", f"{n:,}")]
+    out += [
+        ("(b) steps", str(z["smooth_T"])),
+        ("(b) samples", str(z["smooth_samples"])),
+        ("(b) shifts", str(z["smooth_points"])),
+        ("(b) std", fmt(sm["std"])),
+        ("(b) unperturbed slice's roughness", fmt(sm["base_roughness"])),
+        ("(b) one sample's roughness (median)", fmt(r["curve_roughness_median"])),
+        ("(b) the mean's roughness", fmt(r["mean_roughness"])),
+        ("(b) the mean's noise floor", fmt(r["noise_floor"])),
+        ("(b) mean minus unperturbed, RMS over range", fmt(move["rms"])),
+        ("(b) its noise", fmt(move["noise"])),
+        ("(c) std", fmt(m["smooth_std"])),
+        ("(c) samples", str(z["var_samples"])),
+        ("weights", f"{n:,}"),
+    ]
     hs = [str(h) for h in z["var_horizons"]]
-    out += [("(c) first unroll", hs[0]), ("(c) longest unroll", hs[-1]),
-            ("(c) unrolls measured", str(len(hs)))]
+    out += [
+        ("(c) first unroll", hs[0]),
+        ("(c) longest unroll", hs[-1]),
+        ("(c) unrolls measured", str(len(hs))),
+    ]
     for shift in ("0.0", "0.008"):
         if float(shift):
             out.append((f"variance shift {shift}", shift))
         v, f = m["variance_per_param"][shift], m["growth_fits"][shift]
         out += [(f"per weight at shift {shift}, T={t}", fmt(v[t])) for t in (hs[0], hs[-1])]
-        out += [(f"shift {shift}: power of T", fmt(f["power"])),
-                (f"shift {shift}: power-law residual RMS (ln)", fmt(f["power_rms"])),
-                (f"shift {shift}: exponential rate per step", fmt(f["rate"])),
-                (f"shift {shift}: exponential residual RMS (ln)", fmt(f["exp_rms"]))]
+        out += [
+            (f"shift {shift}: power of T", fmt(f["power"])),
+            (f"shift {shift}: power-law residual RMS (ln)", fmt(f["power_rms"])),
+            (f"shift {shift}: exponential rate per step", fmt(f["rate"])),
+            (f"shift {shift}: exponential residual RMS (ln)", fmt(f["exp_rms"])),
+        ]
     tail = m["growth_fits_tail"]
     out.append(("tail fits from unroll", str(tail["0.0"]["from_T"])))
     for shift in ("0.0", "0.002"):
         f = tail[shift]
         if float(shift):
             out.append((f"tail shift {shift}", shift))
-        out += [(f"tail shift {shift}: exponential rate per step", fmt(f["rate"])),
-                (f"tail shift {shift}: exponential residual RMS (ln)", fmt(f["exp_rms"])),
-                (f"tail shift {shift}: power-law residual RMS (ln)", fmt(f["power_rms"]))]
+        out += [
+            (f"tail shift {shift}: exponential rate per step", fmt(f["rate"])),
+            (f"tail shift {shift}: exponential residual RMS (ln)", fmt(f["exp_rms"])),
+            (f"tail shift {shift}: power-law residual RMS (ln)", fmt(f["power_rms"])),
+        ]
     return out
 
 
@@ -341,8 +426,9 @@ def growth_fits(variance: dict) -> dict:
     predates the fits being saved beside it)."""
     from chaosgrad.gradients import growth_fits as fits
 
-    return fits([float(h) for h in variance],
-                [np.nan if x is None else float(x) for x in variance.values()])
+    return fits(
+        [float(h) for h in variance], [np.nan if x is None else float(x) for x in variance.values()]
+    )
 
 
 def learned_optimizer_paper(m: dict) -> list[tuple[str, str]]:
@@ -352,21 +438,32 @@ def learned_optimizer_paper(m: dict) -> list[tuple[str, str]]:
     fits = []
     for sh in ("0.0", "0.008"):
         f = growth_fits(m["variance"][sh])
-        fits += [(f"shift {sh}: power of T", fmt(f["power"])),
-                 (f"shift {sh}: power-law residual RMS (ln)", fmt(f["power_rms"], 1)),
-                 (f"shift {sh}: exponential residual RMS (ln)", fmt(f["exp_rms"]))]
-    return _lopt_figure3(m, ("10", "120")) + fits + [
-        ("points per slice", str(z["points"])), ("smoothing samples", str(z["smooth_samples"])),
-        ("candidates", str(z["candidates"])), ("candidate points", str(z["candidate_points"])),
-        ("seconds", str(round(m["seconds"]))),
-        ("jax version (major.minor)", ".".join(m["versions"]["jax"].split(".")[:2]))]
+        fits += [
+            (f"shift {sh}: power of T", fmt(f["power"])),
+            (f"shift {sh}: power-law residual RMS (ln)", fmt(f["power_rms"], 1)),
+            (f"shift {sh}: exponential residual RMS (ln)", fmt(f["exp_rms"])),
+        ]
+    return (
+        _lopt_figure3(m, ("10", "120"))
+        + fits
+        + [
+            ("points per slice", str(z["points"])),
+            ("smoothing samples", str(z["smooth_samples"])),
+            ("candidates", str(z["candidates"])),
+            ("candidate points", str(z["candidate_points"])),
+            ("seconds", str(round(m["seconds"]))),
+            ("jax version (major.minor)", ".".join(m["versions"]["jax"].split(".")[:2])),
+        ]
+    )
 
 
 def _interval(label: str, x: list[float], sig: tuple[int, int, int]) -> list[tuple[str, str]]:
     """Rows for ``value [low, high]``, each to its own significant digits as the README
     writes it."""
-    return [(f"{label} {part}", fmt(v, d))
-            for part, v, d in zip(("value", "low", "high"), x, sig, strict=True)]
+    return [
+        (f"{label} {part}", fmt(v, d))
+        for part, v, d in zip(("value", "low", "high"), x, sig, strict=True)
+    ]
 
 
 def lopt_estimators(m: dict) -> list[tuple[str, str]]:
@@ -392,9 +489,13 @@ def lopt_meta_training(m: dict) -> list[tuple[str, str]]:
     """Meta-training: held-out meta-loss at T per optimizer, the paired difference with Adam,
     and what happens at 10T."""
     tab, z = m["table"], m["sizes"]
-    out = [("horizon", str(z["horizon"])), ("budget", f"{z['budget']:,}"),
-           ("outer lr", fmt(z["outer_lr"])), ("held-out seeds", str(z["heldout_seeds"])),
-           ("lr grid points", str(z["lr_grid"][2]))]
+    out = [
+        ("horizon", str(z["horizon"])),
+        ("budget", f"{z['budget']:,}"),
+        ("outer lr", fmt(z["outer_lr"])),
+        ("held-out seeds", str(z["heldout_seeds"])),
+        ("lr grid points", str(z["lr_grid"][2])),
+    ]
     best = min(tab, key=lambda n: tab[n]["T"]["meta_loss"])
     adam = next(n for n in tab if n.startswith("adam"))
     for name, row in tab.items():
@@ -402,18 +503,24 @@ def lopt_meta_training(m: dict) -> list[tuple[str, str]]:
         if "untrained" in name:  # the starting point: its value at T only
             continue
         if row["10T"]["nonfinite_seeds"]:
-            out += [(f"{name} at 10T: NaN seeds", str(row["10T"]["nonfinite_seeds"])),
-                    (f"{name} at 10T: first NaN step", str(row["10T"]["first_nonfinite_step"]))]
+            out += [
+                (f"{name} at 10T: NaN seeds", str(row["10T"]["nonfinite_seeds"])),
+                (f"{name} at 10T: first NaN step", str(row["10T"]["first_nonfinite_step"])),
+            ]
         elif name.startswith("learned") or name == adam:  # tuned SGD/momentum: not quoted
             out.append((f"{name} at 10T final log-loss", f"{row['10T']['final_log_loss']:.1f}"))
-    out += [(f"{best} standard error", fmt(tab[best]["T"]["meta_loss_se"], 1)),
-            ("adam standard error", fmt(tab[adam]["T"]["meta_loss_se"], 1))]
+    out += [
+        (f"{best} standard error", fmt(tab[best]["T"]["meta_loss_se"], 1)),
+        ("adam standard error", fmt(tab[adam]["T"]["meta_loss_se"], 1)),
+    ]
     for est, v in m["vs_adam_at_T"].items():
         if v["beats_adam_at_T"]:
             se = tab[f"learned ({est})"]["T"]["meta_loss_se"]
-            out += [(f"learned ({est}) standard error", fmt(se, 1)),
-                    (f"{est} - adam", fmt(v["mean_difference_vs_adam"])),
-                    (f"{est} - adam standard error", fmt(v["se"], 1))]
+            out += [
+                (f"learned ({est}) standard error", fmt(se, 1)),
+                (f"{est} - adam", fmt(v["mean_difference_vs_adam"])),
+                (f"{est} - adam standard error", fmt(v["se"], 1)),
+            ]
     return out
 
 
@@ -424,19 +531,27 @@ QUOTED = {
     "packing": [("the paper's variance at D = 0.1", "1e90"), ("the paper's N", "128")],
     "packing_paper": [("the paper's variance at D = 0.1", "1e90")],
     "toy": [("the toy's amplitude, 0.1 sin(...)", "0.1"), ("the toy's offset, + 0.1", "0.1")],
-    "learned_optimizer": [("the paper's variance range, low", "1e-8"),
-                          ("the paper's variance range, high", "1e13")],
-    "learned_optimizer_paper": [("the paper's 128-step minimum", "2.1"),
-                                ("the paper's variance range, low", "1e-8"),
-                                ("the paper's variance range, high", "1e13")],
+    "learned_optimizer": [
+        ("the paper's variance range, low", "1e-8"),
+        ("the paper's variance range, high", "1e13"),
+    ],
+    "learned_optimizer_paper": [
+        ("the paper's 128-step minimum", "2.1"),
+        ("the paper's variance range, low", "1e-8"),
+        ("the paper's variance range, high", "1e13"),
+    ],
 }
 
 
 def toy_paper(m: dict) -> list[tuple[str, str]]:
     """Figure 1 at paper scale (run on this CPU): as at quick scale, plus its sizes and time."""
     z = m["sizes"]
-    return toy(m) + [("samples", f"{z['samples']:,}"), ("x points", str(z["xs"])),
-                     ("w points", str(z["ws"])), ("seconds", str(round(m["seconds"])))]
+    return toy(m) + [
+        ("samples", f"{z['samples']:,}"),
+        ("x points", str(z["xs"])),
+        ("w points", str(z["ws"])),
+        ("seconds", str(round(m["seconds"]))),
+    ]
 
 
 def learning_rate_paper(m: dict) -> list[tuple[str, str]]:
@@ -446,13 +561,22 @@ def learning_rate_paper(m: dict) -> list[tuple[str, str]]:
     z, s = m["sizes"], m["summary"]
     jump = float(f"{s['first_lr_above']:.3g}")  # summary["lyapunov"] keys rates to 3 digits
     above = {float(lr): v for lr, v in s["lyapunov"].items() if float(lr) > jump}
-    return learning_rate(m) + [(f"slice unroll {t}", str(t)) for t in z["horizons"]] + [
-        ("slice points", str(z["points"])),
-        ("learning rates", str(z["lrs"])), ("seeds", str(z["seeds"])),
-        ("Lyapunov steps", f"{z['lyap_steps']:,}"), ("compare T", str(z["compare_T"])),
-        ("samples", str(z["samples"])), ("seconds", str(round(m["seconds"]))),
-        ("first η above the jump's rate", fmt(min(above))), ("largest η", fmt(max(above))),
-        ("max λ1 above the jump's rate", fmt(max(above.values())))]
+    return (
+        learning_rate(m)
+        + [(f"slice unroll {t}", str(t)) for t in z["horizons"]]
+        + [
+            ("slice points", str(z["points"])),
+            ("learning rates", str(z["lrs"])),
+            ("seeds", str(z["seeds"])),
+            ("Lyapunov steps", f"{z['lyap_steps']:,}"),
+            ("compare T", str(z["compare_T"])),
+            ("samples", str(z["samples"])),
+            ("seconds", str(round(m["seconds"]))),
+            ("first η above the jump's rate", fmt(min(above))),
+            ("largest η", fmt(max(above))),
+            ("max λ1 above the jump's rate", fmt(max(above.values()))),
+        ]
+    )
 
 
 def perturbation_paper(m: dict) -> list[tuple[str, str]]:
@@ -466,18 +590,24 @@ def state_perturbation_paper(m: dict) -> list[tuple[str, str]]:
     unperturbed run's RMS at the end, at the r with growing modes) and the time."""
     grow = [p for p in m["per_r"].values() if p["modes_growing"]]
     return state_perturbation(m) + [
-        ("two runs differenced: max relative error",
-         fmt(max(p["two_run_rel_error_once"] for p in m["per_r"].values()), 1)),
+        (
+            "two runs differenced: max relative error",
+            fmt(max(p["two_run_rel_error_once"] for p in m["per_r"].values()), 1),
+        ),
         ("unperturbed RMS after the last step", fmt(max(p["base_rms_final"] for p in grow), 1)),
-        ("seconds", str(round(m["seconds"])))]
+        ("seconds", str(round(m["seconds"]))),
+    ]
 
 
 def linear_paper(m: dict) -> list[tuple[str, str]]:
     """The appendix oracle at paper scale (run on this CPU): as at quick scale, plus sizes."""
     z = m["sizes"]
-    return linear(m) + [("seeds", str(z["seeds"])), ("values of r", str(z["rs"])),
-                        ("Lyapunov steps", f"{z['lyap_steps']:,}"),
-                        ("seconds", str(round(m["seconds"])))]
+    return linear(m) + [
+        ("seeds", str(z["seeds"])),
+        ("values of r", str(z["rs"])),
+        ("Lyapunov steps", f"{z['lyap_steps']:,}"),
+        ("seconds", str(round(m["seconds"]))),
+    ]
 
 
 def spectra_paper(m: dict) -> list[tuple[str, str]]:
@@ -485,10 +615,15 @@ def spectra_paper(m: dict) -> list[tuple[str, str]]:
     digits: it is no longer near 10 there), plus its sizes and time."""
     z = m["sizes"]
     i2 = m["summary"]["init2"]
-    rows = [r if r[0] != "init2 product radius" else (r[0], fmt(i2["product_radius"]))
-            for r in spectra(m)]
-    return rows + [("policy layers", str(z["layers"])), ("seeds", str(z["seeds"])),
-                   ("seconds", str(round(m["seconds"])))]
+    rows = [
+        r if r[0] != "init2 product radius" else (r[0], fmt(i2["product_radius"]))
+        for r in spectra(m)
+    ]
+    return rows + [
+        ("policy layers", str(z["layers"])),
+        ("seeds", str(z["seeds"])),
+        ("seconds", str(round(m["seconds"]))),
+    ]
 
 
 def rigid_body_paper(m: dict) -> list[tuple[str, str]]:
@@ -496,11 +631,13 @@ def rigid_body_paper(m: dict) -> list[tuple[str, str]]:
     the (c) seeds, the policy's layers and the time."""
     z = m["sizes"]
     b = m["summary"]["b"][str(z["smooth_unroll"])]
-    return rigid_body(m) + [("(c) seeds", str(z["var_seeds"])), ("policy layers", str(z["layers"])),
-                            ("seconds", str(round(m["seconds"]))),
-                            ("(b) extrema of the mean", str(b["mean_extrema"])),
-                            ("(b) the mean's wiggle over its range",
-                             fmt(b["mean_wiggle"] / b["mean_range"]))]
+    return rigid_body(m) + [
+        ("(c) seeds", str(z["var_seeds"])),
+        ("policy layers", str(z["layers"])),
+        ("seconds", str(round(m["seconds"]))),
+        ("(b) extrema of the mean", str(b["mean_extrema"])),
+        ("(b) the mean's wiggle over its range", fmt(b["mean_wiggle"] / b["mean_range"])),
+    ]
 
 
 def packing_paper(m: dict) -> list[tuple[str, str]]:
@@ -508,24 +645,37 @@ def packing_paper(m: dict) -> list[tuple[str, str]]:
     extrema of the mean and of one seed (median) at the longest T."""
     s = m["summary"]
     t = str(s["horizon"])
-    return packing(m) + [("diameters", str(m["sizes"]["points"])),
-                         ("seconds", str(round(m["seconds"]))),
-                         ("extrema of the mean at the longest T", str(s["mean_extrema"][t])),
-                         ("extrema of one seed (median)", fmt(s["seed_extrema_median"][t]))]
+    return packing(m) + [
+        ("diameters", str(m["sizes"]["points"])),
+        ("seconds", str(round(m["seconds"]))),
+        ("extrema of the mean at the longest T", str(s["mean_extrema"][t])),
+        ("extrema of one seed (median)", fmt(s["seed_extrema_median"][t])),
+    ]
 
 
-NUMBERS = {"toy": toy, "packing": packing, "spectra": spectra, "rigid_body": rigid_body,
-           "learning_rate": learning_rate, "toy_paper": toy_paper,
-           "linear_paper": linear_paper, "spectra_paper": spectra_paper,
-           "rigid_body_paper": rigid_body_paper, "packing_paper": packing_paper,
-           "perturbation_paper": perturbation_paper,
-           "learning_rate_paper": learning_rate_paper,
-           "perturbation": perturbation, "state_perturbation": state_perturbation,
-           "state_perturbation_paper": state_perturbation_paper,
-           "linear": linear, "truncation": truncation,
-           "learned_optimizer": learned_optimizer,
-           "learned_optimizer_paper": learned_optimizer_paper,
-           "lopt_estimators": lopt_estimators, "lopt_meta_training": lopt_meta_training}
+NUMBERS = {
+    "toy": toy,
+    "packing": packing,
+    "spectra": spectra,
+    "rigid_body": rigid_body,
+    "learning_rate": learning_rate,
+    "toy_paper": toy_paper,
+    "linear_paper": linear_paper,
+    "spectra_paper": spectra_paper,
+    "rigid_body_paper": rigid_body_paper,
+    "packing_paper": packing_paper,
+    "perturbation_paper": perturbation_paper,
+    "learning_rate_paper": learning_rate_paper,
+    "perturbation": perturbation,
+    "state_perturbation": state_perturbation,
+    "state_perturbation_paper": state_perturbation_paper,
+    "linear": linear,
+    "truncation": truncation,
+    "learned_optimizer": learned_optimizer,
+    "learned_optimizer_paper": learned_optimizer_paper,
+    "lopt_estimators": lopt_estimators,
+    "lopt_meta_training": lopt_meta_training,
+}
 
 
 # Each "smooth" or "smoother" (whole words, any case) in a figure's gallery paragraph, with the
@@ -545,10 +695,17 @@ def saved_verdict(meta: dict, path: list[str]):
 
 
 # The gallery introduction's times, figure by figure (quick scale), as it writes them.
-INTRO_TIMES = (("Figure 1", "toy"), ("Figure 2", "rigid_body"), ("Figure 4", "packing"),
-               ("Figure 5", "spectra"), ("Figure 6", "truncation"), ("Figure 7", "perturbation"),
-               ("its state-perturbation oracle", "state_perturbation"),
-               ("the appendix oracle", "linear"), ("the learning-rate figure", "learning_rate"))
+INTRO_TIMES = (
+    ("Figure 1", "toy"),
+    ("Figure 2", "rigid_body"),
+    ("Figure 4", "packing"),
+    ("Figure 5", "spectra"),
+    ("Figure 6", "truncation"),
+    ("Figure 7", "perturbation"),
+    ("its state-perturbation oracle", "state_perturbation"),
+    ("the appendix oracle", "linear"),
+    ("the learning-rate figure", "learning_rate"),
+)
 
 
 def _seconds(x: float) -> str:
@@ -566,12 +723,14 @@ def intro_times() -> str:
         if m.get("compute_seconds") is not None or not m.get("parts_reused"):
             done.append(f"{label}: {_seconds(m.get('compute_seconds') or m['seconds'])} s")
         else:
-            rebuilt.append(f"{label} ({_seconds(m['seconds'])} s, {m['parts_reused']} "
-                           "parts reused)")
+            rebuilt.append(
+                f"{label} ({_seconds(m['seconds'])} s, {m['parts_reused']} parts reused)"
+            )
     text = "Figure by figure, from each meta.json: " + ", ".join(done) + "."
     if rebuilt:
-        text += (" Rebuilt from saved parts whose own time was not recorded: "
-                 + ", ".join(rebuilt) + ".")
+        text += (
+            " Rebuilt from saved parts whose own time was not recorded: " + ", ".join(rebuilt) + "."
+        )
     return text
 
 

@@ -62,8 +62,15 @@ def main():
     key = jax.random.PRNGKey(0)
 
     def jvp_qr():
-        return lyapunov_spectrum(system, key=key, steps=args.steps, k=args.k, transient=0,
-                                 record_every=args.chunk, progress=False).exponents
+        return lyapunov_spectrum(
+            system,
+            key=key,
+            steps=args.steps,
+            k=args.k,
+            transient=0,
+            record_every=args.chunk,
+            progress=False,
+        ).exponents
 
     def dense_qr():
         return dense_qr_spectrum(system, key, args.steps, args.k, args.chunk)
@@ -81,16 +88,30 @@ def main():
         results[name] = {"first_call_s": first, "best_s": min(times), "exponents": exps}
     a, b = results["jvp-QR (matrix-free)"], results["dense-Jacobian QR"]
     agree = float(np.max(np.abs(a["exponents"] - b["exponents"])))
-    print(f"tanh RNN n={args.n}, g=2, float32, k={args.k}, {args.steps} steps, "
-          f"{jax.default_backend()} ({jax.device_count()} device)")
+    print(
+        f"tanh RNN n={args.n}, g=2, float32, k={args.k}, {args.steps} steps, "
+        f"{jax.default_backend()} ({jax.device_count()} device)"
+    )
     print(f"{'method':<24}{'first call (s)':>16}{'best of ' + str(args.repeats) + ' (s)':>16}")
     for name, r in results.items():
         print(f"{name:<24}{r['first_call_s']:>16.3f}{r['best_s']:>16.3f}")
-    print(f"speed-up of jvp-QR over dense QR: {b['best_s'] / a['best_s']:.1f}x "
-          f"(max |difference| of the {args.k} exponents: {agree:.2e})")
-    print(json.dumps({"n": args.n, "k": args.k, "steps": args.steps,
-                      "jvp_qr_s": a["best_s"], "dense_qr_s": b["best_s"],
-                      "ratio": b["best_s"] / a["best_s"], "max_abs_diff": agree}))
+    print(
+        f"speed-up of jvp-QR over dense QR: {b['best_s'] / a['best_s']:.1f}x "
+        f"(max |difference| of the {args.k} exponents: {agree:.2e})"
+    )
+    print(
+        json.dumps(
+            {
+                "n": args.n,
+                "k": args.k,
+                "steps": args.steps,
+                "jvp_qr_s": a["best_s"],
+                "dense_qr_s": b["best_s"],
+                "ratio": b["best_s"] / a["best_s"],
+                "max_abs_diff": agree,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,10 @@ def timings(mode: str) -> dict:
     """Seconds: first call (compile + run) and second call (run) of 100-step unrolls/grads."""
     s = md_system(mode, dtype="float64")
     out = {}
-    for name, fn in (("unroll_100", lambda: unroll(s, steps=100).state.position),
-                     ("grad_100", lambda: unroll_grad(s, steps=100).grad)):
+    for name, fn in (
+        ("unroll_100", lambda: unroll(s, steps=100).state.position),
+        ("grad_100", lambda: unroll_grad(s, steps=100).grad),
+    ):
         for label in ("first", "second"):
             t = time.perf_counter()
             jax.block_until_ready(fn())
@@ -41,17 +43,26 @@ def main() -> None:
     for mode, d, hs in CASES:
         s = md_system(mode, d_small=d, dtype="float64")
         g = gradient_growth(s, horizons=hs, seeds=4)
-        lyap = lyapunov_spectrum(s, key=jax.random.PRNGKey(0), steps=max(hs), transient=0,
-                                 k=4, record_every=max(hs))
-        print(json.dumps({
-            "mode": mode, "d_small": d, "horizons": hs,
-            "geomean_norm": [float(x) for x in g.geomean_norm],
-            "growth_rate": g.growth_rate, "variance_rate": g.variance_rate,
-            # over the same steps as the longest unroll, from the start (FIRE is not
-            # stationary); the largest of 4 QR exponents is less sensitive to the random
-            # initial tangent vector than a single one over so few steps
-            "lyapunov_1": float(lyap.exponents.max()), "units": g.units,
-        }))
+        lyap = lyapunov_spectrum(
+            s, key=jax.random.PRNGKey(0), steps=max(hs), transient=0, k=4, record_every=max(hs)
+        )
+        print(
+            json.dumps(
+                {
+                    "mode": mode,
+                    "d_small": d,
+                    "horizons": hs,
+                    "geomean_norm": [float(x) for x in g.geomean_norm],
+                    "growth_rate": g.growth_rate,
+                    "variance_rate": g.variance_rate,
+                    # over the same steps as the longest unroll, from the start (FIRE is not
+                    # stationary); the largest of 4 QR exponents is less sensitive to the random
+                    # initial tangent vector than a single one over so few steps
+                    "lyapunov_1": float(lyap.exponents.max()),
+                    "units": g.units,
+                }
+            )
+        )
     for mode in ("fire", "nve", "nvt", "brownian"):
         print(json.dumps({"mode": mode, "n": 32, "float64": True, **timings(mode)}))
 

@@ -74,12 +74,18 @@ def measure(name: str, per_kind: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:  # drawing is part of the cost, and a check
         mod.draw(results, {"figure": name, "scale": "paper", **meta}, Path(tmp) / "f.png")
     extra = sum(n * store.computed[k][-1] for k, n in store.skipped.items())
-    return {"figure": name, "per_kind": per_kind, "measured_s": round(wall, 1),
-            "parts": {k: {"computed_s": [round(x, 2) for x in v],
-                          "skipped": store.skipped.get(k, 0)}
-                      for k, v in store.computed.items()},
-            "projected_s": round(wall + extra, 1), "cpu": _cpu(),
-            "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {
+        "figure": name,
+        "per_kind": per_kind,
+        "measured_s": round(wall, 1),
+        "parts": {
+            k: {"computed_s": [round(x, 2) for x in v], "skipped": store.skipped.get(k, 0)}
+            for k, v in store.computed.items()
+        },
+        "projected_s": round(wall + extra, 1),
+        "cpu": _cpu(),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 def _cpu() -> str:
@@ -94,14 +100,19 @@ def table() -> str:
     for line in RESULTS.read_text().splitlines():
         r = json.loads(line)
         rows[r["figure"]] = r
-    out = ["| figure | measured (s) | parts computed / skipped | projected paper scale, "
-           "this CPU | fits 60 min? |", "|---|---|---|---|---|"]
+    out = [
+        "| figure | measured (s) | parts computed / skipped | projected paper scale, "
+        "this CPU | fits 60 min? |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows.values():
         comp = sum(len(p["computed_s"]) for p in r["parts"].values())
         skip = sum(p["skipped"] for p in r["parts"].values())
         proj = r["projected_s"]
-        out.append(f"| {r['figure']} | {r['measured_s']} | {comp} / {skip} | "
-                   f"{proj:.0f} s ({proj / 3600:.2f} h) | {'yes' if proj <= 3600 else 'no'} |")
+        out.append(
+            f"| {r['figure']} | {r['measured_s']} | {comp} / {skip} | "
+            f"{proj:.0f} s ({proj / 3600:.2f} h) | {'yes' if proj <= 3600 else 'no'} |"
+        )
     return "\n".join(out)
 
 

@@ -25,8 +25,7 @@ EXAMPLES = {
     "diagnose_henon": ["diagnose", "henon", "--x64"],
     "diagnose_rnn_stable": ["diagnose", "rnn", "--param", "n=16", "--param", "g=0.5", "--x64"],
     "diagnose_logistic_divergent": ["diagnose", "logistic", "--param", "r=4.5", "--x64"],
-    "compare_logistic": ["compare", "logistic", "--param", "r=3.9", "--horizon", "30",
-                         "--x64"],
+    "compare_logistic": ["compare", "logistic", "--param", "r=3.9", "--horizon", "30", "--x64"],
     # the learned-optimizer meta-gradient with compare's defaults (a 90 s sampling budget)
     "compare_lopt": ["compare", "lopt", "--horizon", "100"],
 }
@@ -41,8 +40,11 @@ def run(name: str, argv: list[str]) -> str:
         code = main([*argv, "--no-progress", "--out", str(folder)])
     if code != 0:
         raise SystemExit(f"{name}: exit {code}")
-    text = (f"$ chaosgrad {' '.join(argv)}\n" + buf.getvalue()
-            + f"# wall time {time.perf_counter() - t0:.0f} s, compiling included\n")
+    text = (
+        f"$ chaosgrad {' '.join(argv)}\n"
+        + buf.getvalue()
+        + f"# wall time {time.perf_counter() - t0:.0f} s, compiling included\n"
+    )
     text = text.replace(str(folder), f"out/{name}")  # the transcript names a neutral folder
     for f in folder.glob("*.png"):  # keep the one overview figure, not every panel alone
         if f.name not in ("summary.png", "compare.png"):

@@ -41,7 +41,7 @@ def estimator_seconds(name: str, n: int, members: int, reps: int) -> float:
     from chaosgrad import estimators, systems
 
     system = systems.make("rnn", n=n, g=1.5, dtype="float32")
-    kw = ({"particles": members} if name == "tbptt" else {"pairs": members // 2})
+    kw = {"particles": members} if name == "tbptt" else {"pairs": members // 2}
     if name != "es":
         kw["window"] = 10
     est = estimators.make(name, system, horizon=100, **kw)
@@ -81,9 +81,14 @@ def main(argv=None) -> int:
         mem.append(_residual_bytes(s, s.theta, x0, k_steps, chunk, False) * -(-t // chunk))
         print("T", t, fwd[-1], grad[-1], mem[-1], flush=True)
     res["horizon"] = {"T": ts, "unroll": fwd, "unroll_grad": grad, "residual_bytes": mem}
-    res["meta"] = {"backend": jax.default_backend(), "jax": jax.__version__,
-                   "populations": pops, "n": ns, "reps": a.reps,
-                   "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    res["meta"] = {
+        "backend": jax.default_backend(),
+        "jax": jax.__version__,
+        "populations": pops,
+        "n": ns,
+        "reps": a.reps,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
 
     import matplotlib
 
@@ -93,14 +98,24 @@ def main(argv=None) -> int:
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.8))
     for name, ys in res["population"].items():
         ax[0].loglog(pops, np.array(ys) * 1e3, "o-", label=name)
-    ax[0].set(xlabel="population (members)", ylabel="ms per estimate",
-              title="estimators vs population (n=64, K=10)")
+    ax[0].set(
+        xlabel="population (members)",
+        ylabel="ms per estimate",
+        title="estimators vs population (n=64, K=10)",
+    )
     for name, ys in res["state"].items():
         ax[1].loglog(ns, np.array(ys) * 1e3, "o-", label=name)
-    ax[1].loglog(ns, np.array(ns, float) ** 2 / ns[-1] ** 2 * res["state"]["pes"][-1] * 1e3,
-                 "k:", label="∝ n²")
-    ax[1].set(xlabel="RNN width n (θ has n² entries)", ylabel="ms per estimate",
-              title="estimators vs state size (16 members)")
+    ax[1].loglog(
+        ns,
+        np.array(ns, float) ** 2 / ns[-1] ** 2 * res["state"]["pes"][-1] * 1e3,
+        "k:",
+        label="∝ n²",
+    )
+    ax[1].set(
+        xlabel="RNN width n (θ has n² entries)",
+        ylabel="ms per estimate",
+        title="estimators vs state size (16 members)",
+    )
     ax[2].loglog(ts, np.array(fwd) * 1e3, "o-", label="unroll")
     ax[2].loglog(ts, np.array(grad) * 1e3, "o-", label="unroll_grad")
     ax[2].loglog(ts, np.array(ts, float) / ts[-1] * grad[-1] * 1e3, "k:", label="∝ T")
@@ -111,8 +126,11 @@ def main(argv=None) -> int:
     for x in ax:
         x.legend(fontsize=8)
     axm.legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"chaosgrad scaling, {jax.default_backend()} float32 ({res['meta']['date']}, "
-                 "shared 2-core CPU)", fontsize=10)
+    fig.suptitle(
+        f"chaosgrad scaling, {jax.default_backend()} float32 ({res['meta']['date']}, "
+        "shared 2-core CPU)",
+        fontsize=10,
+    )
     fig.tight_layout()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

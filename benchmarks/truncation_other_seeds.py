@@ -39,11 +39,20 @@ def main(argv: list[str]) -> int:
     truncation.SEED, truncation.EVAL_KEY = a.seed, a.eval_key
     t0 = time.perf_counter()
     _, meta = truncation.run("quick", _NoStore(), sys.stderr.isatty())
-    write_json(OUT, {"seed": a.seed, "eval_key": a.eval_key, "scale": "quick",
-                     "seconds": round(time.perf_counter() - t0, 1),
-                     "precision": precision_info(), "versions": versions(),
-                     "sizes": meta["sizes"],
-                     "summary": meta["summary"], "verdict": meta["verdict"]})
+    write_json(
+        OUT,
+        {
+            "seed": a.seed,
+            "eval_key": a.eval_key,
+            "scale": "quick",
+            "seconds": round(time.perf_counter() - t0, 1),
+            "precision": precision_info(),
+            "versions": versions(),
+            "sizes": meta["sizes"],
+            "summary": meta["summary"],
+            "verdict": meta["verdict"],
+        },
+    )
     print(f"wrote {OUT}")
     return 0
 

@@ -22,8 +22,12 @@ def main(argv: list[str]) -> int:
 
     size = {**truncation.SIZES["paper"], "eval_every": 1}
     system = truncation.make_system(size)
-    theta = init_policy(jax.random.PRNGKey(1), system.meta["policy_sizes"],
-                        system.meta["policy_scale"], jax.numpy.float64)
+    theta = init_policy(
+        jax.random.PRNGKey(1),
+        system.meta["policy_sizes"],
+        system.meta["policy_scale"],
+        jax.numpy.float64,
+    )
     for t in [int(a) for a in argv[1:]] or [10]:
         init, chunk, reward = truncation._trainer(system, size, t)
         key = jax.random.PRNGKey(2)
@@ -43,11 +47,15 @@ def main(argv: list[str]) -> int:
         runs = len(size["truncations"]) * size["seeds"]
         evals = size["iterations"] // truncation.SIZES["paper"]["eval_every"] + 1
         whole = runs * (size["iterations"] * step + evals * evaluation)
-        row = {"t": t, "first_chunk_with_compile_s": round(first, 1),
-               "adam_step_s": round(step, 2), "evaluation_s": round(evaluation, 2),
-               "step_gradients_per_adam_step": size["batch"] * size["episode"],
-               "ms_per_step_gradient": round(1e3 * step / (size["batch"] * size["episode"]), 2),
-               "projected_whole_run_h": round(whole / 3600, 1)}
+        row = {
+            "t": t,
+            "first_chunk_with_compile_s": round(first, 1),
+            "adam_step_s": round(step, 2),
+            "evaluation_s": round(evaluation, 2),
+            "step_gradients_per_adam_step": size["batch"] * size["episode"],
+            "ms_per_step_gradient": round(1e3 * step / (size["batch"] * size["episode"]), 2),
+            "projected_whole_run_h": round(whole / 3600, 1),
+        }
         print(json.dumps(row), flush=True)
     return 0
 

@@ -31,10 +31,25 @@ PyTree = Any
 # Functions from these packages are installed code: their module globals do not change while
 # a program runs, so only their code, closures and defaults are keyed (cheap, and two builds
 # of a built-in system still share compiled programs).
-_LIBRARY_ROOTS = frozenset({
-    "chaosgrad", "jax", "jaxlib", "numpy", "optax", "scipy", "flax", "equinox", "brax",
-    "mujoco", "functools", "builtins", "math", "operator", "ml_dtypes",
-})
+_LIBRARY_ROOTS = frozenset(
+    {
+        "chaosgrad",
+        "jax",
+        "jaxlib",
+        "numpy",
+        "optax",
+        "scipy",
+        "flax",
+        "equinox",
+        "brax",
+        "mujoco",
+        "functools",
+        "builtins",
+        "math",
+        "operator",
+        "ml_dtypes",
+    }
+)
 _MAX_DEPTH = 12
 _MAX_ITEMS = 256
 
@@ -100,8 +115,9 @@ def _code_key(f, memo: dict, depth: int) -> tuple:
         except ValueError:  # an empty cell (a name bound later in the enclosing function)
             cells.append(("empty",))
     defaults = tuple(_value_key(d, memo, depth + 1) for d in (f.__defaults__ or ()))
-    kwdefaults = tuple((k, _value_key(v, memo, depth + 1))
-                       for k, v in sorted((f.__kwdefaults__ or {}).items()))
+    kwdefaults = tuple(
+        (k, _value_key(v, memo, depth + 1)) for k, v in sorted((f.__kwdefaults__ or {}).items())
+    )
     reads: tuple = ()
     if not _is_library(f):
         g = f.__globals__
@@ -148,20 +164,30 @@ def _value_key(x: Any, memo: dict, depth: int) -> Any:
     if isinstance(x, types.FunctionType):
         return _code_key(x, memo, depth)
     if isinstance(x, types.MethodType):
-        return ("method", _value_key(x.__func__, memo, depth + 1),
-                _value_key(x.__self__, memo, depth + 1))
+        return (
+            "method",
+            _value_key(x.__func__, memo, depth + 1),
+            _value_key(x.__self__, memo, depth + 1),
+        )
     if isinstance(x, functools.partial):
-        return ("partial", _value_key(x.func, memo, depth + 1),
-                tuple(_value_key(a, memo, depth + 1) for a in x.args),
-                tuple((k, _value_key(v, memo, depth + 1)) for k, v in sorted(x.keywords.items())))
+        return (
+            "partial",
+            _value_key(x.func, memo, depth + 1),
+            tuple(_value_key(a, memo, depth + 1) for a in x.args),
+            tuple((k, _value_key(v, memo, depth + 1)) for k, v in sorted(x.keywords.items())),
+        )
     if isinstance(x, jax.Array):  # immutable; identity, kept alive by the key
         return ("array", _Same(x))
     if isinstance(x, np.ndarray):  # mutable in place: by content
         if x.dtype == object:
             raise _Uncacheable("a numpy array of objects")
         data = np.ascontiguousarray(x)
-        return ("ndarray", data.dtype.str, data.shape,
-                hashlib.blake2b(data.tobytes(), digest_size=16).digest())
+        return (
+            "ndarray",
+            data.dtype.str,
+            data.shape,
+            hashlib.blake2b(data.tobytes(), digest_size=16).digest(),
+        )
     if isinstance(x, np.generic):
         return ("npscalar", x.dtype.str, x.tobytes())
     if isinstance(x, (np.dtype, type, types.ModuleType, types.BuiltinFunctionType)):
@@ -174,8 +200,9 @@ def _value_key(x: Any, memo: dict, depth: int) -> Any:
     if isinstance(x, dict):
         if len(x) > _MAX_ITEMS:
             raise _Uncacheable(f"a dict of {len(x)} items")
-        return (type(x),) + tuple((_value_key(k, memo, depth + 1),
-                                   _value_key(v, memo, depth + 1)) for k, v in x.items())
+        return (type(x),) + tuple(
+            (_value_key(k, memo, depth + 1), _value_key(v, memo, depth + 1)) for k, v in x.items()
+        )
     if _is_library(type(x)) and (not hasattr(x, "__dict__") or _frozen(x)):
         # Installed code's objects without attributes to reassign (jit wrappers, ufuncs, a
         # Brax or MJX model, which are frozen dataclasses of arrays): by identity.

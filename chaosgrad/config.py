@@ -48,7 +48,7 @@ def resolve_dtype(dtype=None):
 
 
 def precision_name(dtype) -> str:
-    """"float64" or "float32": the name recorded as a system's precision."""
+    """ "float64" or "float32": the name recorded as a system's precision."""
     import jax.numpy as jnp
 
     return "float64" if jnp.dtype(dtype) == jnp.float64 else "float32"

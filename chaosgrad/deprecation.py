@@ -15,8 +15,11 @@ REMOVED_IN = "0.3.0"
 def warn(old: str, new: str, stacklevel: int = 3) -> None:
     """A DeprecationWarning saying that ``old`` is now ``new`` (``stacklevel``: the caller's
     caller, i.e. the user's line, when called from inside the alias)."""
-    warnings.warn(f"{old} is deprecated and will be removed in chaosgrad {REMOVED_IN}: use {new}",
-                  DeprecationWarning, stacklevel=stacklevel)
+    warnings.warn(
+        f"{old} is deprecated and will be removed in chaosgrad {REMOVED_IN}: use {new}",
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )
 
 
 def alias(fn: Callable, old: str, new: str | None = None) -> Callable:

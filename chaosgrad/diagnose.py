@@ -135,64 +135,77 @@ class Diagnosis:
     # -- reports -------------------------------------------------------------------------
     def to_json(self) -> dict:
         """Everything as a JSON-friendly dict (non-finite numbers as null)."""
-        return jsonable({
-            "system": self.system,
-            "verdict": self.verdict,
-            "confidence": self.confidence,
-            "critical_horizon": self.critical_horizon,
-            "critical_interval": self.critical_interval.to_json(),
-            "critical_extrapolated": self.critical_extrapolated,
-            "first_nonfinite_step": self.first_nonfinite_step,
-            "diverged_seeds": self.diverged_seeds,
-            "recommendation": self.recommendation,
-            "units": self.units,
-            "lyapunov": self.lyapunov.to_json() | {
-                "history_steps": self.lyapunov.history_steps.tolist(),
-                "history": self.lyapunov.history.tolist()},
-            "lyapunov_interval": self.lyapunov_interval.to_json(),
-            "lyapunov_margin": self.lyapunov_margin,
-            "finite_time_exponent": self.finite_time_exponent,
-            "predicted_rate": self.predicted_rate,
-            "measured_rate": self.measured_rate,
-            "predicted_variance_rate": self.predicted_variance_rate,
-            "measured_variance_rate": self.measured_variance_rate,
-            "variance_growth_limit": self.variance_growth_limit,
-            "gradient_growth": self.growth.to_json() | {"norms": self.growth.norms.tolist()},
-            "gradient_tails": tail_table(self.growth.norms) | {
-                "seeds_to_see_1_in": TAIL_RARITY, "seeds_needed": seeds_to_see()},
-            "loss_slices": self.slices.to_json(),
-            "nonfinite": self.nonfinite,
-            "blowup": self.blowup,
-            "figures": self.figures,
-            "figure_error": self.figure_error,
-            "seconds": round(self.seconds, 2),
-            "run": self.run,
-        })[0]
+        return jsonable(
+            {
+                "system": self.system,
+                "verdict": self.verdict,
+                "confidence": self.confidence,
+                "critical_horizon": self.critical_horizon,
+                "critical_interval": self.critical_interval.to_json(),
+                "critical_extrapolated": self.critical_extrapolated,
+                "first_nonfinite_step": self.first_nonfinite_step,
+                "diverged_seeds": self.diverged_seeds,
+                "recommendation": self.recommendation,
+                "units": self.units,
+                "lyapunov": self.lyapunov.to_json()
+                | {
+                    "history_steps": self.lyapunov.history_steps.tolist(),
+                    "history": self.lyapunov.history.tolist(),
+                },
+                "lyapunov_interval": self.lyapunov_interval.to_json(),
+                "lyapunov_margin": self.lyapunov_margin,
+                "finite_time_exponent": self.finite_time_exponent,
+                "predicted_rate": self.predicted_rate,
+                "measured_rate": self.measured_rate,
+                "predicted_variance_rate": self.predicted_variance_rate,
+                "measured_variance_rate": self.measured_variance_rate,
+                "variance_growth_limit": self.variance_growth_limit,
+                "gradient_growth": self.growth.to_json() | {"norms": self.growth.norms.tolist()},
+                "gradient_tails": tail_table(self.growth.norms)
+                | {"seeds_to_see_1_in": TAIL_RARITY, "seeds_needed": seeds_to_see()},
+                "loss_slices": self.slices.to_json(),
+                "nonfinite": self.nonfinite,
+                "blowup": self.blowup,
+                "figures": self.figures,
+                "figure_error": self.figure_error,
+                "seconds": round(self.seconds, 2),
+                "run": self.run,
+            }
+        )[0]
 
     def _headline(self) -> str:
         if self.verdict == "diverges":
             why = self.blowup.get("reason") or "the state or loss is NaN/Inf"
-            return (f"VERDICT: DIVERGES - {why}, from step {self.first_nonfinite_step} "
-                    f"({self.diverged_seeds} of {self.growth.norms.shape[1]} seeds)")
+            return (
+                f"VERDICT: DIVERGES - {why}, from step {self.first_nonfinite_step} "
+                f"({self.diverged_seeds} of {self.growth.norms.shape[1]} seeds)"
+            )
         head = f"VERDICT: {self.verdict.upper()}"
         if self.critical_horizon is not None:
             ci = self.critical_interval
             fitted = "fitted" in ci.method
-            head += (f" - backprop variance grows {self.variance_growth_limit:g}x every "
-                     f"{count_text(self.critical_horizon)} steps [{count_text(ci.low)}, "
-                     f"{count_text(ci.high)}] ("
-                     + ("the rate fitted to the table" if fitted
-                        else "the spectrum's prediction; the table resolves no rate") + ")"
-                     + (" (beyond the horizons measured)" if self.critical_extrapolated
-                        else ""))
+            head += (
+                f" - backprop variance grows {self.variance_growth_limit:g}x every "
+                f"{count_text(self.critical_horizon)} steps [{count_text(ci.low)}, "
+                f"{count_text(ci.high)}] ("
+                + (
+                    "the rate fitted to the table"
+                    if fitted
+                    else "the spectrum's prediction; the table resolves no rate"
+                )
+                + ")"
+                + (" (beyond the horizons measured)" if self.critical_extrapolated else "")
+            )
         return head
 
     def _tail_note(self) -> str:
         s = int(self.growth.norms.shape[1])
         seen = 1 - (1 - 1 / TAIL_RARITY) ** s
-        return (f"Tails: {s} seeds see a 1-in-{TAIL_RARITY} tail of |grad| with probability "
-                f"{seen:.0%}; {seeds_to_see():,} seeds would see it with 95% (--seeds, or seeds= "
-                "in Python).")
+        return (
+            f"Tails: {s} seeds see a 1-in-{TAIL_RARITY} tail of |grad| with probability "
+            f"{seen:.0%}; {seeds_to_see():,} seeds would see it with 95% (--seeds, or seeds= "
+            "in Python)."
+        )
 
     def summary(self) -> str:
         """The terminal report."""
@@ -207,8 +220,7 @@ class Diagnosis:
             f"  {self.recommendation}",
             "",
             f"Lyapunov exponents ({ly.units}, {ly.runs} runs × {ly.steps} steps, each after "
-            f"{ly.transient}): "
-            + ", ".join(_f(x) for x in ly.exponents),
+            f"{ly.transient}): " + ", ".join(_f(x) for x in ly.exponents),
             f"  λ1 = {_fi(self.lyapunov_interval)}   (|rate| < {self.lyapunov_margin:.2g} "
             "counts as 0)",
             f"Finite-time λ1 over T = {int(g.horizons[-1])} from the start: "
@@ -229,7 +241,8 @@ class Diagnosis:
                 f"{int(h):>7} {g.geomean_norm[i]:>18.4e} {tails['median'][i]:>11.3e} "
                 f"{tails['max'][i]:>11.3e} {tails['beyond'][i]:>9.0%} {g.variance[i]:>11.3e} "
                 f"{g.nonfinite_fraction[i]:>10.0%} {int(self.slices.extrema[j]):>14} "
-                f"{int(self.slices.nonfinite[j]):>10}")
+                f"{int(self.slices.nonfinite[j]):>10}"
+            )
         lines.append(self._tail_note())
         if self.nonfinite.get("message"):
             lines += ["", f"NON-FINITE: {self.nonfinite['message']}"]
@@ -253,8 +266,7 @@ class Diagnosis:
             "",
             "| quantity | value |",
             "|---|---|",
-            f"| Lyapunov exponents ({ly.units}) | "
-            + ", ".join(_f(x) for x in ly.exponents) + " |",
+            f"| Lyapunov exponents ({ly.units}) | " + ", ".join(_f(x) for x in ly.exponents) + " |",
             f"| λ1 with its 95% interval | {_fi(self.lyapunov_interval)} |",
             f"| finite-time λ1 over the longest horizon, from the start | "
             f"{_f(self.finite_time_exponent)} |",
@@ -263,14 +275,21 @@ class Diagnosis:
             f"| growth rate of its variance, measured / predicted | "
             f"{_fi(g.variance_rate_interval)} / {_f(self.predicted_variance_rate)} |",
             f"| critical horizon (variance × {self.variance_growth_limit:g} from T = 0) | "
-            + ("none" if self.critical_horizon is None else
-               f"{count_text(self.critical_horizon)} steps "
-               f"[{count_text(self.critical_interval.low)}, "
-               f"{count_text(self.critical_interval.high)}] ({self.critical_interval.method})")
+            + (
+                "none"
+                if self.critical_horizon is None
+                else f"{count_text(self.critical_horizon)} steps "
+                f"[{count_text(self.critical_interval.low)}, "
+                f"{count_text(self.critical_interval.high)}] ({self.critical_interval.method})"
+            )
             + " |",
             "| first non-finite step of the state or loss | "
-            + ("none" if self.first_nonfinite_step < 0 else
-               f"{self.first_nonfinite_step} ({self.diverged_seeds} seeds)") + " |",
+            + (
+                "none"
+                if self.first_nonfinite_step < 0
+                else f"{self.first_nonfinite_step} ({self.diverged_seeds} seeds)"
+            )
+            + " |",
             f"| precision | {ly.precision['dtype']} on {ly.precision['backend']} |",
             "",
             f"| T | ‖∂L/∂θ‖ (geometric mean) | median | largest | beyond "
@@ -280,10 +299,12 @@ class Diagnosis:
         tails = tail_table(g.norms)
         for i, h in enumerate(g.horizons):
             j = int(np.searchsorted(self.slices.horizons, h))
-            md.append(f"| {int(h)} | {g.geomean_norm[i]:.4e} | {tails['median'][i]:.3e} | "
-                      f"{tails['max'][i]:.3e} | {tails['beyond'][i]:.0%} | "
-                      f"{g.variance[i]:.3e} | "
-                      f"{g.nonfinite_fraction[i]:.0%} | {int(self.slices.extrema[j])} |")
+            md.append(
+                f"| {int(h)} | {g.geomean_norm[i]:.4e} | {tails['median'][i]:.3e} | "
+                f"{tails['max'][i]:.3e} | {tails['beyond'][i]:.0%} | "
+                f"{g.variance[i]:.3e} | "
+                f"{g.nonfinite_fraction[i]:.0%} | {int(self.slices.extrema[j])} |"
+            )
         md += ["", self._tail_note()]
         if self.nonfinite.get("message"):
             md += ["", f"**Non-finite values:** {self.nonfinite['message']}"]
@@ -307,8 +328,12 @@ class Diagnosis:
             self.figure_error = ""
         except Exception as e:  # noqa: BLE001 - a figure must never cost the diagnosis
             self.figure_error = f"{type(e).__name__}: {e}"
-            warnings.warn(f"the figures could not be drawn ({self.figure_error}); the report "
-                          f"is saved in {out}", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"the figures could not be drawn ({self.figure_error}); the report "
+                f"is saved in {out}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         self._write_reports(out)
         return out
 
@@ -327,14 +352,22 @@ def _fi(iv: Interval) -> str:
         return "n/a"
     if not np.isfinite(iv.low) and not np.isfinite(iv.high):
         return f"{iv.value:+.4g} (no interval: n/a)"
-    return f"{iv.value:+.4g} [{_f(iv.low) if np.isfinite(iv.low) else '-inf'}, " \
-           f"{_f(iv.high) if np.isfinite(iv.high) else '+inf'}]"
+    return (
+        f"{iv.value:+.4g} [{_f(iv.low) if np.isfinite(iv.low) else '-inf'}, "
+        f"{_f(iv.high) if np.isfinite(iv.high) else '+inf'}]"
+    )
 
 
-def _verdict(lam: Interval, lam_ft: float, growth: Interval, margin: float,
-             grad_nonfinite: bool, first_bad: int,
-             variance_growth: Interval | None = None,
-             diverged: str = "a forward unroll produced NaN/Inf") -> tuple[str, str]:
+def _verdict(
+    lam: Interval,
+    lam_ft: float,
+    growth: Interval,
+    margin: float,
+    grad_nonfinite: bool,
+    first_bad: int,
+    variance_growth: Interval | None = None,
+    diverged: str = "a forward unroll produced NaN/Inf",
+) -> tuple[str, str]:
     """The verdict and its confidence. The spectrum and the measured gradients must agree,
     each resolved by its interval, for "chaotic" or "stable"; anything else is "marginal".
 
@@ -347,12 +380,17 @@ def _verdict(lam: Interval, lam_ft: float, growth: Interval, margin: float,
     lie below −margin and the growth rate is not resolved as positive.
     """
     if first_bad >= 0:
-        return "diverges", (f"certain: {diverged} at step {first_bad}; the exponents and "
-                            "gradients past it are meaningless")
+        return "diverges", (
+            f"certain: {diverged} at step {first_bad}; the exponents and "
+            "gradients past it are meaningless"
+        )
     lam_pos = (np.isfinite(lam.low) and lam.low > margin) or lam_ft > margin
     lam_neg = np.isfinite(lam.high) and lam.high < -margin and lam_ft < -margin
-    var_grows = (variance_growth is not None and np.isfinite(variance_growth.low)
-                 and variance_growth.low > 2 * margin)
+    var_grows = (
+        variance_growth is not None
+        and np.isfinite(variance_growth.low)
+        and variance_growth.low > 2 * margin
+    )
     grows = grad_nonfinite or (np.isfinite(growth.low) and growth.low > margin) or var_grows
     flat = not grows and not (np.isfinite(growth.value) and growth.value > margin)
     lam_txt = f"λ1 = {_fi(lam)}"
@@ -360,19 +398,24 @@ def _verdict(lam: Interval, lam_ft: float, growth: Interval, margin: float,
     if var_grows and not (np.isfinite(growth.low) and growth.low > margin):
         g_txt = f"its variance's growth rate {_fi(variance_growth)}"
     if lam_pos and grows:
-        return "chaotic", (f"95%: {lam_txt} lies above +{margin:.2g} and {g_txt} "
-                           f"{'includes overflowed gradients' if grad_nonfinite else 'too'}")
+        return "chaotic", (
+            f"95%: {lam_txt} lies above +{margin:.2g} and {g_txt} "
+            f"{'includes overflowed gradients' if grad_nonfinite else 'too'}"
+        )
     if lam_neg and flat:
         return "stable", f"95%: {lam_txt} lies below -{margin:.2g} and {g_txt} shows no growth"
     why = []
     if not (lam_pos or lam_neg):
         why.append(f"{lam_txt} is not resolved from 0 (±{margin:.2g})")
     if lam_pos and not grows:
-        why.append(f"the spectrum stretches but {g_txt} is not resolved as growing (the loss "
-                   "may not feel the stretching, e.g. a relaxation to a minimum)")
+        why.append(
+            f"the spectrum stretches but {g_txt} is not resolved as growing (the loss "
+            "may not feel the stretching, e.g. a relaxation to a minimum)"
+        )
     if lam_neg and not flat:
-        why.append(f"the dynamics contract asymptotically but {g_txt} grows (a transient "
-                   "instability)")
+        why.append(
+            f"the dynamics contract asymptotically but {g_txt} grows (a transient instability)"
+        )
     return "marginal", "; ".join(why) or "the intervals do not settle it"
 
 
@@ -384,8 +427,15 @@ def _resolved_below(iv: Interval | None, x: float) -> bool:
     return iv is not None and bool(np.isfinite(iv.high) and iv.high < x)
 
 
-def _critical(lam: Interval, lam_ft: float, growth: GrowthResult, verdict: str,
-              limit: float, per_step: float, margin: float) -> tuple[float | None, Interval]:
+def _critical(
+    lam: Interval,
+    lam_ft: float,
+    growth: GrowthResult,
+    verdict: str,
+    limit: float,
+    per_step: float,
+    margin: float,
+) -> tuple[float | None, Interval]:
     """The horizon (steps) over which backprop's variance grows ``limit`` times, on the line
     fitted to the measured variances (the table's): T* = ln(limit) / rate, with rate the
     fitted variance rate when its interval lies above +2·margin, else twice the fitted norm
@@ -410,8 +460,12 @@ def _critical(lam: Interval, lam_ft: float, growth: GrowthResult, verdict: str,
     if not rate > 0:
         return None, NAN_INTERVAL
     steps = math.log(limit) / per_step
-    return steps / rate, Interval(steps / rate, steps / hi if np.isfinite(hi) and hi > 0
-                                  else 0.0, steps / lo, method=f"log({limit:g}) / ({how})")
+    return steps / rate, Interval(
+        steps / rate,
+        steps / hi if np.isfinite(hi) and hi > 0 else 0.0,
+        steps / lo,
+        method=f"log({limit:g}) / ({how})",
+    )
 
 
 BLOWUP_FACTOR = 1e6  # "diverges" once the loss or the state grows past this × its start
@@ -419,18 +473,33 @@ BLOWUP_FACTOR = 1e6  # "diverges" once the loss or the state grows past this × 
 
 def _scale(tree) -> np.ndarray:
     """Largest |entry| of the float leaves of a (batched) pytree, per leading index."""
-    leaves = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(tree)
-              if np.issubdtype(np.asarray(x).dtype, np.floating)]
+    leaves = [
+        np.asarray(x, np.float64)
+        for x in jax.tree_util.tree_leaves(tree)
+        if np.issubdtype(np.asarray(x).dtype, np.floating)
+    ]
     if not leaves:
         return np.zeros(0)
     with np.errstate(invalid="ignore"):
-        return np.max(np.stack([np.max(np.abs(x.reshape(x.shape[0], -1)), axis=1)
-                                if x.ndim and x.size else np.zeros(x.shape[:1])
-                                for x in leaves]), axis=0)
+        return np.max(
+            np.stack(
+                [
+                    np.max(np.abs(x.reshape(x.shape[0], -1)), axis=1)
+                    if x.ndim and x.size
+                    else np.zeros(x.shape[:1])
+                    for x in leaves
+                ]
+            ),
+            axis=0,
+        )
 
 
-def blowup_test(losses: np.ndarray, start_scale: np.ndarray, end_scale: np.ndarray,
-                factor: float = BLOWUP_FACTOR) -> dict:
+def blowup_test(
+    losses: np.ndarray,
+    start_scale: np.ndarray,
+    end_scale: np.ndarray,
+    factor: float = BLOWUP_FACTOR,
+) -> dict:
     """The growth test behind "diverges", on a forward unroll of every seed.
 
     A seed blows up when (a) its loss or state is NaN/Inf at some step, or (b) some
@@ -476,27 +545,38 @@ def blowup_test(losses: np.ndarray, start_scale: np.ndarray, end_scale: np.ndarr
             why[i] = "state"
     bad = bad_step >= 0
     first = int(bad_step[bad].min()) if bad.any() else -1
-    words = {"NaN/Inf": "the loss or state turned NaN/Inf",
-             "loss": f"the loss grew past {count_text(factor)}× its initial scale ({ref:.3g})",
-             "state": f"the state grew past {count_text(factor)}× its initial size"}
+    words = {
+        "NaN/Inf": "the loss or state turned NaN/Inf",
+        "loss": f"the loss grew past {count_text(factor)}× its initial scale ({ref:.3g})",
+        "state": f"the state grew past {count_text(factor)}× its initial size",
+    }
     # the reason is what happened first (a seed that overflows later says nothing new)
-    firsts = sorted((bad_step[i], ["NaN/Inf", "loss", "state"].index(w), w)
-                    for i, w in why.items())
+    firsts = sorted((bad_step[i], ["NaN/Inf", "loss", "state"].index(w), w) for i, w in why.items())
     reasons = [words[firsts[0][2]]] if firsts else []
-    return {"first_step": first, "seeds": int(bad.sum()), "reason": "; ".join(reasons),
-            "factor": factor, "loss_scale": ref}
+    return {
+        "first_step": first,
+        "seeds": int(bad.sum()),
+        "reason": "; ".join(reasons),
+        "factor": factor,
+        "loss_scale": ref,
+    }
 
 
-def _first_nonfinite(system: System, theta, key, seeds: int, steps: int,
-                     factor: float = BLOWUP_FACTOR) -> dict:
+def _first_nonfinite(
+    system: System, theta, key, seeds: int, steps: int, factor: float = BLOWUP_FACTOR
+) -> dict:
     """`blowup_test` on a forward unroll of ``steps`` steps per seed; its NaN/Inf part also
     takes the unroll's own count (a non-finite phase with a finite loss)."""
     keys = jax.random.split(key, seeds)
     res = unroll(system, theta, keys, steps, progress=False)
     start = jax.vmap(lambda k: system.init(split_run_key(k)[0], theta))(keys)
     phase = jax.vmap(system.get_phase)
-    test = blowup_test(np.asarray(res.losses).reshape(seeds, -1), _scale(phase(start)),
-                       _scale(phase(res.state)), factor)
+    test = blowup_test(
+        np.asarray(res.losses).reshape(seeds, -1),
+        _scale(phase(start)),
+        _scale(phase(res.state)),
+        factor,
+    )
     first = np.asarray(res.first_nonfinite_step).ravel()
     if (first >= 0).any():
         f = int(first[first >= 0].min())
@@ -576,52 +656,104 @@ def diagnose(
     lyapunov_steps = max(2000, 20 * hmax) if lyapunov_steps is None else int(lyapunov_steps)
     transient = hmax if transient is None else int(transient)
     with progress_bar(4, f"diagnose {system.name}", progress, min_total=1) as bar:
-        blowup = _first_nonfinite(system, theta, jax.random.fold_in(key, 1), seeds, hmax,
-                                  blowup_factor)
+        blowup = _first_nonfinite(
+            system, theta, jax.random.fold_in(key, 1), seeds, hmax, blowup_factor
+        )
         first_bad, n_bad = blowup["first_step"], blowup["seeds"]
         bar.update(1)
-        lyap = lyapunov_runs(system, theta, key=key, runs=runs,
-                             steps=max(50, -(-lyapunov_steps // runs)), k=k,
-                             transient=transient, progress=False)
+        lyap = lyapunov_runs(
+            system,
+            theta,
+            key=key,
+            runs=runs,
+            steps=max(50, -(-lyapunov_steps // runs)),
+            k=k,
+            transient=transient,
+            progress=False,
+        )
         ly = lyap.result
-        lam_ft = float(np.mean([
-            lyapunov_spectrum(system, theta, key=jax.random.fold_in(key, 10 + i), steps=hmax,
-                              k=1, transient=0, record_every=hmax,
-                              progress=False).exponents[0] for i in range(3)]))
+        lam_ft = float(
+            np.mean(
+                [
+                    lyapunov_spectrum(
+                        system,
+                        theta,
+                        key=jax.random.fold_in(key, 10 + i),
+                        steps=hmax,
+                        k=1,
+                        transient=0,
+                        record_every=hmax,
+                        progress=False,
+                    ).exponents[0]
+                    for i in range(3)
+                ]
+            )
+        )
         bar.update(1)
-        growth = gradient_growth(system, theta, hs, seeds, key=jax.random.fold_in(key, 1),
-                                 progress=False)
+        growth = gradient_growth(
+            system, theta, hs, seeds, key=jax.random.fold_in(key, 1), progress=False
+        )
         bar.update(1)
-        slices = loss_slice(system, theta, hs, key=jax.random.fold_in(key, 2),
-                            radius=slice_radius, points=slice_points)
+        slices = loss_slice(
+            system,
+            theta,
+            hs,
+            key=jax.random.fold_in(key, 2),
+            radius=slice_radius,
+            points=slice_points,
+        )
         bar.update(1)
     per_step = system.dt if system.dt is not None else 1.0
     lam_iv = lyap.interval
     lam = lam_iv.value
     margin = (0.5 / hmax if tol is None else float(tol)) / per_step
-    verdict, confidence = _verdict(lam_iv, lam_ft, growth.growth_interval, margin,
-                                   bool(np.any(growth.nonfinite_fraction > 0)), first_bad,
-                                   growth.variance_rate_interval,
-                                   blowup["reason"] or "a forward unroll produced NaN/Inf")
+    verdict, confidence = _verdict(
+        lam_iv,
+        lam_ft,
+        growth.growth_interval,
+        margin,
+        bool(np.any(growth.nonfinite_fraction > 0)),
+        first_bad,
+        growth.variance_rate_interval,
+        blowup["reason"] or "a forward unroll produced NaN/Inf",
+    )
     pred = max(lam, lam_ft, 0.0) if np.isfinite(lam) and np.isfinite(lam_ft) else math.nan
-    critical, crit_iv = _critical(lam_iv, lam_ft, growth, verdict, variance_growth_limit,
-                                  per_step, margin)
+    critical, crit_iv = _critical(
+        lam_iv, lam_ft, growth, verdict, variance_growth_limit, per_step, margin
+    )
     nonfinite = _nonfinite_report(ly, growth, slices)
-    return _finish(Diagnosis(
-        run=provenance(key),
-        system=system.describe(), verdict=verdict, confidence=confidence,
-        critical_horizon=critical, critical_interval=crit_iv,
-        critical_extrapolated=critical is not None and critical > hmax,
-        first_nonfinite_step=first_bad, diverged_seeds=n_bad,
-        recommendation=_recommend(verdict, critical, crit_iv, growth, lam_iv, margin,
-                                  variance_growth_limit, blowup),
-        blowup=blowup,
-        lyapunov=ly, lyapunov_interval=lam_iv, growth=growth, slices=slices,
-        finite_time_exponent=lam_ft,
-        predicted_rate=pred, measured_rate=growth.growth_rate,
-        predicted_variance_rate=2 * pred, measured_variance_rate=growth.variance_rate,
-        lyapunov_margin=margin, variance_growth_limit=variance_growth_limit,
-        nonfinite=nonfinite, seconds=time.perf_counter() - t0, units=ly.units), out)
+    return _finish(
+        Diagnosis(
+            run=provenance(key),
+            system=system.describe(),
+            verdict=verdict,
+            confidence=confidence,
+            critical_horizon=critical,
+            critical_interval=crit_iv,
+            critical_extrapolated=critical is not None and critical > hmax,
+            first_nonfinite_step=first_bad,
+            diverged_seeds=n_bad,
+            recommendation=_recommend(
+                verdict, critical, crit_iv, growth, lam_iv, margin, variance_growth_limit, blowup
+            ),
+            blowup=blowup,
+            lyapunov=ly,
+            lyapunov_interval=lam_iv,
+            growth=growth,
+            slices=slices,
+            finite_time_exponent=lam_ft,
+            predicted_rate=pred,
+            measured_rate=growth.growth_rate,
+            predicted_variance_rate=2 * pred,
+            measured_variance_rate=growth.variance_rate,
+            lyapunov_margin=margin,
+            variance_growth_limit=variance_growth_limit,
+            nonfinite=nonfinite,
+            seconds=time.perf_counter() - t0,
+            units=ly.units,
+        ),
+        out,
+    )
 
 
 def _finish(d: Diagnosis, out) -> Diagnosis:
@@ -631,78 +763,111 @@ def _finish(d: Diagnosis, out) -> Diagnosis:
 
 
 def _nonfinite_report(ly: LyapunovResult, growth: GrowthResult, slices: SliceResult) -> dict:
-    bad_h = [int(h) for h, f in zip(growth.horizons, growth.nonfinite_fraction, strict=True)
-             if f > 0]
+    bad_h = [
+        int(h) for h, f in zip(growth.horizons, growth.nonfinite_fraction, strict=True) if f > 0
+    ]
     rep = {
         "lyapunov_nonfinite_step": ly.nonfinite_step,
-        "gradient_nonfinite_fraction": {int(h): float(f) for h, f in
-                                        zip(growth.horizons, growth.nonfinite_fraction,
-                                            strict=True)},
-        "slice_nonfinite": {int(h): int(c) for h, c in zip(slices.horizons, slices.nonfinite,
-                                                           strict=True)},
+        "gradient_nonfinite_fraction": {
+            int(h): float(f)
+            for h, f in zip(growth.horizons, growth.nonfinite_fraction, strict=True)
+        },
+        "slice_nonfinite": {
+            int(h): int(c) for h, c in zip(slices.horizons, slices.nonfinite, strict=True)
+        },
     }
     msgs = []
     if ly.nonfinite_step >= 0:
-        msgs.append(f"the state or its tangent growth overflowed at step {ly.nonfinite_step} "
-                    "(after the transient) of the Lyapunov run, so the exponents are unreliable")
+        msgs.append(
+            f"the state or its tangent growth overflowed at step {ly.nonfinite_step} "
+            "(after the transient) of the Lyapunov run, so the exponents are unreliable"
+        )
     if bad_h:
-        msgs.append(f"backprop gradients are NaN/Inf for some seeds at T = "
-                    f"{', '.join(map(str, bad_h))}: the gradient overflowed (explosion past "
-                    "the float range) or the dynamics diverged; those seeds are excluded from "
-                    "the statistics and counted here")
+        msgs.append(
+            f"backprop gradients are NaN/Inf for some seeds at T = "
+            f"{', '.join(map(str, bad_h))}: the gradient overflowed (explosion past "
+            "the float range) or the dynamics diverged; those seeds are excluded from "
+            "the statistics and counted here"
+        )
     bad_s = [int(h) for h, c in zip(slices.horizons, slices.nonfinite, strict=True) if c]
     if bad_s:
-        msgs.append(f"the loss itself is NaN/Inf at some shifts for T = "
-                    f"{', '.join(map(str, bad_s))}: the unroll diverges there")
+        msgs.append(
+            f"the loss itself is NaN/Inf at some shifts for T = "
+            f"{', '.join(map(str, bad_s))}: the unroll diverges there"
+        )
     rep["message"] = "; ".join(msgs)
     return rep
 
 
-def _recommend(verdict: str, critical: float | None, crit_iv: Interval, growth: GrowthResult,
-               lam: Interval, margin: float, limit: float, blowup: dict) -> str:
+def _recommend(
+    verdict: str,
+    critical: float | None,
+    crit_iv: Interval,
+    growth: GrowthResult,
+    lam: Interval,
+    margin: float,
+    limit: float,
+    blowup: dict,
+) -> str:
     """What to use, in sentences built from the numbers beside them: the sign of each rate
     is the sign its interval resolves, and a horizon is the critical one of the headline."""
     v = growth.variance_rate_interval
     hmin, hmax = int(np.min(growth.horizons)), int(np.max(growth.horizons))
     if verdict == "diverges":
         first = blowup.get("first_step", -1)
-        return (f"The unroll itself diverges ({blowup.get('reason') or 'NaN/Inf'}, from step "
-                f"{first}): the state leaves the region where the step is defined or blows "
-                "up, so no gradient estimator can help. Shorten the horizon below that step, "
-                "move θ, or fix the step (e.g. clip or bound the state); then diagnose again.")
+        return (
+            f"The unroll itself diverges ({blowup.get('reason') or 'NaN/Inf'}, from step "
+            f"{first}): the state leaves the region where the step is defined or blows "
+            "up, so no gradient estimator can help. Shorten the horizon below that step, "
+            "move θ, or fix the step (e.g. clip or bound the state); then diagnose again."
+        )
     if verdict == "stable":
-        return (f"Backprop gradients are trustworthy at these horizons: λ1 = {_fi(lam)} "
-                "shows contracting dynamics and the gradient stays bounded. Use full backprop "
-                "(with remat for memory).")
+        return (
+            f"Backprop gradients are trustworthy at these horizons: λ1 = {_fi(lam)} "
+            "shows contracting dynamics and the gradient stays bounded. Use full backprop "
+            "(with remat for memory)."
+        )
     v_txt = f"its variance's growth rate is {_fi(v)}"
     if critical is not None and "λ1" in crit_iv.method:
-        v_txt = (f"no measured growth rate is resolved (its variance's: {_fi(v)}; the "
-                 "gradients may overflow), so the horizon is the spectrum's, from "
-                 f"{crit_iv.method.split('(')[-1].rstrip(')')}")
+        v_txt = (
+            f"no measured growth rate is resolved (its variance's: {_fi(v)}; the "
+            "gradients may overflow), so the horizon is the spectrum's, from "
+            f"{crit_iv.method.split('(')[-1].rstrip(')')}"
+        )
     if critical is not None:
         ci = crit_iv
-        where = (f"T ≈ {count_text(critical)} [{count_text(ci.low)}, {count_text(ci.high)}], "
-                 f"where its variance has grown {limit:g}× since T = 0 ({ci.method})")
+        where = (
+            f"T ≈ {count_text(critical)} [{count_text(ci.low)}, {count_text(ci.high)}], "
+            f"where its variance has grown {limit:g}× since T = 0 ({ci.method})"
+        )
         if verdict == "chaotic":
-            return (f"Do not trust backprop beyond {where}: {v_txt}, exponential growth that "
-                    "averaging over seeds cannot rescue. Use a black-box estimator of the "
-                    "smoothed loss (ES, or PES for long unrolls in truncations), or truncated "
-                    "backprop with windows well below that horizon (biased).")
-        return (f"Backprop is usable up to {where}; {v_txt}, so beyond it the variance keeps "
-                "growing. Prefer truncated backprop with windows below that horizon, or "
-                "ES/PES if bias matters; recheck with longer horizons.")
+            return (
+                f"Do not trust backprop beyond {where}: {v_txt}, exponential growth that "
+                "averaging over seeds cannot rescue. Use a black-box estimator of the "
+                "smoothed loss (ES, or PES for long unrolls in truncations), or truncated "
+                "backprop with windows well below that horizon (biased)."
+            )
+        return (
+            f"Backprop is usable up to {where}; {v_txt}, so beyond it the variance keeps "
+            "growing. Prefer truncated backprop with windows below that horizon, or "
+            "ES/PES if bias matters; recheck with longer horizons."
+        )
     if verdict == "chaotic":  # chaotic without a fitted or spectral rate: overflowed gradients
-        return ("Do not trust backprop at these horizons: the gradients overflow. Use a "
-                "black-box estimator of the smoothed loss (ES or PES), or truncated backprop "
-                f"with windows well below T = {hmin} (biased).")
+        return (
+            "Do not trust backprop at these horizons: the gradients overflow. Use a "
+            "black-box estimator of the smoothed loss (ES or PES), or truncated backprop "
+            f"with windows well below T = {hmin} (biased)."
+        )
     if _resolved_below(v, -2 * margin):
         trend = f"{v_txt}: it shrinks with the horizon"
     else:
         trend = f"{v_txt}, not resolved from 0 (±{2 * margin:.2g})"
-    return (f"Backprop is usable up to the longest horizon tested, T = {hmax}: {trend}. The "
-            "verdict is marginal because the spectrum and the gradients do not settle it (see "
-            "the confidence line); recheck with longer horizons or more seeds before relying "
-            "on backprop beyond it.")
+    return (
+        f"Backprop is usable up to the longest horizon tested, T = {hmax}: {trend}. The "
+        "verdict is marginal because the spectrum and the gradients do not settle it (see "
+        "the confidence line); recheck with longer horizons or more seeds before relying "
+        "on backprop beyond it."
+    )
 
 
 class _CallableModule(type(os)):

@@ -69,9 +69,12 @@ def _check_coordinator(address: str, name: str) -> str:
     return f"{host}:{port}"
 
 
-def resolve_launch(coordinator: str | None = None, num_processes: int | None = None,
-                   process_id: int | None = None,
-                   env: Mapping[str, str] | None = None) -> Launch | None:
+def resolve_launch(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Launch | None:
     """The launch this process is part of, or None for a single process.
 
     Explicit arguments win; each one left None is read from CHAOSGRAD_COORDINATOR,
@@ -87,11 +90,12 @@ def resolve_launch(coordinator: str | None = None, num_processes: int | None = N
     ``host:port``, or a partial set (a count above 1 with no coordinator or no id).
     """
     env = os.environ if env is None else env
-    given = {"coordinator": coordinator, "num_processes": num_processes,
-             "process_id": process_id}
-    from_env = {"coordinator": env.get(ENV_COORDINATOR) or None,
-                "num_processes": env.get(ENV_NUM_PROCESSES) or None,
-                "process_id": env.get(ENV_PROCESS_ID) or None}
+    given = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
+    from_env = {
+        "coordinator": env.get(ENV_COORDINATOR) or None,
+        "num_processes": env.get(ENV_NUM_PROCESSES) or None,
+        "process_id": env.get(ENV_PROCESS_ID) or None,
+    }
     if any(v is not None for v in given.values()):
         source = "arguments"
     elif any(v is not None for v in from_env.values()):
@@ -103,39 +107,58 @@ def resolve_launch(coordinator: str | None = None, num_processes: int | None = N
             return Launch(None, None, None, "mpi")
         return None
     vals = {k: given[k] if given[k] is not None else from_env[k] for k in given}
-    for count, rank in (("SLURM_NTASKS", "SLURM_PROCID"),
-                        ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK")):
-        if vals["num_processes"] is None and vals["process_id"] is None and count in env \
-                and rank in env:
+    for count, rank in (
+        ("SLURM_NTASKS", "SLURM_PROCID"),
+        ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),
+    ):
+        if (
+            vals["num_processes"] is None
+            and vals["process_id"] is None
+            and count in env
+            and rank in env
+        ):
             vals["num_processes"], vals["process_id"] = env[count], env[rank]
-    where = {"coordinator": f"--coordinator / {ENV_COORDINATOR}",
-             "num_processes": f"--num-processes / {ENV_NUM_PROCESSES}",
-             "process_id": f"--process-id / {ENV_PROCESS_ID}"}
+    where = {
+        "coordinator": f"--coordinator / {ENV_COORDINATOR}",
+        "num_processes": f"--num-processes / {ENV_NUM_PROCESSES}",
+        "process_id": f"--process-id / {ENV_PROCESS_ID}",
+    }
     if vals["num_processes"] is None:
-        raise InputError(f"a multi-process launch needs the process count "
-                         f"({where['num_processes']}) besides the coordinator and process id")
+        raise InputError(
+            f"a multi-process launch needs the process count "
+            f"({where['num_processes']}) besides the coordinator and process id"
+        )
     n = _int(vals["num_processes"], where["num_processes"])
     if n < 1:
         raise InputError(f"{where['num_processes']} must be at least 1, got {n}")
     pid = 0 if vals["process_id"] is None and n == 1 else vals["process_id"]
     if pid is None:
-        raise InputError(f"{n} processes need this process's id ({where['process_id']}, "
-                         f"0 to {n - 1})")
+        raise InputError(
+            f"{n} processes need this process's id ({where['process_id']}, 0 to {n - 1})"
+        )
     pid = _int(pid, where["process_id"])
     if not 0 <= pid < n:
-        raise InputError(f"{where['process_id']} must be in [0, {n - 1}] for {n} processes, "
-                         f"got {pid}")
+        raise InputError(
+            f"{where['process_id']} must be in [0, {n - 1}] for {n} processes, got {pid}"
+        )
     if n == 1:
         return None
     if vals["coordinator"] is None:
-        raise InputError(f"{n} processes need the coordinator's address "
-                         f"({where['coordinator']}, host:port of process 0)")
+        raise InputError(
+            f"{n} processes need the coordinator's address "
+            f"({where['coordinator']}, host:port of process 0)"
+        )
     return Launch(_check_coordinator(vals["coordinator"], where["coordinator"]), n, pid, source)
 
 
-def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, timeout: float | None = None,
-               env: Mapping[str, str] | None = None) -> Launch | None:
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Launch | None:
     """Join the multi-process run this process belongs to (see `resolve_launch`); a no-op
     returning None for a single process, and for a second call.
 
@@ -156,17 +179,23 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     if t < 1:
         raise InputError(f"timeout must be at least 1 second, got {t}")
     if launch.source == "slurm":
-        missing = [v for v in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_LOCALID")
-                   if v not in env]
+        missing = [
+            v for v in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_LOCALID") if v not in env
+        ]
         if missing:
             raise LaunchError(
                 f"SLURM_NTASKS={env.get('SLURM_NTASKS')} asks for a multi-process launch, "
                 f"but this process was not started by srun (no {', '.join(missing)}): run "
-                "it as `srun chaosgrad ...`, or unset SLURM_NTASKS to run one process")
-    where = (f"coordinator {launch.coordinator}" if launch.coordinator
-             else f"the {launch.source} launch")
-    who = (f"process {launch.process_id} of {launch.num_processes}"
-           if launch.num_processes else "this process")
+                "it as `srun chaosgrad ...`, or unset SLURM_NTASKS to run one process"
+            )
+    where = (
+        f"coordinator {launch.coordinator}" if launch.coordinator else f"the {launch.source} launch"
+    )
+    who = (
+        f"process {launch.process_id} of {launch.num_processes}"
+        if launch.num_processes
+        else "this process"
+    )
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     # JAX aborts the whole process (a C++ stack, status -6) when joining times out; our own
     # watchdog ends it first, at ``t``, with one line and status 3.
@@ -174,22 +203,28 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 
     def watchdog():
         if not joined.wait(t):
-            print(f"chaosgrad: error: {who} could not join {where} within {t} s: a peer "
-                  "never joined or the coordinator cannot be reached; start every process "
-                  "with the same coordinator and process count (or raise --timeout)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"chaosgrad: error: {who} could not join {where} within {t} s: a peer "
+                "never joined or the coordinator cannot be reached; start every process "
+                "with the same coordinator and process count (or raise --timeout)",
+                file=sys.stderr,
+                flush=True,
+            )
             os._exit(3)
 
     threading.Thread(target=watchdog, name="chaosgrad-join-watchdog", daemon=True).start()
     try:
         jax.distributed.initialize(
-            coordinator_address=launch.coordinator, num_processes=launch.num_processes,
-            process_id=launch.process_id, initialization_timeout=t + 60,
-            heartbeat_timeout_seconds=t, shutdown_timeout_seconds=t)
+            coordinator_address=launch.coordinator,
+            num_processes=launch.num_processes,
+            process_id=launch.process_id,
+            initialization_timeout=t + 60,
+            heartbeat_timeout_seconds=t,
+            shutdown_timeout_seconds=t,
+        )
     except Exception as e:  # noqa: BLE001 -- any failure to join is a launch failure
         first = " ".join(str(e).split())[:300]
-        raise LaunchError(f"{who} could not join {where}: {type(e).__name__}: "
-                          f"{first}") from None
+        raise LaunchError(f"{who} could not join {where}: {type(e).__name__}: {first}") from None
     finally:
         joined.set()
     return launch
@@ -245,10 +280,12 @@ def population_devices(n: int) -> list:
     local = jax.local_device_count()
     if procs == 1:
         devs = jax.local_devices()
-        return devs[:max(k for k in range(1, len(devs) + 1) if n % k == 0)]
+        return devs[: max(k for k in range(1, len(devs) + 1) if n % k == 0)]
     if n % procs:
-        raise InputError(f"a population of {n} cannot be split over {procs} processes: use a "
-                         f"multiple of {procs} (pairs, samples or particles)")
+        raise InputError(
+            f"a population of {n} cannot be split over {procs} processes: use a "
+            f"multiple of {procs} (pairs, samples or particles)"
+        )
     k = max(j for j in range(1, local + 1) if n % (j * procs) == 0)
     by_proc: dict[int, list] = {}
     for d in jax.devices():
@@ -276,8 +313,12 @@ def to_host(tree: PyTree) -> PyTree:
     from jax.experimental import multihost_utils
 
     def one(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable \
-                and not x.is_fully_replicated and process_count() > 1:
+        if (
+            isinstance(x, jax.Array)
+            and not x.is_fully_addressable
+            and not x.is_fully_replicated
+            and process_count() > 1
+        ):
             return np.asarray(multihost_utils.process_allgather(x, tiled=True))
         return np.asarray(x)
 
@@ -342,12 +383,16 @@ def broadcast_arrays(arrays: list | None, like: list) -> list[np.ndarray]:
     buf = np.zeros(sum(sizes) + 1, np.uint8)
     if is_main_process():
         buf[:-1] = np.concatenate(
-            [np.ascontiguousarray(np.asarray(a, dtype=r.dtype)).reshape(-1).view(np.uint8)
-             for a, r in zip(arrays, like, strict=True)] or [np.zeros(0, np.uint8)])
+            [
+                np.ascontiguousarray(np.asarray(a, dtype=r.dtype)).reshape(-1).view(np.uint8)
+                for a, r in zip(arrays, like, strict=True)
+            ]
+            or [np.zeros(0, np.uint8)]
+        )
     buf = np.asarray(multihost_utils.broadcast_one_to_all(buf))
     out, at = [], 0
     for r, s in zip(like, sizes, strict=True):
-        out.append(buf[at:at + s].view(np.dtype(r.dtype)).reshape(r.shape).copy())
+        out.append(buf[at : at + s].view(np.dtype(r.dtype)).reshape(r.shape).copy())
         at += s
     return out
 
@@ -357,9 +402,12 @@ def exit_after_peer_failure(error: BaseException, command: str, advice: str) -> 
     because another process died): print one clear line to stderr and exit with status 3,
     without the shutdown handshake, which would wait for the dead peer and then abort."""
     first = " ".join(str(error).split())[:300]
-    print(f"{command}: error: process {process_index()} of {process_count()} lost "
-          f"contact with another process, which died or was stopped ({first}). {advice}",
-          file=sys.stderr, flush=True)
+    print(
+        f"{command}: error: process {process_index()} of {process_count()} lost "
+        f"contact with another process, which died or was stopped ({first}). {advice}",
+        file=sys.stderr,
+        flush=True,
+    )
     sys.stdout.flush()
     os._exit(3)
 
@@ -372,6 +420,6 @@ def allgather_bytes(data: bytes) -> list[bytes]:
 
     sizes = np.asarray(multihost_utils.process_allgather(np.asarray(len(data), np.int32)))
     buf = np.zeros(int(sizes.max()) + 1, np.uint8)
-    buf[:len(data)] = np.frombuffer(data, np.uint8)
+    buf[: len(data)] = np.frombuffer(data, np.uint8)
     rows = np.asarray(multihost_utils.process_allgather(buf[None], tiled=True))
-    return [rows[i, :int(n)].tobytes() for i, n in enumerate(sizes.reshape(-1))]
+    return [rows[i, : int(n)].tobytes() for i, n in enumerate(sizes.reshape(-1))]

@@ -27,5 +27,7 @@ def require(module: str, extra: str):
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise MissingExtra(f"{module.split('.')[0]} is needed here but cannot be imported "
-                           f"({e}); install it with: pip install 'chaosgrad[{extra}]'") from None
+        raise MissingExtra(
+            f"{module.split('.')[0]} is needed here but cannot be imported "
+            f"({e}); install it with: pip install 'chaosgrad[{extra}]'"
+        ) from None

@@ -46,9 +46,12 @@ def overflow_safe_norm(tree: PyTree, batched: bool = False) -> np.ndarray:
     return norm if batched else norm[0]
 
 
-tree_norm = deprecation.alias(overflow_safe_norm, "chaosgrad.gradients.tree_norm",
-                              "chaosgrad.gradients.overflow_safe_norm (the same values), or "
-                              "optax.tree_utils.tree_norm inside jit")
+tree_norm = deprecation.alias(
+    overflow_safe_norm,
+    "chaosgrad.gradients.tree_norm",
+    "chaosgrad.gradients.overflow_safe_norm (the same values), or "
+    "optax.tree_utils.tree_norm inside jit",
+)
 
 
 def fit_rate(horizons: np.ndarray, log_values: np.ndarray) -> tuple[float, float]:
@@ -79,14 +82,23 @@ def growth_fits(horizons, values) -> dict:
     v = np.asarray(values, np.float64)
     ok = np.isfinite(v) & (v > 0) & (t > 0)
     t, y = t[ok], np.log(np.where(ok, v, 1.0)[ok])
-    out = {"rate": math.nan, "exp_rms": math.nan, "power": math.nan, "power_rms": math.nan,
-           "points": int(ok.sum()), "better": None}
+    out = {
+        "rate": math.nan,
+        "exp_rms": math.nan,
+        "power": math.nan,
+        "power_rms": math.nan,
+        "points": int(ok.sum()),
+        "better": None,
+    }
     if ok.sum() < 3 or np.ptp(t) == 0:
         return out
     pe, pp = np.polyfit(t, y, 1), np.polyfit(np.log(t), y, 1)
-    out.update(rate=float(pe[0]), power=float(pp[0]),
-               exp_rms=float(np.sqrt(np.mean((y - np.polyval(pe, t)) ** 2))),
-               power_rms=float(np.sqrt(np.mean((y - np.polyval(pp, np.log(t))) ** 2))))
+    out.update(
+        rate=float(pe[0]),
+        power=float(pp[0]),
+        exp_rms=float(np.sqrt(np.mean((y - np.polyval(pe, t)) ** 2))),
+        power_rms=float(np.sqrt(np.mean((y - np.polyval(pp, np.log(t))) ** 2))),
+    )
     out["better"] = "power law" if out["power_rms"] < out["exp_rms"] else "exponential"
     return out
 
@@ -135,6 +147,7 @@ class GrowthResult(NamedTuple):
 
     def to_json(self) -> dict:
         """A JSON-friendly summary."""
+
         def fl(a):
             return [None if not np.isfinite(x) else float(x) for x in np.asarray(a).ravel()]
 
@@ -145,14 +158,14 @@ class GrowthResult(NamedTuple):
             "geomean_norm": fl(self.geomean_norm),
             "variance": fl(self.variance),
             "nonfinite_fraction": fl(self.nonfinite_fraction),
-            "mean_loss": fl(_nanmean_rows(np.where(np.isfinite(self.losses), self.losses,
-                                                   np.nan))),
+            "mean_loss": fl(_nanmean_rows(np.where(np.isfinite(self.losses), self.losses, np.nan))),
             "growth_rate": None if not np.isfinite(self.growth_rate) else self.growth_rate,
             "variance_rate": None if not np.isfinite(self.variance_rate) else self.variance_rate,
             "growth_interval": self.growth_interval.to_json(),
             "variance_rate_interval": self.variance_rate_interval.to_json(),
-            "nonfinite_loss_fraction": (None if self.nonfinite_loss_fraction is None
-                                        else fl(self.nonfinite_loss_fraction)),
+            "nonfinite_loss_fraction": (
+                None if self.nonfinite_loss_fraction is None else fl(self.nonfinite_loss_fraction)
+            ),
             "units": self.units,
             "dt": self.dt,
             "seeds": int(self.norms.shape[1]),
@@ -213,11 +226,16 @@ def gradient_growth(
         for i, h in enumerate(hs):
             res = unroll_grad(system, theta, keys, int(h), chunk=chunk, progress=False)
             losses[i] = np.asarray(res.meta_loss, np.float64)
-            norms[i] = np.where(np.isfinite(losses[i]), overflow_safe_norm(res.grad, batched=True),
-                                np.nan)
+            norms[i] = np.where(
+                np.isfinite(losses[i]), overflow_safe_norm(res.grad, batched=True), np.nan
+            )
             flat = np.concatenate(
-                [np.asarray(x, np.float64).reshape(seeds, -1)
-                 for x in jax.tree_util.tree_leaves(res.grad)], axis=1)
+                [
+                    np.asarray(x, np.float64).reshape(seeds, -1)
+                    for x in jax.tree_util.tree_leaves(res.grad)
+                ],
+                axis=1,
+            )
             flats.append(np.where(np.isfinite(losses[i])[:, None], flat, np.nan))
             bar.update(1)
     scale = system.dt if system.dt is not None else 1.0
@@ -232,8 +250,12 @@ def gradient_growth(
     boot = np.array([rates(i) for i in resample_indices(seeds, BOOTSTRAP_REPS)])
     finite = np.isfinite(norms) & (norms > 0)
     with np.errstate(invalid="ignore"):
-        median = np.array([np.median(r[np.isfinite(r)]) if np.isfinite(r).any() else np.nan
-                           for r in np.where(finite, norms, np.nan)])
+        median = np.array(
+            [
+                np.median(r[np.isfinite(r)]) if np.isfinite(r).any() else np.nan
+                for r in np.where(finite, norms, np.nan)
+            ]
+        )
     if seeds < 2:
         # One seed: every resample is that seed, and the bootstrap's zero width would be
         # read as certainty. An interval needs at least 2 independent samples.
@@ -324,8 +346,7 @@ class SliceResult(NamedTuple):
         return {
             "shifts": [float(s) for s in self.shifts],
             "horizons": [int(h) for h in self.horizons],
-            "losses": [[float(x) if np.isfinite(x) else None for x in row]
-                       for row in self.losses],
+            "losses": [[float(x) if np.isfinite(x) else None for x in row] for row in self.losses],
             "extrema": [int(e) for e in self.extrema],
             "nonfinite": [int(n) for n in self.nonfinite],
         }
@@ -389,8 +410,9 @@ def loss_slice(
     if radius is None:
         radius = 0.01 * float(jax.numpy.linalg.norm(flat)) or 0.01
     shifts = np.linspace(-radius, radius, points)
-    thetas = jax.vmap(unravel)(flat[None, :] + jax.numpy.asarray(shifts, flat.dtype)[:, None]
-                               * d[None, :])
+    thetas = jax.vmap(unravel)(
+        flat[None, :] + jax.numpy.asarray(shifts, flat.dtype)[:, None] * d[None, :]
+    )
     res = unroll(system, thetas, key, int(hs.max()), theta_batched=True, progress=False)
     losses = np.empty((len(hs), points))
     for i, h in enumerate(hs):

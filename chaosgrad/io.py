@@ -85,12 +85,21 @@ def check_regular(path: str | os.PathLike, what: str = "") -> None:
         return  # unreadable here: the write itself will say why
     if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
         return
-    kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
-            else "a socket" if stat.S_ISSOCK(mode) else "a device" if
-            stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    kind = (
+        "a folder"
+        if stat.S_ISDIR(mode)
+        else "a FIFO"
+        if stat.S_ISFIFO(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "a device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "not a regular file"
+    )
     prefix = f"{what} " if what else ""
-    raise InputError(f"{prefix}{path} is {kind}; chaosgrad writes only regular files: give "
-                     "a file name")
+    raise InputError(
+        f"{prefix}{path} is {kind}; chaosgrad writes only regular files: give a file name"
+    )
 
 
 def _atomic(path: Path, write) -> Path:
@@ -163,8 +172,10 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise InputError(f"cannot read {path}: {type(e).__name__}: {e}; it is damaged or not "
-                         "an .npz archive (delete it to start that part again)") from None
+        raise InputError(
+            f"cannot read {path}: {type(e).__name__}: {e}; it is damaged or not "
+            "an .npz archive (delete it to start that part again)"
+        ) from None
 
 
 def count_text(x, digits: int = 2) -> str:

@@ -97,8 +97,11 @@ def _key_then_state(name: str, key, state):
     0.2.0, ``(system, theta, state, key, t)``, still works with a DeprecationWarning: it is
     recognised by a third argument that is not a key (a state) or a key in the fourth."""
     if (key is not None and not _is_key(key)) or (key is None and _is_key(state)):
-        deprecation.warn(f"{name}(system, theta, state, key, t)",
-                         f"{name}(system, theta, key, state, t) or keywords", stacklevel=4)
+        deprecation.warn(
+            f"{name}(system, theta, state, key, t)",
+            f"{name}(system, theta, key, state, t) or keywords",
+            stacklevel=4,
+        )
         return state, key
     return key, state
 

@@ -68,8 +68,9 @@ def _jit_qr_chunk(system: System, chunk: int, k: int, every: int = 1):
                 q_new, logs = qr_logs(jq)
             else:
                 due = ((i + 1) % every == 0) | (i == chunk - 1) | (t == t_end - 1)
-                q_new, logs = lax.cond(due & active, qr_logs,
-                                       lambda m: (m, jnp.zeros(k, m.dtype)), jq)
+                q_new, logs = lax.cond(
+                    due & active, qr_logs, lambda m: (m, jnp.zeros(k, m.dtype)), jq
+                )
             ok = all_finite(x) & jnp.all(jnp.isfinite(logs))
             new_s = otu.tree_where(active, new_s, s)
             q_new = jnp.where(active, q_new, q)
@@ -154,8 +155,7 @@ class LyapunovResult(NamedTuple):
         }
 
 
-def _qr_run(system, theta, state, k_steps, q, t0, steps, record_every, desc, progress,
-            every=1):
+def _qr_run(system, theta, state, k_steps, q, t0, steps, record_every, desc, progress, every=1):
     """Run the QR chunks for ``steps`` steps; per-window log-growth sums and the end state."""
     fn = _jit_qr_chunk(system, record_every, q.shape[1], every)
     n_windows = math.ceil(steps / record_every)
@@ -177,8 +177,14 @@ def _qr_run(system, theta, state, k_steps, q, t0, steps, record_every, desc, pro
 DEFAULT_K = 8  # exponents when none are asked for: cheap at any n, enough for a verdict
 
 
-def resolve_k(k: int | str | None, n: int, name: str = "system", *,
-              default: int | str | None = None, what: str = "k") -> int:
+def resolve_k(
+    k: int | str | None,
+    n: int,
+    name: str = "system",
+    *,
+    default: int | str | None = None,
+    what: str = "k",
+) -> int:
     """How many directions (exponents, singular values, eigenvalues) to compute: the one
     rule of every entry point that takes ``k``.
 
@@ -193,8 +199,10 @@ def resolve_k(k: int | str | None, n: int, name: str = "system", *,
         return resolve_k(default, n, name, what=what)
 
     def refuse():
-        return InputError(f"{what} must be an integer between 1 and the phase dimension {n} "
-                          f"of {name!r}, or 'all'; got {k!r}")
+        return InputError(
+            f"{what} must be an integer between 1 and the phase dimension {n} "
+            f"of {name!r}, or 'all'; got {k!r}"
+        )
 
     if isinstance(k, str):
         if k.strip().lower() == "all":
@@ -203,8 +211,12 @@ def resolve_k(k: int | str | None, n: int, name: str = "system", *,
             k = int(k)
         except ValueError:
             raise refuse() from None
-    if isinstance(k, bool) or not isinstance(k, (int, float, np.integer, np.floating)) \
-            or not float(k).is_integer() or not 1 <= k <= n:
+    if (
+        isinstance(k, bool)
+        or not isinstance(k, (int, float, np.integer, np.floating))
+        or not float(k).is_integer()
+        or not 1 <= k <= n
+    ):
         raise refuse()
     return int(k)
 
@@ -263,9 +275,12 @@ def lyapunov_spectrum(
         warnings.warn(
             f"Lyapunov spectrum of {system.name!r} over {steps + transient} steps in float32: "
             "rounding drifts on long runs; enable float64 (chaosgrad.enable_x64()) for values "
-            "you will quote", stacklevel=2)
-    record_every = max(1, steps // 200) if record_every is None else check_steps(
-        record_every, "record_every")
+            "you will quote",
+            stacklevel=2,
+        )
+    record_every = (
+        max(1, steps // 200) if record_every is None else check_steps(record_every, "record_every")
+    )
     q0 = jax.random.normal(jax.random.fold_in(key, 7), (n, k), dtype)
     q, _ = jnp.linalg.qr(q0)
     every = 1 if qr_every is None else check_steps(qr_every, "qr_every")
@@ -273,16 +288,38 @@ def lyapunov_spectrum(
     if transient and qr_every is None:
         # Probe: QR every step over the transient's start, then pick the safe interval.
         done = min(int(transient), 100)
-        state, q, probe, _, _ = _qr_run(system, theta, state, k_steps, q, 0, done, done,
-                                        f"transient {system.name}", progress)
+        state, q, probe, _, _ = _qr_run(
+            system, theta, state, k_steps, q, 0, done, done, f"transient {system.name}", progress
+        )
         every = _safe_qr_every(probe[0] / done, dtype)
     if transient > done:
         rest = int(transient) - done
-        state, q, _, _, _ = _qr_run(system, theta, state, k_steps, q, done, rest,
-                                    min(rest, max(record_every, 1000)),
-                                    f"transient {system.name}", progress, every)
-    _, _, sums, ends, bad = _qr_run(system, theta, state, k_steps, q, transient, steps,
-                                    record_every, f"lyapunov {system.name}", progress, every)
+        state, q, _, _, _ = _qr_run(
+            system,
+            theta,
+            state,
+            k_steps,
+            q,
+            done,
+            rest,
+            min(rest, max(record_every, 1000)),
+            f"transient {system.name}",
+            progress,
+            every,
+        )
+    _, _, sums, ends, bad = _qr_run(
+        system,
+        theta,
+        state,
+        k_steps,
+        q,
+        transient,
+        steps,
+        record_every,
+        f"lyapunov {system.name}",
+        progress,
+        every,
+    )
     scale = system.dt if system.dt is not None else 1.0
     widths = np.diff(np.concatenate([[0], ends]))[:, None]
     history = np.cumsum(sums, axis=0) / (ends[:, None] * scale)
@@ -319,8 +356,9 @@ def _segment_means(steps: np.ndarray, running: np.ndarray, segments: int) -> np.
     dt = np.diff(np.concatenate([[0.0], t]))
     m = min(segments, r.size)
     edges = np.linspace(0, r.size, m + 1).astype(int)
-    return np.array([incr[a:b].sum() / dt[a:b].sum()
-                     for a, b in zip(edges[:-1], edges[1:], strict=True)])
+    return np.array(
+        [incr[a:b].sum() / dt[a:b].sum() for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    )
 
 
 def leading_exponent_interval(results, segments: int = 20, level: float = 0.95):
@@ -353,8 +391,7 @@ def leading_exponent_interval(results, segments: int = 20, level: float = 0.95):
         r = np.asarray(res.history, np.float64)[:, 0]
         if r.size < 4 or not np.all(np.isfinite(r)):
             value = float(r[-1]) if r.size else math.nan
-            return Interval(value, -math.inf, math.inf, level, "segments (too few or "
-                            "non-finite)")
+            return Interval(value, -math.inf, math.inf, level, "segments (too few or non-finite)")
         seg = _segment_means(res.history_steps, r, segments)
         values.append(float(r[-1]))
         within.append(float(seg.var(ddof=1)) / seg.size)
@@ -369,8 +406,13 @@ def leading_exponent_interval(results, segments: int = 20, level: float = 0.95):
         se2, dof, which = W / R, int(sum(dofs)), "within-run batch means"
     h = _t(level, dof) * math.sqrt(se2)
     m = min(segments, np.asarray(results[0].history).shape[0])
-    return Interval(value, value - h, value + h, level,
-                    f"{R} run{'s' if R > 1 else ''} × {m} segments; {which} (t, {dof} dof)")
+    return Interval(
+        value,
+        value - h,
+        value + h,
+        level,
+        f"{R} run{'s' if R > 1 else ''} × {m} segments; {which} (t, {dof} dof)",
+    )
 
 
 class LyapunovRuns(NamedTuple):
@@ -413,18 +455,31 @@ def lyapunov_runs(
     if runs < 1:
         raise InputError(f"runs must be a positive integer, got {runs}")
     key = default_key(key)
-    res = [lyapunov_spectrum(system, theta, key=jax.random.fold_in(key, r), steps=steps, k=k,
-                             transient=transient, record_every=record_every,
-                             progress=progress) for r in range(runs)]
+    res = [
+        lyapunov_spectrum(
+            system,
+            theta,
+            key=jax.random.fold_in(key, r),
+            steps=steps,
+            k=k,
+            transient=transient,
+            record_every=record_every,
+            progress=progress,
+        )
+        for r in range(runs)
+    ]
     exps = np.stack([r.exponents for r in res])
     hist = np.mean([r.history for r in res], axis=0)
     order = np.argsort(np.where(np.isfinite(hist[-1]), -hist[-1], np.inf), kind="stable")
     bad = [r.nonfinite_step for r in res if r.nonfinite_step >= 0]
     merged = res[0]._replace(
-        exponents=hist[-1][order], history=hist[:, order],
+        exponents=hist[-1][order],
+        history=hist[:, order],
         window_exponents=np.mean([r.window_exponents for r in res], axis=0)[:, order],
-        nonfinite_step=min(bad) if bad else -1, seconds=sum(r.seconds for r in res),
-        runs=runs)
+        nonfinite_step=min(bad) if bad else -1,
+        seconds=sum(r.seconds for r in res),
+        runs=runs,
+    )
     return LyapunovRuns(merged, leading_exponent_interval(res), exps, res)
 
 
@@ -450,7 +505,14 @@ def finite_time_lyapunov(
     Returns an array of shape (windows, k).
     """
     res = lyapunov_spectrum(
-        system, theta, key=key, steps=check_steps(window, "window") * check_steps(
-            windows, "windows"), k=k, transient=transient, state=state, record_every=window,
-        progress=progress)
+        system,
+        theta,
+        key=key,
+        steps=check_steps(window, "window") * check_steps(windows, "windows"),
+        k=k,
+        transient=transient,
+        state=state,
+        record_every=window,
+        progress=progress,
+    )
     return res.window_exponents

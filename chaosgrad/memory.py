@@ -50,8 +50,9 @@ class LargeRequest(UserWarning):
     """A request that fits in memory but takes a large share of it."""
 
 
-def check_fits(nbytes: float, what: str, available: int | None = None,
-               warn_fraction: float = 0.25) -> float:
+def check_fits(
+    nbytes: float, what: str, available: int | None = None, warn_fraction: float = 0.25
+) -> float:
     """Raise InputError when ``nbytes`` (an estimate for ``what``) exceeds the memory left;
     warn (`LargeRequest`) when it takes more than ``warn_fraction`` of it, so a heavy run
     does not start unannounced. Returns ``nbytes``."""
@@ -59,9 +60,14 @@ def check_fits(nbytes: float, what: str, available: int | None = None,
 
     avail = available_bytes() if available is None else available
     if nbytes > avail:
-        raise InputError(f"{what} needs about {fmt_bytes(nbytes)} of memory, more than the "
-                         f"{fmt_bytes(avail)} available; ask for less")
+        raise InputError(
+            f"{what} needs about {fmt_bytes(nbytes)} of memory, more than the "
+            f"{fmt_bytes(avail)} available; ask for less"
+        )
     if nbytes > warn_fraction * avail:
-        warnings.warn(f"{what} needs about {fmt_bytes(nbytes)} of the {fmt_bytes(avail)} of "
-                      "memory available", LargeRequest, stacklevel=2)
+        warnings.warn(
+            f"{what} needs about {fmt_bytes(nbytes)} of the {fmt_bytes(avail)} of memory available",
+            LargeRequest,
+            stacklevel=2,
+        )
     return nbytes

@@ -49,8 +49,11 @@ def check_number(value, name: str, *, positive: bool = False, nonneg: bool = Fal
         f = float(value) if ok else math.nan
     except (TypeError, ValueError):
         f, ok = math.nan, False
-    need = "a positive finite number" if positive else (
-        "a finite number >= 0" if nonneg else "a finite number")
+    need = (
+        "a positive finite number"
+        if positive
+        else ("a finite number >= 0" if nonneg else "a finite number")
+    )
     if not ok or not math.isfinite(f) or (positive and not f > 0) or (nonneg and f < 0):
         raise InputError(f"{name} must be {need}, got {value!r}")
     return f
@@ -100,8 +103,13 @@ def nonfinite_allowed(factory) -> frozenset[str]:
     return frozenset(getattr(factory, "nonfinite_params", ()) or ())
 
 
-def parse_kv(items: list[str] | None, accepted: dict[str, inspect.Parameter], what: str,
-             flag: str, allow_nonfinite: frozenset[str] | set[str] = frozenset()) -> dict:
+def parse_kv(
+    items: list[str] | None,
+    accepted: dict[str, inspect.Parameter],
+    what: str,
+    flag: str,
+    allow_nonfinite: frozenset[str] | set[str] = frozenset(),
+) -> dict:
     """Typed keyword arguments from ``k=v`` strings, checked against ``accepted``.
 
     A key given twice is refused (the last value would win silently), and so is a NaN or
@@ -121,20 +129,25 @@ def parse_kv(items: list[str] | None, accepted: dict[str, inspect.Parameter], wh
         if not sep or not key:
             raise InputError(f"{flag} must look like key=value, got {item!r}")
         if key not in accepted:
-            raise InputError(f"{what} has no parameter {key!r}; accepted: "
-                             f"{', '.join(accepted)}")
+            raise InputError(f"{what} has no parameter {key!r}; accepted: {', '.join(accepted)}")
         if key in out:
-            raise InputError(f"{flag} {key} is given twice (={out[key]!r} and {item!r}); "
-                             "give each parameter once")
+            raise InputError(
+                f"{flag} {key} is given twice (={out[key]!r} and {item!r}); "
+                "give each parameter once"
+            )
         default = accepted[key].default
         default = None if default is inspect.Parameter.empty else default
         try:
             out[key] = convert(value.strip(), default)
         except (ValueError, OverflowError) as e:
             why = f" ({e})" if "separators" in str(e) else ""
-            raise InputError(f"parameter {key!r} of {what}: cannot read {value!r} as "
-                             f"{type(default).__name__} (default {default!r}){why}") from None
+            raise InputError(
+                f"parameter {key!r} of {what}: cannot read {value!r} as "
+                f"{type(default).__name__} (default {default!r}){why}"
+            ) from None
         if key not in allow_nonfinite and not _finite(out[key]):
-            raise InputError(f"parameter {key!r} of {what}: {value.strip()!r} is not a finite "
-                             "number; accepted: finite values")
+            raise InputError(
+                f"parameter {key!r} of {what}: {value.strip()!r} is not a finite "
+                "number; accepted: finite values"
+            )
     return out

@@ -76,9 +76,12 @@ class _Bar:
             timed = self.done - self.base
             left = self.seconds_left()
             if left is not None and left > ANNOUNCE_SECONDS:
-                print(f"chaosgrad: {self.desc}: about {left / 60:.1f} more minutes "
-                      f"(estimated from {timed} of {self.total - self.base} timed)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"chaosgrad: {self.desc}: about {left / 60:.1f} more minutes "
+                    f"(estimated from {timed} of {self.total - self.base} timed)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def seconds_left(self) -> float | None:
         """The time the rest will take, from the timed pieces with the seconds spent

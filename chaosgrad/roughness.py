@@ -132,20 +132,23 @@ def mean_roughness(curves, degree: int = DEGREE) -> MeanRoughness:
     n = good.shape[0]
     if n < 2:
         nan = float("nan")
-        return MeanRoughness(nan, nan, np.array([roughness(y, degree) for y in good]),
-                             n, int(np.sum(~ok)), degree)
+        return MeanRoughness(
+            nan, nan, np.array([roughness(y, degree) for y in good]), n, int(np.sum(~ok)), degree
+        )
     mean = good.mean(axis=0)
     span = float(np.ptp(mean))
     resid = _residuals(good, degree)
     rms_mean = float(np.sqrt(np.mean(resid.mean(axis=0) ** 2)))
     noise = float(np.sqrt(np.mean(np.var(resid, axis=0, ddof=1)) / n))
     rel = (rms_mean / span, noise / span) if span > 0 else (0.0, float("inf"))
-    return MeanRoughness(rel[0], rel[1], np.array([roughness(y, degree) for y in good]),
-                         n, int(np.sum(~ok)), degree)
+    return MeanRoughness(
+        rel[0], rel[1], np.array([roughness(y, degree) for y in good]), n, int(np.sum(~ok)), degree
+    )
 
 
-def smoothness(r: MeanRoughness, level: float = SMOOTH_LEVEL,
-               factor: float = SMOOTHER_FACTOR) -> dict:
+def smoothness(
+    r: MeanRoughness, level: float = SMOOTH_LEVEL, factor: float = SMOOTHER_FACTOR
+) -> dict:
     """The verdicts a text may state about the mean of N curves, with the numbers behind them.
 
     Returns a dict: ``mean_roughness``, ``noise_floor``, ``curve_roughness_median``,
@@ -156,10 +159,19 @@ def smoothness(r: MeanRoughness, level: float = SMOOTH_LEVEL,
     """
     med = r.per_curve_median
     finite = np.isfinite(r.mean)
-    return {"mean_roughness": r.mean, "noise_floor": r.floor, "curve_roughness_median": med,
-            "curves": r.curves, "nonfinite_curves": r.nonfinite,
-            "smooth": bool(finite and r.mean <= level),
-            "smoother": bool(finite and np.isfinite(med) and r.mean <= factor * med),
-            "resolved": bool(finite and r.mean > RESOLVED_FACTOR * r.floor),
-            "rule": {"degree": r.degree, "smooth_level": level, "smoother_factor": factor,
-                     "resolved_factor": RESOLVED_FACTOR}}
+    return {
+        "mean_roughness": r.mean,
+        "noise_floor": r.floor,
+        "curve_roughness_median": med,
+        "curves": r.curves,
+        "nonfinite_curves": r.nonfinite,
+        "smooth": bool(finite and r.mean <= level),
+        "smoother": bool(finite and np.isfinite(med) and r.mean <= factor * med),
+        "resolved": bool(finite and r.mean > RESOLVED_FACTOR * r.floor),
+        "rule": {
+            "degree": r.degree,
+            "smooth_level": level,
+            "smoother_factor": factor,
+            "resolved_factor": RESOLVED_FACTOR,
+        },
+    }

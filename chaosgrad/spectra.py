@@ -109,8 +109,11 @@ def jacobian_eigenvalues(
         for c in range(math.ceil(steps / chunk)):
             state, jacs = fn(state, theta, k_steps, jnp.asarray(c * chunk))
             jacs = np.asarray(jacs, dtype=np.float64)
-            evs.append(np.linalg.eigvals(jacs) if np.all(np.isfinite(jacs))
-                       else np.array([_eig_or_nan(j) for j in jacs]))
+            evs.append(
+                np.linalg.eigvals(jacs)
+                if np.all(np.isfinite(jacs))
+                else np.array([_eig_or_nan(j) for j in jacs])
+            )
         ev = _sort_by_modulus(np.concatenate(evs)[:steps])[:, :k]
     elif method == "arnoldi":
         ev = _arnoldi_along(system, theta, state, k_steps, steps, k)
@@ -146,9 +149,12 @@ def _arnoldi_along(system, theta, state, k_steps, steps, k):
     for t in range(steps):
         ti = jnp.asarray(t)
         op = LinearOperator(
-            (n, n), dtype=np.float64,
+            (n, n),
+            dtype=np.float64,
             matvec=lambda v, s=state, ti=ti: np.asarray(
-                matvec(s, ti, jnp.asarray(v.ravel(), dtype)), np.float64))
+                matvec(s, ti, jnp.asarray(v.ravel(), dtype)), np.float64
+            ),
+        )
         try:
             vals = eigs(op, k=k, which="LM", return_eigenvectors=False, tol=1e-8)
         except ArpackNoConvergence as e:
@@ -231,7 +237,8 @@ def jacobian_products(
         if eigenvalues:
             ps = np.asarray(ps, np.float64)
             cs = np.asarray(lsv[:, 0], np.float64) - np.log(
-                np.linalg.svd(ps, compute_uv=False)[:, 0])
+                np.linalg.svd(ps, compute_uv=False)[:, 0]
+            )
             radius = np.array([np.abs(_eig_or_nan(pp)).max() for pp in ps])
             log_eig.append(cs + np.log(radius))
     log_sv = np.concatenate(log_sv)[:steps]

@@ -52,8 +52,13 @@ class Interval(NamedTuple):
 
     def to_json(self) -> dict:
         """A JSON-friendly dict (non-finite numbers are nulled by `chaosgrad.io.dumps`)."""
-        return {"value": float(self.value), "low": float(self.low), "high": float(self.high),
-                "level": self.level, "method": self.method}
+        return {
+            "value": float(self.value),
+            "low": float(self.low),
+            "high": float(self.high),
+            "level": self.level,
+            "method": self.method,
+        }
 
     def fmt(self, spec: str = ".3g") -> str:
         """``value [low, high]`` for a table."""
@@ -102,8 +107,9 @@ def resample_indices(n: int, reps: int, seed: int = 0) -> list[np.ndarray]:
     return [rng.integers(0, n, n) for _ in range(reps)]
 
 
-def percentile_interval(point: float, samples: np.ndarray, level: float = LEVEL,
-                        method: str = "bootstrap") -> Interval:
+def percentile_interval(
+    point: float, samples: np.ndarray, level: float = LEVEL, method: str = "bootstrap"
+) -> Interval:
     """Percentile interval of bootstrap ``samples`` around the full-sample ``point``.
 
     Resamples whose statistic is not finite are dropped; when more than 1 − level of them
@@ -118,9 +124,15 @@ def percentile_interval(point: float, samples: np.ndarray, level: float = LEVEL,
     return Interval(point, float(lo), float(hi), level, f"{method}, {len(samples)} resamples")
 
 
-def bias_interval(mean_est: np.ndarray, var_est: np.ndarray, n_est: float,
-                  ref: np.ndarray, var_ref: np.ndarray, level: float = LEVEL,
-                  dof: int | None = None) -> Interval:
+def bias_interval(
+    mean_est: np.ndarray,
+    var_est: np.ndarray,
+    n_est: float,
+    ref: np.ndarray,
+    var_ref: np.ndarray,
+    level: float = LEVEL,
+    dof: int | None = None,
+) -> Interval:
     """The norm of a bias ‖E[ĝ] − g*‖, debiased for the noise of both means, with an interval.
 
     With d = ḡ − g*, per coordinate d_i ≈ N(μ_i, v_i) where v_i = var_est_i / n_est +
@@ -146,9 +158,13 @@ def bias_interval(mean_est: np.ndarray, var_est: np.ndarray, n_est: float,
     # an estimate of ‖μ‖² below zero is noise: the upper end starts from 0, not from it, so
     # the bound stays a bound (at least z·sd) instead of collapsing to 0
     lo2, hi2 = b2 - z * sd, max(b2, 0.0) + z * sd
-    return Interval(math.sqrt(max(b2, 0.0)), math.sqrt(max(lo2, 0.0)),
-                    math.sqrt(max(hi2, 0.0)), level,
-                    "debiased ‖ḡ − g*‖, " + (f"t with {dof} dof" if dof else "normal approx."))
+    return Interval(
+        math.sqrt(max(b2, 0.0)),
+        math.sqrt(max(lo2, 0.0)),
+        math.sqrt(max(hi2, 0.0)),
+        level,
+        "debiased ‖ḡ − g*‖, " + (f"t with {dof} dof" if dof else "normal approx."),
+    )
 
 
 def variance_interval(total_var: float, dof: float, level: float = LEVEL) -> Interval:
@@ -182,14 +198,18 @@ class Ranking(NamedTuple):
 
 def rank(intervals: dict[str, Interval]) -> Ranking:
     """Order ``intervals`` by value (non-finite last) and find who ties with the best."""
+
     def key(name):
         v = intervals[name].value
         return (0, v) if math.isfinite(v) else (1, 0.0)
 
     order = sorted(intervals, key=key)
     best = intervals[order[0]]
-    tied = [n for n in order if n == order[0] or (intervals[n].finite and best.finite
-                                                   and intervals[n].overlaps(best))]
+    tied = [
+        n
+        for n in order
+        if n == order[0] or (intervals[n].finite and best.finite and intervals[n].overlaps(best))
+    ]
     return Ranking(order, tied)
 
 
@@ -201,8 +221,9 @@ def samples_needed(current: int, current_se: float, target_se: float) -> int:
     return int(math.ceil(current * (current_se / target_se) ** 2))
 
 
-def segment_interval(steps: np.ndarray, running: np.ndarray, segments: int = 20,
-                     level: float = LEVEL) -> Interval:
+def segment_interval(
+    steps: np.ndarray, running: np.ndarray, segments: int = 20, level: float = LEVEL
+) -> Interval:
     """Interval for a time average (e.g. a Lyapunov exponent) from its running estimate.
 
     ``running[i]`` is the average over the first ``steps[i]`` steps. The run is cut into
@@ -221,8 +242,9 @@ def segment_interval(steps: np.ndarray, running: np.ndarray, segments: int = 20,
     dt = np.diff(np.concatenate([[0.0], t]))
     m = min(segments, r.size)
     edges = np.linspace(0, r.size, m + 1).astype(int)
-    seg = np.array([incr[a:b].sum() / dt[a:b].sum() for a, b in zip(edges[:-1], edges[1:],
-                                                                   strict=True)])
+    seg = np.array(
+        [incr[a:b].sum() / dt[a:b].sum() for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    )
     h = _t(level, m - 1) * float(seg.std(ddof=1)) / math.sqrt(m)
     return Interval(value, value - h, value + h, level, f"batch means, {m} segments")
 
@@ -282,8 +304,9 @@ def _sign_patterns(g: int, draws: int, seed: int) -> np.ndarray:
     return s
 
 
-def bias_test(x: np.ndarray, y: np.ndarray, level: float = LEVEL, draws: int = 4096,
-              seed: int = 0) -> BiasTest:
+def bias_test(
+    x: np.ndarray, y: np.ndarray, level: float = LEVEL, draws: int = 4096, seed: int = 0
+) -> BiasTest:
     """Test and bound the bias between two independent samples of vectors.
 
     ``x`` (R, d): independent replicates of an estimator (e.g. means of fresh estimator
@@ -321,8 +344,13 @@ def bias_test(x: np.ndarray, y: np.ndarray, level: float = LEVEL, draws: int = 4
     resolved = u > max(crit, 0.0)
     low = math.sqrt(u - max(crit, 0.0)) if resolved else 0.0
     high = math.sqrt(max(u, 0.0) + max(z * sd, crit, 0.0))
-    iv = Interval(math.sqrt(max(u, 0.0)), low, high, level,
-                  f"sign-flip test of U over {g} independent groups; upper: U + max(z·sd_jk, c)")
+    iv = Interval(
+        math.sqrt(max(u, 0.0)),
+        low,
+        high,
+        level,
+        f"sign-flip test of U over {g} independent groups; upper: U + max(z·sd_jk, c)",
+    )
     return BiasTest(iv, p, bool(low > 0), g, u)
 
 
@@ -351,11 +379,11 @@ def trace_variance_interval(x: np.ndarray, level: float = LEVEL) -> tuple[Interv
         i, j = np.triu_indices(len(xs), 1)
         sq = (gram[i, i] + gram[j, j] - 2 * gram[i, j]) / 2
         p, q = np.triu_indices(len(i), 1)
-        keep = ((i[p] != i[q]) & (i[p] != j[q]) & (j[p] != i[q]) & (j[p] != j[q]))
+        keep = (i[p] != i[q]) & (i[p] != j[q]) & (j[p] != i[q]) & (j[p] != j[q])
         p, q = p[keep], q[keep]
-        dot = (gram[i[p], i[q]] - gram[i[p], j[q]] - gram[j[p], i[q]] + gram[j[p], j[q]])
-        a = float(np.mean(sq[p] * sq[q]))          # unbiased for (tr Σ)²
-        b = float(np.mean(dot**2)) / 4             # unbiased for tr(Σ²)
+        dot = gram[i[p], i[q]] - gram[i[p], j[q]] - gram[j[p], i[q]] + gram[j[p], j[q]]
+        a = float(np.mean(sq[p] * sq[q]))  # unbiased for (tr Σ)²
+        b = float(np.mean(dot**2)) / 4  # unbiased for tr(Σ²)
         # fourth moment E‖x − μ‖⁴ (Gaussian: (tr Σ)² + 2 tr(Σ²)); its excess widens the
         # interval for heavy-tailed estimates (ES's ε·ΔL products are far from Gaussian)
         m4 = float(np.mean(np.sum(xs**2, axis=1) ** 2)) * len(xs) / (len(xs) - 1)

@@ -163,13 +163,16 @@ class System:
             try:
                 check_number(self.dt, "System dt", positive=True)
             except InputError:
-                raise InputError(f"System dt must be a positive finite number (or None for "
-                                 f"maps), got {self.dt!r}") from None
+                raise InputError(
+                    f"System dt must be a positive finite number (or None for "
+                    f"maps), got {self.dt!r}"
+                ) from None
         try:
             horizon = check_int(self.horizon, "System horizon", lo=1)
         except InputError:
-            raise InputError(f"System horizon must be a positive integer, got "
-                             f"{self.horizon!r}") from None
+            raise InputError(
+                f"System horizon must be a positive integer, got {self.horizon!r}"
+            ) from None
         object.__setattr__(self, "horizon", horizon)  # frozen: set once, as an int
 
     # -- phase helpers ---------------------------------------------------------------------
@@ -226,16 +229,20 @@ class System:
 
 def _checked_precision(system: System) -> str:
     """The system's precision: what its θ runs in, which a given label must match."""
-    widths = {np.dtype(jax.dtypes.canonicalize_dtype(_dtype(x))).itemsize
-              for x in jax.tree_util.tree_leaves(system.theta)
-              if jnp.issubdtype(_dtype(x), jnp.floating)}
+    widths = {
+        np.dtype(jax.dtypes.canonicalize_dtype(_dtype(x))).itemsize
+        for x in jax.tree_util.tree_leaves(system.theta)
+        if jnp.issubdtype(_dtype(x), jnp.floating)
+    }
     if not widths:  # no default θ (or no float leaf, refused when θ is checked)
         return system.precision or "float32"
     actual = "float64" if max(widths) >= 8 else "float32"
     if system.precision is not None and system.precision != actual:
-        raise InputError(f"System {system.name!r} says precision {system.precision!r} but its "
-                         f"theta is {actual}: give theta in {system.precision} (float64 needs "
-                         "chaosgrad.enable_x64()) or leave precision out")
+        raise InputError(
+            f"System {system.name!r} says precision {system.precision!r} but its "
+            f"theta is {actual}: give theta in {system.precision} (float64 needs "
+            "chaosgrad.enable_x64()) or leave precision out"
+        )
     return actual
 
 

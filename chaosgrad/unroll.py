@@ -126,8 +126,16 @@ def pure_unroll(
     return _scan_steps(system, theta, state, k_steps, steps, t0=t0, remat_chunk=remat_chunk)
 
 
-def _scan_steps(system: System, theta: PyTree, state: PyTree, steps_key: jax.Array, steps: int,
-                *, t0: int | jax.Array = 0, remat_chunk: int | None = None):
+def _scan_steps(
+    system: System,
+    theta: PyTree,
+    state: PyTree,
+    steps_key: jax.Array,
+    steps: int,
+    *,
+    t0: int | jax.Array = 0,
+    remat_chunk: int | None = None,
+):
     """`pure_unroll` from the *steps* half of a run key (what `rollout` took)."""
 
     def body(s, i):
@@ -170,9 +178,11 @@ def unrolled_loss(
 
 
 rollout = deprecation.alias(
-    _scan_steps, "chaosgrad.unroll.rollout(system, theta, state, steps_key, steps)",
+    _scan_steps,
+    "chaosgrad.unroll.rollout(system, theta, state, steps_key, steps)",
     "chaosgrad.unroll.pure_unroll(system, theta, key, steps, state=state), which takes the run "
-    "key like every other entry point (steps_key was its steps half, split_run_key(key)[1])")
+    "key like every other entry point (steps_key was its steps half, split_run_key(key)[1])",
+)
 
 
 # -- chunked drivers: compile once per (system, chunk), loop on the host -----------------------
@@ -216,8 +226,7 @@ def _chunk_body(system: System, chunk: int, record: bool, checked: bool = False)
             return _step_outputs(system, out, new, record, checked)
 
         ys_shape = jax.eval_shape(first, state)
-        bufs = jax.tree_util.tree_map(lambda a: jnp.zeros((chunk,) + a.shape, a.dtype),
-                                      ys_shape)
+        bufs = jax.tree_util.tree_map(lambda a: jnp.zeros((chunk,) + a.shape, a.dtype), ys_shape)
         z0 = [jnp.zeros_like(x) for x in float_leaves_phase(system.get_phase(state))]
 
         def body(i, carry):
@@ -225,10 +234,13 @@ def _chunk_body(system: System, chunk: int, record: bool, checked: bool = False)
             new, out = system.step(s, theta, step_key(steps_key, t0 + i))
             ys = _step_outputs(system, out, new, record, checked)
             bufs = jax.tree_util.tree_map(
-                lambda b, y: lax.dynamic_update_index_in_dim(b, y, i, 0), bufs, ys)
+                lambda b, y: lax.dynamic_update_index_in_dim(b, y, i, 0), bufs, ys
+            )
             if not checked:
-                z = [a + 0 * x for a, x in zip(z, float_leaves_phase(system.get_phase(new)),
-                                               strict=True)]
+                z = [
+                    a + 0 * x
+                    for a, x in zip(z, float_leaves_phase(system.get_phase(new)), strict=True)
+                ]
             return new, bufs, z
 
         state, bufs, z = lax.fori_loop(0, n, body, (state, bufs, z0))
@@ -239,8 +251,15 @@ def _chunk_body(system: System, chunk: int, record: bool, checked: bool = False)
 
 
 @cache_by_functions(maxsize=64)
-def _jit_chunk(system: System, chunk: int, record: bool, batched: bool, theta_batched=False,
-               first: bool = False, checked: bool = False):
+def _jit_chunk(
+    system: System,
+    chunk: int,
+    record: bool,
+    batched: bool,
+    theta_batched=False,
+    first: bool = False,
+    checked: bool = False,
+):
     """The compiled chunk ``(state, theta, steps_key, t0, t_end) -> (state, ys, t0', ok)``
     (see `_chunk_body`).
 
@@ -249,8 +268,11 @@ def _jit_chunk(system: System, chunk: int, record: bool, batched: bool, theta_ba
     the initial state ``state0`` in the same call, so a one-chunk unroll is one dispatch."""
     run = _chunk_body(system, chunk, record, checked)
     if batched or theta_batched:
-        run = jax.vmap(run, in_axes=(0, 0 if theta_batched else None, 0 if batched else None,
-                                     None, None), out_axes=(0, 0, None, 0))
+        run = jax.vmap(
+            run,
+            in_axes=(0, 0 if theta_batched else None, 0 if batched else None, None, None),
+            out_axes=(0, 0, None, 0),
+        )
     if not first:
         return jax.jit(run)
     init = system.init
@@ -394,10 +416,14 @@ def unroll(
         if np.all(ok):
             finite.append(np.ones_like(ys["loss"], bool))
         else:  # some step left a NaN/Inf in the phase: find which, step by step
-            checked = _jit_chunk(system, chunk, False, key_batched, bool(theta_batched),
-                                 False, True)
-            finite.append(np.asarray(checked(*starts[c][:1], theta, k_steps, starts[c][1],
-                                             t_end)[1]["finite"]))
+            checked = _jit_chunk(
+                system, chunk, False, key_batched, bool(theta_batched), False, True
+            )
+            finite.append(
+                np.asarray(
+                    checked(*starts[c][:1], theta, k_steps, starts[c][1], t_end)[1]["finite"]
+                )
+            )
 
     def cat(xs):
         x = np.concatenate(xs, axis=axis) if len(xs) > 1 else xs[0]
@@ -411,8 +437,11 @@ def unroll(
         traj = jax.tree_util.tree_map(lambda *xs: cat(xs), *[p["phase"] for p in host])
     done = cat([p["done"] for p in host]) if "done" in host[0] else None
     # On the host: an eager jnp meta-loss would dispatch and sync once more per call.
-    w = {"mean": np.full(steps, 1.0 / steps), "sum": np.ones(steps),
-         "last": (np.arange(steps) == steps - 1).astype(float)}[system.meta_loss]
+    w = {
+        "mean": np.full(steps, 1.0 / steps),
+        "sum": np.ones(steps),
+        "last": (np.arange(steps) == steps - 1).astype(float),
+    }[system.meta_loss]
     w = w.astype(losses.dtype)
     with np.errstate(invalid="ignore", over="ignore"):
         meta = np.sum(np.where(w != 0, w * losses, 0), axis=-1).astype(losses.dtype)
@@ -432,18 +461,20 @@ def unroll(
 # -- moved: the reverse-mode driver lives in chaosgrad.unroll_reverse --------------------------
 # Looked up on first use (PEP 562): chaosgrad.unroll_reverse imports this module, so a plain
 # import here would be a cycle. Every old name stays importable from chaosgrad.unroll.
-_MOVED = frozenset({
-    "CHUNK_BYTES",
-    "GRAD_CHUNK",
-    "GradResult",
-    "RESIDUAL_BUDGET",
-    "_RESIDUAL_BYTES",
-    "_jit_grad_chunk",
-    "_jit_start",
-    "_residual_bytes",
-    "_scan_chunk",
-    "unroll_grad",
-})
+_MOVED = frozenset(
+    {
+        "CHUNK_BYTES",
+        "GRAD_CHUNK",
+        "GradResult",
+        "RESIDUAL_BUDGET",
+        "_RESIDUAL_BYTES",
+        "_jit_grad_chunk",
+        "_jit_start",
+        "_residual_bytes",
+        "_scan_chunk",
+        "unroll_grad",
+    }
+)
 
 
 def __getattr__(name: str):

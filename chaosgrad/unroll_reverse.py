@@ -67,13 +67,18 @@ def _residual_bytes(system, theta, state, k_steps, chunk, batched, remat=False) 
     compiled chunk and argument shapes, since tracing costs more than a short unroll)."""
     fwd, _ = _jit_grad_chunk(system, chunk, batched, False, True, remat)
     args = (state, theta, k_steps)
-    sig = (fwd, jax.tree_util.tree_structure(args),
-           tuple((jnp.shape(x), jnp.result_type(x)) for x in jax.tree_util.tree_leaves(args)))
+    sig = (
+        fwd,
+        jax.tree_util.tree_structure(args),
+        tuple((jnp.shape(x), jnp.result_type(x)) for x in jax.tree_util.tree_leaves(args)),
+    )
     if sig not in _RESIDUAL_BYTES:
         z = 0
         shapes = jax.eval_shape(fwd, state, theta, k_steps, z, z, z)[4]
-        _RESIDUAL_BYTES[sig] = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
-                                   for a in jax.tree_util.tree_leaves(shapes))
+        _RESIDUAL_BYTES[sig] = sum(
+            int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
+            for a in jax.tree_util.tree_leaves(shapes)
+        )
     return _RESIDUAL_BYTES[sig]
 
 
@@ -98,8 +103,9 @@ def _scan_chunk(system: System, chunk: int, masked: bool, remat: bool = False):
 
 
 @cache_by_functions(maxsize=64)
-def _jit_grad_chunk(system: System, chunk: int, batched: bool, masked: bool, keep: bool,
-                    remat: bool = False):
+def _jit_grad_chunk(
+    system: System, chunk: int, batched: bool, masked: bool, keep: bool, remat: bool = False
+):
     """Compiled forward and backward chunks for `unroll_grad`.
 
     ``keep``: the forward also linearises and returns the vjp's residuals (a pytree, kept on
@@ -111,8 +117,9 @@ def _jit_grad_chunk(system: System, chunk: int, batched: bool, masked: bool, kee
     run = _scan_chunk(system, chunk, masked, remat)
 
     def f(state, floats, th, steps_key, t0, t_start, t_end):
-        out_state, (losses, finite) = run(float_leaves_with_phase(state, floats), th,
-                                          steps_key, t0, t_end)
+        out_state, (losses, finite) = run(
+            float_leaves_with_phase(state, floats), th, steps_key, t0, t_end
+        )
         t = t0 + jnp.arange(chunk) - t_start
         w = loss_weights(system.meta_loss, t, t_end - t_start).astype(losses.dtype)
         val = weighted_sum(w, losses)
@@ -121,7 +128,10 @@ def _jit_grad_chunk(system: System, chunk: int, batched: bool, masked: bool, kee
     def linearise(state, theta, steps_key, t0, t_start, t_end):
         (_, val), vjp, (out_state, losses, finite) = jax.vjp(
             lambda fl, th: f(state, fl, th, steps_key, t0, t_start, t_end),
-            float_leaves_phase(state), theta, has_aux=True)
+            float_leaves_phase(state),
+            theta,
+            has_aux=True,
+        )
         return out_state, val, losses, finite, vjp
 
     def pull(vjp, val, ct_floats, grad):
@@ -132,15 +142,15 @@ def _jit_grad_chunk(system: System, chunk: int, batched: bool, masked: bool, kee
         if keep:
             return linearise(state, theta, steps_key, t0, t_start, t_end)
         (_, val), (out_state, losses, finite) = f(
-            state, float_leaves_phase(state), theta, steps_key, t0, t_start, t_end)
+            state, float_leaves_phase(state), theta, steps_key, t0, t_start, t_end
+        )
         return out_state, val, losses, finite
 
     def bwd_kept(vjp, val, ct_floats, grad):
         return pull(vjp, val, ct_floats, grad)
 
     def bwd_recompute(state, theta, steps_key, t0, t_start, t_end, ct_floats, grad):
-        out_state, val, losses, finite, vjp = linearise(state, theta, steps_key, t0,
-                                                        t_start, t_end)
+        out_state, val, losses, finite, vjp = linearise(state, theta, steps_key, t0, t_start, t_end)
         ct_in, grad = pull(vjp, val, ct_floats, grad)
         return ct_in, grad, (out_state, val, losses, finite)
 
@@ -219,9 +229,12 @@ def unroll_grad(
     # (3) one state per chunk, chunks recomputed (+2 forwards).
     remat = False
     if keep_residuals is None:
+
         def fits(rm):
-            return _residual_bytes(system, theta, state, k_steps, chunk, batched, rm) * \
-                n_chunks <= RESIDUAL_BUDGET
+            return (
+                _residual_bytes(system, theta, state, k_steps, chunk, batched, rm) * n_chunks
+                <= RESIDUAL_BUDGET
+            )
 
         keep_residuals = fits(False)
         if not keep_residuals:
@@ -230,20 +243,24 @@ def unroll_grad(
             if auto_chunk:
                 # Heavy steps: keep one chunk's saved states within a cache-sized block
                 # (lopt digits MLP, T=1000: 5.2x forward at chunk 20, 8.3x at 256).
-                per_step = _residual_bytes(system, theta, state, k_steps, chunk, batched,
-                                           True) / chunk
+                per_step = (
+                    _residual_bytes(system, theta, state, k_steps, chunk, batched, True) / chunk
+                )
                 fit = int(CHUNK_BYTES // max(per_step, 1.0))
                 chunk = int(min(chunk, max(16, 2 ** int(math.log2(max(fit, 1))))))
                 n_chunks = math.ceil(steps / chunk)
                 full = steps // chunk
-    fns = [_jit_grad_chunk(system, chunk, batched, c == full, bool(keep_residuals), remat)
-           for c in range(n_chunks)]
+    fns = [
+        _jit_grad_chunk(system, chunk, batched, c == full, bool(keep_residuals), remat)
+        for c in range(n_chunks)
+    ]
     # Python ints and numpy zeros go to the device with the call: no eager dispatch each.
     ts = [int(t0 + c * chunk) for c in range(n_chunks)]
     t_start, t_end = int(t0), int(t0 + steps)
     lead = (k_steps.shape[0],) if batched else ()
     grad = jax.tree_util.tree_map(
-        lambda x: np.zeros(lead + jnp.shape(x), jnp.result_type(x)), theta)
+        lambda x: np.zeros(lead + jnp.shape(x), jnp.result_type(x)), theta
+    )
     saved, vals, losses, outs = [], [], [], []
     bar = progress_bar(
         total=2 * steps, desc=f"grad {system.name}", enabled=progress, min_total=20000
@@ -261,8 +278,7 @@ def unroll_grad(
             losses.append(loss)
             bar.update(min(chunk, steps - c * chunk))
         # The state keeps its shapes along the run: the end's cotangent is shaped like it.
-        ct = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype),
-                                    float_leaves_phase(state))
+        ct = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), float_leaves_phase(state))
         if not keep_residuals:
             saved.append(state)  # the last chunk's forward happens inside its backward
         for c in reversed(range(n_chunks)):
@@ -283,8 +299,9 @@ def unroll_grad(
     losses = losses[:, :steps] if batched else losses[:steps]
     leaves = jax.tree_util.tree_leaves(grad)
     if batched:
-        bad = sum(np.sum(~np.isfinite(np.asarray(x).reshape(x.shape[0], -1)), axis=1)
-                  for x in leaves)
+        bad = sum(
+            np.sum(~np.isfinite(np.asarray(x).reshape(x.shape[0], -1)), axis=1) for x in leaves
+        )
     else:
         bad = sum(int(np.sum(~np.isfinite(np.asarray(x)))) for x in leaves)
     return GradResult(

@@ -23,8 +23,7 @@ def is_spec(name: str) -> bool:
     return bool(sep and module and func)
 
 
-def load_factory(spec: str, kind: str = "system",
-                 accepted: Callable[[], list[str]] | None = None):
+def load_factory(spec: str, kind: str = "system", accepted: Callable[[], list[str]] | None = None):
     """The function named by ``"module:function"`` or ``"path/to/file.py:function"``.
 
     A module is looked up on ``sys.path`` with the current folder first (as ``python -m``
@@ -60,7 +59,8 @@ def load_factory(spec: str, kind: str = "system",
                 known = f"accepted: {', '.join(accepted())}" if accepted else "accepted"
                 raise InputError(
                     f"unknown {kind} {spec!r}: it is not registered ({known}) and no module "
-                    f"{module!r} can be imported from {os.getcwd()} or sys.path") from None
+                    f"{module!r} can be imported from {os.getcwd()} or sys.path"
+                ) from None
             raise user_code_error(spec, f"importing {module}", e, kind=kind) from None
         except (InputError, KeyboardInterrupt):
             raise
@@ -72,23 +72,26 @@ def load_factory(spec: str, kind: str = "system",
     return f
 
 
-def user_code_error(spec: str, doing: str, e: BaseException, path=None,
-                    kind: str = "system") -> InputError:
+def user_code_error(
+    spec: str, doing: str, e: BaseException, path=None, kind: str = "system"
+) -> InputError:
     """One line for a failure of user code: the spec, what was being done, where (file and
     line of the innermost frame in the user's code) and the exception."""
     if isinstance(e, SystemExit):
-        return InputError(f"{kind} {spec!r}: {doing} called sys.exit({e.code!r}); a {kind} "
-                          f"factory must return a chaosgrad {_returns(kind)}, not exit")
+        return InputError(
+            f"{kind} {spec!r}: {doing} called sys.exit({e.code!r}); a {kind} "
+            f"factory must return a chaosgrad {_returns(kind)}, not exit"
+        )
     if isinstance(e, SyntaxError):
         where = f"{e.filename} line {e.lineno}" if e.filename else "its source"
         return InputError(f"{kind} {spec!r}: {doing}: {type(e).__name__} at {where}: {e.msg}")
     frames = traceback.extract_tb(e.__traceback__)
     own = os.path.dirname(os.path.abspath(__file__))  # the chaosgrad package
     mine = [f for f in frames if path is not None and Path(f.filename) == Path(path)]
-    user = mine or [f for f in frames if not _ours(f.filename, own)
-                    and "importlib" not in f.filename]
-    where = f" (at {user[-1].filename} line {user[-1].lineno}, in {user[-1].name})" \
-        if user else ""
+    user = mine or [
+        f for f in frames if not _ours(f.filename, own) and "importlib" not in f.filename
+    ]
+    where = f" (at {user[-1].filename} line {user[-1].lineno}, in {user[-1].name})" if user else ""
     first = (str(e).strip().splitlines() or [""])[0]
     return InputError(f"{kind} {spec!r}: {doing} raised {type(e).__name__}: {first}{where}")
 
@@ -97,8 +100,9 @@ def _ours(filename: str, own: str) -> bool:
     """Whether a frame is chaosgrad's own code: the package, or the systems/ and estimators/
     folders it installs from (an editable install maps them from the repository)."""
     root = os.path.dirname(own)
-    return filename.startswith((own, os.path.join(root, "systems"),
-                                os.path.join(root, "estimators")))
+    return filename.startswith(
+        (own, os.path.join(root, "systems"), os.path.join(root, "estimators"))
+    )
 
 
 def _returns(kind: str) -> str:

@@ -62,8 +62,10 @@ def _trace(system: System, what: str, fn, *args):
         hint = ""
         if isinstance(e, jax.errors.ConcretizationTypeError):
             hint = " (a Python if/while/int() on a traced value: use jnp.where or lax.cond)"
-        raise InputError(f"{what} of system {system.name!r} cannot be traced by JAX: "
-                         f"{type(e).__name__}: {first}{hint}") from None
+        raise InputError(
+            f"{what} of system {system.name!r} cannot be traced by JAX: "
+            f"{type(e).__name__}: {first}{hint}"
+        ) from None
 
 
 def check_system(system: System, theta: PyTree = None, *, batched: bool = False) -> None:
@@ -81,68 +83,93 @@ def check_system(system: System, theta: PyTree = None, *, batched: bool = False)
     if theta is None:
         raise InputError(f"no theta given and system {system.name!r} has no default theta")
     if batched:  # check one member of the batch
-        theta = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(
-            _shape(x)[1:], _dtype(x)), theta)
+        theta = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(_shape(x)[1:], _dtype(x)), theta
+        )
     sig = _signature(theta)
     seen = _CHECKED.setdefault(system, set())
     if sig in seen:
         return
     name = system.name
-    bad = [_dtype(x).name for x in jax.tree_util.tree_leaves(theta)
-           if not jnp.issubdtype(_dtype(x), jnp.floating)]
+    bad = [
+        _dtype(x).name
+        for x in jax.tree_util.tree_leaves(theta)
+        if not jnp.issubdtype(_dtype(x), jnp.floating)
+    ]
     if bad:
-        raise InputError(f"theta of system {name!r} must have floating-point leaves (its "
-                         f"gradient is taken); got {', '.join(bad)} leaves")
+        raise InputError(
+            f"theta of system {name!r} must have floating-point leaves (its "
+            f"gradient is taken); got {', '.join(bad)} leaves"
+        )
     if system.theta is not None and theta is not system.theta:
         d_leaves, d_tree = jax.tree_util.tree_flatten(system.theta)
         leaves, tree = jax.tree_util.tree_flatten(theta)
         if tree != d_tree:
-            raise InputError(f"theta of system {name!r} has structure {tree}; expected the "
-                             f"structure of its default theta, {d_tree}")
+            raise InputError(
+                f"theta of system {name!r} has structure {tree}; expected the "
+                f"structure of its default theta, {d_tree}"
+            )
         for i, (a, b) in enumerate(zip(leaves, d_leaves, strict=True)):
             if _shape(a) != _shape(b):
                 where = f" (leaf {i})" if len(leaves) > 1 else ""
-                raise InputError(f"theta of system {name!r} has shape {list(_shape(a))}"
-                                 f"{where}; expected {list(_shape(b))} like its default "
-                                 "theta")
+                raise InputError(
+                    f"theta of system {name!r} has shape {list(_shape(a))}"
+                    f"{where}; expected {list(_shape(b))} like its default "
+                    "theta"
+                )
     if sum(int(np.prod(_shape(x))) for x in jax.tree_util.tree_leaves(theta)) == 0:
-        raise InputError(f"theta of system {name!r} has no entries (size 0): the gradient is "
-                         "taken with respect to theta; give it at least one parameter")
+        raise InputError(
+            f"theta of system {name!r} has no entries (size 0): the gradient is "
+            "taken with respect to theta; give it at least one parameter"
+        )
     th = jax.tree_util.tree_map(_spec, theta)
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
     state = _trace(system, "init(key, theta)", system.init, key, th)
-    cplx = [f"{x.dtype.name}{list(x.shape)}" for x in jax.tree_util.tree_leaves(state)
-            if jnp.issubdtype(x.dtype, jnp.complexfloating)]
+    cplx = [
+        f"{x.dtype.name}{list(x.shape)}"
+        for x in jax.tree_util.tree_leaves(state)
+        if jnp.issubdtype(x.dtype, jnp.complexfloating)
+    ]
     if cplx:
-        raise InputError(f"init(key, theta) of system {name!r} returned a complex state "
-                         f"({', '.join(cplx[:3])}); chaosgrad takes real states: keep the "
-                         "real and imaginary parts as two float leaves")
+        raise InputError(
+            f"init(key, theta) of system {name!r} returned a complex state "
+            f"({', '.join(cplx[:3])}); chaosgrad takes real states: keep the "
+            "real and imaginary parts as two float leaves"
+        )
     result = _trace(system, "step(state, theta, key)", system.step, state, th, key)
     if not (isinstance(result, (tuple, list)) and len(result) == 2):
-        got = (f"a {type(result).__name__} of {len(result)}"
-               if isinstance(result, (tuple, list))
-               else f"{type(result).__name__} {_describe_leaves(result)}")
-        raise InputError(f"step(state, theta, key) of system {name!r} must return "
-                         f"(new_state, out); got {got}")
+        got = (
+            f"a {type(result).__name__} of {len(result)}"
+            if isinstance(result, (tuple, list))
+            else f"{type(result).__name__} {_describe_leaves(result)}"
+        )
+        raise InputError(
+            f"step(state, theta, key) of system {name!r} must return (new_state, out); got {got}"
+        )
     new_state, out = result
     s_leaves, s_tree = jax.tree_util.tree_flatten(state)
     n_leaves, n_tree = jax.tree_util.tree_flatten(new_state)
     if s_tree != n_tree:
-        raise InputError(f"step(state, theta, key) of system {name!r} returned a state of "
-                         f"structure {n_tree}; expected the structure init made, {s_tree}")
+        raise InputError(
+            f"step(state, theta, key) of system {name!r} returned a state of "
+            f"structure {n_tree}; expected the structure init made, {s_tree}"
+        )
     for i, (a, b) in enumerate(zip(n_leaves, s_leaves, strict=True)):
         if a.shape != b.shape or a.dtype != b.dtype:
             where = f" (leaf {i})" if len(s_leaves) > 1 else ""
-            raise InputError(f"step(state, theta, key) of system {name!r} returned a state "
-                             f"{a.dtype.name}{list(a.shape)}{where}; expected it unchanged "
-                             f"from init: {b.dtype.name}{list(b.shape)}")
+            raise InputError(
+                f"step(state, theta, key) of system {name!r} returned a state "
+                f"{a.dtype.name}{list(a.shape)}{where}; expected it unchanged "
+                f"from init: {b.dtype.name}{list(b.shape)}"
+            )
     loss = loss_of(out)
     if _shape(loss) != () or not jnp.issubdtype(_dtype(loss), jnp.floating):
-        raise InputError(f"step(state, theta, key) of system {name!r} returned a loss "
-                         f"{_dtype(loss).name}{list(_shape(loss))}; expected a "
-                         "scalar float (the per-step loss)")
-    if system.phase is not None and not _check_phase_round_trip(system, state, theta,
-                                                                batched):
+        raise InputError(
+            f"step(state, theta, key) of system {name!r} returned a loss "
+            f"{_dtype(loss).name}{list(_shape(loss))}; expected a "
+            "scalar float (the per-step loss)"
+        )
+    if system.phase is not None and not _check_phase_round_trip(system, state, theta, batched):
         return  # the round trip could not run here (θ traced): check again next time
     seen.add(sig)
 
@@ -156,18 +183,24 @@ def _check_phase_round_trip(system: System, state, theta, batched: bool) -> bool
     back = _trace(system, "with_phase(state, phase)", system.with_phase, state, p)
     s_leaves, s_tree = jax.tree_util.tree_flatten(state)
     b_leaves, b_tree = jax.tree_util.tree_flatten(back)
-    if b_tree != s_tree or any(a.shape != b.shape or a.dtype != b.dtype
-                               for a, b in zip(b_leaves, s_leaves, strict=True)):
-        raise InputError(f"with_phase(state, phase) of system {name!r} must return a state "
-                         "like init's (same structure, shapes and dtypes)")
-    if any(not jnp.issubdtype(x.dtype, jnp.floating)
-           for x in jax.tree_util.tree_leaves(p)):
-        raise InputError(f"phase(state) of system {name!r} must return floating-point "
-                         "leaves (the Jacobian is taken over them)")
+    if b_tree != s_tree or any(
+        a.shape != b.shape or a.dtype != b.dtype for a, b in zip(b_leaves, s_leaves, strict=True)
+    ):
+        raise InputError(
+            f"with_phase(state, phase) of system {name!r} must return a state "
+            "like init's (same structure, shapes and dtypes)"
+        )
+    if any(not jnp.issubdtype(x.dtype, jnp.floating) for x in jax.tree_util.tree_leaves(p)):
+        raise InputError(
+            f"phase(state) of system {name!r} must return floating-point "
+            "leaves (the Jacobian is taken over them)"
+        )
     if batched:
         return True  # its functions are those of the unbatched θ, checked there
-    if any(isinstance(x, (jax.ShapeDtypeStruct, jax.core.Tracer))
-           for x in jax.tree_util.tree_leaves(theta)):
+    if any(
+        isinstance(x, (jax.ShapeDtypeStruct, jax.core.Tracer))
+        for x in jax.tree_util.tree_leaves(theta)
+    ):
         return False  # nothing concrete to run on (θ abstract, or traced inside a jit)
 
     def errors(key, theta):
@@ -182,10 +215,10 @@ def _check_phase_round_trip(system: System, state, theta, batched: bool) -> bool
     with jax.ensure_compile_time_eval():  # run now, even when called inside a jit trace
         err = float(jax.jit(errors)(jax.random.PRNGKey(0), theta))
     if err > 0.05:
-        raise InputError(f"with_phase of system {name!r} is not the inverse of phase: "
-                         "phase(with_phase(state, p)) differs from p (by "
-                         f"{100 * err:.3g}% of a small change to p); the Jacobians would be "
-                         "wrong. with_phase(state, phase) must put the phase back")
+        raise InputError(
+            f"with_phase of system {name!r} is not the inverse of phase: "
+            "phase(with_phase(state, p)) differs from p (by "
+            f"{100 * err:.3g}% of a small change to p); the Jacobians would be "
+            "wrong. with_phase(state, phase) must put the phase back"
+        )
     return True
-
-

@@ -59,14 +59,20 @@ def register(name: str, factory: Callable | str, description: str = "") -> None:
     be given as ``"module:function"``. A registered estimator runs wherever a built-in one
     does (`make`, ``compare``, ``meta-train``). Registering a name again replaces it."""
     if not isinstance(name, str) or not name or ":" in name:
-        raise InputError(f"an estimator's name must be a non-empty string without ':', got "
-                         f"{name!r}")
+        raise InputError(
+            f"an estimator's name must be a non-empty string without ':', got {name!r}"
+        )
     if not (callable(factory) or (isinstance(factory, str) and user_code.is_spec(factory))):
-        raise InputError(f"register({name!r}, factory): factory must be a function "
-                         f"(system, **params) -> Estimator or 'module:function', got "
-                         f"{factory!r}")
-    doc = (getattr(factory, "__doc__", None) or "").strip().split("\n")[0] \
-        if callable(factory) else ""
+        raise InputError(
+            f"register({name!r}, factory): factory must be a function "
+            f"(system, **params) -> Estimator or 'module:function', got "
+            f"{factory!r}"
+        )
+    doc = (
+        (getattr(factory, "__doc__", None) or "").strip().split("\n")[0]
+        if callable(factory)
+        else ""
+    )
     _REGISTRY[name] = Entry(name, factory, description or doc or f"user estimator {name}")
     _ALIASES.pop(name, None)
 
@@ -76,18 +82,24 @@ def _builtin(name: str, factory: Callable, description: str) -> None:
 
 
 _builtin("backprop", backprop, "exact backprop through whole T-step unrolls (rematerialised)")
-_builtin("tbptt", truncated_backprop,
-         "truncated backprop, windows of K steps, persistent particles")
-_builtin("es", es,
-         "antithetic ES over whole unrolls (gradient of the Gaussian-smoothed loss)")
+_builtin(
+    "tbptt", truncated_backprop, "truncated backprop, windows of K steps, persistent particles"
+)
+_builtin("es", es, "antithetic ES over whole unrolls (gradient of the Gaussian-smoothed loss)")
 _builtin("tes", truncated_es, "truncated ES, windows of K steps, persistent particles")
 _builtin("pes", pes, "persistent ES: truncated ES with accumulated perturbations (unbiased)")
-_builtin("nres", nres, "noise-reuse ES: one perturbation per inner run, windows of K steps "
-                       "(unbiased for the smoothed loss; variance not growing with truncations)")
-_builtin("reparam", reparam, "backprop at θ ± σε, antithetic: the reparameterisation gradient "
-                             "of the Gaussian-smoothed loss")
-_builtin("combined", combined,
-         "inverse-variance combination of backprop and ES (Metz et al. 2019)")
+_builtin(
+    "nres",
+    nres,
+    "noise-reuse ES: one perturbation per inner run, windows of K steps "
+    "(unbiased for the smoothed loss; variance not growing with truncations)",
+)
+_builtin(
+    "reparam",
+    reparam,
+    "backprop at θ ± σε, antithetic: the reparameterisation gradient of the Gaussian-smoothed loss",
+)
+_builtin("combined", combined, "inverse-variance combination of backprop and ES (Metz et al. 2019)")
 
 __all__ = [
     "INFO_KEYS",
@@ -129,8 +141,9 @@ def canonical_name(name: str) -> str:
     """The registry name of estimator ``name`` (aliases resolved; a user's
     ``"module:function"`` is its own name); InputError if unknown."""
     if not isinstance(name, str):
-        raise InputError(f"an estimator is named by a string, got {type(name).__name__}; "
-                         f"accepted: {_accepted()}")
+        raise InputError(
+            f"an estimator is named by a string, got {type(name).__name__}; accepted: {_accepted()}"
+        )
     key = _ALIASES.get(name, name)
     if key in _REGISTRY or user_code.is_spec(key):
         return key
@@ -153,24 +166,35 @@ def parameters(name: str) -> dict[str, inspect.Parameter]:
     try:
         sig = list(inspect.signature(f).parameters.items())
     except (TypeError, ValueError) as e:
-        raise InputError(f"estimator {name!r}: the parameters of {f!r} cannot be read "
-                         f"({e})") from None
-    if not sig or sig[0][1].kind not in (inspect.Parameter.POSITIONAL_ONLY,
-                                         inspect.Parameter.POSITIONAL_OR_KEYWORD):
-        raise InputError(f"estimator {name!r}: its factory must take the system as its "
-                         "first argument: factory(system, **params) -> Estimator")
+        raise InputError(
+            f"estimator {name!r}: the parameters of {f!r} cannot be read ({e})"
+        ) from None
+    if not sig or sig[0][1].kind not in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
+        raise InputError(
+            f"estimator {name!r}: its factory must take the system as its "
+            "first argument: factory(system, **params) -> Estimator"
+        )
     params = dict(sig[1:])
-    params["clip_norm"] = inspect.Parameter("clip_norm", inspect.Parameter.KEYWORD_ONLY,
-                                            default=0.0)
+    params["clip_norm"] = inspect.Parameter(
+        "clip_norm", inspect.Parameter.KEYWORD_ONLY, default=0.0
+    )
     return params
 
 
 def describe(name: str) -> dict:
     """What estimator ``name`` is and its parameters with their defaults."""
     entry = _entry(name)
-    return {"name": entry.name, "description": entry.description,
-            "params": {k: (None if p.default is inspect.Parameter.empty else p.default)
-                       for k, p in parameters(name).items()}}
+    return {
+        "name": entry.name,
+        "description": entry.description,
+        "params": {
+            k: (None if p.default is inspect.Parameter.empty else p.default)
+            for k, p in parameters(name).items()
+        },
+    }
 
 
 def make(name: str, system: System, **params) -> Estimator:
@@ -182,17 +206,21 @@ def make(name: str, system: System, **params) -> Estimator:
     estimator or parameter, and in one line for a failure of a user's factory.
     """
     if not isinstance(system, System):
-        raise InputError(f"make({name!r}, system, ...) needs a chaosgrad.System, "
-                         f"got {type(system).__name__}")
+        raise InputError(
+            f"make({name!r}, system, ...) needs a chaosgrad.System, got {type(system).__name__}"
+        )
     entry = _entry(name)
     f = entry.factory()
     accepted = parameters(name)
     unknown = [k for k in params if k not in accepted]
     if unknown:
-        raise InputError(f"estimator {name!r} has no parameter {', '.join(map(repr, unknown))};"
-                         f" accepted: {', '.join(accepted)}")
-    clip = check_number(params.pop("clip_norm", 0.0), "estimator clip_norm (0: no clipping)",
-                        nonneg=True)
+        raise InputError(
+            f"estimator {name!r} has no parameter {', '.join(map(repr, unknown))};"
+            f" accepted: {', '.join(accepted)}"
+        )
+    clip = check_number(
+        params.pop("clip_norm", 0.0), "estimator clip_norm (0: no clipping)", nonneg=True
+    )
     if not entry.user:
         est = f(system, **params)
     else:
@@ -203,8 +231,7 @@ def make(name: str, system: System, **params) -> Estimator:
         except InputError as e:  # a check of the user's factory refused a setting: say whose
             raise InputError(f"estimator {name!r}: {e}") from None
         except BaseException as e:  # noqa: BLE001 -- any failure of the user's factory
-            raise user_code.user_code_error(name, "building it", e,
-                                            kind="estimator") from None
+            raise user_code.user_code_error(name, "building it", e, kind="estimator") from None
         check_estimator(est, name)
     return clip_by_global_norm(est, clip) if clip > 0 else est
 
@@ -215,5 +242,6 @@ def parse_params(name: str, items: list[str] | None) -> dict:
     A key given twice, or a NaN/Inf value, is refused (see `chaosgrad.params.parse_kv`).
     """
     _, f = _factory(name)
-    return parse_kv(items, parameters(name), f"estimator {name!r}", "--est-param",
-                    nonfinite_allowed(f))
+    return parse_kv(
+        items, parameters(name), f"estimator {name!r}", "--est-param", nonfinite_allowed(f)
+    )

@@ -44,8 +44,9 @@ from chaosgrad.system import System, cache_by_functions, resolve_theta
 PyTree = Any
 
 
-def backprop(system: System, samples: int = 8, horizon: int = 0, remat_chunk: int = 0,
-             shard: bool = True) -> Estimator:
+def backprop(
+    system: System, samples: int = 8, horizon: int = 0, remat_chunk: int = 0, shard: bool = True
+) -> Estimator:
     """Full backprop: the exact gradient of the T-step meta-loss of ``samples`` independent
     runs (fresh run keys from the estimate's key), averaged.
 
@@ -69,13 +70,19 @@ def backprop(system: System, samples: int = 8, horizon: int = 0, remat_chunk: in
     horizon = check_positive_int(horizon or system.horizon, "horizon")
     capacity = capacity_of(horizon)
     chunk = chunk_of(remat_chunk, capacity)
-    estimate = _backprop_estimate(system, samples, chunk, slots_of(capacity, chunk),
-                                  population_sharding(samples, shard))
+    estimate = _backprop_estimate(
+        system, samples, chunk, slots_of(capacity, chunk), population_sharding(samples, shard)
+    )
 
     init = horizon_init(horizon)
-    return Estimator(init, estimate, "backprop",
-                     {"samples": samples, "horizon": horizon, "remat_chunk": chunk},
-                     reverse_mode=True, steps=samples * horizon)
+    return Estimator(
+        init,
+        estimate,
+        "backprop",
+        {"samples": samples, "horizon": horizon, "remat_chunk": chunk},
+        reverse_mode=True,
+        steps=samples * horizon,
+    )
 
 
 @cache_by_functions(maxsize=32)
@@ -92,16 +99,28 @@ def _backprop_estimate(system: System, samples: int, chunk: int, slots: int, sha
         keys = shard_population(jax.random.split(key, samples), sharding)
         (vals, bad), grads = vg(theta, keys, steps)
         grad = tree_mean0(grads)
-        info = finish_info(grad, loss=jnp.mean(vals), steps=samples * steps,
-                           nonfinite_losses=jnp.sum(bad).astype(jnp.int32))
+        info = finish_info(
+            grad,
+            loss=jnp.mean(vals),
+            steps=samples * steps,
+            nonfinite_losses=jnp.sum(bad).astype(jnp.int32),
+        )
         return grad, est_state, info
 
     return estimate
 
 
-def truncated_backprop(system: System, particles: int = 8, window: int = 10, horizon: int = 0,
-                       schedule: str = "constant", min_length: int = 0, max_length: int = 0,
-                       stagger: bool = True, shard: bool = True) -> Estimator:
+def truncated_backprop(
+    system: System,
+    particles: int = 8,
+    window: int = 10,
+    horizon: int = 0,
+    schedule: str = "constant",
+    min_length: int = 0,
+    max_length: int = 0,
+    stagger: bool = True,
+    shard: bool = True,
+) -> Estimator:
     """Truncated backprop (TBPTT): each estimate advances every particle K = ``window``
     steps and differentiates its window loss with the state at the window's start held
     fixed (a stop-gradient every K steps); particles persist across estimates.
@@ -126,34 +145,65 @@ def truncated_backprop(system: System, particles: int = 8, window: int = 10, hor
     window = check_positive_int(window, "window")
     sched = make_schedule(schedule, horizon or system.horizon, min_length, max_length)
     sharding = population_sharding(n, shard)
-    estimate = _tbptt_estimate(system, n, window, sched.kind, window <= sched.min_length,
-                               sharding)
+    estimate = _tbptt_estimate(system, n, window, sched.kind, window <= sched.min_length, sharding)
 
     def init(key, theta):
         theta = resolve_theta(system, theta)
-        return init_population(system, sched, theta, key, pairs=n, members=1,
-                               stagger=bool(stagger), burn_in_sigma=None, sharding=sharding)
+        return init_population(
+            system,
+            sched,
+            theta,
+            key,
+            pairs=n,
+            members=1,
+            stagger=bool(stagger),
+            burn_in_sigma=None,
+            sharding=sharding,
+        )
 
-    return Estimator(init, estimate, "tbptt", {
-        "particles": n, "window": window, "schedule": sched.kind,
-        "min_length": sched.min_length, "max_length": sched.max_length,
-        "stagger": bool(stagger)}, target="truncated", correlated=True,
-        windowed=True, reverse_mode=True, steps=n * window)
+    return Estimator(
+        init,
+        estimate,
+        "tbptt",
+        {
+            "particles": n,
+            "window": window,
+            "schedule": sched.kind,
+            "min_length": sched.min_length,
+            "max_length": sched.max_length,
+            "stagger": bool(stagger),
+        },
+        target="truncated",
+        correlated=True,
+        windowed=True,
+        reverse_mode=True,
+        steps=n * window,
+    )
 
 
 @cache_by_functions(maxsize=32)
-def _tbptt_estimate(system: System, n: int, window: int, kind: str, one_reset: bool,
-                    sharding):
+def _tbptt_estimate(system: System, n: int, window: int, kind: str, one_reset: bool, sharding):
     """Truncated backprop's ``estimate``, one function for every horizon (the schedule's
     bounds are in the state)."""
 
     def one(theta, bounds, state, t, length, run, pk):
-        carry, win = run_window(system, TracedSchedule(kind, bounds), window, theta, state,
-                                t, length, run, pk, one_reset=one_reset)
+        carry, win = run_window(
+            system,
+            TracedSchedule(kind, bounds),
+            window,
+            theta,
+            state,
+            t,
+            length,
+            run,
+            pk,
+            one_reset=one_reset,
+        )
         return win.loss(), (carry, win)
 
-    vone = jax.vmap(jax.vmap(one, in_axes=(None, None, 0, 0, 0, 0, None)),
-                    in_axes=(None, None, 0, 0, 0, 0, 0))
+    vone = jax.vmap(
+        jax.vmap(one, in_axes=(None, None, 0, 0, 0, 0, None)), in_axes=(None, None, 0, 0, 0, 0, 0)
+    )
 
     def total(theta, bounds, p: Particles, pair_keys):
         vals, aux = vone(theta, bounds, p.state, p.t, p.length, p.run, pair_keys)
@@ -162,13 +212,17 @@ def _tbptt_estimate(system: System, n: int, window: int, kind: str, one_reset: b
     def estimate(est_state: TruncatedState, theta, key):
         p = est_state.particles
         (_, (vals, (carry, win))), grad = jax.value_and_grad(total, has_aux=True)(
-            theta, est_state.lengths, p, est_state.pair_keys)
+            theta, est_state.lengths, p, est_state.pair_keys
+        )
         new = shard_population(Particles(*carry, xi=()), sharding)
         info = finish_info(
-            grad, loss=jnp.mean(vals), steps=jnp.asarray(n * window),
+            grad,
+            loss=jnp.mean(vals),
+            steps=jnp.asarray(n * window),
             nonfinite_losses=jnp.sum(~jnp.isfinite(win.losses)).astype(jnp.int32),
             nonfinite_states=jnp.sum(~win.finite_state).astype(jnp.int32),
-            resets=jnp.sum(win.resets).astype(jnp.int32))
+            resets=jnp.sum(win.resets).astype(jnp.int32),
+        )
         return grad, est_state._replace(particles=new, count=est_state.count + 1), info
 
     return estimate
@@ -197,14 +251,14 @@ def antithetic(system: System, pairs, sigma, horizon, remat_chunk, shard) -> Ant
     horizon = check_positive_int(horizon or system.horizon, "horizon")
     capacity = capacity_of(horizon)
     chunk = chunk_of(remat_chunk, capacity)
-    run = _antithetic_run(system, pairs, sigma, chunk, slots_of(capacity, chunk),
-                          population_sharding(pairs, shard))
+    run = _antithetic_run(
+        system, pairs, sigma, chunk, slots_of(capacity, chunk), population_sharding(pairs, shard)
+    )
     return Antithetic(pairs, sigma, horizon, chunk, run)
 
 
 @cache_by_functions(maxsize=32)
-def _antithetic_run(system: System, pairs: int, sigma: float, chunk: int, slots: int,
-                    sharding):
+def _antithetic_run(system: System, pairs: int, sigma: float, chunk: int, slots: int, sharding):
     """`Antithetic.run`, one function for every horizon."""
 
     def member(th, k, steps):
@@ -221,8 +275,14 @@ def _antithetic_run(system: System, pairs: int, sigma: float, chunk: int, slots:
     return run
 
 
-def reparam(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int = 0,
-            remat_chunk: int = 0, shard: bool = True) -> Estimator:
+def reparam(
+    system: System,
+    pairs: int = 8,
+    sigma: float = 0.01,
+    horizon: int = 0,
+    remat_chunk: int = 0,
+    shard: bool = True,
+) -> Estimator:
     """Backprop at θ ± ε: the reparameterisation gradient of the Gaussian-smoothed meta-loss,
     ĝ = (1 / 2N) Σ_i (∇L_T(θ + ε_i; k_i) + ∇L_T(θ − ε_i; k_i)), ε_i ~ N(0, σ² I), both
     members of a pair sharing the run key k_i.
@@ -245,10 +305,21 @@ def reparam(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int = 
     horizon = pair.horizon
 
     init = horizon_init(horizon)
-    return Estimator(init, _reparam_estimate(pair.run, pair.pairs), "reparam", {
-        "pairs": pair.pairs, "sigma": pair.sigma, "horizon": pair.horizon,
-        "remat_chunk": pair.chunk}, target="smoothed",
-        smoothing=pair.sigma, reverse_mode=True, steps=2 * pair.pairs * pair.horizon)
+    return Estimator(
+        init,
+        _reparam_estimate(pair.run, pair.pairs),
+        "reparam",
+        {
+            "pairs": pair.pairs,
+            "sigma": pair.sigma,
+            "horizon": pair.horizon,
+            "remat_chunk": pair.chunk,
+        },
+        target="smoothed",
+        smoothing=pair.sigma,
+        reverse_mode=True,
+        steps=2 * pair.pairs * pair.horizon,
+    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -259,8 +330,12 @@ def _reparam_estimate(run: Callable, pairs: int):
         steps = steps_of(est_state)
         _, (vals, bad), g = run(theta, key, steps)
         grad = jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=(0, 1)), g)
-        info = finish_info(grad, loss=jnp.mean(vals), steps=2 * pairs * steps,
-                           nonfinite_losses=jnp.sum(bad).astype(jnp.int32))
+        info = finish_info(
+            grad,
+            loss=jnp.mean(vals),
+            steps=2 * pairs * steps,
+            nonfinite_losses=jnp.sum(bad).astype(jnp.int32),
+        )
         return grad, est_state, info
 
     return estimate

@@ -71,9 +71,14 @@ class Estimator(NamedTuple):
 
     def traits(self) -> dict:
         """What the estimator is, as plain values (recorded with results)."""
-        return {"target": self.target, "smoothing": self.smoothing,
-                "correlated": self.correlated, "windowed": self.windowed,
-                "reverse_mode": self.reverse_mode, "steps": self.steps}
+        return {
+            "target": self.target,
+            "smoothing": self.smoothing,
+            "correlated": self.correlated,
+            "windowed": self.windowed,
+            "reverse_mode": self.reverse_mode,
+            "steps": self.steps,
+        }
 
 
 TARGETS = ("exact", "smoothed", "smoothed per truncation", "truncated", "none")
@@ -98,15 +103,19 @@ def check_info(info, name: str) -> None:
     """Refuse, in one line, an estimate's ``info`` that is not a dict with every key of
     `INFO_KEYS` (works on traced or abstract values as well as on arrays)."""
     if not isinstance(info, dict):
-        raise InputError(f"estimator {name!r}: estimate(...) must return (grad, state, info) "
-                         f"with info a dict, got {type(info).__name__}; build it with "
-                         "chaosgrad.estimators.finish_info")
+        raise InputError(
+            f"estimator {name!r}: estimate(...) must return (grad, state, info) "
+            f"with info a dict, got {type(info).__name__}; build it with "
+            "chaosgrad.estimators.finish_info"
+        )
     missing = [k for k in INFO_KEYS if k not in info]
     if missing:
-        raise InputError(f"estimator {name!r}: its info lacks {', '.join(missing)}; an "
-                         f"estimate's info needs {', '.join(INFO_KEYS)} (build it with "
-                         "chaosgrad.estimators.finish_info(grad, loss=..., steps=..., "
-                         "nonfinite_losses=...))")
+        raise InputError(
+            f"estimator {name!r}: its info lacks {', '.join(missing)}; an "
+            f"estimate's info needs {', '.join(INFO_KEYS)} (build it with "
+            "chaosgrad.estimators.finish_info(grad, loss=..., steps=..., "
+            "nonfinite_losses=...))"
+        )
 
 
 def check_estimator(est, name: str | None = None) -> Estimator:
@@ -115,34 +124,40 @@ def check_estimator(est, name: str | None = None) -> Estimator:
     """
     who = name or getattr(est, "name", None) or type(est).__name__
     if not isinstance(est, Estimator):
-        raise InputError(f"estimator {who!r} is a {type(est).__name__}, not a "
-                         "chaosgrad.estimators.Estimator")
+        raise InputError(
+            f"estimator {who!r} is a {type(est).__name__}, not a chaosgrad.estimators.Estimator"
+        )
     if not (callable(est.init) and callable(est.estimate)):
         raise InputError(f"estimator {who!r}: init and estimate must be functions")
     if not isinstance(est.name, str) or not est.name:
         raise InputError(f"estimator {who!r}: its name must be a non-empty string")
     if not isinstance(est.params, dict):
-        raise InputError(f"estimator {who!r}: params must be a dict, got "
-                         f"{type(est.params).__name__}")
+        raise InputError(
+            f"estimator {who!r}: params must be a dict, got {type(est.params).__name__}"
+        )
     if est.target not in TARGETS:
-        raise InputError(f"estimator {who!r}: target {est.target!r} is not accepted; "
-                         f"accepted: {', '.join(TARGETS)}")
+        raise InputError(
+            f"estimator {who!r}: target {est.target!r} is not accepted; "
+            f"accepted: {', '.join(TARGETS)}"
+        )
     try:
         smoothing = float(est.smoothing)
     except (TypeError, ValueError):
         smoothing = float("nan")
     if not smoothing >= 0 or smoothing == float("inf"):
-        raise InputError(f"estimator {who!r}: smoothing must be a finite σ >= 0, got "
-                         f"{est.smoothing!r}")
+        raise InputError(
+            f"estimator {who!r}: smoothing must be a finite σ >= 0, got {est.smoothing!r}"
+        )
     if est.target.startswith("smoothed") and smoothing == 0:
-        raise InputError(f"estimator {who!r}: a {est.target!r} target needs its σ as "
-                         "smoothing=...")
+        raise InputError(f"estimator {who!r}: a {est.target!r} target needs its σ as smoothing=...")
     if est.windowed and "window" not in est.params:
-        raise InputError(f"estimator {who!r}: a windowed estimator records its window K in "
-                         "params['window']")
+        raise InputError(
+            f"estimator {who!r}: a windowed estimator records its window K in params['window']"
+        )
     if isinstance(est.steps, bool) or not isinstance(est.steps, int) or est.steps < 0:
-        raise InputError(f"estimator {who!r}: steps must be an integer >= 0 (0: unknown), "
-                         f"got {est.steps!r}")
+        raise InputError(
+            f"estimator {who!r}: steps must be an integer >= 0 (0: unknown), got {est.steps!r}"
+        )
     return est
 
 
@@ -168,8 +183,14 @@ def finish_info(grad: PyTree, *, loss, steps, nonfinite_losses, **extra) -> Info
     ``steps`` (system steps run), ``nonfinite_losses`` (NaN/Inf per-step losses), then
     ``nonfinite_grad`` and ``grad_norm`` of ``grad``, and the estimator's own ``extra``
     fields."""
-    return Info(loss=loss, steps=steps, nonfinite_losses=nonfinite_losses,
-                nonfinite_grad=count_nonfinite(grad), grad_norm=otu.tree_norm(grad), **extra)
+    return Info(
+        loss=loss,
+        steps=steps,
+        nonfinite_losses=nonfinite_losses,
+        nonfinite_grad=count_nonfinite(grad),
+        grad_norm=otu.tree_norm(grad),
+        **extra,
+    )
 
 
 # -- sharding the population over devices --------------------------------------------------------
@@ -215,8 +236,10 @@ def clip_by_global_norm(estimator: Estimator, max_norm: float) -> Estimator:
         raise InputError(f"clip max_norm must be positive, got {max_norm!r}")
 
     # every trait is kept: clipping changes the estimate, not what the estimator is
-    return estimator._replace(estimate=_clipped_estimate(estimator.estimate, max_norm),
-                              params=dict(estimator.params, clip_norm=max_norm))
+    return estimator._replace(
+        estimate=_clipped_estimate(estimator.estimate, max_norm),
+        params=dict(estimator.params, clip_norm=max_norm),
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -230,8 +253,12 @@ def _clipped_estimate(estimate: Callable, max_norm: float) -> Callable:
         scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-30))
         # tree_cast_like: a float64 scale must not promote float32 leaves.
         grad = otu.tree_cast_like(otu.tree_scale(scale, grad), grad)
-        info = dict(info, unclipped_norm=norm, clipped=(norm > max_norm).astype(jnp.int32),
-                    grad_norm=otu.tree_norm(grad))
+        info = dict(
+            info,
+            unclipped_norm=norm,
+            clipped=(norm > max_norm).astype(jnp.int32),
+            grad_norm=otu.tree_norm(grad),
+        )
         return grad, est_state, info
 
     return clipped
@@ -267,6 +294,8 @@ def check_sigma(sigma, system) -> float:
         dtype = jnp.float32
     tiny = float(np.finfo(dtype).tiny)
     if sigma**2 < tiny:
-        raise InputError(f"sigma {sigma:g} is too small: sigma² underflows in {np.dtype(dtype)}"
-                         f"; accepted: sigma >= {math.sqrt(tiny):.1e}")
+        raise InputError(
+            f"sigma {sigma:g} is too small: sigma² underflows in {np.dtype(dtype)}"
+            f"; accepted: sigma >= {math.sqrt(tiny):.1e}"
+        )
     return sigma

@@ -44,22 +44,31 @@ def _fingerprint(system: System, estimator: Estimator, theta0, key, **settings) 
     for x in leaves:
         digest.update(str((x.shape, x.dtype.str)).encode())
         digest.update(np.ascontiguousarray(x).tobytes())
-    key = jax.random.key_data(key) if jnp.issubdtype(
-        jnp.asarray(key).dtype, jax.dtypes.prng_key) else key
-    return jsonable({
-        "system": system.describe(), "estimator": estimator.name,
-        "params": estimator.params,
-        "theta": [(list(x.shape), str(x.dtype)) for x in leaves],
-        "theta_sha256": digest.hexdigest(), "key": np.asarray(key).tolist(), **settings,
-    })[0]
+    key = (
+        jax.random.key_data(key)
+        if jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key)
+        else key
+    )
+    return jsonable(
+        {
+            "system": system.describe(),
+            "estimator": estimator.name,
+            "params": estimator.params,
+            "theta": [(list(x.shape), str(x.dtype)) for x in leaves],
+            "theta_sha256": digest.hexdigest(),
+            "key": np.asarray(key).tolist(),
+            **settings,
+        }
+    )[0]
 
 
 def _layout_free(text: str) -> str:
     """A program's text without memory addresses and without the device layout (mesh sizes,
     device ids): a run may resume on another number of devices or processes."""
     text = re.sub(r" at 0x[0-9a-fA-F]+", "", text)
-    text = re.sub(r"Mesh\((?:'[^']*': \d+(?:, )?)+",
-                  lambda m: re.sub(r": \d+", ": N", m.group(0)), text)
+    text = re.sub(
+        r"Mesh\((?:'[^']*': \d+(?:, )?)+", lambda m: re.sub(r": \d+", ": N", m.group(0)), text
+    )
     return re.sub(r"device_ids=\[[^\]]*\]|devices=\[[^\]]*\]", "devices=[…]", text)
 
 
@@ -86,7 +95,7 @@ def _program_digest(closed) -> str:
         inner = getattr(j, "jaxpr", j)
         for eqn in getattr(inner, "eqns", ()):
             for v in eqn.params.values():
-                for x in (v if isinstance(v, (tuple, list)) else (v,)):
+                for x in v if isinstance(v, (tuple, list)) else (v,):
                     if hasattr(x, "eqns") or hasattr(x, "consts"):
                         walk(x)
 
@@ -102,8 +111,10 @@ def _code_fingerprint(system: System, theta0, train_step, train_args) -> dict:
     def first_step(k, theta):
         return system.step(system.init(k, theta), theta, k)
 
-    return {"system": _program_digest(jax.make_jaxpr(first_step)(key, theta0)),
-            "train_step": _program_digest(train_step.trace(*train_args).jaxpr)}
+    return {
+        "system": _program_digest(jax.make_jaxpr(first_step)(key, theta0)),
+        "train_step": _program_digest(train_step.trace(*train_args).jaxpr),
+    }
 
 
 def _fingerprint_mismatch(saved: str, now: dict) -> list[str]:
@@ -129,8 +140,10 @@ def _fingerprint_mismatch(saved: str, now: dict) -> list[str]:
 def _changed(field: str, was, now) -> str:
     # Short values are shown; long ones (a system description, a state layout) only named.
     if field == "code.system":
-        return ("code.system (the system's init/step compute something else: other "
-                "functions, or the same code reading other values)")
+        return (
+            "code.system (the system's init/step compute something else: other "
+            "functions, or the same code reading other values)"
+        )
     if field == "code.train_step":
         return "code.train_step (the estimator's or optimizer's traced program differs)"
     if len(repr(was)) + len(repr(now)) < 120:
@@ -163,9 +176,11 @@ class OutputLock:
             except BlockingIOError:
                 owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
-                raise InputError(f"{self.path.parent} is in use by another meta-train run "
-                                 f"(pid {owner}); wait for it to finish or use another "
-                                 "--out") from None
+                raise InputError(
+                    f"{self.path.parent} is in use by another meta-train run "
+                    f"(pid {owner}); wait for it to finish or use another "
+                    "--out"
+                ) from None
             # The holder we waited on unlinks the file as it leaves: a lock on the file we
             # opened is worth nothing if the name now points elsewhere (or nowhere).
             try:
@@ -176,8 +191,10 @@ class OutputLock:
                 break
             os.close(fd)
         else:
-            raise InputError(f"cannot lock {self.path}: it keeps being replaced; is another "
-                             "program writing into this folder?")
+            raise InputError(
+                f"cannot lock {self.path}: it keeps being replaced; is another "
+                "program writing into this folder?"
+            )
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
@@ -194,7 +211,6 @@ class OutputLock:
             os.close(self.fd)
             self.fd = None
         return False
-
 
 
 def _restore_checkpoint(ckpt: Path, template, fingerprint: str, resume: bool):
@@ -223,8 +239,7 @@ def _restore_checkpoint(ckpt: Path, template, fingerprint: str, resume: bool):
         raise InputError(header["error"])
     if not header["found"]:
         return None
-    arrays = None if found is None else [np.asarray(x) for x in
-                                         jax.tree_util.tree_leaves(found[0])]
+    arrays = None if found is None else [np.asarray(x) for x in jax.tree_util.tree_leaves(found[0])]
     host = distributed.broadcast_arrays(arrays, leaves_like)
     host = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), host)
     return host, header["start"], header["records"], header["evals"]
@@ -239,8 +254,10 @@ def _remove_outputs(out: Path) -> None:
         except FileNotFoundError:
             pass
         except OSError as e:
-            raise InputError(f"cannot remove {out / name} of an earlier run before starting "
-                             f"over ({e.strerror}); remove it or use another --out") from None
+            raise InputError(
+                f"cannot remove {out / name} of an earlier run before starting "
+                f"over ({e.strerror}); remove it or use another --out"
+            ) from None
 
 
 def _load_checkpoint(ckpt: Path, template, fingerprint: str):
@@ -251,32 +268,45 @@ def _load_checkpoint(ckpt: Path, template, fingerprint: str):
     try:
         z = load_npz(ckpt)
     except InputError:
-        raise InputError(f"the checkpoint {ckpt} is damaged (not a readable .npz archive); "
-                         f"{recover}") from None
+        raise InputError(
+            f"the checkpoint {ckpt} is damaged (not a readable .npz archive); {recover}"
+        ) from None
     leaves, treedef = jax.tree_util.tree_flatten(template)
     need = ["fingerprint", "step", "history"] + [f"leaf_{i}" for i in range(len(leaves))]
     missing = [k for k in need if k not in z]
     if missing:
-        raise InputError(f"the checkpoint {ckpt} lacks {', '.join(missing[:3])}: it is damaged "
-                         f"or from another chaosgrad; {recover}")
+        raise InputError(
+            f"the checkpoint {ckpt} lacks {', '.join(missing[:3])}: it is damaged "
+            f"or from another chaosgrad; {recover}"
+        )
     diff = _fingerprint_mismatch(str(z["fingerprint"]), json.loads(fingerprint))
     if diff:
-        raise InputError(f"the checkpoint {ckpt} comes from a different run: {'; '.join(diff)}; "
-                         "run with the same settings to resume, or pass --no-resume "
-                         "(resume=False) to start over in this folder")
+        raise InputError(
+            f"the checkpoint {ckpt} comes from a different run: {'; '.join(diff)}; "
+            "run with the same settings to resume, or pass --no-resume "
+            "(resume=False) to start over in this folder"
+        )
     for i, leaf in enumerate(leaves):
         a = z[f"leaf_{i}"]
         if a.shape != leaf.shape or not np.can_cast(a.dtype, leaf.dtype, "same_kind"):
-            raise InputError(f"the checkpoint {ckpt} holds leaf_{i} as {a.dtype}{list(a.shape)}"
-                             f", expected {leaf.dtype}{list(leaf.shape)}; {recover}")
+            raise InputError(
+                f"the checkpoint {ckpt} holds leaf_{i} as {a.dtype}{list(a.shape)}"
+                f", expected {leaf.dtype}{list(leaf.shape)}; {recover}"
+            )
     n_theta = len(jax.tree_util.tree_leaves(template[0]))
     for i in range(n_theta):
         a = z[f"leaf_{i}"]
         if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a)):
-            raise InputError(f"the checkpoint {ckpt} holds a non-finite theta (leaf_{i}); "
-                             f"training never saves one, so it is damaged; {recover}")
-    cur = tuple(jax.tree_util.tree_unflatten(
-        treedef, [jnp.asarray(z[f"leaf_{i}"], dtype=leaf.dtype) for i, leaf in enumerate(leaves)]))
+            raise InputError(
+                f"the checkpoint {ckpt} holds a non-finite theta (leaf_{i}); "
+                f"training never saves one, so it is damaged; {recover}"
+            )
+    cur = tuple(
+        jax.tree_util.tree_unflatten(
+            treedef,
+            [jnp.asarray(z[f"leaf_{i}"], dtype=leaf.dtype) for i, leaf in enumerate(leaves)],
+        )
+    )
     try:
         step = z["step"]
         if step.shape != () or not np.issubdtype(step.dtype, np.integer):
@@ -286,30 +316,36 @@ def _load_checkpoint(ckpt: Path, template, fingerprint: str):
         records, evals = saved["records"], saved["evals"]
         _check_history(records, evals)
     except (ValueError, TypeError, KeyError, AttributeError):
-        raise InputError(f"the checkpoint {ckpt} has an unreadable step or history; "
-                         f"{recover}") from None
+        raise InputError(
+            f"the checkpoint {ckpt} has an unreadable step or history; {recover}"
+        ) from None
     if not 0 <= start <= len(records):
-        raise InputError(f"the checkpoint {ckpt} is inconsistent (step {start}, "
-                         f"{len(records)} records); {recover}")
+        raise InputError(
+            f"the checkpoint {ckpt} is inconsistent (step {start}, "
+            f"{len(records)} records); {recover}"
+        )
     return cur, start, records[:start], evals
 
 
 def _check_history(records, evals) -> None:
     """TypeError unless ``records`` and ``evals`` have the layout `_meta_train` writes."""
+
     def number(x, nullable=False):
-        return (x is None and nullable) or (isinstance(x, (int, float))
-                                            and not isinstance(x, bool))
+        return (x is None and nullable) or (isinstance(x, (int, float)) and not isinstance(x, bool))
 
     if not isinstance(records, list) or not isinstance(evals, list):
         raise TypeError("history")
     for r in records:
-        if not isinstance(r, dict) or not all(number(r.get(k), k in ("loss", "grad_norm"))
-                                              for k in STEP_FIELDS):
+        if not isinstance(r, dict) or not all(
+            number(r.get(k), k in ("loss", "grad_norm")) for k in STEP_FIELDS
+        ):
             raise TypeError("record")
     for e in evals:
-        if not (isinstance(e, dict) and isinstance(e.get("step"), int)
-                and not isinstance(e.get("step"), bool) and number(e.get("meta_loss"), True)
-                and isinstance(e.get("nonfinite"), int)):
+        if not (
+            isinstance(e, dict)
+            and isinstance(e.get("step"), int)
+            and not isinstance(e.get("step"), bool)
+            and number(e.get("meta_loss"), True)
+            and isinstance(e.get("nonfinite"), int)
+        ):
             raise TypeError("evaluation")
-
-

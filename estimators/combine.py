@@ -56,8 +56,14 @@ def inverse_variance_combine(samples_a: PyTree, samples_b: PyTree):
     return comb, wa
 
 
-def combined(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int = 0,
-             remat_chunk: int = 0, shard: bool = True) -> Estimator:
+def combined(
+    system: System,
+    pairs: int = 8,
+    sigma: float = 0.01,
+    horizon: int = 0,
+    remat_chunk: int = 0,
+    shard: bool = True,
+) -> Estimator:
     """Backprop and antithetic ES over the same N pairs of whole unrolls, combined per
     element by inverse variance (`inverse_variance_combine`).
 
@@ -83,9 +89,16 @@ def combined(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int =
     sigma, horizon = pair.sigma, pair.horizon
 
     init = horizon_init(horizon)
-    return Estimator(init, _combined_estimate(pair.run, pairs, sigma), "combined", {
-        "pairs": pair.pairs, "sigma": sigma, "horizon": horizon, "remat_chunk": pair.chunk},
-        target="smoothed", smoothing=sigma, reverse_mode=True, steps=2 * pairs * horizon)
+    return Estimator(
+        init,
+        _combined_estimate(pair.run, pairs, sigma),
+        "combined",
+        {"pairs": pair.pairs, "sigma": sigma, "horizon": horizon, "remat_chunk": pair.chunk},
+        target="smoothed",
+        smoothing=sigma,
+        reverse_mode=True,
+        steps=2 * pairs * horizon,
+    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -99,18 +112,26 @@ def _combined_estimate(run, pairs: int, sigma: float):
         lp, lm = vals[:, 0], vals[:, 1]
         g_bp = jax.tree_util.tree_map(lambda x: 0.5 * (x[:, 0] + x[:, 1]), g)
         g_es = jax.tree_util.tree_map(
-            lambda e: e * ((lp - lm) / (2 * sigma**2)).astype(e.dtype).reshape(
-                (-1,) + (1,) * (e.ndim - 1)), eps)
+            lambda e: (
+                e
+                * ((lp - lm) / (2 * sigma**2)).astype(e.dtype).reshape((-1,) + (1,) * (e.ndim - 1))
+            ),
+            eps,
+        )
         vals = jnp.mean(vals, axis=1)
         grad, w_bp = inverse_variance_combine(g_bp, g_es)
         leaves = jax.tree_util.tree_leaves(w_bp)
         size = sum(x.size for x in leaves)
         info = finish_info(
-            grad, loss=jnp.mean(vals), steps=2 * pairs * steps,
+            grad,
+            loss=jnp.mean(vals),
+            steps=2 * pairs * steps,
             nonfinite_losses=jnp.sum(bad).astype(jnp.int32),
             weight_backprop=sum(jnp.sum(x) for x in leaves) / size,
-            nonfinite_backprop=sum(jnp.sum(~jnp.isfinite(x)) for x in
-                                   jax.tree_util.tree_leaves(g_bp)).astype(jnp.int32))
+            nonfinite_backprop=sum(
+                jnp.sum(~jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(g_bp)
+            ).astype(jnp.int32),
+        )
         return grad, est_state, info
 
     return estimate

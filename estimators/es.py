@@ -36,8 +36,9 @@ from chaosgrad.system import System, cache_by_functions, resolve_theta
 PyTree = Any
 
 
-def es(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int = 0,
-       shard: bool = True) -> Estimator:
+def es(
+    system: System, pairs: int = 8, sigma: float = 0.01, horizon: int = 0, shard: bool = True
+) -> Estimator:
     """Antithetic ES over whole T-step unrolls:
     ĝ = (1 / (2 N σ²)) Σ_i ε_i (L(θ + ε_i, k_i) − L(θ − ε_i, k_i)), ε_i ~ N(0, σ² I).
 
@@ -59,8 +60,15 @@ def es(system: System, pairs: int = 8, sigma: float = 0.01, horizon: int = 0,
     estimate = _es_estimate(system, pairs, sigma, population_sharding(pairs, shard))
 
     init = horizon_init(horizon)
-    return Estimator(init, estimate, "es", {"pairs": pairs, "sigma": sigma, "horizon": horizon},
-                     target="smoothed", smoothing=sigma, steps=2 * pairs * horizon)
+    return Estimator(
+        init,
+        estimate,
+        "es",
+        {"pairs": pairs, "sigma": sigma, "horizon": horizon},
+        target="smoothed",
+        smoothing=sigma,
+        steps=2 * pairs * horizon,
+    )
 
 
 @cache_by_functions(maxsize=32)
@@ -69,8 +77,10 @@ def _es_estimate(system: System, pairs: int, sigma: float, sharding):
     state and the unroll is a loop with a traced trip count."""
 
     # One vmap over pairs × members (θ ± ε share the pair's run key): a single batched loop.
-    vloss = jax.vmap(jax.vmap(lambda th, k, n: unroll_value(system, th, k, n),
-                              in_axes=(0, None, None)), in_axes=(0, 0, None))
+    vloss = jax.vmap(
+        jax.vmap(lambda th, k, n: unroll_value(system, th, k, n), in_axes=(0, None, None)),
+        in_axes=(0, 0, None),
+    )
 
     def estimate(est_state: Horizon, theta, key):
         k_eps, k_runs = jax.random.split(key)
@@ -80,10 +90,13 @@ def _es_estimate(system: System, pairs: int, sigma: float, sharding):
         vals, bad = vloss(perturbed_thetas(theta, eps, 2), keys, steps)
         lp, lm = vals[:, 0], vals[:, 1]
         diff = (lp - lm) / (2 * pairs * sigma**2)
-        grad = jax.tree_util.tree_map(
-            lambda e: jnp.tensordot(diff.astype(e.dtype), e, axes=1), eps)
-        info = finish_info(grad, loss=jnp.mean(vals), steps=2 * pairs * steps,
-                           nonfinite_losses=jnp.sum(bad).astype(jnp.int32))
+        grad = jax.tree_util.tree_map(lambda e: jnp.tensordot(diff.astype(e.dtype), e, axes=1), eps)
+        info = finish_info(
+            grad,
+            loss=jnp.mean(vals),
+            steps=2 * pairs * steps,
+            nonfinite_losses=jnp.sum(bad).astype(jnp.int32),
+        )
         return grad, est_state, info
 
     return estimate
@@ -96,8 +109,7 @@ def _contract(w: jax.Array, tree: PyTree, axes: int) -> PyTree:
     ``w`` against θ-sized leaves and summing (``jnp.sum(w * x, axis=(0, 1))``) builds a
     θ × population temporary and reduces it slowly on XLA's CPU backend (16 members of a
     256 × 256 leaf: 8.4 ms against 0.34 ms for the tensordot; 2 cores, 2026-12-07)."""
-    return jax.tree_util.tree_map(
-        lambda x: jnp.tensordot(w.astype(x.dtype), x, axes=axes), tree)
+    return jax.tree_util.tree_map(lambda x: jnp.tensordot(w.astype(x.dtype), x, axes=axes), tree)
 
 
 class WindowLosses(NamedTuple):
@@ -170,8 +182,21 @@ TES = Credit(tes_credit, persistent=False)
 PES = Credit(pes_credit, persistent=True, target="smoothed per truncation")
 
 
-def _population(system: System, pairs, sigma, window, horizon, schedule, min_length,
-                max_length, stagger, antithetic, shard, *, burn_in: bool):
+def _population(
+    system: System,
+    pairs,
+    sigma,
+    window,
+    horizon,
+    schedule,
+    min_length,
+    max_length,
+    stagger,
+    antithetic,
+    shard,
+    *,
+    burn_in: bool,
+):
     """The checked settings of a truncated ES estimator and its ``init``: a staggered
     population, burnt in under a perturbation that ξ records when ``burn_in``.
     Returns (pairs, sigma, window, schedule, members, sharding, init)."""
@@ -184,68 +209,162 @@ def _population(system: System, pairs, sigma, window, horizon, schedule, min_len
 
     def init(key, theta):
         theta = resolve_theta(system, theta)
-        return init_population(system, sched, theta, key, pairs=pairs, members=members,
-                               stagger=bool(stagger), burn_in_sigma=sigma if burn_in else None,
-                               sharding=sharding)
+        return init_population(
+            system,
+            sched,
+            theta,
+            key,
+            pairs=pairs,
+            members=members,
+            stagger=bool(stagger),
+            burn_in_sigma=sigma if burn_in else None,
+            sharding=sharding,
+        )
 
     return pairs, sigma, window, sched, members, sharding, init
 
 
-def _truncated(system: System, name: str, credit: Credit, *, pairs: int, sigma: float,
-               window: int, horizon: int, schedule: str, min_length: int, max_length: int,
-               stagger: bool, antithetic: bool, shard: bool) -> Estimator:
+def _truncated(
+    system: System,
+    name: str,
+    credit: Credit,
+    *,
+    pairs: int,
+    sigma: float,
+    window: int,
+    horizon: int,
+    schedule: str,
+    min_length: int,
+    max_length: int,
+    stagger: bool,
+    antithetic: bool,
+    shard: bool,
+) -> Estimator:
     """A truncated ES estimator over a persistent population, crediting losses by ``credit``."""
     pairs, sigma, window, sched, members, sharding, init = _population(
-        system, pairs, sigma, window, horizon, schedule, min_length, max_length, stagger,
-        antithetic, shard, burn_in=credit.persistent)
-    estimate = _truncated_estimate(system, credit, pairs, sigma, window, sched.kind,
-                                   window <= sched.min_length, members, sharding)
-    return Estimator(init, estimate, name, {
-        "pairs": pairs, "sigma": sigma, "window": window, "schedule": sched.kind,
-        "min_length": sched.min_length, "max_length": sched.max_length,
-        "stagger": bool(stagger), "antithetic": bool(antithetic)},
-        target=credit.target, correlated=True,
-        smoothing=sigma, windowed=True, steps=pairs * members * window)
+        system,
+        pairs,
+        sigma,
+        window,
+        horizon,
+        schedule,
+        min_length,
+        max_length,
+        stagger,
+        antithetic,
+        shard,
+        burn_in=credit.persistent,
+    )
+    estimate = _truncated_estimate(
+        system,
+        credit,
+        pairs,
+        sigma,
+        window,
+        sched.kind,
+        window <= sched.min_length,
+        members,
+        sharding,
+    )
+    return Estimator(
+        init,
+        estimate,
+        name,
+        {
+            "pairs": pairs,
+            "sigma": sigma,
+            "window": window,
+            "schedule": sched.kind,
+            "min_length": sched.min_length,
+            "max_length": sched.max_length,
+            "stagger": bool(stagger),
+            "antithetic": bool(antithetic),
+        },
+        target=credit.target,
+        correlated=True,
+        smoothing=sigma,
+        windowed=True,
+        steps=pairs * members * window,
+    )
 
 
 @cache_by_functions(maxsize=32)
-def _truncated_estimate(system: System, credit: Credit, pairs: int, sigma: float, window: int,
-                        kind: str, one_reset: bool, members: int, sharding):
+def _truncated_estimate(
+    system: System,
+    credit: Credit,
+    pairs: int,
+    sigma: float,
+    window: int,
+    kind: str,
+    one_reset: bool,
+    members: int,
+    sharding,
+):
     """A truncated ES ``estimate``, one function for every horizon (the schedule's bounds
     are in the state)."""
 
     def one(th, bounds, state, t, length, run, pk):
-        return run_window(system, TracedSchedule(kind, bounds), window, th, state, t, length,
-                          run, pk, one_reset=one_reset)
+        return run_window(
+            system,
+            TracedSchedule(kind, bounds),
+            window,
+            th,
+            state,
+            t,
+            length,
+            run,
+            pk,
+            one_reset=one_reset,
+        )
 
-    vone = jax.vmap(jax.vmap(one, in_axes=(0, None, 0, 0, 0, 0, None)),
-                    in_axes=(0, None, 0, 0, 0, 0, 0))
+    vone = jax.vmap(
+        jax.vmap(one, in_axes=(0, None, 0, 0, 0, 0, None)), in_axes=(0, None, 0, 0, 0, 0, 0)
+    )
 
     def estimate(est_state: TruncatedState, theta, key):
         p = est_state.particles
         eps = pair_perturbations(key, theta, pairs, sigma, sharding)
-        carry, win = vone(perturbed_thetas(theta, eps, members), est_state.lengths, p.state,
-                          p.t, p.length, p.run, est_state.pair_keys)
-        losses = WindowLosses(old=win.loss(~win.fresh), new=win.loss(win.fresh),
-                              reset=win.resets > 0)
+        carry, win = vone(
+            perturbed_thetas(theta, eps, members),
+            est_state.lengths,
+            p.state,
+            p.t,
+            p.length,
+            p.run,
+            est_state.pair_keys,
+        )
+        losses = WindowLosses(
+            old=win.loss(~win.fresh), new=win.loss(win.fresh), reset=win.resets > 0
+        )
         total, xi = credit.rule(eps, member_signs(members), p.xi, losses)
         grad = otu.tree_scale(1.0 / (pairs * members * sigma**2), total)
         new = shard_population(Particles(*carry, xi=xi), sharding)
         info = finish_info(
-            grad, loss=jnp.mean(losses.old + losses.new),
+            grad,
+            loss=jnp.mean(losses.old + losses.new),
             steps=jnp.asarray(pairs * members * window),
             nonfinite_losses=jnp.sum(~jnp.isfinite(win.losses)).astype(jnp.int32),
             nonfinite_states=jnp.sum(~win.finite_state).astype(jnp.int32),
-            resets=jnp.sum(win.resets).astype(jnp.int32))
+            resets=jnp.sum(win.resets).astype(jnp.int32),
+        )
         return grad, est_state._replace(particles=new, count=est_state.count + 1), info
 
     return estimate
 
 
-def truncated_es(system: System, pairs: int = 8, sigma: float = 0.01, window: int = 10,
-                 horizon: int = 0, schedule: str = "constant", min_length: int = 0,
-                 max_length: int = 0, stagger: bool = True, antithetic: bool = True,
-                 shard: bool = True) -> Estimator:
+def truncated_es(
+    system: System,
+    pairs: int = 8,
+    sigma: float = 0.01,
+    window: int = 10,
+    horizon: int = 0,
+    schedule: str = "constant",
+    min_length: int = 0,
+    max_length: int = 0,
+    stagger: bool = True,
+    antithetic: bool = True,
+    shard: bool = True,
+) -> Estimator:
     """Truncated ES: each estimate perturbs θ by ±ε_i for one window of K steps of a
     persistent particle pair and weights the window loss by that ε alone:
     ĝ = (1 / (2 N σ²)) Σ_i ε_i (L_i⁺ − L_i⁻).
@@ -256,15 +375,36 @@ def truncated_es(system: System, pairs: int = 8, sigma: float = 0.01, window: in
 
     Args: as `pes`.
     """
-    return _truncated(system, "tes", TES, pairs=pairs, sigma=sigma, window=window,
-                      horizon=horizon, schedule=schedule, min_length=min_length,
-                      max_length=max_length, stagger=stagger, antithetic=antithetic, shard=shard)
+    return _truncated(
+        system,
+        "tes",
+        TES,
+        pairs=pairs,
+        sigma=sigma,
+        window=window,
+        horizon=horizon,
+        schedule=schedule,
+        min_length=min_length,
+        max_length=max_length,
+        stagger=stagger,
+        antithetic=antithetic,
+        shard=shard,
+    )
 
 
-def pes(system: System, pairs: int = 8, sigma: float = 0.01, window: int = 10,
-        horizon: int = 0, schedule: str = "constant", min_length: int = 0,
-        max_length: int = 0, stagger: bool = True, antithetic: bool = True,
-        shard: bool = True) -> Estimator:
+def pes(
+    system: System,
+    pairs: int = 8,
+    sigma: float = 0.01,
+    window: int = 10,
+    horizon: int = 0,
+    schedule: str = "constant",
+    min_length: int = 0,
+    max_length: int = 0,
+    stagger: bool = True,
+    antithetic: bool = True,
+    shard: bool = True,
+) -> Estimator:
     """Persistent ES (PES): like truncated ES, but each particle keeps ξ, the sum of every
     perturbation applied since its inner run began, and weights its window loss by ξ:
     ĝ = (1 / (M N σ²)) Σ_{i,m} (ξ_{i,m} L_{i,m}^{old} + s_m ε_i L_{i,m}^{new}),
@@ -294,16 +434,36 @@ def pes(system: System, pairs: int = 8, sigma: float = 0.01, window: int = 10,
       antithetic: particles in ± pairs sharing ε and keys.
       shard: shard the pairs over the local devices.
     """
-    return _truncated(system, "pes", PES, pairs=pairs, sigma=sigma, window=window,
-                      horizon=horizon, schedule=schedule, min_length=min_length,
-                      max_length=max_length, stagger=stagger, antithetic=antithetic, shard=shard)
+    return _truncated(
+        system,
+        "pes",
+        PES,
+        pairs=pairs,
+        sigma=sigma,
+        window=window,
+        horizon=horizon,
+        schedule=schedule,
+        min_length=min_length,
+        max_length=max_length,
+        stagger=stagger,
+        antithetic=antithetic,
+        shard=shard,
+    )
 
 
-
-def nres(system: System, pairs: int = 8, sigma: float = 0.01, window: int = 10,
-         horizon: int = 0, schedule: str = "constant", min_length: int = 0,
-         max_length: int = 0, stagger: bool = True, antithetic: bool = True,
-         shard: bool = True) -> Estimator:
+def nres(
+    system: System,
+    pairs: int = 8,
+    sigma: float = 0.01,
+    window: int = 10,
+    horizon: int = 0,
+    schedule: str = "constant",
+    min_length: int = 0,
+    max_length: int = 0,
+    stagger: bool = True,
+    antithetic: bool = True,
+    shard: bool = True,
+) -> Estimator:
     """Noise-reuse ES (NRES; Li et al. 2023, "Noise-Reuse in Online Evolution Strategies";
     ES-Single in Vicol et al. 2023): each particle keeps one perturbation ε for its whole
     inner run and credits every window of that run to it:
@@ -323,30 +483,76 @@ def nres(system: System, pairs: int = 8, sigma: float = 0.01, window: int = 10,
     """
     # ξ holds s_m ε of the particle's current run (the burn-in runs under it).
     pairs, sigma, window, sched, members, sharding, init = _population(
-        system, pairs, sigma, window, horizon, schedule, min_length, max_length, stagger,
-        antithetic, shard, burn_in=True)
+        system,
+        pairs,
+        sigma,
+        window,
+        horizon,
+        schedule,
+        min_length,
+        max_length,
+        stagger,
+        antithetic,
+        shard,
+        burn_in=True,
+    )
 
-    estimate = _nres_estimate(system, pairs, sigma, window, sched.kind,
-                              window <= sched.min_length, members, sharding)
-    return Estimator(init, estimate, "nres", {
-        "pairs": pairs, "sigma": sigma, "window": window, "schedule": sched.kind,
-        "min_length": sched.min_length, "max_length": sched.max_length,
-        "stagger": bool(stagger), "antithetic": bool(antithetic)},
-        target="smoothed", correlated=True,
-        smoothing=sigma, windowed=True, steps=pairs * members * window)
+    estimate = _nres_estimate(
+        system, pairs, sigma, window, sched.kind, window <= sched.min_length, members, sharding
+    )
+    return Estimator(
+        init,
+        estimate,
+        "nres",
+        {
+            "pairs": pairs,
+            "sigma": sigma,
+            "window": window,
+            "schedule": sched.kind,
+            "min_length": sched.min_length,
+            "max_length": sched.max_length,
+            "stagger": bool(stagger),
+            "antithetic": bool(antithetic),
+        },
+        target="smoothed",
+        correlated=True,
+        smoothing=sigma,
+        windowed=True,
+        steps=pairs * members * window,
+    )
 
 
 @cache_by_functions(maxsize=32)
-def _nres_estimate(system: System, pairs: int, sigma: float, window: int, kind: str,
-                   one_reset: bool, members: int, sharding):
+def _nres_estimate(
+    system: System,
+    pairs: int,
+    sigma: float,
+    window: int,
+    kind: str,
+    one_reset: bool,
+    members: int,
+    sharding,
+):
     """NRES's ``estimate``, one function for every horizon."""
 
     def one(th, th_next, bounds, state, t, length, run, pk):
-        return run_window(system, TracedSchedule(kind, bounds), window, th, state, t, length,
-                          run, pk, th_next, one_reset=one_reset)
+        return run_window(
+            system,
+            TracedSchedule(kind, bounds),
+            window,
+            th,
+            state,
+            t,
+            length,
+            run,
+            pk,
+            th_next,
+            one_reset=one_reset,
+        )
 
-    vone = jax.vmap(jax.vmap(one, in_axes=(0, 0, None, 0, 0, 0, 0, None)),
-                    in_axes=(0, 0, None, 0, 0, 0, 0, 0))
+    vone = jax.vmap(
+        jax.vmap(one, in_axes=(0, 0, None, 0, 0, 0, 0, None)), in_axes=(0, 0, None, 0, 0, 0, 0, 0)
+    )
 
     def estimate(est_state: TruncatedState, theta, key):
         p = est_state.particles
@@ -354,11 +560,11 @@ def _nres_estimate(system: System, pairs: int, sigma: float, window: int, kind: 
         xi_next = perturbed_thetas(jax.tree_util.tree_map(jnp.zeros_like, theta), eps, members)
         th_run = jax.tree_util.tree_map(lambda t_, x: t_[None, None] + x, theta, p.xi)
         th_next = perturbed_thetas(theta, eps, members)
-        carry, win = vone(th_run, th_next, est_state.lengths, p.state, p.t, p.length, p.run,
-                          est_state.pair_keys)
+        carry, win = vone(
+            th_run, th_next, est_state.lengths, p.state, p.t, p.length, p.run, est_state.pair_keys
+        )
         old, new = win.loss(~win.fresh), win.loss(win.fresh)
-        total = jax.tree_util.tree_map(jnp.add, _contract(old, p.xi, 2),
-                                       _contract(new, xi_next, 2))
+        total = jax.tree_util.tree_map(jnp.add, _contract(old, p.xi, 2), _contract(new, xi_next, 2))
         grad = otu.tree_scale(1.0 / (pairs * members * sigma**2), total)
         reset = win.resets > 0
 
@@ -369,10 +575,13 @@ def _nres_estimate(system: System, pairs: int, sigma: float, window: int, kind: 
         xi = jax.tree_util.tree_map(keep, p.xi, xi_next)
         new_p = shard_population(Particles(*carry, xi=xi), sharding)
         info = finish_info(
-            grad, loss=jnp.mean(old + new), steps=jnp.asarray(pairs * members * window),
+            grad,
+            loss=jnp.mean(old + new),
+            steps=jnp.asarray(pairs * members * window),
             nonfinite_losses=jnp.sum(~jnp.isfinite(win.losses)).astype(jnp.int32),
             nonfinite_states=jnp.sum(~win.finite_state).astype(jnp.int32),
-            resets=jnp.sum(win.resets).astype(jnp.int32))
+            resets=jnp.sum(win.resets).astype(jnp.int32),
+        )
         return grad, est_state._replace(particles=new_p, count=est_state.count + 1), info
 
     return estimate

@@ -73,10 +73,12 @@ class Schedule(NamedTuple):
         """The bounds packed as one int32[4] array (`LengthBounds.pack`), for a program that
         serves every horizon."""
         lo, hi = math.log(self.min_length), math.log(self.max_length + 1)
-        return LengthBounds(jnp.asarray(self.min_length, jnp.int32),
-                            jnp.asarray(self.max_length, jnp.int32),
-                            jnp.asarray(lo, jnp.float32),
-                            jnp.asarray(hi - lo, jnp.float32)).pack()
+        return LengthBounds(
+            jnp.asarray(self.min_length, jnp.int32),
+            jnp.asarray(self.max_length, jnp.int32),
+            jnp.asarray(lo, jnp.float32),
+            jnp.asarray(hi - lo, jnp.float32),
+        ).pack()
 
     def sample(self, run_key: jax.Array) -> jax.Array:
         """The length of the inner run with key ``run_key`` (an int32 scalar)."""
@@ -164,8 +166,13 @@ class Window(NamedTuple):
         return weighted_sum(w, self.losses)
 
 
-def first_particle_run(system: System, schedule: Schedule | TracedSchedule, theta: PyTree,
-                       pair_key: jax.Array, offset: jax.Array | None):
+def first_particle_run(
+    system: System,
+    schedule: Schedule | TracedSchedule,
+    theta: PyTree,
+    pair_key: jax.Array,
+    offset: jax.Array | None,
+):
     """The first inner run of a particle, advanced ``offset`` steps (a burn-in) with θ.
 
     Returns (state, t, length, run). ``offset`` None means no burn-in (t = 0).
@@ -193,10 +200,20 @@ def _reports_done(system: System, theta: PyTree, state: PyTree) -> bool:
     return done_of(out) is not None
 
 
-def run_window(system: System, schedule: Schedule | TracedSchedule, window: int,
-               theta: PyTree, state: PyTree, t: jax.Array, length: jax.Array, run: jax.Array,
-               pair_key: jax.Array, theta_next: PyTree = None, *,
-               one_reset: bool | None = None):
+def run_window(
+    system: System,
+    schedule: Schedule | TracedSchedule,
+    window: int,
+    theta: PyTree,
+    state: PyTree,
+    t: jax.Array,
+    length: jax.Array,
+    run: jax.Array,
+    pair_key: jax.Array,
+    theta_next: PyTree = None,
+    *,
+    one_reset: bool | None = None,
+):
     """Run one particle for ``window`` steps with parameters ``theta``, resetting it when its
     inner run reaches its length (or the step reports ``done``).
 
@@ -229,15 +246,26 @@ def run_window(system: System, schedule: Schedule | TracedSchedule, window: int,
     # steps for 16 particles of a 32-unit RNN took 0.27 ms step by step and 0.16 ms this
     # way, with the same losses; CPU, 2 cores, 2026-12-07).
     if one_reset and not _reports_done(system, theta, state):
-        return _run_window_one_reset(system, schedule, window, theta, state, t, length, run,
-                                     pair_key, theta_next)
-    return _run_window_steps(system, schedule, window, theta, state, t, length, run, pair_key,
-                             theta_next)
+        return _run_window_one_reset(
+            system, schedule, window, theta, state, t, length, run, pair_key, theta_next
+        )
+    return _run_window_steps(
+        system, schedule, window, theta, state, t, length, run, pair_key, theta_next
+    )
 
 
-def _run_window_steps(system: System, schedule: Schedule, window: int, theta: PyTree,
-                      state: PyTree, t: jax.Array, length: jax.Array, run: jax.Array,
-                      pair_key: jax.Array, theta_next: PyTree = None):
+def _run_window_steps(
+    system: System,
+    schedule: Schedule,
+    window: int,
+    theta: PyTree,
+    state: PyTree,
+    t: jax.Array,
+    length: jax.Array,
+    run: jax.Array,
+    pair_key: jax.Array,
+    theta_next: PyTree = None,
+):
     """`run_window` for any schedule: resets decided step by step (any number per window)."""
     kind = system.meta_loss
     th_new = theta if theta_next is None else theta_next
@@ -264,22 +292,29 @@ def _run_window_steps(system: System, schedule: Schedule, window: int, theta: Py
         return (s3, t3, n3, r2, fresh | end), (loss, w, fresh, finite)
 
     carry0 = (state, t, length, run, jnp.zeros((), bool))
-    (state, t2, n2, r2, _), (losses, w, fresh, finite) = lax.scan(
-        body, carry0, None, length=window)
+    (state, t2, n2, r2, _), (losses, w, fresh, finite) = lax.scan(body, carry0, None, length=window)
     return (state, t2, n2, r2), Window(losses, w, fresh, finite, r2 - run)
 
 
-def _run_window_one_reset(system: System, schedule: Schedule, window: int, theta: PyTree,
-                          state: PyTree, t: jax.Array, length: jax.Array, run: jax.Array,
-                          pair_key: jax.Array, theta_next: PyTree = None):
+def _run_window_one_reset(
+    system: System,
+    schedule: Schedule,
+    window: int,
+    theta: PyTree,
+    state: PyTree,
+    t: jax.Array,
+    length: jax.Array,
+    run: jax.Array,
+    pair_key: jax.Array,
+    theta_next: PyTree = None,
+):
     """`run_window` when at most one run can end inside the window, with the same results
     step for step: the current run has ``left = length − t`` steps left; steps i < left
     belong to it, the rest to the next run (key ``fold_in(pair_key, run + 1)``), which
     starts from ``init`` with the current θ."""
     kind = system.meta_loss
     next_key = jax.random.fold_in(pair_key, run + 1)
-    s_next = system.init(split_run_key(next_key)[0],
-                         theta if theta_next is None else theta_next)
+    s_next = system.init(split_run_key(next_key)[0], theta if theta_next is None else theta_next)
     n_next = schedule.sample(next_key)
     k_old = split_run_key(jax.random.fold_in(pair_key, run))[1]
     k_new = split_run_key(next_key)[1]
@@ -351,18 +386,32 @@ def pair_perturbations(key: jax.Array, theta: PyTree, pairs: int, sigma: float, 
     the pairs are sharded.
     """
     leaves, treedef = jax.tree_util.tree_flatten(theta)
-    keys = [key] if len(leaves) == 1 else jax.tree_util.tree_leaves(
-        otu.tree_split_key_like(key, theta))
-    eps = [sigma * jax.random.normal(k, (pairs,) + jnp.shape(x), jnp.result_type(x))
-           for k, x in zip(keys, leaves, strict=True)]
+    keys = (
+        [key]
+        if len(leaves) == 1
+        else jax.tree_util.tree_leaves(otu.tree_split_key_like(key, theta))
+    )
+    eps = [
+        sigma * jax.random.normal(k, (pairs,) + jnp.shape(x), jnp.result_type(x))
+        for k, x in zip(keys, leaves, strict=True)
+    ]
     from chaosgrad.estimators.base import shard_population
 
     return shard_population(jax.tree_util.tree_unflatten(treedef, eps), sharding)
 
 
-def init_population(system: System, schedule: Schedule, theta: PyTree, key: jax.Array, *,
-                    pairs: int, members: int, stagger: bool, burn_in_sigma: float | None,
-                    sharding=None) -> TruncatedState:
+def init_population(
+    system: System,
+    schedule: Schedule,
+    theta: PyTree,
+    key: jax.Array,
+    *,
+    pairs: int,
+    members: int,
+    stagger: bool,
+    burn_in_sigma: float | None,
+    sharding=None,
+) -> TruncatedState:
     """A fresh population: ``pairs`` × ``members`` particles, each at the start of its first
     inner run, or — with ``stagger`` — advanced a uniform random number of steps into it, so
     that particles do not reset together and their positions are uniform over the run.
@@ -372,15 +421,28 @@ def init_population(system: System, schedule: Schedule, theta: PyTree, key: jax.
     what PES at this θ would have produced, so PES is unbiased from its first estimate.
     Otherwise particles burn in with θ and carry no ξ.
     """
-    fn = _jit_init_population(system, schedule.kind, int(pairs), int(members), bool(stagger),
-                              None if burn_in_sigma is None else float(burn_in_sigma),
-                              sharding)
+    fn = _jit_init_population(
+        system,
+        schedule.kind,
+        int(pairs),
+        int(members),
+        bool(stagger),
+        None if burn_in_sigma is None else float(burn_in_sigma),
+        sharding,
+    )
     return fn(theta, key, schedule.bounds())
 
 
 @cache_by_functions(maxsize=32)
-def _jit_init_population(system: System, kind: str, pairs: int, members: int,
-                         stagger: bool, burn_in_sigma: float | None, sharding):
+def _jit_init_population(
+    system: System,
+    kind: str,
+    pairs: int,
+    members: int,
+    stagger: bool,
+    burn_in_sigma: float | None,
+    sharding,
+):
     """`init_population` compiled once per (system's functions, schedule kind, settings),
     for every horizon (the schedule's bounds are arguments): run eagerly, its burn-in was
     traced and compiled anew on every call (a fresh closure each time), which dominated the
@@ -393,16 +455,16 @@ def _jit_init_population(system: System, kind: str, pairs: int, members: int,
         pair_keys = jax.random.split(k_pairs, pairs)
         lengths = jax.vmap(lambda k: schedule.sample(jax.random.fold_in(k, 0)))(pair_keys)
         if stagger:
-            offsets = (jax.random.randint(k_offset, (pairs,), 0, jnp.iinfo(jnp.int32).max)
-                       % lengths)
+            offsets = jax.random.randint(k_offset, (pairs,), 0, jnp.iinfo(jnp.int32).max) % lengths
         else:
             offsets = None
         if burn_in_sigma is not None:
             eps = pair_perturbations(k_eps, theta, pairs, burn_in_sigma)
             xi = perturbed_thetas(jax.tree_util.tree_map(jnp.zeros_like, theta), eps, members)
         else:
-            eps = jax.tree_util.tree_map(lambda x: jnp.zeros((pairs,) + jnp.shape(x),
-                                                             jnp.result_type(x)), theta)
+            eps = jax.tree_util.tree_map(
+                lambda x: jnp.zeros((pairs,) + jnp.shape(x), jnp.result_type(x)), theta
+            )
             xi = ()
         thetas = perturbed_thetas(theta, eps, members)
 
@@ -410,9 +472,11 @@ def _jit_init_population(system: System, kind: str, pairs: int, members: int,
             return jax.vmap(lambda t_: first_particle_run(system, schedule, t_, pk, off))(th)
 
         state, t, length, run = jax.vmap(per_pair, in_axes=(0, 0, 0 if stagger else None))(
-            thetas, pair_keys, offsets)
-        init = TruncatedState(Particles(state, t, length, run, xi), pair_keys,
-                              jnp.zeros((), jnp.int32), bounds)
+            thetas, pair_keys, offsets
+        )
+        init = TruncatedState(
+            Particles(state, t, length, run, xi), pair_keys, jnp.zeros((), jnp.int32), bounds
+        )
         # Placed by a sharding constraint, like the state `estimate` returns: then the first
         # and every later estimate see the same input shardings and compile once.
         return shard_population(init, sharding)

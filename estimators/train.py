@@ -180,27 +180,55 @@ def meta_train(
         raise InputError(error)
     with contextlib.ExitStack() as stack:
         stack.push(lock)
-        return _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0,
-                           log_every, checkpoint_every, eval_seeds, horizon, progress,
-                           callback, resume, outer_config)
+        return _meta_train(
+            system,
+            estimator,
+            outer_optimizer,
+            steps,
+            out,
+            key,
+            theta0,
+            log_every,
+            checkpoint_every,
+            eval_seeds,
+            horizon,
+            progress,
+            callback,
+            resume,
+            outer_config,
+        )
 
 
-def _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0, log_every,
-                checkpoint_every, eval_seeds, horizon, progress, callback, resume,
-                outer_config) -> MetaTrainResult:
+def _meta_train(
+    system,
+    estimator,
+    outer_optimizer,
+    steps,
+    out,
+    key,
+    theta0,
+    log_every,
+    checkpoint_every,
+    eval_seeds,
+    horizon,
+    progress,
+    callback,
+    resume,
+    outer_config,
+) -> MetaTrainResult:
     import optax
 
     k_init, k_train, k_eval = jax.random.split(key, 3)
     if outer_config is None:
         # Without a description, the optimizer's state layout (its kind, not its settings)
         # still tells Adam from SGD.
-        outer_config = {"state": str(jax.tree_util.tree_structure(
-            jax.eval_shape(outer_optimizer.init, theta0)))}
+        outer_config = {
+            "state": str(jax.tree_util.tree_structure(jax.eval_shape(outer_optimizer.init, theta0)))
+        }
     evaluate = make_evaluator(system, eval_seeds, horizon, k_eval)
 
     def train_step(theta, opt_state, est_state, i):
-        grad, est_state, info = estimator.estimate(est_state, theta, jax.random.fold_in(
-            k_train, i))
+        grad, est_state, info = estimator.estimate(est_state, theta, jax.random.fold_in(k_train, i))
         check_info(info, estimator.name)  # at trace time: before any step runs
         finite = count_nonfinite(grad) == 0
         updates, new_opt = outer_optimizer.update(grad, opt_state, theta)
@@ -215,21 +243,33 @@ def _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0, log
     ckpt = out / CHECKPOINT
     writer = distributed.is_main_process()
     multi = distributed.process_count() > 1
-    template = jax.eval_shape(lambda: (theta0, outer_optimizer.init(theta0),
-                                       estimator.init(k_init, theta0)))
+    template = jax.eval_shape(
+        lambda: (theta0, outer_optimizer.init(theta0), estimator.init(k_init, theta0))
+    )
     # The run's identity includes its code: the traced programs, not only names and
     # settings, so a resume with another system of the same name is refused.
-    code = _code_fingerprint(system, theta0, train_step,
-                             (*template, jax.ShapeDtypeStruct((), jnp.int32)))
-    fp = _fingerprint(system, estimator, theta0, key, outer=outer_config,
-                      log_every=log_every, eval_seeds=eval_seeds, eval_horizon=horizon,
-                      code=code)
+    code = _code_fingerprint(
+        system, theta0, train_step, (*template, jax.ShapeDtypeStruct((), jnp.int32))
+    )
+    fp = _fingerprint(
+        system,
+        estimator,
+        theta0,
+        key,
+        outer=outer_config,
+        log_every=log_every,
+        eval_seeds=eval_seeds,
+        eval_horizon=horizon,
+        code=code,
+    )
     fingerprint = json.dumps(fp, sort_keys=True)
     loaded = _restore_checkpoint(ckpt, template, fingerprint, resume)
     if loaded is not None and loaded[1] > steps:
-        raise InputError(f"{ckpt} is at step {loaded[1]}, past the {steps} steps asked for; "
-                         f"ask for --steps {loaded[1]} or more to continue it, or pass "
-                         "--no-resume to start over")
+        raise InputError(
+            f"{ckpt} is at step {loaded[1]}, past the {steps} steps asked for; "
+            f"ask for --steps {loaded[1]} or more to continue it, or pass "
+            "--no-resume to start over"
+        )
     fresh = (theta0, outer_optimizer.init(theta0))
     if loaded is None or loaded[1] == 0:
         # Step 0 is the initial state itself: rebuilt, it runs exactly as a fresh start.
@@ -242,20 +282,29 @@ def _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0, log
         # (The initial state's shardings come from compiling init: eval_shape drops them.)
         init_sh = jax.jit(estimator.init).lower(k_init, theta0).compile().output_shardings
         est_abstract = jax.tree_util.tree_map(
-            lambda t, sh: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=sh),
-            template[2], init_sh)
-        out_sh = train_step.lower(*fresh, est_abstract, jnp.asarray(1, jnp.int32)
-                                  ).compile().output_shardings[:3]
+            lambda t, sh: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=sh), template[2], init_sh
+        )
+        out_sh = (
+            train_step.lower(*fresh, est_abstract, jnp.asarray(1, jnp.int32))
+            .compile()
+            .output_shardings[:3]
+        )
         like = jax.tree_util.tree_map(
             lambda t, sh: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=sh),
-            template, tuple(out_sh))
+            template,
+            tuple(out_sh),
+        )
         cur = distributed.from_host(host, like)
     wall = 0.0
 
     def eval_record(step, theta):
         m, vals = distributed.to_host(evaluate(theta))
-        return {"step": step, "meta_loss": float(m),
-                "nonfinite": int(np.sum(~np.isfinite(vals))), **theta_record(theta)}
+        return {
+            "step": step,
+            "meta_loss": float(m),
+            "nonfinite": int(np.sum(~np.isfinite(vals))),
+            **theta_record(theta),
+        }
 
     def save_checkpoint(step, state):
         # Gathering is a collective (every process); writing is process 0's alone.
@@ -263,9 +312,11 @@ def _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0, log
         if not writer:
             return
         arrays = {f"leaf_{i}": np.asarray(x) for i, x in enumerate(leaves)}
-        arrays.update(step=np.asarray(step), fingerprint=np.asarray(fingerprint),
-                      history=np.asarray(json.dumps({"records": records[:step],
-                                                     "evals": evals})))
+        arrays.update(
+            step=np.asarray(step),
+            fingerprint=np.asarray(fingerprint),
+            history=np.asarray(json.dumps({"records": records[:step], "evals": evals})),
+        )
         save_npz(ckpt, arrays)
         _write_log(out, records[:step], evals)
 
@@ -288,21 +339,28 @@ def _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0, log
     handler = _request_stop if multi else _raise_terminated
     old_term = signal.signal(signal.SIGTERM, handler) if main_thread else None
     old_int = signal.signal(signal.SIGINT, _request_stop) if main_thread and multi else None
-    bar = progress_bar(total=steps, desc=f"meta-train {estimator.name} on {system.name}",
-                       enabled=progress if writer else False)
+    bar = progress_bar(
+        total=steps,
+        desc=f"meta-train {estimator.name} on {system.name}",
+        enabled=progress if writer else False,
+    )
     try:
         with bar:
             bar.skip(start)  # a resumed run: the time estimate counts from here
             for step in range(start + 1, steps + 1):
                 t0 = time.perf_counter()
                 theta, opt_state, est_state, info, finite = train_step(
-                    *committed[1], jnp.asarray(step, jnp.int32))
+                    *committed[1], jnp.asarray(step, jnp.int32)
+                )
                 info = distributed.to_host(info)
                 wall += time.perf_counter() - t0
-                rec = {"loss": float(info["loss"]), "grad_norm": float(info["grad_norm"]),
-                       "nonfinite_grad": int(info["nonfinite_grad"]),
-                       "nonfinite_losses": int(info["nonfinite_losses"]),
-                       "skipped": int(not bool(finite))}
+                rec = {
+                    "loss": float(info["loss"]),
+                    "grad_norm": float(info["grad_norm"]),
+                    "nonfinite_grad": int(info["nonfinite_grad"]),
+                    "nonfinite_losses": int(info["nonfinite_losses"]),
+                    "skipped": int(not bool(finite)),
+                }
                 ev = eval_record(step, theta) if step % log_every == 0 or step == steps else None
                 records.append(rec)
                 if ev is not None:
@@ -337,10 +395,10 @@ def _meta_train(system, estimator, outer_optimizer, steps, out, key, theta0, log
     theta_np = distributed.to_host(theta)
     history = {k: [r[k] for r in records] for k in STEP_FIELDS}
     if writer:
-        _write_results(out, system, estimator, theta_np, step, steps, history, evals,
-                       interrupted, wall)
+        _write_results(
+            out, system, estimator, theta_np, step, steps, history, evals, interrupted, wall
+        )
     return MetaTrainResult(theta_np, step, history, evals, interrupted, out)
-
 
 
 THETA_LOG_MAX = 64  # θ with at most this many numbers is logged whole, else by its norm
@@ -352,8 +410,11 @@ def theta_record(theta) -> dict:
     leaves = named_leaves(distributed.to_host(theta))
     if sum(np.size(v) for v in leaves.values()) <= THETA_LOG_MAX:
         return {"theta": {k: np.asarray(v, np.float64).tolist() for k, v in leaves.items()}}
-    return {"theta_norm": float(np.sqrt(sum(np.sum(np.square(np.asarray(v, np.float64)))
-                                            for v in leaves.values())))}
+    return {
+        "theta_norm": float(
+            np.sqrt(sum(np.sum(np.square(np.asarray(v, np.float64))) for v in leaves.values()))
+        )
+    }
 
 
 def _write_log(out: Path, records: list, evals: list) -> None:
@@ -378,23 +439,30 @@ def _write_log(out: Path, records: list, evals: list) -> None:
     write_text(out / LOG, "".join(line + "\n" for line in lines))
 
 
-def _write_results(out, system, estimator, theta, step, steps, history, evals, interrupted,
-                   wall):
+def _write_results(out, system, estimator, theta, step, steps, history, evals, interrupted, wall):
     save_npz(out / THETA, named_leaves(theta))
     logged = [e for e in evals if "theta" in e]
-    per_eval = ({f"theta/{k}": np.asarray([e["theta"][k] for e in logged])
-                 for k in logged[0]["theta"]} if logged and len(logged) == len(evals) else
-                {"theta_norm": np.asarray([e.get("theta_norm", np.nan) for e in evals])})
-    save_npz(out / CURVES, {
-        **{k: np.asarray(v) for k, v in history.items()},
-        "eval_step": np.asarray([e["step"] for e in evals]),
-        "eval_meta_loss": np.asarray([e["meta_loss"] for e in evals]),
-        **per_eval,
-    })
+    per_eval = (
+        {f"theta/{k}": np.asarray([e["theta"][k] for e in logged]) for k in logged[0]["theta"]}
+        if logged and len(logged) == len(evals)
+        else {"theta_norm": np.asarray([e.get("theta_norm", np.nan) for e in evals])}
+    )
+    save_npz(
+        out / CURVES,
+        {
+            **{k: np.asarray(v) for k, v in history.items()},
+            "eval_step": np.asarray([e["step"] for e in evals]),
+            "eval_meta_loss": np.asarray([e["meta_loss"] for e in evals]),
+            **per_eval,
+        },
+    )
     summary = {
         "system": system.describe(),
-        "estimator": {"name": estimator.name, "params": estimator.params,
-                      "traits": estimator.traits()},
+        "estimator": {
+            "name": estimator.name,
+            "params": estimator.params,
+            "traits": estimator.traits(),
+        },
         "steps_done": step,
         "steps": steps,
         "interrupted": interrupted,

@@ -51,7 +51,8 @@ def steps_of(est_state) -> jax.Array:
     if not isinstance(est_state, Horizon):
         raise InputError(
             f"a whole-unroll estimator's state must be what its init(key, theta) returns (a "
-            f"Horizon holding T), got {type(est_state).__name__} {est_state!r:.40}")
+            f"Horizon holding T), got {type(est_state).__name__} {est_state!r:.40}"
+        )
     return est_state.steps
 
 
@@ -80,7 +81,7 @@ def chunk_of(remat_chunk, capacity: int) -> int:
     steps (with 16, T = 8 computed 16: reparam on the learned optimizer took 0.543 s per
     estimate against 0.227 s for the one-program-per-T code)."""
     c = check_int(remat_chunk, "remat_chunk (0: the default chunk)", lo=0)
-    return c or (8 if capacity <= MIN_CAPACITY else int(capacity ** 0.5) // 2)
+    return c or (8 if capacity <= MIN_CAPACITY else int(capacity**0.5) // 2)
 
 
 def slots_of(capacity: int, chunk: int) -> int:
@@ -112,16 +113,16 @@ def unroll_value(system: System, theta: PyTree, key: jax.Array, steps: jax.Array
         s, acc, bad = carry
         s, out = system.step(s, theta, step_key(k_steps, t))
         loss = jnp.asarray(loss_of(out))
-        return (s, acc + _term(kind, t, steps, loss),
-                bad + (~jnp.isfinite(loss)).astype(jnp.int32))
+        return (s, acc + _term(kind, t, steps, loss), bad + (~jnp.isfinite(loss)).astype(jnp.int32))
 
     carry = (state, jnp.zeros((), dtype), jnp.zeros((), jnp.int32))
     _, val, bad = lax.fori_loop(0, jnp.asarray(steps, jnp.int32), body, carry)
     return val, bad
 
 
-def unroll_value_and_grad(system: System, theta: PyTree, key: jax.Array, steps: jax.Array,
-                          chunk: int, slots: int):
+def unroll_value_and_grad(
+    system: System, theta: PyTree, key: jax.Array, steps: jax.Array, chunk: int, slots: int
+):
     """((meta-loss, non-finite loss count), ∂meta-loss/∂θ) of one ``steps``-step run with
     run key ``key``, by the chunked reverse pass of this module (``steps`` may be traced;
     it must not exceed ``chunk * slots``, else the meta-loss and gradient are NaN)."""
@@ -152,13 +153,12 @@ def unroll_value_and_grad(system: System, theta: PyTree, key: jax.Array, steps: 
         return s, jnp.sum(terms), jnp.sum(bad, dtype=jnp.int32)
 
     dtype = _loss_dtype(system, state0, theta, step_key(k_steps, 0))
-    buffer = jax.tree_util.tree_map(lambda x: jnp.zeros((slots,) + jnp.shape(x), x.dtype),
-                                    state0)
+    buffer = jax.tree_util.tree_map(lambda x: jnp.zeros((slots,) + jnp.shape(x), x.dtype), state0)
 
     def put(buf, s, c):
         return jax.tree_util.tree_map(
-            lambda b, x: lax.dynamic_update_index_in_dim(b, x, jnp.minimum(c, slots - 1), 0),
-            buf, s)
+            lambda b, x: lax.dynamic_update_index_in_dim(b, x, jnp.minimum(c, slots - 1), 0), buf, s
+        )
 
     def forward(c, carry):
         s, buf, val, bad = carry
@@ -179,7 +179,8 @@ def unroll_value_and_grad(system: System, theta: PyTree, key: jax.Array, steps: 
 
     def pull(c, masked, ct, grad):
         start = jax.tree_util.tree_map(
-            lambda b: lax.dynamic_index_in_dim(b, jnp.minimum(c, slots - 1), 0, False), buffer)
+            lambda b: lax.dynamic_index_in_dim(b, jnp.minimum(c, slots - 1), 0, False), buffer
+        )
 
         def f(floats, th):
             s, v, _ = run_chunk(float_leaves_with_phase(start, floats), th, c, masked)
@@ -191,12 +192,11 @@ def unroll_value_and_grad(system: System, theta: PyTree, key: jax.Array, steps: 
 
     ct0 = [jnp.zeros_like(x) for x in float_leaves_phase(s_end)]
     grad0 = jax.tree_util.tree_map(jnp.zeros_like, theta)
-    ct, grad = lax.cond(partial, lambda cg: pull(n_full, True, *cg), lambda cg: cg,
-                        (ct0, grad0))
-    ct, grad = lax.fori_loop(0, n_full, lambda j, cg: pull(n_full - 1 - j, False, *cg),
-                             (ct, grad))
-    (g_init,) = init_vjp(float_leaves_with_phase(
-        jax.tree_util.tree_map(_zero_cotangent, state0), ct))
+    ct, grad = lax.cond(partial, lambda cg: pull(n_full, True, *cg), lambda cg: cg, (ct0, grad0))
+    ct, grad = lax.fori_loop(0, n_full, lambda j, cg: pull(n_full - 1 - j, False, *cg), (ct, grad))
+    (g_init,) = init_vjp(
+        float_leaves_with_phase(jax.tree_util.tree_map(_zero_cotangent, state0), ct)
+    )
     grad = jax.tree_util.tree_map(jnp.add, grad, g_init)
     over = steps > chunk * slots
     grad = jax.tree_util.tree_map(lambda g: jnp.where(over, jnp.nan, g), grad)

@@ -61,9 +61,13 @@ def step(state, theta, key):
 
 def pendulum(amp):
     return chaosgrad.System(
-        init, step,
-        phase=lambda s: s["x"], with_phase=lambda s, x: {**s, "x": x},
-        name=f"driven pendulum A={amp}", theta=jnp.array([0.5, amp]), dt=DT,
+        init,
+        step,
+        phase=lambda s: s["x"],
+        with_phase=lambda s, x: {**s, "x": x},
+        name=f"driven pendulum A={amp}",
+        theta=jnp.array([0.5, amp]),
+        dt=DT,
         horizon=400 if QUICK else 2000,
         description=f"damped driven pendulum, gamma=0.5, A={amp}, semi-implicit Euler dt={DT}",
     )
@@ -77,8 +81,12 @@ def pendulum(amp):
 # %%
 results = {}
 for amp in (0.2, 1.2):
-    d = chaosgrad.diagnose(pendulum(amp), seeds=6 if QUICK else 32, key=jax.random.PRNGKey(0),
-                 out=f"{OUT}/pendulum_A{amp}")
+    d = chaosgrad.diagnose(
+        pendulum(amp),
+        seeds=6 if QUICK else 32,
+        key=jax.random.PRNGKey(0),
+        out=f"{OUT}/pendulum_A{amp}",
+    )
     results[amp] = d
     print(d.summary())
     show_png(d.figures["summary"])  # inline in Jupyter
@@ -94,5 +102,7 @@ for amp in (0.2, 1.2):
 
 # %%
 for amp, d in results.items():
-    print(f"A={amp}: {d.verdict:9s} λ1 = {d.lyapunov.exponents[0]:+.3f} per unit time, "
-          f"measured |g| growth {d.measured_rate:+.3f}, critical T = {d.critical_horizon}")
+    print(
+        f"A={amp}: {d.verdict:9s} λ1 = {d.lyapunov.exponents[0]:+.3f} per unit time, "
+        f"measured |g| growth {d.measured_rate:+.3f}, critical T = {d.critical_horizon}"
+    )

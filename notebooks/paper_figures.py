@@ -51,6 +51,8 @@ for name in NAMES:
 # %%
 for name, png in pngs.items():
     results, meta = figures.load(name, OUT)
-    print(f"{meta['title']} — {meta['scale']} scale, {meta['seconds']} s, "
-          f"{meta['precision']['backend']}")
+    print(
+        f"{meta['title']} — {meta['scale']} scale, {meta['seconds']} s, "
+        f"{meta['precision']['backend']}"
+    )
     show_png(png)  # inline in Jupyter; the path as a plain script

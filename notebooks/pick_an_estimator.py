@@ -42,9 +42,14 @@ SAMPLES = 16 if QUICK else 64
 # %%
 chaotic = systems.make("logistic", r=3.9)
 ESTIMATORS = ["backprop", "tbptt", "es", "pes"]
-c = chaosgrad.compare(chaotic, estimators=ESTIMATORS, horizon=30, samples=SAMPLES,
-                      key=jax.random.PRNGKey(0),
-                      out=f"{OUT}/compare_logistic")
+c = chaosgrad.compare(
+    chaotic,
+    estimators=ESTIMATORS,
+    horizon=30,
+    samples=SAMPLES,
+    key=jax.random.PRNGKey(0),
+    out=f"{OUT}/compare_logistic",
+)
 print(c.table())
 show_png(c.figures["compare"])
 
@@ -53,9 +58,14 @@ show_png(c.figures["compare"])
 
 # %%
 stable = systems.make("rnn", n=8, g=0.5)
-c2 = chaosgrad.compare(stable, estimators=ESTIMATORS, horizon=50, samples=SAMPLES,
-                       key=jax.random.PRNGKey(0),
-                       out=f"{OUT}/compare_rnn")
+c2 = chaosgrad.compare(
+    stable,
+    estimators=ESTIMATORS,
+    horizon=50,
+    samples=SAMPLES,
+    key=jax.random.PRNGKey(0),
+    out=f"{OUT}/compare_rnn",
+)
 print(c2.table())
 show_png(c2.figures["compare"])
 
@@ -77,10 +87,20 @@ show_png(c2.figures["compare"])
 best = c2.recommended or c2.ranking[0]
 windowed = next(s.traits["windowed"] for s in c2.stats if s.name == best)  # what it is
 res = chaosgrad.meta_train(
-    stable, best, steps=20 if QUICK else 200, out=f"{OUT}/meta_{best}", optimizer="adam",
-    outer_lr=1e-2, estimator_params={"horizon": 50, **({"window": 10} if windowed else {})},
-    key=jax.random.PRNGKey(1), log_every=5, progress=False)
+    stable,
+    best,
+    steps=20 if QUICK else 200,
+    out=f"{OUT}/meta_{best}",
+    optimizer="adam",
+    outer_lr=1e-2,
+    estimator_params={"horizon": 50, **({"window": 10} if windowed else {})},
+    key=jax.random.PRNGKey(1),
+    log_every=5,
+    progress=False,
+)
 first, last = res.evals[0], res.evals[-1]
-print(f"{best}: meta-loss {first['meta_loss']:.4g} (step {first['step']}) -> "
-      f"{last['meta_loss']:.4g} (step {last['step']})")
+print(
+    f"{best}: meta-loss {first['meta_loss']:.4g} (step {first['step']}) -> "
+    f"{last['meta_loss']:.4g} (step {last['step']})"
+)
 assert last["meta_loss"] < first["meta_loss"], "training with the recommended estimator"

@@ -43,9 +43,7 @@ class Entry:
 _REGISTRY: dict[str, Entry] = {}
 
 
-def register(
-    name: str, target: str, description: str, alias_param: str | None = None
-) -> None:
+def register(name: str, target: str, description: str, alias_param: str | None = None) -> None:
     """Register a system factory under ``name`` (target: ``"module:function"``)."""
     _REGISTRY[name] = Entry(name, target, description, alias_param)
 
@@ -55,17 +53,32 @@ register("henon", ".maps:henon", "Henon map; theta = (a, b)")
 register("lorenz", ".maps:lorenz", "Lorenz-63 flow, RK4; theta = (sigma, rho, beta)")
 register("linear", ".maps:linear", "linear map x -> A x; theta = A")
 register("heat", ".maps:heat", "FTCS heat equation, stable iff r <= 1/2; theta = r")
-register("influence", ".influence:influence_balancing",
-         "influence balancing (PES paper): linear, known meta-gradient; theta = scalar")
+register(
+    "influence",
+    ".influence:influence_balancing",
+    "influence balancing (PES paper): linear, known meta-gradient; theta = scalar",
+)
 register("rnn", ".rnn:rnn", "vanilla tanh RNN x -> tanh(W x); theta = W (gain g)")
-register("brax", ".brax:brax_system", "Brax rigid-body env with a policy; "
-         "theta = policy weights", alias_param="env")
-register("mjx", ".mjx:mjx_system", "MuJoCo MJX model (shipped MJCF: double_pendulum, "
-         "cartpole, tumbler) with a policy; theta = policy weights", alias_param="model")
-register("md", ".md:md_system", "jax-md 2-D bidisperse soft spheres; "
-         "theta = small diameter")
-register("lopt", ".lopt:lopt_system", "inner training by a (learned) optimizer; "
-         "theta = optimizer weights", alias_param="task")
+register(
+    "brax",
+    ".brax:brax_system",
+    "Brax rigid-body env with a policy; theta = policy weights",
+    alias_param="env",
+)
+register(
+    "mjx",
+    ".mjx:mjx_system",
+    "MuJoCo MJX model (shipped MJCF: double_pendulum, "
+    "cartpole, tumbler) with a policy; theta = policy weights",
+    alias_param="model",
+)
+register("md", ".md:md_system", "jax-md 2-D bidisperse soft spheres; theta = small diameter")
+register(
+    "lopt",
+    ".lopt:lopt_system",
+    "inner training by a (learned) optimizer; theta = optimizer weights",
+    alias_param="task",
+)
 
 
 def names() -> list[str]:
@@ -115,8 +128,9 @@ def parameters(name: str) -> dict[str, inspect.Parameter]:
     try:
         return dict(inspect.signature(factory).parameters)
     except (TypeError, ValueError) as e:
-        raise InputError(f"system {name!r}: the parameters of {factory!r} cannot be read "
-                         f"({e})") from None
+        raise InputError(
+            f"system {name!r}: the parameters of {factory!r} cannot be read ({e})"
+        ) from None
 
 
 def describe(name: str) -> dict:
@@ -124,8 +138,10 @@ def describe(name: str) -> dict:
     entry, _ = _entry(name)
     params = _defaults_from_source(entry)
     if params is None:  # not a plain function of this package: import it and ask
-        params = {k: (None if p.default is inspect.Parameter.empty else p.default)
-                  for k, p in parameters(name).items()}
+        params = {
+            k: (None if p.default is inspect.Parameter.empty else p.default)
+            for k, p in parameters(name).items()
+        }
     return {"name": entry.name, "description": entry.description, "params": params}
 
 
@@ -134,9 +150,15 @@ def _constant(node):
     import ast
     import operator
 
-    ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-           ast.Div: operator.truediv, ast.Pow: operator.pow, ast.USub: operator.neg,
-           ast.UAdd: operator.pos}
+    ops = {
+        ast.Add: operator.add,
+        ast.Sub: operator.sub,
+        ast.Mult: operator.mul,
+        ast.Div: operator.truediv,
+        ast.Pow: operator.pow,
+        ast.USub: operator.neg,
+        ast.UAdd: operator.pos,
+    }
     if isinstance(node, ast.BinOp) and type(node.op) in ops:
         return ops[type(node.op)](_constant(node.left), _constant(node.right))
     if isinstance(node, ast.UnaryOp) and type(node.op) in ops:
@@ -168,19 +190,24 @@ def _defaults_from_source(entry: Entry, depth: int = 0) -> dict | None:
             defaults = [None] * (len(pos) - len(a.defaults)) + list(a.defaults)
             out = {}
             try:
-                for arg, d in [*zip(pos, defaults, strict=True),
-                               *zip(a.kwonlyargs, a.kw_defaults, strict=True)]:
+                for arg, d in [
+                    *zip(pos, defaults, strict=True),
+                    *zip(a.kwonlyargs, a.kw_defaults, strict=True),
+                ]:
                     out[arg.arg] = None if d is None else _constant(d)
             except (ValueError, TypeError, SyntaxError, ArithmeticError):
                 return None
             return out
-        if isinstance(node, ast.ImportFrom) and node.module and any(
-                (al.asname or al.name) == func for al in node.names):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and any((al.asname or al.name) == func for al in node.names)
+        ):
             prefix = __name__ + "."
             if not node.module.startswith(prefix):
                 return None
             name = next(al.name for al in node.names if (al.asname or al.name) == func)
-            target = "." + node.module[len(prefix):] + ":" + name
+            target = "." + node.module[len(prefix) :] + ":" + name
             return _defaults_from_source(Entry(entry.name, target, ""), depth + 1)
     return None
 
@@ -216,11 +243,11 @@ def make(name: str, **params):
         except InputError as e:  # e.g. chaosgrad.System refusing a field: say whose
             raise InputError(f"system {entry.name!r}: {e}") from None
         except BaseException as e:  # noqa: BLE001 -- any failure of the user's factory
-            raise user_code_error(entry.name, f"calling {entry.name.rpartition(':')[2]}"
-                                  "(...)", e) from None
+            raise user_code_error(
+                entry.name, f"calling {entry.name.rpartition(':')[2]}(...)", e
+            ) from None
     if not isinstance(system, System):
-        raise InputError(f"{entry.target} returned {type(system).__name__}, not a "
-                         "chaosgrad.System")
+        raise InputError(f"{entry.target} returned {type(system).__name__}, not a chaosgrad.System")
     return system
 
 
@@ -228,18 +255,28 @@ def _check_call(spec: str, accepted: dict, kwargs: dict) -> None:
     """A user's factory is called with keyword parameters only: refuse, in one line, one
     that needs arguments that cannot be given that way, or are not given."""
     P = inspect.Parameter
-    positional = [n for n, p in accepted.items()
-                  if p.kind is P.POSITIONAL_ONLY and p.default is P.empty]
+    positional = [
+        n for n, p in accepted.items() if p.kind is P.POSITIONAL_ONLY and p.default is P.empty
+    ]
     if positional:
-        raise InputError(f"system {spec!r}: the factory needs positional-only arguments "
-                         f"{', '.join(positional)}; a system factory is called with keyword "
-                         "parameters only (--param K=V): give them defaults")
-    missing = [n for n, p in accepted.items() if p.default is P.empty and n not in kwargs
-               and p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)]
+        raise InputError(
+            f"system {spec!r}: the factory needs positional-only arguments "
+            f"{', '.join(positional)}; a system factory is called with keyword "
+            "parameters only (--param K=V): give them defaults"
+        )
+    missing = [
+        n
+        for n, p in accepted.items()
+        if p.default is P.empty
+        and n not in kwargs
+        and p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)
+    ]
     if missing:
-        raise InputError(f"system {spec!r}: the factory needs {', '.join(missing)} with no "
-                         "default; give each as --param K=V (make(..., K=V)), or a default "
-                         "in the factory")
+        raise InputError(
+            f"system {spec!r}: the factory needs {', '.join(missing)} with no "
+            "default; give each as --param K=V (make(..., K=V)), or a default "
+            "in the factory"
+        )
 
 
 def parse_params(name: str, items: list[str] | None) -> dict:
@@ -250,5 +287,6 @@ def parse_params(name: str, items: list[str] | None) -> dict:
     ``nonfinite_params`` attribute.
     """
     entry, _ = _entry(name)
-    return parse_kv(items, parameters(name), f"system {name!r}", "--param",
-                    nonfinite_allowed(entry.factory()))
+    return parse_kv(
+        items, parameters(name), f"system {name!r}", "--param", nonfinite_allowed(entry.factory())
+    )

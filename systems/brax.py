@@ -35,8 +35,16 @@ from .rigid import (
     with_rotvecs,
 )
 
-__all__ = ["BACKENDS", "POLICIES", "apply_policy", "brax_system", "env_names", "init_policy",
-           "quat_to_rotvec", "rotvec_to_quat"]
+__all__ = [
+    "BACKENDS",
+    "POLICIES",
+    "apply_policy",
+    "brax_system",
+    "env_names",
+    "init_policy",
+    "quat_to_rotvec",
+    "rotvec_to_quat",
+]
 
 BACKENDS = ("generalized", "positional", "spring", "mjx")
 LOSSES = ("auto", "reward", "angle")
@@ -81,12 +89,16 @@ def _joint_layout(sys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                     hinges.append(qi + j)
         qi += Q_WIDTHS[typ]
         di += QD_WIDTHS[typ]
-    return (np.asarray(plain, np.int32), np.asarray(quats, np.int32).reshape(-1, 4),
-            np.asarray(hinges, np.int32))
+    return (
+        np.asarray(plain, np.int32),
+        np.asarray(quats, np.int32).reshape(-1, 4),
+        np.asarray(hinges, np.int32),
+    )
 
 
 def _tree_add_delta(base, new, ref):
     """base + (new − ref) on float leaves (exact ``base`` in value when new == ref)."""
+
     def f(b, n, r):
         if jnp.issubdtype(jnp.asarray(b).dtype, jnp.inexact):
             return b + (n - r)
@@ -106,12 +118,15 @@ def _make_env(env: str, backend: str):
     try:
         e = envs.get_environment(env, backend=backend)
     except (TypeError, ValueError) as err:
-        raise InputError(f"brax environment {env!r} cannot be built with backend "
-                         f"{backend!r}: {err}") from None
+        raise InputError(
+            f"brax environment {env!r} cannot be built with backend {backend!r}: {err}"
+        ) from None
     if not hasattr(e, "pipeline_init") or not hasattr(e, "_get_obs") or not hasattr(e, "sys"):
         others = ", ".join(n for n in names if n != "fast")
-        raise InputError(f"brax environment {env!r} is not a physics PipelineEnv with a "
-                         f"flat observation; use one of {others}")
+        raise InputError(
+            f"brax environment {env!r} is not a physics PipelineEnv with a "
+            f"flat observation; use one of {others}"
+        )
     return e
 
 
@@ -165,8 +180,7 @@ def _layout(sys, rotations: str) -> _Layout:
     plain, quats, hinges = _joint_layout(sys)
     n_free = int(quats.shape[0])
     if rotations == "quaternion":  # raw q: quaternions kept whole (the artificial direction)
-        return _Layout(np.arange(int(sys.q_size()), dtype=np.int32), quats[:0], hinges, 0,
-                       n_free)
+        return _Layout(np.arange(int(sys.q_size()), dtype=np.int32), quats[:0], hinges, 0, n_free)
     return _Layout(plain, quats, hinges, n_free, 0)
 
 
@@ -174,8 +188,7 @@ class _Adapter:
     """init / step / phase / with_phase of one configured env under a policy (see
     `brax_system` for what each does)."""
 
-    def __init__(self, e, layout: _Layout, loss_kind: str, policy: str, action_noise: float,
-                 dt):
+    def __init__(self, e, layout: _Layout, loss_kind: str, policy: str, action_noise: float, dt):
         self.e, self.lay, self.loss_kind, self.policy = e, layout, loss_kind, policy
         self.action_noise, self.dt = action_noise, dt
         self.act_size = int(e.action_size)
@@ -193,8 +206,7 @@ class _Adapter:
         action = policy_action(self.policy, theta, state.obs, self.action_noise, key)
         # some envs (ant) update state.metrics in place: give them copies, so no value
         # traced inside a transformation leaks into the caller's state
-        new = self.e.step(state.replace(metrics=dict(state.metrics), info=dict(state.info)),
-                          action)
+        new = self.e.step(state.replace(metrics=dict(state.metrics), info=dict(state.info)), action)
         new = new.replace(info={**new.info, "action": action})
         new = like(new, state)
         if self.loss_kind == "angle":
@@ -231,10 +243,13 @@ class _Adapter:
 def _policy_sizes(e, spec: _Spec) -> list[int]:
     probe = jax.eval_shape(e.reset, jax.random.PRNGKey(0))
     if not hasattr(probe.obs, "shape") or probe.obs.ndim != 1:
-        raise InputError(f"brax environment {spec.env!r} has a non-flat observation; "
-                         "only flat-array observations are supported")
-    return policy_sizes(spec.policy, int(probe.obs.shape[0]), int(e.action_size), spec.hidden,
-                        spec.layers)
+        raise InputError(
+            f"brax environment {spec.env!r} has a non-flat observation; "
+            "only flat-array observations are supported"
+        )
+    return policy_sizes(
+        spec.policy, int(probe.obs.shape[0]), int(e.action_size), spec.hidden, spec.layers
+    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -246,42 +261,69 @@ def _build(spec: _Spec) -> System:
     lay = _layout(sys, spec.rotations)
     loss_kind = CONSTANT_REWARD.get(env, "reward") if loss == "auto" else loss
     if loss_kind == "angle" and lay.hinges.size == 0:
-        raise InputError(f"loss 'angle' needs hinge joints and {env!r} has none; "
-                         f"accepted losses: {', '.join(LOSSES)}")
+        raise InputError(
+            f"loss 'angle' needs hinge joints and {env!r} has none; "
+            f"accepted losses: {', '.join(LOSSES)}"
+        )
     sizes = _policy_sizes(e, spec)
     theta0 = init_policy(jax.random.PRNGKey(spec.seed), sizes, spec.policy_scale, dt)
     ad = _Adapter(e, lay, loss_kind, spec.policy, spec.action_noise, dt)
     q_size, qd_size = int(sys.q_size()), int(sys.qd_size())
     if loss_kind == "angle":
-        loss_doc = ("sum of squared hinge angles of the next state"
-                    + (f" (auto: {env}'s reward is constant, so -reward has gradient 0)"
-                       if loss == "auto" else ""))
+        loss_doc = "sum of squared hinge angles of the next state" + (
+            f" (auto: {env}'s reward is constant, so -reward has gradient 0)"
+            if loss == "auto"
+            else ""
+        )
     else:
         loss_doc = "-reward of the step (the environment's reward)"
     n_free, n_rot = lay.n_free, lay.n_rot
     return System(
-        ad.init, ad.step, phase=ad.phase, with_phase=ad.with_phase, name=f"brax:{env}",
-        theta=theta0, dt=float(e.dt), horizon=spec.horizon, precision=_precision(dt),
+        ad.init,
+        ad.step,
+        phase=ad.phase,
+        with_phase=ad.with_phase,
+        name=f"brax:{env}",
+        theta=theta0,
+        dt=float(e.dt),
+        horizon=spec.horizon,
+        precision=_precision(dt),
         description=f"Brax {env} ({spec.backend} backend, physics dt "
-                    f"{float(sys.opt.timestep):g} x {int(e._n_frames)}) under a "
-                    f"deterministic {spec.policy} policy, no resets",
+        f"{float(sys.opt.timestep):g} x {int(e._n_frames)}) under a "
+        f"deterministic {spec.policy} policy, no resets",
         theta_doc=f"policy weights, list of layers {{w, b}} "
-                  f"({policy_doc(spec.policy, sizes)}); "
-                  f"init N(0, {spec.policy_scale}^2/fan_in) from seed {spec.seed}",
+        f"({policy_doc(spec.policy, sizes)}); "
+        f"init N(0, {spec.policy_scale}^2/fan_in) from seed {spec.seed}",
         loss_doc=loss_doc,
         meta={
-            "env": env, "backend": spec.backend, "policy": spec.policy,
-            "policy_sizes": sizes, "policy_scale": spec.policy_scale,
-            "action_noise": spec.action_noise, "seed": spec.seed,
-            "loss": loss_kind, "loss_requested": loss, "obs_size": sizes[0],
-            "action_size": sizes[-1], "q_size": q_size, "qd_size": qd_size,
-            "free_joints": n_free + n_rot, "phase_dim": q_size - n_free + qd_size,
-            "phase_coords": ("(q, qd); free-joint quaternions as rotation vectors" if n_free
-                             else "(q, qd); raw quaternions (one artificial direction per "
-                             "free joint)" if n_rot else "(q, qd)"),
-            "env_dt": float(e.dt), "resets": "none (done is reported, the unroll goes on)",
-            "mjx_solver_iterations": mjx_iters, "substeps": substeps,
-            "physics_timestep": float(sys.opt.timestep), "n_frames": int(e._n_frames),
+            "env": env,
+            "backend": spec.backend,
+            "policy": spec.policy,
+            "policy_sizes": sizes,
+            "policy_scale": spec.policy_scale,
+            "action_noise": spec.action_noise,
+            "seed": spec.seed,
+            "loss": loss_kind,
+            "loss_requested": loss,
+            "obs_size": sizes[0],
+            "action_size": sizes[-1],
+            "q_size": q_size,
+            "qd_size": qd_size,
+            "free_joints": n_free + n_rot,
+            "phase_dim": q_size - n_free + qd_size,
+            "phase_coords": (
+                "(q, qd); free-joint quaternions as rotation vectors"
+                if n_free
+                else "(q, qd); raw quaternions (one artificial direction per free joint)"
+                if n_rot
+                else "(q, qd)"
+            ),
+            "env_dt": float(e.dt),
+            "resets": "none (done is reported, the unroll goes on)",
+            "mjx_solver_iterations": mjx_iters,
+            "substeps": substeps,
+            "physics_timestep": float(sys.opt.timestep),
+            "n_frames": int(e._n_frames),
         },
     )
 
@@ -369,6 +411,20 @@ def brax_system(
     hidden = check_int(hidden, "brax hidden", lo=0)
     layers = check_int(layers, "brax layers", lo=0)
     dtype_name = check_run_settings(horizon, action_noise, dtype)
-    return _build(_Spec(env, backend, policy, int(hidden), int(layers), int(horizon),
-                        float(policy_scale), float(action_noise), int(seed), loss, rotations,
-                        int(substeps), dtype_name))
+    return _build(
+        _Spec(
+            env,
+            backend,
+            policy,
+            int(hidden),
+            int(layers),
+            int(horizon),
+            float(policy_scale),
+            float(action_noise),
+            int(seed),
+            loss,
+            rotations,
+            int(substeps),
+            dtype_name,
+        )
+    )

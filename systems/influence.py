@@ -14,8 +14,13 @@ from chaosgrad.params import check_int
 from chaosgrad.system import StepOut, System
 
 
-def influence_balancing(n: int = 23, positive: int = 10, theta: float = 0.0,
-                        horizon: int = 100, dtype: str | None = None) -> System:
+def influence_balancing(
+    n: int = 23,
+    positive: int = 10,
+    theta: float = 0.0,
+    horizon: int = 100,
+    dtype: str | None = None,
+) -> System:
     """s_{t+1} = A s_t + θ b with A = ½ I + ½ (superdiagonal), b = (+1 × ``positive``,
     −1 × the rest); s_0 = 0; per-step loss ℓ_t = ½ (s_{t+1}[0] − 1)²; θ a scalar.
 
@@ -29,8 +34,10 @@ def influence_balancing(n: int = 23, positive: int = 10, theta: float = 0.0,
     positive = check_int(positive, "influence_balancing positive", lo=0)
     horizon = check_int(horizon, "influence_balancing horizon", lo=1)
     if n < 1 or not 0 <= positive <= n:
-        raise InputError(f"influence_balancing needs n >= 1 and 0 <= positive <= n, "
-                         f"got n={n}, positive={positive}")
+        raise InputError(
+            f"influence_balancing needs n >= 1 and 0 <= positive <= n, "
+            f"got n={n}, positive={positive}"
+        )
     fdt = _dtype(dtype)
     a = 0.5 * np.eye(n) + 0.5 * np.eye(n, k=1)
     b = np.where(np.arange(n) < positive, 1.0, -1.0)
@@ -44,8 +51,14 @@ def influence_balancing(n: int = 23, positive: int = 10, theta: float = 0.0,
         return s, StepOut(loss=0.5 * (s[0] - 1.0) ** 2)
 
     return System(
-        init, step, name="influence", theta=jnp.asarray(theta, fdt), precision=_precision(fdt),
-        horizon=int(horizon), description=f"influence balancing, n={n}, positive={positive}",
-        theta_doc="theta (scalar), the input gain", loss_doc="0.5 (s_{t+1}[0] - 1)^2",
+        init,
+        step,
+        name="influence",
+        theta=jnp.asarray(theta, fdt),
+        precision=_precision(fdt),
+        horizon=int(horizon),
+        description=f"influence balancing, n={n}, positive={positive}",
+        theta_doc="theta (scalar), the input gain",
+        loss_doc="0.5 (s_{t+1}[0] - 1)^2",
         meta={"n": n, "positive": positive, "A": "0.5 I + 0.5 superdiagonal"},
     )

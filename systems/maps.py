@@ -38,9 +38,16 @@ def logistic(r: float = 4.0, x0: float | None = None, dtype: str | None = None) 
         return x, StepOut(loss=x[0])
 
     return System(
-        init, step, name="logistic", theta=jnp.asarray(r, dt), precision=_precision(dt),
-        horizon=100, description=f"logistic map, r={r}", theta_doc="r (scalar)",
-        loss_doc="x_{t+1}", meta={"r": r},
+        init,
+        step,
+        name="logistic",
+        theta=jnp.asarray(r, dt),
+        precision=_precision(dt),
+        horizon=100,
+        description=f"logistic map, r={r}",
+        theta_doc="r (scalar)",
+        loss_doc="x_{t+1}",
+        meta={"r": r},
     )
 
 
@@ -61,9 +68,16 @@ def henon(a: float = 1.4, b: float = 0.3, dtype: str | None = None) -> System:
         return s, StepOut(loss=s[0])
 
     return System(
-        init, step, name="henon", theta=jnp.asarray([a, b], dt), precision=_precision(dt),
-        horizon=100, description=f"Henon map, a={a}, b={b}", theta_doc="(a, b)",
-        loss_doc="x_{t+1}", meta={"a": a, "b": b},
+        init,
+        step,
+        name="henon",
+        theta=jnp.asarray([a, b], dt),
+        precision=_precision(dt),
+        horizon=100,
+        description=f"Henon map, a={a}, b={b}",
+        theta_doc="(a, b)",
+        loss_doc="x_{t+1}",
+        meta={"a": a, "b": b},
     )
 
 
@@ -110,12 +124,23 @@ def lorenz(
         return s, StepOut(loss=s[2] / theta[1])
 
     return System(
-        init, step, name="lorenz", theta=jnp.asarray([sigma, rho, beta], fdt), dt=dt,
-        precision=_precision(fdt), horizon=1000,
+        init,
+        step,
+        name="lorenz",
+        theta=jnp.asarray([sigma, rho, beta], fdt),
+        dt=dt,
+        precision=_precision(fdt),
+        horizon=1000,
         description=f"Lorenz-63 (sigma={sigma}, rho={rho}, beta={beta:.4g}), RK4 dt={dt}",
-        theta_doc="(sigma, rho, beta)", loss_doc="z_{t+1} / rho",
-        meta={"sigma": sigma, "rho": rho, "beta": beta, "integrator": "rk4",
-              "burn_in": int(burn_in)},
+        theta_doc="(sigma, rho, beta)",
+        loss_doc="z_{t+1} / rho",
+        meta={
+            "sigma": sigma,
+            "rho": rho,
+            "beta": beta,
+            "integrator": "rk4",
+            "burn_in": int(burn_in),
+        },
     )
 
 
@@ -156,18 +181,21 @@ def linear(
                 f"eigenvalues must be a non-empty list of finite numbers, got {eigenvalues!r}"
             )
         if n is not None and n != ev.size:
-            raise InputError(f"linear n={n} disagrees with the {ev.size} eigenvalues given; "
-                             "give n equal to their count, or leave n out")
+            raise InputError(
+                f"linear n={n} disagrees with the {ev.size} eigenvalues given; "
+                "give n equal to their count, or leave n out"
+            )
         if radius is not None:
-            raise InputError("linear: give eigenvalues or radius, not both (the eigenvalues "
-                             "fix the spectral radius)")
+            raise InputError(
+                "linear: give eigenvalues or radius, not both (the eigenvalues "
+                "fix the spectral radius)"
+            )
         q, _ = np.linalg.qr(rng.standard_normal((ev.size, ev.size)))
         a = q @ np.diag(ev) @ q.T
         n = ev.size
     else:
         n = 4 if n is None else n
-        radius = 0.9 if radius is None else check_number(radius, "linear radius",
-                                                         positive=True)
+        radius = 0.9 if radius is None else check_number(radius, "linear radius", positive=True)
         a = rng.standard_normal((n, n))
         a *= radius / np.max(np.abs(np.linalg.eigvals(a)))
     c = rng.standard_normal(a.shape[0])
@@ -181,13 +209,22 @@ def linear(
         return x, StepOut(loss=c @ x if loss == "linear" else 0.5 * jnp.sum(x**2))
 
     return System(
-        init, step, name="linear", theta=jnp.asarray(a, fdt), precision=_precision(fdt),
-        horizon=100, description=f"linear map x -> A x, n={a.shape[0]}, {loss} loss",
+        init,
+        step,
+        name="linear",
+        theta=jnp.asarray(a, fdt),
+        precision=_precision(fdt),
+        horizon=100,
+        description=f"linear map x -> A x, n={a.shape[0]}, {loss} loss",
         theta_doc="A (n x n)",
         loss_doc="c . x_{t+1} (fixed unit readout c)" if loss == "linear" else "0.5 |x_{t+1}|^2",
-        meta={"n": int(a.shape[0]), "seed": seed, "loss": loss,
-              "eigenvalues": None if eigenvalues is None else list(map(float, eigenvalues)),
-              "radius": None if eigenvalues is not None else radius},
+        meta={
+            "n": int(a.shape[0]),
+            "seed": seed,
+            "loss": loss,
+            "eigenvalues": None if eigenvalues is None else list(map(float, eigenvalues)),
+            "radius": None if eigenvalues is not None else radius,
+        },
     )
 
 
@@ -220,9 +257,15 @@ def heat(
         return u, StepOut(loss=c @ u)
 
     return System(
-        init, step, name="heat", theta=jnp.asarray(r, fdt), precision=_precision(fdt),
-        horizon=100, description=f"FTCS heat equation, n={n}, r={r}",
-        theta_doc="r = alpha dt / dx^2", loss_doc="c . u_{t+1} (fixed unit readout c)",
+        init,
+        step,
+        name="heat",
+        theta=jnp.asarray(r, fdt),
+        precision=_precision(fdt),
+        horizon=100,
+        description=f"FTCS heat equation, n={n}, r={r}",
+        theta_doc="r = alpha dt / dx^2",
+        loss_doc="c . u_{t+1} (fixed unit readout c)",
         meta={"n": int(n), "r": r, "seed": seed},
     )
 

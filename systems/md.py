@@ -108,9 +108,7 @@ def geometry(d_small, n: int = 32, packing: float = 0.98) -> Geometry:
     """
     energy, _, _, space = _jax_md()
     side = box_side(d_small, n, packing)
-    unit_disp, unit_shift = space.periodic_general(
-        1.0, fractional_coordinates=True, wrapped=False
-    )
+    unit_disp, unit_shift = space.periodic_general(1.0, fractional_coordinates=True, wrapped=False)
 
     def displacement(ua, ub, **unused):
         return side * unit_disp(ua, ub)
@@ -137,7 +135,6 @@ def kinetic_energy(momentum: jax.Array, mass=1.0) -> jax.Array:
     return jnp.sum(momentum**2) / (2 * mass)
 
 
-
 class _MDConfig(NamedTuple):
     """The checked settings of one md system (see `md_system`)."""
 
@@ -154,8 +151,9 @@ class _MDConfig(NamedTuple):
     fdt: Any
 
 
-def _md_config(mode, n, d_small, packing, dt, kT, gamma, tau, chain_length, init_seed,
-               dtype) -> _MDConfig:
+def _md_config(
+    mode, n, d_small, packing, dt, kT, gamma, tau, chain_length, init_seed, dtype
+) -> _MDConfig:
     """Check `md_system`'s parameters (InputError naming the bad one) and derive the rest."""
     if mode not in MODES:
         raise InputError(f"md mode {mode!r} is not accepted: use one of {', '.join(MODES)}")
@@ -184,8 +182,19 @@ def _md_config(mode, n, d_small, packing, dt, kT, gamma, tau, chain_length, init
     chain_length = check_int(chain_length, "md chain_length", lo=2)
     init_seed = check_int(init_seed, "md init_seed", lo=-1)
     nh_tau = 100 * step_dt if tau is None else float(tau)
-    return _MDConfig(mode, n, float(packing), side, step_dt, float(kT), float(gamma), nh_tau,
-                     int(chain_length), int(init_seed), fdt)
+    return _MDConfig(
+        mode,
+        n,
+        float(packing),
+        side,
+        step_dt,
+        float(kT),
+        float(gamma),
+        nh_tau,
+        int(chain_length),
+        int(init_seed),
+        fdt,
+    )
 
 
 def _integrator(cfg: _MDConfig, theta):
@@ -193,13 +202,13 @@ def _integrator(cfg: _MDConfig, theta):
     _, minimize, simulate, _ = _jax_md()
     g = geometry(theta, cfg.n, cfg.packing)
     if cfg.mode == "fire":
-        fns = minimize.fire_descent(g.force, g.shift, dt_start=cfg.step_dt,
-                                    dt_max=4 * cfg.step_dt)
+        fns = minimize.fire_descent(g.force, g.shift, dt_start=cfg.step_dt, dt_max=4 * cfg.step_dt)
     elif cfg.mode == "nve":
         fns = simulate.nve(g.force, g.shift, cfg.step_dt)
     elif cfg.mode == "nvt":
-        fns = simulate.nvt_nose_hoover(g.force, g.shift, cfg.step_dt, cfg.kT,
-                                       chain_length=cfg.chain_length, tau=cfg.nh_tau)
+        fns = simulate.nvt_nose_hoover(
+            g.force, g.shift, cfg.step_dt, cfg.kT, chain_length=cfg.chain_length, tau=cfg.nh_tau
+        )
     else:
         fns = simulate.brownian(g.force, g.shift, cfg.step_dt, cfg.kT, gamma=cfg.gamma)
     return g, fns
@@ -217,8 +226,7 @@ def _md_init(cfg: _MDConfig, key, theta):
             state = init_fn(u, mass=mass)
             # jax-md stores dt and α at the smallest dtype that holds them (float16):
             # keep the schedule in the working precision instead.
-            return state.set(dt=jnp.asarray(cfg.step_dt, cfg.fdt),
-                             alpha=jnp.asarray(0.1, cfg.fdt))
+            return state.set(dt=jnp.asarray(cfg.step_dt, cfg.fdt), alpha=jnp.asarray(0.1, cfg.fdt))
         if cfg.mode == "nve":
             return init_fn(k_mom, u, kT=cfg.kT, mass=mass)
         return init_fn(k_mom, u, mass=mass)
@@ -327,8 +335,7 @@ def md_system(
       The `System`. Raises InputError for a bad mode or parameter, including a box too
       small for the minimum image (L must exceed twice the largest diameter).
     """
-    cfg = _md_config(mode, n, d_small, packing, dt, kT, gamma, tau, chain_length, init_seed,
-                     dtype)
+    cfg = _md_config(mode, n, d_small, packing, dt, kT, gamma, tau, chain_length, init_seed, dtype)
     if meta_loss == "auto":
         meta_loss = "last" if mode == "fire" else "mean"
     fdt, step_dt, side = cfg.fdt, cfg.step_dt, cfg.side
@@ -358,9 +365,16 @@ def md_system(
         theta_doc="small diameter D (large diameter 1; pair sigma (D+1)/2)",
         loss_doc=loss_doc,
         meta={
-            "mode": mode, "n": n, "d_small": float(d_small), "packing": float(packing),
-            "box_side": side, "dt_step": step_dt, "kT": float(kT), "gamma": float(gamma),
-            "tau": cfg.nh_tau if mode == "nvt" else None, "init_seed": int(init_seed),
+            "mode": mode,
+            "n": n,
+            "d_small": float(d_small),
+            "packing": float(packing),
+            "box_side": side,
+            "dt_step": step_dt,
+            "kT": float(kT),
+            "gamma": float(gamma),
+            "tau": cfg.nh_tau if mode == "nvt" else None,
+            "init_seed": int(init_seed),
             "coordinates": "fractional positions (unwrapped), real-space momenta",
         },
     )

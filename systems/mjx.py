@@ -70,14 +70,17 @@ def _reset_double_pendulum(key, qpos0, nv):
     # uncontrolled motion is chaotic (2 dof, energy conserved, no regular island there)
     k1, k2 = jax.random.split(key)
     q = jnp.asarray([np.pi - 0.3, 0.6], qpos0.dtype) + jax.random.uniform(
-        k1, (2,), qpos0.dtype, -0.05, 0.05)
+        k1, (2,), qpos0.dtype, -0.05, 0.05
+    )
     return q, jax.random.uniform(k2, (nv,), qpos0.dtype, -0.05, 0.05)
 
 
 def _reset_cartpole(key, qpos0, nv):
     k1, k2 = jax.random.split(key)
-    return (qpos0 + jax.random.uniform(k1, qpos0.shape, qpos0.dtype, -0.05, 0.05),
-            jax.random.uniform(k2, (nv,), qpos0.dtype, -0.05, 0.05))
+    return (
+        qpos0 + jax.random.uniform(k1, qpos0.shape, qpos0.dtype, -0.05, 0.05),
+        jax.random.uniform(k2, (nv,), qpos0.dtype, -0.05, 0.05),
+    )
 
 
 def _reset_tumbler(key, qpos0, nv):
@@ -88,20 +91,29 @@ def _reset_tumbler(key, qpos0, nv):
 
 MODELS = {
     "double_pendulum": Model(
-        "double_pendulum.xml", 2, _reset_double_pendulum,
+        "double_pendulum.xml",
+        2,
+        _reset_double_pendulum,
         lambda q, qd: -(jnp.cos(q[0]) + jnp.cos(q[0] + q[1])),
         "tip height above the pivot, -(cos q1 + cos(q1 + q2)) m (swing-up)",
-        "planar double pendulum (two 1 m rods, undamped, RK4 0.01 s), motor on the shoulder"),
+        "planar double pendulum (two 1 m rods, undamped, RK4 0.01 s), motor on the shoulder",
+    ),
     "cartpole": Model(
-        "cartpole.xml", 2, _reset_cartpole,
+        "cartpole.xml",
+        2,
+        _reset_cartpole,
         lambda q, qd: jnp.cos(q[1]) - 0.01 * q[0] ** 2,
         "cos(pole angle) - 0.01 cart position² (balance upright)",
-        "cart on an unlimited rail with a 1 m pole, upright start (a saddle)"),
+        "cart on an unlimited rail with a 1 m pole, upright start (a saddle)",
+    ),
     "tumbler": Model(
-        "tumbler.xml", 2, _reset_tumbler,
+        "tumbler.xml",
+        2,
+        _reset_tumbler,
         lambda q, qd: -jnp.sum(qd**2),
         "-|qvel|² (bring the free body and its arm to rest)",
-        "free-floating box with a motorised arm, no gravity or contacts (a free joint)"),
+        "free-floating box with a motorised arm, no gravity or contacts (a free joint)",
+    ),
 }
 
 
@@ -158,8 +170,9 @@ class _Adapter:
 
     def init(self, key, theta):
         qpos, qvel = self.model.reset(key, self.d0.qpos, self.d0.qvel.shape[0])
-        return self.d0.replace(qpos=qpos.astype(self.d0.qpos.dtype),
-                               qvel=qvel.astype(self.d0.qvel.dtype))
+        return self.d0.replace(
+            qpos=qpos.astype(self.d0.qpos.dtype), qvel=qvel.astype(self.d0.qvel.dtype)
+        )
 
     def step(self, d, theta, key):
         a = policy_action(self.spec.policy, theta, self.observe(d), self.spec.action_noise, key)
@@ -198,33 +211,53 @@ def _build(spec: _Spec) -> System:
         m = cast_floats(mjx.put_model(mj), dt)
         d0 = cast_floats(mjx.make_data(m), dt)
     lay = _layout(mj)
-    sizes = policy_sizes(spec.policy, int(mj.nq + mj.nv), int(mj.nu), spec.hidden,
-                         spec.layers)
+    sizes = policy_sizes(spec.policy, int(mj.nq + mj.nv), int(mj.nu), spec.hidden, spec.layers)
     theta0 = init_policy(jax.random.PRNGKey(spec.seed), sizes, spec.policy_scale, dt)
     ad = _Adapter(mjx, m, d0, model, lay, spec, n_frames)
     n_quat = int(lay.quats.shape[0])
     env_dt = float(mj.opt.timestep) * n_frames
     return System(
-        ad.init, ad.step, phase=ad.phase, with_phase=ad.with_phase, name=f"mjx:{spec.model}",
-        theta=theta0, dt=env_dt, horizon=spec.horizon, precision=_precision(dt),
+        ad.init,
+        ad.step,
+        phase=ad.phase,
+        with_phase=ad.with_phase,
+        name=f"mjx:{spec.model}",
+        theta=theta0,
+        dt=env_dt,
+        horizon=spec.horizon,
+        precision=_precision(dt),
         description=f"MJX {spec.model}: {model.description}; physics dt "
-                    f"{float(mj.opt.timestep):g} x {n_frames} per step, under a deterministic "
-                    f"{spec.policy} policy, no resets",
+        f"{float(mj.opt.timestep):g} x {n_frames} per step, under a deterministic "
+        f"{spec.policy} policy, no resets",
         theta_doc=f"policy weights, list of layers {{w, b}} ({policy_doc(spec.policy, sizes)})"
-                  f"; init N(0, {spec.policy_scale}^2/fan_in) from seed {spec.seed}",
+        f"; init N(0, {spec.policy_scale}^2/fan_in) from seed {spec.seed}",
         loss_doc=f"-reward of the step; reward = {model.reward_doc}",
         meta={
-            "model": spec.model, "xml": model.xml, "policy": spec.policy,
-            "policy_sizes": sizes, "policy_scale": spec.policy_scale,
-            "action_noise": spec.action_noise, "seed": spec.seed,
-            "obs": "(qpos, qvel)", "obs_size": sizes[0], "action_size": int(mj.nu),
-            "nq": int(mj.nq), "nv": int(mj.nv), "quaternions": n_quat,
+            "model": spec.model,
+            "xml": model.xml,
+            "policy": spec.policy,
+            "policy_sizes": sizes,
+            "policy_scale": spec.policy_scale,
+            "action_noise": spec.action_noise,
+            "seed": spec.seed,
+            "obs": "(qpos, qvel)",
+            "obs_size": sizes[0],
+            "action_size": int(mj.nu),
+            "nq": int(mj.nq),
+            "nv": int(mj.nv),
+            "quaternions": n_quat,
             "phase_dim": int(mj.nq) - n_quat + int(mj.nv),
-            "phase_coords": ("(qpos, qvel); free/ball-joint quaternions as rotation vectors"
-                             if n_quat else "(qpos, qvel)"),
-            "env_dt": env_dt, "physics_timestep": float(mj.opt.timestep),
-            "n_frames": n_frames, "solver_iterations": SOLVER_ITERATIONS,
-            "resets": "none", "mujoco": mujoco.__version__,
+            "phase_coords": (
+                "(qpos, qvel); free/ball-joint quaternions as rotation vectors"
+                if n_quat
+                else "(qpos, qvel)"
+            ),
+            "env_dt": env_dt,
+            "physics_timestep": float(mj.opt.timestep),
+            "n_frames": n_frames,
+            "solver_iterations": SOLVER_ITERATIONS,
+            "resets": "none",
+            "mujoco": mujoco.__version__,
         },
     )
 
@@ -281,6 +314,17 @@ def mjx_system(
     if not policy_scale >= 0:
         raise InputError(f"policy_scale must be >= 0, got {policy_scale!r}")
     dtype_name = check_run_settings(horizon, action_noise, dtype)
-    return _build(_Spec(model, policy, int(hidden), int(layers), int(horizon),
-                        float(policy_scale), float(action_noise), int(seed), int(n_frames),
-                        dtype_name))
+    return _build(
+        _Spec(
+            model,
+            policy,
+            int(hidden),
+            int(layers),
+            int(horizon),
+            float(policy_scale),
+            float(action_noise),
+            int(seed),
+            int(n_frames),
+            dtype_name,
+        )
+    )

@@ -33,8 +33,9 @@ def quat_to_rotvec(q: jax.Array) -> jax.Array:
     s = jnp.sqrt(jnp.where(small, 1.0, s2))
     w_safe = jnp.where(small, jnp.where(w == 0, 1.0, w), 1.0)
     # 2 atan2(s, w) / s, and its series 2/w (1 − s²/(3w²)) for s → 0
-    factor = jnp.where(small, 2.0 / w_safe * (1.0 - s2 / (3.0 * w_safe**2)),
-                       2.0 * jnp.arctan2(s, w) / s)
+    factor = jnp.where(
+        small, 2.0 / w_safe * (1.0 - s2 / (3.0 * w_safe**2)), 2.0 * jnp.arctan2(s, w) / s
+    )
     return factor[..., None] * v
 
 
@@ -84,8 +85,9 @@ def check_policy(policy: str, hidden: int, layers: int) -> None:
         raise InputError(f"mlp policy needs hidden >= 1 and layers >= 1, got {hidden}, {layers}")
 
 
-def policy_sizes(policy: str, obs_size: int, act_size: int, hidden: int = 32,
-                 layers: int = 2) -> list[int]:
+def policy_sizes(
+    policy: str, obs_size: int, act_size: int, hidden: int = 32, layers: int = 2
+) -> list[int]:
     """Layer widths from the observation to the output: ``linear`` [obs, act]; ``mlp``
     ``layers`` hidden of ``hidden``; ``paper`` 4 hidden of 32 and 2·act outputs (the mean
     and the raw scale of the tanh-Normal)."""
@@ -101,8 +103,10 @@ def policy_doc(policy: str, sizes: list[int]) -> str:
     if policy == "linear":
         return "linear: a = tanh(W obs + b)"
     if policy == "paper":
-        return (f"the paper's: swish MLP {' -> '.join(map(str, sizes))} giving a tanh-Normal "
-                "(mean m, scale softplus(s) + 0.001); deterministic a = tanh(m)")
+        return (
+            f"the paper's: swish MLP {' -> '.join(map(str, sizes))} giving a tanh-Normal "
+            "(mean m, scale softplus(s) + 0.001); deterministic a = tanh(m)"
+        )
     return f"tanh MLP {' -> '.join(map(str, sizes))}"
 
 
@@ -135,8 +139,9 @@ def paper_policy(theta: list[dict], obs: jax.Array) -> tuple[jax.Array, jax.Arra
     return mean, jax.nn.softplus(raw) + PAPER_MIN_STD
 
 
-def policy_action(policy: str, theta: list[dict], obs: jax.Array, noise: float,
-                  key: jax.Array) -> jax.Array:
+def policy_action(
+    policy: str, theta: list[dict], obs: jax.Array, noise: float, key: jax.Array
+) -> jax.Array:
     """The action of ``policy`` at ``obs``, with randomness only when ``noise`` > 0.
 
     ``linear``/``mlp``: a = π_θ(obs) + noise · N(0, 1). ``paper``: a = tanh(m) without noise
@@ -156,6 +161,7 @@ def policy_action(policy: str, theta: list[dict], obs: jax.Array, noise: float,
 
 def cast_floats(tree, dt):
     """``tree`` with every floating-point array leaf cast to ``dt`` (other leaves kept)."""
+
     def cast(x):
         if isinstance(x, (jax.Array, np.ndarray)) and jnp.issubdtype(x.dtype, jnp.floating):
             return jnp.asarray(x, dt)
@@ -167,5 +173,4 @@ def cast_floats(tree, dt):
 def like(new, old):
     """``new`` with each leaf cast to the dtype of the matching leaf of ``old`` (a scan carry
     must keep one type; physics steps return some leaves as Python floats)."""
-    return jax.tree_util.tree_map(
-        lambda n, o: jnp.asarray(n, jnp.asarray(o).dtype), new, old)
+    return jax.tree_util.tree_map(lambda n, o: jnp.asarray(n, jnp.asarray(o).dtype), new, old)

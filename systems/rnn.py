@@ -39,8 +39,14 @@ def rnn(n: int = 64, g: float = 2.0, seed: int = 0, dtype: str | None = None) ->
         return x, StepOut(loss=0.5 * jnp.mean(x**2))
 
     return System(
-        init, step, name="rnn", theta=jnp.asarray(w, fdt), precision=_precision(fdt),
-        horizon=100, description=f"tanh RNN, n={n}, gain g={g}",
-        theta_doc="recurrent weights W (n x n)", loss_doc="0.5 mean(x_{t+1}^2)",
+        init,
+        step,
+        name="rnn",
+        theta=jnp.asarray(w, fdt),
+        precision=_precision(fdt),
+        horizon=100,
+        description=f"tanh RNN, n={n}, gain g={g}",
+        theta_doc="recurrent weights W (n x n)",
+        loss_doc="0.5 mean(x_{t+1}^2)",
         meta={"n": int(n), "g": g, "seed": seed},
     )

@@ -35,12 +35,18 @@ def estimates(out, names):
     from chaosgrad import estimators, systems
 
     sysm = systems.make("rnn", n=4, g=1.5, dtype="float64")
-    res = {"processes": jax.process_count(), "devices": jax.device_count(),
-           "local_devices": jax.local_device_count()}
+    res = {
+        "processes": jax.process_count(),
+        "devices": jax.device_count(),
+        "local_devices": jax.local_device_count(),
+    }
     for name in names.split(","):
         kw = {"horizon": 8}
-        kw.update({"tbptt": {"particles": 8, "window": 3}, "backprop": {"samples": 8}}.get(
-            name, {"pairs": 8}))
+        kw.update(
+            {"tbptt": {"particles": 8, "window": 3}, "backprop": {"samples": 8}}.get(
+                name, {"pairs": 8}
+            )
+        )
         if name in ("tes", "pes"):
             kw["window"] = 3
         est = estimators.make(name, sysm, **kw)
@@ -53,7 +59,8 @@ def estimates(out, names):
             losses.append(float(distributed.to_host(info["loss"])))
         leaves = jax.tree_util.tree_leaves(st)
         res[name] = {
-            "grads": grads, "losses": losses,
+            "grads": grads,
+            "losses": losses,
             "state_devices": max((len(x.sharding.device_set) for x in leaves), default=0),
             "state": [np.asarray(x).tolist() for x in distributed.to_host(leaves)],
         }
@@ -73,9 +80,13 @@ class Chain:
 
         x, owners = np.linspace(0.0, 1.0, 3), []
         for i in range(5):
-            part = store.part(f"c{i}", lambda x=x, i=i: {
-                "x": np.asarray(jax.jit(lambda v: jnp.tanh(2.0 * v + i))(x)),
-                "owner": np.asarray(jax.process_index())})
+            part = store.part(
+                f"c{i}",
+                lambda x=x, i=i: {
+                    "x": np.asarray(jax.jit(lambda v: jnp.tanh(2.0 * v + i))(x)),
+                    "owner": np.asarray(jax.process_index()),
+                },
+            )
             x = part["x"] * 1.0
             owners.append(part["owner"])
         return {"x": x, "owners": np.asarray(owners)}, {}
@@ -91,22 +102,33 @@ def figure(out):
     toy.SIZES["quick"] = {"samples": 200, "xs": 11, "ws": 6}
     png = figures.run_figure("toy", "quick", out)
     assert (png is None) == (jax.process_index() != 0)
-    got = figures.run_split("chain", Chain, "quick", (Path(out) / "chain", "quick", "c", True),
-                            False)
+    got = figures.run_split(
+        "chain", Chain, "quick", (Path(out) / "chain", "quick", "c", True), False
+    )
     if distributed.is_main_process():
         (res, _), _ = got
-        write_text(Path(out) / "chain.json", json.dumps(
-            {"x": res["x"].tolist(), "owners": res["owners"].tolist()}))
+        write_text(
+            Path(out) / "chain.json",
+            json.dumps({"x": res["x"].tolist(), "owners": res["owners"].tolist()}),
+        )
 
 
 def compare(out):
     from chaosgrad import systems
     from chaosgrad.app.compare import compare as run_compare
 
-    c = run_compare(systems.make("logistic", r=3.9, dtype="float64"),
-                    estimators_=("backprop", "es", "pes"), horizon=12, samples=8,
-                    reference="es", reference_batches=4, reference_per_batch=16,
-                    key=jax.random.PRNGKey(5), out=out, progress=False)
+    c = run_compare(
+        systems.make("logistic", r=3.9, dtype="float64"),
+        estimators_=("backprop", "es", "pes"),
+        horizon=12,
+        samples=8,
+        reference="es",
+        reference_batches=4,
+        reference_per_batch=16,
+        key=jax.random.PRNGKey(5),
+        out=out,
+        progress=False,
+    )
     assert (c is None) == (jax.process_index() != 0)
 
 

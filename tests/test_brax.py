@@ -56,8 +56,9 @@ def _register_tumbler():
 
         def step(self, state, action):
             ps = self.pipeline_step(state.pipeline_state, action)
-            return state.replace(pipeline_state=ps, obs=self._get_obs(ps),
-                                 reward=-jnp.sum(ps.qd**2))
+            return state.replace(
+                pipeline_state=ps, obs=self._get_obs(ps), reward=-jnp.sum(ps.qd**2)
+            )
 
         @property
         def action_size(self):
@@ -138,8 +139,9 @@ def test_step_jacobian_matches_finite_differences(pendulum):
 def test_inverted_pendulum_positive_lyapunov_exponent(pendulum):
     # the first 2 s (50 steps) from near upright, before the pole comes to rest on its
     # ±90° joint limit (after that the flow contracts: the long-run exponents are negative)
-    res = lyapunov_spectrum(pendulum, key=jax.random.PRNGKey(0), steps=50, k=2,
-                            transient=0, record_every=50)
+    res = lyapunov_spectrum(
+        pendulum, key=jax.random.PRNGKey(0), steps=50, k=2, transient=0, record_every=50
+    )
     assert res.nonfinite_step == -1
     # the upright is a saddle: a pole of length 0.6 m alone falls at sqrt(3 g / (2 L)) ≈ 5/s;
     # joint damping and the policy's feedback slow it, but it stays well above 0
@@ -173,9 +175,10 @@ def test_no_resets_and_done_reported(pendulum):
 @pytest.fixture(scope="module")
 def tumblers():
     _register_tumbler()
-    return (brax_system("chaosgrad_tumbler", dtype="float64", policy_scale=2.0),
-            brax_system("chaosgrad_tumbler", dtype="float64", policy_scale=2.0,
-                        rotations="quaternion"))
+    return (
+        brax_system("chaosgrad_tumbler", dtype="float64", policy_scale=2.0),
+        brax_system("chaosgrad_tumbler", dtype="float64", policy_scale=2.0, rotations="quaternion"),
+    )
 
 
 @pytest.mark.slow  # heavy (compile-bound, 30-80 s on 2 cores): make test-slow
@@ -225,7 +228,9 @@ def test_ant_phase_has_28_coordinates_and_no_spurious_exponent():
     # contacts and damping make physical exponents down to about -140/s; the quaternion-norm
     # direction, crushed to rounding by renormalisation every 0.01 s substep, lies far below
     assert lq.exponents[-1] < -500 and lq.exponents[-1] < 3 * lr.exponents[-1], (
-        lq.exponents, lr.exponents)
+        lq.exponents,
+        lr.exponents,
+    )
 
 
 def test_paper_policy_is_a_tanh_normal_of_swish_layers():
@@ -251,11 +256,13 @@ def test_paper_policy_is_a_tanh_normal_of_swish_layers():
     out = h @ theta[-1]["w"] + theta[-1]["b"]
     mean, std = out[:8], jnp.log1p(jnp.exp(out[8:])) + PAPER_MIN_STD
     key = jax.random.PRNGKey(2)
-    np.testing.assert_allclose(policy_action("paper", theta, obs, 0.0, key), np.tanh(mean),
-                               rtol=1e-13)
+    np.testing.assert_allclose(
+        policy_action("paper", theta, obs, 0.0, key), np.tanh(mean), rtol=1e-13
+    )
     eps = jax.random.normal(key, (8,), jnp.float64)
-    np.testing.assert_allclose(policy_action("paper", theta, obs, 1.0, key),
-                               np.tanh(mean + std * eps), rtol=1e-12)
+    np.testing.assert_allclose(
+        policy_action("paper", theta, obs, 1.0, key), np.tanh(mean + std * eps), rtol=1e-12
+    )
 
 
 @pytest.mark.slow  # heavy (compile-bound, 30-80 s on 2 cores): make test-slow
@@ -272,11 +279,18 @@ def test_paper_policy_runs_through_one_gradient():
     assert np.isfinite(float(g.meta_loss))
     d = random_direction(s.theta, jax.random.PRNGKey(1))
     h = 1e-5
-    plus, minus = (unroll_grad(s, jax.tree_util.tree_map(lambda t, u, c=c: t + c * h * u,
-                                                        s.theta, d), key, 10).meta_loss
-                   for c in (1.0, -1.0))
+    plus, minus = (
+        unroll_grad(
+            s, jax.tree_util.tree_map(lambda t, u, c=c: t + c * h * u, s.theta, d), key, 10
+        ).meta_loss
+        for c in (1.0, -1.0)
+    )
     fd = (float(plus) - float(minus)) / (2 * h)
-    directional = sum(float(jnp.vdot(a, b)) for a, b in zip(
-        jax.tree_util.tree_leaves(g.grad), jax.tree_util.tree_leaves(d), strict=True))
+    directional = sum(
+        float(jnp.vdot(a, b))
+        for a, b in zip(
+            jax.tree_util.tree_leaves(g.grad), jax.tree_util.tree_leaves(d), strict=True
+        )
+    )
     assert abs(directional) > 1e-8
     assert directional == pytest.approx(fd, rel=1e-5, abs=1e-10)

@@ -83,8 +83,7 @@ def test_one_replicate_dominating_is_flagged_only_beyond_gaussian_chance():
     # Gaussian replicates (one direction carrying most of the variance: the most
     # concentrated case) are flagged about once in a thousand, not once in three as a
     # fixed "more than half" rule would at 8 replicates
-    flagged = np.mean([dominated(rng.normal(size=(8, 4)) * [30, 1, 1, 1])[0]
-                       for _ in range(3000)])
+    flagged = np.mean([dominated(rng.normal(size=(8, 4)) * [30, 1, 1, 1])[0] for _ in range(3000)])
     assert flagged <= 0.004, flagged
     x = rng.normal(size=(16, 4))
     x[5] *= 1000  # one heavy-tailed replicate

@@ -13,8 +13,22 @@ from chaosgrad.app.cli import main
 
 
 def test_spectrum_json_for_henon(capsys):
-    assert main(["spectrum", "henon", "--steps", "100000", "--k", "2", "--x64", "--json",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "spectrum",
+                "henon",
+                "--steps",
+                "100000",
+                "--k",
+                "2",
+                "--x64",
+                "--json",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["system"] == "henon" and out["steps"] == 100000 and out["dt"] is None
     assert out["exponents"][0] == pytest.approx(0.420, abs=0.005)
@@ -30,8 +44,24 @@ def test_spectrum_table_and_plot(tmp_path, capsys):
 
 
 def test_grad_growth_json(capsys):
-    assert main(["grad-growth", "rnn", "--param", "n=8", "--param", "g=0.5", "--horizons",
-                 "5,10,20", "--seeds", "3", "--json"]) == 0
+    assert (
+        main(
+            [
+                "grad-growth",
+                "rnn",
+                "--param",
+                "n=8",
+                "--param",
+                "g=0.5",
+                "--horizons",
+                "5,10,20",
+                "--seeds",
+                "3",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["horizons"] == [5, 10, 20] and out["seeds"] == 3
     assert out["system_meta"]["g"] == 0.5
@@ -45,17 +75,26 @@ def test_systems_lists_the_oracles(capsys):
     assert rows["rnn"]["params"]["g"] == 2.0
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["spectrum", "nosuch"], "unknown system 'nosuch'; accepted:"),
-    (["spectrum", "henon", "--k", "3"],
-     "--k must be an integer between 1 and the phase dimension 2 of 'henon', or 'all'; got 3"),
-    (["diagnose", "henon", "--k", "3"],
-     "--k must be an integer between 1 and the phase dimension 2 of 'henon', or 'all'; got 3"),
-    (["spectrum", "henon", "--steps", "0"], "expected a positive integer, got '0'"),
-    (["spectrum", "henon", "--param", "c=1"], "no parameter 'c'; accepted: a, b, dtype"),
-    (["spectrum", "henon", "--param", "a=x"], "cannot read 'x' as float"),
-    (["grad-growth", "rnn", "--horizons", "10,-3"], "comma-separated positive integers"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["spectrum", "nosuch"], "unknown system 'nosuch'; accepted:"),
+        (
+            ["spectrum", "henon", "--k", "3"],
+            "--k must be an integer between 1 and the phase dimension 2 of 'henon', "
+            "or 'all'; got 3",
+        ),
+        (
+            ["diagnose", "henon", "--k", "3"],
+            "--k must be an integer between 1 and the phase dimension 2 of 'henon', "
+            "or 'all'; got 3",
+        ),
+        (["spectrum", "henon", "--steps", "0"], "expected a positive integer, got '0'"),
+        (["spectrum", "henon", "--param", "c=1"], "no parameter 'c'; accepted: a, b, dtype"),
+        (["spectrum", "henon", "--param", "a=x"], "cannot read 'x' as float"),
+        (["grad-growth", "rnn", "--horizons", "10,-3"], "comma-separated positive integers"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line(argv, needle, capsys):
     with pytest.raises(SystemExit) as e:
         raise SystemExit(main(argv))
@@ -66,8 +105,13 @@ def test_bad_input_exits_2_with_one_line(argv, needle, capsys):
 
 def test_console_script_exit_status_without_traceback():
     env = {**os.environ, "CHAOSGRAD_NO_CACHE": "1"}
-    p = subprocess.run([sys.executable, "-m", "chaosgrad.app.cli", "spectrum", "logistic", "--k",
-                        "2"], capture_output=True, text=True, env=env, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "chaosgrad.app.cli", "spectrum", "logistic", "--k", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and "Traceback" not in p.stderr
     assert "phase dimension 1" in p.stderr
@@ -75,16 +119,48 @@ def test_console_script_exit_status_without_traceback():
 
 def test_parse_params_types():
     assert systems.parse_params("linear", ["n=3", "eigenvalues=1.5,0.2", "radius=2"]) == {
-        "n": 3, "eigenvalues": (1.5, 0.2), "radius": 2.0}
+        "n": 3,
+        "eigenvalues": (1.5, 0.2),
+        "radius": 2.0,
+    }
 
 
 def test_meta_train_takes_x64_horizon_and_an_outer_optimizer(tmp_path, capsys):
     out = tmp_path / "mt"
-    assert main(["meta-train", "linear", "--param", "n=3", "--param", "radius=0.95",
-                 "--param", "loss=quadratic", "--estimator", "backprop", "--est-param",
-                 "samples=2", "--horizon", "20", "--outer-optimizer", "momentum",
-                 "--outer-lr", "0.02", "--x64", "--steps", "10", "--log-every", "5",
-                 "--out", str(out), "--json", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "meta-train",
+                "linear",
+                "--param",
+                "n=3",
+                "--param",
+                "radius=0.95",
+                "--param",
+                "loss=quadratic",
+                "--estimator",
+                "backprop",
+                "--est-param",
+                "samples=2",
+                "--horizon",
+                "20",
+                "--outer-optimizer",
+                "momentum",
+                "--outer-lr",
+                "0.02",
+                "--x64",
+                "--steps",
+                "10",
+                "--log-every",
+                "5",
+                "--out",
+                str(out),
+                "--json",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     res = json.loads((out / "results.json").read_text())
     assert res["estimator"]["params"]["horizon"] == 20  # --horizon reached the estimator
     assert res["system"]["horizon"] == 20
@@ -104,8 +180,10 @@ def test_meta_train_takes_x64_horizon_and_an_outer_optimizer(tmp_path, capsys):
     assert log[0]["theta"] != log[-1]["theta"]  # θ moved
     capsys.readouterr()
     # an unknown outer optimizer: bad input, one line naming the accepted ones
-    assert main(["meta-train", "linear", "--outer-optimizer", "lbfgs", "--out",
-                 str(tmp_path / "x")]) == 2
+    assert (
+        main(["meta-train", "linear", "--outer-optimizer", "lbfgs", "--out", str(tmp_path / "x")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "unknown outer optimizer 'lbfgs'; accepted: adam, sgd, momentum" in err
     assert len(err.strip().splitlines()) == 1

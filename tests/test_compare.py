@@ -16,8 +16,13 @@ KEY = jax.random.PRNGKey(0)
 def test_black_box_beats_backprop_on_a_chaotic_map():
     # logistic r = 3.9 (λ ≈ 0.5 per step): backprop's variance ~ e^{2·0.5·30}, ES's bounded;
     # the reference is chosen by the measured spread: ES, cross-checked by reparam backprop
-    c = compare(systems.make("logistic", r=3.9), horizon=30, samples=16, key=KEY,
-                estimators=["backprop", "tbptt", "es", "pes", "nres"])
+    c = compare(
+        systems.make("logistic", r=3.9),
+        horizon=30,
+        samples=16,
+        key=KEY,
+        estimators=["backprop", "tbptt", "es", "pes", "nres"],
+    )
     assert c.reference.startswith("es") and c.target == "smoothed"
     assert c.reference_check["kind"] == "reparam" and c.reference_check["agree"]
     assert c.reference_samples >= 10 * 16 * 8  # 10 x the replicates, 8 pairs a batch
@@ -31,8 +36,7 @@ def test_black_box_beats_backprop_on_a_chaotic_map():
 
 
 def test_backprop_first_on_a_stable_system(tmp_path):
-    c = compare(systems.make("rnn", n=8, g=0.5), horizon=50, samples=16, key=KEY,
-                out=tmp_path)
+    c = compare(systems.make("rnn", n=8, g=0.5), horizon=50, samples=16, key=KEY, out=tmp_path)
     assert c.reference.startswith("reparam")  # the smoothed target's low-variance reference
     # contracting dynamics: backprop is unbiased and cheap enough; truncated backprop's bias
     # is tiny, so the two may tie, but the black-box estimators lose, separated at 95%
@@ -56,8 +60,7 @@ def test_backprop_first_on_a_stable_system(tmp_path):
     saved_by = {e["name"]: e for e in saved["estimators"]}
     for s in c.stats:  # the figure of merit is bias² + variance·cost/budget, exactly
         m = s.mse_at_budget
-        assert m.value == pytest.approx(s.bias.value**2
-                                        + s.variance_eff.value * s.steps / c.budget)
+        assert m.value == pytest.approx(s.bias.value**2 + s.variance_eff.value * s.steps / c.budget)
         assert m.low <= m.value <= m.high
         assert saved_by[s.name]["mse_at_budget"]["high"] == pytest.approx(m.high)
 
@@ -66,8 +69,7 @@ def test_reference_gradient_of_a_linear_system_is_exact():
     # influence balancing is linear in θ, so E[backprop] is its exact meta-gradient and
     # every sample equals it: the standard error is 0 up to rounding
     s = systems.make("influence")
-    ref = reference_gradient(s, s.theta, 20, kind="backprop", key=KEY, batches=4,
-                             per_batch=4)
+    ref = reference_gradient(s, s.theta, 20, kind="backprop", key=KEY, batches=4, per_batch=4)
     g, se = ref.mean, ref.se
     from chaosgrad.unroll import unrolled_loss
 
@@ -82,8 +84,14 @@ def test_cli_compare_rejects_unknown_estimator(capsys):
 
 
 def test_exact_target_charges_the_smoothing_and_names_it():
-    c = compare(systems.make("rnn", n=8, g=0.5), estimators=["backprop", "es"], horizon=20,
-                samples=8, target="exact", key=KEY)
+    c = compare(
+        systems.make("rnn", n=8, g=0.5),
+        estimators=["backprop", "es"],
+        horizon=20,
+        samples=8,
+        target="exact",
+        key=KEY,
+    )
     assert c.target == "exact" and c.reference.startswith("backprop")
     assert not c.reference_check  # no second unbiased kind for the exact gradient
     assert any("includes the smoothing" in n for n in c.notes)

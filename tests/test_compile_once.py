@@ -26,7 +26,8 @@ DATA = Path(__file__).parent / "data"
 O0 = "--xla_backend_optimization_level=0" in os.environ.get("XLA_FLAGS", "")
 RECORDED = np.load(DATA / ("estimates_94ff132_O0.npz" if O0 else "estimates_94ff132.npz"))
 spec = __import__("importlib.util").util.spec_from_file_location(
-    "record_estimates", DATA / "record_estimates.py")
+    "record_estimates", DATA / "record_estimates.py"
+)
 record = __import__("importlib.util").util.module_from_spec(spec)
 spec.loader.exec_module(record)
 
@@ -79,7 +80,8 @@ def test_one_program_for_three_horizons_with_the_recorded_estimates(name):
         for i, (grads, loss) in enumerate(out):
             tag = f"henon/{name}/{horizon}/{i}"
             want = [RECORDED[f"{tag}/grad{j}"] for j in range(len(grads))] + [
-                RECORDED[f"{tag}/loss"]]
+                RECORDED[f"{tag}/loss"]
+            ]
             got = [np.asarray(g) for g in grads] + [np.asarray(loss)]
             for w, g in zip(want, got, strict=True):
                 if name in BITWISE:
@@ -91,10 +93,10 @@ def test_one_program_for_three_horizons_with_the_recorded_estimates(name):
     est = estimators.make(name, system, horizon=17, **record.CASES[name])
     state = est.init(jax.random.PRNGKey(1), system.theta)
     shared = jax.jit(est.estimate)(state, system.theta, jax.random.PRNGKey(10))
-    alone = jax.jit(lambda th, k: est.estimate(state, th, k))(system.theta,
-                                                              jax.random.PRNGKey(10))
-    for a, b in zip(jax.tree_util.tree_leaves(shared), jax.tree_util.tree_leaves(alone),
-                    strict=True):
+    alone = jax.jit(lambda th, k: est.estimate(state, th, k))(system.theta, jax.random.PRNGKey(10))
+    for a, b in zip(
+        jax.tree_util.tree_leaves(shared), jax.tree_util.tree_leaves(alone), strict=True
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # The first horizon builds the program (pes's log-uniform schedule at T = 30 is another
     # static setting, so it may build once more); the other horizons build nothing.
@@ -114,13 +116,15 @@ def test_chunked_reverse_pass_is_the_gradient_of_the_unroll(horizon):
 
     system = systems.make("rnn", n=4, g=1.5, dtype="float64")
     key = jax.random.PRNGKey(3)
-    (val, bad), grad = jax.jit(
-        lambda th: unroll_value_and_grad(system, th, key, horizon, 8, 6))(system.theta)
+    (val, bad), grad = jax.jit(lambda th: unroll_value_and_grad(system, th, key, horizon, 8, 6))(
+        system.theta
+    )
     if horizon > 48:
         assert np.isnan(float(val)) and np.all(np.isnan(np.asarray(grad)))
         return
-    want_val, want_grad = jax.value_and_grad(
-        lambda th: unrolled_loss(system, th, key, horizon))(system.theta)
+    want_val, want_grad = jax.value_and_grad(lambda th: unrolled_loss(system, th, key, horizon))(
+        system.theta
+    )
     assert int(bad) == 0
     np.testing.assert_allclose(float(val), float(want_val), rtol=1e-14)
     np.testing.assert_allclose(np.asarray(grad), np.asarray(want_grad), rtol=1e-12, atol=1e-15)

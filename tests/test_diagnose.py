@@ -16,8 +16,9 @@ KEY = jax.random.PRNGKey(0)
 
 
 def test_lorenz_is_chaotic():
-    d = diagnose(systems.make("lorenz"), horizons=[100, 300, 600], seeds=6, key=KEY,
-                 lyapunov_steps=10_000)
+    d = diagnose(
+        systems.make("lorenz"), horizons=[100, 300, 600], seeds=6, key=KEY, lyapunov_steps=10_000
+    )
     assert d.verdict == "chaotic"
     assert d.lyapunov.exponents[0] == pytest.approx(0.906, abs=0.1)
     assert d.measured_rate > 0.2 and d.critical_horizon is not None
@@ -34,15 +35,17 @@ def test_gain_two_rnn_is_chaotic_and_its_growth_matches_the_spectrum(tmp_path):
     assert d.slices.extrema[-1] > d.slices.extrema[0]  # slices turn jagged with T
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["verdict"] == "chaotic" and rep["critical_horizon"] == pytest.approx(
-        d.critical_horizon)
+        d.critical_horizon
+    )
     for name in ("summary", "lyapunov", "growth", "variance", "slices"):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
     assert "Verdict: chaotic" in (tmp_path / "report.md").read_text()
 
 
 def test_contracting_linear_map_is_stable():
-    d = diagnose(systems.make("linear", eigenvalues=(0.9, 0.5, -0.3)), seeds=4, key=KEY,
-                 lyapunov_steps=2000)
+    d = diagnose(
+        systems.make("linear", eigenvalues=(0.9, 0.5, -0.3)), seeds=4, key=KEY, lyapunov_steps=2000
+    )
     assert d.verdict == "stable" and d.critical_horizon is None
     np.testing.assert_allclose(d.lyapunov.exponents, np.log([0.9, 0.5, 0.3]), atol=1e-8)
 
@@ -52,8 +55,13 @@ def test_predicted_and_measured_growth_agree_on_an_expanding_linear_map():
     # slope is ln λ to within ~1e-3; the gradient is linear in x0, so its variance grows at
     # exactly 2 ln λ up to the same correction. Tolerance stated: 5e-3 and 1e-2.
     lam = 1.2
-    d = diagnose(systems.make("linear", eigenvalues=(lam, 0.5, 0.2), seed=1),
-                 horizons=[50, 100, 150], seeds=6, key=KEY, lyapunov_steps=2000)
+    d = diagnose(
+        systems.make("linear", eigenvalues=(lam, 0.5, 0.2), seed=1),
+        horizons=[50, 100, 150],
+        seeds=6,
+        key=KEY,
+        lyapunov_steps=2000,
+    )
     # the state grows 1.2^150 ≈ 7e11-fold: it blows up (never "chaotic"), and the rates are
     # still measured and reported
     assert d.verdict == "diverges" and "grew past 1e6×" in d.blowup["reason"]
@@ -63,8 +71,14 @@ def test_predicted_and_measured_growth_agree_on_an_expanding_linear_map():
 
 
 def test_nonfinite_gradients_are_reported_not_averaged():
-    d = diagnose(systems.make("linear", eigenvalues=(1e60, 0.5), loss="quadratic"),
-                 horizons=[2, 4, 8], seeds=3, key=KEY, lyapunov_steps=50, transient=0)
+    d = diagnose(
+        systems.make("linear", eigenvalues=(1e60, 0.5), loss="quadratic"),
+        horizons=[2, 4, 8],
+        seeds=3,
+        key=KEY,
+        lyapunov_steps=50,
+        transient=0,
+    )
     assert d.growth.nonfinite_fraction[-1] == 1.0
     assert "NaN/Inf" in d.nonfinite["message"] and "T = " in d.nonfinite["message"]
     assert d.nonfinite["gradient_nonfinite_fraction"][8] == 1.0
@@ -91,17 +105,34 @@ def test_loss_slices_of_a_quadratic_are_exact():
     r = loss_slice(s, horizons=[1], key=KEY, points=9, radius=0.5)
     k_init, _ = jax.random.split(KEY)
     x0 = np.asarray(s.init(k_init, s.theta))
-    expected = [float(s.step(x0, s.theta + sh * r.direction, None)[1].loss)
-                for sh in r.shifts]
+    expected = [float(s.step(x0, s.theta + sh * r.direction, None)[1].loss) for sh in r.shifts]
     np.testing.assert_allclose(r.losses[0], expected, rtol=1e-12)
     assert r.extrema[0] == 0
     assert count_extrema([0, 1, 0, 1, 0]) == 3
 
 
 def test_cli_diagnose_writes_report(tmp_path, capsys):
-    assert main(["diagnose", "rnn", "--param", "n=16", "--param", "g=0.5", "--horizons",
-                 "5,10", "--seeds", "3", "--lyapunov-steps", "500", "--out",
-                 str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "diagnose",
+                "rnn",
+                "--param",
+                "n=16",
+                "--param",
+                "g=0.5",
+                "--horizons",
+                "5,10",
+                "--seeds",
+                "3",
+                "--lyapunov-steps",
+                "500",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert "VERDICT: STABLE" in capsys.readouterr().out
     assert json.loads((tmp_path / "report.json").read_text())["verdict"] == "stable"
 
@@ -126,8 +157,12 @@ def test_verdict_needs_the_spectrum_and_the_gradients_to_agree():
     assert _verdict(Interval(0.05, -0.02, 0.12), 0.0, iv(0.05), m, False, -1)[0] == "marginal"
     assert _verdict(iv(0.1), 0.1, Interval(0.05, -0.01, 0.1), m, False, -1)[0] == "marginal"
     # ... unless the variance's growth is resolved (it carries the signal at few seeds)
-    assert _verdict(iv(0.1), 0.1, Interval(0.05, -0.01, 0.1), m, False, -1,
-                    Interval(0.2, 0.05, 0.4))[0] == "chaotic"
+    assert (
+        _verdict(iv(0.1), 0.1, Interval(0.05, -0.01, 0.1), m, False, -1, Interval(0.2, 0.05, 0.4))[
+            0
+        ]
+        == "chaotic"
+    )
     # a diverged forward unroll is never called chaotic, whatever the rest says
     verdict, why = _verdict(iv(0.1), 0.1, iv(0.09), m, True, 7)
     assert verdict == "diverges" and "step 7" in why
@@ -135,8 +170,9 @@ def test_verdict_needs_the_spectrum_and_the_gradients_to_agree():
 
 @pytest.mark.parametrize("lr", [1.9, 2.5])
 def test_gradient_descent_on_a_quadratic_is_stable_iff_below_two_over_lambda_max(lr):
-    s = systems.make("lopt", task="quadratic", optimizer="sgd", lr=lr, inner_steps=60,
-                     log_loss=False)
+    s = systems.make(
+        "lopt", task="quadratic", optimizer="sgd", lr=lr, inner_steps=60, log_loss=False
+    )
     h = np.asarray(s.init(KEY, s.theta).task["eigenvalues"])
     d = diagnose(s, seeds=4, key=KEY, lyapunov_steps=4000)  # 4 runs × 1000 steps
     # GD's Jacobian is I - lr H: contracting iff lr < 2 / h_max
@@ -156,10 +192,24 @@ def _growth(rate_g, rate_v, horizons=(10, 30, 100), h=0.01):
 
     T = np.asarray(horizons, float)
     g, v = np.exp(rate_g * T), 5 * np.exp(rate_v * T)
-    return GrowthResult(T, np.tile(g[:, None], (1, 8)), g, g, v, np.zeros(3), np.zeros((3, 8)),
-                        rate_g, rate_v, "per step", None, {}, {}, 0.0,
-                        Interval(rate_g, rate_g - h, rate_g + h),
-                        Interval(rate_v, rate_v - 2 * h, rate_v + 2 * h))
+    return GrowthResult(
+        T,
+        np.tile(g[:, None], (1, 8)),
+        g,
+        g,
+        v,
+        np.zeros(3),
+        np.zeros((3, 8)),
+        rate_g,
+        rate_v,
+        "per step",
+        None,
+        {},
+        {},
+        0.0,
+        Interval(rate_g, rate_g - h, rate_g + h),
+        Interval(rate_v, rate_v - 2 * h, rate_v + 2 * h),
+    )
 
 
 def _numbers(text):
@@ -168,8 +218,18 @@ def _numbers(text):
     return [float(x) for x in re.findall(r"[-+]?\d+\.?\d*(?:e[-+]?\d+)?", text)]
 
 
-@pytest.mark.parametrize("case", ["stable", "marginal_shrinks", "marginal_unresolved",
-                                  "marginal_grows", "chaotic", "chaotic_overflow", "diverges"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "stable",
+        "marginal_shrinks",
+        "marginal_unresolved",
+        "marginal_grows",
+        "chaotic",
+        "chaotic_overflow",
+        "diverges",
+    ],
+)
 def test_every_verdict_and_recommendation_says_what_its_numbers_say(case):
     """Each sentence of the verdict, the headline and the recommendation is checked against
     the numbers it is built from (issue 22: no "keeps growing" for a negative rate; the
@@ -179,24 +239,48 @@ def test_every_verdict_and_recommendation_says_what_its_numbers_say(case):
     from chaosgrad.stats import Interval
 
     m = 0.005
-    lam = {"stable": Interval(-0.1, -0.11, -0.09), "chaotic": Interval(0.1, 0.09, 0.11),
-           "chaotic_overflow": Interval(0.1, 0.09, 0.11)}.get(case, Interval(0.001, -0.002,
-                                                                              0.004))
-    rates = {"stable": (-0.05, -0.1), "marginal_shrinks": (-0.0254, -0.0254),
-             "marginal_unresolved": (0.0, 0.001), "marginal_grows": (0.02, 0.04),
-             "chaotic": (0.1, 0.2), "chaotic_overflow": (float("nan"), float("nan")),
-             "diverges": (0.6, 1.5)}[case]
+    lam = {
+        "stable": Interval(-0.1, -0.11, -0.09),
+        "chaotic": Interval(0.1, 0.09, 0.11),
+        "chaotic_overflow": Interval(0.1, 0.09, 0.11),
+    }.get(case, Interval(0.001, -0.002, 0.004))
+    rates = {
+        "stable": (-0.05, -0.1),
+        "marginal_shrinks": (-0.0254, -0.0254),
+        "marginal_unresolved": (0.0, 0.001),
+        "marginal_grows": (0.02, 0.04),
+        "chaotic": (0.1, 0.2),
+        "chaotic_overflow": (float("nan"), float("nan")),
+        "diverges": (0.6, 1.5),
+    }[case]
     gr = _growth(*rates)
     if case == "marginal_shrinks":  # the issue's numbers at lr = 0.1
         gr = gr._replace(variance_rate_interval=Interval(-0.0254, -0.0354, -0.018))
     if case == "chaotic_overflow":
-        gr = gr._replace(growth_interval=Interval(np.nan, np.nan, np.nan),
-                         variance_rate_interval=Interval(np.nan, np.nan, np.nan))
+        gr = gr._replace(
+            growth_interval=Interval(np.nan, np.nan, np.nan),
+            variance_rate_interval=Interval(np.nan, np.nan, np.nan),
+        )
     first = 46 if case == "diverges" else -1
-    blow = {"first_step": first, "seeds": 1, "reason": "the loss grew past 1e6× its initial "
-            "scale (3.8)"} if case == "diverges" else {"first_step": -1, "reason": ""}
-    verdict, conf = _verdict(lam, lam.value, gr.growth_interval, m, case == "chaotic_overflow",
-                             first, gr.variance_rate_interval, blow["reason"] or "x")
+    blow = (
+        {
+            "first_step": first,
+            "seeds": 1,
+            "reason": "the loss grew past 1e6× its initial scale (3.8)",
+        }
+        if case == "diverges"
+        else {"first_step": -1, "reason": ""}
+    )
+    verdict, conf = _verdict(
+        lam,
+        lam.value,
+        gr.growth_interval,
+        m,
+        case == "chaotic_overflow",
+        first,
+        gr.variance_rate_interval,
+        blow["reason"] or "x",
+    )
     expect = case.split("_")[0]
     assert verdict == expect, (verdict, conf)
     crit, civ = _critical(lam, lam.value, gr, verdict, 100.0, 1.0, m)
@@ -231,8 +315,7 @@ def test_every_verdict_and_recommendation_says_what_its_numbers_say(case):
 def test_headline_factor_matches_the_table_and_exponents_are_sorted():
     # Hénon: chaotic, its measured variance grows; the headline's T is the horizon over
     # which the line fitted to the table's variances grows 100x
-    d = diagnose(systems.make("henon"), horizons=[5, 10, 20], seeds=8, key=KEY,
-                 lyapunov_steps=2000)
+    d = diagnose(systems.make("henon"), horizons=[5, 10, 20], seeds=8, key=KEY, lyapunov_steps=2000)
     assert d.verdict == "chaotic" and d.critical_horizon is not None
     v = d.growth.variance_rate_interval
     assert d.critical_horizon == pytest.approx(np.log(100) / v.value)
@@ -246,8 +329,9 @@ def test_headline_factor_matches_the_table_and_exponents_are_sorted():
     ex = d.lyapunov.exponents
     assert np.all(np.diff(ex) <= 0)
     assert d.lyapunov.history[-1].tolist() == ex.tolist()
-    listed = [float(x) for x in d.summary().split("after")[1].split(":")[1].split("\n")[0]
-              .split(",")]
+    listed = [
+        float(x) for x in d.summary().split("after")[1].split(":")[1].split("\n")[0].split(",")
+    ]
     assert listed == sorted(listed, reverse=True)
 
 
@@ -274,17 +358,24 @@ def test_blowup_test_is_a_growth_test_not_a_float_range_test():
 def test_plots_survive_infinite_and_huge_values(tmp_path):
     # eigenvalue 1e40: the state reaches 1e240 (finite in float64), the gradients overflow
     # to inf at the last horizon; the figures must be drawn and the report saved
-    d = diagnose(systems.make("linear", eigenvalues=(1e40, 0.5), loss="quadratic"),
-                 horizons=[2, 4, 6], seeds=3, key=KEY, lyapunov_steps=20, transient=0,
-                 out=tmp_path)
+    d = diagnose(
+        systems.make("linear", eigenvalues=(1e40, 0.5), loss="quadratic"),
+        horizons=[2, 4, 6],
+        seeds=3,
+        key=KEY,
+        lyapunov_steps=20,
+        transient=0,
+        out=tmp_path,
+    )
     assert d.verdict == "diverges" and d.figure_error == ""
     for name in ("summary", "growth", "variance", "lyapunov", "slices"):
         assert (tmp_path / f"{name}.png").stat().st_size > 5_000
     assert json.loads((tmp_path / "report.json").read_text())["verdict"] == "diverges"
 
 
-def test_a_failing_figure_costs_neither_the_report_nor_the_exit_status(tmp_path, capsys,
-                                                                       monkeypatch):
+def test_a_failing_figure_costs_neither_the_report_nor_the_exit_status(
+    tmp_path, capsys, monkeypatch
+):
     # chaosgrad's own plotting code raising (not matplotlib mocked): the diagnosis is
     # returned and saved, and the command does not call it bad input
     import chaosgrad.plots
@@ -294,13 +385,38 @@ def test_a_failing_figure_costs_neither_the_report_nor_the_exit_status(tmp_path,
 
     monkeypatch.setattr(chaosgrad.plots, "plot_diagnosis", broken)
     with pytest.warns(RuntimeWarning, match="figures could not be drawn"):
-        d = diagnose(systems.make("rnn", n=4, g=0.5), horizons=[2, 4], seeds=2, key=KEY,
-                     lyapunov_steps=50, out=tmp_path)
+        d = diagnose(
+            systems.make("rnn", n=4, g=0.5),
+            horizons=[2, 4],
+            seeds=2,
+            key=KEY,
+            lyapunov_steps=50,
+            out=tmp_path,
+        )
     assert "OverflowError" in d.figure_error
     assert json.loads((tmp_path / "report.json").read_text())["figure_error"] == d.figure_error
-    assert main(["diagnose", "rnn", "--param", "n=4", "--param", "g=0.5", "--horizons", "2,4",
-                 "--seeds", "2", "--lyapunov-steps", "50", "--out", str(tmp_path / "cli"),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "diagnose",
+                "rnn",
+                "--param",
+                "n=4",
+                "--param",
+                "g=0.5",
+                "--horizons",
+                "2,4",
+                "--seeds",
+                "2",
+                "--lyapunov-steps",
+                "50",
+                "--out",
+                str(tmp_path / "cli"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "figures not drawn: OverflowError" in capsys.readouterr().out
 
 
@@ -330,8 +446,9 @@ def test_tails_are_reported_per_horizon():
     # the seeds needed to see a 1-in-500 tail with 95%: (1 - 1/500)^n <= 0.05
     n = seeds_to_see()
     assert (1 - 1 / TAIL_RARITY) ** n <= 0.05 < (1 - 1 / TAIL_RARITY) ** (n - 1)
-    d = diagnose(systems.make("rnn", n=4, g=0.5), horizons=[2, 4], seeds=3, key=KEY,
-                 lyapunov_steps=50)
+    d = diagnose(
+        systems.make("rnn", n=4, g=0.5), horizons=[2, 4], seeds=3, key=KEY, lyapunov_steps=50
+    )
     text = d.summary()
     assert f"3 seeds see a 1-in-500 tail of |grad| with probability 1%; {n:,} seeds" in text
     med = float(np.median(d.growth.norms[0]))

@@ -37,16 +37,26 @@ def free_port() -> int:
 
 def _env(devices: int, **extra) -> dict:
     flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAOSGRAD_", "SLURM_",
-                                                                      "OMPI_"))}
-    env.update(XLA_FLAGS=flags, JAX_PLATFORMS="cpu",
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("CHAOSGRAD_", "SLURM_", "OMPI_"))
+    }
+    env.update(
+        XLA_FLAGS=flags,
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
 
-def launch(args: list[str], processes: int, devices: int, timeout: float = TIMEOUT,
-           script: Path = WORKER, env_extra: dict | None = None) -> list:
+def launch(
+    args: list[str],
+    processes: int,
+    devices: int,
+    timeout: float = TIMEOUT,
+    script: Path = WORKER,
+    env_extra: dict | None = None,
+) -> list:
     """Run ``script args`` as ``processes`` processes of ``devices`` CPU devices each on
     localhost (one plain process when ``processes`` is 1); kill them all past ``timeout``."""
     port = free_port()
@@ -54,12 +64,21 @@ def launch(args: list[str], processes: int, devices: int, timeout: float = TIMEO
     for i in range(processes):
         extra = dict(env_extra or {})
         if processes > 1:
-            extra.update(CHAOSGRAD_COORDINATOR=f"127.0.0.1:{port}",
-                         CHAOSGRAD_NUM_PROCESSES=processes, CHAOSGRAD_PROCESS_ID=i)
-        procs.append(subprocess.Popen([sys.executable, str(script), *args],
-                                      env=_env(devices, **extra), stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True,
-                                      start_new_session=True))
+            extra.update(
+                CHAOSGRAD_COORDINATOR=f"127.0.0.1:{port}",
+                CHAOSGRAD_NUM_PROCESSES=processes,
+                CHAOSGRAD_PROCESS_ID=i,
+            )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), *args],
+                env=_env(devices, **extra),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+        )
     return _collect(procs, timeout)
 
 
@@ -89,10 +108,14 @@ def test_resolve_launch_single_process_and_arguments():
     assert distributed.resolve_launch(num_processes=1, env={}) is None
     got = distributed.resolve_launch("10.0.0.1:6789", 4, 3, env={})
     assert got == distributed.Launch("10.0.0.1:6789", 4, 3, "arguments")
-    env = {"CHAOSGRAD_COORDINATOR": "node1:1234", "CHAOSGRAD_NUM_PROCESSES": "2",
-           "CHAOSGRAD_PROCESS_ID": "1"}
-    assert distributed.resolve_launch(env=env) == distributed.Launch("node1:1234", 2, 1,
-                                                                     "environment")
+    env = {
+        "CHAOSGRAD_COORDINATOR": "node1:1234",
+        "CHAOSGRAD_NUM_PROCESSES": "2",
+        "CHAOSGRAD_PROCESS_ID": "1",
+    }
+    assert distributed.resolve_launch(env=env) == distributed.Launch(
+        "node1:1234", 2, 1, "environment"
+    )
     # An explicit argument overrides its variable; the others still come from the environment.
     assert distributed.resolve_launch(process_id=0, env=env).process_id == 0
 
@@ -105,20 +128,24 @@ def test_resolve_launch_clusters():
     # A coordinator named by hand, the count and rank from the launcher (OpenMPI 5).
     ompi = {"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "2"}
     assert distributed.resolve_launch("n0:7000", env=ompi) == distributed.Launch(
-        "n0:7000", 4, 2, "arguments")
+        "n0:7000", 4, 2, "arguments"
+    )
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"coordinator": "h:1", "num_processes": 2, "process_id": 2}, r"in \[0, 1\]"),
-    ({"coordinator": "h:1", "num_processes": 2, "process_id": -1}, r"in \[0, 1\]"),
-    ({"coordinator": "h:1", "num_processes": 0, "process_id": 0}, "at least 1"),
-    ({"num_processes": 2, "process_id": 0}, "coordinator"),
-    ({"coordinator": "h:1", "num_processes": 2}, "process's id"),
-    ({"coordinator": "h:1", "process_id": 0}, "process count"),
-    ({"coordinator": "nohost", "num_processes": 2, "process_id": 0}, "host:port"),
-    ({"coordinator": "h:99999", "num_processes": 2, "process_id": 0}, "host:port"),
-    ({"coordinator": "h:1", "num_processes": "two", "process_id": 0}, "integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"coordinator": "h:1", "num_processes": 2, "process_id": 2}, r"in \[0, 1\]"),
+        ({"coordinator": "h:1", "num_processes": 2, "process_id": -1}, r"in \[0, 1\]"),
+        ({"coordinator": "h:1", "num_processes": 0, "process_id": 0}, "at least 1"),
+        ({"num_processes": 2, "process_id": 0}, "coordinator"),
+        ({"coordinator": "h:1", "num_processes": 2}, "process's id"),
+        ({"coordinator": "h:1", "process_id": 0}, "process count"),
+        ({"coordinator": "nohost", "num_processes": 2, "process_id": 0}, "host:port"),
+        ({"coordinator": "h:99999", "num_processes": 2, "process_id": 0}, "host:port"),
+        ({"coordinator": "h:1", "num_processes": "two", "process_id": 0}, "integer"),
+    ],
+)
 def test_resolve_launch_refuses_bad_input(kwargs, match):
     with pytest.raises(InputError, match=match):
         distributed.resolve_launch(**kwargs, env={})
@@ -146,8 +173,10 @@ def _compare_layouts(tmp_path, names):
     diffs = {}
     for name in names:
         a, b = one[name], two[name]
-        d = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-                for x, y in zip(a["grads"], b["grads"], strict=True))
+        d = max(
+            float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+            for x, y in zip(a["grads"], b["grads"], strict=True)
+        )
         scale = max(float(np.max(np.abs(np.asarray(x)))) for x in a["grads"])
         assert scale > 1e-3, (name, scale)  # a zero gradient would compare equal trivially
         assert d <= 1e-12, (name, d)
@@ -173,18 +202,48 @@ def test_two_processes_equal_one_process_all_estimators(tmp_path):
     _compare_layouts(tmp_path, estimators.names())
 
 
-
 # -- meta-training across processes -------------------------------------------------------------
-META_ARGS = ["meta-train", "rnn", "--param", "n=4", "--param", "g=1.5", "--param", "dtype=float64",
-             "--estimator", "pes", "--est-param", "pairs=4", "--est-param", "window=3",
-             "--est-param", "horizon=8", "--steps", "6", "--log-every", "2",
-             "--checkpoint-every", "2", "--eval-seeds", "2", "--lr", "0.01", "--json",
-             "--no-progress", "--timeout", "20"]
+META_ARGS = [
+    "meta-train",
+    "rnn",
+    "--param",
+    "n=4",
+    "--param",
+    "g=1.5",
+    "--param",
+    "dtype=float64",
+    "--estimator",
+    "pes",
+    "--est-param",
+    "pairs=4",
+    "--est-param",
+    "window=3",
+    "--est-param",
+    "horizon=8",
+    "--steps",
+    "6",
+    "--log-every",
+    "2",
+    "--checkpoint-every",
+    "2",
+    "--eval-seeds",
+    "2",
+    "--lr",
+    "0.01",
+    "--json",
+    "--no-progress",
+    "--timeout",
+    "20",
+]
 
 
 def _meta(out, processes, devices, **env):
-    return launch(["cli", *META_ARGS, "--out", str(out)], processes, devices,
-                  env_extra={"JAX_ENABLE_X64": 1, **env})
+    return launch(
+        ["cli", *META_ARGS, "--out", str(out)],
+        processes,
+        devices,
+        env_extra={"JAX_ENABLE_X64": 1, **env},
+    )
 
 
 def _theta(folder):
@@ -249,8 +308,10 @@ def test_meta_train_cli_refuses_bad_launch_arguments(tmp_path):
     from chaosgrad.app.cli import main
 
     base = ["meta-train", "linear", "--steps", "1", "--out", str(tmp_path / "x")]
-    assert main(base + ["--num-processes", "2", "--process-id", "2",
-                        "--coordinator", "127.0.0.1:1"]) == 2
+    assert (
+        main(base + ["--num-processes", "2", "--process-id", "2", "--coordinator", "127.0.0.1:1"])
+        == 2
+    )
     assert main(base + ["--num-processes", "2", "--process-id", "0"]) == 2
 
 

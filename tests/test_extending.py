@@ -43,12 +43,21 @@ def test_every_block_of_the_extending_guide_runs_outside_the_repository(tmp_path
     assert len(blocks) == DOC.read_text().count("```") // 2  # no block escapes the pattern
     assert {lang for _, lang, _ in blocks} == {"python", "bash"}
     _write_files(tmp_path)
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}"
-                                f"{os.environ.get('PATH', '')}", PYTHONPATH="")
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        PYTHONPATH="",
+    )
     # the Python blocks in order, in one process (each is also whole on its own)
     script = "\n".join(body for name, lang, body in blocks if lang == "python" and not name)
-    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "sign_es" in r.stdout and "meta-loss" in r.stdout
     saved = json.loads((tmp_path / "out/mt-sign/results.json").read_text())
@@ -57,15 +66,27 @@ def test_every_block_of_the_extending_guide_runs_outside_the_repository(tmp_path
     for _, lang, body in blocks:
         if lang != "bash":
             continue
-        r = subprocess.run(["bash", "-e", "-c", body], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=900)
+        r = subprocess.run(
+            ["bash", "-e", "-c", body],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert r.returncode == 0, (body, r.stderr[-3000:])
     cmp = json.loads((tmp_path / "out/compare-sign/compare.json").read_text())
     by = {e["name"]: e for e in cmp["estimators"]}
     assert set(by) == {"es", "my_estimators:sign_es"}
     assert by["my_estimators:sign_es"]["traits"]["target"] == "none"
-    assert by["es"]["traits"] == {"target": "smoothed", "smoothing": 0.01, "correlated": False,
-                                  "windowed": False, "reverse_mode": False, "steps": 160}
+    assert by["es"]["traits"] == {
+        "target": "smoothed",
+        "smoothing": 0.01,
+        "correlated": False,
+        "windowed": False,
+        "reverse_mode": False,
+        "steps": 160,
+    }
     mt = json.loads((tmp_path / "out/meta-train-sign/results.json").read_text())
     assert mt["steps_done"] == 10 and mt["skipped_steps"] == 0
     assert mt["estimator"]["name"] == "sign_es" and mt["estimator"]["params"]["pairs"] == 4
@@ -95,8 +116,10 @@ def test_a_registered_estimator_is_one_like_the_others(sign_es, tmp_path):
     d = estimators.describe("sign_es")
     assert d["params"] == {"pairs": 8, "sigma": 0.01, "horizon": 0, "clip_norm": 0.0}
     assert d["description"].startswith("ES compressed to scaled signs")
-    assert estimators.parse_params("sign_es", ["pairs=4", "sigma=0.1"]) == {"pairs": 4,
-                                                                            "sigma": 0.1}
+    assert estimators.parse_params("sign_es", ["pairs=4", "sigma=0.1"]) == {
+        "pairs": 4,
+        "sigma": 0.1,
+    }
     henon = systems.make("henon")
     est = estimators.make("sign_es", henon, pairs=4, horizon=10, clip_norm=1.0)
     assert est.name == "sign_es" and est.target == "none" and est.smoothing == 0.01
@@ -113,18 +136,27 @@ def test_compare_and_meta_train_read_traits_not_names(sign_es, tmp_path):
     # ceil(T / K) successive estimates per replicate because of its traits
     pes = estimators.make("pes", henon, pairs=2, window=5, horizon=10)._replace(name="mine")
     exact = estimators.make("backprop", henon, samples=2, horizon=10)._replace(name="bp")
-    c = compare(henon, estimators=["sign_es", pes, exact], horizon=10, samples=8, key=KEY,
-                progress=False)
+    c = compare(
+        henon, estimators=["sign_es", pes, exact], horizon=10, samples=8, key=KEY, progress=False
+    )
     by = {s.name: s for s in c.stats}
     assert by["mine"].per_replicate == 2 and by["sign_es"].per_replicate == 1
     assert by["mine"].traits["windowed"] and by["sign_es"].traits["target"] == "none"
     assert by["bp"].estimator == "bp"  # an object runs as built (no reparam swap by name)
-    assert any(n.startswith("the target is the smoothed gradient: bp estimates the exact")
-               for n in c.notes)
+    assert any(
+        n.startswith("the target is the smoothed gradient: bp estimates the exact") for n in c.notes
+    )
     with pytest.raises(InputError, match="'mine' was given as an Estimator object"):
         compare(henon, estimators=[pes], horizon=10, params={"mine": {"pairs": 4}})
-    r = meta_train(henon, estimators.make("sign_es", henon, pairs=2, horizon=10),
-                   __import__("optax").sgd(1e-3), 3, tmp_path / "mt", KEY, progress=False)
+    r = meta_train(
+        henon,
+        estimators.make("sign_es", henon, pairs=2, horizon=10),
+        __import__("optax").sgd(1e-3),
+        3,
+        tmp_path / "mt",
+        KEY,
+        progress=False,
+    )
     assert r.step == 3
     saved = json.loads((tmp_path / "mt" / "results.json").read_text())
     assert saved["estimator"]["traits"]["target"] == "none"
@@ -151,26 +183,33 @@ def test_every_builtin_factory_states_its_traits():
         est = estimators.check_estimator(estimators.make(name, s, horizon=20))
         assert est.target == target and (est.smoothing == 0.01) == smoothed, name
         assert (est.correlated, est.windowed, est.reverse_mode) == (
-            correlated, windowed, reverse), name
+            correlated,
+            windowed,
+            reverse,
+        ), name
         _, _, info = jax.jit(est.estimate)(est.init(KEY, s.theta), s.theta, KEY)
         assert int(info["steps"]) == est.steps, name  # the trait is what an estimate runs
         assert set(estimators.INFO_KEYS) <= set(info), name
 
 
-def test_unknown_or_broken_estimators_are_one_line_input_errors(sign_es, tmp_path,
-                                                                monkeypatch, capsys):
+def test_unknown_or_broken_estimators_are_one_line_input_errors(
+    sign_es, tmp_path, monkeypatch, capsys
+):
     henon = systems.make("henon")
-    accepted = "accepted: backprop, combined, es, nres, pes, reparam, sign_es, tbptt, tes, " \
-               "or module:function for your own"
-    for call in (lambda: estimators.make("nosuch", henon),
-                 lambda: estimators.describe("nosuch"),
-                 lambda: estimators.parse_params("nosuch", []),
-                 lambda: compare(henon, estimators=["es", "nosuch"], horizon=10)):
+    accepted = (
+        "accepted: backprop, combined, es, nres, pes, reparam, sign_es, tbptt, tes, "
+        "or module:function for your own"
+    )
+    for call in (
+        lambda: estimators.make("nosuch", henon),
+        lambda: estimators.describe("nosuch"),
+        lambda: estimators.parse_params("nosuch", []),
+        lambda: compare(henon, estimators=["es", "nosuch"], horizon=10),
+    ):
         with pytest.raises(InputError) as e:
             call()
         assert str(e.value) == f"unknown estimator 'nosuch'; {accepted}"
-    assert main(["meta-train", "henon", "--estimator", "nosuch", "--out",
-                 str(tmp_path / "x")]) == 2
+    assert main(["meta-train", "henon", "--estimator", "nosuch", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert "unknown estimator 'nosuch'" in err and len(err.splitlines()) == 1
     # a user's file: an info without the required keys, a factory returning something else,
@@ -188,18 +227,28 @@ def test_unknown_or_broken_estimators_are_one_line_input_errors(sign_es, tmp_pat
         "def fails(system):\n"
         "    raise RuntimeError('no luck')\n"
         "def odd_target(system):\n"
-        "    return estimators.es(system)._replace(target='wobbly')\n")
+        "    return estimators.es(system)._replace(target='wobbly')\n"
+    )
     monkeypatch.chdir(tmp_path)
     with pytest.raises(InputError, match="'no_info': its info lacks steps, nonfinite_losses"):
-        compare(henon, estimators=["bad:no_info"], horizon=5, samples=8, key=KEY,
-                progress=False)
+        compare(henon, estimators=["bad:no_info"], horizon=5, samples=8, key=KEY, progress=False)
     with pytest.raises(InputError, match="its info lacks steps"):
-        meta_train(henon, estimators.make("bad:no_info", henon),
-                   __import__("optax").sgd(1e-3), 2, tmp_path / "mt", KEY, progress=False)
+        meta_train(
+            henon,
+            estimators.make("bad:no_info", henon),
+            __import__("optax").sgd(1e-3),
+            2,
+            tmp_path / "mt",
+            KEY,
+            progress=False,
+        )
     with pytest.raises(InputError, match="is a str, not a chaosgrad.estimators.Estimator"):
         estimators.make("bad:not_one", henon)
-    with pytest.raises(InputError, match=r"'bad:fails': building it raised RuntimeError: no "
-                                         r"luck \(at .*bad.py line 11, in fails\)"):
+    with pytest.raises(
+        InputError,
+        match=r"'bad:fails': building it raised RuntimeError: no "
+        r"luck \(at .*bad.py line 11, in fails\)",
+    ):
         estimators.make("bad:fails", henon)
     with pytest.raises(InputError, match="target 'wobbly' is not accepted; accepted: exact"):
         estimators.make("bad:odd_target", henon)

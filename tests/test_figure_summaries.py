@@ -27,8 +27,11 @@ def test_packing_summary_reads_the_longest_horizon_and_counts_extrema():
     smooth = 1.0 + d**2
     rough = smooth * (1 + 0.5 * (-1.0) ** np.arange(7))  # alternates: 5 interior extrema
     energy = np.stack([np.stack([smooth, rough]), np.stack([smooth, rough[::-1]])])
-    out = {"horizons": np.array([1, 256]), "energy": energy,
-           **{f"variance_{j}": np.array([1.0, 10.0 ** (50 - 15 * j)]) for j in range(4)}}
+    out = {
+        "horizons": np.array([1, 256]),
+        "energy": energy,
+        **{f"variance_{j}": np.array([1.0, 10.0 ** (50 - 15 * j)]) for j in range(4)},
+    }
     s = packing.summary(out)
     assert s["horizon"] == 256
     assert s["variance_at_longest"] == {"0.1": 1e50, "0.35": 1e35, "0.6": 1e20, "0.85": 1e5}
@@ -80,11 +83,19 @@ def test_cost_sampler_computes_two_parts_per_kind_and_projects_the_rest():
 def test_learning_rate_summary_reads_intervals_and_finds_the_jump():
     from chaosgrad.app.figures import learning_rate as lr
 
-    rows = np.array([["0.03", "0.02", "0.1", "0.95", "sqrt(MSE)/‖g*‖"],
-                     ["0.2", "0.1", "0.4", "0.95", "sqrt(MSE)/‖g*‖"]])
-    out = {"lrs": np.array([0.1, 0.3, 1.0, 3.0]), "lyapunov": np.array([0.001, 0.006, 0.24, 0.5]),
-           "estimators": np.array(["backprop", "es"]), "rel_error_0": rows,
-           "rel_error_1": np.array([4.8e3, 7.3])}  # older results: the value alone
+    rows = np.array(
+        [
+            ["0.03", "0.02", "0.1", "0.95", "sqrt(MSE)/‖g*‖"],
+            ["0.2", "0.1", "0.4", "0.95", "sqrt(MSE)/‖g*‖"],
+        ]
+    )
+    out = {
+        "lrs": np.array([0.1, 0.3, 1.0, 3.0]),
+        "lyapunov": np.array([0.001, 0.006, 0.24, 0.5]),
+        "estimators": np.array(["backprop", "es"]),
+        "rel_error_0": rows,
+        "rel_error_1": np.array([4.8e3, 7.3]),
+    }  # older results: the value alone
     s = lr.summary(out)
     assert (s["last_lr_below"], s["max_lyapunov_below"]) == (0.3, 0.006)
     assert (s["first_lr_above"], s["lyapunov_first_above"]) == (1.0, 0.24)

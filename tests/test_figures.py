@@ -34,8 +34,12 @@ def test_figure_results_are_saved_resumed_and_redrawn(tmp_path, monkeypatch):
     monkeypatch.setitem(toy.SIZES, "quick", {"samples": 200, "xs": 11, "ws": 4})
     png = figures.run_figure("toy", "quick", tmp_path)
     meta = json.loads((tmp_path / "toy" / "meta.json").read_text())
-    assert meta["scale"] == "quick" and meta["versions"]["jax"] and meta["precision"]["dtype"] \
-        is None and meta["parts_reused"] == 0
+    assert (
+        meta["scale"] == "quick"
+        and meta["versions"]["jax"]
+        and meta["precision"]["dtype"] is None
+        and meta["parts_reused"] == 0
+    )
     first = dict(np.load(tmp_path / "toy" / "results.npz"))
     # an interrupted run: results.npz never written, the parts are there -> resume from them
     (tmp_path / "toy" / "results.npz").unlink()
@@ -71,8 +75,13 @@ def test_truncated_episode_loss_value_is_exact_and_gradient_truncates():
     traj = unroll(s, s.theta, key, 20, trajectory=True).trajectory[0]
     k_init, _ = split_run_key(key)
     states = np.concatenate([np.asarray(s.init(k_init, s.theta))[None], traj[:-1]])
-    ref = sum(jax.grad(lambda th, x=x: s.step(jnp.asarray(x), th, None)[1].loss)(s.theta)
-              for x in states) / 20
+    ref = (
+        sum(
+            jax.grad(lambda th, x=x: s.step(jnp.asarray(x), th, None)[1].loss)(s.theta)
+            for x in states
+        )
+        / 20
+    )
     g_one = jax.grad(lambda th: truncated_loss(s, th, key, 20, 1))(s.theta)
     np.testing.assert_allclose(g_one, ref, rtol=1e-10)
 
@@ -82,8 +91,16 @@ def _small_lopt_system():
 
     # a learned optimizer (4 hidden units) on a noisy quadratic: cheap to compile, and the
     # meta-loss depends on the run key through the inner init and the fixed batch
-    return systems.make("lopt", task="quadratic", optimizer="mlp", dim=3, noise=0.5,
-                        fixed_batch=True, lopt_hidden=4, dtype="float64")
+    return systems.make(
+        "lopt",
+        task="quadratic",
+        optimizer="mlp",
+        dim=3,
+        noise=0.5,
+        fixed_batch=True,
+        lopt_hidden=4,
+        dtype="float64",
+    )
 
 
 def test_figure3_variance_is_over_theta_perturbations_with_data_and_init_fixed():
@@ -103,14 +120,24 @@ def test_figure3_variance_is_over_theta_perturbations_with_data_and_init_fixed()
     flat, unravel = ravel_pytree(s.theta)
     eps = jax.random.normal(pkey, (5, flat.size), flat.dtype)
     for j, T in enumerate([2, 5]):
-        g = np.stack([np.asarray(ravel_pytree(jax.grad(
-            lambda th, T=T: unrolled_loss(s, th, key, T))(unravel(flat + 0.3 * e)))[0])
-            for e in eps])
+        g = np.stack(
+            [
+                np.asarray(
+                    ravel_pytree(
+                        jax.grad(lambda th, T=T: unrolled_loss(s, th, key, T))(
+                            unravel(flat + 0.3 * e)
+                        )
+                    )[0]
+                )
+                for e in eps
+            ]
+        )
         assert got["variance"][j] == pytest.approx(np.var(g, axis=0, ddof=1).sum(), rel=1e-9)
         assert got["variance"][j] > 0
     # the run key is held fixed, not ignored: another key (other data and init) differs
-    other = perturbed_gradient_variance(s, s.theta, [2, 5], std=0.3,
-                                        **dict(kw, key=jax.random.PRNGKey(5)))
+    other = perturbed_gradient_variance(
+        s, s.theta, [2, 5], std=0.3, **dict(kw, key=jax.random.PRNGKey(5))
+    )
     assert not np.allclose(other["variance"], got["variance"], rtol=1e-3)
 
 
@@ -132,11 +159,11 @@ def test_growth_fits_tell_an_exponential_from_a_power_law():
     e = growth_fits(t, 3e-5 * np.exp(0.07 * t))
     assert abs(e["rate"] - 0.07) < 1e-12 and e["exp_rms"] < 1e-12
     assert e["power_rms"] > 0.1 and e["better"] == "exponential"
-    p = growth_fits(t, 2e-4 * t ** 3.5)
+    p = growth_fits(t, 2e-4 * t**3.5)
     assert abs(p["power"] - 3.5) < 1e-12 and p["power_rms"] < 1e-12
     assert p["exp_rms"] > 0.1 and p["better"] == "power law"
     # non-finite and non-positive values are left out (counted by "points"), never replaced
-    q = growth_fits(t, np.where(t == 60, np.nan, 2e-4 * t ** 3.5) * np.where(t == 90, -1, 1))
+    q = growth_fits(t, np.where(t == 60, np.nan, 2e-4 * t**3.5) * np.where(t == 90, -1, 1))
     assert q["points"] == 5 and abs(q["power"] - 3.5) < 1e-12
     # two points fit either law exactly: no verdict
     assert growth_fits([10, 20, 30], [1.0, 2.0, np.inf])["better"] is None
@@ -167,13 +194,28 @@ def test_lopt_meta_training_comparison_runs_end_to_end(tmp_path, monkeypatch):
     # two estimators and Adam keep it small: each meta-training run compiles its own step
     monkeypatch.setattr(m, "ESTIMATORS", ("pes", "backprop"))
     monkeypatch.setattr(m, "BASELINES", ("adam",))
-    tiny = {"horizon": 6, "window": 3, "runs": 2, "budget": 240, "tune_budget": 120,
-            "outer_lrs": [1e-3, 1e-2], "eval_seeds": 2, "heldout_seeds": 3, "tune_seeds": 2,
-            "lr_grid": [1e-3, 1.0, 3], "betas": [0.5, 0.9], "schedules": ["constant",
-                                                                       "cosine"],
-            "lopt_lr": 0.01, "pairs": 2, "particles": 2, "samples": 2, "evals": 2,
-            "boot": 200, "dtype": "float64",
-            "task": {"task": "quadratic", "dim": 3, "noise": 0.1}}
+    tiny = {
+        "horizon": 6,
+        "window": 3,
+        "runs": 2,
+        "budget": 240,
+        "tune_budget": 120,
+        "outer_lrs": [1e-3, 1e-2],
+        "eval_seeds": 2,
+        "heldout_seeds": 3,
+        "tune_seeds": 2,
+        "lr_grid": [1e-3, 1.0, 3],
+        "betas": [0.5, 0.9],
+        "schedules": ["constant", "cosine"],
+        "lopt_lr": 0.01,
+        "pairs": 2,
+        "particles": 2,
+        "samples": 2,
+        "evals": 2,
+        "boot": 200,
+        "dtype": "float64",
+        "task": {"task": "quadratic", "dim": 3, "noise": 0.1},
+    }
     monkeypatch.setitem(m.SIZES, "quick", tiny)
     png = figures.run_figure("lopt_meta_training", "quick", tmp_path, progress=False)
     assert png.stat().st_size > 10_000
@@ -191,8 +233,9 @@ def test_lopt_meta_training_comparison_runs_end_to_end(tmp_path, monkeypatch):
     assert point["schedule"] in ("constant", "cosine") and point["beta"] in (0.5, 0.9)
     s = m.make_system("adam", tiny, schedule=point["schedule"])
     th = m._baseline_theta(s, "adam", point)
-    ref = np.mean([float(unrolled_loss(s, th, jax.random.PRNGKey(m.HELDOUT_OFFSET + i), 6))
-                   for i in range(3)])
+    ref = np.mean(
+        [float(unrolled_loss(s, th, jax.random.PRNGKey(m.HELDOUT_OFFSET + i), 6)) for i in range(3)]
+    )
     assert meta["table"]["adam"]["T"]["meta_loss"] == pytest.approx(ref, rel=1e-9)
     lo, hi = meta["table"]["adam"]["T"]["meta_loss_interval"]
     assert lo <= ref <= hi
@@ -237,8 +280,9 @@ def test_estimator_study_cell_records_its_target_and_null_check(tmp_path):
     from chaosgrad.app.figures import lopt_estimators as le
 
     # one cell of the study on a cheap chaotic map, end to end, and its figure
-    size = dict(le.SIZES["quick"], samples=8, seconds=None, reference_batches=16,
-                reference_per_batch=16)
+    size = dict(
+        le.SIZES["quick"], samples=8, seconds=None, reference_batches=16, reference_per_batch=16
+    )
     s = systems.make("logistic", r=3.7)
     cell = le.cell(s, s.theta, 8, size, jax.random.PRNGKey(0))
     for k, code in enumerate(cell["bias_status"]):  # resolved exactly when low > 0
@@ -268,7 +312,7 @@ def test_state_perturbation_oracle_mse_matches_closed_form():
     assert r["once"][-1, 1, -1] == pytest.approx(1e-4 * by_hand[-1] ** 20 / 4, rel=1e-9)
     # 'every step' at i = 3 is ε²(1 + λ + λ²)²/n
     lam = by_hand[0]
-    assert r["every"][0, 0, 3] == pytest.approx(1e-8 * (1 + lam + lam ** 2) ** 2 / 4, rel=1e-6)
+    assert r["every"][0, 0, 3] == pytest.approx(1e-8 * (1 + lam + lam**2) ** 2 / 4, rel=1e-6)
     # every point against the closed form with the exact λ_k = 1 − 4r sin²(kπ/(2(n+1))): the
     # deviation is iterated on its own, so nothing at this size is near the round-off floor
     err_once, below = fig7.relative_error(r["once"], r["exact_once"], r["floor_once"])
@@ -299,8 +343,9 @@ def test_state_perturbation_iterated_deviation_survives_the_round_off_of_two_run
     chaosgrad.enable_x64()
     r = fig7.measure(16, 0.55, [1e-6, 1e-3], 100)
     assert r["base_rms_final"] > 1e6
-    two_run, _ = fig7.relative_error(r["two_run_once"], r["exact_once"],
-                                     np.full(r["exact_once"].shape, fig7.TWO_RUN_FLOOR_MSE))
+    two_run, _ = fig7.relative_error(
+        r["two_run_once"], r["exact_once"], np.full(r["exact_once"].shape, fig7.TWO_RUN_FLOOR_MSE)
+    )
     err, below = fig7.relative_error(r["once"], r["exact_once"], r["floor_once"])
     assert two_run > 10 and err < 1e-5
     assert 0 < below < r["once"].size / 2
@@ -312,8 +357,9 @@ def test_state_perturbation_registered_as_an_oracle_not_figure7(tmp_path, monkey
     assert figures.FIGURES["perturbation"][1].startswith("Figure 7")
     assert not figures.FIGURES["state_perturbation"][1].startswith("Figure 7")
     assert not figures.FIGURES["linear"][1].startswith("Figure 7")
-    monkeypatch.setitem(oracle.SIZES, "quick", {"n": 6, "steps": 12, "eps": [1e-5, 1e-2],
-                                                "eps_points": 4})
+    monkeypatch.setitem(
+        oracle.SIZES, "quick", {"n": 6, "steps": 12, "eps": [1e-5, 1e-2], "eps_points": 4}
+    )
     figures.run_figure("state_perturbation", "quick", tmp_path)
     meta = json.loads((tmp_path / "state_perturbation" / "meta.json").read_text())
     assert "eigenvector" in meta["drawn"] and "not the paper's Figure 7" in meta["assumption"]
@@ -334,15 +380,13 @@ def test_figure7_two_maps_by_hand():
     x_mat, x0 = np.eye(2), np.ones(2)
     g = np.array([[0.0, 1.0], [0.0, 0.0]])
     s = 0.3
-    err = (np.asarray(fig7.exact_states(jnp.asarray(x_mat), jnp.asarray(s * g), jnp.asarray(d),
-                                        jnp.asarray(x0)))
-           - np.asarray(fig7.approximate_states(jnp.asarray(x_mat), jnp.asarray(d),
-                                                jnp.asarray(x0))))
+    err = np.asarray(
+        fig7.exact_states(jnp.asarray(x_mat), jnp.asarray(s * g), jnp.asarray(d), jnp.asarray(x0))
+    ) - np.asarray(fig7.approximate_states(jnp.asarray(x_mat), jnp.asarray(d), jnp.asarray(x0)))
     by_hand = np.array([s * (0.4 - 1.1) * -1.3, 0.0])
     np.testing.assert_allclose(err[2], by_hand, atol=1e-15)
     np.testing.assert_allclose(err[:2], 0, atol=1e-15)  # k = 0, 1: no drift yet
-    np.testing.assert_allclose(s * fig7.first_order_error(x_mat, g, d, x0)[2], by_hand,
-                               atol=1e-15)
+    np.testing.assert_allclose(s * fig7.first_order_error(x_mat, g, d, x0)[2], by_hand, atol=1e-15)
     assert fig7.first_order_mse(x_mat, g, d, x0)[2] == pytest.approx(by_hand[0] ** 2 / 2 / s**2)
 
 
@@ -364,13 +408,15 @@ def test_figure7_first_order_term_is_the_derivative_of_the_exact_product():
         fig7, p, (x_mat, d, x0) = _figure7_case(moduli)
         for g in p["G"]:
             g = jnp.asarray(g)
+
             def states(s, g=g, x_mat=x_mat, d=d, x0=x0, fig7=fig7):
                 return fig7.exact_states(x_mat, s * g, d, x0)
 
             _, tangent = jax.jvp(states, (jnp.float64(0.0),), (jnp.float64(1.0),))
             closed = fig7.first_order_error(p["X0"], np.asarray(g), p["D"], p["x0"])
-            np.testing.assert_allclose(closed, np.asarray(tangent), rtol=1e-9,
-                                       atol=1e-11 * np.abs(closed).max())
+            np.testing.assert_allclose(
+                closed, np.asarray(tangent), rtol=1e-9, atol=1e-11 * np.abs(closed).max()
+            )
             assert np.abs(closed[-1]).max() > 1e-3  # a drift off the diagonal: not zero
 
 
@@ -392,8 +438,9 @@ def test_figure7_mse_is_first_order_law_times_eps_squared():
     n = 5
     basis = np.eye(n * n).reshape(n * n, n, n)
     avg = np.mean([fig7.first_order_mse(p["X0"], g, p["D"], p["x0"]) for g in basis], axis=0)
-    np.testing.assert_allclose(fig7.expected_first_order_mse(p["X0"], p["D"], p["x0"]), avg,
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        fig7.expected_first_order_mse(p["X0"], p["D"], p["x0"]), avg, rtol=1e-12
+    )
 
 
 def test_figure7_rescaled_eigenvectors_and_scalar_maps_leave_no_error():
@@ -410,19 +457,22 @@ def test_figure7_rescaled_eigenvectors_and_scalar_maps_leave_no_error():
     np.testing.assert_allclose(exact, approx, atol=1e-12 * scale)
     c = fig7.first_order_coefficients(p["D"])
     # the diagonal is (k−1)S_k − (k−1)S_k: zero up to the rounding of the sum
-    np.testing.assert_allclose(np.diagonal(c, axis1=1, axis2=2), 0,
-                               atol=1e-14 * np.abs(c).max())
+    np.testing.assert_allclose(np.diagonal(c, axis1=1, axis2=2), 0, atol=1e-14 * np.abs(c).max())
     scalar = jnp.asarray(np.repeat(np.asarray(p["D"])[:, :1], 5, axis=1))
     g = jnp.asarray(p["G"][0])
-    np.testing.assert_allclose(fig7.exact_states(x_mat, 0.05 * g, scalar, x0),
-                               fig7.approximate_states(x_mat, scalar, x0), atol=1e-12 * scale)
+    np.testing.assert_allclose(
+        fig7.exact_states(x_mat, 0.05 * g, scalar, x0),
+        fig7.approximate_states(x_mat, scalar, x0),
+        atol=1e-12 * scale,
+    )
 
 
 def test_figure7_registered_with_its_first_order_law_in_meta(tmp_path, monkeypatch):
     from chaosgrad.app.figures import perturbation as fig7
 
-    monkeypatch.setitem(fig7.SIZES, "quick", {"n": 4, "steps": 6, "eps": [1e-6, 1e-2],
-                                              "eps_points": 5, "draws": 2})
+    monkeypatch.setitem(
+        fig7.SIZES, "quick", {"n": 4, "steps": 6, "eps": [1e-6, 1e-2], "eps_points": 5, "draws": 2}
+    )
     png = figures.run_figure("perturbation", "quick", tmp_path)
     assert png.exists()
     meta = json.loads((tmp_path / "perturbation" / "meta.json").read_text())
@@ -451,13 +501,15 @@ def test_fixed_reset_keeps_the_start_and_varies_only_the_step_noise():
     fixed = fixed_reset(s, jax.random.PRNGKey(0))
     k1, k2 = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
     np.testing.assert_array_equal(fixed.init(k1, s.theta), fixed.init(k2, s.theta))
-    np.testing.assert_array_equal(fixed.init(k1, s.theta), s.init(jax.random.split(
-        jax.random.PRNGKey(0))[0], s.theta))  # the start of PRNGKey(0)'s own run
+    np.testing.assert_array_equal(
+        fixed.init(k1, s.theta), s.init(jax.random.split(jax.random.PRNGKey(0))[0], s.theta)
+    )  # the start of PRNGKey(0)'s own run
     l1 = unroll(fixed, s.theta, k1, 3).losses
     l2 = unroll(fixed, s.theta, k2, 3).losses
     assert not np.allclose(l1, l2)
     # first loss: 0.5·x0 + noise_0, so the difference is the step noise alone
     from chaosgrad.system import split_run_key, step_key
+
     noise = [jax.random.normal(step_key(split_run_key(k)[1], 0), (2,))[0] for k in (k1, k2)]
     assert float(l1[0] - l2[0]) == pytest.approx(float(noise[0] - noise[1]), rel=1e-6)
 
@@ -475,11 +527,19 @@ def test_rigid_body_panel_c_draws_the_randomness_of_panel_b(tmp_path, monkeypatc
 
     def step(x, theta, key):  # deterministic: the randomness is the start alone
         x = jnp.tanh(theta["w"] * x) + 0.1 * x
-        return x, chaosgrad.StepOut(loss=jnp.sum(x ** 2))
+        return x, chaosgrad.StepOut(loss=jnp.sum(x**2))
 
     toy = chaosgrad.System(init, step, name="reset_only", theta={"w": jnp.asarray(1.5)})
-    tiny = {"env": "toy", "unrolls": [1, 2], "points": 5, "seeds": 2, "smooth_unroll": 2,
-            "var_horizons": [2, 4], "var_seeds": 4, "layers": 1}
+    tiny = {
+        "env": "toy",
+        "unrolls": [1, 2],
+        "points": 5,
+        "seeds": 2,
+        "smooth_unroll": 2,
+        "var_horizons": [2, 4],
+        "var_seeds": 4,
+        "layers": 1,
+    }
     monkeypatch.setitem(fig2.SIZES, "quick", tiny)
     monkeypatch.setattr(fig2, "make_system", lambda size: toy)
     figures.run_figure("rigid_body", "quick", tmp_path, progress=False)
@@ -488,8 +548,14 @@ def test_rigid_body_panel_c_draws_the_randomness_of_panel_b(tmp_path, monkeypatc
     for c in meta["summary"]["c"].values():
         assert c["variance"] == 0.0 and c["variance_first"] == 0.0
     # the same seeds from their own resets do vary: the zero above is the fixed reset's
-    free = gradient_growth(toy, toy.theta, [2, 4], 4, key=jax.random.fold_in(
-        jax.random.PRNGKey(0), 100), progress=False)
+    free = gradient_growth(
+        toy,
+        toy.theta,
+        [2, 4],
+        4,
+        key=jax.random.fold_in(jax.random.PRNGKey(0), 100),
+        progress=False,
+    )
     assert np.all(free.variance > 1e-6)
     assert (tmp_path / "rigid_body" / "rigid_body.png").exists()
 
@@ -498,20 +564,25 @@ def test_rigid_body_summary_counts_extrema_and_roughness():
     from chaosgrad.app.figures import rigid_body as fig2
 
     x = np.linspace(-1, 1, 201)
-    assert fig2.wiggle(3 * x ** 2 - x + 2) == pytest.approx(0.0, abs=1e-12)
+    assert fig2.wiggle(3 * x**2 - x + 2) == pytest.approx(0.0, abs=1e-12)
     # a ±0.05 square wave of 40 periods is nearly orthogonal to quadratics: RMS ≈ 0.05
-    assert fig2.wiggle(0.05 * np.sign(np.sin(40 * np.pi * x + 0.1))) == pytest.approx(0.05,
-                                                                                      rel=0.05)
+    assert fig2.wiggle(0.05 * np.sign(np.sin(40 * np.pi * x + 0.1))) == pytest.approx(
+        0.05, rel=0.05
+    )
     assert np.isnan(fig2.wiggle([0, np.nan, 1, 2]))
     size = {"unrolls": [1, 16]}
-    jag = x ** 2 + 0.05 * np.sign(np.sin(40 * np.pi * x))  # 40 flips: jagged
-    out = {"slice_losses": np.stack([x ** 2, jag]),
-           # three "seeds": jagged copies with opposite flips, so their mean is x² + 0.05/3·…
-           "seed_losses": np.stack([np.stack([x, jag]), np.stack([x, x ** 2]),
-                                    np.stack([x, 2 * x ** 2 - jag])]),
-           "smooth_unrolls": np.array([8, 16]), "var_horizons": np.array([2, 4]),
-           **{f"variance_{j}": np.array([1.0, 1e3]) for j in range(3)},
-           **{f"nonfinite_{j}": np.zeros(2) for j in range(3)}}
+    jag = x**2 + 0.05 * np.sign(np.sin(40 * np.pi * x))  # 40 flips: jagged
+    out = {
+        "slice_losses": np.stack([x**2, jag]),
+        # three "seeds": jagged copies with opposite flips, so their mean is x² + 0.05/3·…
+        "seed_losses": np.stack(
+            [np.stack([x, jag]), np.stack([x, x**2]), np.stack([x, 2 * x**2 - jag])]
+        ),
+        "smooth_unrolls": np.array([8, 16]),
+        "var_horizons": np.array([2, 4]),
+        **{f"variance_{j}": np.array([1.0, 1e3]) for j in range(3)},
+        **{f"nonfinite_{j}": np.zeros(2) for j in range(3)},
+    }
     summ = fig2.summary(out, size)
     assert summ["a"]["1"]["extrema"] == 1 and summ["a"]["16"]["extrema"] > 30
     assert summ["b"]["16"]["mean_extrema"] == 1  # (jag + x² + 2x² − jag)/3 = x²
@@ -535,8 +606,14 @@ def test_truncation_training_batches_episodes_and_scores_held_out_episodes():
     from chaosgrad.app.figures import truncation
 
     s = systems.make("rnn", n=6, g=1.5)
-    size = {"episode": 12, "iterations": 4, "eval_every": 2, "batch": 2, "lr": 1e-2,
-            "eval_episodes": 3}
+    size = {
+        "episode": 12,
+        "iterations": 4,
+        "eval_every": 2,
+        "batch": 2,
+        "lr": 1e-2,
+        "eval_episodes": 3,
+    }
     key = jax.random.PRNGKey(5)
     r = truncation._train(s, s.theta, size, 4, key)
     keys = jax.random.split(jax.random.fold_in(key, 0), 2)
@@ -545,20 +622,28 @@ def test_truncation_training_batches_episodes_and_scores_held_out_episodes():
     assert r["loss"].shape == (4,) and r["ok"].all() and r["eval_reward"].shape == (3,)
     assert r["loss"][1] != r["loss"][0]  # θ moved and new episodes were drawn
     # the score before training is −(mean full-episode loss) over the evaluation keys
-    ev = -np.mean([float(truncation.truncated_loss(s, s.theta, k, 12, 12))
-                   for k in truncation.eval_keys(size)])
+    ev = -np.mean(
+        [
+            float(truncation.truncated_loss(s, s.theta, k, 12, 12))
+            for k in truncation.eval_keys(size)
+        ]
+    )
     assert r["eval_reward"][0] == pytest.approx(ev, rel=1e-9)
     # the last score is that of the trained θ: rerun by hand with optax for the same keys
     opt = optax.adam(size["lr"])
     th, st = s.theta, opt.init(s.theta)
     for i in range(4):
         ks = jax.random.split(jax.random.fold_in(key, i), 2)
-        g = jax.grad(lambda p, ks=ks: jnp.mean(jnp.stack([truncation.truncated_loss(s, p, k, 12, 4)
-                                                         for k in ks])))(th)
+        g = jax.grad(
+            lambda p, ks=ks: jnp.mean(
+                jnp.stack([truncation.truncated_loss(s, p, k, 12, 4) for k in ks])
+            )
+        )(th)
         u, st = opt.update(g, st, th)
         th = optax.apply_updates(th, u)
-    ev = -np.mean([float(truncation.truncated_loss(s, th, k, 12, 12))
-                   for k in truncation.eval_keys(size)])
+    ev = -np.mean(
+        [float(truncation.truncated_loss(s, th, k, 12, 12)) for k in truncation.eval_keys(size)]
+    )
     assert r["eval_reward"][-1] == pytest.approx(ev, rel=1e-8)
     # the logistic map at r = 10 leaves [0, 1] and overflows: every gradient is non-finite,
     # every step is counted as skipped and θ stays where it was (its score does not change)
@@ -576,9 +661,16 @@ def test_truncation_summary_intervals_over_seeds_and_paired_to_no_truncation():
     ev4 = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 3.0]])
     ok = np.ones((3, 10), bool)
     ok[0, 3] = False
-    out = {"eval_reward_1": ev1, "eval_reward_4": ev4, "loss_1": -np.ones((3, 10)),
-           "loss_4": -np.ones((3, 10)), "grad_norm_1": np.array([[1.0] * 9 + [np.inf]] * 3),
-           "grad_norm_4": np.ones((3, 10)), "ok_1": ok, "ok_4": np.ones((3, 10), bool)}
+    out = {
+        "eval_reward_1": ev1,
+        "eval_reward_4": ev4,
+        "loss_1": -np.ones((3, 10)),
+        "loss_4": -np.ones((3, 10)),
+        "grad_norm_1": np.array([[1.0] * 9 + [np.inf]] * 3),
+        "grad_norm_4": np.ones((3, 10)),
+        "ok_1": ok,
+        "ok_4": np.ones((3, 10), bool),
+    }
     size = {"truncations": [1, 4]}
     summ = truncation.summary(out, size)
     s1 = summ["1"]
@@ -598,8 +690,9 @@ def test_truncation_summary_intervals_over_seeds_and_paired_to_no_truncation():
     v = truncation.verdict(truncation.summary(out, size), out, size)
     assert v["best_t"] == 1 and v["tied_with_best"] == [] and v["best_above_full"]
     with pytest.raises(InputError, match="divide"):
-        truncation.check_size({"truncations": [1, 5], "episode": 12, "iterations": 4,
-                               "eval_every": 2})
+        truncation.check_size(
+            {"truncations": [1, 5], "episode": 12, "iterations": 4, "eval_every": 2}
+        )
 
 
 def test_estimator_study_runs_end_to_end_with_its_meta(tmp_path, monkeypatch):
@@ -613,13 +706,35 @@ def test_estimator_study_runs_end_to_end_with_its_meta(tmp_path, monkeypatch):
     monkeypatch.setattr(le, "make_system", lambda dtype: systems.make("logistic", r=3.7))
     # the (θ, direction) picks are the learned optimizer's own (tested with Figure 3): here
     # r itself, twice, as two picks
-    monkeypatch.setattr(le, "chosen_point", lambda system, size, key, store: (
-        system.theta, jax.numpy.ones_like(system.theta), {"rule": "test"}))
-    monkeypatch.setattr(le, "picks_from", lambda system, report, picks: [
-        (system.theta, jax.numpy.ones_like(system.theta), {"seed": p}) for p in range(picks)])
-    monkeypatch.setitem(le.SIZES, "quick", dict(
-        le.SIZES["quick"], unrolls=[4, 8], shifts=(0.0,), picks=2, seeds=1, samples=8,
-        reference_batches=16))
+    monkeypatch.setattr(
+        le,
+        "chosen_point",
+        lambda system, size, key, store: (
+            system.theta,
+            jax.numpy.ones_like(system.theta),
+            {"rule": "test"},
+        ),
+    )
+    monkeypatch.setattr(
+        le,
+        "picks_from",
+        lambda system, report, picks: [
+            (system.theta, jax.numpy.ones_like(system.theta), {"seed": p}) for p in range(picks)
+        ],
+    )
+    monkeypatch.setitem(
+        le.SIZES,
+        "quick",
+        dict(
+            le.SIZES["quick"],
+            unrolls=[4, 8],
+            shifts=(0.0,),
+            picks=2,
+            seeds=1,
+            samples=8,
+            reference_batches=16,
+        ),
+    )
     store = figures.Store(tmp_path, "quick", "test")
     results, meta = le.run("quick", store, False)
     assert results["rel_error"].shape == (2, 1, 1, 2, len(le.ESTIMATORS), 3)
@@ -647,8 +762,16 @@ def test_truncation_paper_configuration_runs_on_a_shrunk_ant(tmp_path, monkeypat
     image are made, and every number is finite."""
     from chaosgrad.app.figures import truncation
 
-    size = {**truncation.SIZES["paper"], "episode": 10, "truncations": [5, 10],
-            "iterations": 2, "eval_every": 1, "batch": 2, "seeds": 2, "eval_episodes": 2}
+    size = {
+        **truncation.SIZES["paper"],
+        "episode": 10,
+        "truncations": [5, 10],
+        "iterations": 2,
+        "eval_every": 1,
+        "batch": 2,
+        "seeds": 2,
+        "eval_episodes": 2,
+    }
     monkeypatch.setitem(truncation.SIZES, "paper", size)
     png = figures.run_figure("truncation", "paper", tmp_path)
     meta = json.loads((tmp_path / "truncation" / "meta.json").read_text())

@@ -40,8 +40,12 @@ _DEEP = int(os.environ.get("CHAOSGRAD_FUZZ_EXAMPLES", "0"))
 
 def fuzz(examples: int):
     """hypothesis settings for ``examples`` cases per run (or CHAOSGRAD_FUZZ_EXAMPLES)."""
-    return settings(max_examples=_DEEP or examples, deadline=None, derandomize=not _DEEP,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+    return settings(
+        max_examples=_DEEP or examples,
+        deadline=None,
+        derandomize=not _DEEP,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
 
 
 FUZZ = fuzz(12)
@@ -81,9 +85,14 @@ def leftovers(folder: Path) -> list[str]:
     """Temporary or partial files under ``folder`` (atomic writes leave none)."""
     if not folder.exists():
         return []
-    return [str(p) for p in folder.rglob("*")
-            if p.name.endswith(".tmp") or ".tmp." in p.name or p.name.startswith(".cli")
-            or p.name.startswith(".chaosgrad-probe")]
+    return [
+        str(p)
+        for p in folder.rglob("*")
+        if p.name.endswith(".tmp")
+        or ".tmp." in p.name
+        or p.name.startswith(".cli")
+        or p.name.startswith(".chaosgrad-probe")
+    ]
 
 
 # -- numbers on the command line -----------------------------------------------------------
@@ -92,8 +101,10 @@ NOT_INT = st.sampled_from(["", "x", "1.5", "1e11", "nan", "inf", "0x10", "--", "
 
 
 @FUZZ
-@given(option=st.sampled_from(["--steps", "--seed", "--transient", "--k"]),
-       value=st.one_of(TOO_BIG, st.integers(max_value=-1), NOT_INT))
+@given(
+    option=st.sampled_from(["--steps", "--seed", "--transient", "--k"]),
+    value=st.one_of(TOO_BIG, st.integers(max_value=-1), NOT_INT),
+)
 def test_fuzz_integer_options_of_spectrum(option, value, capsys):
     code, out, err = run(["spectrum", "henon", option, value, "--no-progress"], capsys)
     assert_refused(code, err)
@@ -101,13 +112,19 @@ def test_fuzz_integer_options_of_spectrum(option, value, capsys):
 
 
 @FUZZ
-@given(argv=st.sampled_from([
-    ["grad-growth", "henon", "--horizons"], ["grad-growth", "henon", "--seeds"],
-    ["grad-growth", "henon", "--lyapunov-steps"], ["meta-train", "henon", "--out", "m",
-                                                    "--steps"],
-    ["meta-train", "henon", "--out", "m", "--eval-seeds"],
-    ["meta-train", "henon", "--out", "m", "--log-every"]]),
-    value=st.one_of(TOO_BIG, st.integers(max_value=-1), NOT_INT))
+@given(
+    argv=st.sampled_from(
+        [
+            ["grad-growth", "henon", "--horizons"],
+            ["grad-growth", "henon", "--seeds"],
+            ["grad-growth", "henon", "--lyapunov-steps"],
+            ["meta-train", "henon", "--out", "m", "--steps"],
+            ["meta-train", "henon", "--out", "m", "--eval-seeds"],
+            ["meta-train", "henon", "--out", "m", "--log-every"],
+        ]
+    ),
+    value=st.one_of(TOO_BIG, st.integers(max_value=-1), NOT_INT),
+)
 def test_fuzz_integer_options_elsewhere(argv, value, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out, err = run(argv + [value], capsys)
@@ -115,16 +132,19 @@ def test_fuzz_integer_options_elsewhere(argv, value, capsys, tmp_path, monkeypat
     assert not (tmp_path / "m").exists()  # refused before anything was made
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["spectrum", "henon", "--seed", "99999999999999999999"], "accepted: 0..4294967295"),
-    (["spectrum", "henon", "--steps", "3000000000"], "accepted: 1..2147483647"),
-    (["grad-growth", "henon", "--horizons", "10,10000000000"], "accepted: 1..2147483647"),
-    (["grad-growth", "henon", "--lyapunov-steps", "-10"], "expected an integer in 0.."),
-    (["meta-train", "henon", "--lr", "inf", "--out", "m"], "expected a finite number"),
-    (["compare", "henon", "--sigma", "nan"], "expected a finite number"),
-    (["grad-growth", "henon", "--seeds", "1e11"], "expected a positive integer"),
-    (["grad-growth", "henon", "--seeds", "100000000000"], "accepted: 1..2147483647"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["spectrum", "henon", "--seed", "99999999999999999999"], "accepted: 0..4294967295"),
+        (["spectrum", "henon", "--steps", "3000000000"], "accepted: 1..2147483647"),
+        (["grad-growth", "henon", "--horizons", "10,10000000000"], "accepted: 1..2147483647"),
+        (["grad-growth", "henon", "--lyapunov-steps", "-10"], "expected an integer in 0.."),
+        (["meta-train", "henon", "--lr", "inf", "--out", "m"], "expected a finite number"),
+        (["compare", "henon", "--sigma", "nan"], "expected a finite number"),
+        (["grad-growth", "henon", "--seeds", "1e11"], "expected a positive integer"),
+        (["grad-growth", "henon", "--seeds", "100000000000"], "accepted: 1..2147483647"),
+    ],
+)
 def test_issue_cases_out_of_range(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = run(argv, capsys)
@@ -136,9 +156,10 @@ NONFINITE = st.sampled_from(["nan", "NaN", "inf", "-inf", "Infinity", "1e999", "
 
 
 @FUZZ
-@given(name_key=st.sampled_from([("henon", "a"), ("henon", "b"), ("logistic", "r"),
-                                 ("rnn", "g")]),
-       value=st.one_of(NONFINITE, st.text(alphabet="xyz!@ ,", min_size=1, max_size=5)))
+@given(
+    name_key=st.sampled_from([("henon", "a"), ("henon", "b"), ("logistic", "r"), ("rnn", "g")]),
+    value=st.one_of(NONFINITE, st.text(alphabet="xyz!@ ,", min_size=1, max_size=5)),
+)
 def test_fuzz_bad_system_parameter_values(name_key, value, capsys):
     name, key = name_key
     code, out, err = run(["spectrum", name, "--param", f"{key}={value}", "--json"], capsys)
@@ -149,21 +170,38 @@ def test_fuzz_bad_system_parameter_values(name_key, value, capsys):
 @FUZZ
 @given(key=st.sampled_from(["a", "b"]), v1=st.floats(0.1, 2), v2=st.floats(0.1, 2))
 def test_fuzz_repeated_parameter_is_refused(key, v1, v2, capsys):
-    code, _, err = run(["spectrum", "henon", "--param", f"{key}={v1}", "--param",
-                        f"{key}={v2}"], capsys)
+    code, _, err = run(
+        ["spectrum", "henon", "--param", f"{key}={v1}", "--param", f"{key}={v2}"], capsys
+    )
     assert_refused(code, err, "given twice")
 
 
 @FUZZ
-@given(est=st.sampled_from(["es", "pes", "tbptt", "backprop"]),
-       kv=st.sampled_from(["clip_norm=nan", "clip_norm=inf", "sigma=nan", "window=x",
-                           "nosuch=1", "clip_norm=1=2"]))
+@given(
+    est=st.sampled_from(["es", "pes", "tbptt", "backprop"]),
+    kv=st.sampled_from(
+        ["clip_norm=nan", "clip_norm=inf", "sigma=nan", "window=x", "nosuch=1", "clip_norm=1=2"]
+    ),
+)
 def test_fuzz_bad_estimator_parameters(est, kv, capsys, tmp_path):
     if kv.startswith("sigma") and est in ("tbptt", "backprop"):
         kv = "clip_norm=-inf"
     out_dir = tmp_path / f"m-{est}"
-    code, _, err = run(["meta-train", "linear", "--param", "n=2", "--estimator", est,
-                        "--est-param", kv, "--out", out_dir], capsys)
+    code, _, err = run(
+        [
+            "meta-train",
+            "linear",
+            "--param",
+            "n=2",
+            "--estimator",
+            est,
+            "--est-param",
+            kv,
+            "--out",
+            out_dir,
+        ],
+        capsys,
+    )
     assert_refused(code, err)
     assert not (out_dir / "checkpoint.npz").exists()
 
@@ -182,20 +220,36 @@ def _bad_path(flag: str, kind: str, root: Path) -> Path:
     """A path that ``flag`` (--out: a folder, --plot: a file) cannot use."""
     (root / "afile").write_text("x")
     if flag == "--out":
-        return {"file": root / "afile", "file_above": root / "afile" / "sub",
-                "unwritable": Path("/proc/chaosgrad-test/out")}[kind]
-    return {"file": root, "file_above": root / "afile" / "x.png",
-            "missing_parent": root / "no" / "such" / "x.png",
-            "unwritable": Path("/proc/chaosgrad-test.png")}[kind]
+        return {
+            "file": root / "afile",
+            "file_above": root / "afile" / "sub",
+            "unwritable": Path("/proc/chaosgrad-test/out"),
+        }[kind]
+    return {
+        "file": root,
+        "file_above": root / "afile" / "x.png",
+        "missing_parent": root / "no" / "such" / "x.png",
+        "unwritable": Path("/proc/chaosgrad-test.png"),
+    }[kind]
 
 
 @pytest.mark.parametrize("kind", ["file", "file_above", "missing_parent", "unwritable"])
 @fuzz(5)
-@given(cmd=st.sampled_from([
-    ["spectrum", "henon", "--plot"], ["grad-growth", "henon", "--plot"],
-    ["diagnose", "henon", "--out"], ["diagnose", "henon", "--plot"],
-    ["compare", "henon", "--out"], ["compare", "henon", "--plot"],
-    ["meta-train", "henon", "--out"], ["figures", "toy", "--out"], ["demo", "--out"]]))
+@given(
+    cmd=st.sampled_from(
+        [
+            ["spectrum", "henon", "--plot"],
+            ["grad-growth", "henon", "--plot"],
+            ["diagnose", "henon", "--out"],
+            ["diagnose", "henon", "--plot"],
+            ["compare", "henon", "--out"],
+            ["compare", "henon", "--plot"],
+            ["meta-train", "henon", "--out"],
+            ["figures", "toy", "--out"],
+            ["demo", "--out"],
+        ]
+    )
+)
 def test_fuzz_bad_output_paths(kind, cmd, capsys, tmp_path_factory):
     """--out onto a file, below a file or in a read-only place; --plot onto a folder, below
     a file, into a missing folder or a read-only one: refused before any compute."""
@@ -211,9 +265,23 @@ def test_fuzz_bad_output_paths(kind, cmd, capsys, tmp_path_factory):
 
 def test_plot_leaves_only_the_png(tmp_path, capsys):
     png = tmp_path / "conv.png"
-    code, out, err = run(["spectrum", "henon", "--steps", "200", "--transient", "0",
-                          "--seed", "4294967295",  # the largest seed accepted still runs
-                          "--plot", png, "--json", "--no-progress"], capsys)
+    code, out, err = run(
+        [
+            "spectrum",
+            "henon",
+            "--steps",
+            "200",
+            "--transient",
+            "0",
+            "--seed",
+            "4294967295",  # the largest seed accepted still runs
+            "--plot",
+            png,
+            "--json",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0, err
     strict_json(out)
     assert [p.name for p in tmp_path.iterdir()] == ["conv.png"]
@@ -222,9 +290,20 @@ def test_plot_leaves_only_the_png(tmp_path, capsys):
 
 def test_console_script_bad_path_one_line(tmp_path):
     """The installed command, end to end: exit 2, one line, no traceback."""
-    r = subprocess.run([sys.executable, "-m", "chaosgrad.app.cli", "spectrum", "henon",
-                        "--plot", str(tmp_path / "missing" / "x.png")],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chaosgrad.app.cli",
+            "spectrum",
+            "henon",
+            "--plot",
+            str(tmp_path / "missing" / "x.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "Traceback" not in r.stderr and "does not exist" in r.stderr
 
@@ -240,12 +319,14 @@ def test_os_error_during_a_run_is_one_line(tmp_path, capsys, monkeypatch):
 
 
 # -- memory estimated up front --------------------------------------------------------------
-@pytest.mark.parametrize("argv", [
-    ["spectrum", "rnn", "--param", "n=100000"],
-    ["grad-growth", "henon", "--seeds", "2000000000"],
-    ["grad-growth", "rnn", "--param", "n=512", "--seeds", "100000000",
-     "--horizons", "1000"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["spectrum", "rnn", "--param", "n=100000"],
+        ["grad-growth", "henon", "--seeds", "2000000000"],
+        ["grad-growth", "rnn", "--param", "n=512", "--seeds", "100000000", "--horizons", "1000"],
+    ],
+)
 def test_requests_that_cannot_fit_are_refused_with_the_figure(argv, capsys):
     code, _, err = run(argv, capsys)
     assert_refused(code, err, "of memory, more than the")
@@ -261,8 +342,7 @@ def test_large_requests_are_announced():
         check_fits(30000**2 * 12, "rnn n=30000", available=8 * 1024**3)
 
 
-def test_resumed_progress_estimates_the_time_left_from_the_work_after_resuming(
-        monkeypatch, capsys):
+def test_resumed_progress_estimates_the_time_left_from_the_work_after_resuming(monkeypatch, capsys):
     """A resumed run (`skip`) judges the time left from the pieces it ran itself, after the
     first (which compiles): a first piece of 100 s, then 10 s for one piece, 498 pieces left →
     about 83.0 minutes (not from the 501 counted as done, nor from the compiling piece)."""
@@ -284,8 +364,21 @@ def test_resumed_progress_estimates_the_time_left_from_the_work_after_resuming(
 @given(r=st.floats(3.6, 6.0), steps=st.integers(20, 60))
 def test_fuzz_spectrum_json_is_strict(r, steps, capsys):
     # r > 4 escapes to -inf within a few steps: the exponent is non-finite, printed as null
-    code, out, err = run(["spectrum", "logistic", "--param", f"r={r}", "--steps", steps,
-                          "--transient", "0", "--json", "--no-progress"], capsys)
+    code, out, err = run(
+        [
+            "spectrum",
+            "logistic",
+            "--param",
+            f"r={r}",
+            "--steps",
+            steps,
+            "--transient",
+            "0",
+            "--json",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0, err
     res = strict_json(out)
     lam = res["exponents"][0]
@@ -295,18 +388,48 @@ def test_fuzz_spectrum_json_is_strict(r, steps, capsys):
 
 
 def test_spectrum_json_of_a_diverging_learned_optimizer_is_strict(capsys):
-    code, out, err = run(["spectrum", "lopt", "--param", "optimizer=sgd", "--param",
-                          "lr=1e30", "--steps", "50", "--transient", "0", "--k", "1", "--json",
-                          "--no-progress"], capsys)
+    code, out, err = run(
+        [
+            "spectrum",
+            "lopt",
+            "--param",
+            "optimizer=sgd",
+            "--param",
+            "lr=1e30",
+            "--steps",
+            "50",
+            "--transient",
+            "0",
+            "--k",
+            "1",
+            "--json",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0, err
     res = strict_json(out)
     assert res["exponents"] == [None] and res["nonfinite_values"] >= 1
 
 
 def test_grad_growth_and_systems_json_are_strict(capsys):
-    code, out, _ = run(["grad-growth", "logistic", "--param", "r=4.5", "--horizons", "5,50",
-                        "--seeds", "2", "--lyapunov-steps", "20", "--json", "--no-progress"],
-                       capsys)
+    code, out, _ = run(
+        [
+            "grad-growth",
+            "logistic",
+            "--param",
+            "r=4.5",
+            "--horizons",
+            "5,50",
+            "--seeds",
+            "2",
+            "--lyapunov-steps",
+            "20",
+            "--json",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0
     res = strict_json(out)
     assert res["lyapunov_max"] is None and res["nonfinite_values"] > 0
@@ -315,8 +438,19 @@ def test_grad_growth_and_systems_json_are_strict(capsys):
 
 
 # -- meta-train: one run per folder, resumed only into the same run ------------------------------
-MT_BASE = ["meta-train", "linear", "--param", "n=2", "--estimator", "backprop",
-           "--est-param", "samples=2", "--est-param", "horizon=8", "--no-progress"]
+MT_BASE = [
+    "meta-train",
+    "linear",
+    "--param",
+    "n=2",
+    "--estimator",
+    "backprop",
+    "--est-param",
+    "samples=2",
+    "--est-param",
+    "horizon=8",
+    "--no-progress",
+]
 MT = MT_BASE + ["--log-every", "2"]
 
 
@@ -326,9 +460,13 @@ def test_meta_train_resume_mismatch_names_the_field(tmp_path, capsys):
     assert code == 0, err
     first = strict_json(text)
     assert first["steps_done"] == 4
-    for extra, field in [(["--lr", "0.1"], "outer.lr"), (["--eval-seeds", "3"], "eval_seeds"),
-                         (["--log-every", "1"], "log_every"), (["--seed", "1"], "key"),
-                         (["--est-param", "remat_chunk=2"], "params.remat_chunk")]:
+    for extra, field in [
+        (["--lr", "0.1"], "outer.lr"),
+        (["--eval-seeds", "3"], "eval_seeds"),
+        (["--log-every", "1"], "log_every"),
+        (["--seed", "1"], "key"),
+        (["--est-param", "remat_chunk=2"], "params.remat_chunk"),
+    ]:
         argv = MT_BASE + extra + ([] if "--log-every" in extra else ["--log-every", "2"])
         code, _, err = run(argv + ["--steps", "6", "--out", out], capsys)
         assert_refused(code, err, field)
@@ -337,8 +475,9 @@ def test_meta_train_resume_mismatch_names_the_field(tmp_path, capsys):
     code, _, err = run(MT + ["--steps", "2", "--out", out], capsys)
     assert_refused(code, err, "at step 4, past the 2 steps")
     # --no-resume starts over with the new settings
-    code, text, err = run(MT + ["--steps", "2", "--lr", "0.1", "--out", out, "--json",
-                                "--no-resume"], capsys)
+    code, text, err = run(
+        MT + ["--steps", "2", "--lr", "0.1", "--out", out, "--json", "--no-resume"], capsys
+    )
     assert code == 0, err
     assert strict_json(text)["steps_done"] == 2
     res = strict_json((out / "results.json").read_text())
@@ -353,15 +492,13 @@ def test_meta_train_resume_mismatch_names_the_field(tmp_path, capsys):
 
 def test_meta_train_nan_is_null_not_a_string(tmp_path, capsys):
     out = tmp_path / "nan"
-    code, text, err = run(MT + ["--steps", "2", "--lr", "1e30", "--out", out, "--json"],
-                          capsys)
+    code, text, err = run(MT + ["--steps", "2", "--lr", "1e30", "--out", out, "--json"], capsys)
     assert code == 0, err
     summary = strict_json(text)
     assert summary["final_meta_loss"] is None and summary["nonfinite_values"] >= 1
     res = strict_json((out / "results.json").read_text())
     assert res["final_meta_loss"] is None
-    assert all(isinstance(e["meta_loss"], float) or e["meta_loss"] is None
-               for e in res["evals"])
+    assert all(isinstance(e["meta_loss"], float) or e["meta_loss"] is None for e in res["evals"])
     for line in (out / "log.jsonl").read_text().splitlines():
         rec = strict_json(line)
         assert not any(v == "nan" for v in rec.values())
@@ -389,10 +526,19 @@ def _meta_api(out, steps, callback=None, optimizer="adam", config=True):
 
     s = systems.make("linear", n=2)
     est = estimators.make("backprop", s, samples=2, horizon=8)
-    return meta_train(s, est, getattr(optax, optimizer)(0.01), steps, out,
-                      jax.random.PRNGKey(0), log_every=2, checkpoint_every=100, eval_seeds=2,
-                      callback=callback,
-                      outer_config={"optimizer": optimizer, "lr": 0.01} if config else None)
+    return meta_train(
+        s,
+        est,
+        getattr(optax, optimizer)(0.01),
+        steps,
+        out,
+        jax.random.PRNGKey(0),
+        log_every=2,
+        checkpoint_every=100,
+        eval_seeds=2,
+        callback=callback,
+        outer_config={"optimizer": optimizer, "lr": 0.01} if config else None,
+    )
 
 
 def test_meta_train_api_without_outer_config_still_tells_optimizers_apart(tmp_path):
@@ -417,8 +563,7 @@ def test_meta_train_sigterm_checkpoints_like_ctrl_c(tmp_path):
     assert [e["step"] for e in resumed.evals] == [0, 2, 4, 6]
 
 
-@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "wrong_shape",
-                                    "missing_leaf"])
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "wrong_shape", "missing_leaf"])
 def test_damaged_checkpoint_is_named_with_the_way_out(damage, tmp_path):
     out = tmp_path / "m"
     _meta_api(out, 2)
@@ -461,10 +606,12 @@ def test_figure_parts_keyed_by_configuration_and_force_recomputes(tmp_path, monk
     monkeypatch.setitem(toy.SIZES, "quick", {"samples": 50, "xs": 5, "ws": 3})
     figures.run_figure("toy", "quick", tmp_path)  # results exist, but of another config
     assert meta()["parts_reused"] == 0 and meta()["config_hash"] == figures.config_hash(
-        "toy", "quick")
+        "toy", "quick"
+    )
     # a damaged part is named
-    part = next((tmp_path / "toy" / "parts").glob(
-        f"quick-{figures.config_hash('toy', 'quick')}-*.npz"))
+    part = next(
+        (tmp_path / "toy" / "parts").glob(f"quick-{figures.config_hash('toy', 'quick')}-*.npz")
+    )
     part.write_bytes(b"PK\x03\x04garbage")
     (tmp_path / "toy" / "results.npz").unlink()
     with pytest.raises(InputError, match=part.name):
@@ -521,9 +668,12 @@ def _henon(mutation: str) -> tuple[chaosgrad.System, object]:
                 return y, chaosgrad.StepOut(loss=y[0])
         return y, chaosgrad.StepOut(loss=y[0])
 
-    call_theta = {"theta_short": jnp.array([1.4]), "theta_long": jnp.array([1.4, 0.3, 0.1]),
-                  "theta_int": jnp.array([1, 0]),
-                  "theta_tree": {"a": jnp.array(1.4), "b": jnp.array(0.3)}}.get(mutation)
+    call_theta = {
+        "theta_short": jnp.array([1.4]),
+        "theta_long": jnp.array([1.4, 0.3, 0.1]),
+        "theta_int": jnp.array([1, 0]),
+        "theta_tree": {"a": jnp.array(1.4), "b": jnp.array(0.3)},
+    }.get(mutation)
     return chaosgrad.System(init, step, name=f"bad-{mutation}", theta=theta), call_theta
 
 
@@ -550,10 +700,12 @@ def _entry_points():
     return {
         "unroll": lambda s, th: unroll(s, th, steps=5),
         "unroll_grad": lambda s, th: unroll_grad(s, th, steps=5),
-        "lyapunov_spectrum": lambda s, th: lyapunov_spectrum(s, th, steps=5, transient=0,
-                                                             progress=False),
-        "gradient_growth": lambda s, th: gradient_growth(s, th, horizons=[2, 3], seeds=2,
-                                                         progress=False),
+        "lyapunov_spectrum": lambda s, th: lyapunov_spectrum(
+            s, th, steps=5, transient=0, progress=False
+        ),
+        "gradient_growth": lambda s, th: gradient_growth(
+            s, th, horizons=[2, 3], seeds=2, progress=False
+        ),
         "step_jacobian": lambda s, th: step_jacobian(s, th),
     }
 
@@ -586,7 +738,8 @@ def test_a_broken_user_system_on_the_command_line_is_one_line(mutation, tmp_path
         "        if mutation == 'python_if' and y[0] > 0:\n"
         "            return y, y[0]\n"
         "        return y, (y if mutation == 'loss_vector' else y[0])\n"
-        "    return chaosgrad.System(init, step, name='mine', theta=jnp.array([a]))\n")
+        "    return chaosgrad.System(init, step, name='mine', theta=jnp.array([a]))\n"
+    )
     code, out, err = run(["spectrum", f"{src}:make", "--json"], capsys)
     assert_refused(code, err, MUTATIONS[mutation])
     assert "step(state, theta, key) of system 'mine'" in err and out == ""
@@ -613,8 +766,9 @@ def test_options_are_taken_by_their_full_names_only(capsys):
     """`--n 64` (a system parameter written as an option) is refused with the way to pass it,
     not read as an abbreviation of --no-progress; `n=3` likewise."""
     code, _, err = run(["diagnose", "rnn", "--n", "64"], capsys)
-    assert_refused(code, err, "unrecognized arguments: --n 64; a system's parameters go as "
-                              "--param K=V")
+    assert_refused(
+        code, err, "unrecognized arguments: --n 64; a system's parameters go as --param K=V"
+    )
     code, _, err = run(["diagnose", "rnn", "n=3"], capsys)
     assert_refused(code, err, "n=3; a system's parameters go as --param K=V")
     code, _, err = run(["diagnose", "rnn", "--no-prog"], capsys)
@@ -637,8 +791,8 @@ def make():
 
 def _lambda1(system):
     from chaosgrad.spectra import lyapunov_spectrum
-    return float(lyapunov_spectrum(system, steps=300, transient=50, progress=False)
-                 .exponents[0])
+
+    return float(lyapunov_spectrum(system, steps=300, transient=50, progress=False).exponents[0])
 
 
 def test_a_redefined_step_reading_a_changed_global_is_compiled_afresh():
@@ -663,7 +817,7 @@ def test_closure_values_mutated_in_place_are_compiled_afresh():
 
     for holder, set_a in [
         (np.array([1.4]), lambda h, v: h.__setitem__(0, v)),  # numpy: by content
-        ([1.4], lambda h, v: h.__setitem__(0, v)),             # list: by value
+        ([1.4], lambda h, v: h.__setitem__(0, v)),  # list: by value
         ({"a": 1.4}, lambda h, v: h.__setitem__("a", v)),
     ]:
         key_of = (lambda h: h[0]) if not isinstance(holder, dict) else (lambda h: h["a"])
@@ -702,8 +856,19 @@ def make():
     return chaosgrad.System(init, step, name="same-name", theta=jnp.array([0.5, 0.5]),
                             horizon=4)
 """
-MT_USER = ["--estimator", "backprop", "--est-param", "samples=1", "--est-param", "horizon=4",
-           "--log-every", "2", "--eval-seeds", "1", "--no-progress"]
+MT_USER = [
+    "--estimator",
+    "backprop",
+    "--est-param",
+    "samples=1",
+    "--est-param",
+    "horizon=4",
+    "--log-every",
+    "2",
+    "--eval-seeds",
+    "1",
+    "--no-progress",
+]
 
 
 def test_meta_train_refuses_to_resume_a_different_system_of_the_same_name(tmp_path, capsys):
@@ -711,26 +876,25 @@ def test_meta_train_refuses_to_resume_a_different_system_of_the_same_name(tmp_pa
     a.write_text(_USER_SYS.format(f="tanh", loss="jnp.sum(x ** 2)"))
     b.write_text(_USER_SYS.format(f="sin", loss="-jnp.sum(x)"))
     out = tmp_path / "m"
-    code, _, err = run(["meta-train", f"{a}:make", "--steps", "2", "--out", out] + MT_USER,
-                       capsys)
+    code, _, err = run(["meta-train", f"{a}:make", "--steps", "2", "--out", out] + MT_USER, capsys)
     assert code == 0, err
-    code, _, err = run(["meta-train", f"{b}:make", "--steps", "4", "--out", out] + MT_USER,
-                       capsys)
+    code, _, err = run(["meta-train", f"{b}:make", "--steps", "4", "--out", out] + MT_USER, capsys)
     assert_refused(code, err, "code.system")
     assert "--no-resume" in err
     assert strict_json((out / "results.json").read_text())["steps_done"] == 2  # untouched
     # the same code reading another global value is another run too
     a.write_text("SCALE = 2.0\n" + _USER_SYS.format(f="tanh", loss="SCALE * jnp.sum(x ** 2)"))
-    code, _, err = run(["meta-train", f"{a}:make", "--steps", "4", "--out", out] + MT_USER,
-                       capsys)
+    code, _, err = run(["meta-train", f"{a}:make", "--steps", "4", "--out", out] + MT_USER, capsys)
     assert_refused(code, err, "code.system")
     # the very same code resumes
     a.write_text(_USER_SYS.format(f="tanh", loss="jnp.sum(x ** 2)"))
-    code, _, err = run(["meta-train", f"{a}:make", "--steps", "4", "--out", out] + MT_USER,
-                       capsys)
+    code, _, err = run(["meta-train", f"{a}:make", "--steps", "4", "--out", out] + MT_USER, capsys)
     assert code == 0, err
-    assert [e["step"] for e in strict_json((out / "results.json").read_text())["evals"]] \
-        == [0, 2, 4]
+    assert [e["step"] for e in strict_json((out / "results.json").read_text())["evals"]] == [
+        0,
+        2,
+        4,
+    ]
 
 
 def test_no_resume_removes_the_old_outputs_before_the_first_step(tmp_path):
@@ -751,8 +915,19 @@ def test_no_resume_removes_the_old_outputs_before_the_first_step(tmp_path):
     s = systems.make("linear", n=2)
     est = estimators.make("backprop", s, samples=2, horizon=8)
     with pytest.raises(SystemExit):
-        meta_train(s, est, optax.adam(0.01), 4, out, jax.random.PRNGKey(0), log_every=2,
-                   checkpoint_every=100, eval_seeds=2, callback=killed, resume=False)
+        meta_train(
+            s,
+            est,
+            optax.adam(0.01),
+            4,
+            out,
+            jax.random.PRNGKey(0),
+            log_every=2,
+            checkpoint_every=100,
+            eval_seeds=2,
+            callback=killed,
+            resume=False,
+        )
     assert not any((out / n).exists() for n in names)
 
 
@@ -774,13 +949,17 @@ USER_FAILURES = {
     "keyword_only": ("def make(*, n):\n    pass\n", "needs n with no default"),
     "positional_only": ("def make(n, /):\n    pass\n", "positional-only arguments n"),
     "syntax": ("def make(:\n    pass\n", "SyntaxError at"),
-    "missing_import": ("import nosuchpackage_xyz\ndef make():\n    pass\n",
-                       "ModuleNotFoundError: No module named 'nosuchpackage_xyz'"),
+    "missing_import": (
+        "import nosuchpackage_xyz\ndef make():\n    pass\n",
+        "ModuleNotFoundError: No module named 'nosuchpackage_xyz'",
+    ),
     "exit_on_import": ("import sys\nsys.exit(0)\n", "called sys.exit(0)"),
     "exit_in_factory": ("import sys\ndef make():\n    sys.exit(3)\n", "called sys.exit(3)"),
-    "bad_system_field": ("import chaosgrad\ndef make():\n    return chaosgrad.System("
-                         "lambda k, t: 0., lambda s, t, k: (s, s), horizon=0)\n",
-                         "System horizon must be a positive integer"),
+    "bad_system_field": (
+        "import chaosgrad\ndef make():\n    return chaosgrad.System("
+        "lambda k, t: 0., lambda s, t, k: (s, s), horizon=0)\n",
+        "System horizon must be a positive integer",
+    ),
     "not_a_system": ("def make():\n    return 3\n", "returned int, not a chaosgrad.System"),
 }
 
@@ -791,8 +970,10 @@ def test_user_code_failures_are_one_line(case, tmp_path, capsys, monkeypatch):
     (tmp_path / "mysys.py").write_text(src)
     monkeypatch.chdir(tmp_path)
     for spec in (f"{tmp_path / 'mysys.py'}:make", "./mysys.py:make"):
-        code, out, err = run(["spectrum", spec, "--steps", "5", "--transient", "0", "--json",
-                              "--no-progress"], capsys)
+        code, out, err = run(
+            ["spectrum", spec, "--steps", "5", "--transient", "0", "--json", "--no-progress"],
+            capsys,
+        )
         assert_refused(code, err, needle)
         assert "mysys.py" in err and out == ""
         if case not in ("syntax", "missing_import", "exit_on_import"):
@@ -808,17 +989,28 @@ def test_user_module_failing_on_import_is_one_line(tmp_path, capsys, monkeypatch
     assert "usermod_missing_dep" in err
 
 
-def test_user_system_by_relative_paths_and_its_prints_go_to_stderr(tmp_path, capsys,
-                                                                   monkeypatch):
+def test_user_system_by_relative_paths_and_its_prints_go_to_stderr(tmp_path, capsys, monkeypatch):
     here = tmp_path / "work"
     (tmp_path / "x").mkdir()
     here.mkdir()
     (tmp_path / "x" / "mysys.py").write_text(
-        "print('hello from the module')\n" + _GOOD_FACTORY.replace(
-            "    def init", "    print('hello from make')\n    def init"))
+        "print('hello from the module')\n"
+        + _GOOD_FACTORY.replace("    def init", "    print('hello from make')\n    def init")
+    )
     monkeypatch.chdir(here)
-    code, out, err = run(["spectrum", "../x/mysys.py:make", "--steps", "20", "--transient",
-                          "0", "--json", "--no-progress"], capsys)
+    code, out, err = run(
+        [
+            "spectrum",
+            "../x/mysys.py:make",
+            "--steps",
+            "20",
+            "--transient",
+            "0",
+            "--json",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "mine" in str(strict_json(out)["system"])
     assert "hello from the module" in err and "hello from make" in err
@@ -830,13 +1022,24 @@ def test_default_out_of_a_user_system_stays_under_out(tmp_path, capsys, monkeypa
     src = tmp_path / "src" / "mysys.py"
     src.parent.mkdir()
     src.write_text(_GOOD_FACTORY)
-    assert default_out("diagnose", f"{src}:make") == os.path.join("out", "diagnose",
-                                                                  "mysys_make")
+    assert default_out("diagnose", f"{src}:make") == os.path.join("out", "diagnose", "mysys_make")
     assert default_out("compare", "../x/y.py:f") == os.path.join("out", "compare", "y_f")
     assert default_out("diagnose", "brax:ant") == os.path.join("out", "diagnose", "brax_ant")
     monkeypatch.chdir(tmp_path)
-    code, _, err = run(["diagnose", f"{src}:make", "--horizons", "2,4", "--seeds", "2",
-                        "--lyapunov-steps", "20", "--no-progress"], capsys)
+    code, _, err = run(
+        [
+            "diagnose",
+            f"{src}:make",
+            "--horizons",
+            "2,4",
+            "--seeds",
+            "2",
+            "--lyapunov-steps",
+            "20",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert (tmp_path / "out" / "diagnose" / "mysys_make" / "report.json").exists()
     assert sorted(p.name for p in src.parent.iterdir()) == ["mysys.py"]
@@ -853,15 +1056,18 @@ def _tiny_system(**fields):
     return chaosgrad.System(init, step, theta=jnp.asarray(0.5), **fields)
 
 
-@pytest.mark.parametrize("field,value,needle", [
-    ("horizon", 2.7, "horizon must be a positive integer"),
-    ("horizon", True, "horizon must be a positive integer"),
-    ("horizon", 0, "horizon must be a positive integer"),
-    ("horizon", float("nan"), "horizon must be a positive integer"),
-    ("dt", float("inf"), "dt must be a positive finite number"),
-    ("dt", float("nan"), "dt must be a positive finite number"),
-    ("dt", -0.1, "dt must be a positive finite number"),
-])
+@pytest.mark.parametrize(
+    "field,value,needle",
+    [
+        ("horizon", 2.7, "horizon must be a positive integer"),
+        ("horizon", True, "horizon must be a positive integer"),
+        ("horizon", 0, "horizon must be a positive integer"),
+        ("horizon", float("nan"), "horizon must be a positive integer"),
+        ("dt", float("inf"), "dt must be a positive finite number"),
+        ("dt", float("nan"), "dt must be a positive finite number"),
+        ("dt", -0.1, "dt must be a positive finite number"),
+    ],
+)
 def test_system_fields_are_checked_not_coerced(field, value, needle):
     with pytest.raises(InputError, match=needle):
         _tiny_system(**{field: value})
@@ -869,36 +1075,47 @@ def test_system_fields_are_checked_not_coerced(field, value, needle):
 
 def test_system_horizon_given_as_a_whole_float_is_kept_as_that_integer():
     assert _tiny_system(horizon=3.0).horizon == 3 and isinstance(
-        _tiny_system(horizon=3.0).horizon, int)
+        _tiny_system(horizon=3.0).horizon, int
+    )
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--param", "n=3", "--param", "eigenvalues=1,2"], "n=3 disagrees with the 2 eigenvalues"),
-    (["--param", "eigenvalues=0.5,0.2", "--param", "radius=2"], "not both"),
-    (["--param", "radius=-1"], "radius must be a positive finite number"),
-    (["--param", "n=2.5"], "linear n must be an integer"),
-    (["--param", "seed=-1"], "linear seed must be an integer in 0.."),
-    (["--param", "n=1_4"], "digit separators"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--param", "n=3", "--param", "eigenvalues=1,2"], "n=3 disagrees with the 2 eigenvalues"),
+        (["--param", "eigenvalues=0.5,0.2", "--param", "radius=2"], "not both"),
+        (["--param", "radius=-1"], "radius must be a positive finite number"),
+        (["--param", "n=2.5"], "linear n must be an integer"),
+        (["--param", "seed=-1"], "linear seed must be an integer in 0.."),
+        (["--param", "n=1_4"], "digit separators"),
+    ],
+)
 def test_linear_parameters_are_checked(argv, needle, capsys):
-    code, out, err = run(["spectrum", "linear", *argv, "--steps", "5", "--transient", "0",
-                          "--no-progress"], capsys)
+    code, out, err = run(
+        ["spectrum", "linear", *argv, "--steps", "5", "--transient", "0", "--no-progress"], capsys
+    )
     assert_refused(code, err, needle)
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["lorenz", "--param", "burn_in=-1"], "lorenz burn_in must be an integer in 0.."),
-    (["lorenz", "--param", "dt=1e400"], "not a finite number"),
-    (["rnn", "--param", "seed=-1"], "rnn seed must be an integer in 0.."),
-    (["heat", "--param", "n=1"], "heat n (grid points) must be an integer in 2.."),
-    (["henon", "--param", "a=1_4"], "digit separators"),
-    (["henon", "--steps", "1_0"], "expected a positive integer"),
-    (["henon", "--transient", "1_0"], "expected an integer >= 0"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["lorenz", "--param", "burn_in=-1"], "lorenz burn_in must be an integer in 0.."),
+        (["lorenz", "--param", "dt=1e400"], "not a finite number"),
+        (["rnn", "--param", "seed=-1"], "rnn seed must be an integer in 0.."),
+        (["heat", "--param", "n=1"], "heat n (grid points) must be an integer in 2.."),
+        (["henon", "--param", "a=1_4"], "digit separators"),
+        (["henon", "--steps", "1_0"], "expected a positive integer"),
+        (["henon", "--transient", "1_0"], "expected an integer >= 0"),
+    ],
+)
 def test_other_parameters_are_checked(argv, needle, capsys):
-    code, out, err = run(["spectrum", *argv, "--steps", "5", "--no-progress"]
-                         if "--steps" not in argv else ["spectrum", *argv, "--no-progress"],
-                         capsys)
+    code, out, err = run(
+        ["spectrum", *argv, "--steps", "5", "--no-progress"]
+        if "--steps" not in argv
+        else ["spectrum", *argv, "--no-progress"],
+        capsys,
+    )
     assert_refused(code, err, needle)
 
 
@@ -918,8 +1135,9 @@ def test_check_system_refuses_complex_states_and_empty_theta():
 
     with pytest.raises(InputError, match="complex state"):
         check_system(chaosgrad.System(init, step, name="cplx", theta=jnp.asarray(0.5)))
-    empty = chaosgrad.System(lambda k, t: jnp.zeros(2), lambda x, t, k: (x, x[0]),
-                             name="empty", theta=jnp.zeros((0,)))
+    empty = chaosgrad.System(
+        lambda k, t: jnp.zeros(2), lambda x, t, k: (x, x[0]), name="empty", theta=jnp.zeros((0,))
+    )
     with pytest.raises(InputError, match="no entries"):
         check_system(empty)
 
@@ -938,13 +1156,20 @@ def test_check_system_checks_the_phase_round_trip(bad):
             return s
         return {**s, "x": 2 * p if bad == "scales" else p}
 
-    system = chaosgrad.System(init, step, phase=lambda s: s["x"], with_phase=with_phase,
-                              name=f"rt-{bad}", theta=jnp.array([1.4, 0.3]))
+    system = chaosgrad.System(
+        init,
+        step,
+        phase=lambda s: s["x"],
+        with_phase=with_phase,
+        name=f"rt-{bad}",
+        theta=jnp.array([1.4, 0.3]),
+    )
     if bad == "good":
         check_system(system)
         return
-    with pytest.raises(InputError, match=f"with_phase of system 'rt-{bad}' is not the "
-                                         "inverse of phase"):
+    with pytest.raises(
+        InputError, match=f"with_phase of system 'rt-{bad}' is not the inverse of phase"
+    ):
         check_system(system)
 
 
@@ -996,8 +1221,20 @@ def test_special_files_are_never_replaced(tmp_path, capsys):
     try:
         for kind, path in special.items():
             mode = os.lstat(path).st_mode
-            code, _, err = run(["spectrum", "henon", "--steps", "20", "--transient", "0",
-                                "--no-progress", "--plot", path], capsys)
+            code, _, err = run(
+                [
+                    "spectrum",
+                    "henon",
+                    "--steps",
+                    "20",
+                    "--transient",
+                    "0",
+                    "--no-progress",
+                    "--plot",
+                    path,
+                ],
+                capsys,
+            )
             assert_refused(code, err, f"is a {'FIFO' if kind == 'fifo' else 'socket'}")
             with pytest.raises(InputError, match="writes only regular files"):
                 write_bytes(path, b"x")
@@ -1009,8 +1246,7 @@ def test_special_files_are_never_replaced(tmp_path, capsys):
         sock.close()
 
 
-@pytest.mark.parametrize("damage", ["float_step", "nan_theta", "history_types",
-                                    "history_not_list"])
+@pytest.mark.parametrize("damage", ["float_step", "nan_theta", "history_types", "history_not_list"])
 def test_crafted_checkpoints_are_refused_with_the_way_out(damage, tmp_path):
     out = tmp_path / "m"
     _meta_api(out, 2)
@@ -1090,13 +1326,28 @@ def _free_port() -> int:
 
 
 def _launch(tmp_path, extra, env_extra=None):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "OMPI_", "CHAOSGRAD_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "CHAOSGRAD_"))
+    }
     env.update(env_extra or {})
     env.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
-    cmd = [sys.executable, "-m", "chaosgrad.app.cli", "meta-train", "linear", "--param",
-           "n=2", "--estimator", "backprop", "--steps", "1", "--out", str(tmp_path / "m"),
-           "--no-progress", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "chaosgrad.app.cli",
+        "meta-train",
+        "linear",
+        "--param",
+        "n=2",
+        "--estimator",
+        "backprop",
+        "--steps",
+        "1",
+        "--out",
+        str(tmp_path / "m"),
+        "--no-progress",
+        *extra,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -1104,8 +1355,19 @@ def _launch(tmp_path, extra, env_extra=None):
 def test_launch_failures_are_one_line_and_status_3(case, tmp_path):
     port = _free_port()
     pid = "0" if case == "peer_never_joins" else "1"  # 1: nobody listens on the port
-    r = _launch(tmp_path, ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                           "--process-id", pid, "--timeout", "3"])
+    r = _launch(
+        tmp_path,
+        [
+            "--coordinator",
+            f"127.0.0.1:{port}",
+            "--num-processes",
+            "2",
+            "--process-id",
+            pid,
+            "--timeout",
+            "3",
+        ],
+    )
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 3, r.stderr
     assert len(lines) == 1 and "could not join" in lines[0], r.stderr
@@ -1121,25 +1383,35 @@ def test_slurm_variables_without_srun_are_one_line_and_status_3(tmp_path):
 
 # -- issue 23: generated values that must never be coerced ---------------------------------
 @FUZZ
-@given(value=st.one_of(
-    st.floats(allow_nan=True, allow_infinity=True).filter(
-        lambda v: not (v == v and abs(v) != float("inf") and float(v).is_integer())),
-    st.booleans(), st.integers(max_value=0), st.text(max_size=3)))
+@given(
+    value=st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True).filter(
+            lambda v: not (v == v and abs(v) != float("inf") and float(v).is_integer())
+        ),
+        st.booleans(),
+        st.integers(max_value=0),
+        st.text(max_size=3),
+    )
+)
 def test_fuzz_system_horizon_is_an_integer_or_refused(value):
     with pytest.raises(InputError, match="horizon must be a positive integer"):
         _tiny_system(horizon=value)
 
 
 @FUZZ
-@given(digits=st.integers(min_value=10, max_value=10**6),
-       name_key=st.sampled_from([("henon", "a"), ("linear", "n"), ("rnn", "seed"),
-                                 ("lorenz", "burn_in"), ("logistic", "r")]))
+@given(
+    digits=st.integers(min_value=10, max_value=10**6),
+    name_key=st.sampled_from(
+        [("henon", "a"), ("linear", "n"), ("rnn", "seed"), ("lorenz", "burn_in"), ("logistic", "r")]
+    ),
+)
 def test_fuzz_digit_separators_are_refused_everywhere(digits, name_key, capsys):
     text = str(digits)
     text = text[:1] + "_" + text[1:]
     name, key = name_key
-    code, out, err = run(["spectrum", name, "--param", f"{key}={text}", "--steps", "5",
-                          "--no-progress"], capsys)
+    code, out, err = run(
+        ["spectrum", name, "--param", f"{key}={text}", "--steps", "5", "--no-progress"], capsys
+    )
     assert_refused(code, err, "digit separators")
 
 
@@ -1150,9 +1422,23 @@ def test_one_seed_gives_no_growth_interval_and_no_verdict_from_it(capsys, tmp_pa
     assert np.isfinite(g.growth_rate)
     for iv in (g.growth_interval, g.variance_rate_interval):
         assert iv.low == -np.inf and iv.high == np.inf  # not a zero-width "95%" interval
-    code, out, err = run(["diagnose", "henon", "--seeds", "1", "--horizons", "5,10",
-                          "--lyapunov-steps", "200", "--out", tmp_path, "--json",
-                          "--no-progress"], capsys)
+    code, out, err = run(
+        [
+            "diagnose",
+            "henon",
+            "--seeds",
+            "1",
+            "--horizons",
+            "5,10",
+            "--lyapunov-steps",
+            "200",
+            "--out",
+            tmp_path,
+            "--json",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert strict_json(out)["verdict"] != "chaotic"
 
@@ -1161,8 +1447,12 @@ def test_a_closed_stdout_is_one_line_not_a_traceback():
     import shlex
 
     # the shell closes stdout (no preexec_fn: a fork of this multithreaded process)
-    r = subprocess.run(["sh", "-c", f"exec {shlex.quote(sys.executable)} -m chaosgrad.app.cli "
-                        "systems --json >&-"], stderr=subprocess.PIPE, text=True, timeout=300)
+    r = subprocess.run(
+        ["sh", "-c", f"exec {shlex.quote(sys.executable)} -m chaosgrad.app.cli systems --json >&-"],
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+    )
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "standard output is closed" in lines[0]
 
@@ -1172,20 +1462,25 @@ def test_code_fingerprint_ignores_the_device_layout():
     # ids in a traced program are not part of its identity (its code is).
     from chaosgrad.estimators.meta import _layout_free
 
-    a = ("x = sharding_constraint[sharding=NamedSharding(mesh=Mesh('population': 2, "
-         "axis_types=(Auto,)), spec=P('population',))] y  # <function f at 0x7f00ab>")
+    a = (
+        "x = sharding_constraint[sharding=NamedSharding(mesh=Mesh('population': 2, "
+        "axis_types=(Auto,)), spec=P('population',))] y  # <function f at 0x7f00ab>"
+    )
     b = a.replace("'population': 2", "'population': 8").replace("0x7f00ab", "0x55aa10")
     assert _layout_free(a) == _layout_free(b)
     assert _layout_free(a) != _layout_free(a.replace("spec=P('population',)", "spec=P()"))
 
 
-@pytest.mark.parametrize("name,params,needle", [
-    ("influence", {"horizon": 2.7}, "influence_balancing horizon must be an integer"),
-    ("linear", {"n": True}, "linear n must be an integer"),
-    ("heat", {"n": 3.5}, "heat n (grid points) must be an integer"),
-    ("lorenz", {"burn_in": 1.5}, "lorenz burn_in must be an integer"),
-    ("lorenz", {"dt": float("inf")}, "lorenz dt must be a positive finite number"),
-])
+@pytest.mark.parametrize(
+    "name,params,needle",
+    [
+        ("influence", {"horizon": 2.7}, "influence_balancing horizon must be an integer"),
+        ("linear", {"n": True}, "linear n must be an integer"),
+        ("heat", {"n": 3.5}, "heat n (grid points) must be an integer"),
+        ("lorenz", {"burn_in": 1.5}, "lorenz burn_in must be an integer"),
+        ("lorenz", {"dt": float("inf")}, "lorenz dt must be a positive finite number"),
+    ],
+)
 def test_factories_take_integers_only_where_integers_are_meant(name, params, needle):
     with pytest.raises(InputError) as e:
         systems.make(name, **params)
@@ -1203,9 +1498,14 @@ def test_phase_round_trip_check_runs_inside_a_jit_trace_too():
         x = jnp.stack([1 - theta[0] * s["x"][0] ** 2 + s["x"][1], theta[1] * s["x"][0]])
         return {"x": x, "t": s["t"] + 1}, x[0]
 
-    good = chaosgrad.System(init, step, phase=lambda s: s["x"],
-                            with_phase=lambda s, p: {**s, "x": p}, name="rt-jit",
-                            theta=jnp.array([1.4, 0.3]))
+    good = chaosgrad.System(
+        init,
+        step,
+        phase=lambda s: s["x"],
+        with_phase=lambda s, p: {**s, "x": p},
+        name="rt-jit",
+        theta=jnp.array([1.4, 0.3]),
+    )
     state = init(None, None)
     jac = jax.jit(lambda s: step_jacobian(good, good.theta, jax.random.PRNGKey(0), s, 0))(state)
     assert np.asarray(jac).shape == (2, 2)

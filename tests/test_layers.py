@@ -89,13 +89,16 @@ def test_users_own_systems_and_estimators_modules_break_nothing(tmp_path):
     # registries must still use chaosgrad's own.
     (tmp_path / "systems.py").write_text("raise RuntimeError('user systems.py imported')\n")
     (tmp_path / "estimators.py").write_text("raise RuntimeError('user estimators.py')\n")
-    code = ("from chaosgrad.app.compare import compare; from chaosgrad import systems; "
-            "c = compare(systems.make('logistic', r=3.2), estimators=['backprop'], "
-            "horizon=5, samples=8, reference='backprop', reference_batches=8, "
-            "reference_per_batch=2); "
-            "print(c.ranking)")
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=300)
+    code = (
+        "from chaosgrad.app.compare import compare; from chaosgrad import systems; "
+        "c = compare(systems.make('logistic', r=3.2), estimators=['backprop'], "
+        "horizon=5, samples=8, reference='backprop', reference_batches=8, "
+        "reference_per_batch=2); "
+        "print(c.ranking)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "backprop" in r.stdout
 
@@ -137,8 +140,22 @@ def test_user_system_by_module_and_by_file(tmp_path, monkeypatch, capsys):
         systems.make("mymod_layers:nope")
     with pytest.raises(InputError, match="no module 'nosuchmod_xyz'"):
         systems.make("nosuchmod_xyz:make")
-    assert main(["spectrum", "mymod_layers:make", "--steps", "2000", "--k", "2", "--json",
-                 "--no-progress", "--x64"]) == 0
+    assert (
+        main(
+            [
+                "spectrum",
+                "mymod_layers:make",
+                "--steps",
+                "2000",
+                "--k",
+                "2",
+                "--json",
+                "--no-progress",
+                "--x64",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert sum(out["exponents"]) == pytest.approx(float(__import__("math").log(0.3)), abs=1e-6)
 
@@ -147,10 +164,27 @@ def test_cli_diagnose_user_module_outside_the_repository(tmp_path):
     (tmp_path / "mymod.py").write_text(USER_MODULE)
     exe = Path(sys.executable).with_name("chaosgrad")
     env = {**os.environ, "CHAOSGRAD_NO_CACHE": "1"}
-    r = subprocess.run([str(exe), "diagnose", "mymod:make", "--horizons", "5,10,20",
-                        "--seeds", "4", "--lyapunov-steps", "2000", "--no-progress",
-                        "--out", "rep"], cwd=tmp_path, capture_output=True, text=True,
-                       env=env, timeout=300)
+    r = subprocess.run(
+        [
+            str(exe),
+            "diagnose",
+            "mymod:make",
+            "--horizons",
+            "5,10,20",
+            "--seeds",
+            "4",
+            "--lyapunov-steps",
+            "2000",
+            "--no-progress",
+            "--out",
+            "rep",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert report["system"]["name"] == "my-henon"
@@ -161,8 +195,13 @@ def test_version_and_broken_pipe():
     exe = Path(sys.executable).with_name("chaosgrad")
     r = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == f"chaosgrad {chaosgrad.__version__}"
-    r = subprocess.run(f"'{exe}' systems --json | head -c 10", shell=True, capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        f"'{exe}' systems --json | head -c 10",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
 
 
@@ -174,8 +213,21 @@ def test_missing_extra_names_the_extra():
 
 def test_meta_train_takes_the_system_positionally_or_by_alias(tmp_path):
     out = tmp_path / "m"
-    common = ["--estimator", "es", "--est-param", "pairs=2", "--est-param", "horizon=5",
-              "--steps", "2", "--log-every", "1", "--out", str(out), "--json"]
+    common = [
+        "--estimator",
+        "es",
+        "--est-param",
+        "pairs=2",
+        "--est-param",
+        "horizon=5",
+        "--steps",
+        "2",
+        "--log-every",
+        "1",
+        "--out",
+        str(out),
+        "--json",
+    ]
     assert main(["meta-train", "logistic", *common]) == 0
     assert main(["meta-train", "--system", "logistic", *common]) == 0  # resumes: same run
     assert main(["meta-train", "logistic", "--system", "henon", *common]) == 2
@@ -183,8 +235,13 @@ def test_meta_train_takes_the_system_positionally_or_by_alias(tmp_path):
 
 def _fresh(code: str, **env) -> str:
     """Run ``code`` in a fresh interpreter; its stdout."""
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env={**os.environ, **env}, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
 
@@ -194,26 +251,37 @@ def test_start_up_imports_nothing_heavy():
     # scipy nor matplotlib: names load on first use (issue 22: a fast start)
     heavy = "[m for m in ('jax', 'scipy', 'matplotlib', 'optax') if m in sys.modules]"
     assert _fresh(f"import sys, chaosgrad; print({heavy})") == "[]"
-    assert _fresh("import sys, contextlib, io\nfrom chaosgrad.app.cli import main\n"
-                  "with contextlib.redirect_stdout(io.StringIO()):\n"
-                  f"    assert main(['systems']) == 0\nprint({heavy})") == "[]"
-    assert _fresh("import sys, contextlib, io\nfrom chaosgrad.app.cli import main\n"
-                  "try:\n    with contextlib.redirect_stdout(io.StringIO()):\n"
-                  "        main(['--version'])\nexcept SystemExit:\n    pass\n"
-                  f"print({heavy})") == "[]"
+    assert (
+        _fresh(
+            "import sys, contextlib, io\nfrom chaosgrad.app.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            f"    assert main(['systems']) == 0\nprint({heavy})"
+        )
+        == "[]"
+    )
+    assert (
+        _fresh(
+            "import sys, contextlib, io\nfrom chaosgrad.app.cli import main\n"
+            "try:\n    with contextlib.redirect_stdout(io.StringIO()):\n"
+            "        main(['--version'])\nexcept SystemExit:\n    pass\n"
+            f"print({heavy})"
+        )
+        == "[]"
+    )
     # ... and what `systems` prints is what importing every factory says
     for name in systems.names():
         entry = systems._entry(name)[0]
         import inspect
 
-        params = {k: (None if p.default is inspect.Parameter.empty else p.default)
-                  for k, p in systems.parameters(name).items()}
+        params = {
+            k: (None if p.default is inspect.Parameter.empty else p.default)
+            for k, p in systems.parameters(name).items()
+        }
         assert systems._defaults_from_source(entry) == params, name
 
 
 def test_compilation_cache_is_on_for_the_python_api(tmp_path):
-    code = ("import chaosgrad, jax; chaosgrad.System; "
-            "print(jax.config.jax_compilation_cache_dir)")
+    code = "import chaosgrad, jax; chaosgrad.System; print(jax.config.jax_compilation_cache_dir)"
     assert _fresh(code, CHAOSGRAD_CACHE_DIR=str(tmp_path)) == str(tmp_path)
     assert _fresh(code, CHAOSGRAD_CACHE_DIR=str(tmp_path), CHAOSGRAD_NO_CACHE="1") == "None"
 
@@ -240,10 +308,17 @@ def test_one_namespace_with_plain_names(tmp_path):
     with pytest.raises(InputError, match="estimators="):
         chaosgrad.compare(s, estimators_=["es"])
     # meta_train by names: estimator and outer optimizer
-    r = chaosgrad.meta_train(systems.make("linear", n=2, radius=0.9, loss="quadratic"),
-                             "backprop", steps=4, out=tmp_path / "mt", optimizer="sgd",
-                             outer_lr=0.01, estimator_params={"samples": 1, "horizon": 5},
-                             log_every=2, progress=False)
+    r = chaosgrad.meta_train(
+        systems.make("linear", n=2, radius=0.9, loss="quadratic"),
+        "backprop",
+        steps=4,
+        out=tmp_path / "mt",
+        optimizer="sgd",
+        outer_lr=0.01,
+        estimator_params={"samples": 1, "horizon": 5},
+        log_every=2,
+        progress=False,
+    )
     assert r.step == 4 and math.isfinite(r.evals[-1]["meta_loss"])
     assert meta_train_full is not chaosgrad.meta_train
     with pytest.raises(InputError, match="accepted: adam, sgd"):

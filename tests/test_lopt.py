@@ -26,8 +26,17 @@ KEY = jax.random.PRNGKey(3)
 def gd_quadratic():
     # seed 2: the moduli |1 - 0.9 h_i| are separated by >= 13% (checked below), so the QR
     # basis aligns with the eigenvectors within the transient
-    return systems.make("lopt", task="quadratic", optimizer="sgd", lr=ETA, dim=5, seed=2,
-                        noise=0.1, log_loss=False, dtype="float64")
+    return systems.make(
+        "lopt",
+        task="quadratic",
+        optimizer="sgd",
+        lr=ETA,
+        dim=5,
+        seed=2,
+        noise=0.1,
+        log_loss=False,
+        dtype="float64",
+    )
 
 
 def test_gd_jacobian_is_identity_minus_eta_hessian(gd_quadratic):
@@ -49,8 +58,9 @@ def test_gd_lyapunov_exponents_are_log_one_minus_eta_h(gd_quadratic):
 
 def test_momentum_jacobian_is_heavy_ball_block_matrix():
     beta = 0.8
-    sys_ = systems.make("lopt", task="quadratic", optimizer="momentum", lr=0.3, dim=3,
-                        dtype="float64")
+    sys_ = systems.make(
+        "lopt", task="quadratic", optimizer="momentum", lr=0.3, dim=3, dtype="float64"
+    )
     theta = {"log_lr": jnp.log(0.3), "logit_beta": jnp.log(beta / (1 - beta))}
     state = initial_state(sys_, theta, KEY)
     h, eye = np.asarray(state.task["hessian"]), np.eye(3)
@@ -85,23 +95,26 @@ def _fd_check(system, theta, steps, coords, eps=1e-6, rtol=1e-6, key=KEY, chunke
 
 
 def test_sgd_log_lr_meta_gradient_matches_finite_differences():
-    sys_ = systems.make("lopt", task="quadratic", optimizer="sgd", lr=0.5, dim=5,
-                        noise=0.3, dtype="float64")
+    sys_ = systems.make(
+        "lopt", task="quadratic", optimizer="sgd", lr=0.5, dim=5, noise=0.3, dtype="float64"
+    )
     g = _fd_check(sys_, sys_.theta, steps=20, coords=[0], chunked=True)
     assert abs(g[0]) > 1e-3  # a real signal, not a vanishing one
 
 
 def test_mlp_lopt_meta_gradient_matches_finite_differences():
-    sys_ = systems.make("lopt", task="digits_mlp", optimizer="mlp", hidden=8, batch_size=32,
-                        dtype="float64")
+    sys_ = systems.make(
+        "lopt", task="digits_mlp", optimizer="mlp", hidden=8, batch_size=32, dtype="float64"
+    )
     n = ravel_pytree(sys_.theta)[0].shape[0]
     coords = np.random.default_rng(0).choice(n, 4, replace=False)
     _fd_check(sys_, sys_.theta, steps=6, coords=coords, rtol=1e-5)
 
 
 def test_lstm_lopt_meta_gradient_matches_finite_differences():
-    sys_ = systems.make("lopt", task="sine_mlp", optimizer="lstm", hidden=8, batch_size=16,
-                        dtype="float64")
+    sys_ = systems.make(
+        "lopt", task="sine_mlp", optimizer="lstm", hidden=8, batch_size=16, dtype="float64"
+    )
     n = ravel_pytree(sys_.theta)[0].shape[0]
     coords = np.random.default_rng(1).choice(n, 4, replace=False)
     _fd_check(sys_, sys_.theta, steps=6, coords=coords, rtol=1e-5)
@@ -115,8 +128,7 @@ def test_mlp_lopt_has_the_papers_size():
 
 @pytest.mark.parametrize("name", ["adam", "momentum"])
 def test_baselines_match_optax(name):
-    sys_ = systems.make("lopt", task="quadratic", optimizer=name, lr=0.05, dim=4,
-                        dtype="float64")
+    sys_ = systems.make("lopt", task="quadratic", optimizer=name, lr=0.05, dim=4, dtype="float64")
     ref = optax.adam(0.05) if name == "adam" else optax.sgd(0.05, momentum=0.9)
     state = initial_state(sys_, sys_.theta, KEY)
     res = unroll(sys_, key=KEY, steps=15)
@@ -126,18 +138,19 @@ def test_baselines_match_optax(name):
         g = jax.grad(task.loss)(x, state.task, jnp.zeros(4))
         upd, ostate = ref.update(g, ostate, x)
         x = optax.apply_updates(x, upd)
-    np.testing.assert_allclose(np.asarray(res.state.params), np.asarray(x), rtol=0,
-                               atol=1e-12)
+    np.testing.assert_allclose(np.asarray(res.state.params), np.asarray(x), rtol=0, atol=1e-12)
 
 
 def test_gd_quadratic_meta_loss_along_line_matches_closed_form():
     # noise-free GD: x_t - x* = (I - eta H)^t (x_0 - x*), so
     # loss_t = 1/2 sum_i h_i (1 - eta h_i)^(2t) z_i^2 with z = Q^T (x_0 - x*)
-    sys_ = systems.make("lopt", task="quadratic", optimizer="sgd", lr=0.5, dim=4,
-                        log_loss=False, dtype="float64")
+    sys_ = systems.make(
+        "lopt", task="quadratic", optimizer="sgd", lr=0.5, dim=4, log_loss=False, dtype="float64"
+    )
     shifts = np.array([-1.0, 0.0, 0.5, 1.5])  # ln(lr) shifts: lr from 0.18 to 2.2
-    got = meta_loss_along_line(sys_, direction={"log_lr": jnp.ones((), jnp.float64)}, shifts=shifts,
-                     steps=12, key=KEY)
+    got = meta_loss_along_line(
+        sys_, direction={"log_lr": jnp.ones((), jnp.float64)}, shifts=shifts, steps=12, key=KEY
+    )
     state = initial_state(sys_, sys_.theta, KEY)
     h = np.asarray(state.task["hessian"])
     w, q = np.linalg.eigh(h)
@@ -150,8 +163,15 @@ def test_gd_quadratic_meta_loss_along_line_matches_closed_form():
 
 
 def test_digits_mlp_trained_by_adam_generalises():
-    sys_ = systems.make("lopt", task="digits_mlp", optimizer="adam", lr=0.01, hidden=32,
-                        batch_size=64, dtype="float32")
+    sys_ = systems.make(
+        "lopt",
+        task="digits_mlp",
+        optimizer="adam",
+        lr=0.01,
+        hidden=32,
+        batch_size=64,
+        dtype="float32",
+    )
     res = unroll(sys_, key=KEY, steps=300)
     assert int(res.nonfinite_losses) == 0
     task = make_task("digits_mlp", hidden=32, batch_size=64, dtype=jnp.float32)
@@ -162,24 +182,36 @@ def test_digits_mlp_trained_by_adam_generalises():
 
 
 def test_fixed_batch_reuses_one_batch():
-    sys_ = systems.make("lopt", task="digits_mlp", optimizer="sgd", hidden=8,
-                        fixed_batch=True, log_loss=False, dtype="float64")
+    sys_ = systems.make(
+        "lopt",
+        task="digits_mlp",
+        optimizer="sgd",
+        hidden=8,
+        fixed_batch=True,
+        log_loss=False,
+        dtype="float64",
+    )
     k_init, k_steps = split_run_key(KEY)
     state = sys_.init(k_init, sys_.theta)
     keys = jnp.stack([jax.random.fold_in(k_steps, 0), jax.random.fold_in(k_steps, 5)])
     # same parameters, different step keys: the same batch gives the same loss
     loss = jax.jit(jax.vmap(lambda k: sys_.step(state, sys_.theta, k)[1].loss))(keys)
     assert float(loss[0]) == float(loss[1])
-    sys2 = systems.make("lopt", task="digits_mlp", optimizer="sgd", hidden=8,
-                        log_loss=False, dtype="float64")
+    sys2 = systems.make(
+        "lopt", task="digits_mlp", optimizer="sgd", hidden=8, log_loss=False, dtype="float64"
+    )
     loss2 = jax.jit(jax.vmap(lambda k: sys2.step(state, sys2.theta, k)[1].loss))(keys)
     assert float(loss2[0]) != float(loss2[1])
 
 
 @pytest.mark.parametrize(
     "params, accepted",
-    [({"task": "mnist"}, "digits_mlp"), ({"optimizer": "rmsprop"}, "lstm"),
-     ({"loss": "test"}, "valid"), ({"lr": -1.0, "optimizer": "sgd"}, "positive")],
+    [
+        ({"task": "mnist"}, "digits_mlp"),
+        ({"optimizer": "rmsprop"}, "lstm"),
+        ({"loss": "test"}, "valid"),
+        ({"lr": -1.0, "optimizer": "sgd"}, "positive"),
+    ],
 )
 def test_bad_names_raise_input_error(params, accepted):
     with pytest.raises(InputError, match=accepted):
@@ -196,8 +228,16 @@ def test_gradient_growth_rate_is_twice_log_of_the_unstable_mode(gd_quadratic):
 
     h = np.asarray(initial_state(gd_quadratic, gd_quadratic.theta, KEY).task["eigenvalues"])
     for lr, expected in [(4.0, 2 * np.log(np.max(np.abs(1 - 4.0 * h)))), (0.5, None)]:
-        sys_ = systems.make("lopt", task="quadratic", optimizer="sgd", lr=lr, dim=5, seed=2,
-                            log_loss=False, dtype="float64")
+        sys_ = systems.make(
+            "lopt",
+            task="quadratic",
+            optimizer="sgd",
+            lr=lr,
+            dim=5,
+            seed=2,
+            log_loss=False,
+            dtype="float64",
+        )
         res = gradient_growth(sys_, horizons=[100, 200, 300], seeds=2, key=KEY)
         assert np.all(res.nonfinite_fraction == 0)
         if expected is None:
@@ -207,8 +247,17 @@ def test_gradient_growth_rate_is_twice_log_of_the_unstable_mode(gd_quadratic):
 
 
 def test_valid_loss_and_sampled_tasks():
-    sys_ = systems.make("lopt", task="quadratic", optimizer="sgd", dim=3, noise=0.5,
-                        loss="valid", log_loss=False, sample_task=True, dtype="float64")
+    sys_ = systems.make(
+        "lopt",
+        task="quadratic",
+        optimizer="sgd",
+        dim=3,
+        noise=0.5,
+        loss="valid",
+        log_loss=False,
+        sample_task=True,
+        dtype="float64",
+    )
     keys = jax.random.split(KEY, 2)
     state = initial_state(sys_, sys_.theta, keys)
     h = np.asarray(state.task["hessian"])
@@ -216,8 +265,9 @@ def test_valid_loss_and_sampled_tasks():
     res = unroll(sys_, key=keys, steps=1)
     d = np.asarray(state.params - state.task["minimum"])
     # the validation loss has no target noise: 1/2 d^T H d at the parameters before the step
-    np.testing.assert_allclose(res.losses[:, 0], 0.5 * np.einsum("bi,bij,bj->b", d, h, d),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        res.losses[:, 0], 0.5 * np.einsum("bi,bij,bj->b", d, h, d), rtol=1e-12
+    )
     fixed = systems.make("lopt", task="quadratic", optimizer="sgd", dim=3, dtype="float64")
     h2 = np.asarray(initial_state(fixed, fixed.theta, keys).task["hessian"])
     np.testing.assert_array_equal(h2[0], h2[1])

@@ -40,8 +40,9 @@ def test_registry_and_errors(pendulum):
         systems.make("mjx:humanoid")
     with pytest.raises(InputError, match="linear, mlp, paper"):
         mjx_system(policy="cnn")
-    with pytest.raises(InputError,
-                       match=r"n_frames \(0 = the model's own\) must be an integer in 0"):
+    with pytest.raises(
+        InputError, match=r"n_frames \(0 = the model's own\) must be an integer in 0"
+    ):
         mjx_system(n_frames=-1)
 
 
@@ -63,8 +64,9 @@ def test_step_jacobian_matches_finite_differences(pendulum):
 def test_uncontrolled_double_pendulum_is_chaotic_and_hamiltonian(pendulum):
     # θ = 0: no torque, an undamped double pendulum started near the top (high energy)
     theta0 = jax.tree_util.tree_map(jnp.zeros_like, pendulum.theta)
-    res = lyapunov_spectrum(pendulum, theta0, key=jax.random.PRNGKey(0), steps=500, k=4,
-                            transient=0, record_every=500)
+    res = lyapunov_spectrum(
+        pendulum, theta0, key=jax.random.PRNGKey(0), steps=500, k=4, transient=0, record_every=500
+    )
     lam = np.asarray(res.exponents)
     assert res.nonfinite_step == -1 and res.units == "per unit time"
     # chaotic: λ1 well above 0 (measured 1.43/s over these 10 s, 1.08/s over 60 s)
@@ -103,17 +105,36 @@ def test_systems_lists_mjx(capsys):
 def test_cli_diagnose_mjx_cartpole(tmp_path, capsys):
     # the cheapest model (Euler, 2 dof): `diagnose` compiles a dozen programs of it
     out = tmp_path / "rep"
-    assert main(["diagnose", "mjx:cartpole", "--x64", "--horizons", "10,25", "--seeds", "3",
-                 "--lyapunov-steps", "200", "--k", "2", "--no-progress", "--out",
-                 str(out)]) == 0
+    assert (
+        main(
+            [
+                "diagnose",
+                "mjx:cartpole",
+                "--x64",
+                "--horizons",
+                "10,25",
+                "--seeds",
+                "3",
+                "--lyapunov-steps",
+                "200",
+                "--k",
+                "2",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "VERDICT: CHAOTIC" in capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
     assert report["system"]["name"] == "mjx:cartpole" and report["verdict"] == "chaotic"
     # the pole starts near upright, a saddle: from the start the tangent space stretches
     # (a 1 m pole alone falls at sqrt(3 g / 2) = 3.8/s; measured finite-time λ1 +3.2/s)
     assert report["finite_time_exponent"] > 1.0
-    assert report["gradient_growth"]["geomean_norm"][1] > report["gradient_growth"][
-        "geomean_norm"][0]
+    assert (
+        report["gradient_growth"]["geomean_norm"][1] > report["gradient_growth"]["geomean_norm"][0]
+    )
 
 
 def test_missing_mujoco_names_the_mjx_extra(monkeypatch):

@@ -33,8 +33,9 @@ def test_notebook_opens_and_runs_in_jupyter(path, tmp_path, monkeypatch):
     jupytext.write(jupytext.read(path), ipynb)
     nb = nbformat.read(ipynb, as_version=4)
     assert nb.metadata["kernelspec"]["name"] == "python3"
-    client = nbclient.NotebookClient(nb, timeout=1800, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]

@@ -22,8 +22,7 @@ def test_estimate_excludes_a_slow_first_piece_and_later_compiles():
     # 10 pieces of 1 s of work each; the first also compiles for 30 s, the second compiles
     # an evaluation program for 20 s. After piece 2 the truth is 8 s left.
     c = _Clock()
-    bar = _Bar(10, "run", None, announce=False, clock=lambda: c.now,
-               compiled=lambda: c.compiled)
+    bar = _Bar(10, "run", None, announce=False, clock=lambda: c.now, compiled=lambda: c.compiled)
     assert bar.seconds_left() is None  # nothing timed yet
     c.run(1.0, compile=30.0)
     bar.update(1)
@@ -44,8 +43,9 @@ def test_estimate_excludes_a_slow_first_piece_and_later_compiles():
 
 def test_announcement_names_the_estimate_without_compiling(capsys):
     c = _Clock()
-    bar = _Bar(100, "meta-train", None, announce=True, clock=lambda: c.now,
-               compiled=lambda: c.compiled)
+    bar = _Bar(
+        100, "meta-train", None, announce=True, clock=lambda: c.now, compiled=lambda: c.compiled
+    )
     c.run(2.0, compile=60.0)
     bar.update(1)
     c.run(2.0, compile=40.0)  # the second piece compiles too (an evaluation)

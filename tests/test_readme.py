@@ -26,8 +26,10 @@ def test_transcripts_come_with_their_reports():
     assert henon["verdict"] == "chaotic"
     iv = henon["lyapunov_interval"]
     assert iv["low"] < henon["lyapunov"]["exponents"][0] < iv["high"]
-    assert json.loads((folder / "diagnose_logistic_divergent" / "report.json").read_text()
-                      )["verdict"] == "diverges"
+    assert (
+        json.loads((folder / "diagnose_logistic_divergent" / "report.json").read_text())["verdict"]
+        == "diverges"
+    )
     # the README's sentences about the logistic map: "the reference is ES ... cross-checked
     # by backprop at θ ± σε, which agrees ... ES and truncated backprop tie ... PES is
     # separated just behind ES ... backprop is far behind; truncated backprop's bias is
@@ -39,9 +41,9 @@ def test_transcripts_come_with_their_reports():
     by = {e["name"]: e for e in cmp["estimators"]}
     assert by["pes"]["relative_error"]["low"] > by["es"]["relative_error"]["high"]
     assert by["backprop"]["relative_error"]["low"] > max(
-        by[n]["relative_error"]["high"] for n in ("es", "tbptt", "pes"))
-    assert [e["name"] for e in cmp["estimators"] if e["bias_status"] == "resolved"] == [
-        "tbptt"]
+        by[n]["relative_error"]["high"] for n in ("es", "tbptt", "pes")
+    )
+    assert [e["name"] for e in cmp["estimators"] if e["bias_status"] == "resolved"] == ["tbptt"]
     assert all(e["bias"]["low"] == 0 for e in cmp["estimators"] if e["name"] != "tbptt")
     # and about the learned optimizer: "backprop at θ ± σε has a variance per batch ten
     # thousand times below ES's ... is the reference ... backprop is best, separated ...
@@ -55,7 +57,10 @@ def test_transcripts_come_with_their_reports():
     assert by["tbptt"]["bias_status"] == "resolved"
     assert by["pes"]["bias"]["low"] == 0 and by["es"]["bias_status"] == "resolved"
     assert [round(by["es"]["bias"][k], 2) for k in ("value", "low", "high")] == [
-        0.50, 0.14, 0.73] and round(by["es"]["bias_p"], 2) == 0.03
+        0.50,
+        0.14,
+        0.73,
+    ] and round(by["es"]["bias_p"], 2) == 0.03
     assert round(lopt["reference_check"]["difference"]["value"], 2) == 0.40
     assert round(lopt["reference_check"]["p_value"], 2) == 0.14
     assert round(by["tbptt"]["bias"]["value"], 2) == 0.42
@@ -67,7 +72,8 @@ def _gallery_numbers():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "gallery_numbers", ROOT / "benchmarks" / "gallery_numbers.py")
+        "gallery_numbers", ROOT / "benchmarks" / "gallery_numbers.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -80,10 +86,24 @@ def test_gallery_numbers_are_the_saved_results():
     gn = _gallery_numbers()
     text = (ROOT / "README.md").read_text()
     found, unchecked = gn.numbers()
-    assert {"toy", "packing", "spectra", "learning_rate", "rigid_body", "perturbation",
-            "linear", "truncation", "perturbation_paper", "learning_rate_paper",
-            "learned_optimizer", "learned_optimizer_paper", "lopt_estimators",
-            "lopt_meta_training", "state_perturbation", "state_perturbation_paper"} <= set(found)
+    assert {
+        "toy",
+        "packing",
+        "spectra",
+        "learning_rate",
+        "rigid_body",
+        "perturbation",
+        "linear",
+        "truncation",
+        "perturbation_paper",
+        "learning_rate_paper",
+        "learned_optimizer",
+        "learned_optimizer_paper",
+        "lopt_estimators",
+        "lopt_meta_training",
+        "state_perturbation",
+        "state_perturbation_paper",
+    } <= set(found)
     # the gallery images whose README numbers predate saved metadata; shrink this list as
     # their figures are regenerated with a meta.json beside the PNG
     assert not unchecked, unchecked  # every gallery image has its meta.json
@@ -94,7 +114,8 @@ def test_gallery_numbers_are_the_saved_results():
             # the README writes a negative number with the minus sign, U+2212
             pattern = re.escape(value).replace(r"\-", "[-\u2212]")
             assert re.search(rf"(?<![\w.]){pattern}(?![\d])", para), (
-                f"{name}: {label} = {value} (from its meta.json) is not in the README")
+                f"{name}: {label} = {value} (from its meta.json) is not in the README"
+            )
         for quoted in gn.MEASURED.findall(para):
             assert quoted in printed, f"{name}: README quotes {quoted}, not in its meta.json"
 
@@ -106,7 +127,7 @@ def test_smooth_words_in_the_gallery_are_backed_by_saved_verdicts():
     gn = _gallery_numbers()
     text = (ROOT / "README.md").read_text()
     start = text.index("## Gallery")
-    section = text[start:text.index("\n## ", start + 1)]
+    section = text[start : text.index("\n## ", start + 1)]
     claimed = 0
     for name in gn.gallery_pngs():
         para = gn.readme_paragraph(text, name)
@@ -163,14 +184,17 @@ def test_gallery_introduction_times_and_image_sizes_are_the_saved_ones():
 def test_gallery_number_format():
     gn = _gallery_numbers()
     assert [gn.fmt(x) for x in (0.0383, 2.35e-16, 2656.6, 0.1166)] == [
-        "0.038", "2.4e-16", "2.7e3", "0.12"]
+        "0.038",
+        "2.4e-16",
+        "2.7e3",
+        "0.12",
+    ]
     assert gn.fmt(1.2e23, 1) == "1e23" and gn.fmt(7.4e11, 1) == "7e11"
 
 
 def test_estimator_study_sentences_match_its_saved_results():
     """The README's lopt_estimators paragraph, claim by claim, against its meta.json."""
-    m = json.loads((ROOT / "docs/gallery/lopt_estimators.meta.json")
-                   .read_text())
+    m = json.loads((ROOT / "docs/gallery/lopt_estimators.meta.json").read_text())
     r = m["results"]
     assert all(c["reference"].startswith("backprop") for d in r.values() for c in d.values())
     # λ1 measured once per shift, never resolved above 0.5/T at the longest T
@@ -195,8 +219,10 @@ def test_estimator_study_sentences_match_its_saved_results():
 def test_learned_optimizer_quick_run_time_is_the_saved_one():
     """The gallery's time of the three learned-optimizer figures, from their meta.json."""
     g = ROOT / "docs/gallery"
-    secs = [json.loads((g / f"{n}.meta.json").read_text())["compute_seconds"]
-            for n in ("learned_optimizer", "lopt_estimators", "lopt_meta_training")]
+    secs = [
+        json.loads((g / f"{n}.meta.json").read_text())["compute_seconds"]
+        for n in ("learned_optimizer", "lopt_estimators", "lopt_meta_training")
+    ]
     text = (ROOT / "README.md").read_text()
     quoted = ", ".join(str(round(x)) for x in secs[:2]) + f" and {round(secs[2])} s"
     assert f"took {quoted}: {round(sum(secs) / 60)} minutes" in text.replace("\n", " ")
@@ -218,8 +244,7 @@ def test_learned_optimizer_gallery_sentences_match_their_saved_results():
     g = ROOT / "docs/gallery"
     text = (ROOT / "README.md").read_text()
     q = json.loads((g / "learned_optimizer.meta.json").read_text())
-    assert [q["slices"][t]["extrema"] for t in ("8", "32", "128", "256", "512")] == [
-        3, 4, 1, 3, 11]
+    assert [q["slices"][t]["extrema"] for t in ("8", "32", "128", "256", "512")] == [3, 4, 1, 3, 11]
     assert q["theta_choice"]["rule"].startswith("the roughest 128-step slice")
     assert _close(0.18, q["theta_choice"]["chosen_roughness"], 2)
     assert _close(0.69, q["slices"]["128"]["at_0"], 2)
@@ -241,7 +266,13 @@ def test_learned_optimizer_gallery_sentences_match_their_saved_results():
     p = json.loads((g / "learned_optimizer_paper.meta.json").read_text())
     assert p["scale"] == "paper" and p["precision"]["backend"] == "gpu"
     assert [p["slices"][t]["extrema"] for t in ("8", "32", "128", "256", "512", "1024")] == [
-        1, 2, 12, 16, 52, 62]
+        1,
+        2,
+        12,
+        16,
+        52,
+        62,
+    ]
     assert _close(0.78, p["slices"]["128"]["at_0"], 2)
     assert _close(-1.95, p["slices"]["128"]["min"], 3)
     assert _close(-12.7, p["slices"]["1024"]["min"], 3)
@@ -251,17 +282,31 @@ def test_learned_optimizer_gallery_sentences_match_their_saved_results():
     assert _close(1.7e-4, pv["0.008"]["10"], 2) and _close(1.3, pv["0.008"]["120"], 2)
     m = json.loads((g / "lopt_meta_training.meta.json").read_text())
     tab = m["table"]
-    quoted = {"learned (tbptt)": -1.22, "learned (backprop)": -1.08, "adam (lr 0.0316)": -0.91,
-              "learned (pes)": -0.71, "learned (es)": 0.83, "learned (untrained init)": 0.92,
-              "momentum (lr 0.178)": -0.22, "sgd (lr 0.562)": 0.41}
+    quoted = {
+        "learned (tbptt)": -1.22,
+        "learned (backprop)": -1.08,
+        "adam (lr 0.0316)": -0.91,
+        "learned (pes)": -0.71,
+        "learned (es)": 0.83,
+        "learned (untrained init)": 0.92,
+        "momentum (lr 0.178)": -0.22,
+        "sgd (lr 0.562)": 0.41,
+    }
     for name, value in quoted.items():
         assert round(tab[name]["T"]["meta_loss"], 2) == value, name
     assert _close(-0.31, m["vs_adam_at_T"]["tbptt"]["mean_difference_vs_adam"], 2)
     assert _close(-0.18, m["vs_adam_at_T"]["backprop"]["mean_difference_vs_adam"], 2)
     assert [k for k, r in m["vs_adam_at_T"].items() if r["beats_adam_at_T"]] == [
-        "tbptt", "backprop"]
-    for name, v in {"learned (tbptt)": 11.3, "learned (backprop)": 0.1, "learned (es)": 0.9,
-                    "learned (pes)": -2.6, "adam (lr 0.0316)": -6.0}.items():
+        "tbptt",
+        "backprop",
+    ]
+    for name, v in {
+        "learned (tbptt)": 11.3,
+        "learned (backprop)": 0.1,
+        "learned (es)": 0.9,
+        "learned (pes)": -2.6,
+        "adam (lr 0.0316)": -6.0,
+    }.items():
         assert tab[name]["10T"]["nonfinite_seeds"] == 0
         assert round(tab[name]["10T"]["final_log_loss"], 1) == v, name  # as quoted: 0.1
 
@@ -281,12 +326,19 @@ def test_benchmark_table_is_the_saved_run_and_its_ratios_are_saved():
     ratio its paragraph quotes (N.NN×) is in one of the saved runs it names."""
     text = (ROOT / "README.md").read_text()
     start = text.index("# chaosgrad benchmarks:")
-    block = text[start:text.index("```", start)]
+    block = text[start : text.index("```", start)]
     folder = ROOT / "benchmarks" / "results"
     assert block == (folder / "bench.txt").read_text()
-    after = text[text.index("```", start) + 3:text.index("**Scaling**", start)]
-    saved = "".join((folder / f).read_text() for f in (
-        "bench.txt", "bench-2026-11-27.txt", "bench-under-load.txt", "bench-earlier-run.txt"))
+    after = text[text.index("```", start) + 3 : text.index("**Scaling**", start)]
+    saved = "".join(
+        (folder / f).read_text()
+        for f in (
+            "bench.txt",
+            "bench-2026-11-27.txt",
+            "bench-under-load.txt",
+            "bench-earlier-run.txt",
+        )
+    )
     ratios = re.findall(r"(\d+\.\d\d)×", after)
     assert len(ratios) >= 8
     for r in ratios:

@@ -17,18 +17,18 @@ X = np.linspace(-1.0, 1.0, 401)
 
 
 def test_polynomials_and_constants_have_no_roughness_and_nan_is_not_hidden():
-    assert roughness(3 * X ** 4 - X ** 3 + 2) == pytest.approx(0.0, abs=1e-13)
+    assert roughness(3 * X**4 - X**3 + 2) == pytest.approx(0.0, abs=1e-13)
     assert roughness(np.full(50, 7.0)) == 0.0
     assert np.isnan(roughness([0.0, 1.0, np.nan, 2.0]))
     # degree 2 leaves the quartic's x⁴ part: not zero
-    assert roughness(X ** 4, degree=2) > 0.01
+    assert roughness(X**4, degree=2) > 0.01
 
 
 def test_fast_oscillation_and_square_wave_give_their_closed_forms():
     # a sine of amplitude a with 20 periods is nearly orthogonal to polynomials of degree 4:
     # its RMS a/√2 remains, over the curve's range
     a = 0.1
-    y = X ** 2 + a * np.sin(40 * np.pi * X)
+    y = X**2 + a * np.sin(40 * np.pi * X)
     assert roughness(y) == pytest.approx(a / np.sqrt(2) / np.ptp(y), rel=0.01)
     # a ±1 square wave: RMS 1 over range 2
     assert roughness(np.sign(np.sin(40 * np.pi * X + 0.1))) == pytest.approx(0.5, rel=0.01)
@@ -54,7 +54,7 @@ def test_mean_of_noisy_curves_sits_at_its_noise_floor():
     roughness equals the floor and is not resolved."""
     rng = np.random.default_rng(1)
     n, sigma = 400, 0.05
-    q = X ** 2
+    q = X**2
     curves = q + sigma * rng.standard_normal((n, X.size))
     r = mean_roughness(curves)
     kept = np.sqrt(1 - (DEGREE + 1) / X.size)
@@ -73,7 +73,7 @@ def test_roughness_shared_by_every_curve_is_resolved_above_the_floor():
     """A common fast oscillation c(x) survives averaging: mean² ≈ rough(c)² + floor²."""
     rng = np.random.default_rng(2)
     n, sigma, a = 100, 0.05, 0.03
-    q = X ** 2 + a * np.sin(40 * np.pi * X)
+    q = X**2 + a * np.sin(40 * np.pi * X)
     r = mean_roughness(q + sigma * rng.standard_normal((n, X.size)))
     common = a / np.sqrt(2) / np.ptp(q)
     assert r.mean == pytest.approx(np.hypot(common, r.floor), rel=0.05)
@@ -83,7 +83,7 @@ def test_roughness_shared_by_every_curve_is_resolved_above_the_floor():
 
 
 def test_a_curve_with_a_nan_is_left_out_and_counted():
-    curves = np.stack([X ** 2, X ** 2 + 0.01 * np.sin(40 * np.pi * X), X ** 2])
+    curves = np.stack([X**2, X**2 + 0.01 * np.sin(40 * np.pi * X), X**2])
     curves[1, 5] = np.nan
     r = mean_roughness(curves)
     assert (r.curves, r.nonfinite) == (2, 1)

@@ -45,8 +45,9 @@ def test_lorenz_published_exponents_per_unit_time():
 
 def test_linear_map_exponents_are_log_moduli_of_eigenvalues():
     ev = (1.3, -0.8, 0.5, 0.1)
-    res = lyapunov_spectrum(systems.make("linear", eigenvalues=ev, seed=2), key=KEY, steps=500,
-                            transient=500)
+    res = lyapunov_spectrum(
+        systems.make("linear", eigenvalues=ev, seed=2), key=KEY, steps=500, transient=500
+    )
     np.testing.assert_allclose(res.exponents, np.log(np.abs(ev)), atol=1e-8)
 
 
@@ -81,14 +82,17 @@ def test_bad_k_is_a_clear_error():
 _K_ENTRY_POINTS = {
     "lyapunov_spectrum": lambda s, k: lyapunov_spectrum(s, key=KEY, steps=4, transient=0, k=k),
     "lyapunov_runs": lambda s, k: lyapunov_runs(s, key=KEY, runs=2, steps=4, transient=0, k=k),
-    "finite_time_lyapunov": lambda s, k: finite_time_lyapunov(s, key=KEY, window=2, windows=2,
-                                                              transient=0, k=k),
+    "finite_time_lyapunov": lambda s, k: finite_time_lyapunov(
+        s, key=KEY, window=2, windows=2, transient=0, k=k
+    ),
     "jacobian_eigenvalues": lambda s, k: jacobian_eigenvalues(s, key=KEY, steps=2, k=k),
     "jacobian_products": lambda s, k: jacobian_products(s, key=KEY, steps=2, k=k),
-    "product_singular_values": lambda s, k: product_singular_values(s, key=KEY, steps=2, k=k,
-                                                                    iters=2),
-    "diagnose": lambda s, k: chaosgrad.diagnose(s, horizons=[2], seeds=2, k=k,
-                                                lyapunov_steps=4, progress=False),
+    "product_singular_values": lambda s, k: product_singular_values(
+        s, key=KEY, steps=2, k=k, iters=2
+    ),
+    "diagnose": lambda s, k: chaosgrad.diagnose(
+        s, horizons=[2], seeds=2, k=k, lyapunov_steps=4, progress=False
+    ),
 }
 
 
@@ -99,8 +103,9 @@ def test_k_is_resolved_one_way_everywhere(entry, k):
     (`resolve_k`): nothing is clamped (jacobian_products used to cut k = 3 to 2 silently)."""
     with pytest.raises(InputError) as e:
         _K_ENTRY_POINTS[entry](systems.make("henon"), k)
-    assert str(e.value) == ("k must be an integer between 1 and the phase dimension 2 of "
-                            f"'henon', or 'all'; got {k!r}")
+    assert str(e.value) == (
+        f"k must be an integer between 1 and the phase dimension 2 of 'henon', or 'all'; got {k!r}"
+    )
 
 
 def test_k_all_and_whole_values_mean_the_same_everywhere():
@@ -115,8 +120,10 @@ def test_k_all_and_whole_values_mean_the_same_everywhere():
     assert product_singular_values(s, key=KEY, steps=2, k="all", iters=2).shape == (2,)
     assert jacobian_eigenvalues(s, key=KEY, steps=2, k=1).eigenvalues.shape == (2, 1)
     assert jacobian_eigenvalues(s, key=KEY, steps=2).eigenvalues.shape == (2, 2)  # all
-    assert finite_time_lyapunov(s, key=KEY, window=2, windows=2, transient=0,
-                                k="all").shape == (2, 2)
+    assert finite_time_lyapunov(s, key=KEY, window=2, windows=2, transient=0, k="all").shape == (
+        2,
+        2,
+    )
 
 
 def test_float32_long_run_warns():
@@ -158,29 +165,39 @@ def test_one_argument_order_and_the_old_one_still_works():
         warnings.simplefilter("error", DeprecationWarning)
         new = np.asarray(step_jacobian(s, s.theta, KEY, state, 5))
         assert np.array_equal(np.asarray(step_jacobian(s, key=KEY, state=state, t=5)), new)
-        assert np.array_equal(np.asarray(step_jacobian(s, s.theta, None, state)),
-                              np.asarray(step_jacobian(s, state=state)))
+        assert np.array_equal(
+            np.asarray(step_jacobian(s, s.theta, None, state)),
+            np.asarray(step_jacobian(s, state=state)),
+        )
         op = step_jacobian_operator(s, s.theta, KEY, state, 5)
         # the key third, by position, at every spectra entry point
         a = lyapunov_spectrum(s, s.theta, KEY, steps=20, transient=0, k=2)
-        assert np.array_equal(a.exponents, lyapunov_spectrum(s, key=KEY, steps=20, transient=0,
-                                                             k=2).exponents)
-        assert np.array_equal(jacobian_products(s, None, KEY, steps=3).log_singular_values,
-                              jacobian_products(s, key=KEY, steps=3).log_singular_values)
+        assert np.array_equal(
+            a.exponents, lyapunov_spectrum(s, key=KEY, steps=20, transient=0, k=2).exponents
+        )
+        assert np.array_equal(
+            jacobian_products(s, None, KEY, steps=3).log_singular_values,
+            jacobian_products(s, key=KEY, steps=3).log_singular_values,
+        )
     np.testing.assert_array_equal(op.dense(), new)
-    with pytest.warns(DeprecationWarning, match=r"step_jacobian\(system, theta, state, key, t\)"
-                      r" is deprecated.*step_jacobian\(system, theta, key, state, t\)"):
+    with pytest.warns(
+        DeprecationWarning,
+        match=r"step_jacobian\(system, theta, state, key, t\)"
+        r" is deprecated.*step_jacobian\(system, theta, key, state, t\)",
+    ):
         old = np.asarray(step_jacobian(s, s.theta, state, KEY, 5))
     np.testing.assert_array_equal(old, new)
     with pytest.warns(DeprecationWarning, match="step_jacobian_operator"):
         old_op = step_jacobian_operator(s, s.theta, state, KEY, 5)
     np.testing.assert_array_equal(old_op.dense(), new)
     with pytest.warns(DeprecationWarning):  # the old order with the key left out
-        assert np.array_equal(np.asarray(step_jacobian(s, s.theta, state)),
-                              np.asarray(step_jacobian(s, state=state)))
+        assert np.array_equal(
+            np.asarray(step_jacobian(s, s.theta, state)), np.asarray(step_jacobian(s, state=state))
+        )
     with pytest.warns(DeprecationWarning):  # ... and with None for the state
-        assert np.array_equal(np.asarray(step_jacobian(s, s.theta, None, KEY)),
-                              np.asarray(step_jacobian(s, key=KEY)))
+        assert np.array_equal(
+            np.asarray(step_jacobian(s, s.theta, None, KEY)), np.asarray(step_jacobian(s, key=KEY))
+        )
 
 
 def test_henon_jacobian_is_closed_form():
@@ -195,8 +212,7 @@ def test_dense_and_matrix_free_eigenvalues_agree():
     dense = jacobian_eigenvalues(s, key=KEY, steps=3, method="dense")
     arn = jacobian_eigenvalues(s, key=KEY, steps=3, method="arnoldi", k=4)
     assert dense.method == "dense" and arn.method == "arnoldi"
-    np.testing.assert_allclose(np.abs(arn.eigenvalues), np.abs(dense.eigenvalues[:, :4]),
-                               rtol=1e-6)
+    np.testing.assert_allclose(np.abs(arn.eigenvalues), np.abs(dense.eigenvalues[:, :4]), rtol=1e-6)
     np.testing.assert_allclose(arn.max_abs, dense.max_abs, rtol=1e-6)
 
 
@@ -214,10 +230,12 @@ def test_product_singular_values_dense_and_matrix_free_agree():
     np.testing.assert_allclose(np.log(free), dense.log_singular_values[-1], rtol=1e-6, atol=1e-6)
     # exact at t = 1: the product is the one-step Jacobian itself
     j0 = np.asarray(step_jacobian(s, key=KEY))
-    np.testing.assert_allclose(dense.log_singular_values[0],
-                               np.log(np.linalg.svd(j0, compute_uv=False)[:3]), rtol=1e-10)
-    np.testing.assert_allclose(dense.log_max_abs_eigenvalue[0],
-                               np.log(np.abs(np.linalg.eigvals(j0)).max()), rtol=1e-10)
+    np.testing.assert_allclose(
+        dense.log_singular_values[0], np.log(np.linalg.svd(j0, compute_uv=False)[:3]), rtol=1e-10
+    )
+    np.testing.assert_allclose(
+        dense.log_max_abs_eigenvalue[0], np.log(np.abs(np.linalg.eigvals(j0)).max()), rtol=1e-10
+    )
 
 
 def test_linear_map_products_grow_at_exactly_the_log_eigenvalue():
@@ -242,8 +260,9 @@ def test_ftcs_heat_exponents_are_the_von_neumann_eigenvalues(r):
     assert (res.exponents[0] > 0) == (r > 0.5)  # unstable just above the bound r = 1/2
 
 
-@pytest.mark.parametrize("name,params,every", [("henon", {}, 4), ("rnn", {"n": 12, "g": 2.0}, 7),
-                                               ("lorenz", {}, 10)])
+@pytest.mark.parametrize(
+    "name,params,every", [("henon", {}, 4), ("rnn", {"n": 12, "g": 2.0}, 7), ("lorenz", {}, 10)]
+)
 def test_qr_every_m_steps_equals_qr_every_step(name, params, every):
     # The QR of an m-step product has diag R equal to the product of the per-step diag Rs,
     # so re-orthonormalising every m steps gives the same exponents and convergence history
@@ -281,16 +300,25 @@ def _persistent_slope_map():
 
     def init(key, theta):
         k1, k2 = jax.random.split(key)
-        return {"x": jax.random.uniform(k1, (1,), minval=0.1, maxval=0.9),
-                "c": jax.random.uniform(k2, (), minval=2.0, maxval=3.0)}
+        return {
+            "x": jax.random.uniform(k1, (1,), minval=0.1, maxval=0.9),
+            "c": jax.random.uniform(k2, (), minval=2.0, maxval=3.0),
+        }
 
     def step(s, theta, key):
         x = s["x"]
         x = jnp.mod(s["c"] * x + 0.05 * jnp.sin(2 * jnp.pi * x), 1.0)
         return {"x": x, "c": s["c"]}, StepOut(loss=x[0])
 
-    return System(init, step, name="drift", theta=jnp.asarray(0.0), horizon=50,
-                  phase=lambda s: s["x"], with_phase=lambda s, x: {"x": x, "c": s["c"]})
+    return System(
+        init,
+        step,
+        name="drift",
+        theta=jnp.asarray(0.0),
+        horizon=50,
+        phase=lambda s: s["x"],
+        with_phase=lambda s, x: {"x": x, "c": s["c"]},
+    )
 
 
 def test_lambda1_interval_over_runs_covers_the_run_to_run_spread():
@@ -302,11 +330,22 @@ def test_lambda1_interval_over_runs_covers_the_run_to_run_spread():
     s = _persistent_slope_map()
     pairs, runs_overlap, one_overlap = 12, 0, 0
     for i in range(pairs):
-        a, b = (lyapunov_runs(s, key=jax.random.PRNGKey(1000 + 2 * i + j), runs=4, steps=400,
-                              k=1, transient=20, progress=False) for j in (0, 1))
+        a, b = (
+            lyapunov_runs(
+                s,
+                key=jax.random.PRNGKey(1000 + 2 * i + j),
+                runs=4,
+                steps=400,
+                k=1,
+                transient=20,
+                progress=False,
+            )
+            for j in (0, 1)
+        )
         runs_overlap += a.interval.overlaps(b.interval)
-        one = [segment_interval(r.results[0].history_steps, r.results[0].history[:, 0])
-               for r in (a, b)]
+        one = [
+            segment_interval(r.results[0].history_steps, r.results[0].history[:, 0]) for r in (a, b)
+        ]
         one_overlap += one[0].overlaps(one[1])
         # the merged result's λ1 is the mean of the runs, inside its own interval
         assert a.result.exponents[0] == pytest.approx(a.run_exponents[:, 0].mean())
@@ -318,8 +357,9 @@ def test_lambda1_interval_over_runs_covers_the_run_to_run_spread():
     assert runs_overlap >= 10, runs_overlap
     assert one_overlap <= 4, one_overlap
     # one run alone: the same as its batch means
-    r = lyapunov_runs(s, key=jax.random.PRNGKey(7), runs=1, steps=400, k=1, transient=20,
-                      progress=False)
+    r = lyapunov_runs(
+        s, key=jax.random.PRNGKey(7), runs=1, steps=400, k=1, transient=20, progress=False
+    )
     iv1 = leading_exponent_interval(r.results)
     iv0 = segment_interval(r.results[0].history_steps, r.results[0].history[:, 0])
     assert iv1.low == pytest.approx(iv0.low) and iv1.high == pytest.approx(iv0.high)

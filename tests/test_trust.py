@@ -30,8 +30,9 @@ def test_lyapunov_interval_covers_ln2_at_its_nominal_rate():
     s = systems.make("logistic", r=4.0, dtype="float64")
     cover, widths = 0, []
     for i in range(20):
-        res = lyapunov_spectrum(s, key=jax.random.PRNGKey(100 + i), steps=20_000, k=1,
-                                transient=100, progress=False)
+        res = lyapunov_spectrum(
+            s, key=jax.random.PRNGKey(100 + i), steps=20_000, k=1, transient=100, progress=False
+        )
         iv = segment_interval(res.history_steps, res.history[:, 0])
         cover += iv.contains(math.log(2))
         widths.append(iv.high - iv.low)
@@ -49,20 +50,23 @@ def test_bias_interval_covers_the_true_bias_at_its_nominal_rate():
     for _ in range(reps):
         est = truth + rng.normal(0, 0.5, (n_est, p))
         ref = rng.normal(0, 0.5, (n_ref, p))
-        iv = bias_interval(est.mean(0), est.var(0, ddof=1), n_est, ref.mean(0),
-                           ref.var(0, ddof=1) / n_ref)
+        iv = bias_interval(
+            est.mean(0), est.var(0, ddof=1), n_est, ref.mean(0), ref.var(0, ddof=1) / n_ref
+        )
         cover += iv.contains(1.0)
         est0 = rng.normal(0, 0.5, (n_est, p))  # unbiased: the interval must reach 0
-        iv0 = bias_interval(est0.mean(0), est0.var(0, ddof=1), n_est, ref.mean(0),
-                            ref.var(0, ddof=1) / n_ref)
+        iv0 = bias_interval(
+            est0.mean(0), est0.var(0, ddof=1), n_est, ref.mean(0), ref.var(0, ddof=1) / n_ref
+        )
         zero_cover += iv0.low == 0.0
     assert 0.90 <= cover / reps <= 0.99, cover / reps
     assert zero_cover / reps >= 0.90, zero_cover / reps
 
 
 def test_rank_says_tie_when_intervals_overlap():
-    r = rank({"a": Interval(1.0, 0.8, 1.3), "b": Interval(1.2, 1.1, 1.5),
-              "c": Interval(5.0, 4.0, 6.0)})
+    r = rank(
+        {"a": Interval(1.0, 0.8, 1.3), "b": Interval(1.2, 1.1, 1.5), "c": Interval(5.0, 4.0, 6.0)}
+    )
     assert r.order == ["a", "b", "c"] and r.tied == ["a", "b"] and not r.separated
     r = rank({"a": Interval(1.0, 0.9, 1.05), "b": Interval(1.2, 1.1, 1.5)})
     assert r.tied == ["a"] and r.separated
@@ -71,10 +75,17 @@ def test_rank_says_tie_when_intervals_overlap():
 def test_compare_calls_two_equal_estimators_a_tie():
     # with one truncation window covering the whole episode, PES accumulates nothing across
     # windows: it is truncated ES by construction, so no ranking may separate them
-    c = compare(systems.make("logistic", r=3.7), estimators_=["tes", "pes"], horizon=12,
-                window=12, samples=16, reference="es",
-                reference_per_batch=32, params={"tes": {"stagger": False},
-                                                "pes": {"stagger": False}}, key=KEY)
+    c = compare(
+        systems.make("logistic", r=3.7),
+        estimators_=["tes", "pes"],
+        horizon=12,
+        window=12,
+        samples=16,
+        reference="es",
+        reference_per_batch=32,
+        params={"tes": {"stagger": False}, "pes": {"stagger": False}},
+        key=KEY,
+    )
     assert sorted(c.tied) == ["pes", "tes"]
     assert c.recommendation.startswith("Tie at 95%: ")
 
@@ -82,9 +93,16 @@ def test_compare_calls_two_equal_estimators_a_tie():
 def test_compare_says_when_the_reference_is_too_noisy():
     # ES with 8 pairs, 32 replicates, against a reference of 6 batches of 2 pairs: the
     # reference's variance is ~20× that of the estimator's mean, so it is what limits
-    c = compare(systems.make("logistic", r=3.9), estimators_=["es", "tbptt"], horizon=20,
-                samples=32, reference="es", reference_batches=2, reference_per_batch=2,
-                key=KEY)
+    c = compare(
+        systems.make("logistic", r=3.9),
+        estimators_=["es", "tbptt"],
+        horizon=20,
+        samples=32,
+        reference="es",
+        reference_batches=2,
+        reference_per_batch=2,
+        key=KEY,
+    )
     noisy = [s for s in c.stats if s.bias_status == "reference too noisy"]
     assert "es" in [s.name for s in noisy], [(s.name, s.bias_status) for s in c.stats]
     assert all(s.reference_samples_needed > c.reference_samples for s in noisy)
@@ -95,12 +113,15 @@ def test_compare_says_when_the_reference_is_too_noisy():
             assert any(f"{s.name}: no bias resolved from zero; bias < " in n for n in c.notes)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--estimators", "backprop,backprop"], "named more than once"),
-    (["--estimators", "tbptt", "--window", "50", "--horizon", "10"], "window 50"),
-    (["--estimators", "es", "--budget", "1", "--horizon", "10"], "below the cost of one"),
-    (["--samples", "2"], "samples must be at least 8"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--estimators", "backprop,backprop"], "named more than once"),
+        (["--estimators", "tbptt", "--window", "50", "--horizon", "10"], "window 50"),
+        (["--estimators", "es", "--budget", "1", "--horizon", "10"], "below the cost of one"),
+        (["--samples", "2"], "samples must be at least 8"),
+    ],
+)
 def test_compare_rejects_nonsense_with_one_line(argv, message, capsys, tmp_path):
     code = main(["compare", "logistic", "--no-progress", "--out", str(tmp_path), *argv])
     err = capsys.readouterr().err
@@ -115,14 +136,19 @@ def _divergent():
         x = theta * x**2 + 1.0
         return x, StepOut(loss=x[0])
 
-    return System(init, step, name="square-plus-one", theta=jnp.asarray(1.0), horizon=30,
-                  description="x -> theta x^2 + 1 (diverges)")
+    return System(
+        init,
+        step,
+        name="square-plus-one",
+        theta=jnp.asarray(1.0),
+        horizon=30,
+        description="x -> theta x^2 + 1 (diverges)",
+    )
 
 
 @pytest.mark.parametrize("make", [lambda: systems.make("logistic", r=4.5), _divergent])
 def test_a_divergent_map_is_called_diverges_never_chaotic(make, tmp_path):
-    d = diagnose(make(), horizons=[5, 10, 30], seeds=4, key=KEY, lyapunov_steps=500,
-                 out=tmp_path)
+    d = diagnose(make(), horizons=[5, 10, 30], seeds=4, key=KEY, lyapunov_steps=500, out=tmp_path)
     assert d.verdict == "diverges"
     assert 0 <= d.first_nonfinite_step < 30 and d.diverged_seeds >= 1
     assert "diverges" in d.recommendation and "DIVERGES" in d.summary()
@@ -132,8 +158,10 @@ def test_a_divergent_map_is_called_diverges_never_chaotic(make, tmp_path):
 
 def test_critical_horizon_does_not_depend_on_the_horizons_asked_for():
     s = systems.make("henon", dtype="float64")
-    crit = [diagnose(s, horizons=hs, seeds=6, key=KEY, lyapunov_steps=4000).critical_horizon
-            for hs in ([10, 33, 100], [2, 10, 100], [5, 20, 60])]
+    crit = [
+        diagnose(s, horizons=hs, seeds=6, key=KEY, lyapunov_steps=4000).critical_horizon
+        for hs in ([10, 33, 100], [2, 10, 100], [5, 20, 60])
+    ]
     assert all(c is not None for c in crit)
     assert max(crit) <= 1.2 * min(crit), crit
     # and it is the absolute horizon log(100) / (2 λ1): λ1(Hénon) ≈ 0.42 → ≈ 5.5 steps
@@ -172,13 +200,46 @@ def test_diagnose_and_spectrum_plots_survive_systems_with_nothing_to_log_scale(t
     # panel with no positive finite data says so instead of failing (issue: "Data cannot
     # be log-scaled" used to leave an empty folder)
     out = tmp_path / "heat"
-    assert main(["diagnose", "heat", "--param", "r=2", "--horizons", "5,10,40", "--seeds", "3",
-                 "--lyapunov-steps", "300", "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "diagnose",
+                "heat",
+                "--param",
+                "r=2",
+                "--horizons",
+                "5,10,40",
+                "--seeds",
+                "3",
+                "--lyapunov-steps",
+                "300",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert (out / "report.json").exists() and (out / "summary.png").stat().st_size > 10_000
     capsys.readouterr()
     png = tmp_path / "spec.png"
-    assert main(["spectrum", "logistic", "--param", "r=4.5", "--steps", "200", "--json",
-                 "--no-progress", "--plot", str(png)]) == 0
+    assert (
+        main(
+            [
+                "spectrum",
+                "logistic",
+                "--param",
+                "r=4.5",
+                "--steps",
+                "200",
+                "--json",
+                "--no-progress",
+                "--plot",
+                str(png),
+            ]
+        )
+        == 0
+    )
     import json
 
     def strict(c):

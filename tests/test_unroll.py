@@ -88,8 +88,11 @@ def test_chunked_backprop_equals_jax_grad_and_finite_differences():
     ref = jax.grad(lambda th: unrolled_loss(s, th, KEY, 13))(theta)
     np.testing.assert_allclose(res.grad, ref, rtol=1e-12)
     eps = 1e-6
-    fd = [(unrolled_loss(s, theta + eps * e, KEY, 13) - unrolled_loss(s, theta - eps * e, KEY, 13))
-          / (2 * eps) for e in jnp.eye(2)]
+    fd = [
+        (unrolled_loss(s, theta + eps * e, KEY, 13) - unrolled_loss(s, theta - eps * e, KEY, 13))
+        / (2 * eps)
+        for e in jnp.eye(2)
+    ]
     np.testing.assert_allclose(res.grad, fd, rtol=1e-6)
     remat = jax.grad(lambda th: unrolled_loss(s, th, KEY, 13, remat_chunk=4))(theta)
     np.testing.assert_allclose(remat, ref, rtol=1e-12)
@@ -187,8 +190,9 @@ def test_pure_unroll_takes_the_run_key_like_unroll():
     np.testing.assert_allclose(np.concatenate([first, rest]), ref.losses, rtol=1e-12)
     remat = pure_unroll(s, s.theta, KEY, 12, remat_chunk=5)[1]
     np.testing.assert_allclose(remat, ref.losses, rtol=1e-12)
-    assert float(unrolled_loss(s, s.theta, KEY, 12)) == pytest.approx(float(ref.meta_loss),
-                                                                      rel=1e-12)
+    assert float(unrolled_loss(s, s.theta, KEY, 12)) == pytest.approx(
+        float(ref.meta_loss), rel=1e-12
+    )
     # rollout, the old name, took the steps half of the key: it still does, and warns
     with pytest.warns(DeprecationWarning, match="rollout.*is deprecated.*pure_unroll"):
         k_init, k_steps = split_run_key(KEY)
@@ -197,8 +201,12 @@ def test_pure_unroll_takes_the_run_key_like_unroll():
 
 
 def _scale_system(theta, **fields):
-    return System(lambda k, t: jnp.ones(2, jnp.asarray(t).dtype),
-                  lambda s, t, k: (s * t, jnp.sum(s * t)), theta=theta, **fields)
+    return System(
+        lambda k, t: jnp.ones(2, jnp.asarray(t).dtype),
+        lambda s, t, k: (s * t, jnp.sum(s * t)),
+        theta=theta,
+        **fields,
+    )
 
 
 def test_system_precision_is_checked_against_theta():
@@ -207,8 +215,12 @@ def test_system_precision_is_checked_against_theta():
     with pytest.raises(InputError) as e:
         _scale_system(th32, name="mislabelled", precision="float64")
     msg = str(e.value)
-    assert "\n" not in msg and "'mislabelled'" in msg and "precision 'float64'" in msg \
+    assert (
+        "\n" not in msg
+        and "'mislabelled'" in msg
+        and "precision 'float64'" in msg
         and "theta is float32" in msg
+    )
     with pytest.raises(InputError, match="precision 'float32' but its theta is float64"):
         _scale_system(th64, precision="float32")
     assert _scale_system(th32).precision == "float32"
@@ -255,8 +267,12 @@ def test_user_system_with_custom_phase_and_integer_state():
     assert mine.phase_dim() == 2
     r = unroll(mine, key=KEY, steps=50)
     assert int(r.state["t"]) == 50
-    ref = unroll(systems.make("henon"), key=KEY, steps=50, state=r.state["x"] * 0
-                 + mine.init(jax.random.split(KEY)[0], mine.theta)["x"])
+    ref = unroll(
+        systems.make("henon"),
+        key=KEY,
+        steps=50,
+        state=r.state["x"] * 0 + mine.init(jax.random.split(KEY)[0], mine.theta)["x"],
+    )
     np.testing.assert_allclose(r.losses, ref.losses, rtol=1e-12)
     g = unroll_grad(mine, key=KEY, steps=30, chunk=7)
     ref_g = jax.grad(lambda th: unrolled_loss(mine, th, KEY, 30))(mine.theta)
@@ -293,12 +309,13 @@ def test_rebuilt_system_reuses_compiled_chunks():
     a = systems.make("rnn", n=5, g=1.5)
     b = systems.make("rnn", n=5, g=1.5, seed=3)
     assert _jit_chunk(a, 8, False, False) is _jit_chunk(b, 8, False, False)
-    assert _jit_chunk(a, 8, False, False) is _jit_chunk(a.replace(theta=2 * a.theta), 8,
-                                                        False, False)
-    assert _jit_chunk(a, 8, False, False) is not _jit_chunk(systems.make("henon"), 8, False,
-                                                            False)
-    np.testing.assert_array_equal(unroll(b, key=KEY, steps=9).losses,
-                                  unroll(b, key=KEY, steps=9, chunk=4).losses)
+    assert _jit_chunk(a, 8, False, False) is _jit_chunk(
+        a.replace(theta=2 * a.theta), 8, False, False
+    )
+    assert _jit_chunk(a, 8, False, False) is not _jit_chunk(systems.make("henon"), 8, False, False)
+    np.testing.assert_array_equal(
+        unroll(b, key=KEY, steps=9).losses, unroll(b, key=KEY, steps=9, chunk=4).losses
+    )
 
 
 @pytest.mark.parametrize("batch", [False, True])

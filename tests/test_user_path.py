@@ -32,8 +32,16 @@ def test_user_rnn_verdicts_agree_across_precisions(lr, tmp_path):
     for dtype in ("float32", "float64"):
         out = tmp_path / dtype
         theta = {"log_lr": np.log(np.asarray(lr, dtype))}
-        d = diagnose(_system(dtype), theta, horizons=[10, 30, 100], seeds=8,
-                     key=jax.random.PRNGKey(0), lyapunov_steps=400, out=out, progress=False)
+        d = diagnose(
+            _system(dtype),
+            theta,
+            horizons=[10, 30, 100],
+            seeds=8,
+            key=jax.random.PRNGKey(0),
+            lyapunov_steps=400,
+            out=out,
+            progress=False,
+        )
         verdicts[dtype] = d.verdict
         assert d.verdict in EXPECTED[lr], (dtype, d.summary())
         assert d.figure_error == "" and (out / "summary.png").stat().st_size > 10_000

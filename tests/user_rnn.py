@@ -11,8 +11,15 @@ import numpy as np
 from chaosgrad import StepOut, System
 
 
-def tanh_rnn_gd(lr: float = 0.1, hidden: int = 4, length: int = 3, batch: int = 8,
-                horizon: int = 100, scale: float = 3.0, dtype: str = "float64") -> System:
+def tanh_rnn_gd(
+    lr: float = 0.1,
+    hidden: int = 4,
+    length: int = 3,
+    batch: int = 8,
+    horizon: int = 100,
+    scale: float = 3.0,
+    dtype: str = "float64",
+) -> System:
     """Inner training of y = w_out · h_T, h_t = tanh(W2 tanh(W1 h + U x_t)) by GD on a
     fixed random regression task (targets from a random teacher)."""
     dt = jnp.dtype(dtype)
@@ -35,11 +42,13 @@ def tanh_rnn_gd(lr: float = 0.1, hidden: int = 4, length: int = 3, batch: int = 
     def init(key, theta):
         ks = jax.random.split(key, 5)
         s = 1.0 / jnp.sqrt(hidden)
-        return {"W1": s * jax.random.normal(ks[0], (hidden, hidden), dt),
-                "U": jax.random.normal(ks[1], (2, hidden), dt) / jnp.sqrt(2.0),
-                "W2": s * jax.random.normal(ks[2], (hidden, hidden), dt),
-                "V": s * jax.random.normal(ks[3], (hidden, hidden), dt),
-                "w": s * jax.random.normal(ks[4], (hidden,), dt)}
+        return {
+            "W1": s * jax.random.normal(ks[0], (hidden, hidden), dt),
+            "U": jax.random.normal(ks[1], (2, hidden), dt) / jnp.sqrt(2.0),
+            "W2": s * jax.random.normal(ks[2], (hidden, hidden), dt),
+            "V": s * jax.random.normal(ks[3], (hidden, hidden), dt),
+            "w": s * jax.random.normal(ks[4], (hidden,), dt),
+        }
 
     def step(p, theta, key):
         idx = jax.random.randint(key, (batch,), 0, data_x.shape[0])
@@ -48,6 +57,12 @@ def tanh_rnn_gd(lr: float = 0.1, hidden: int = 4, length: int = 3, batch: int = 
         lr_ = jnp.exp(theta["log_lr"])
         return jax.tree_util.tree_map(lambda a, b: a - lr_ * b, p, g), StepOut(loss=loss)
 
-    return System(init, step, name="user_rnn", theta={"log_lr": jnp.log(jnp.asarray(lr, dt))},
-                  horizon=horizon, precision=str(dt), description=f"tanh RNN trained by GD, "
-                  f"lr = {lr}, {dtype}")
+    return System(
+        init,
+        step,
+        name="user_rnn",
+        theta={"log_lr": jnp.log(jnp.asarray(lr, dt))},
+        horizon=horizon,
+        precision=str(dt),
+        description=f"tanh RNN trained by GD, lr = {lr}, {dtype}",
+    )

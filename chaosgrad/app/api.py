@@ -47,19 +47,33 @@ def outer_optimizer(name, lr: float):
         return name
     if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
         raise InputError(f"the outer learning rate must be a positive finite number, got {lr!r}")
-    makers = {"adam": optax.adam, "sgd": optax.sgd, "adamw": optax.adamw,
-              "rmsprop": optax.rmsprop,
-              "momentum": lambda lr: optax.sgd(lr, momentum=0.9)}
+    makers = {
+        "adam": optax.adam,
+        "sgd": optax.sgd,
+        "adamw": optax.adamw,
+        "rmsprop": optax.rmsprop,
+        "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
+    }
     if name not in makers:
-        raise InputError(f"unknown outer optimizer {name!r}; accepted: "
-                         + ", ".join(OUTER_OPTIMIZERS))
+        raise InputError(
+            f"unknown outer optimizer {name!r}; accepted: " + ", ".join(OUTER_OPTIMIZERS)
+        )
     return makers[name](lr)
 
 
-def meta_train(system, estimator="pes", *, steps: int = 100,
-               out: str | os.PathLike = "out/meta-train", optimizer="adam",
-               outer_lr: float = 1e-3, key=None, theta: PyTree = None,
-               estimator_params: dict | None = None, **kwargs):
+def meta_train(
+    system,
+    estimator="pes",
+    *,
+    steps: int = 100,
+    out: str | os.PathLike = "out/meta-train",
+    optimizer="adam",
+    outer_lr: float = 1e-3,
+    key=None,
+    theta: PyTree = None,
+    estimator_params: dict | None = None,
+    **kwargs,
+):
     """Meta-train ``system``'s θ: `chaosgrad.estimators.meta.meta_train` with plain names.
 
     Args:
@@ -82,11 +96,23 @@ def meta_train(system, estimator="pes", *, steps: int = 100,
     from chaosgrad import estimators as registry
     from chaosgrad.estimators.meta import meta_train as _meta_train
 
-    est = (registry.make(estimator, system, **(estimator_params or {}))
-           if isinstance(estimator, str) else estimator)
+    est = (
+        registry.make(estimator, system, **(estimator_params or {}))
+        if isinstance(estimator, str)
+        else estimator
+    )
     opt = outer_optimizer(optimizer, outer_lr)
     config = kwargs.pop("outer_config", None) or (
-        {"optimizer": optimizer, "lr": outer_lr} if isinstance(optimizer, str) else None)
-    return _meta_train(system, est, opt, steps, out,
-                       jax.random.PRNGKey(0) if key is None else key, theta,
-                       outer_config=config, **kwargs)
+        {"optimizer": optimizer, "lr": outer_lr} if isinstance(optimizer, str) else None
+    )
+    return _meta_train(
+        system,
+        est,
+        opt,
+        steps,
+        out,
+        jax.random.PRNGKey(0) if key is None else key,
+        theta,
+        outer_config=config,
+        **kwargs,
+    )

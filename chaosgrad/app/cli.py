@@ -89,12 +89,14 @@ def _check_writable(folder: Path, what: str) -> None:
         with tempfile.TemporaryFile(dir=folder, prefix=".chaosgrad-probe-"):
             pass
     except OSError as e:
-        raise InputError(f"{what}: the folder {folder} is not writable "
-                         f"({e.strerror or e})") from None
+        raise InputError(
+            f"{what}: the folder {folder} is not writable ({e.strerror or e})"
+        ) from None
 
 
-def check_out_file(path: str | os.PathLike, flag: str = "--plot",
-                   formats: tuple[str, ...] | None = None) -> Path:
+def check_out_file(
+    path: str | os.PathLike, flag: str = "--plot", formats: tuple[str, ...] | None = None
+) -> Path:
     """Refuse, before any compute, an output file that cannot be written: onto a folder,
     into a missing or unwritable folder, or over a file this user cannot write; onto
     anything but a regular file (a device, FIFO or socket is never replaced); and, given
@@ -106,8 +108,10 @@ def check_out_file(path: str | os.PathLike, flag: str = "--plot",
         raise InputError(f"{flag} {path} is a folder, expected a file name")
     check_regular(path, flag)
     if formats is not None and path.suffix.lower().lstrip(".") not in formats:
-        raise InputError(f"{flag} {path}: the format comes from the extension; accepted: "
-                         f"{', '.join('.' + f for f in formats)}")
+        raise InputError(
+            f"{flag} {path}: the format comes from the extension; accepted: "
+            f"{', '.join('.' + f for f in formats)}"
+        )
     parent = path.parent
     if parent.exists() and not parent.is_dir():
         raise InputError(f"{flag} {path}: {parent} is a file, expected a folder")
@@ -138,11 +142,19 @@ def check_outputs(args) -> None:
 
 
 def _add_system_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="registered system (see `chaosgrad systems`), e.g. henon, "
-                                "lorenz, rnn, brax:inverted_pendulum, md, lopt; or your own "
-                                "as module:function or file.py:function")
-    p.add_argument("--param", action="append", default=[], metavar="K=V",
-                   help="system parameter, repeatable (e.g. --param g=2.5)")
+    p.add_argument(
+        "name",
+        help="registered system (see `chaosgrad systems`), e.g. henon, "
+        "lorenz, rnn, brax:inverted_pendulum, md, lopt; or your own "
+        "as module:function or file.py:function",
+    )
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="system parameter, repeatable (e.g. --param g=2.5)",
+    )
     p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.add_argument("--x64", action="store_true", help="run in float64")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -152,10 +164,12 @@ def _add_system_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `chaosgrad` command."""
-    parser = _Parser(prog="chaosgrad", description="Can gradients through this iterative "
-                     "system be trusted? Lyapunov spectra, gradient growth and estimators.")
-    parser.add_argument("--version", action="version",
-                        version=f"chaosgrad {__version__}")
+    parser = _Parser(
+        prog="chaosgrad",
+        description="Can gradients through this iterative "
+        "system be trusted? Lyapunov spectra, gradient growth and estimators.",
+    )
+    parser.add_argument("--version", action="version", version=f"chaosgrad {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -165,80 +179,143 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("spectrum", help="Lyapunov spectrum with its convergence")
     _add_system_args(p)
     p.add_argument("--steps", type=_positive_int, default=10_000, help="counted steps")
-    p.add_argument("--k", type=_k_arg, default=None,
-                   help="number of exponents, or 'all' (default min(n, 8))")
-    p.add_argument("--transient", type=_nonneg_int, default=1_000,
-                   help="uncounted steps first")
+    p.add_argument(
+        "--k", type=_k_arg, default=None, help="number of exponents, or 'all' (default min(n, 8))"
+    )
+    p.add_argument("--transient", type=_nonneg_int, default=1_000, help="uncounted steps first")
 
     p = sub.add_parser("grad-growth", help="gradient norm and variance vs horizon")
     _add_system_args(p)
-    p.add_argument("--horizons", type=_int_list, default=[10, 30, 100],
-                   help="comma-separated unroll lengths (default 10,30,100)")
+    p.add_argument(
+        "--horizons",
+        type=_int_list,
+        default=[10, 30, 100],
+        help="comma-separated unroll lengths (default 10,30,100)",
+    )
     p.add_argument("--seeds", type=_positive_int, default=8, help="random starts per horizon")
-    p.add_argument("--lyapunov-steps", type=_nonneg_int, default=0,
-                   help="also estimate the leading exponent over this many steps from the "
-                        "start (no transient, like the gradients) to compare (0: skip)")
+    p.add_argument(
+        "--lyapunov-steps",
+        type=_nonneg_int,
+        default=0,
+        help="also estimate the leading exponent over this many steps from the "
+        "start (no transient, like the gradients) to compare (0: skip)",
+    )
 
-    p = sub.add_parser("diagnose", help="can backprop be trusted? spectrum, gradient growth, "
-                       "loss slices, verdict; report + figures")
+    p = sub.add_parser(
+        "diagnose",
+        help="can backprop be trusted? spectrum, gradient growth, "
+        "loss slices, verdict; report + figures",
+    )
     _add_system_args(p)
-    p.add_argument("--horizons", type=_int_list, default=None,
-                   help="comma-separated unroll lengths (default H/10,H/3,H of the system)")
+    p.add_argument(
+        "--horizons",
+        type=_int_list,
+        default=None,
+        help="comma-separated unroll lengths (default H/10,H/3,H of the system)",
+    )
     p.add_argument("--seeds", type=_positive_int, default=8, help="random starts per horizon")
-    p.add_argument("--lyapunov-steps", type=_positive_int, default=None,
-                   help="counted Lyapunov steps (default 20x the longest horizon, >= 2000)")
-    p.add_argument("--k", type=_k_arg, default=None,
-                   help="number of exponents, or 'all' (default min(n, 8))")
+    p.add_argument(
+        "--lyapunov-steps",
+        type=_positive_int,
+        default=None,
+        help="counted Lyapunov steps (default 20x the longest horizon, >= 2000)",
+    )
+    p.add_argument(
+        "--k", type=_k_arg, default=None, help="number of exponents, or 'all' (default min(n, 8))"
+    )
     p.add_argument("--out", default=None, help="report folder (default out/diagnose/NAME)")
 
-    p = sub.add_parser("compare", help="which gradient estimator? bias, variance and cost "
-                       "against a reference gradient, at equal compute")
+    p = sub.add_parser(
+        "compare",
+        help="which gradient estimator? bias, variance and cost "
+        "against a reference gradient, at equal compute",
+    )
     _add_system_args(p)
-    p.add_argument("--estimators", default="backprop,tbptt,es,pes",
-                   help="comma-separated: registered (backprop, tbptt, es, tes, pes, nres, "
-                        "combined, reparam) or your own as module:function or "
-                        "file.py:function (a factory(system, **params) -> Estimator; "
-                        "compare's settings go to the parameters it names)")
-    p.add_argument("--target", default="smoothed", choices=["smoothed", "exact"],
-                   help="the gradient every estimator is judged against (default smoothed: "
-                        "of the Gaussian-smoothed meta-loss, which ES/NRES/PES estimate; "
-                        "backprop then runs at θ ± σε)")
-    p.add_argument("--horizon", type=_positive_int, default=None,
-                   help="unroll length T (default: the system's)")
-    p.add_argument("--samples", type=_positive_int, default=16,
-                   help="independent replicates per estimator, at most (default 16; at "
-                        "least 8); a truncated estimator's replicate covers a whole inner run")
-    p.add_argument("--seconds", type=_finite_float, default=90.0,
-                   help="time budget for the sampling after compiling (default 90): half "
-                        "for the reference, half shared by the estimators; 0: no budget")
-    p.add_argument("--budget", type=_positive_int, default=None,
-                   help="unroll steps each estimator may spend (default: samples x 8 x T)")
+    p.add_argument(
+        "--estimators",
+        default="backprop,tbptt,es,pes",
+        help="comma-separated: registered (backprop, tbptt, es, tes, pes, nres, "
+        "combined, reparam) or your own as module:function or "
+        "file.py:function (a factory(system, **params) -> Estimator; "
+        "compare's settings go to the parameters it names)",
+    )
+    p.add_argument(
+        "--target",
+        default="smoothed",
+        choices=["smoothed", "exact"],
+        help="the gradient every estimator is judged against (default smoothed: "
+        "of the Gaussian-smoothed meta-loss, which ES/NRES/PES estimate; "
+        "backprop then runs at θ ± σε)",
+    )
+    p.add_argument(
+        "--horizon",
+        type=_positive_int,
+        default=None,
+        help="unroll length T (default: the system's)",
+    )
+    p.add_argument(
+        "--samples",
+        type=_positive_int,
+        default=16,
+        help="independent replicates per estimator, at most (default 16; at "
+        "least 8); a truncated estimator's replicate covers a whole inner run",
+    )
+    p.add_argument(
+        "--seconds",
+        type=_finite_float,
+        default=90.0,
+        help="time budget for the sampling after compiling (default 90): half "
+        "for the reference, half shared by the estimators; 0: no budget",
+    )
+    p.add_argument(
+        "--budget",
+        type=_positive_int,
+        default=None,
+        help="unroll steps each estimator may spend (default: samples x 8 x T)",
+    )
     p.add_argument("--window", type=_positive_int, default=10, help="truncation window K")
-    p.add_argument("--sigma", type=_finite_float, default=0.01,
-                   help="ES/PES/NRES perturbation scale, and the target's smoothing")
-    p.add_argument("--reference", default="auto",
-                   choices=["auto", "reparam", "es", "backprop"],
-                   help="reference gradient (auto: of the target's unbiased estimators, the "
-                        "one with the least variance per second, measured)")
+    p.add_argument(
+        "--sigma",
+        type=_finite_float,
+        default=0.01,
+        help="ES/PES/NRES perturbation scale, and the target's smoothing",
+    )
+    p.add_argument(
+        "--reference",
+        default="auto",
+        choices=["auto", "reparam", "es", "backprop"],
+        help="reference gradient (auto: of the target's unbiased estimators, the "
+        "one with the least variance per second, measured)",
+    )
     p.add_argument("--out", default=None, help="folder for compare.json and compare.png")
-    add_launch_arguments(p, "the estimators and the reference are shared out over the "
-                            "processes")
+    add_launch_arguments(p, "the estimators and the reference are shared out over the processes")
 
-    p = sub.add_parser("figures", help="regenerate the paper's figures (saved results are "
-                       "reused: an interrupted run resumes)")
+    p = sub.add_parser(
+        "figures",
+        help="regenerate the paper's figures (saved results are "
+        "reused: an interrupted run resumes)",
+    )
     p.add_argument("names", nargs="*", metavar="NAME", help="figures to make (see --list)")
     p.add_argument("--all", action="store_true", help="every figure")
     p.add_argument("--list", action="store_true", help="list the figures")
-    p.add_argument("--scale", default="quick", choices=["quick", "paper"],
-                   help="quick: minutes on a 2-core CPU; paper: the paper's sizes (GPU)")
+    p.add_argument(
+        "--scale",
+        default="quick",
+        choices=["quick", "paper"],
+        help="quick: minutes on a 2-core CPU; paper: the paper's sizes (GPU)",
+    )
     p.add_argument("--out", default="figs", help="output folder (default figs)")
     p.add_argument("--force", action="store_true", help="re-run even if results are saved")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_launch_arguments(p, "each figure's parts (seeds, shifts, horizons) are split over the "
-                            "processes")
+    add_launch_arguments(
+        p, "each figure's parts (seeds, shifts, horizons) are split over the processes"
+    )
 
-    p = sub.add_parser("demo", help="the small default job: spectrum + gradient growth of a "
-                       "chaotic and a stable RNN, a table and a PNG")
+    p = sub.add_parser(
+        "demo",
+        help="the small default job: spectrum + gradient growth of a "
+        "chaotic and a stable RNN, a table and a PNG",
+    )
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -259,8 +336,11 @@ def _make_system(args):
 def _tree_bytes(tree) -> int:
     import jax
 
-    return sum(int(math.prod(x.shape)) * x.dtype.itemsize
-               for x in jax.tree_util.tree_leaves(tree) if hasattr(x, "dtype"))
+    return sum(
+        int(math.prod(x.shape)) * x.dtype.itemsize
+        for x in jax.tree_util.tree_leaves(tree)
+        if hasattr(x, "dtype")
+    )
 
 
 def _check_memory(args, system, *, k: int = 0, seeds: int = 1, horizon: int = 0) -> None:
@@ -291,8 +371,11 @@ def _key(seed: int):
 def _run_record(args) -> dict:
     """The seed and the command's arguments, recorded in a report."""
     skip = {"func"}
-    return {"seed": args.seed, "command": args.command,
-            "arguments": {k: v for k, v in vars(args).items() if k not in skip}}
+    return {
+        "seed": args.seed,
+        "command": args.command,
+        "arguments": {k: v for k, v in vars(args).items() if k not in skip},
+    }
 
 
 def _fmt(x: float) -> str:
@@ -328,9 +411,14 @@ def cmd_spectrum(args) -> int:
     system = _make_system(args)
     k = resolve_k(args.k, system.phase_dim(key=_key(args.seed)), args.name, what="--k")
     _check_memory(args, system, k=k)
-    res = lyapunov_spectrum(system, key=_key(args.seed), steps=args.steps, k=k,
-                            transient=args.transient,
-                            progress=False if args.no_progress else None)
+    res = lyapunov_spectrum(
+        system,
+        key=_key(args.seed),
+        steps=args.steps,
+        k=k,
+        transient=args.transient,
+        progress=False if args.no_progress else None,
+    )
     if args.plot:
         from chaosgrad.plots import plot_lyapunov, save
 
@@ -338,10 +426,14 @@ def cmd_spectrum(args) -> int:
     if args.json:
         print_json(dumps(res.to_json()))
         return 0
-    print(f"{system.description or system.name}  [{res.precision['dtype']}, "
-          f"{res.precision['backend']}]")
-    print(f"Lyapunov spectrum, {res.k} of {res.n} exponents ({res.units}), "
-          f"{res.steps} steps after a transient of {res.transient}:")
+    print(
+        f"{system.description or system.name}  [{res.precision['dtype']}, "
+        f"{res.precision['backend']}]"
+    )
+    print(
+        f"Lyapunov spectrum, {res.k} of {res.n} exponents ({res.units}), "
+        f"{res.steps} steps after a transient of {res.transient}:"
+    )
     marks = [len(res.history_steps) // 4, len(res.history_steps) // 2, -1]
     head = "".join(f"{'@' + str(res.history_steps[m]):>14}" for m in marks)
     print(f"  {'':<5}{'final':>14}{head}")
@@ -365,11 +457,24 @@ def cmd_grad_growth(args) -> int:
     system = _make_system(args)
     _check_memory(args, system, seeds=args.seeds, horizon=max(args.horizons))
     lyap = None
-    res = gradient_growth(system, horizons=args.horizons, seeds=args.seeds, key=_key(args.seed),
-                          progress=False if args.no_progress else None)
+    res = gradient_growth(
+        system,
+        horizons=args.horizons,
+        seeds=args.seeds,
+        key=_key(args.seed),
+        progress=False if args.no_progress else None,
+    )
     if args.lyapunov_steps > 0:
-        lyap = float(lyapunov_spectrum(system, key=_key(args.seed), steps=args.lyapunov_steps,
-                                       k=1, transient=0, progress=False).exponents[0])
+        lyap = float(
+            lyapunov_spectrum(
+                system,
+                key=_key(args.seed),
+                steps=args.lyapunov_steps,
+                k=1,
+                transient=0,
+                progress=False,
+            ).exponents[0]
+        )
     if args.plot:
         from chaosgrad.plots import plot_growth, save
 
@@ -382,13 +487,19 @@ def cmd_grad_growth(args) -> int:
     print(f"{system.description or system.name}  [{res.precision['dtype']}]")
     print(f"{'T':>8} {'geomean |g|':>14} {'median |g|':>14} {'variance':>12} {'non-finite':>11}")
     for i, h in enumerate(res.horizons):
-        print(f"{h:>8} {res.geomean_norm[i]:>14.4e} {res.median_norm[i]:>14.4e} "
-              f"{res.variance[i]:>12.4e} {res.nonfinite_fraction[i]:>10.0%}")
-    print(f"growth rate of |g|: {_fmt(res.growth_rate)} {res.units}; of the variance: "
-          f"{_fmt(res.variance_rate)}")
+        print(
+            f"{h:>8} {res.geomean_norm[i]:>14.4e} {res.median_norm[i]:>14.4e} "
+            f"{res.variance[i]:>12.4e} {res.nonfinite_fraction[i]:>10.0%}"
+        )
+    print(
+        f"growth rate of |g|: {_fmt(res.growth_rate)} {res.units}; of the variance: "
+        f"{_fmt(res.variance_rate)}"
+    )
     if lyap is not None:
-        print(f"leading Lyapunov exponent over the first {args.lyapunov_steps} steps: "
-              f"{_fmt(lyap)} {res.units}")
+        print(
+            f"leading Lyapunov exponent over the first {args.lyapunov_steps} steps: "
+            f"{_fmt(lyap)} {res.units}"
+        )
     print(f"({res.seconds:.1f} s)")
     return 0
 
@@ -417,13 +528,26 @@ def cmd_diagnose(args) -> int:
     system = _make_system(args)
     out = check_out_dir(args.out or default_out("diagnose", args.name))
     k = resolve_k(args.k, system.phase_dim(key=_key(args.seed)), args.name, what="--k")
-    _check_memory(args, system, k=k, seeds=args.seeds,
-                  horizon=max(args.horizons or [system.horizon]))
-    d = diagnose(system, horizons=args.horizons, seeds=args.seeds, key=_key(args.seed),
-                 lyapunov_steps=args.lyapunov_steps, k=k,
-                 progress=False if args.no_progress else None)
-    return _save_and_print(args, d, out, "summary", d.summary,
-                           f"report: {Path(out) / 'report.md'}, {Path(out) / 'report.json'}")
+    _check_memory(
+        args, system, k=k, seeds=args.seeds, horizon=max(args.horizons or [system.horizon])
+    )
+    d = diagnose(
+        system,
+        horizons=args.horizons,
+        seeds=args.seeds,
+        key=_key(args.seed),
+        lyapunov_steps=args.lyapunov_steps,
+        k=k,
+        progress=False if args.no_progress else None,
+    )
+    return _save_and_print(
+        args,
+        d,
+        out,
+        "summary",
+        d.summary,
+        f"report: {Path(out) / 'report.md'}, {Path(out) / 'report.json'}",
+    )
 
 
 def cmd_compare(args) -> int:
@@ -437,17 +561,30 @@ def cmd_compare(args) -> int:
         raise InputError(f"--seconds must be >= 0 (0: no budget), got {args.seconds}")
     names = [n.strip() for n in args.estimators.split(",") if n.strip()]
     out = check_out_dir(args.out or default_out("compare", args.name))
-    c = compare(system, estimators=names, target=args.target, horizon=args.horizon,
-                budget=args.budget,
-                samples=args.samples, window=args.window, sigma=args.sigma,
-                seconds=args.seconds if args.seconds > 0 else None,
-                reference=args.reference, key=_key(args.seed),
-                progress=False if args.no_progress else None)
+    c = compare(
+        system,
+        estimators=names,
+        target=args.target,
+        horizon=args.horizon,
+        budget=args.budget,
+        samples=args.samples,
+        window=args.window,
+        sigma=args.sigma,
+        seconds=args.seconds if args.seconds > 0 else None,
+        reference=args.reference,
+        key=_key(args.seed),
+        progress=False if args.no_progress else None,
+    )
     if c is None:
         return 0  # another process of a launch: process 0 saves and reports
-    return _save_and_print(args, c, out, "compare", c.table,
-                           f"report: {Path(out) / 'compare.json'}, figure: "
-                           f"{Path(out) / 'compare.png'}")
+    return _save_and_print(
+        args,
+        c,
+        out,
+        "compare",
+        c.table,
+        f"report: {Path(out) / 'compare.json'}, figure: {Path(out) / 'compare.png'}",
+    )
 
 
 def cmd_figures(args) -> int:
@@ -459,20 +596,28 @@ def cmd_figures(args) -> int:
             print(f"{name:<{width}}  {figures.FIGURES[name][1]}")
         return 0
     if args.all and args.names:  # "--all nosuch" would silently run every figure
-        raise InputError(f"give figure names or --all, not both (got --all and "
-                         f"{', '.join(args.names)}); accepted: {', '.join(figures.names())}")
+        raise InputError(
+            f"give figure names or --all, not both (got --all and "
+            f"{', '.join(args.names)}); accepted: {', '.join(figures.names())}"
+        )
     todo = figures.names() if args.all else args.names
     if not todo:
-        raise InputError("name the figures to make, or pass --all; accepted: "
-                         + ", ".join(figures.names()))
+        raise InputError(
+            "name the figures to make, or pass --all; accepted: " + ", ".join(figures.names())
+        )
     for name in todo:
         figures._module(name)  # unknown names fail before any work starts
     join_launch(args)  # before any computation
     enable_x64()
     for name in todo:
         t0 = time.perf_counter()
-        png = figures.run_figure(name, args.scale, args.out, force=args.force,
-                                 progress=False if args.no_progress else None)
+        png = figures.run_figure(
+            name,
+            args.scale,
+            args.out,
+            force=args.force,
+            progress=False if args.no_progress else None,
+        )
         if png is not None:  # None: another process of a launch; process 0 reports
             print(f"{name:<10} {png}  ({time.perf_counter() - t0:.1f} s)")
     return 0
@@ -497,8 +642,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `chaosgrad` command; returns the exit status."""
     if sys.stdout is None:  # started with stdout closed (`chaosgrad ... >&-`)
         if sys.stderr is not None:
-            print("chaosgrad: error: standard output is closed; redirect it (e.g. "
-                  ">/dev/null) instead of closing it", file=sys.stderr)
+            print(
+                "chaosgrad: error: standard output is closed; redirect it (e.g. "
+                ">/dev/null) instead of closing it",
+                file=sys.stderr,
+            )
         return 2
     # the command only writes files; never open a window (set before matplotlib loads, so
     # that commands which draw nothing never import it)
@@ -527,9 +675,12 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("CHAOSGRAD_TRACEBACK"):
             traceback.print_exception(e, file=sys.stderr)
         text = " ".join(f"{type(e).__name__}: {e}".split())
-        print(f"chaosgrad {args.command}: internal error (not a problem with the input): "
-              f"{text}. Results saved before it are kept; set CHAOSGRAD_TRACEBACK=1 for the "
-              "traceback and please report it.", file=sys.stderr)
+        print(
+            f"chaosgrad {args.command}: internal error (not a problem with the input): "
+            f"{text}. Results saved before it are kept; set CHAOSGRAD_TRACEBACK=1 for the "
+            "traceback and please report it.",
+            file=sys.stderr,
+        )
         return INTERNAL_ERROR
 
     try:
@@ -561,8 +712,9 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:
         # XLA reports a failed device allocation as a RuntimeError (XlaRuntimeError).
         if "RESOURCE_EXHAUSTED" in str(e):
-            return fail("out of device memory; ask for less (fewer seeds, steps or a smaller "
-                        "system)")
+            return fail(
+                "out of device memory; ask for less (fewer seeds, steps or a smaller system)"
+            )
         # Under a multi-process launch a failed collective means a peer died: stop now with
         # one line rather than wait out the shutdown handshake with the dead peer.
         import jax
@@ -571,8 +723,11 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(e, jax.errors.JaxRuntimeError) and distributed.is_initialized():
             distributed.exit_after_peer_failure(
-                e, f"chaosgrad {args.command}", "Run the same command on every process "
-                "again to resume (saved checkpoints and figure parts are reused).")
+                e,
+                f"chaosgrad {args.command}",
+                "Run the same command on every process "
+                "again to resume (saved checkpoints and figure parts are reused).",
+            )
         return internal(e)
     except Exception as e:  # noqa: BLE001 - anything else is ours, never "bad input"
         return internal(e)

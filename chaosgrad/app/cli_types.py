@@ -61,13 +61,16 @@ def _int_list(text: str) -> list[int]:
         vals = [int(x) for x in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive integers like 10,30,100, got {text!r}") from None
+            f"expected comma-separated positive integers like 10,30,100, got {text!r}"
+        ) from None
     if not vals or any(v <= 0 for v in vals):
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive integers like 10,30,100, got {text!r}")
+            f"expected comma-separated positive integers like 10,30,100, got {text!r}"
+        )
     if max(vals) > MAX_STEPS:
         raise argparse.ArgumentTypeError(
-            f"horizon {max(vals)} is too large; accepted: 1..{MAX_STEPS}")
+            f"horizon {max(vals)} is too large; accepted: 1..{MAX_STEPS}"
+        )
     return vals
 
 

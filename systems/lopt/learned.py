@@ -45,8 +45,7 @@ def _step_of(out: jax.Array, lr) -> jax.Array:
     return direction * jnp.exp(OUT_SCALE * magnitude) * lr
 
 
-def per_parameter_mlp(theta, feats: list, extra: jax.Array, lr,
-                      scales: list | None = None) -> list:
+def per_parameter_mlp(theta, feats: list, extra: jax.Array, lr, scales: list | None = None) -> list:
     """The per-parameter MLP's steps for every tensor at once: each tensor's features (its
     shape + (8,)) are flattened and stacked with ``extra`` (features shared by a tensor's
     parameters: one row per tensor, or one for all) into a single (parameters, features)
@@ -62,7 +61,7 @@ def per_parameter_mlp(theta, feats: list, extra: jax.Array, lr,
     out, start = [], 0
     for i, f in enumerate(feats):
         n = int(np.prod(f.shape[:-1]))
-        s = jnp.reshape(steps[start:start + n], f.shape[:-1])
+        s = jnp.reshape(steps[start : start + n], f.shape[:-1])
         out.append(s if scales is None else s * scales[i])
         start += n
     return out
@@ -86,21 +85,33 @@ def mlp_lopt(lr: float = 1e-3, hidden: int = 32, dtype=jnp.float32) -> Optimizer
         return _mlp_theta(key, N_FEATURES, int(hidden), dtype)
 
     def init(params, theta):
-        return {"m": jax.tree_util.tree_map(
-            lambda p: jnp.zeros(p.shape + (len(DECAYS),), p.dtype), params)}
+        return {
+            "m": jax.tree_util.tree_map(
+                lambda p: jnp.zeros(p.shape + (len(DECAYS),), p.dtype), params
+            )
+        }
 
     def update(grads, state, params, theta, info):
         tf = time_features(info.step, jax.tree_util.tree_leaves(params)[0].dtype)
         m = jax.tree_util.tree_map(update_momenta, state["m"], grads)
 
         g_leaves, treedef = jax.tree_util.tree_flatten(grads)
-        feats = [param_features(g, p, mm)[0] for g, p, mm in zip(
-            g_leaves, treedef.flatten_up_to(params), treedef.flatten_up_to(m), strict=True)]
+        feats = [
+            param_features(g, p, mm)[0]
+            for g, p, mm in zip(
+                g_leaves, treedef.flatten_up_to(params), treedef.flatten_up_to(m), strict=True
+            )
+        ]
         return treedef.unflatten(per_parameter_mlp(theta, feats, tf, lr)), {"m": m}
 
-    return Optimizer("mlp", init_theta, init, update, False,
-                     f"weights of the per-parameter MLP learned optimizer (19-{hidden}-"
-                     f"{hidden}-2, ReLU)")
+    return Optimizer(
+        "mlp",
+        init_theta,
+        init,
+        update,
+        False,
+        f"weights of the per-parameter MLP learned optimizer (19-{hidden}-{hidden}-2, ReLU)",
+    )
 
 
 N_LOSS_FEATURES = 4
@@ -133,20 +144,31 @@ def lstm_lopt(
         k1, k2, k3 = jax.random.split(key, 3)
         n_in = N_TENSOR_FEATURES + lstm_hidden
         w = jax.random.normal(k1, (n_in, 4 * lstm_hidden), dtype) / float(np.sqrt(n_in))
-        b = jnp.zeros((4 * lstm_hidden,), dtype).at[lstm_hidden:2 * lstm_hidden].set(1.0)
+        b = jnp.zeros((4 * lstm_hidden,), dtype).at[lstm_hidden : 2 * lstm_hidden].set(1.0)
         # a small head: at initialisation the context is weak and the step scale near 1
-        head = {"w": 0.01 * jax.random.normal(k2, (lstm_hidden, N_CONTEXT + 1), dtype),
-                "b": jnp.zeros((N_CONTEXT + 1,), dtype)}
-        return {"lstm": {"w": w, "b": b}, "head": head,
-                "mlp": _mlp_theta(k3, N_FEATURES + N_CONTEXT, hidden, dtype)}
+        head = {
+            "w": 0.01 * jax.random.normal(k2, (lstm_hidden, N_CONTEXT + 1), dtype),
+            "b": jnp.zeros((N_CONTEXT + 1,), dtype),
+        }
+        return {
+            "lstm": {"w": w, "b": b},
+            "head": head,
+            "mlp": _mlp_theta(k3, N_FEATURES + N_CONTEXT, hidden, dtype),
+        }
 
     def init(params, theta):
         leaves = jax.tree_util.tree_leaves(params)
         dt = leaves[0].dtype
         z = jnp.zeros((len(leaves), lstm_hidden), dt)
-        return {"m": jax.tree_util.tree_map(
-                    lambda p: jnp.zeros(p.shape + (len(DECAYS),), p.dtype), params),
-                "h": z, "c": z, "ema_train": jnp.zeros((), dt), "ema_valid": jnp.zeros((), dt)}
+        return {
+            "m": jax.tree_util.tree_map(
+                lambda p: jnp.zeros(p.shape + (len(DECAYS),), p.dtype), params
+            ),
+            "h": z,
+            "c": z,
+            "ema_train": jnp.zeros((), dt),
+            "ema_valid": jnp.zeros((), dt),
+        }
 
     def lstm_cell(x, h, c, th):
         z = jnp.concatenate([x, h], -1) @ th["w"] + th["b"]
@@ -161,27 +183,46 @@ def lstm_lopt(
         dt = g_leaves[0].dtype
         tf = time_features(info.step, dt)
         m_leaves = [update_momenta(m, g) for m, g in zip(m_leaves, g_leaves, strict=True)]
-        feats = [param_features(g, p, m)
-                 for g, p, m in zip(g_leaves, p_leaves, m_leaves, strict=True)]
+        feats = [
+            param_features(g, p, m) for g, p, m in zip(g_leaves, p_leaves, m_leaves, strict=True)
+        ]
         first = info.step == 0
         lt, lv = jnp.log(info.train_loss), jnp.log(info.valid_loss)
         ema_t = jnp.where(first, lt, EMA_DECAY * state["ema_train"] + (1 - EMA_DECAY) * lt)
         ema_v = jnp.where(first, lv, EMA_DECAY * state["ema_valid"] + (1 - EMA_DECAY) * lv)
-        loss_f = jnp.concatenate([_loss_features(info.train_loss, ema_t),
-                                  _loss_features(info.valid_loss, ema_v)])
-        per_tensor = jnp.stack([
-            jnp.concatenate([0.1 * jnp.log(ms + NORM_EPS), loss_f, tf]) for _, ms in feats])
+        loss_f = jnp.concatenate(
+            [_loss_features(info.train_loss, ema_t), _loss_features(info.valid_loss, ema_v)]
+        )
+        per_tensor = jnp.stack(
+            [jnp.concatenate([0.1 * jnp.log(ms + NORM_EPS), loss_f, tf]) for _, ms in feats]
+        )
         h, c = lstm_cell(per_tensor, state["h"], state["c"], theta["lstm"])
         out = h @ theta["head"]["w"] + theta["head"]["b"]
         ctx, log_scale = out[:, :N_CONTEXT], out[:, N_CONTEXT]
         extra = jnp.concatenate([jnp.broadcast_to(tf, (len(feats),) + tf.shape), ctx], -1)
-        upd = per_parameter_mlp(theta["mlp"], [f for f, _ in feats], extra, lr,
-                                [jnp.exp(log_scale[i]) for i in range(len(feats))])
-        new_state = {"m": jax.tree_util.tree_unflatten(treedef, m_leaves), "h": h, "c": c,
-                     "ema_train": ema_t, "ema_valid": ema_v}
+        upd = per_parameter_mlp(
+            theta["mlp"],
+            [f for f, _ in feats],
+            extra,
+            lr,
+            [jnp.exp(log_scale[i]) for i in range(len(feats))],
+        )
+        new_state = {
+            "m": jax.tree_util.tree_unflatten(treedef, m_leaves),
+            "h": h,
+            "c": c,
+            "ema_train": ema_t,
+            "ema_valid": ema_v,
+        }
         return jax.tree_util.tree_unflatten(treedef, upd), new_state
 
-    return Optimizer("lstm", init_theta, init, update, True,
-                     f"weights of the hierarchical learned optimizer (per-tensor LSTM "
-                     f"{lstm_hidden}, per-parameter MLP {N_FEATURES + N_CONTEXT}-{hidden}-"
-                     f"{hidden}-2)")
+    return Optimizer(
+        "lstm",
+        init_theta,
+        init,
+        update,
+        True,
+        f"weights of the hierarchical learned optimizer (per-tensor LSTM "
+        f"{lstm_hidden}, per-parameter MLP {N_FEATURES + N_CONTEXT}-{hidden}-"
+        f"{hidden}-2)",
+    )

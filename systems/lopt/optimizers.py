@@ -92,8 +92,10 @@ def momentum(lr: float = 0.1, beta: float = 0.9, dtype=jnp.float32) -> Optimizer
     """
 
     def init_theta(key):
-        return {"log_lr": jnp.asarray(np.log(lr), dtype),
-                "logit_beta": jnp.asarray(_logit(beta), dtype)}
+        return {
+            "log_lr": jnp.asarray(np.log(lr), dtype),
+            "logit_beta": jnp.asarray(_logit(beta), dtype),
+        }
 
     def init(params, theta):
         return {"m": _tmap(jnp.zeros_like, params)}
@@ -103,8 +105,14 @@ def momentum(lr: float = 0.1, beta: float = 0.9, dtype=jnp.float32) -> Optimizer
         m = _tmap(lambda g, m: g + b * m, grads, state["m"])
         return _tmap(lambda m: -eta * m, m), {"m": m}
 
-    return Optimizer("momentum", init_theta, init, update, False,
-                     "{'log_lr': ln(learning rate), 'logit_beta': logit(momentum)}")
+    return Optimizer(
+        "momentum",
+        init_theta,
+        init,
+        update,
+        False,
+        "{'log_lr': ln(learning rate), 'logit_beta': logit(momentum)}",
+    )
 
 
 def adam(
@@ -116,10 +124,12 @@ def adam(
     """
 
     def init_theta(key):
-        return {"log_lr": jnp.asarray(np.log(lr), dtype),
-                "logit_b1": jnp.asarray(_logit(b1), dtype),
-                "logit_b2": jnp.asarray(_logit(b2), dtype),
-                "log_eps": jnp.asarray(np.log(eps), dtype)}
+        return {
+            "log_lr": jnp.asarray(np.log(lr), dtype),
+            "logit_b1": jnp.asarray(_logit(b1), dtype),
+            "logit_b2": jnp.asarray(_logit(b2), dtype),
+            "log_eps": jnp.asarray(np.log(eps), dtype),
+        }
 
     def init(params, theta):
         return {"m": _tmap(jnp.zeros_like, params), "v": _tmap(jnp.zeros_like, params)}
@@ -134,5 +144,11 @@ def adam(
         upd = _tmap(lambda m, v: -eta * (m / k1) / (_safe_sqrt(v / k2) + eps_), m, v)
         return upd, {"m": m, "v": v}
 
-    return Optimizer("adam", init_theta, init, update, False,
-                     "{'log_lr', 'logit_b1', 'logit_b2', 'log_eps'}: Adam's hyperparameters")
+    return Optimizer(
+        "adam",
+        init_theta,
+        init,
+        update,
+        False,
+        "{'log_lr', 'logit_b1', 'logit_b2', 'log_eps'}: Adam's hyperparameters",
+    )

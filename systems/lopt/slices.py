@@ -69,7 +69,6 @@ def meta_loss_along_line(
     batched = is_key_batch(key)
     keys = key if batched else key[None]
     dtype = ravel_pytree(theta)[0].dtype
-    out = _jit_slice(system, steps, remat_chunk)(theta, direction,
-                                                 jnp.asarray(shifts, dtype), keys)
+    out = _jit_slice(system, steps, remat_chunk)(theta, direction, jnp.asarray(shifts, dtype), keys)
     out = np.asarray(out)
     return out if batched else out[:, 0]

@@ -77,8 +77,11 @@ def quadratic(
         q = q * jnp.sign(jnp.diagonal(r))  # Haar measure needs the sign fix
         u = jax.random.uniform(kh, (dim,), dtype)
         h = jnp.sort(jnp.exp(jnp.log(h_min) + u * (jnp.log(h_max) - jnp.log(h_min))))[::-1]
-        return {"hessian": (q * h) @ q.T, "eigenvalues": h, "minimum": jax.random.normal(
-            kx, (dim,), dtype)}
+        return {
+            "hessian": (q * h) @ q.T,
+            "eigenvalues": h,
+            "minimum": jax.random.normal(kx, (dim,), dtype),
+        }
 
     def init(key, consts):
         return jax.random.normal(key, (dim,), dtype)
@@ -93,9 +96,16 @@ def quadratic(
             return jnp.zeros((dim,), dtype)
         return noise * jax.random.normal(key, (dim,), dtype)
 
-    return Task("quadratic", sample, init, loss, batch, None,
-                f"random quadratic, dim={dim}, eigenvalues log-uniform in [{h_min}, {h_max}], "
-                f"target noise {noise}")
+    return Task(
+        "quadratic",
+        sample,
+        init,
+        loss,
+        batch,
+        None,
+        f"random quadratic, dim={dim}, eigenvalues log-uniform in [{h_min}, {h_max}], "
+        f"target noise {noise}",
+    )
 
 
 # -- multilayer perceptrons ---------------------------------------------------------------------
@@ -131,9 +141,7 @@ def digits_data(valid_fraction: float = 0.2) -> dict[str, tuple[np.ndarray, np.n
     return {"train": (x[tr], y[tr]), "valid": (x[va], y[va])}
 
 
-def digits_mlp(
-    hidden: int = 32, depth: int = 2, batch_size: int = 128, dtype=jnp.float32
-) -> Task:
+def digits_mlp(hidden: int = 32, depth: int = 2, batch_size: int = 128, dtype=jnp.float32) -> Task:
     """A ReLU MLP (``depth`` hidden layers of ``hidden`` units) classifying 8×8 digits.
 
     Loss: mean softmax cross-entropy on a minibatch of ``batch_size`` images drawn with
@@ -142,8 +150,10 @@ def digits_mlp(
     """
     hidden, depth, batch_size = int(hidden), int(depth), int(batch_size)
     if hidden < 1 or depth < 0 or batch_size < 1:
-        raise InputError(f"digits_mlp needs hidden >= 1, depth >= 0, batch_size >= 1; got "
-                         f"{hidden}, {depth}, {batch_size}")
+        raise InputError(
+            f"digits_mlp needs hidden >= 1, depth >= 0, batch_size >= 1; got "
+            f"{hidden}, {depth}, {batch_size}"
+        )
     data = {s: (jnp.asarray(x, dtype), jnp.asarray(y)) for s, (x, y) in digits_data().items()}
     sizes = (64,) + (hidden,) * depth + (10,)
 
@@ -155,8 +165,7 @@ def digits_mlp(
 
     def loss(params, consts, batch):
         x, y = batch
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-            mlp_apply(params, x), y))
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(mlp_apply(params, x), y))
 
     def batch(key, split):
         _check_split(split)
@@ -169,13 +178,18 @@ def digits_mlp(
         x, y = data[split]
         return jnp.mean(jnp.argmax(mlp_apply(params, x), axis=-1) == y)
 
-    return Task("digits_mlp", sample, init, loss, batch, accuracy,
-                f"ReLU MLP {sizes} on sklearn digits, batch {batch_size}")
+    return Task(
+        "digits_mlp",
+        sample,
+        init,
+        loss,
+        batch,
+        accuracy,
+        f"ReLU MLP {sizes} on sklearn digits, batch {batch_size}",
+    )
 
 
-def sine_mlp(
-    hidden: int = 32, depth: int = 2, batch_size: int = 128, dtype=jnp.float32
-) -> Task:
+def sine_mlp(hidden: int = 32, depth: int = 2, batch_size: int = 128, dtype=jnp.float32) -> Task:
     """A tanh MLP regressing a sinusoid y = a sin(x + φ) on x ~ U(−5, 5) (mean squared error).
 
     The family draws the amplitude a ~ U(0.1, 2) and phase φ ~ U(0, π) (as in MAML's
@@ -184,14 +198,18 @@ def sine_mlp(
     """
     hidden, depth, batch_size = int(hidden), int(depth), int(batch_size)
     if hidden < 1 or depth < 0 or batch_size < 1:
-        raise InputError(f"sine_mlp needs hidden >= 1, depth >= 0, batch_size >= 1; got "
-                         f"{hidden}, {depth}, {batch_size}")
+        raise InputError(
+            f"sine_mlp needs hidden >= 1, depth >= 0, batch_size >= 1; got "
+            f"{hidden}, {depth}, {batch_size}"
+        )
     sizes = (1,) + (hidden,) * depth + (1,)
 
     def sample(key):
         ka, kp = jax.random.split(key)
-        return {"amplitude": jax.random.uniform(ka, (), dtype, 0.1, 2.0),
-                "phase": jax.random.uniform(kp, (), dtype, 0.0, np.pi)}
+        return {
+            "amplitude": jax.random.uniform(ka, (), dtype, 0.1, 2.0),
+            "phase": jax.random.uniform(kp, (), dtype, 0.0, np.pi),
+        }
 
     def init(key, consts):
         return mlp_init(key, sizes, dtype)
@@ -202,11 +220,19 @@ def sine_mlp(
 
     def batch(key, split):
         _check_split(split)
-        return jax.random.uniform(jax.random.fold_in(key, split == "valid"), (batch_size, 1),
-                                  dtype, -5.0, 5.0)
+        return jax.random.uniform(
+            jax.random.fold_in(key, split == "valid"), (batch_size, 1), dtype, -5.0, 5.0
+        )
 
-    return Task("sine_mlp", sample, init, loss, batch, None,
-                f"tanh MLP {sizes} regressing a sinusoid, batch {batch_size}")
+    return Task(
+        "sine_mlp",
+        sample,
+        init,
+        loss,
+        batch,
+        None,
+        f"tanh MLP {sizes} regressing a sinusoid, batch {batch_size}",
+    )
 
 
 TASKS: dict[str, Callable[..., Task]] = {

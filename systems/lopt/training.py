@@ -54,8 +54,9 @@ class LoptState(NamedTuple):
 SCHEDULES = ("constant", "cosine")
 
 
-def make_optimizer(name: str, lr: float | None = None, lopt_hidden: int = 32,
-                   dtype=jnp.float32) -> Optimizer:
+def make_optimizer(
+    name: str, lr: float | None = None, lopt_hidden: int = 32, dtype=jnp.float32
+) -> Optimizer:
     """Build the optimizer ``name`` (one of `OPTIMIZERS`); ``lr`` None takes its default."""
     if name not in OPTIMIZERS:
         raise InputError(f"unknown optimizer {name!r}; accepted: {', '.join(OPTIMIZERS)}")
@@ -148,8 +149,7 @@ def lopt_system(
         k_task, k_params, k_data = jax.random.split(key, 3)
         consts = tk.sample(k_task) if sample_task else fixed_consts
         params = tk.init(k_params, consts)
-        return LoptState(params, opt.init(params, theta), jnp.zeros((), jnp.int32), k_data,
-                         consts)
+        return LoptState(params, opt.init(params, theta), jnp.zeros((), jnp.int32), k_data, consts)
 
     def step(state, theta, key):
         k_train, k_valid = jax.random.split(key)
@@ -158,8 +158,9 @@ def lopt_system(
             k_valid = jax.random.fold_in(state.data_key, 1)
         batch = tk.batch(k_train, "train")
         train_loss, grads = jax.value_and_grad(tk.loss)(state.params, state.task, batch)
-        valid_loss = (tk.loss(state.params, state.task, tk.batch(k_valid, "valid"))
-                      if need_valid else None)
+        valid_loss = (
+            tk.loss(state.params, state.task, tk.batch(k_valid, "valid")) if need_valid else None
+        )
         info = StepInfo(state.step, train_loss, valid_loss)
         updates, opt_state = opt.update(grads, state.opt_state, state.params, theta, info)
         if schedule == "cosine":
@@ -181,17 +182,42 @@ def lopt_system(
     def with_phase(state, ph):
         return state._replace(params=ph["params"], opt_state=ph["opt_state"])
 
-    loss_doc = ("log " if log_loss else "") + (
-        "training loss on this step's minibatch" if loss == "train"
-        else "validation loss on a validation minibatch") + ", before the update"
+    loss_doc = (
+        ("log " if log_loss else "")
+        + (
+            "training loss on this step's minibatch"
+            if loss == "train"
+            else "validation loss on a validation minibatch"
+        )
+        + ", before the update"
+    )
     return System(
-        init, step, phase=phase, with_phase=with_phase, name=f"lopt-{task}-{optimizer}",
-        theta=theta0, horizon=inner_steps, precision=_precision(dt),
+        init,
+        step,
+        phase=phase,
+        with_phase=with_phase,
+        name=f"lopt-{task}-{optimizer}",
+        theta=theta0,
+        horizon=inner_steps,
+        precision=_precision(dt),
         description=f"{tk.description}; trained by {opt.name}",
-        theta_doc=opt.theta_doc, loss_doc=loss_doc,
-        meta={"task": task, "optimizer": optimizer, "lr": lr, "batch_size": int(batch_size),
-              "loss": loss, "log_loss": bool(log_loss), "hidden": int(hidden),
-              "depth": int(depth), "dim": int(dim), "noise": float(noise),
-              "fixed_batch": bool(fixed_batch), "sample_task": bool(sample_task),
-              "lopt_hidden": int(lopt_hidden), "seed": int(seed), "schedule": schedule},
+        theta_doc=opt.theta_doc,
+        loss_doc=loss_doc,
+        meta={
+            "task": task,
+            "optimizer": optimizer,
+            "lr": lr,
+            "batch_size": int(batch_size),
+            "loss": loss,
+            "log_loss": bool(log_loss),
+            "hidden": int(hidden),
+            "depth": int(depth),
+            "dim": int(dim),
+            "noise": float(noise),
+            "fixed_batch": bool(fixed_batch),
+            "sample_task": bool(sample_task),
+            "lopt_hidden": int(lopt_hidden),
+            "seed": int(seed),
+            "schedule": schedule,
+        },
     )

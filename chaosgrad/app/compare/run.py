@@ -52,9 +52,18 @@ DEFAULT_ESTIMATORS = ("backprop", "tbptt", "es", "pes")
 TARGETS = ("smoothed", "exact")
 
 
-def reference_gradient(system: System, theta: PyTree, horizon: int, *, kind: str,
-                       key: jax.Array, batches: int = 32, per_batch: int = 32,
-                       sigma: float = 0.01, sampler: _Sampler | None = None) -> Reference:
+def reference_gradient(
+    system: System,
+    theta: PyTree,
+    horizon: int,
+    *,
+    kind: str,
+    key: jax.Array,
+    batches: int = 32,
+    per_batch: int = 32,
+    sigma: float = 0.01,
+    sampler: _Sampler | None = None,
+) -> Reference:
     """A reference gradient g* with its standard error, from ``batches`` independent batches.
 
     ``kind="reparam"``: backprop at θ ± σε (unbiased for the gradient of the Gaussian-smoothed
@@ -63,8 +72,7 @@ def reference_gradient(system: System, theta: PyTree, horizon: int, *, kind: str
     exact gradients (the gradient of the expected meta-loss, the "exact" target). Batches
     with a non-finite gradient are left out (and must not be more than half).
     """
-    sampler = sampler or _reference_sampler(system, theta, horizon, kind, key, per_batch,
-                                            sigma)
+    sampler = sampler or _reference_sampler(system, theta, horizon, kind, key, per_batch, sigma)
     rows, _, _ = sampler.run(batches, f"reference ({kind})", False)
     return _reference_from_rows(rows[:, 0], kind, per_batch, horizon)
 
@@ -73,9 +81,12 @@ def _check_inputs(asked, horizon, samples, budget, target) -> list[tuple[str, An
     """(label, what) for each estimator asked for: a registry name or ``"module:function"``
     (resolved, unknown names refused here) or an `Estimator` object (checked)."""
     if not asked:
-        raise InputError("name at least one estimator; accepted: "
-                         + ", ".join(estimators.names()) + ", module:function, or an "
-                         "Estimator object")
+        raise InputError(
+            "name at least one estimator; accepted: "
+            + ", ".join(estimators.names())
+            + ", module:function, or an "
+            "Estimator object"
+        )
     entries = []
     for a in asked:
         if isinstance(a, str):
@@ -92,8 +103,10 @@ def _check_inputs(asked, horizon, samples, budget, target) -> list[tuple[str, An
     if isinstance(horizon, bool) or horizon <= 0:
         raise InputError(f"horizon must be a positive integer, got {horizon}")
     if samples < MIN_SAMPLES:
-        raise InputError(f"samples must be at least {MIN_SAMPLES} (independent replicates: the "
-                         f"bias test needs them), got {samples}")
+        raise InputError(
+            f"samples must be at least {MIN_SAMPLES} (independent replicates: the "
+            f"bias test needs them), got {samples}"
+        )
     if budget is not None and budget <= 0:
         raise InputError(f"budget must be a positive number of unroll steps, got {budget}")
     return [(n, a if not isinstance(a, str) else n) for n, a in entries]
@@ -103,8 +116,10 @@ def _check_windows(labels, built, horizon) -> None:
     """A windowed estimator's window K must fit in the horizon."""
     for name, est in zip(labels, built, strict=True):
         if est.windowed and not 1 <= int(est.params["window"]) <= horizon:
-            raise InputError(f"window {est.params['window']} of {name} must be between 1 and "
-                             f"the horizon {horizon}")
+            raise InputError(
+                f"window {est.params['window']} of {name} must be between 1 and "
+                f"the horizon {horizon}"
+            )
 
 
 def _replicate_length(est, horizon: int, window: int) -> int:
@@ -214,30 +229,41 @@ def compare(
     names = [n for n, _ in entries]
     key = default_key(key)
     samples = int(samples)
-    common = {"samples": population, "particles": population, "pairs": population,
-              "sigma": sigma, "window": window, "horizon": horizon}
+    common = {
+        "samples": population,
+        "particles": population,
+        "pairs": population,
+        "sigma": sigma,
+        "window": window,
+        "horizon": horizon,
+    }
     split = distributed.process_count() > 1
     if split and any(not isinstance(what, str) for _, what in entries):
         # each estimator is sampled by one process alone: it must be built inside
         # `distributed.local_only`, which an object built by the caller was not
-        raise InputError("under a multi-process launch give compare's estimators by name or "
-                         "module:function (each is then built for the process that samples "
-                         "it), not as Estimator objects")
+        raise InputError(
+            "under a multi-process launch give compare's estimators by name or "
+            "module:function (each is then built for the process that samples "
+            "it), not as Estimator objects"
+        )
     local = distributed.local_only if split else contextlib.nullcontext
     with local():
         built = []
         for n, what in entries:
             if not isinstance(what, str):
                 if n in (params or {}):
-                    raise InputError(f"estimator {n!r} was given as an Estimator object, "
-                                     "used as built: give its settings when building it, "
-                                     "not in params")
+                    raise InputError(
+                        f"estimator {n!r} was given as an Estimator object, "
+                        "used as built: give its settings when building it, "
+                        "not in params"
+                    )
                 built.append(what)  # the user's own object, as built
                 continue
             runner = _runner(n, target)
             overrides = (params or {}).get(n)
-            built.append(make_estimator(runner, system,
-                                        **_estimator_params(runner, common, overrides)))
+            built.append(
+                make_estimator(runner, system, **_estimator_params(runner, common, overrides))
+            )
     _check_windows(names, built, horizon)
     per_rep = [_replicate_length(e, horizon, window) for e in built]
     budget = int(budget or samples * population * horizon)
@@ -246,22 +272,31 @@ def compare(
     kinds, chosen, reason = _reference_kinds(target, reference)
     ref_key = jax.random.fold_in(key, 1000)
     with local():
-        pilots = {k: _reference_sampler(system, theta, horizon, k,
-                                         jax.random.fold_in(ref_key, i), per_batch, sigma)
-                  for i, k in enumerate(kinds)}
-        pilot_rows = {k: s.run(PILOT, f"reference pilot ({k})", False)[0]
-                      for k, s in pilots.items()}
+        pilots = {
+            k: _reference_sampler(
+                system, theta, horizon, k, jax.random.fold_in(ref_key, i), per_batch, sigma
+            )
+            for i, k in enumerate(kinds)
+        }
+        pilot_rows = {
+            k: s.run(PILOT, f"reference pilot ({k})", False)[0] for k, s in pilots.items()
+        }
     if chosen is None:
         chosen, reason = _choose_reference(pilot_rows, {k: s.seconds for k, s in pilots.items()})
     other = next((k for k in kinds if k != chosen), None)
     null_kind = "backprop" if target == "exact" else "reparam"
     # backprop asked for by name is already a sample of the null kind
-    null_in = next((i for i, (n, what) in enumerate(entries)
-                    if n == "backprop" and isinstance(what, str)), None)
+    null_in = next(
+        (i for i, (n, what) in enumerate(entries) if n == "backprop" and isinstance(what, str)),
+        None,
+    )
     # jobs: the estimators, the reference, the cross-check, a null sample when backprop was
     # not asked for
-    extra = [("reference", chosen), *([("cross-check", other)] if other else []),
-             *([("null", null_kind)] if null_in is None else [])]
+    extra = [
+        ("reference", chosen),
+        *([("cross-check", other)] if other else []),
+        *([("null", null_kind)] if null_in is None else []),
+    ]
 
     def sampler(j):
         if j < len(built):
@@ -269,23 +304,36 @@ def compare(
         role, kind = extra[j - len(built)]
         if role in ("reference", "cross-check"):
             return pilots[kind]
-        return _Sampler(_reference_estimator(system, kind, horizon, per_batch, sigma), theta,
-                        jax.random.fold_in(ref_key, 77))
+        return _Sampler(
+            _reference_estimator(system, kind, horizon, per_batch, sigma),
+            theta,
+            jax.random.fold_in(ref_key, 77),
+        )
 
     def wanted(role):
-        return {"reference": n_ref - PILOT, "cross-check": max(samples - PILOT, 2),
-                "null": samples}[role]
+        return {
+            "reference": n_ref - PILOT,
+            "cross-check": max(samples - PILOT, 2),
+            "null": samples,
+        }[role]
 
     def check_budget(steps_of):
         for est, steps in zip(built, steps_of, strict=False):
             if steps > budget:
-                raise InputError(f"budget {budget} is below the cost of one {est.name} "
-                                 f"estimate ({steps:.0f} unroll steps); raise --budget")
+                raise InputError(
+                    f"budget {budget} is below the cost of one {est.name} "
+                    f"estimate ({steps:.0f} unroll steps); raise --budget"
+                )
 
     def allocate(timings):
-        check_budget([t[0] for t in timings[:len(built)]])
-        counts = _allocate([t[1] for t in timings[:len(built)]], timings[len(built)][1],
-                           samples, n_ref - PILOT, seconds)
+        check_budget([t[0] for t in timings[: len(built)]])
+        counts = _allocate(
+            [t[1] for t in timings[: len(built)]],
+            timings[len(built)][1],
+            samples,
+            n_ref - PILOT,
+            seconds,
+        )
         return [*counts[0], counts[1], *[wanted(r) for r, _ in extra[1:]]]
 
     n_jobs = len(built) + len(extra)
@@ -297,43 +345,72 @@ def compare(
         results = [g for g, _ in done]
     else:
         samplers = [sampler(j) for j in range(n_jobs)]
-        compile_seconds = sum({id(s): s.compile_seconds for s in [*samplers, *pilots.values()]
-                               }.values())
+        compile_seconds = sum(
+            {id(s): s.compile_seconds for s in [*samplers, *pilots.values()]}.values()
+        )
         t_sample = time.perf_counter()
         counts = allocate([(s.steps, s.seconds) for s in samplers])
-        results = [s.run(c, f"compare {s.est.name}", progress if j < len(built) else False)
-                   for j, (s, c) in enumerate(zip(samplers, counts, strict=True))]
-        t_sample = {"compile_seconds": round(compile_seconds, 2),
-                    "sampling_seconds": round(time.perf_counter() - t_sample, 2)}
+        results = [
+            s.run(c, f"compare {s.est.name}", progress if j < len(built) else False)
+            for j, (s, c) in enumerate(zip(samplers, counts, strict=True))
+        ]
+        t_sample = {
+            "compile_seconds": round(compile_seconds, 2),
+            "sampling_seconds": round(time.perf_counter() - t_sample, 2),
+        }
     by_role = {role: results[len(built) + i][0] for i, (role, _) in enumerate(extra)}
     ref = _reference_from_rows(
-        np.concatenate([pilot_rows[chosen], by_role["reference"]])[:, 0], chosen, per_batch,
-        horizon, reason)
+        np.concatenate([pilot_rows[chosen], by_role["reference"]])[:, 0],
+        chosen,
+        per_batch,
+        horizon,
+        reason,
+    )
     ref_check = {}
     cross = None
     if other:
         cross = np.concatenate([pilot_rows[other], by_role["cross-check"]])[:, 0]
         ref_check = _reference_check(cross, ref, other)
-    stats = [_estimator_stats(n, est, rows, steps, secs, ref, budget, m)
-             for n, est, (rows, steps, secs), m in zip(names, built, results, per_rep,
-                                                       strict=False)]
+    stats = [
+        _estimator_stats(n, est, rows, steps, secs, ref, budget, m)
+        for n, est, (rows, steps, secs), m in zip(names, built, results, per_rep, strict=False)
+    ]
     smoothing = {n: e.smoothing for n, e in zip(names, built, strict=True)}
     null_rows = results[null_in][0] if null_in is not None else by_role["null"]
     against = ref.rows if chosen == null_kind else cross
-    null_check = _null_check(null_rows[:, 0], against, null_kind,
-                             "the reference" if chosen == null_kind else "the cross-check")
+    null_check = _null_check(
+        null_rows[:, 0],
+        against,
+        null_kind,
+        "the reference" if chosen == null_kind else "the cross-check",
+    )
     ranking = rank({s.name: s.mse_at_budget for s in stats})
     text, recommended = _recommend(stats, ranking, ref, null_check, ref_check)
     comp = Comparison(
-        system=system.describe(), horizon=horizon, budget=budget, reference=ref.description,
-        reference_norm=ref.norm, reference_se=ref.se, reference_se_upper=ref.se_upper,
-        reference_samples=ref.samples, stats=stats, ranking=ranking.order, tied=ranking.tied,
-        recommendation=text, notes=_notes(stats, ref, target, sigma, smoothing),
+        system=system.describe(),
+        horizon=horizon,
+        budget=budget,
+        reference=ref.description,
+        reference_norm=ref.norm,
+        reference_se=ref.se,
+        reference_se_upper=ref.se_upper,
+        reference_samples=ref.samples,
+        stats=stats,
+        ranking=ranking.order,
+        tied=ranking.tied,
+        recommendation=text,
+        notes=_notes(stats, ref, target, sigma, smoothing),
         run=provenance(key),
         precision=precision_info(np.asarray(jax.tree_util.tree_leaves(theta)[0]).dtype),
-        seconds=time.perf_counter() - t0, time_budget=seconds, target=target,
-        target_description=_target_text(target, sigma), null_check=null_check,
-        reference_check=ref_check, recommended=recommended, timing=t_sample or {})
+        seconds=time.perf_counter() - t0,
+        time_budget=seconds,
+        target=target,
+        target_description=_target_text(target, sigma),
+        null_check=null_check,
+        reference_check=ref_check,
+        recommended=recommended,
+        timing=t_sample or {},
+    )
     if out is not None:
         comp.save(out)
     return comp
@@ -343,11 +420,14 @@ def _reference_kinds(target: str, reference: str) -> tuple[list[str], str | None
     """The reference kinds to sample and the chosen one (None: choose after the pilot)."""
     if target == "exact":
         if reference not in ("auto", "backprop"):
-            raise InputError(f"reference {reference!r} does not estimate the exact target; "
-                             "use 'auto' or 'backprop' (or --target smoothed)")
+            raise InputError(
+                f"reference {reference!r} does not estimate the exact target; "
+                "use 'auto' or 'backprop' (or --target smoothed)"
+            )
         return ["backprop"], "backprop", "the exact target's unbiased estimator"
     ref = "reparam" if reference == "backprop" else reference
     if ref not in ("auto", "reparam", "es"):
-        raise InputError(f"reference {reference!r} is not accepted: use 'auto', 'reparam' "
-                         "(or 'backprop'), 'es'")
+        raise InputError(
+            f"reference {reference!r} is not accepted: use 'auto', 'reparam' (or 'backprop'), 'es'"
+        )
     return ["reparam", "es"], (None if ref == "auto" else ref), "asked for"

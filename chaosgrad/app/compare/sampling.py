@@ -67,8 +67,11 @@ def _split_sampling(samplers_fn, n_jobs: int, allocate, progress) -> list | None
         for j, s in mine.items():
             runs[j] = s.run(counts[j], f"compare {s.est.name}", progress if rank == 0 else False)
     buf = _io.BytesIO()
-    np.savez(buf, **{f"g{j}": g for j, (g, _, _) in runs.items()},
-             meta=np.asarray(json.dumps({j: [st, sec] for j, (_, st, sec) in runs.items()})))
+    np.savez(
+        buf,
+        **{f"g{j}": g for j, (g, _, _) in runs.items()},
+        meta=np.asarray(json.dumps({j: [st, sec] for j, (_, st, sec) in runs.items()})),
+    )
     got: dict = {}
     for blob in distributed.allgather_bytes(buf.getvalue()):
         with np.load(_io.BytesIO(blob), allow_pickle=False) as z:
@@ -140,8 +143,12 @@ def make_estimator(name: str, system: System, **params):
     """`estimators.make`, memoised on (system, name, params) while the system lives."""
     # The process count is part of the key: an estimator built to work alone (inside
     # `distributed.local_only`) must not be handed to a population spread over processes.
-    key = (id(system), name, tuple(sorted((k, repr(v)) for k, v in params.items())),
-           distributed.process_count())
+    key = (
+        id(system),
+        name,
+        tuple(sorted((k, repr(v)) for k, v in params.items())),
+        distributed.process_count(),
+    )
     hit = _BUILT.get(key)
     if hit is not None and hit[0] is system:
         return hit[1]
@@ -159,8 +166,9 @@ def _reference_estimator(system, kind: str, horizon: int, per_batch: int, sigma:
         return make_estimator("reparam", system, pairs=per_batch, sigma=sigma, horizon=horizon)
     if kind == "backprop":
         return make_estimator("backprop", system, samples=per_batch, horizon=horizon)
-    raise InputError(f"reference {kind!r} is not accepted: use 'auto', 'reparam', 'es' or "
-                     "'backprop'")
+    raise InputError(
+        f"reference {kind!r} is not accepted: use 'auto', 'reparam', 'es' or 'backprop'"
+    )
 
 
 def _reference_sampler(system, theta, horizon, kind, key, per_batch, sigma) -> _Sampler:
@@ -178,12 +186,19 @@ def _choose_reference(pilot_rows: dict, seconds: dict) -> tuple[str, str]:
         score[k] = var * seconds[k] if ok.all() else math.inf
         parts.append(f"{k} {var:.3g} per batch, {seconds[k]:.2g} s")
     best = min(score, key=lambda k: (score[k], k != "reparam"))
-    return best, (f"auto: the least variance per second across run keys at T ({'; '.join(parts)}"
-                  f"; {PILOT} batches each)")
+    return best, (
+        f"auto: the least variance per second across run keys at T ({'; '.join(parts)}"
+        f"; {PILOT} batches each)"
+    )
 
 
-def _allocate(seconds_of: list[float], ref_seconds: float, samples: int, ref_batches: int,
-              seconds: float | None) -> tuple[list[int], int]:
+def _allocate(
+    seconds_of: list[float],
+    ref_seconds: float,
+    samples: int,
+    ref_batches: int,
+    seconds: float | None,
+) -> tuple[list[int], int]:
     """Replicates per estimator and reference batches that fit ``seconds`` of sampling (from
     each one's timed replicate): half to the reference, whose noise limits every bias, half
     shared by the estimators; at most what was asked, at least `MIN_SAMPLES`."""

@@ -25,34 +25,56 @@ from chaosgrad.io import jsonable, load_npz, read_json, save_npz, write_json
 
 FIGURES = {
     "toy": ("chaosgrad.app.figures.toy", "Figure 1: when black-box beats backprop (sin toy)"),
-    "rigid_body": ("chaosgrad.app.figures.rigid_body",
-                   "Figure 2: Brax Ant (loss slices, smoothing, gradient variance)"),
-    "spectra": ("chaosgrad.app.figures.spectra",
-                "Figure 5: Jacobian spectra of the closed-loop Brax Ant at two inits"),
-    "truncation": ("chaosgrad.app.figures.truncation",
-                   "Figure 6: training a policy by backprop with the gradient stopped every t "
-                   "(quick: inverted_double_pendulum; paper: Ant)"),
-    "learned_optimizer": ("chaosgrad.app.figures.learned_optimizer",
-                          "Figure 3: meta-learning a learned optimizer (loss slices, variance)"),
-    "packing": ("chaosgrad.app.figures.packing",
-                "Figure 4: jax-md packing (energy vs diameter, gradient variance)"),
-    "learning_rate": ("chaosgrad.app.figures.learning_rate",
-                      "Beyond the paper: the learning rate where SGD turns chaotic; estimators"),
-    "lopt_estimators": ("chaosgrad.app.figures.lopt_estimators",
-                        "Beyond the paper: estimators of the learned-optimizer meta-gradient "
-                        "vs unroll length, with 95% intervals"),
-    "lopt_meta_training": ("chaosgrad.app.figures.lopt_meta_training",
-                           "Beyond the paper: meta-training a learned optimizer with PES, "
-                           "truncated backprop, ES and backprop; against tuned Adam/SGD/momentum"),
-    "perturbation": ("chaosgrad.app.figures.perturbation",
-                     "Figure 7: error of X⁰(Π D_i)X⁰⁻¹ for maps X_i D_i X_i⁻¹ whose "
-                     "eigenvectors drift, X_{i+1} = X_i + ε"),
-    "state_perturbation": ("chaosgrad.app.figures.state_perturbation",
-                           "Appendix oracle (not a numbered figure): MSE after a state "
-                           "perturbation ε along each eigenvector (FTCS heat)"),
-    "linear": ("chaosgrad.app.figures.linear",
-               "Appendix (not a numbered figure): gradient norms of linear maps and FTCS heat, "
-               "the FTCS leading exponent vs r"),
+    "rigid_body": (
+        "chaosgrad.app.figures.rigid_body",
+        "Figure 2: Brax Ant (loss slices, smoothing, gradient variance)",
+    ),
+    "spectra": (
+        "chaosgrad.app.figures.spectra",
+        "Figure 5: Jacobian spectra of the closed-loop Brax Ant at two inits",
+    ),
+    "truncation": (
+        "chaosgrad.app.figures.truncation",
+        "Figure 6: training a policy by backprop with the gradient stopped every t "
+        "(quick: inverted_double_pendulum; paper: Ant)",
+    ),
+    "learned_optimizer": (
+        "chaosgrad.app.figures.learned_optimizer",
+        "Figure 3: meta-learning a learned optimizer (loss slices, variance)",
+    ),
+    "packing": (
+        "chaosgrad.app.figures.packing",
+        "Figure 4: jax-md packing (energy vs diameter, gradient variance)",
+    ),
+    "learning_rate": (
+        "chaosgrad.app.figures.learning_rate",
+        "Beyond the paper: the learning rate where SGD turns chaotic; estimators",
+    ),
+    "lopt_estimators": (
+        "chaosgrad.app.figures.lopt_estimators",
+        "Beyond the paper: estimators of the learned-optimizer meta-gradient "
+        "vs unroll length, with 95% intervals",
+    ),
+    "lopt_meta_training": (
+        "chaosgrad.app.figures.lopt_meta_training",
+        "Beyond the paper: meta-training a learned optimizer with PES, "
+        "truncated backprop, ES and backprop; against tuned Adam/SGD/momentum",
+    ),
+    "perturbation": (
+        "chaosgrad.app.figures.perturbation",
+        "Figure 7: error of X⁰(Π D_i)X⁰⁻¹ for maps X_i D_i X_i⁻¹ whose "
+        "eigenvectors drift, X_{i+1} = X_i + ε",
+    ),
+    "state_perturbation": (
+        "chaosgrad.app.figures.state_perturbation",
+        "Appendix oracle (not a numbered figure): MSE after a state "
+        "perturbation ε along each eigenvector (FTCS heat)",
+    ),
+    "linear": (
+        "chaosgrad.app.figures.linear",
+        "Appendix (not a numbered figure): gradient norms of linear maps and FTCS heat, "
+        "the FTCS leading exponent vs r",
+    ),
 }
 SCALES = ("quick", "paper")
 
@@ -108,9 +130,18 @@ def config_hash(name: str, scale: str) -> str:
     from chaosgrad import __version__
 
     size = getattr(_module(name), "SIZES", {}).get(scale)
-    text = json.dumps(jsonable({"figure": name, "scale": scale, "size": size,
-                                "chaosgrad": __version__, "code": code_hash()})[0],
-                      sort_keys=True)
+    text = json.dumps(
+        jsonable(
+            {
+                "figure": name,
+                "scale": scale,
+                "size": size,
+                "chaosgrad": __version__,
+                "code": code_hash(),
+            }
+        )[0],
+        sort_keys=True,
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -146,14 +177,16 @@ def read_part(path: Path) -> tuple[dict, float] | None:
     try:
         arrays = load_npz(path)
     except InputError:
-        raise InputError(f"the saved part {path} is damaged (not a readable .npz archive); "
-                         f"{FORCE}") from None
+        raise InputError(
+            f"the saved part {path} is damaged (not a readable .npz archive); {FORCE}"
+        ) from None
     digest = arrays.pop(PART_DIGEST, None)
     if digest is None:
         return None
     if digest.shape != () or str(digest) != arrays_digest(arrays):
-        raise InputError(f"the saved part {path} does not match its digest (damaged or "
-                         f"edited); {FORCE}")
+        raise InputError(
+            f"the saved part {path} does not match its digest (damaged or edited); {FORCE}"
+        )
     try:
         seconds = float(arrays.pop(PART_SECONDS, 0.0))
     except (TypeError, ValueError):
@@ -266,8 +299,10 @@ class SplitStore(Store):
         if self.rank != 0 or self.force:
             return {}
         head = f"{self.prefix}-"
-        found = {p.name[len(head):-len(".npz")]: read_part(p)
-                 for p in sorted(self.folder.glob(f"{head}*.npz"))}
+        found = {
+            p.name[len(head) : -len(".npz")]: read_part(p)
+            for p in sorted(self.folder.glob(f"{head}*.npz"))
+        }
         return {k: v[0] for k, v in found.items() if v is not None}
 
 
@@ -276,8 +311,9 @@ def _pack(status: str, error: str, parts: dict) -> bytes:
     import io as _io
 
     arrays = {f"{k}::{n}": np.asarray(v) for k, d in parts.items() for n, v in d.items()}
-    arrays["__status__"] = np.asarray(json.dumps({"status": status, "error": error,
-                                                  "keys": sorted(parts)}))
+    arrays["__status__"] = np.asarray(
+        json.dumps({"status": status, "error": error, "keys": sorted(parts)})
+    )
     buf = _io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
@@ -344,9 +380,11 @@ def run_split(name: str, mod, scale: str, store_args: tuple, progress) -> tuple 
         if heads[0]["status"] == "done":
             return (result, len(saved)) if store.rank == 0 else None
         if not any(h["keys"] for h in heads):
-            raise InputError(f"figure {name}: a pass over the processes made no part; the "
-                             "experiment asks for its parts in a different order on "
-                             "different processes")
+            raise InputError(
+                f"figure {name}: a pass over the processes made no part; the "
+                "experiment asks for its parts in a different order on "
+                "different processes"
+            )
 
 
 def _saved_meta(folder: Path, config: str, force: bool) -> bool:
@@ -359,8 +397,7 @@ def _saved_meta(folder: Path, config: str, force: bool) -> bool:
     try:
         saved = read_json(meta_path)
     except InputError:
-        raise InputError(f"the saved {meta_path} is damaged (not readable JSON); "
-                         f"{FORCE}") from None
+        raise InputError(f"the saved {meta_path} is damaged (not readable JSON); {FORCE}") from None
     if not isinstance(saved, dict):
         raise InputError(f"the saved {meta_path} is damaged (not a JSON object); {FORCE}")
     if saved.get("config_hash") != config:
@@ -371,11 +408,14 @@ def _saved_meta(folder: Path, config: str, force: bool) -> bool:
     try:
         arrays = load_npz(res_path)
     except InputError:
-        raise InputError(f"the saved {res_path} is damaged (not a readable .npz archive); "
-                         f"{FORCE}") from None
+        raise InputError(
+            f"the saved {res_path} is damaged (not a readable .npz archive); {FORCE}"
+        ) from None
     if digest != arrays_digest(arrays):
-        raise InputError(f"the saved {res_path} does not match the digest in {meta_path} "
-                         f"(damaged or edited); {FORCE}")
+        raise InputError(
+            f"the saved {res_path} does not match the digest in {meta_path} "
+            f"(damaged or edited); {FORCE}"
+        )
     return True
 
 
@@ -385,8 +425,14 @@ def load(name: str, out: str | os.PathLike) -> tuple[dict, dict]:
     return load_npz(folder / "results.npz"), read_json(folder / "meta.json")
 
 
-def run_figure(name: str, scale: str = "quick", out: str | os.PathLike = "figs", *,
-               force: bool = False, progress: bool | None = None) -> Path | None:
+def run_figure(
+    name: str,
+    scale: str = "quick",
+    out: str | os.PathLike = "figs",
+    *,
+    force: bool = False,
+    progress: bool | None = None,
+) -> Path | None:
     """Run (or resume) figure ``name``'s experiment at ``scale``, save it, draw the PNG.
 
     Results and parts saved under the same configuration (`config_hash`: scale, sizes,
@@ -421,8 +467,9 @@ def run_figure(name: str, scale: str = "quick", out: str | os.PathLike = "figs",
     else:
         t0 = time.perf_counter()
         if distributed.process_count() > 1:
-            (results, meta), reused = run_split(name, mod, scale,
-                                                (folder, scale, config, force), progress)
+            (results, meta), reused = run_split(
+                name, mod, scale, (folder, scale, config, force), progress
+            )
             reused_seconds = 0.0
         else:
             store = Store(folder, scale, config, force=force)
@@ -430,12 +477,19 @@ def run_figure(name: str, scale: str = "quick", out: str | os.PathLike = "figs",
             reused, reused_seconds = store.reused, store.reused_seconds
         seconds = time.perf_counter() - t0
         # seconds: this run; compute_seconds: plus what the reused parts took when made
-        meta = {"figure": name, "title": FIGURES[name][1], "scale": scale,
-                "config_hash": config, "seconds": round(seconds, 2),
-                "compute_seconds": round(seconds + reused_seconds, 2),
-                "parts_reused": reused,
-                "versions": versions(), "precision": precision_info(), **meta,
-                "results_sha256": arrays_digest(results)}
+        meta = {
+            "figure": name,
+            "title": FIGURES[name][1],
+            "scale": scale,
+            "config_hash": config,
+            "seconds": round(seconds, 2),
+            "compute_seconds": round(seconds + reused_seconds, 2),
+            "parts_reused": reused,
+            "versions": versions(),
+            "precision": precision_info(),
+            **meta,
+            "results_sha256": arrays_digest(results),
+        }
         save_npz(folder / "results.npz", results)
         write_json(meta_path, meta)
     png = folder / f"{name}.png"

@@ -21,15 +21,34 @@ from chaosgrad.roughness import mean_roughness, roughness, smoothness, turn_indi
 # steps (each one an MLP over 3,466 inner weights), twice as fast as float64 on a CPU; the
 # paper's learned_optimization code runs in float32 too. Paper scale (for a GPU) is float64.
 SIZES = {
-    "quick": {"unrolls": [8, 32, 128, 256, 512], "points": 401, "candidates": 10,
-              "candidate_points": 41, "candidate_T": 128, "smooth_T": 128,
-              "smooth_points": 101, "smooth_samples": 16, "smooth_std": 0.05,
-              "var_horizons": [10, 30, 60, 90, 120, 180, 240], "var_samples": 16,
-              "dtype": "float32"},
-    "paper": {"unrolls": [8, 32, 128, 256, 512, 1024], "points": 801, "candidates": 10,
-              "candidate_points": 41, "candidate_T": 128, "smooth_T": 256,
-              "smooth_points": 401, "smooth_samples": 32, "smooth_std": 0.05,
-              "var_horizons": list(range(10, 241, 10)), "var_samples": 64, "dtype": "float64"},
+    "quick": {
+        "unrolls": [8, 32, 128, 256, 512],
+        "points": 401,
+        "candidates": 10,
+        "candidate_points": 41,
+        "candidate_T": 128,
+        "smooth_T": 128,
+        "smooth_points": 101,
+        "smooth_samples": 16,
+        "smooth_std": 0.05,
+        "var_horizons": [10, 30, 60, 90, 120, 180, 240],
+        "var_samples": 16,
+        "dtype": "float32",
+    },
+    "paper": {
+        "unrolls": [8, 32, 128, 256, 512, 1024],
+        "points": 801,
+        "candidates": 10,
+        "candidate_points": 41,
+        "candidate_T": 128,
+        "smooth_T": 256,
+        "smooth_points": 401,
+        "smooth_samples": 32,
+        "smooth_std": 0.05,
+        "var_horizons": list(range(10, 241, 10)),
+        "var_samples": 64,
+        "dtype": "float64",
+    },
 }
 SHIFTS = (0.0, 0.002, 0.005, 0.008)
 RANGE = 0.01
@@ -63,9 +82,17 @@ DIFFERS = [
 def make_system(dtype: str = "float32", seed: int = SEED):
     """The paper's setup on offline data: sklearn digits instead of MNIST (a 2×32 ReLU MLP),
     one fixed batch of 128 reused at every step, meta-loss the mean of log training loss."""
-    return systems.make("lopt", task="digits_mlp", optimizer="mlp", fixed_batch=True,
-                        batch_size=128, log_loss=True, inner_steps=128, dtype=dtype,
-                        seed=seed)
+    return systems.make(
+        "lopt",
+        task="digits_mlp",
+        optimizer="mlp",
+        fixed_batch=True,
+        batch_size=128,
+        log_loss=True,
+        inner_steps=128,
+        dtype=dtype,
+        seed=seed,
+    )
 
 
 def _shifted(theta, direction, s):
@@ -84,10 +111,10 @@ def _line(system, theta, direction, horizons, key, points):
     `loss_slice` normalises d to unit norm, so its radius is RANGE·‖d‖: a shift s in the
     paper's units (‖d‖ = number of weights) moves θ by s·‖d‖ in norm.
     """
-    norm = float(np.sqrt(sum(float(jnp.sum(x * x)) for x in jax.tree_util.tree_leaves(
-        direction))))
-    return loss_slice(system, theta, horizons, key=key, direction=direction,
-                      radius=RANGE * norm, points=points).losses
+    norm = float(np.sqrt(sum(float(jnp.sum(x * x)) for x in jax.tree_util.tree_leaves(direction))))
+    return loss_slice(
+        system, theta, horizons, key=key, direction=direction, radius=RANGE * norm, points=points
+    ).losses
 
 
 def choose_theta(system, candidates: int, T: int, points: int, key):
@@ -118,12 +145,21 @@ def choose_theta(system, candidates: int, T: int, points: int, key):
         span = float(np.ptp(y)) if finite else float("nan")
         i = int(np.argmin(y)) if finite else mid
         s_min = float(np.linspace(-RANGE, RANGE, points)[i])
-        rows.append({"seed": c, "direction_key": 1000 + c, "at_0": float(y[mid]),
-                     "min": float(y[i]), "argmin_shift": s_min, "range": span,
-                     # the fall to the minimum: the earlier rule, by which lopt_estimators
-                     # still ranks its picks
-                     "drop": float(y[mid] - y[i]) if finite else float("nan"),
-                     "roughness": rough, "nonfinite": int((~np.isfinite(y)).sum())})
+        rows.append(
+            {
+                "seed": c,
+                "direction_key": 1000 + c,
+                "at_0": float(y[mid]),
+                "min": float(y[i]),
+                "argmin_shift": s_min,
+                "range": span,
+                # the fall to the minimum: the earlier rule, by which lopt_estimators
+                # still ranks its picks
+                "drop": float(y[mid] - y[i]) if finite else float("nan"),
+                "roughness": rough,
+                "nonfinite": int((~np.isfinite(y)).sum()),
+            }
+        )
         if finite and span > MIN_RANGE and (best is None or rough > best[0]):
             best = (rough, c, theta, d, s_min)
     if best is None:
@@ -131,13 +167,18 @@ def choose_theta(system, candidates: int, T: int, points: int, key):
     _, c, theta, d, s_min = best
     sign = -1.0 if s_min < 0 else 1.0
     d = jax.tree_util.tree_map(lambda x: sign * x, d)
-    report = {"rule": f"the roughest {T}-step slice at {points} shifts (chaosgrad.roughness:"
-                      " RMS about a degree-4 fit over the slice's range) among "
-                      f"{candidates} (init seed, direction key) candidates whose slice is "
-                      f"finite with a range above {MIN_RANGE}; direction sign flipped so the "
-                      "slice's minimum is at s > 0",
-              "chosen_seed": c, "direction_key": 1000 + c, "direction_sign": sign,
-              "chosen_roughness": best[0], "candidates": rows}
+    report = {
+        "rule": f"the roughest {T}-step slice at {points} shifts (chaosgrad.roughness:"
+        " RMS about a degree-4 fit over the slice's range) among "
+        f"{candidates} (init seed, direction key) candidates whose slice is "
+        f"finite with a range above {MIN_RANGE}; direction sign flipped so the "
+        "slice's minimum is at s > 0",
+        "chosen_seed": c,
+        "direction_key": 1000 + c,
+        "direction_sign": sign,
+        "chosen_roughness": best[0],
+        "candidates": rows,
+    }
     return theta, d, report
 
 
@@ -148,15 +189,22 @@ def chosen_point(system, size: dict, key, store):
     from jax.flatten_util import ravel_pytree
 
     def choose():
-        th, d, rep = choose_theta(system, size["candidates"], size["candidate_T"],
-                                  size["candidate_points"], key)
-        return {"theta": ravel_pytree(th)[0], "direction": ravel_pytree(d)[0],
-                "report": np.asarray(json.dumps(rep))}
+        th, d, rep = choose_theta(
+            system, size["candidates"], size["candidate_T"], size["candidate_points"], key
+        )
+        return {
+            "theta": ravel_pytree(th)[0],
+            "direction": ravel_pytree(d)[0],
+            "report": np.asarray(json.dumps(rep)),
+        }
 
     chosen = store.part("choice", choose)
     unravel = ravel_pytree(system.theta)[1]
-    return (unravel(jnp.asarray(chosen["theta"])), unravel(jnp.asarray(chosen["direction"])),
-            json.loads(str(chosen["report"])))
+    return (
+        unravel(jnp.asarray(chosen["theta"])),
+        unravel(jnp.asarray(chosen["direction"])),
+        json.loads(str(chosen["report"])),
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -186,8 +234,17 @@ def _jit_grads(system, horizons: tuple, remat_chunk: int):
     return jax.jit(jax.vmap(one, in_axes=(0, None)))
 
 
-def perturbed_gradient_variance(system, theta, horizons, *, samples: int, std: float,
-                                key, perturbation_key, remat_chunk: int = 16) -> dict:
+def perturbed_gradient_variance(
+    system,
+    theta,
+    horizons,
+    *,
+    samples: int,
+    std: float,
+    key,
+    perturbation_key,
+    remat_chunk: int = 16,
+) -> dict:
     """Variance of the meta-gradient over θ-perturbations, the rest of the randomness fixed.
 
     For each T: g_i = ∇L_T(θ + std·ε_i; key), ε_i ~ N(0, I) from ``perturbation_key``
@@ -221,8 +278,11 @@ def perturbed_gradient_variance(system, theta, horizons, *, samples: int, std: f
         d = g - g[:1]
         variance.append(float(np.sum(np.var(d, axis=0, ddof=1))))
         norm.append(float(np.mean(np.linalg.norm(g, axis=1))))
-    return {"variance": np.asarray(variance), "norm": np.asarray(norm),
-            "nonfinite": np.asarray(bad)}
+    return {
+        "variance": np.asarray(variance),
+        "norm": np.asarray(norm),
+        "nonfinite": np.asarray(bad),
+    }
 
 
 def smoothing_change(base, samples) -> dict:
@@ -240,13 +300,23 @@ def smoothing_change(base, samples) -> dict:
     span = float(np.ptp(base)) if np.all(np.isfinite(base)) else float("nan")
     if len(good) < 2 or not np.isfinite(span) or span == 0:
         nan = float("nan")
-        return {"rms": nan, "noise": nan, "changed": False, "samples": int(len(good)),
-                "nonfinite_samples": int((~ok).sum())}
+        return {
+            "rms": nan,
+            "noise": nan,
+            "changed": False,
+            "samples": int(len(good)),
+            "nonfinite_samples": int((~ok).sum()),
+        }
     rms = float(np.sqrt(np.mean((good.mean(axis=0) - base) ** 2))) / span
     noise = float(np.sqrt(np.mean(np.var(good, axis=0, ddof=1)) / len(good))) / span
-    return {"rms": rms, "noise": noise, "changed": bool(rms > RESOLVED_FACTOR * noise),
-            "samples": int(len(good)), "nonfinite_samples": int((~ok).sum()),
-            "resolved_factor": RESOLVED_FACTOR}
+    return {
+        "rms": rms,
+        "noise": noise,
+        "changed": bool(rms > RESOLVED_FACTOR * noise),
+        "samples": int(len(good)),
+        "nonfinite_samples": int((~ok).sum()),
+        "resolved_factor": RESOLVED_FACTOR,
+    }
 
 
 def count_turns(y, tol: float) -> int:
@@ -271,29 +341,54 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     with progress_bar(3 + len(SHIFTS), "figure learned_optimizer", progress, min_total=1) as bar:
         theta, direction, report = chosen_point(system, size, key, store)
         bar.update(1)
-        a = store.part("slices", lambda: {"losses": _line(
-            system, theta, direction, size["unrolls"], key, size["points"])})
+        a = store.part(
+            "slices",
+            lambda: {
+                "losses": _line(system, theta, direction, size["unrolls"], key, size["points"])
+            },
+        )
         out["slice_losses"] = a["losses"]
         bar.update(1)
         pkey = jax.random.PRNGKey(SEED + 7)  # the θ-perturbations of (b) and (c)
         # (b)'s unperturbed slice at its own shifts, the curve the smoothing is judged against
-        base = store.part("smooth_base", lambda: {"losses": _line(
-            system, theta, direction, [size["smooth_T"]], key, size["smooth_points"])[0]})
+        base = store.part(
+            "smooth_base",
+            lambda: {
+                "losses": _line(
+                    system, theta, direction, [size["smooth_T"]], key, size["smooth_points"]
+                )[0]
+            },
+        )
         out["smooth_base"] = base["losses"]
         smooth = []
         for m in range(size["smooth_samples"]):
             eps = random_direction(theta, jax.random.fold_in(pkey, m), norm=None)
             th = jax.tree_util.tree_map(lambda t, e: t + size["smooth_std"] * e, theta, eps)
-            part = store.part(f"smooth{m}", lambda th=th: {"losses": _line(
-                system, th, direction, [size["smooth_T"]], key, size["smooth_points"])[0]})
+            part = store.part(
+                f"smooth{m}",
+                lambda th=th: {
+                    "losses": _line(
+                        system, th, direction, [size["smooth_T"]], key, size["smooth_points"]
+                    )[0]
+                },
+            )
             smooth.append(part["losses"])
         out["smooth_samples"] = np.stack(smooth)
         bar.update(1)
         for i, s in enumerate(SHIFTS):
             th = _shifted(theta, direction, s)
-            part = store.part(f"variance{i}", lambda th=th: perturbed_gradient_variance(
-                system, th, size["var_horizons"], samples=size["var_samples"],
-                std=SMOOTH_STD, key=key, perturbation_key=jax.random.fold_in(pkey, 10_000)))
+            part = store.part(
+                f"variance{i}",
+                lambda th=th: perturbed_gradient_variance(
+                    system,
+                    th,
+                    size["var_horizons"],
+                    samples=size["var_samples"],
+                    std=SMOOTH_STD,
+                    key=key,
+                    perturbation_key=jax.random.fold_in(pkey, 10_000),
+                ),
+            )
             out[f"variance_{i}"] = part["variance"]
             out[f"norm_{i}"] = part["norm"]
             out[f"nonfinite_{i}"] = part["nonfinite"]
@@ -305,62 +400,89 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     out["var_horizons"] = np.asarray(size["var_horizons"])
     mid = size["points"] // 2
     sl = out["slice_losses"]
-    slices = {str(t): {"extrema": count_turns(sl[i], EXTREMA_TOL),
-                       "extrema_raw": count_extrema(sl[i]),
-                       "at_0": float(sl[i, mid]),
-                       "min": float(np.nanmin(sl[i])),
-                       "argmin_shift": float(shifts[int(np.nanargmin(sl[i]))]),
-                       "roughness": roughness(sl[i]),
-                       "nonfinite": int((~np.isfinite(sl[i])).sum())}
-              for i, t in enumerate(size["unrolls"])}
+    slices = {
+        str(t): {
+            "extrema": count_turns(sl[i], EXTREMA_TOL),
+            "extrema_raw": count_extrema(sl[i]),
+            "at_0": float(sl[i, mid]),
+            "min": float(np.nanmin(sl[i])),
+            "argmin_shift": float(shifts[int(np.nanargmin(sl[i]))]),
+            "roughness": roughness(sl[i]),
+            "nonfinite": int((~np.isfinite(sl[i])).sum()),
+        }
+        for i, t in enumerate(size["unrolls"])
+    }
     mean = np.mean(out["smooth_samples"], axis=0)
-    smoothing = {"std": size["smooth_std"], "base_roughness": roughness(out["smooth_base"]),
-                 "base_extrema": count_turns(out["smooth_base"], EXTREMA_TOL),
-                 "change": smoothing_change(out["smooth_base"], out["smooth_samples"]),
-                 "extrema_of_mean": count_turns(mean, EXTREMA_TOL),
-                 "extrema_per_sample": [count_turns(y, EXTREMA_TOL)
-                                        for y in out["smooth_samples"]],
-                 "nonfinite": int((~np.isfinite(out["smooth_samples"])).sum()),
-                 # relative to the curves' own range, with what the samples can resolve
-                 "roughness": smoothness(mean_roughness(out["smooth_samples"]))}
-    variance = {str(sh): {str(int(h)): _num(out[f"variance_{i}"][j])
-                          for j, h in enumerate(size["var_horizons"])}
-                for i, sh in enumerate(SHIFTS)}
+    smoothing = {
+        "std": size["smooth_std"],
+        "base_roughness": roughness(out["smooth_base"]),
+        "base_extrema": count_turns(out["smooth_base"], EXTREMA_TOL),
+        "change": smoothing_change(out["smooth_base"], out["smooth_samples"]),
+        "extrema_of_mean": count_turns(mean, EXTREMA_TOL),
+        "extrema_per_sample": [count_turns(y, EXTREMA_TOL) for y in out["smooth_samples"]],
+        "nonfinite": int((~np.isfinite(out["smooth_samples"])).sum()),
+        # relative to the curves' own range, with what the samples can resolve
+        "roughness": smoothness(mean_roughness(out["smooth_samples"])),
+    }
+    variance = {
+        str(sh): {
+            str(int(h)): _num(out[f"variance_{i}"][j]) for j, h in enumerate(size["var_horizons"])
+        }
+        for i, sh in enumerate(SHIFTS)
+    }
     nonfinite = {str(sh): [int(x) for x in out[f"nonfinite_{i}"]] for i, sh in enumerate(SHIFTS)}
     # the paper's unit: the mean over θ's coordinates (tr Cov / number of weights)
-    per_param = {sh: {h: (None if v is None else v / n_params) for h, v in d.items()}
-                 for sh, d in variance.items()}
+    per_param = {
+        sh: {h: (None if v is None else v / n_params) for h, v in d.items()}
+        for sh, d in variance.items()
+    }
     # panel (c)'s growth as measured: which of e^{rate·T} and T^power fits ln variance
-    fits = {sh: growth_fits(size["var_horizons"], out[f"variance_{i}"])
-            for i, sh in enumerate(map(str, SHIFTS))}
+    fits = {
+        sh: growth_fits(size["var_horizons"], out[f"variance_{i}"])
+        for i, sh in enumerate(map(str, SHIFTS))
+    }
     # and over the longer half of the unrolls (the last ⌈H/2⌉), where the growth settles
     half = len(size["var_horizons"]) // 2
-    tail = {sh: dict(growth_fits(size["var_horizons"][half:], out[f"variance_{i}"][half:]),
-                     from_T=int(size["var_horizons"][half]))
-            for i, sh in enumerate(map(str, SHIFTS))}
+    tail = {
+        sh: dict(
+            growth_fits(size["var_horizons"][half:], out[f"variance_{i}"][half:]),
+            from_T=int(size["var_horizons"][half]),
+        )
+        for i, sh in enumerate(map(str, SHIFTS))
+    }
     fmt = dict(size, unrolls=size["unrolls"], var_horizons=size["var_horizons"])
-    meta = {"sizes": size, "variance_shifts": SHIFTS, "n_params": n_params,
-            "smooth_std": SMOOTH_STD, "range": RANGE, "system": system.describe(),
-            "seed": SEED, "theta_choice": report,
-            "extrema_rule": f"local extrema standing out by more than {EXTREMA_TOL} in mean "
-                            "log-loss (hysteresis); extrema_raw counts every sign change of "
-                            "the difference, float32 wiggles on the flat side included",
-            "slices": slices, "smoothing": smoothing,
-            "variance": variance, "variance_per_param": per_param, "growth_fits": fits,
-            "growth_fits_tail": tail,
-            "growth_fit_rule": "least squares of ln variance against T (exponential) and "
-                               "against ln T (power law) over every saved unroll length "
-                               "(growth_fits) and over the longer half, from_T on "
-                               "(growth_fits_tail); better: the smaller residual RMS (ln "
-                               "units)",
-            "variance_units": "variance: tr Cov over θ's n_params weights; variance_per_param "
-                              "and panel (c): the paper's unit, tr Cov / n_params",
-            "roughness_rule": "chaosgrad.roughness: RMS about a degree-4 least-squares "
-                              "polynomial over the curve's own range; smoothing.roughness: "
-                              "of the mean of the samples, with its noise floor",
-            "variance_nonfinite_samples": nonfinite,
-            "variance_over": "θ + 0.01·N(0, I) perturbations; data batch and inner init fixed",
-            "differs_from_paper": [s.format(**fmt) for s in DIFFERS]}
+    meta = {
+        "sizes": size,
+        "variance_shifts": SHIFTS,
+        "n_params": n_params,
+        "smooth_std": SMOOTH_STD,
+        "range": RANGE,
+        "system": system.describe(),
+        "seed": SEED,
+        "theta_choice": report,
+        "extrema_rule": f"local extrema standing out by more than {EXTREMA_TOL} in mean "
+        "log-loss (hysteresis); extrema_raw counts every sign change of "
+        "the difference, float32 wiggles on the flat side included",
+        "slices": slices,
+        "smoothing": smoothing,
+        "variance": variance,
+        "variance_per_param": per_param,
+        "growth_fits": fits,
+        "growth_fits_tail": tail,
+        "growth_fit_rule": "least squares of ln variance against T (exponential) and "
+        "against ln T (power law) over every saved unroll length "
+        "(growth_fits) and over the longer half, from_T on "
+        "(growth_fits_tail); better: the smaller residual RMS (ln "
+        "units)",
+        "variance_units": "variance: tr Cov over θ's n_params weights; variance_per_param "
+        "and panel (c): the paper's unit, tr Cov / n_params",
+        "roughness_rule": "chaosgrad.roughness: RMS about a degree-4 least-squares "
+        "polynomial over the curve's own range; smoothing.roughness: "
+        "of the mean of the samples, with its noise floor",
+        "variance_nonfinite_samples": nonfinite,
+        "variance_over": "θ + 0.01·N(0, I) perturbations; data batch and inner init fixed",
+        "differs_from_paper": [s.format(**fmt) for s in DIFFERS],
+    }
     return out, meta
 
 
@@ -382,8 +504,13 @@ def draw(results: dict, meta: dict, path) -> None:
     for i, t in enumerate(unrolls):
         y = results["slice_losses"][i]
         ext = meta.get("slices", {}).get(str(int(t)), {}).get("extrema")
-        axes[0].plot(s, y, color=cmap(i / max(len(unrolls) - 1, 1)), lw=0.9,
-                     label=f"{int(t)} steps" + (f" ({ext} extrema)" if ext is not None else ""))
+        axes[0].plot(
+            s,
+            y,
+            color=cmap(i / max(len(unrolls) - 1, 1)),
+            lw=0.9,
+            label=f"{int(t)} steps" + (f" ({ext} extrema)" if ext is not None else ""),
+        )
     axes[0].set_title("(a) meta-loss along a random direction, randomness fixed")
     axes[0].set_xlabel("shift s (θ + s·d, ‖d‖ = number of weights)")
     axes[0].set_ylabel("mean log training loss")
@@ -396,14 +523,25 @@ def draw(results: dict, meta: dict, path) -> None:
         axes[1].plot(ss, y, color="C0", alpha=0.3, lw=0.8)
     if "smooth_base" in results:
         r0 = sm_meta.get("base_roughness")
-        axes[1].plot(ss, results["smooth_base"], color="C3", lw=1.2,
-                     label="θ unperturbed" + (f" (roughness {r0:.2g})" if r0 is not None else ""))
+        axes[1].plot(
+            ss,
+            results["smooth_base"],
+            color="C3",
+            lw=1.2,
+            label="θ unperturbed" + (f" (roughness {r0:.2g})" if r0 is not None else ""),
+        )
     rm = sm_meta.get("roughness", {}).get("mean_roughness")
-    axes[1].plot(ss, np.mean(sm, axis=0), "k-", lw=2,
-                 label=f"mean of {len(sm)} (θ + N(0, {std}²))"
-                 + (f" (roughness {rm:.2g})" if rm is not None else ""))
-    axes[1].set_title(f"(b) smoothed over θ, {meta['sizes']['smooth_T']} steps, "
-                      "data and init fixed", fontsize=10)
+    axes[1].plot(
+        ss,
+        np.mean(sm, axis=0),
+        "k-",
+        lw=2,
+        label=f"mean of {len(sm)} (θ + N(0, {std}²))"
+        + (f" (roughness {rm:.2g})" if rm is not None else ""),
+    )
+    axes[1].set_title(
+        f"(b) smoothed over θ, {meta['sizes']['smooth_T']} steps, data and init fixed", fontsize=10
+    )
     axes[1].set_xlabel("shift s")
     axes[1].legend(fontsize=7)
     h = results["var_horizons"]
@@ -412,9 +550,14 @@ def draw(results: dict, meta: dict, path) -> None:
         v = results[f"variance_{i}"] / per
         ok = np.isfinite(v) & (v > 0)
         f = meta.get("growth_fits", {}).get(str(sh))
-        fit = "" if not f or f.get("better") is None else (
-            f": T^{f['power']:.2g} (ln RMS {f['power_rms']:.2g}) vs "
-            f"e^{{{f['rate']:.2g}T}} ({f['exp_rms']:.2g})")
+        fit = (
+            ""
+            if not f or f.get("better") is None
+            else (
+                f": T^{f['power']:.2g} (ln RMS {f['power_rms']:.2g}) vs "
+                f"e^{{{f['rate']:.2g}T}} ({f['exp_rms']:.2g})"
+            )
+        )
         axes[2].semilogy(h[ok], v[ok], "o-", ms=3, label=f"shift {sh}{fit}")
     axes[2].set_title("(c) meta-gradient variance over θ + N(0, 0.01²)", fontsize=10)
     axes[2].set_xlabel("unroll length (inner steps)")
@@ -424,7 +567,10 @@ def draw(results: dict, meta: dict, path) -> None:
     for ax in axes[:2]:
         ax.set_xticks([-RANGE, -RANGE / 2, 0.0, RANGE / 2, RANGE])
         ax.grid(alpha=0.3)
-    fig.suptitle(f"learned optimizer ({meta['n_params']} weights) training an MLP on digits "
-                 f"(one fixed batch, {meta['sizes'].get('dtype', '')})", fontsize=11)
+    fig.suptitle(
+        f"learned optimizer ({meta['n_params']} weights) training an MLP on digits "
+        f"(one fixed batch, {meta['sizes'].get('dtype', '')})",
+        fontsize=11,
+    )
     fig.tight_layout()
     save(fig, path)

@@ -15,10 +15,26 @@ from chaosgrad.gradients import gradient_growth, loss_slice
 from chaosgrad.spectra import lyapunov_spectrum
 
 SIZES = {
-    "quick": {"horizons": [10, 50, 200], "points": 41, "lrs": 9, "seeds": 4, "lyap_steps": 200,
-              "compare_T": 50, "samples": 12, "ref_batches": 8},
-    "paper": {"horizons": [10, 100, 1000], "points": 121, "lrs": 21, "seeds": 16,
-              "lyap_steps": 2000, "compare_T": 200, "samples": 64, "ref_batches": 32},
+    "quick": {
+        "horizons": [10, 50, 200],
+        "points": 41,
+        "lrs": 9,
+        "seeds": 4,
+        "lyap_steps": 200,
+        "compare_T": 50,
+        "samples": 12,
+        "ref_batches": 8,
+    },
+    "paper": {
+        "horizons": [10, 100, 1000],
+        "points": 121,
+        "lrs": 21,
+        "seeds": 16,
+        "lyap_steps": 2000,
+        "compare_T": 200,
+        "samples": 64,
+        "ref_batches": 32,
+    },
 }
 LOG_LR = (np.log(0.03), np.log(3.0))
 COMPARE_LRS = (0.1, 1.0)
@@ -40,11 +56,23 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     direction = {"log_lr": jnp.ones((), base.theta["log_lr"].dtype)}
     lrs = np.exp(np.linspace(*LOG_LR, size["lrs"]))
     out = {"lrs": lrs, "horizons": np.asarray(size["horizons"])}
-    with progress_bar(1 + len(lrs) + len(COMPARE_LRS), "figure learning_rate", progress,
-                      min_total=1) as bar:
-        part = store.part("slice", lambda: {"losses": loss_slice(
-            base, base.theta, size["horizons"], key=key, direction=direction, radius=radius,
-            points=size["points"]).losses})
+    with progress_bar(
+        1 + len(lrs) + len(COMPARE_LRS), "figure learning_rate", progress, min_total=1
+    ) as bar:
+        part = store.part(
+            "slice",
+            lambda: {
+                "losses": loss_slice(
+                    base,
+                    base.theta,
+                    size["horizons"],
+                    key=key,
+                    direction=direction,
+                    radius=radius,
+                    points=size["points"],
+                ).losses
+            },
+        )
         out["slice_losses"] = part["losses"]
         out["slice_lr"] = np.exp(np.linspace(center - radius, center + radius, size["points"]))
         bar.update(1)
@@ -63,8 +91,13 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
             p = store.part(f"compare{j}", lambda lr=lr: _compare(float(lr), size, key, names))
             out[f"rel_error_{j}"] = p["rel_error"]
         out["estimators"] = np.asarray(names)
-    meta = {"sizes": size, "compare_lrs": COMPARE_LRS, "system": base.describe(), "seed": 0,
-            "summary": summary(out)}
+    meta = {
+        "sizes": size,
+        "compare_lrs": COMPARE_LRS,
+        "system": base.describe(),
+        "seed": 0,
+        "summary": summary(out),
+    }
     return out, meta
 
 
@@ -93,28 +126,41 @@ def summary(out: dict) -> dict:
         "max_lyapunov_below": float(below.max()) if below.size else None,
         "first_lr_above": float(lrs[first]) if first is not None else None,
         "lyapunov_first_above": float(lam[first]) if first is not None else None,
-        "rel_error": {str(lr): {n: float(row[0]) for n, row in zip(names, errors(out, j),
-                                                                     strict=True)}
-                      for j, lr in enumerate(COMPARE_LRS)},
-        "rel_error_interval": {str(lr): {n: [float(x) for x in row] for n, row in zip(
-            names, errors(out, j), strict=True)} for j, lr in enumerate(COMPARE_LRS)},
+        "rel_error": {
+            str(lr): {n: float(row[0]) for n, row in zip(names, errors(out, j), strict=True)}
+            for j, lr in enumerate(COMPARE_LRS)
+        },
+        "rel_error_interval": {
+            str(lr): {
+                n: [float(x) for x in row] for n, row in zip(names, errors(out, j), strict=True)
+            }
+            for j, lr in enumerate(COMPARE_LRS)
+        },
     }
 
 
 def _at_lr(lr, size, key):
     s = make_system(lr)
-    lam = lyapunov_spectrum(s, key=key, steps=size["lyap_steps"], k=1, transient=50,
-                            progress=False).exponents[0]
-    g = gradient_growth(s, horizons=size["horizons"], seeds=size["seeds"], key=key,
-                        progress=False)
+    lam = lyapunov_spectrum(
+        s, key=key, steps=size["lyap_steps"], k=1, transient=50, progress=False
+    ).exponents[0]
+    g = gradient_growth(s, horizons=size["horizons"], seeds=size["seeds"], key=key, progress=False)
     return {"lam": lam, "rate": g.growth_rate, "nonfinite": g.nonfinite_fraction[-1]}
 
 
 def _compare(lr, size, key, names):
     s = make_system(lr)
-    c = compare(s, estimators_=names, horizon=size["compare_T"], samples=size["samples"],
-                reference="es", reference_batches=size["ref_batches"], reference_per_batch=32,
-                key=key, progress=False)
+    c = compare(
+        s,
+        estimators_=names,
+        horizon=size["compare_T"],
+        samples=size["samples"],
+        reference="es",
+        reference_batches=size["ref_batches"],
+        reference_per_batch=32,
+        key=key,
+        progress=False,
+    )
     by = {st.name: st for st in c.stats}
     return {"rel_error": np.array([by[n].relative_error for n in names])}
 
@@ -129,21 +175,31 @@ def draw(results: dict, meta: dict, path) -> None:
     cmap = plt.get_cmap("viridis")
     hs = results["horizons"]
     for i, t in enumerate(hs):
-        axes[0].semilogx(results["slice_lr"], results["slice_losses"][i],
-                         color=cmap(i / max(len(hs) - 1, 1)), label=f"T = {int(t)}")
+        axes[0].semilogx(
+            results["slice_lr"],
+            results["slice_losses"][i],
+            color=cmap(i / max(len(hs) - 1, 1)),
+            label=f"T = {int(t)}",
+        )
     axes[0].set_xlabel("learning rate η")
     axes[0].set_ylabel("meta-loss (mean log training loss)")
     axes[0].set_title("(a) meta-loss vs learning rate, randomness fixed")
     axes[0].legend(fontsize=7)
     lrs = results["lrs"]
     axes[1].semilogx(lrs, results["lyapunov"], "o-", label="λ1 of inner training (per step)")
-    axes[1].semilogx(lrs, results["growth_rate"], "s--",
-                     label="growth rate of ‖∂L/∂ log η‖ (per step)")
+    axes[1].semilogx(
+        lrs, results["growth_rate"], "s--", label="growth rate of ‖∂L/∂ log η‖ (per step)"
+    )
     axes[1].axhline(0, color="0.5", lw=0.8)
     bad = results["grad_nonfinite"] > 0
     if bad.any():
-        axes[1].semilogx(lrs[bad], np.zeros(bad.sum()), "rx", ms=8,
-                         label=f"NaN/Inf gradients at T = {int(hs[-1])}")
+        axes[1].semilogx(
+            lrs[bad],
+            np.zeros(bad.sum()),
+            "rx",
+            ms=8,
+            label=f"NaN/Inf gradients at T = {int(hs[-1])}",
+        )
     axes[1].set_xlabel("learning rate η")
     axes[1].set_title("(b) where training turns chaotic")
     axes[1].legend(fontsize=7)
@@ -152,8 +208,14 @@ def draw(results: dict, meta: dict, path) -> None:
     w = 0.38
     for j, lr in enumerate(meta["compare_lrs"]):
         e = errors(results, j)
-        axes[2].bar(x + (j - 0.5) * w, e[:, 0], w, label=f"η = {lr}",
-                    yerr=[e[:, 0] - e[:, 1], e[:, 2] - e[:, 0]], capsize=2)
+        axes[2].bar(
+            x + (j - 0.5) * w,
+            e[:, 0],
+            w,
+            label=f"η = {lr}",
+            yerr=[e[:, 0] - e[:, 1], e[:, 2] - e[:, 0]],
+            capsize=2,
+        )
     axes[2].set_xticks(x, names)
     axes[2].set_yscale("log")
     axes[2].set_ylabel("relative RMS error at equal compute (95% interval)")

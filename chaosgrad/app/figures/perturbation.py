@@ -36,7 +36,8 @@ FIRST_ORDER = (
     "ε = ‖ε‖_F G, c_k(G) = ‖X⁰((X⁰⁻¹G) ∘ C_k) y‖² / n. C_k vanishes on the diagonal: a drift "
     "that only rescales eigenvectors (E diagonal) leaves no first-order error (none at all). "
     "Averaged over directions G uniform on the unit sphere of R^{n×n}: c̄_k = "
-    "Σ (X⁰ᵀX⁰) ∘ (WWᵀ) ∘ (C_k diag(y²) C_kᵀ) / n³, W = X⁰⁻¹.")
+    "Σ (X⁰ᵀX⁰) ∘ (WWᵀ) ∘ (C_k diag(y²) C_kᵀ) / n³, W = X⁰⁻¹."
+)
 DRAWN = (
     "n-dimensional real maps A_i = X_i D_i X_i⁻¹, X_{i+1} = X_i + ε, i = 0..k−1; X⁰ has "
     "standard-normal columns scaled to unit length, x⁰ is standard normal scaled to mean square "
@@ -50,23 +51,24 @@ DRAWN = (
     "first-order law (dotted). (c) |MSE / (c_k(G) ‖ε‖²) − 1| at k = steps, median and range "
     "over draws: the first-order law's relative error, O(‖ε‖) where it holds; points where "
     "the MSE is below its round-off floor (U·max cond(X_i)·rms(x^k))², U = 1000 float64 ulps, "
-    "are not compared (counted in meta).")
+    "are not compared (counted in meta)."
+)
 ASSUMPTION = (
     "The paper gives no sizes (appendix A.2): n, the number of steps, the moduli of the three "
     "spectra (inside, on and outside the unit circle), the random signs that make D_i vary in "
     "time, the ‖ε‖ range and the number of directions are our choices. ε is the same matrix at "
-    "every step, as in X^{i+1} = X^i + ε.")
+    "every step, as in X^{i+1} = X^i + ε."
+)
 
 
-def setup(n: int, steps: int, moduli: tuple[float, float], draws: int,
-          seed: int = SEED) -> dict:
+def setup(n: int, steps: int, moduli: tuple[float, float], draws: int, seed: int = SEED) -> dict:
     """X⁰ (unit columns), x⁰ (mean square 1), the diagonals D (steps, n) and ``draws`` unit
     Frobenius-norm directions G (draws, n, n), from numpy's default_rng(``seed``)."""
     rng = np.random.default_rng(seed)
     x_mat = rng.standard_normal((n, n))
     x_mat /= np.linalg.norm(x_mat, axis=0)
     x0 = rng.standard_normal(n)
-    x0 /= np.sqrt(np.mean(x0 ** 2))
+    x0 /= np.sqrt(np.mean(x0**2))
     lo, hi = moduli
     mod = np.sort(rng.uniform(lo, hi, n))[::-1]
     d = mod * rng.choice([-1.0, 1.0], size=(steps, n))
@@ -77,13 +79,16 @@ def setup(n: int, steps: int, moduli: tuple[float, float], draws: int,
 
 def _require_x64() -> None:
     if not x64_enabled():
-        raise InputError("Figure 7 computes in float64: call chaosgrad.enable_x64() first "
-                         "(`chaosgrad figures` does)")
+        raise InputError(
+            "Figure 7 computes in float64: call chaosgrad.enable_x64() first "
+            "(`chaosgrad figures` does)"
+        )
 
 
 def exact_states(x_mat, eps, d, x0):
     """x^k for k = 0..steps of x^{i+1} = X_i D_i X_i⁻¹ x^i with X_i = ``x_mat`` + i·``eps``,
     shaped (steps + 1, n). Jittable and differentiable in ``eps``."""
+
     def body(carry, di):
         x_i, x = carry
         x = x_i @ (di * jnp.linalg.solve(x_i, x))
@@ -128,7 +133,7 @@ def first_order_error(x_mat, g, d, x0) -> np.ndarray:
 def first_order_mse(x_mat, g, d, x0) -> np.ndarray:
     """c_k(G) = ‖first-order error‖² / n: MSE_k ≈ c_k ‖ε‖² for ε = ‖ε‖·G, ‖G‖_F = 1."""
     delta = first_order_error(x_mat, g, d, x0)
-    return np.mean(delta ** 2, axis=1)
+    return np.mean(delta**2, axis=1)
 
 
 def expected_first_order_mse(x_mat, d, x0) -> np.ndarray:
@@ -139,8 +144,8 @@ def expected_first_order_mse(x_mat, d, x0) -> np.ndarray:
     w = np.linalg.inv(x_mat)
     y = w @ np.asarray(x0, np.float64)
     c = first_order_coefficients(d)
-    k = np.einsum("kab,b,kcb->kac", c, y ** 2, c)
-    return np.einsum("ac,ac,kac->k", x_mat.T @ x_mat, w @ w.T, k) / n ** 3
+    k = np.einsum("kab,b,kcb->kac", c, y**2, c)
+    return np.einsum("ac,ac,kac->k", x_mat.T @ x_mat, w @ w.T, k) / n**3
 
 
 def measure(n: int, steps: int, moduli, eps, draws: int, seed: int = SEED) -> dict:
@@ -155,8 +160,9 @@ def measure(n: int, steps: int, moduli, eps, draws: int, seed: int = SEED) -> di
     def one(g, s):
         xs = exact_states(x_mat, s * g, d, x0)
         # the largest cond(X_i) over the run, for the round-off floor
-        conds = jax.vmap(jnp.linalg.cond)(x_mat[None] + s * jnp.arange(steps)[:, None, None]
-                                          * g[None])
+        conds = jax.vmap(jnp.linalg.cond)(
+            x_mat[None] + s * jnp.arange(steps)[:, None, None] * g[None]
+        )
         return jnp.mean((xs - approx) ** 2, axis=1), jnp.max(conds)
 
     run = jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None)))
@@ -164,9 +170,15 @@ def measure(n: int, steps: int, moduli, eps, draws: int, seed: int = SEED) -> di
     rms = np.sqrt(np.mean(np.asarray(approx) ** 2, axis=1))
     floor = (ROUNDOFF * cond[..., None] * rms[None, None, :]) ** 2
     coef = np.stack([first_order_mse(p["X0"], g, p["D"], p["x0"]) for g in p["G"]])
-    return {"mse": mse, "cond_max": cond, "floor": floor, "first_order": coef,
-            "expected_first_order": expected_first_order_mse(p["X0"], p["D"], p["x0"]),
-            "moduli": p["moduli"], "cond_x0": np.asarray(np.linalg.cond(p["X0"]))}
+    return {
+        "mse": mse,
+        "cond_max": cond,
+        "floor": floor,
+        "first_order": coef,
+        "expected_first_order": expected_first_order_mse(p["X0"], p["D"], p["x0"]),
+        "moduli": p["moduli"],
+        "cond_x0": np.asarray(np.linalg.cond(p["X0"])),
+    }
 
 
 def first_order_relative_error(p: dict, eps) -> np.ndarray:
@@ -207,8 +219,9 @@ def summary(p: dict, eps, steps: int) -> dict:
         "first_order_ref_final": float(p["first_order"][:, -1].mean() * eps[iref] ** 2),
         "expected_first_order_final": float(p["expected_first_order"][-1]),
         "mean_first_order_final": float(p["first_order"][:, -1].mean()),
-        "growth_second_half": float(p["expected_first_order"][-1]
-                                    / p["expected_first_order"][half]),
+        "growth_second_half": float(
+            p["expected_first_order"][-1] / p["expected_first_order"][half]
+        ),
         "cond_x0": float(p["cond_x0"]),
         "cond_max_largest_eps": float(np.max(p["cond_max"][:, -1])),
         "nonfinite": int(np.sum(~np.isfinite(p["mse"]))),
@@ -220,15 +233,24 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     """Exact product vs approximation for each spectrum; first-order law beside it."""
     size = SIZES[scale]
     lo, hi = size["eps"]
-    eps = np.unique(np.append(np.logspace(np.log10(lo), np.log10(hi), size["eps_points"]),
-                              EPS_REF))
+    eps = np.unique(np.append(np.logspace(np.log10(lo), np.log10(hi), size["eps_points"]), EPS_REF))
     out = {"eps": eps, "steps": np.arange(size["steps"] + 1)}
-    meta = {"sizes": size, "spectra": {k: list(v) for k, v in SPECTRA.items()},
-            "eps_ref": EPS_REF, "seed": SEED, "roundoff_per_cond": ROUNDOFF, "drawn": DRAWN,
-            "assumption": ASSUMPTION, "first_order": FIRST_ORDER, "summary": {}}
+    meta = {
+        "sizes": size,
+        "spectra": {k: list(v) for k, v in SPECTRA.items()},
+        "eps_ref": EPS_REF,
+        "seed": SEED,
+        "roundoff_per_cond": ROUNDOFF,
+        "drawn": DRAWN,
+        "assumption": ASSUMPTION,
+        "first_order": FIRST_ORDER,
+        "summary": {},
+    }
     for name, moduli in SPECTRA.items():
-        p = store.part(f"drift-{name}", lambda m=moduli: measure(
-            size["n"], size["steps"], m, eps, size["draws"]))
+        p = store.part(
+            f"drift-{name}",
+            lambda m=moduli: measure(size["n"], size["steps"], m, eps, size["draws"]),
+        )
         for k, v in p.items():
             out[f"{k}_{name}"] = v
         meta["summary"][name] = summary(p, eps, size["steps"])
@@ -249,48 +271,67 @@ def draw(results: dict, meta: dict, path) -> None:
     for j, name in enumerate(SPECTRA):
         col = f"C{j}"
         lo, hi = meta["summary"][name]["moduli"]
-        label = (f"{name} the unit circle (|λ| = {lo:.2f})" if lo == hi else
-                 f"{name} the unit circle (|λ| in [{lo:.2f}, {hi:.2f}])")
+        label = (
+            f"{name} the unit circle (|λ| = {lo:.2f})"
+            if lo == hi
+            else f"{name} the unit circle (|λ| in [{lo:.2f}, {hi:.2f}])"
+        )
         mse = results[f"mse_{name}"]
         coef = results[f"first_order_{name}"]
         for dr in range(draws):
             a.loglog(eps, mse[dr, :, -1], ".", color=col, ms=2, alpha=0.35)
-        a.loglog(eps, mse[:, :, -1].mean(axis=0), "o", color=col, ms=5, mfc="none",
-                 label=label)
-        a.loglog(eps, coef[:, -1].mean() * eps ** 2, "-", color=col, lw=1)
+        a.loglog(eps, mse[:, :, -1].mean(axis=0), "o", color=col, ms=5, mfc="none", label=label)
+        a.loglog(eps, coef[:, -1].mean() * eps**2, "-", color=col, lw=1)
         # from k = 2: x^1 = A_0 x⁰ is the approximation itself (X_0 = X⁰), its MSE rounding
-        b.semilogy(k[2:], mse[:, iref, 2:].mean(axis=0), "o-", color=col, ms=3, lw=1,
-                   label=name)
+        b.semilogy(k[2:], mse[:, iref, 2:].mean(axis=0), "o-", color=col, ms=3, lw=1, label=name)
         b.semilogy(k[2:], coef[:, 2:].mean(axis=0) * eps[iref] ** 2, ":", color="k", lw=1)
         sub = results[f"first_order_{name}"][:, None, -1] * eps[None, :] ** 2
         rel = np.abs(mse[..., -1] / sub - 1)
         rel = np.where(mse[..., -1] > results[f"floor_{name}"][..., -1], rel, np.nan)
         ok = np.isfinite(rel).any(axis=0)
         if ok.any():
-            c.fill_between(eps[ok], np.nanmin(rel[:, ok], axis=0),
-                           np.nanmax(rel[:, ok], axis=0), color=col, alpha=0.2, lw=0)
-            c.loglog(eps[ok], np.nanmedian(rel[:, ok], axis=0), "o-", color=col, ms=3,
-                     lw=1, label=name)
+            c.fill_between(
+                eps[ok],
+                np.nanmin(rel[:, ok], axis=0),
+                np.nanmax(rel[:, ok], axis=0),
+                color=col,
+                alpha=0.2,
+                lw=0,
+            )
+            c.loglog(
+                eps[ok], np.nanmedian(rel[:, ok], axis=0), "o-", color=col, ms=3, lw=1, label=name
+            )
     c.loglog(eps, eps / eps[0] * 1e-4, "--", color="0.5", lw=0.8, label="slope 1 (∝ ‖ε‖)")
-    a.set_title(f"(a) MSE after k = {steps} steps vs ‖ε‖ (dots: {draws} directions each;\n"
-                "markers: their mean; lines: first-order law ‖ε‖² · mean c_k)", fontsize=10)
+    a.set_title(
+        f"(a) MSE after k = {steps} steps vs ‖ε‖ (dots: {draws} directions each;\n"
+        "markers: their mean; lines: first-order law ‖ε‖² · mean c_k)",
+        fontsize=10,
+    )
     a.set_xlabel("‖ε‖_F (the same ε added to X_i at every step)")
     a.set_ylabel(f"MSE of X⁰(Π D_i)X⁰⁻¹x⁰ at k = {steps}")
     a.legend(fontsize=8, loc="upper left")
-    b.set_title(f"(b) MSE vs k at ‖ε‖ = {eps[iref]:g}, mean over directions\n"
-                "(dotted: first-order law; k = 1 is exact: X_0 = X⁰)", fontsize=10)
+    b.set_title(
+        f"(b) MSE vs k at ‖ε‖ = {eps[iref]:g}, mean over directions\n"
+        "(dotted: first-order law; k = 1 is exact: X_0 = X⁰)",
+        fontsize=10,
+    )
     b.set_xlabel("k (number of maps in the product)")
     b.set_ylabel("MSE_k")
     b.legend(fontsize=8, loc="lower right")
-    c.set_title(f"(c) relative error of the first-order law at k = {steps}\n"
-                "(median and range over directions; under round-off: not drawn)",
-                fontsize=10)
+    c.set_title(
+        f"(c) relative error of the first-order law at k = {steps}\n"
+        "(median and range over directions; under round-off: not drawn)",
+        fontsize=10,
+    )
     c.set_xlabel("‖ε‖_F")
     c.set_ylabel("|MSE / (c_k ‖ε‖²) − 1|")
     c.legend(fontsize=8, loc="upper left")
     for ax in (a, b, c):
         ax.grid(alpha=0.3, which="both")
-    fig.suptitle(f"Figure 7 (appendix A.2): maps A_i = X_i D_i X_i⁻¹ with drifting eigenvectors "
-                 f"X_{{i+1}} = X_i + ε, n = {n}, float64", fontsize=11)
+    fig.suptitle(
+        f"Figure 7 (appendix A.2): maps A_i = X_i D_i X_i⁻¹ with drifting eigenvectors "
+        f"X_{{i+1}} = X_i + ε, n = {n}, float64",
+        fontsize=11,
+    )
     fig.tight_layout()
     save(fig, path)

@@ -49,14 +49,16 @@ DRAWN = (
     "MSE. A closed-form MSE below its floor is not compared (relative errors are taken above "
     "it only, and the points below counted); a measured value below it is round-off, and "
     "b, c do not draw measured values below their own mode's floor (grey dash-dot in b, c: "
-    "the largest floor over k for 'once').")
+    "the largest floor over k for 'once')."
+)
 ASSUMPTION = (
     "An oracle of ours, not the paper's Figure 7 (that is the figure `perturbation`: a drift "
     "X^{i+1} = X^i + ε of the eigenvector matrix of time-varying maps). Here the state is "
     "perturbed by ε along one eigenvector of a fixed linear step, once at the start (panels "
     "a-c) or added at every step (panel d), and the MSE must equal its closed form. The system "
     "is the FTCS heat equation, the paper's appendix example; n, the number of steps, the ε "
-    "range and r = 0.45 / 0.55 are our choices.")
+    "range and r = 0.45 / 0.55 are our choices."
+)
 
 
 def _trajectory(system, x_start, add, steps: int):
@@ -76,11 +78,12 @@ def _deviations(system, vecs, eps, steps):
     """Deviation MSE per step along each of ``vecs`` for each ``eps``, iterated directly:
     'once' δ^{i+1} = f(δ^i) from δ^0 = ε·v, 'every' δ^{i+1} = f(δ^i) + ε·v from δ^0 = 0. For
     a linear step with f(0) = 0 this is exactly X~^i − X^i. Shapes (k, E, steps + 1)."""
+
     def mse(v, e):
         zero = jnp.zeros_like(v)
         once = _trajectory(system, e * v, zero, steps)
         every = _trajectory(system, zero, e * v, steps)
-        return jnp.mean(once ** 2, axis=1), jnp.mean(every ** 2, axis=1)
+        return jnp.mean(once**2, axis=1), jnp.mean(every**2, axis=1)
 
     per_e = jax.vmap(mse, in_axes=(None, 0))
     return jax.jit(jax.vmap(per_e, in_axes=(0, None)))(vecs, eps)
@@ -112,7 +115,7 @@ def exact_mse(lam: np.ndarray, eps: np.ndarray, i: np.ndarray, n: int) -> tuple:
     geom = np.concatenate([np.zeros((lam.size, 1)), np.cumsum(powers, axis=1)], axis=1)[:, i]
     e2 = np.asarray(eps, np.float64)[None, :, None] ** 2
     once = e2 * (lam[:, None] ** (2 * i))[:, None, :] / n
-    return once, e2 * (geom ** 2)[:, None, :] / n
+    return once, e2 * (geom**2)[:, None, :] / n
 
 
 def measure(n: int, r: float, eps, steps: int, key=None) -> dict:
@@ -125,25 +128,37 @@ def measure(n: int, r: float, eps, steps: int, key=None) -> dict:
     # iterating the deviation alone is exact only for a linear step: the same Jacobian at X^0
     # and at 0, and f(0) = 0
     zero = jnp.zeros_like(x0)
-    if not (np.array_equal(jac, np.asarray(step_jacobian(system, state=zero)))
-            and not np.any(np.asarray(system.step(zero, system.theta, None)[0]))):
-        raise RuntimeError("the heat step is not linear: the deviation cannot be iterated "
-                           "on its own")
+    if not (
+        np.array_equal(jac, np.asarray(step_jacobian(system, state=zero)))
+        and not np.any(np.asarray(system.step(zero, system.theta, None)[0]))
+    ):
+        raise RuntimeError(
+            "the heat step is not linear: the deviation cannot be iterated on its own"
+        )
     lam, vecs = np.linalg.eigh(jac)  # symmetric: I + rL with L the Dirichlet Laplacian
     order = np.argsort(-lam)
     lam, vecs = lam[order], vecs[:, order]
     lam_exact = np.sort(heat_eigenvalues(n, r))[::-1]
     eps = np.asarray(eps, np.float64)
-    once, every = (np.asarray(a) for a in _deviations(system, jnp.asarray(vecs.T),
-                                                      jnp.asarray(eps), steps))
-    two_run, base_rms = (np.asarray(a) for a in _two_runs(system, x0, jnp.asarray(vecs.T),
-                                                         jnp.asarray(eps), steps))
+    once, every = (
+        np.asarray(a) for a in _deviations(system, jnp.asarray(vecs.T), jnp.asarray(eps), steps)
+    )
+    two_run, base_rms = (
+        np.asarray(a) for a in _two_runs(system, x0, jnp.asarray(vecs.T), jnp.asarray(eps), steps)
+    )
     ex_once, ex_every = exact_mse(lam_exact, eps, np.arange(steps + 1), n)
-    return {"eigenvalues": lam, "eigenvalues_exact": lam_exact, "once": once, "every": every,
-            "two_run_once": two_run, "base_rms_final": base_rms,
-            "exact_once": ex_once, "exact_every": ex_every,
-            "floor_once": roundoff_floor(lam_exact, eps, steps, n, every=False),
-            "floor_every": roundoff_floor(lam_exact, eps, steps, n, every=True)}
+    return {
+        "eigenvalues": lam,
+        "eigenvalues_exact": lam_exact,
+        "once": once,
+        "every": every,
+        "two_run_once": two_run,
+        "base_rms_final": base_rms,
+        "exact_once": ex_once,
+        "exact_every": ex_every,
+        "floor_once": roundoff_floor(lam_exact, eps, steps, n, every=False),
+        "floor_every": roundoff_floor(lam_exact, eps, steps, n, every=True),
+    }
 
 
 # What one step's rounding leaves outside v_k, relative to the deviation: eigh's eigenvectors
@@ -195,8 +210,14 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     eps = np.logspace(np.log10(lo), np.log10(hi), size["eps_points"])
     eps = np.unique(np.append(eps, EPS_REF))
     out = {"eps": eps, "rs": np.asarray(RS), "steps": np.arange(size["steps"] + 1)}
-    meta = {"sizes": size, "rs": RS, "eps_ref": EPS_REF, "drawn": DRAWN,
-            "assumption": ASSUMPTION, "per_r": {}}
+    meta = {
+        "sizes": size,
+        "rs": RS,
+        "eps_ref": EPS_REF,
+        "drawn": DRAWN,
+        "assumption": ASSUMPTION,
+        "per_r": {},
+    }
     for j, r in enumerate(RS):
         # "deviation-": parts saved by the two-run measurement (keys "r0", "r1") lack the
         # iterated deviation and its floors, and are not reused
@@ -207,8 +228,7 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
         bad = int(np.sum(~np.isfinite(p["once"])) + np.sum(~np.isfinite(p["every"])))
         iref = int(np.argmin(np.abs(eps - EPS_REF)))
         err_once, below_once = relative_error(p["once"], p["exact_once"], p["floor_once"])
-        err_every, below_every = relative_error(p["every"], p["exact_every"],
-                                                  p["floor_every"])
+        err_every, below_every = relative_error(p["every"], p["exact_every"], p["floor_every"])
         meta["per_r"][str(r)] = {
             "eigenvalue_max_abs_error": float(np.max(np.abs(lam - p["eigenvalues_exact"]))),
             "max_abs_eigenvalue": float(np.max(np.abs(lam))),
@@ -224,8 +244,10 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
             # absolute floor it was once compared above, and the unperturbed run's size at the
             # end: its round-off is in that difference (why the deviation is iterated alone)
             "two_run_rel_error_once": relative_error(
-                p["two_run_once"], p["exact_once"],
-                np.full(p["exact_once"].shape, TWO_RUN_FLOOR_MSE))[0],
+                p["two_run_once"],
+                p["exact_once"],
+                np.full(p["exact_once"].shape, TWO_RUN_FLOOR_MSE),
+            )[0],
             "two_run_floor_mse": TWO_RUN_FLOOR_MSE,
             "base_rms_final": float(p["base_rms_final"]),
             # MSE after the last step at ε = EPS_REF, smoothest (k = 1) and roughest (k = n) mode
@@ -255,13 +277,25 @@ def draw(results: dict, meta: dict, path) -> None:
             color = f"C{2 * j + (k > 0)}"
             # k = 1 has nearly the same λ at both r: the first r's markers are open and
             # larger, its lines wide and pale, so the second r's stay visible on top
-            a.loglog(eps, results[f"once_{j}"][k, :, -1], mk, color=color,
-                     ms=8 if j == 0 else 4, mfc="none" if j == 0 else color,
-                     label=f"r = {r}, k = {k + 1} (λ = {lam[k]:+.3f})")
+            a.loglog(
+                eps,
+                results[f"once_{j}"][k, :, -1],
+                mk,
+                color=color,
+                ms=8 if j == 0 else 4,
+                mfc="none" if j == 0 else color,
+                label=f"r = {r}, k = {k + 1} (λ = {lam[k]:+.3f})",
+            )
             a.loglog(eps, results[f"exact_once_{j}"][k, :, -1], ls, color=color, lw=0.8)
-            d.semilogy(i[1:], results[f"every_{j}"][k, iref, 1:], ls, color=color,
-                       lw=4 if j == 0 else 1.2, alpha=0.45 if j == 0 else 1,
-                       label=f"r = {r}, k = {k + 1}")
+            d.semilogy(
+                i[1:],
+                results[f"every_{j}"][k, iref, 1:],
+                ls,
+                color=color,
+                lw=4 if j == 0 else 1.2,
+                alpha=0.45 if j == 0 else 1,
+                label=f"r = {r}, k = {k + 1}",
+            )
             d.semilogy(i[1:], results[f"exact_every_{j}"][k, iref, 1:], ":", color="k", lw=0.8)
         ax = (b, c)[j]
         cmap = plt.get_cmap("coolwarm")
@@ -275,31 +309,45 @@ def draw(results: dict, meta: dict, path) -> None:
             ax.semilogy(i, results[f"exact_once_{j}"][k, iref], ":", color="k", lw=0.5)
         pr = meta["per_r"][str(r)]
         ax.axhline(eps[iref] ** 2 / n, color="0.4", lw=0.8, ls="--", label="ε²/n (no change)")
-        ax.semilogy(i, results[f"floor_once_{j}"][:, iref].max(axis=0), "-.", color="0.5",
-                    lw=0.8, label="round-off floor, largest over k\n(measured values under "
-                    "their own mode's floor: not drawn)")
+        ax.semilogy(
+            i,
+            results[f"floor_once_{j}"][:, iref].max(axis=0),
+            "-.",
+            color="0.5",
+            lw=0.8,
+            label="round-off floor, largest over k\n(measured values under "
+            "their own mode's floor: not drawn)",
+        )
         # decaying modes fall far below anything float64 can resolve next to the others
         ax.set_ylim(1e-34, None)
-        ax.set_title(f"({'bc'[j]}) r = {r}: each eigenvector, ε = {eps[iref]:g}; "
-                     f"{pr['modes_growing']} of {n} with |λ| > 1", fontsize=10)
+        ax.set_title(
+            f"({'bc'[j]}) r = {r}: each eigenvector, ε = {eps[iref]:g}; "
+            f"{pr['modes_growing']} of {n} with |λ| > 1",
+            fontsize=10,
+        )
         ax.set_xlabel("step i")
         ax.set_ylabel("MSE_i (red: |λ| > 1, blue: |λ| < 1; dotted: ε²λ^{2i}/n)")
         ax.legend(fontsize=8, loc="upper right")
-    a.loglog(eps, eps ** 2 / n, color="0.5", lw=0.8, ls=":", label="ε²/n")
-    a.set_title(f"(a) MSE after {steps} steps vs ε (markers measured, lines ε²λ^{{2i}}/n)",
-                fontsize=10)
+    a.loglog(eps, eps**2 / n, color="0.5", lw=0.8, ls=":", label="ε²/n")
+    a.set_title(
+        f"(a) MSE after {steps} steps vs ε (markers measured, lines ε²λ^{{2i}}/n)", fontsize=10
+    )
     a.set_xlabel("perturbation ε along eigenvector v_k")
     a.set_ylabel(f"MSE after {steps} steps")
     a.legend(fontsize=7, loc="center right", bbox_to_anchor=(1.0, 0.42), framealpha=0.9)
-    d.set_title(f"(d) ε = {eps[iref]:g} added along v_k at every step (dotted: closed form)",
-                fontsize=10)
+    d.set_title(
+        f"(d) ε = {eps[iref]:g} added along v_k at every step (dotted: closed form)", fontsize=10
+    )
     d.set_xlabel("step i")
     d.set_ylabel("MSE_i")
     d.legend(fontsize=7, loc="center right", framealpha=0.9)
     for ax in axes.ravel():
         ax.grid(alpha=0.3, which="both")
-    fig.suptitle(f"Appendix oracle (not Figure 7): FTCS heat equation, n = {n}; a state "
-                 "perturbation along eigenvector k changes the result by |λ_k| per step "
-                 "(float64)", fontsize=11)
+    fig.suptitle(
+        f"Appendix oracle (not Figure 7): FTCS heat equation, n = {n}; a state "
+        "perturbation along eigenvector k changes the result by |λ_k| per step "
+        "(float64)",
+        fontsize=11,
+    )
     fig.tight_layout()
     save(fig, path)

@@ -40,10 +40,11 @@ def reparam_variance(x, w, sigma=SIGMA):
     e1 = np.exp(-0.5 * (a * sigma) ** 2)
     m_cos = np.cos(a * x) * e1
     m_cos2 = 0.5 * (1 + np.cos(2 * a * x) * e1**4)
-    m_ecos = -sigma**2 * a * np.sin(a * x) * e1
+    m_ecos = -(sigma**2) * a * np.sin(a * x) * e1
     mean = 0.1 * a * m_cos + x / 50
-    second = ((0.1 * a) ** 2 * m_cos2 + 2 * 0.1 * a / 50 * (x * m_cos + m_ecos)
-              + (x**2 + sigma**2) / 2500)
+    second = (
+        (0.1 * a) ** 2 * m_cos2 + 2 * 0.1 * a / 50 * (x * m_cos + m_ecos) + (x**2 + sigma**2) / 2500
+    )
     return second - mean**2
 
 
@@ -51,8 +52,11 @@ def toy_system(w: float, noisy: bool) -> System:
     """The toy as a one-step `System`: θ = x; with ``noisy`` the state is ε ~ N(0, σ²)."""
 
     def init(key, theta):
-        return SIGMA * jax.random.normal(key, (), jnp.result_type(float)) if noisy else \
-            jnp.zeros((), jnp.result_type(float))
+        return (
+            SIGMA * jax.random.normal(key, (), jnp.result_type(float))
+            if noisy
+            else jnp.zeros((), jnp.result_type(float))
+        )
 
     def step(eps, theta, key):
         return eps, StepOut(loss=toy_loss(theta + eps, w))
@@ -80,9 +84,14 @@ def _variances(w: float, xs: np.ndarray, samples: int, key) -> dict:
     rep_var = np.var(np.asarray(rep), axis=1, ddof=1)
     es_var = np.var(np.asarray(es), axis=1, ddof=1)
     exact = reparam_variance(np.asarray(xs), w)
-    return {"rep_max": rep_var.max(), "es_max": es_var.max(), "exact_rep_max": exact.max(),
-            "rep_mean_grad_err": np.abs(np.asarray(rep).mean(axis=1)
-                                        - np.asarray(es).mean(axis=1)).max()}
+    return {
+        "rep_max": rep_var.max(),
+        "es_max": es_var.max(),
+        "exact_rep_max": exact.max(),
+        "rep_mean_grad_err": np.abs(
+            np.asarray(rep).mean(axis=1) - np.asarray(es).mean(axis=1)
+        ).max(),
+    }
 
 
 def run(scale: str, store, progress) -> tuple[dict, dict]:
@@ -101,14 +110,28 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     rows = []
     with progress_bar(len(ws), "figure toy", progress, min_total=1) as bar:
         for i, w in enumerate(ws):
-            rows.append(store.part(f"w{i}", lambda w=w, i=i: _variances(
-                float(w), xs, size["samples"], jax.random.fold_in(key, i))))
+            rows.append(
+                store.part(
+                    f"w{i}",
+                    lambda w=w, i=i: _variances(
+                        float(w), xs, size["samples"], jax.random.fold_in(key, i)
+                    ),
+                )
+            )
             bar.update(1)
-    results = {"x_plot": x_plot, "ws": ws, **curves,
-               **{k: np.array([float(r[k]) for r in rows]) for k in rows[0]}}
-    meta = {"sigma": SIGMA, "sizes": size, "seed": 0,
-            "note": "x in [-10, 10]; variance maximised over a grid of x; antithetic ES",
-            "summary": summary(results)}
+    results = {
+        "x_plot": x_plot,
+        "ws": ws,
+        **curves,
+        **{k: np.array([float(r[k]) for r in rows]) for k in rows[0]},
+    }
+    meta = {
+        "sigma": SIGMA,
+        "sizes": size,
+        "seed": 0,
+        "note": "x in [-10, 10]; variance maximised over a grid of x; antithetic ES",
+        "summary": summary(results),
+    }
     return results, meta
 
 
@@ -129,10 +152,13 @@ def summary(results: dict) -> dict:
         return float(np.polyfit(np.log(ws[upper]), np.log(y[upper]), 1)[0])
 
     return {
-        "rep_slope": slope(rep), "exact_slope": slope(exact),
-        "es_min": float(es.min()), "es_max": float(es.max()),
-        "crossing_between": (None if first is None or first == 0 else
-                             [float(ws[first - 1]), float(ws[first])]),
+        "rep_slope": slope(rep),
+        "exact_slope": slope(exact),
+        "es_min": float(es.min()),
+        "es_max": float(es.max()),
+        "crossing_between": (
+            None if first is None or first == 0 else [float(ws[first - 1]), float(ws[first])]
+        ),
     }
 
 

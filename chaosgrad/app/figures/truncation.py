@@ -24,14 +24,36 @@ SIZES = {
     # cores). 150-step episodes (3 s): long enough that the untruncated gradient explodes
     # (norms ~1e4) while a policy can still learn in 60 Adam steps. Every t divides the
     # episode, so every run sees the same steps.
-    "quick": {"env": "inverted_double_pendulum", "backend": "spring", "episode": 150,
-              "truncations": [1, 3, 10, 30, 150], "iterations": 60, "batch": 8, "seeds": 8,
-              "lr": 3e-3, "policy": "mlp", "layers": 2, "action_noise": 0.1, "eval_every": 10,
-              "eval_episodes": 32},
-    "paper": {"env": "ant", "backend": "generalized", "episode": 400,
-              "truncations": [1, 5, 10, 20, 50, 400], "iterations": 300, "batch": 32,
-              "seeds": 5, "lr": 1e-3, "policy": "paper", "layers": 4, "action_noise": 1.0,
-              "eval_every": 20, "eval_episodes": 32},
+    "quick": {
+        "env": "inverted_double_pendulum",
+        "backend": "spring",
+        "episode": 150,
+        "truncations": [1, 3, 10, 30, 150],
+        "iterations": 60,
+        "batch": 8,
+        "seeds": 8,
+        "lr": 3e-3,
+        "policy": "mlp",
+        "layers": 2,
+        "action_noise": 0.1,
+        "eval_every": 10,
+        "eval_episodes": 32,
+    },
+    "paper": {
+        "env": "ant",
+        "backend": "generalized",
+        "episode": 400,
+        "truncations": [1, 5, 10, 20, 50, 400],
+        "iterations": 300,
+        "batch": 32,
+        "seeds": 5,
+        "lr": 1e-3,
+        "policy": "paper",
+        "layers": 4,
+        "action_noise": 1.0,
+        "eval_every": 20,
+        "eval_episodes": 32,
+    },
 }
 # the key of the training seeds (initial policies, training episodes)
 SEED = 0
@@ -46,8 +68,7 @@ def truncated_loss(system, theta, key, steps: int, every: int):
     state = system.init(split_run_key(key)[0], theta)
 
     def window(s, w):
-        s, losses = pure_unroll(system, theta, key, every, state=lax.stop_gradient(s),
-                                t0=w * every)
+        s, losses = pure_unroll(system, theta, key, every, state=lax.stop_gradient(s), t0=w * every)
         return s, losses
 
     _, losses = lax.scan(window, state, jnp.arange(steps // every))
@@ -124,17 +145,29 @@ def _train(system, theta, size: dict, every: int, key, trainer=None, on_chunk=No
         rewards.append(float(r))
         if on_chunk is not None:
             on_chunk()
-    return {"loss": np.concatenate(losses), "grad_norm": np.concatenate(norms),
-            "ok": np.concatenate(oks), "eval_reward": np.asarray(rewards)}
+    return {
+        "loss": np.concatenate(losses),
+        "grad_norm": np.concatenate(norms),
+        "ok": np.concatenate(oks),
+        "eval_reward": np.asarray(rewards),
+    }
 
 
 def make_system(size):
     """The environment under its policy (quick: a tanh MLP plus Gaussian action noise; paper:
     the paper's swish MLP sampling its tanh-Normal), loss −reward."""
-    return systems.make("brax", env=size["env"], backend=size["backend"],
-                        policy=size["policy"], hidden=32, layers=size["layers"], seed=0,
-                        loss="reward", action_noise=size["action_noise"],
-                        horizon=size["episode"])
+    return systems.make(
+        "brax",
+        env=size["env"],
+        backend=size["backend"],
+        policy=size["policy"],
+        hidden=32,
+        layers=size["layers"],
+        seed=0,
+        loss="reward",
+        action_noise=size["action_noise"],
+        horizon=size["episode"],
+    )
 
 
 def check_size(size: dict) -> None:
@@ -144,11 +177,14 @@ def check_size(size: dict) -> None:
 
     bad = [t for t in size["truncations"] if size["episode"] % int(t)]
     if bad:
-        raise InputError(f"truncation lengths {bad} do not divide the {size['episode']}-step "
-                         "episode; accepted: divisors of the episode length")
+        raise InputError(
+            f"truncation lengths {bad} do not divide the {size['episode']}-step "
+            "episode; accepted: divisors of the episode length"
+        )
     if size["iterations"] % size["eval_every"]:
-        raise InputError(f"eval_every={size['eval_every']} does not divide "
-                         f"iterations={size['iterations']}")
+        raise InputError(
+            f"eval_every={size['eval_every']} does not divide iterations={size['iterations']}"
+        )
 
 
 def run(scale: str, store, progress) -> tuple[dict, dict]:
@@ -164,10 +200,16 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     dtype = jax.tree_util.tree_leaves(system.theta)[0].dtype
     key = jax.random.PRNGKey(SEED)
     chunks = size["iterations"] // size["eval_every"]
-    out = {"truncations": np.asarray(size["truncations"]),
-           "eval_iterations": np.arange(chunks + 1) * size["eval_every"]}
-    with progress_bar(len(size["truncations"]) * size["seeds"] * chunks, "figure truncation",
-                      progress, min_total=1) as bar:
+    out = {
+        "truncations": np.asarray(size["truncations"]),
+        "eval_iterations": np.arange(chunks + 1) * size["eval_every"],
+    }
+    with progress_bar(
+        len(size["truncations"]) * size["seeds"] * chunks,
+        "figure truncation",
+        progress,
+        min_total=1,
+    ) as bar:
         for t in size["truncations"]:
             trainer = _trainer(system, size, int(t))  # compiles at its first call only
             runs = []
@@ -178,21 +220,33 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
                 done = []
 
                 def train(t=t, k=k, th=theta0, done=done, trainer=trainer):
-                    return _train(system, th, size, int(t), jax.random.fold_in(k, 2), trainer,
-                                  on_chunk=lambda: (done.append(1), bar.update(1)))
+                    return _train(
+                        system,
+                        th,
+                        size,
+                        int(t),
+                        jax.random.fold_in(k, 2),
+                        trainer,
+                        on_chunk=lambda: (done.append(1), bar.update(1)),
+                    )
 
                 runs.append(store.part(f"t{t}-s{sd}", train))
                 if not done:
                     bar.skip(chunks)  # saved by an earlier run (or another process's part)
             for name in ("loss", "grad_norm", "ok", "eval_reward"):
                 out[f"{name}_{t}"] = np.stack([r[name] for r in runs])
-    meta = {"sizes": size, "system": system.describe(), "seed": SEED, "eval_key": EVAL_KEY,
-            "note": f"Adam on the mean −reward over {size['batch']} fresh episodes per step; "
-                    "gradient stopped every t steps; per seed its own initial policy and "
-                    "training episodes, the same for every t; every policy scored (mean "
-                    f"reward per step) on the same {size['eval_episodes']} held-out episodes "
-                    f"every {size['eval_every']} steps",
-            "summary": summary(out, size)}
+    meta = {
+        "sizes": size,
+        "system": system.describe(),
+        "seed": SEED,
+        "eval_key": EVAL_KEY,
+        "note": f"Adam on the mean −reward over {size['batch']} fresh episodes per step; "
+        "gradient stopped every t steps; per seed its own initial policy and "
+        "training episodes, the same for every t; every policy scored (mean "
+        f"reward per step) on the same {size['eval_episodes']} held-out episodes "
+        f"every {size['eval_every']} steps",
+        "summary": summary(out, size),
+    }
     meta["verdict"] = verdict(meta["summary"], out, size)
     return out, meta
 
@@ -214,17 +268,22 @@ def summary(out: dict, size: dict) -> dict:
         diff = mean_interval(final - base)
         norms = np.asarray(out[f"grad_norm_{t}"], np.float64)
         finite = norms[np.isfinite(norms)]
-        res[str(t)] = {"final_reward": iv.value, "low": iv.low, "high": iv.high,
-                       "initial_reward": float(np.mean(ev[:, 0])),
-                       "per_seed": [float(x) for x in final],
-                       "gain": float(np.mean(final - ev[:, 0])),
-                       "minus_full": diff.value, "minus_full_low": diff.low,
-                       "minus_full_high": diff.high,
-                       "grad_norm_median": float(np.median(finite)) if finite.size else None,
-                       "grad_norm_max": float(np.max(finite)) if finite.size else None,
-                       "skipped": int(np.sum(~np.asarray(out[f"ok_{t}"], bool))),
-                       "nonfinite_losses": int(np.sum(~np.isfinite(out[f"loss_{t}"]))),
-                       "nonfinite_rewards": int(np.sum(~np.isfinite(ev)))}
+        res[str(t)] = {
+            "final_reward": iv.value,
+            "low": iv.low,
+            "high": iv.high,
+            "initial_reward": float(np.mean(ev[:, 0])),
+            "per_seed": [float(x) for x in final],
+            "gain": float(np.mean(final - ev[:, 0])),
+            "minus_full": diff.value,
+            "minus_full_low": diff.low,
+            "minus_full_high": diff.high,
+            "grad_norm_median": float(np.median(finite)) if finite.size else None,
+            "grad_norm_max": float(np.max(finite)) if finite.size else None,
+            "skipped": int(np.sum(~np.asarray(out[f"ok_{t}"], bool))),
+            "nonfinite_losses": int(np.sum(~np.isfinite(out[f"loss_{t}"]))),
+            "nonfinite_rewards": int(np.sum(~np.isfinite(ev))),
+        }
     return res
 
 
@@ -240,16 +299,29 @@ def verdict(summ: dict, out: dict, size: dict) -> dict:
     ts = [int(t) for t in size["truncations"]]
     full = max(ts)
     ev = np.asarray(out[f"eval_reward_{full}"], np.float64)
-    best = max(ts, key=lambda t: summ[str(t)]["final_reward"]
-               if np.isfinite(summ[str(t)]["final_reward"]) else -np.inf)
+    best = max(
+        ts,
+        key=lambda t: (
+            summ[str(t)]["final_reward"] if np.isfinite(summ[str(t)]["final_reward"]) else -np.inf
+        ),
+    )
     gain = mean_interval(ev[:, -1] - ev[:, 0])
     top = np.asarray(summ[str(best)]["per_seed"], np.float64)
-    tied = [t for t in ts if t != best and not mean_interval(
-        top - np.asarray(summ[str(t)]["per_seed"], np.float64)).low > 0]
-    return {"best_t": best, "tied_with_best": tied,
-            "best_above_full": bool(summ[str(best)]["minus_full_low"] > 0),
-            "full_gain": gain.value, "full_gain_low": gain.low, "full_gain_high": gain.high,
-            "full_improved": bool(gain.low > 0)}
+    tied = [
+        t
+        for t in ts
+        if t != best
+        and not mean_interval(top - np.asarray(summ[str(t)]["per_seed"], np.float64)).low > 0
+    ]
+    return {
+        "best_t": best,
+        "tied_with_best": tied,
+        "best_above_full": bool(summ[str(best)]["minus_full_low"] > 0),
+        "full_gain": gain.value,
+        "full_gain_low": gain.low,
+        "full_gain_high": gain.high,
+        "full_improved": bool(gain.low > 0),
+    }
 
 
 def draw(results: dict, meta: dict, path) -> None:
@@ -286,32 +358,49 @@ def draw(results: dict, meta: dict, path) -> None:
         with np.errstate(all="ignore"):
             it = np.arange(norms.shape[1])
             b.plot(it, np.nanmedian(norms, axis=0), color=f"C{i}", lw=1, label=f"t = {name(t)}")
-            b.fill_between(it, np.nanmin(norms, axis=0), np.nanmax(norms, axis=0),
-                           color=f"C{i}", alpha=0.12)
+            b.fill_between(
+                it, np.nanmin(norms, axis=0), np.nanmax(norms, axis=0), color=f"C{i}", alpha=0.12
+            )
         v = summ[str(t)]
         jitter = np.linspace(-0.15, 0.15, len(v["per_seed"]))
         m.plot(i + jitter, v["per_seed"], ".", color=f"C{i}", alpha=0.5, ms=6)
-        m.errorbar(i, v["final_reward"], yerr=[[v["final_reward"] - v["low"]],
-                                               [v["high"] - v["final_reward"]]],
-                   fmt="o", color="k", capsize=5, ms=6)
-    log_scale(b, np.concatenate([np.asarray(results[f"grad_norm_{t}"]).ravel() for t in ts]),
-              "y", "gradient norms")
+        m.errorbar(
+            i,
+            v["final_reward"],
+            yerr=[[v["final_reward"] - v["low"]], [v["high"] - v["final_reward"]]],
+            fmt="o",
+            color="k",
+            capsize=5,
+            ms=6,
+        )
+    log_scale(
+        b,
+        np.concatenate([np.asarray(results[f"grad_norm_{t}"]).ravel() for t in ts]),
+        "y",
+        "gradient norms",
+    )
     start = np.mean([summ[str(t)]["initial_reward"] for t in ts])
     for ax in (a, m):
         ax.axhline(start, color="0.5", ls="--", lw=0.8)
-    m.text(len(ts) - 0.5, start, "initial policies", fontsize=8, color="0.4", ha="right",
-           va="bottom")
+    m.text(
+        len(ts) - 0.5, start, "initial policies", fontsize=8, color="0.4", ha="right", va="bottom"
+    )
     m.set_xticks(range(len(ts)), [name(t) for t in ts])
     m.set_xlim(-0.5, len(ts) - 0.5)
     m.set_xlabel("gradient stopped every t steps")
     m.set_ylabel("held-out reward of the final policy")
     n_seeds = np.asarray(results[f"eval_reward_{ts[0]}"]).shape[0]
-    m.set_title(f"(b) after {z['iterations']} Adam steps: seeds (dots), mean and 95% "
-                f"interval over {n_seeds} seeds", fontsize=10)
+    m.set_title(
+        f"(b) after {z['iterations']} Adam steps: seeds (dots), mean and 95% "
+        f"interval over {n_seeds} seeds",
+        fontsize=10,
+    )
     a.set_xlabel("Adam step")
     a.set_ylabel(f"mean reward per step, {z['eval_episodes']} held-out episodes")
-    a.set_title(f"(a) training with {z['batch']} episodes per step; mean and 95% band over "
-                "seeds", fontsize=10)
+    a.set_title(
+        f"(a) training with {z['batch']} episodes per step; mean and 95% band over seeds",
+        fontsize=10,
+    )
     a.legend(fontsize=7, framealpha=0.9)
     b.set_xlabel("Adam step")
     b.set_ylabel("‖gradient‖ of the batch loss")
@@ -319,7 +408,10 @@ def draw(results: dict, meta: dict, path) -> None:
     b.legend(fontsize=7, framealpha=0.9)
     for ax in (a, m, b):
         ax.grid(alpha=0.3, which="both")
-    fig.suptitle(f"Brax {z['env']} ({z.get('backend', 'generalized')} backend): truncated "
-                 f"backprop through {ep}-step episodes", fontsize=11)
+    fig.suptitle(
+        f"Brax {z['env']} ({z.get('backend', 'generalized')} backend): truncated "
+        f"backprop through {ep}-step episodes",
+        fontsize=11,
+    )
     fig.tight_layout()
     save(fig, path)
