@@ -37,4 +37,5 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench.py
 
 lint: $(STAMP)
+	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
