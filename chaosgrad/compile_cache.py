@@ -17,8 +17,6 @@ import numpy as np
 if TYPE_CHECKING:  # the record; chaosgrad.system imports this module
     from chaosgrad.system import System
 
-PyTree = Any
-
 
 # -- compiled-function caches keyed on what a system computes ------------------------------------
 # A compiled program bakes in everything its Python functions read while being traced: their

@@ -12,11 +12,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np
 
+from chaosgrad._types import PyTree
 from chaosgrad.config import provenance
 from chaosgrad.errors import InputError
 from chaosgrad.gradients import GrowthResult, SliceResult, gradient_growth, loss_slice
@@ -27,7 +27,6 @@ from chaosgrad.stats import NAN_INTERVAL, Interval
 from chaosgrad.system import System, default_key, resolve_theta, split_run_key
 from chaosgrad.unroll import unroll
 
-PyTree = Any
 VERDICTS = ("stable", "marginal", "chaotic", "diverges")
 TAIL_MULTIPLE = 100.0  # a seed's |grad| beyond this × the median is in the tail
 TAIL_RARITY = 500  # the tail a user should be able to see: 1 seed in this many

@@ -14,17 +14,17 @@ import os
 import sys
 import threading
 from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from chaosgrad._types import PyTree
 from chaosgrad.config import LAUNCH_TIMEOUT
 from chaosgrad.errors import InputError, LaunchError
 
-PyTree = Any
 POPULATION_AXIS = "population"
 
 ENV_COORDINATOR = "CHAOSGRAD_COORDINATOR"

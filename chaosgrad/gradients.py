@@ -7,20 +7,19 @@ from __future__ import annotations
 import math
 import time
 from functools import reduce
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import numpy as np
 
 from chaosgrad import deprecation
+from chaosgrad._types import PyTree
 from chaosgrad.config import precision_info
 from chaosgrad.errors import InputError
 from chaosgrad.progress import progress_bar
 from chaosgrad.stats import LEVEL, NAN_INTERVAL, Interval, percentile_interval, resample_indices
 from chaosgrad.system import System, default_key, resolve_theta
 from chaosgrad.unroll import check_steps, unroll_grad
-
-PyTree = Any
 
 
 def overflow_safe_norm(tree: PyTree, batched: bool = False) -> np.ndarray:

@@ -6,16 +6,16 @@ Matrix-free (jvp/vjp linear operators) and, when small enough, dense (`jax.jacfw
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from chaosgrad import deprecation
+from chaosgrad._types import PyTree
 from chaosgrad.errors import InputError
 from chaosgrad.system import System, default_key, resolve_theta, split_run_key, step_key
 
-PyTree = Any
 MAX_DENSE_DIM = 4096
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import optax.tree_utils as otu
 from jax import lax
 
+from chaosgrad._types import PyTree
 from chaosgrad.config import precision_info
 from chaosgrad.errors import InputError
 from chaosgrad.jacobian import phase_map, start_run
@@ -25,7 +26,6 @@ from chaosgrad.progress import progress_bar
 from chaosgrad.system import System, cache_by_functions
 from chaosgrad.unroll import all_finite, check_steps
 
-PyTree = Any
 FLOAT32_LONG_RUN = 20_000
 
 

@@ -6,13 +6,14 @@ and finite-time exponents live in `chaosgrad.lyapunov` and stay importable from 
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from chaosgrad._types import PyTree
 from chaosgrad.errors import InputError
 from chaosgrad.jacobian import MAX_DENSE_DIM, check_dense, phase_map, start_run
 from chaosgrad.lyapunov import (  # noqa: F401 -- re-exported
@@ -35,8 +36,6 @@ from chaosgrad.lyapunov import (  # noqa: F401 -- re-exported
 from chaosgrad.params import check_int
 from chaosgrad.system import System, cache_by_functions
 from chaosgrad.unroll import check_steps
-
-PyTree = Any
 
 
 # -- eigenvalues of one-step Jacobians along a trajectory --------------------------------------

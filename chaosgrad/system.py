@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from chaosgrad._types import PyTree
 from chaosgrad.compile_cache import (  # noqa: F401 -- re-exported
     _LIBRARY_ROOTS,
     _MAX_DEPTH,
@@ -53,7 +54,6 @@ from chaosgrad.validation import (  # noqa: F401 -- re-exported
 # computing module imports this one. CHAOSGRAD_NO_CACHE=1 leaves it off.
 auto_enable_compilation_cache()
 
-PyTree = Any
 META_LOSSES = ("mean", "sum", "last")
 
 

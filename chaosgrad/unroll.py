@@ -11,7 +11,7 @@ steps half the step keys (`split_run_key`), so one key gives the same run everyw
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +20,7 @@ import optax.tree_utils as otu
 from jax import lax
 
 from chaosgrad import deprecation
+from chaosgrad._types import PyTree
 from chaosgrad.errors import InputError
 from chaosgrad.progress import progress_bar
 from chaosgrad.system import (
@@ -35,7 +36,6 @@ from chaosgrad.system import (
     step_key,
 )
 
-PyTree = Any
 DEFAULT_CHUNK = 1024
 TRAJECTORY_CHUNK = 256
 

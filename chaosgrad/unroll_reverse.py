@@ -8,13 +8,14 @@ re-exports `unroll_grad` and `GradResult`.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from chaosgrad._types import PyTree
 from chaosgrad.progress import progress_bar
 from chaosgrad.system import (
     System,
@@ -36,7 +37,6 @@ from chaosgrad.unroll import (
     weighted_sum,
 )
 
-PyTree = Any
 GRAD_CHUNK = 256
 # unroll_grad keeps every chunk's vjp residuals (jax.grad's cost and memory) while they
 # fit in this many bytes, and recomputes chunk by chunk beyond it.

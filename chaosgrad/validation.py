@@ -7,19 +7,18 @@ once.
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from chaosgrad._types import PyTree
 from chaosgrad.errors import InputError
 
 if TYPE_CHECKING:  # the record; chaosgrad.system imports this module
     from chaosgrad.system import System
-
-PyTree = Any
 
 
 # Systems already checked, with the θ signatures they were checked with. Weak keys: a

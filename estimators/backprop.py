@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,8 +40,6 @@ from chaosgrad.estimators.unrolled import (
 )
 
 from chaosgrad.system import System, cache_by_functions, resolve_theta
-
-PyTree = Any
 
 
 def backprop(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple, TypedDict
+from typing import NamedTuple, TypedDict
 
 import jax
 import jax.numpy as jnp
@@ -14,10 +14,10 @@ import optax.tree_utils as otu
 from jax.sharding import NamedSharding
 
 from chaosgrad import distributed
+from chaosgrad._types import PyTree
 from chaosgrad.errors import InputError
 from chaosgrad.unroll import check_steps
 
-PyTree = Any
 POPULATION_AXIS = distributed.POPULATION_AXIS
 
 

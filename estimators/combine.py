@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,10 +16,9 @@ from chaosgrad.estimators.base import (
 )
 from chaosgrad.estimators.unrolled import Horizon, horizon_init, steps_of
 
+from chaosgrad._types import PyTree
 from chaosgrad.errors import InputError
 from chaosgrad.system import System
-
-PyTree = Any
 
 
 def inverse_variance_combine(samples_a: PyTree, samples_b: PyTree):

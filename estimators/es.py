@@ -5,7 +5,7 @@ ES over windows of a persistent population, and PES (Vicol, Metz & Sohl-Dickstei
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,9 +31,8 @@ from chaosgrad.estimators.particles import (
 )
 from chaosgrad.estimators.unrolled import Horizon, horizon_init, steps_of, unroll_value
 
+from chaosgrad._types import PyTree
 from chaosgrad.system import System, cache_by_functions, resolve_theta
-
-PyTree = Any
 
 
 def es(

@@ -8,13 +8,14 @@ members of a group share their run keys (same data and step noise) and their res
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax.tree_utils as otu
 from jax import lax
 
+from chaosgrad._types import PyTree
 from chaosgrad.errors import InputError
 from chaosgrad.system import (
     System,
@@ -26,7 +27,6 @@ from chaosgrad.system import (
 )
 from chaosgrad.unroll import all_finite, loss_weights, weighted_sum
 
-PyTree = Any
 _LENGTH_TAG = 0x4C454E  # folds a run key into the key of its run length
 
 

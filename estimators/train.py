@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +33,7 @@ from chaosgrad.estimators.checkpoint import (
 )
 
 from chaosgrad import distributed
+from chaosgrad._types import PyTree
 from chaosgrad.config import precision_info
 from chaosgrad.errors import InputError
 from chaosgrad.io import (
@@ -44,8 +45,6 @@ from chaosgrad.io import (
 from chaosgrad.progress import progress_bar
 from chaosgrad.system import System, resolve_theta
 from chaosgrad.unroll import check_steps, unrolled_loss
-
-PyTree = Any
 
 
 class MetaTrainResult(NamedTuple):

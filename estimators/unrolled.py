@@ -15,13 +15,14 @@ a finite gradient into NaN.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax.tree_utils as otu
 from jax import lax
 
+from chaosgrad._types import PyTree
 from chaosgrad.errors import InputError
 from chaosgrad.params import check_int
 from chaosgrad.system import (
@@ -34,7 +35,6 @@ from chaosgrad.system import (
 )
 from chaosgrad.unroll import loss_weights
 
-PyTree = Any
 MIN_CAPACITY = 1024  # every horizon up to this shares one program
 
 

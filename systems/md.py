@@ -28,7 +28,6 @@ MODES = ("fire", "nve", "nvt", "brownian")
 # γ = 0.1 times smaller.
 DEFAULT_DT = {"fire": 0.1, "nve": 0.01, "nvt": 0.01, "brownian": 0.001}
 SPATIAL_DIM = 2
-PyTree = Any
 
 
 def _jax_md():

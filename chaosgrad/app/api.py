@@ -9,13 +9,12 @@ it. The full-control functions stay where they were (`chaosgrad.app.compare.comp
 from __future__ import annotations
 
 import os
-from typing import Any
 
+from chaosgrad._types import PyTree
 from chaosgrad.app.compare import DEFAULT_ESTIMATORS, Comparison
 from chaosgrad.app.compare import compare as _compare
 from chaosgrad.errors import InputError
 
-PyTree = Any
 OUTER_OPTIMIZERS = ("adam", "sgd", "momentum", "adamw", "rmsprop")
 
 __all__ = ["Comparison", "OUTER_OPTIMIZERS", "compare", "meta_train", "outer_optimizer"]

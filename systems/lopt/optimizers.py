@@ -5,13 +5,13 @@ hand-designed baselines (SGD, momentum, Adam) with log learning rates.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-PyTree = Any
+from chaosgrad._types import PyTree
 
 
 class StepInfo(NamedTuple):

@@ -5,18 +5,16 @@ and seeds at once (one jitted vmap), and random directions to slice along.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from chaosgrad._types import PyTree
 from chaosgrad.gradients import random_direction  # noqa: F401  (re-exported)
 from chaosgrad.system import System, default_key, is_key_batch, resolve_theta
 from chaosgrad.unroll import check_steps, unrolled_loss
-
-PyTree = Any
 
 
 @functools.lru_cache(maxsize=16)

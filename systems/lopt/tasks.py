@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from chaosgrad._types import PyTree
 from chaosgrad.errors import InputError, require
 
-PyTree = Any
 SPLITS = ("train", "valid")
 
 

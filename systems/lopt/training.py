@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -14,11 +14,10 @@ from chaosgrad.systems.lopt.optimizers import Optimizer, StepInfo, adam, momentu
 from chaosgrad.systems.lopt.tasks import TASKS, make_task
 from chaosgrad.systems.maps import _dtype, _precision
 
+from chaosgrad._types import PyTree
 from chaosgrad.errors import InputError
 from chaosgrad.params import check_int
 from chaosgrad.system import StepOut, System
-
-PyTree = Any
 
 # name -> (factory, default lr)
 OPTIMIZERS = {

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
 
 import jax
 import numpy as np
@@ -20,7 +19,6 @@ from chaosgrad.errors import InputError
 from chaosgrad.progress import progress_bar
 from chaosgrad.system import System
 
-PyTree = Any
 MIN_SAMPLES = 8  # replicates per estimator: the sign-flip bias test needs at least 6 groups
 PILOT = 4  # batches of each reference kind measured before the reference is chosen
 REFERENCE_FACTOR = 10  # the reference has at least this many times an estimator's replicates
