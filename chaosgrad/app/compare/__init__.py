@@ -9,6 +9,7 @@ A package of three modules, one job each: `run` (`compare` and `reference_gradie
 records, their statistics and the report's words). Every name stays importable from here.
 """
 
+from chaosgrad._types import PyTree  # noqa: F401 -- re-exported
 from chaosgrad.app.compare.report import (  # noqa: F401 -- re-exported
     Comparison,
     EstimatorStats,
@@ -39,7 +40,6 @@ from chaosgrad.app.compare.sampling import (  # noqa: F401 -- re-exported
     PILOT,
     REFERENCE_FACTOR,
     SHARED_SETTINGS,
-    PyTree,
     _allocate,
     _choose_reference,
     _estimator_params,

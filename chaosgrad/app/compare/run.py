@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from chaosgrad import distributed, estimators
+from chaosgrad._types import PyTree
 from chaosgrad.app.compare.report import (
     Comparison,
     Reference,
@@ -30,7 +31,6 @@ from chaosgrad.app.compare.sampling import (
     MIN_SAMPLES,
     PILOT,
     REFERENCE_FACTOR,
-    PyTree,
     _allocate,
     _choose_reference,
     _estimator_params,
