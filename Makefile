@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: venv demo test test-slow bench lint
+.PHONY: typecheck
 
 # Reinstall when pyproject.toml changes: the editable install maps chaosgrad.systems and
 # chaosgrad.estimators onto the top-level folders at install time.
@@ -39,3 +40,7 @@ bench: $(BENCH_STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+
+# mypy over chaosgrad, chaosgrad.systems and chaosgrad.estimators ([tool.mypy] in pyproject.toml)
+typecheck: $(STAMP)
+	.ci/typecheck

@@ -231,7 +231,7 @@ def cache_by_functions(maxsize: int = 64):
     step compiles in 30 to 70 s on 2 CPU cores)."""
 
     def deco(build):
-        cache: dict = {}
+        cache = {}  # (compile_key, *args) → the built function
 
         @functools.wraps(build)
         def wrapper(system: System, *args):

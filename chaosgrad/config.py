@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 LAUNCH_TIMEOUT = 120  # seconds a multi-process launch waits for its peers (CHAOSGRAD_TIMEOUT)
 
@@ -23,7 +24,7 @@ def x64_enabled() -> bool:
     """Whether JAX's float64 mode is on."""
     import jax
 
-    return bool(jax.config.jax_enable_x64)
+    return bool(jax.config.jax_enable_x64)  # type: ignore[attr-defined]  # options set at runtime
 
 
 def default_float():
@@ -100,7 +101,8 @@ def auto_enable_compilation_cache() -> None:
     _AUTO_CACHE_DONE = True
     import jax
 
-    if os.environ.get("CHAOSGRAD_NO_CACHE") or jax.config.jax_compilation_cache_dir:
+    cache_dir = jax.config.jax_compilation_cache_dir  # type: ignore[attr-defined]  # as above
+    if os.environ.get("CHAOSGRAD_NO_CACHE") or cache_dir:
         return
     enable_compilation_cache()
 
@@ -110,7 +112,7 @@ def provenance(key=None, **extra) -> dict:
     (e.g. the seed and the command's arguments). Recorded in every report.json."""
     from chaosgrad._version import __version__
 
-    out = {"chaosgrad": __version__}
+    out: dict[str, Any] = {"chaosgrad": __version__}
     if key is not None:
         import jax
         import jax.numpy as jnp
@@ -129,7 +131,8 @@ def precision_info(dtype=None) -> dict:
     return {
         "dtype": None if dtype is None else str(dtype),
         "x64": x64_enabled(),
-        "matmul_precision": str(jax.config.jax_default_matmul_precision or "default"),
+        # jax.config declares its options at runtime, so mypy does not see them
+        "matmul_precision": str(jax.config.jax_default_matmul_precision or "default"),  # type: ignore[attr-defined]
         "backend": jax.default_backend(),
         "jax": jax.__version__,
     }

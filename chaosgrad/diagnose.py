@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +43,9 @@ def tail_table(norms: np.ndarray, multiple: float = TAIL_MULTIPLE) -> dict:
     for row in norms:
         ok = row[np.isfinite(row)]
         if ok.size == 0:
-            med.append(np.nan), big.append(np.nan), frac.append(np.nan)
+            med.append(np.nan)
+            big.append(np.nan)
+            frac.append(np.nan)
             continue
         m = float(np.median(ok))
         med.append(m)
@@ -345,9 +348,9 @@ def _f(x) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:+.4g}"
 
 
-def _fi(iv: Interval) -> str:
+def _fi(iv: Interval | None) -> str:
     """``+0.42 [+0.41, +0.43]``; ends that are unbounded or unknown say so."""
-    if not np.isfinite(iv.value):
+    if iv is None or not np.isfinite(iv.value):
         return "n/a"
     if not np.isfinite(iv.low) and not np.isfinite(iv.high):
         return f"{iv.value:+.4g} (no interval: n/a)"
@@ -869,7 +872,7 @@ def _recommend(
     )
 
 
-class _CallableModule(type(os)):
+class _CallableModule(types.ModuleType):
     """`chaosgrad.diagnose` is this module and, called, the function `diagnose`: the one
     name works as ``chaosgrad.diagnose(system)`` and as ``chaosgrad.diagnose.diagnose``."""
 

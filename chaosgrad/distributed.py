@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 from collections.abc import Iterator, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -106,7 +106,7 @@ def resolve_launch(
         if _int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1, "OMPI_COMM_WORLD_SIZE") > 1:
             return Launch(None, None, None, "mpi")
         return None
-    vals = {k: given[k] if given[k] is not None else from_env[k] for k in given}
+    vals: dict[str, Any] = {k: given[k] if given[k] is not None else from_env[k] for k in given}
     for count, rank in (
         ("SLURM_NTASKS", "SLURM_PROCID"),
         ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),
@@ -376,12 +376,14 @@ def broadcast_arrays(arrays: list | None, like: list) -> list[np.ndarray]:
     −0.0 or a NaN payload survives); other processes pass None. ``like`` gives every
     array's shape and dtype on every process. A collective on several processes."""
     if process_count() == 1:
+        assert arrays is not None  # the one process is process 0
         return [np.asarray(a, dtype=r.dtype) for a, r in zip(arrays, like, strict=True)]
     from jax.experimental import multihost_utils
 
     sizes = [int(np.prod(r.shape)) * np.dtype(r.dtype).itemsize for r in like]
     buf = np.zeros(sum(sizes) + 1, np.uint8)
     if is_main_process():
+        assert arrays is not None  # process 0 passes them
         buf[:-1] = np.concatenate(
             [
                 np.ascontiguousarray(np.asarray(a, dtype=r.dtype)).reshape(-1).view(np.uint8)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import time
 from functools import reduce
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -81,7 +81,7 @@ def growth_fits(horizons, values) -> dict:
     v = np.asarray(values, np.float64)
     ok = np.isfinite(v) & (v > 0) & (t > 0)
     t, y = t[ok], np.log(np.where(ok, v, 1.0)[ok])
-    out = {
+    out: dict[str, Any] = {
         "rate": math.nan,
         "exp_rms": math.nan,
         "power": math.nan,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from typing import Any
 
 import numpy as np
 
@@ -122,7 +123,7 @@ def parse_kv(
         the strings came from, named in errors; allow_nonfinite: keys that may be
         non-finite (see `nonfinite_allowed`).
     """
-    out = {}
+    out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")

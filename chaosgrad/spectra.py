@@ -240,9 +240,9 @@ def jacobian_products(
             )
             radius = np.array([np.abs(_eig_or_nan(pp)).max() for pp in ps])
             log_eig.append(cs + np.log(radius))
-    log_sv = np.concatenate(log_sv)[:steps]
-    log_eig = np.concatenate(log_eig)[:steps] if eigenvalues else np.full(steps, np.nan)
-    return ProductResult(np.arange(1, steps + 1), log_sv, log_eig)
+    sv = np.concatenate(log_sv)[:steps]
+    eig = np.concatenate(log_eig)[:steps] if eigenvalues else np.full(steps, np.nan)
+    return ProductResult(np.arange(1, steps + 1), sv, eig)
 
 
 def product_singular_values(

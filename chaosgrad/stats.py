@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 LEVEL = 0.95  # every interval chaosgrad reports is a 95% interval unless it says otherwise
 
@@ -72,7 +72,7 @@ def _t(level: float, dof: int) -> float:
     return float(_st().t.ppf(0.5 + level / 2, max(dof, 1)))
 
 
-def mean_interval(x: Sequence[float], level: float = LEVEL) -> Interval:
+def mean_interval(x: npt.ArrayLike, level: float = LEVEL) -> Interval:
     """Student-t interval for the mean of independent samples (non-finite ones dropped)."""
     x = np.asarray(x, np.float64).ravel()
     x = x[np.isfinite(x)]

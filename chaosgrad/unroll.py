@@ -51,7 +51,9 @@ def check_steps(steps, name: str = "steps") -> int:
     return n
 
 
-def loss_weights(kind: str, t: jax.Array, n: jax.Array) -> jax.Array:
+def loss_weights(
+    kind: str, t: jax.Array | np.ndarray, n: jax.Array | np.ndarray | int
+) -> jax.Array:
     """Weights w_t of per-step losses in the meta-loss Σ_t w_t ℓ_t, for t in [0, n)."""
     inside = (t >= 0) & (t < n)
     if kind == "mean":

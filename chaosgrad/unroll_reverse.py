@@ -266,7 +266,7 @@ def unroll_grad(
         total=2 * steps, desc=f"grad {system.name}", enabled=progress, min_total=20000
     )
     # Nothing below waits on the host: chunks are dispatched asynchronously and their
-    # outputs fetched once at the end (issue 12: a sync per chunk).
+    # outputs fetched once at the end (a host sync per chunk used to be the cost).
     with bar:
         last = n_chunks if keep_residuals else n_chunks - 1
         for c in range(last):
@@ -295,8 +295,8 @@ def unroll_grad(
     del saved, outs
     vals, losses, grad = jax.device_get((vals, losses, grad))
     axis = 1 if batched else 0
-    losses = np.concatenate(losses, axis=axis)
-    losses = losses[:, :steps] if batched else losses[:steps]
+    joined = np.concatenate(losses, axis=axis)
+    all_losses = joined[:, :steps] if batched else joined[:steps]
     leaves = jax.tree_util.tree_leaves(grad)
     if batched:
         bad = sum(
@@ -307,9 +307,9 @@ def unroll_grad(
     return GradResult(
         meta_loss=np.sum(np.stack(vals), axis=0),
         grad=grad,
-        losses=losses,
+        losses=all_losses,
         state=state,
-        nonfinite_losses=(~np.isfinite(losses)).sum(axis=-1),
+        nonfinite_losses=(~np.isfinite(all_losses)).sum(axis=-1),
         nonfinite_grad=np.asarray(bad),
         steps=steps,
     )

@@ -41,6 +41,7 @@ def load_factory(spec: str, kind: str = "system", accepted: Callable[[], list[st
         mod_name = f"_chaosgrad_user_{path.stem}"
         try:
             loader = importlib.util.spec_from_file_location(mod_name, path)
+            assert loader is not None and loader.loader is not None  # a .py file has both
             mod = importlib.util.module_from_spec(loader)
             sys.modules[mod_name] = mod
             loader.loader.exec_module(mod)

@@ -103,7 +103,7 @@ def check_system(system: System, theta: PyTree = None, *, batched: bool = False)
     if system.theta is not None and theta is not system.theta:
         d_leaves, d_tree = jax.tree_util.tree_flatten(system.theta)
         leaves, tree = jax.tree_util.tree_flatten(theta)
-        if tree != d_tree:
+        if tree != d_tree:  # type: ignore[operator]  # jaxlib's PyTreeDef stub has no __ne__
             raise InputError(
                 f"theta of system {name!r} has structure {tree}; expected the "
                 f"structure of its default theta, {d_tree}"
@@ -148,7 +148,7 @@ def check_system(system: System, theta: PyTree = None, *, batched: bool = False)
     new_state, out = result
     s_leaves, s_tree = jax.tree_util.tree_flatten(state)
     n_leaves, n_tree = jax.tree_util.tree_flatten(new_state)
-    if s_tree != n_tree:
+    if s_tree != n_tree:  # type: ignore[operator]  # jaxlib's PyTreeDef stub has no __ne__
         raise InputError(
             f"step(state, theta, key) of system {name!r} returned a state of "
             f"structure {n_tree}; expected the structure init made, {s_tree}"
@@ -182,7 +182,7 @@ def _check_phase_round_trip(system: System, state, theta, batched: bool) -> bool
     back = _trace(system, "with_phase(state, phase)", system.with_phase, state, p)
     s_leaves, s_tree = jax.tree_util.tree_flatten(state)
     b_leaves, b_tree = jax.tree_util.tree_flatten(back)
-    if b_tree != s_tree or any(
+    if b_tree != s_tree or any(  # type: ignore[operator]  # as above
         a.shape != b.shape or a.dtype != b.dtype for a, b in zip(b_leaves, s_leaves, strict=True)
     ):
         raise InputError(

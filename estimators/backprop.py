@@ -212,7 +212,8 @@ def _tbptt_estimate(system: System, n: int, window: int, kind: str, one_reset: b
         (_, (vals, (carry, win))), grad = jax.value_and_grad(total, has_aux=True)(
             theta, est_state.lengths, p, est_state.pair_keys
         )
-        new = shard_population(Particles(*carry, xi=()), sharding)
+        # carry: the fields before xi (mypy cannot count a starred tuple)
+        new = shard_population(Particles(*carry, xi=()), sharding)  # type: ignore[misc]
         info = finish_info(
             grad,
             loss=jnp.mean(vals),

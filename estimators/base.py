@@ -175,7 +175,9 @@ def count_nonfinite(tree: PyTree) -> jax.Array:
     leaves = jax.tree_util.tree_leaves(tree)
     if not leaves:
         return jnp.zeros((), jnp.int32)
-    return sum(jnp.sum(~jnp.isfinite(x)).astype(jnp.int32) for x in leaves)
+    return sum(
+        (jnp.sum(~jnp.isfinite(x)).astype(jnp.int32) for x in leaves), jnp.zeros((), jnp.int32)
+    )
 
 
 def finish_info(grad: PyTree, *, loss, steps, nonfinite_losses, **extra) -> Info:
@@ -189,7 +191,7 @@ def finish_info(grad: PyTree, *, loss, steps, nonfinite_losses, **extra) -> Info
         nonfinite_losses=nonfinite_losses,
         nonfinite_grad=count_nonfinite(grad),
         grad_norm=otu.tree_norm(grad),
-        **extra,
+        **extra,  # type: ignore[typeddict-item]  # an estimator's own keys (see Info)
     )
 
 

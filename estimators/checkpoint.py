@@ -125,7 +125,7 @@ def _fingerprint_mismatch(saved: str, now: dict) -> list[str]:
         old = None
     if not isinstance(old, dict):
         return ["fingerprint (unreadable: a checkpoint from an older chaosgrad)"]
-    out = []
+    out: list[str] = []
     for k in sorted(set(old) | set(now)):
         if old.get(k) != now.get(k):
             a, b = old.get(k, "(absent)"), now.get(k, "(absent)")

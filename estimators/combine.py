@@ -126,8 +126,8 @@ def _combined_estimate(run, pairs: int, sigma: float):
             steps=2 * pairs * steps,
             nonfinite_losses=jnp.sum(bad).astype(jnp.int32),
             weight_backprop=sum(jnp.sum(x) for x in leaves) / size,
-            nonfinite_backprop=sum(
-                jnp.sum(~jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(g_bp)
+            nonfinite_backprop=jnp.asarray(
+                sum(jnp.sum(~jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(g_bp))
             ).astype(jnp.int32),
         )
         return grad, est_state, info

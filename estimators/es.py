@@ -337,7 +337,8 @@ def _truncated_estimate(
         )
         total, xi = credit.rule(eps, member_signs(members), p.xi, losses)
         grad = otu.tree_scale(1.0 / (pairs * members * sigma**2), total)
-        new = shard_population(Particles(*carry, xi=xi), sharding)
+        # carry: the fields before xi (mypy cannot count a starred tuple)
+        new = shard_population(Particles(*carry, xi=xi), sharding)  # type: ignore[misc]
         info = finish_info(
             grad,
             loss=jnp.mean(losses.old + losses.new),
@@ -572,7 +573,8 @@ def _nres_estimate(
             return jnp.where(r, xn, x)
 
         xi = jax.tree_util.tree_map(keep, p.xi, xi_next)
-        new_p = shard_population(Particles(*carry, xi=xi), sharding)
+        # carry: the fields before xi (mypy cannot count a starred tuple)
+        new_p = shard_population(Particles(*carry, xi=xi), sharding)  # type: ignore[misc]
         info = finish_info(
             grad,
             loss=jnp.mean(old + new),

@@ -238,7 +238,8 @@ def run_window(
     Returns ((state, t, length, run), Window).
     """
     if one_reset is None:
-        one_reset = window <= schedule.min_length
+        # None comes with a Schedule only (see Args); a TracedSchedule comes with its answer
+        one_reset = window <= schedule.min_length  # type: ignore[union-attr]
     # When no run can end twice inside a window (K ≤ the shortest run, no ``done``), where
     # the one reset falls is known before the window runs: the scan then carries the state
     # alone, and weights, step indices and freshness are computed once, vectorised,
@@ -256,7 +257,7 @@ def run_window(
 
 def _run_window_steps(
     system: System,
-    schedule: Schedule,
+    schedule: Schedule | TracedSchedule,
     window: int,
     theta: PyTree,
     state: PyTree,
@@ -298,7 +299,7 @@ def _run_window_steps(
 
 def _run_window_one_reset(
     system: System,
-    schedule: Schedule,
+    schedule: Schedule | TracedSchedule,
     window: int,
     theta: PyTree,
     state: PyTree,
@@ -354,7 +355,7 @@ class TruncatedState(NamedTuple):
 
     particles: Particles
     pair_keys: jax.Array
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # a field named count hides tuple.count
     lengths: jax.Array
 
 

@@ -165,6 +165,7 @@ def meta_train(
     out = Path(out_dir)
     # Only process 0 touches the folder. Whether it could is sent to every process, so a
     # refusal (a folder in use) stops them all with the same message.
+    lock: contextlib.nullcontext[None] | OutputLock
     error, lock = "", contextlib.nullcontext()
     if distributed.is_main_process():
         try:

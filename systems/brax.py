@@ -76,7 +76,9 @@ def _joint_layout(sys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     Q_WIDTHS, QD_WIDTHS = base.Q_WIDTHS, base.QD_WIDTHS
 
     ang = np.asarray(sys.dof.motion.ang)
-    plain, quats, hinges = [], [], []
+    plain: list[int] = []
+    quats: list[list[int]] = []
+    hinges: list[int] = []
     qi = di = 0
     for typ in sys.link_types:
         if typ == "f":

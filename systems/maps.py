@@ -245,8 +245,8 @@ def heat(
     fdt = _dtype(dtype)
     n = check_int(n, "heat n (grid points)", lo=2)
     rng = np.random.default_rng(check_int(seed, "heat seed", lo=0))
-    c = rng.standard_normal(int(n))
-    c = jnp.asarray(c / np.linalg.norm(c), fdt)
+    c_np = rng.standard_normal(int(n))
+    c = jnp.asarray(c_np / np.linalg.norm(c_np), fdt)
 
     def init(key, theta):
         return jax.random.normal(key, (int(n),), fdt)

@@ -130,7 +130,8 @@ class _Layout(NamedTuple):
 
 
 def _layout(mj_model) -> _Layout:
-    plain, quats = [], []
+    plain: list[int] = []
+    quats: list[list[int]] = []
     for j in range(mj_model.njnt):
         typ, adr = int(mj_model.jnt_type[j]), int(mj_model.jnt_qposadr[j])
         if typ == _FREE:

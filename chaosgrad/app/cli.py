@@ -15,6 +15,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 from chaosgrad._version import __version__
 from chaosgrad.app.cli_types import (  # noqa: F401 -- re-exported
@@ -660,9 +661,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "x64", False):
             enable_x64()
         enable_compilation_cache()
-    handler = COMMANDS.get(args.command) or getattr(args, "func", None)
+    handler: Any = COMMANDS.get(args.command) or getattr(args, "func", None)
 
-    def fail(message: str) -> int:
+    def fail(message: object) -> int:
         text = " ".join(str(message).split())  # one line, whatever the message holds
         print(f"chaosgrad {args.command}: error: {text}", file=sys.stderr)
         return 2

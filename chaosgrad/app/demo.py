@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from chaosgrad._version import __version__
 from chaosgrad.config import enable_x64
@@ -27,7 +28,7 @@ def cmd_demo(args) -> int:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for j, g in enumerate((2.0, 0.5)):
         system = systems.make("rnn", n=32, g=g, seed=0)
         t0 = time.perf_counter()

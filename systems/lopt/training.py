@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -20,7 +21,7 @@ from chaosgrad.params import check_int
 from chaosgrad.system import StepOut, System
 
 # name -> (factory, default lr)
-OPTIMIZERS = {
+OPTIMIZERS: dict[str, tuple[Callable[..., Optimizer], float]] = {
     "sgd": (sgd, 0.1),
     "momentum": (momentum, 0.05),
     "adam": (adam, 0.01),
@@ -132,6 +133,7 @@ def lopt_system(
     if lr is None:
         lr = TASK_LR.get((task, optimizer), OPTIMIZERS.get(optimizer, (None, None))[1])
     opt = make_optimizer(optimizer, lr, lopt_hidden, dt)
+    assert lr is not None  # make_optimizer refused an unknown optimizer
     lr = float(lr)
     if task == "quadratic":
         tk = make_task(task, dim=dim, noise=noise, dtype=dt)

@@ -81,7 +81,7 @@ class EstimatorStats:
     per_replicate: int = 1
     bias_p: float = math.nan
     tails: dict = field(default_factory=dict)
-    mean_grad: np.ndarray = field(repr=False, default=None)
+    mean_grad: np.ndarray = field(repr=False, default=None)  # type: ignore[arg-type]  # filled in by compare
     traits: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -122,7 +122,7 @@ class Reference:
     kind: str
     description: str
     batches: int = 0
-    rows: np.ndarray = field(repr=False, default=None)
+    rows: np.ndarray = field(repr=False, default=None)  # type: ignore[arg-type]  # filled in by compare
 
     @property
     def se(self) -> float:

@@ -87,7 +87,7 @@ def _check_inputs(asked, horizon, samples, budget, target) -> list[tuple[str, An
             + ", module:function, or an "
             "Estimator object"
         )
-    entries = []
+    entries: list[tuple[str, Any]] = []
     for a in asked:
         if isinstance(a, str):
             entries.append((estimators.canonical_name(a), a))
@@ -337,7 +337,7 @@ def compare(
         return [*counts[0], counts[1], *[wanted(r) for r, _ in extra[1:]]]
 
     n_jobs = len(built) + len(extra)
-    t_sample = None
+    t_sample: Any = None  # the start time, then the timing record
     if split:
         done = _split_sampling(sampler, n_jobs, allocate, progress)
         if done is None:
@@ -378,6 +378,7 @@ def compare(
     smoothing = {n: e.smoothing for n, e in zip(names, built, strict=True)}
     null_rows = results[null_in][0] if null_in is not None else by_role["null"]
     against = ref.rows if chosen == null_kind else cross
+    assert against is not None  # the null's kind is the reference's or the cross-check's
     null_check = _null_check(
         null_rows[:, 0],
         against,

@@ -112,6 +112,7 @@ class _Sampler:
             total = g if total is None else total + g
             steps += float(info["steps"])
         self.steps = steps / self.per_replicate
+        assert total is not None and first is not None  # per_replicate ≥ 1
         return np.stack([total / self.per_replicate, first])
 
     def run(self, samples: int, desc: str, progress) -> tuple[np.ndarray, float, float]:

@@ -92,7 +92,7 @@ def _module(name: str):
 
 def versions() -> dict:
     """Versions of the packages a result depends on."""
-    out = {"python": platform.python_version()}
+    out: dict[str, str | None] = {"python": platform.python_version()}
     for pkg in ("jax", "jaxlib", "numpy", "brax", "jax-md", "optax", "chaosgrad"):
         try:
             out[pkg] = metadata.version(pkg)
@@ -111,7 +111,8 @@ def code_hash() -> str:
     from chaosgrad import estimators, systems
 
     h = hashlib.sha256()
-    roots = [Path(m.__file__).parent for m in (chaosgrad, systems, estimators)]
+    # a package on disk has a __file__
+    roots = [Path(m.__file__).parent for m in (chaosgrad, systems, estimators)]  # type: ignore[arg-type]
     files = sorted({f.resolve() for r in roots for f in r.rglob("*.py")})
     for f in files:
         h.update(f.name.encode())
@@ -263,7 +264,8 @@ class SplitStore(Store):
         if self.rank == 0:
             super().__init__(folder, scale, config, force)
         else:
-            self.folder, self.scale, self.force, self.reused = None, scale, force, 0
+            # other processes never touch the folder
+            self.folder, self.scale, self.force, self.reused = None, scale, force, 0  # type: ignore[assignment]
             self.prefix = f"{scale}-{config}" if config else scale
         self.cache = cache
         self.new: dict = {}
@@ -279,7 +281,7 @@ class SplitStore(Store):
             return self.cache[key]
         if i % self.count != self.rank:
             self.pending += 1
-            return Pending(key)
+            return Pending(key)  # type: ignore[return-value]  # stands in until it arrives
         with distributed.local_only():
             if self.rank == 0:
                 arrays = super().part(key, fn)
@@ -315,7 +317,7 @@ def _pack(status: str, error: str, parts: dict) -> bytes:
         json.dumps({"status": status, "error": error, "keys": sorted(parts)})
     )
     buf = _io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # mypy matches **arrays to allow_pickle
     return buf.getvalue()
 
 
@@ -332,7 +334,9 @@ def _unpack(data: bytes) -> tuple[dict, dict]:
     return head, parts
 
 
-def run_split(name: str, mod, scale: str, store_args: tuple, progress) -> tuple | None:
+def run_split(
+    name: str, mod, scale: str, store_args: tuple[Path, str, str, bool], progress
+) -> tuple | None:
     """Run experiment ``mod`` with its parts split over the processes of the launch.
 
     In passes: every process runs the experiment, computing its own parts and standing in
@@ -467,7 +471,7 @@ def run_figure(
     else:
         t0 = time.perf_counter()
         if distributed.process_count() > 1:
-            (results, meta), reused = run_split(
+            (results, meta), reused = run_split(  # type: ignore[misc]  # process 0: not None
                 name, mod, scale, (folder, scale, config, force), progress
             )
             reused_seconds = 0.0

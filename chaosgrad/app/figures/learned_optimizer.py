@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,7 @@ from chaosgrad.roughness import mean_roughness, roughness, smoothness, turn_indi
 # float32 at quick scale: the 401-point slices through 512 steps are ~2e5 learned-optimizer
 # steps (each one an MLP over 3,466 inner weights), twice as fast as float64 on a CPU; the
 # paper's learned_optimization code runs in float32 too. Paper scale (for a GPU) is float64.
-SIZES = {
+SIZES: dict[str, dict[str, Any]] = {
     "quick": {
         "unrolls": [8, 32, 128, 256, 512],
         "points": 401,

@@ -5,6 +5,8 @@ backprop's meta-gradient explodes; there ES/PES beat backprop at equal compute.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +16,7 @@ from chaosgrad.app.compare import compare
 from chaosgrad.gradients import gradient_growth, loss_slice
 from chaosgrad.spectra import lyapunov_spectrum
 
-SIZES = {
+SIZES: dict[str, dict[str, Any]] = {
     "quick": {
         "horizons": [10, 50, 200],
         "points": 41,

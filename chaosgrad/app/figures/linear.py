@@ -5,6 +5,8 @@ equation is stable iff r = αΔt/Δx² ≤ ½ — spectra and gradients agree.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import numpy as np
 
@@ -13,7 +15,7 @@ from chaosgrad.gradients import gradient_growth
 from chaosgrad.spectra import lyapunov_spectrum
 from chaosgrad.systems.maps import heat_eigenvalues
 
-SIZES = {
+SIZES: dict[str, dict[str, Any]] = {
     "quick": {
         "n": 16,
         "horizons": [5, 10, 20, 40, 60, 80, 100],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from typing import Any
 
 import jax
 import numpy as np
@@ -24,7 +25,7 @@ from chaosgrad.app.figures.learned_optimizer import (
 ESTIMATORS = ("backprop", "tbptt", "es", "tes", "pes", "nres", "combined")
 # Figure 3 is rugged from shift 0.005 to 0.01 (its extrema counts); 0 is the benign point.
 SHIFTS = (0.0, 0.005, 0.0075, 0.01)
-SIZES = {
+SIZES: dict[str, dict[str, Any]] = {
     # each (pick, seed, shift, T) is one `compare`: 7 estimators × 8 replicates and a
     # reference of 10 × 8 batches; sized for a GPU at both scales (see `cost_note`)
     "quick": {
@@ -92,6 +93,7 @@ def cell(system, theta, horizon: int, size: dict, key) -> dict:
         key=key,
         progress=False,
     )
+    assert c is not None  # compare returns None on processes other than 0 only
     by = {s.name: s for s in c.stats}
     # equal seconds: the wall time backprop needs for the step budget, spent by each
     bp = by["backprop"]
@@ -200,7 +202,7 @@ def summarize(parts: dict, shifts, unrolls, picks: int, seeds: int) -> dict:
     below it), and the null checks resolved. Per shift: the crossover T of each (pick,
     seed) — reported only where the intervals separate — and its spread."""
     runs = [(p, q) for p in range(picks) for q in range(seeds)]
-    table = {}
+    table: dict[str, dict] = {}
     for i, s in enumerate(shifts):
         table[str(s)] = {}
         for j, t in enumerate(unrolls):

@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,7 @@ import numpy as np
 
 from chaosgrad import estimators, systems
 
-SIZES = {
+SIZES: dict[str, dict[str, Any]] = {
     "quick": {
         "horizon": 200,
         "window": 10,

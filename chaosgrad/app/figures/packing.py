@@ -6,13 +6,15 @@ explodes with T — fastest for small D.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import numpy as np
 
 from chaosgrad import systems
 from chaosgrad.gradients import gradient_growth, loss_slice
 
-SIZES = {
+SIZES: dict[str, dict[str, Any]] = {
     "quick": {"n": 32, "points": 37, "horizons": [1, 2, 4, 8, 16, 32, 64, 128, 256], "seeds": 8},
     "paper": {"n": 128, "points": 91, "horizons": [1, 2, 4, 8, 16, 32, 64, 128, 256], "seeds": 32},
 }

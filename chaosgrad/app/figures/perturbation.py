@@ -7,6 +7,8 @@ the figure's meta.json (``drawn``, ``assumption``, ``first_order``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +16,7 @@ import numpy as np
 from chaosgrad.config import x64_enabled
 from chaosgrad.errors import InputError
 
-SIZES = {
+SIZES: dict[str, dict[str, Any]] = {
     "quick": {"n": 8, "steps": 20, "eps": [1e-6, 1e-1], "eps_points": 16, "draws": 8},
     "paper": {"n": 32, "steps": 100, "eps": [1e-8, 1e-1], "eps_points": 29, "draws": 32},
 }
@@ -235,7 +237,7 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     lo, hi = size["eps"]
     eps = np.unique(np.append(np.logspace(np.log10(lo), np.log10(hi), size["eps_points"]), EPS_REF))
     out = {"eps": eps, "steps": np.arange(size["steps"] + 1)}
-    meta = {
+    meta: dict[str, Any] = {
         "sizes": size,
         "spectra": {k: list(v) for k, v in SPECTRA.items()},
         "eps_ref": EPS_REF,

@@ -5,6 +5,8 @@ the variance of the gradient grows with the unroll, at a rate that depends on θ
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import numpy as np
 
@@ -13,7 +15,7 @@ from chaosgrad.gradients import count_extrema, gradient_growth, loss_slice, rand
 from chaosgrad.roughness import mean_roughness, roughness, smoothness
 from chaosgrad.system import split_run_key
 
-SIZES = {
+SIZES: dict[str, dict[str, Any]] = {
     # quick: 201 points cost ~1 s per seed after one ~30 s compilation (2 cores). The mean's
     # wiggle falls like 1/√seeds (the jumps sit at different shifts in each seed): 32 seeds
     # left it at ~1/5 of one seed's, visibly rough; 128 make it ~1/11
@@ -212,7 +214,7 @@ def summary(out: dict, size: dict, n_params: int | None = None) -> dict:
     sl = out["slice_losses"]
     seeds = out["seed_losses"]
     mean = np.nanmean(seeds, axis=0)
-    res = {
+    res: dict[str, Any] = {
         "a": {
             str(t): {
                 "range": float(np.ptp(sl[i])),

@@ -5,6 +5,8 @@ of the Jacobian product, and the gradient norm against the unroll length.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import numpy as np
 
@@ -12,7 +14,7 @@ from chaosgrad import systems
 from chaosgrad.gradients import gradient_growth
 from chaosgrad.spectra import jacobian_eigenvalues, jacobian_products
 
-SIZES = {
+SIZES: dict[str, dict[str, Any]] = {
     "quick": {
         "env": "ant",
         "steps": 100,

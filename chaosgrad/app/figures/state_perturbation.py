@@ -9,6 +9,8 @@ What is drawn, and the reading of the paper it rests on, is written into the fig
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +19,7 @@ from chaosgrad import systems
 from chaosgrad.jacobian import step_jacobian
 from chaosgrad.systems.maps import heat_eigenvalues
 
-SIZES = {
+SIZES: dict[str, dict[str, Any]] = {
     "quick": {"n": 16, "steps": 40, "eps": [1e-6, 1e-1], "eps_points": 11},
     "paper": {"n": 64, "steps": 100, "eps": [1e-6, 1e-1], "eps_points": 21},
 }
@@ -210,7 +212,7 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     eps = np.logspace(np.log10(lo), np.log10(hi), size["eps_points"])
     eps = np.unique(np.append(eps, EPS_REF))
     out = {"eps": eps, "rs": np.asarray(RS), "steps": np.arange(size["steps"] + 1)}
-    meta = {
+    meta: dict[str, Any] = {
         "sizes": size,
         "rs": RS,
         "eps_ref": EPS_REF,

@@ -4,6 +4,8 @@ the reparameterisation (backprop) gradient's variance grows like w² while ES st
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +15,7 @@ from chaosgrad.unroll import unrolled_loss
 
 SIGMA = 0.3
 SLOPE_FROM = 10.0  # the w² growth is fitted above this frequency
-SIZES = {
+SIZES: dict[str, dict[str, Any]] = {
     "quick": {"samples": 1000, "xs": 101, "ws": 21},
     "paper": {"samples": 10000, "xs": 401, "ws": 41},
 }
@@ -64,7 +66,7 @@ def toy_system(w: float, noisy: bool) -> System:
     return System(init, step, name=f"toy w={w:g}", theta=jnp.asarray(0.0), horizon=1)
 
 
-def _variances(w: float, xs: np.ndarray, samples: int, key) -> dict:
+def _variances(w: float, xs: np.ndarray | jax.Array, samples: int, key) -> dict:
     """Max over x of the reparameterisation and antithetic-ES gradient variances."""
     noisy, clean = toy_system(w, True), toy_system(w, False)
     keys = jax.random.split(key, samples)

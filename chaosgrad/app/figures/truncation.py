@@ -8,6 +8,8 @@ zeroed.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +20,7 @@ from chaosgrad import systems
 from chaosgrad.system import split_run_key
 from chaosgrad.unroll import meta_loss_of, pure_unroll
 
-SIZES = {
+SIZES: dict[str, dict[str, Any]] = {
     # quick: Brax's inverted double pendulum on its spring backend (the cheapest Brax physics,
     # ~0.1 ms per episode step with its gradient here; the Ant's 400-step runs do not fit 2
     # cores). 150-step episodes (3 s): long enough that the untruncated gradient explodes
@@ -217,7 +219,7 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
                 # seed sd: its own initial policy and training episodes, the same for every t
                 k = jax.random.fold_in(key, sd)
                 theta0 = init_policy(jax.random.fold_in(k, 1), sizes_, scale_, dtype)
-                done = []
+                done: list[int] = []
 
                 def train(t=t, k=k, th=theta0, done=done, trainer=trainer):
                     return _train(
