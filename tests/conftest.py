@@ -12,7 +12,7 @@ from chaosgrad.config import enable_compilation_cache  # noqa: E402
 enable_compilation_cache()
 
 
-# -- the fuzz suite's size: every run reports how many cases it tried (issue 23) ----------------
+# -- the fuzz suite's size: every run reports how many cases it tried ----------------
 from time import perf_counter as _clock  # noqa: E402 -- tests may patch time.perf_counter
 
 import pytest  # noqa: E402

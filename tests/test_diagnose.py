@@ -232,7 +232,7 @@ def _numbers(text):
 )
 def test_every_verdict_and_recommendation_says_what_its_numbers_say(case):
     """Each sentence of the verdict, the headline and the recommendation is checked against
-    the numbers it is built from (issue 22: no "keeps growing" for a negative rate; the
+    the numbers it is built from (no "keeps growing" for a negative rate; the
     headline's factor is the table's)."""
     from chaosgrad.diagnose import _critical, _recommend, _verdict
     from chaosgrad.io import count_text
@@ -254,7 +254,7 @@ def test_every_verdict_and_recommendation_says_what_its_numbers_say(case):
         "diverges": (0.6, 1.5),
     }[case]
     gr = _growth(*rates)
-    if case == "marginal_shrinks":  # the issue's numbers at lr = 0.1
+    if case == "marginal_shrinks":  # the user RNN's numbers at lr = 0.1 (tests/user_rnn.py)
         gr = gr._replace(variance_rate_interval=Interval(-0.0254, -0.0354, -0.018))
     if case == "chaotic_overflow":
         gr = gr._replace(
@@ -292,7 +292,7 @@ def test_every_verdict_and_recommendation_says_what_its_numbers_say(case):
         assert "from step 46" in rec and "1e6×" in rec and "step 46" in conf
     if case == "stable":
         assert f"{lam.value:+.4g}" in rec and "trustworthy" in rec
-    if case == "marginal_shrinks":  # the lr = 0.1 sentence of the issue
+    if case == "marginal_shrinks":  # the user RNN's sentence at lr = 0.1
         assert crit is None and "keeps growing" not in rec and "shrinks" in rec
         assert f"{v.value:+.4g} [{v.low:+.4g}, {v.high:+.4g}]" in rec
     if case == "marginal_unresolved":
@@ -434,7 +434,7 @@ def test_an_internal_failure_is_not_reported_as_bad_input(capsys, monkeypatch):
 
 
 def test_tails_are_reported_per_horizon():
-    # the issue's numbers: one seed in 512 with |g| = 1.1e5 while the median is 0.06
+    # numbers from a user's run: one seed in 512 with |g| = 1.1e5 while the median is 0.06
     from chaosgrad.diagnose import TAIL_RARITY, seeds_to_see, tail_table
 
     rng = np.random.default_rng(0)

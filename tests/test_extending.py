@@ -1,4 +1,4 @@
-"""A user's estimator is as easy to add as a user's system (issue 25): docs/extending.md's code
+"""A user's estimator is as easy to add as a user's system: docs/extending.md's code
 blocks, run as written in a folder outside the repository (a sign-compressed ES registered in a
 few lines, compared and meta-trained with, from Python and as ``module:function`` on the
 command line); every built-in factory's traits; one-line errors for what is not accepted."""

@@ -1,4 +1,4 @@
-"""Reliability: generated bad input for the command line and the API (issues 13 and 23).
+"""Reliability: generated bad input for the command line and the API.
 
 Every bad input must end in exit status 2 and exactly one line on stderr (or, from the API,
 an InputError naming the problem), never a traceback, never a partial file; every `--json`
@@ -145,7 +145,7 @@ def test_fuzz_integer_options_elsewhere(argv, value, capsys, tmp_path, monkeypat
         (["grad-growth", "henon", "--seeds", "100000000000"], "accepted: 1..2147483647"),
     ],
 )
-def test_issue_cases_out_of_range(argv, needle, capsys, tmp_path, monkeypatch):
+def test_out_of_range_values_are_refused_in_one_line(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = run(argv, capsys)
     assert_refused(code, err, needle)
@@ -775,7 +775,7 @@ def test_options_are_taken_by_their_full_names_only(capsys):
     assert_refused(code, err, "--no-prog")
 
 
-# -- issue 23: the compile cache never serves a stale program ----------------------------------
+# -- the compile cache never serves a stale program ----------------------------------
 _HENON_CELL = """
 import jax, jax.numpy as jnp, chaosgrad
 A = {a}
@@ -797,7 +797,7 @@ def _lambda1(system):
 
 def test_a_redefined_step_reading_a_changed_global_is_compiled_afresh():
     # A notebook cell run with A = 1.4 and again with A = 0.2 in one namespace: the second
-    # run must give the stable map's exponents, not the first run's (issue 23, item 1).
+    # run must give the stable map's exponents, not the first run's.
     ns: dict = {}
     exec(_HENON_CELL.format(a=1.4), ns)
     chaotic = _lambda1(ns["make"]())
@@ -844,7 +844,7 @@ def test_built_in_systems_still_share_compiled_programs():
         assert compile_key(systems.make(name)) == compile_key(systems.make(name))
 
 
-# -- issue 23: a run's identity includes its code -------------------------------------------------
+# -- a run's identity includes its code -------------------------------------------------
 _USER_SYS = """
 import jax, jax.numpy as jnp, chaosgrad
 def make():
@@ -931,7 +931,7 @@ def test_no_resume_removes_the_old_outputs_before_the_first_step(tmp_path):
     assert not any((out / n).exists() for n in names)
 
 
-# -- issue 23: every failure of user code in one line ---------------------------------------------
+# -- every failure of user code in one line ---------------------------------------------
 _GOOD_FACTORY = """
 import jax.numpy as jnp, chaosgrad
 def make(a: float = 1.4):
@@ -1045,7 +1045,7 @@ def test_default_out_of_a_user_system_stays_under_out(tmp_path, capsys, monkeypa
     assert sorted(p.name for p in src.parent.iterdir()) == ["mysys.py"]
 
 
-# -- issue 23: nothing coerced silently ------------------------------------------------------------
+# -- nothing coerced silently ------------------------------------------------------------
 def _tiny_system(**fields):
     def init(key, theta):
         return jnp.zeros(2)
@@ -1200,7 +1200,7 @@ def test_figures_all_with_names_is_refused(capsys, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-# -- issue 23: files -----------------------------------------------------------------------------
+# -- files -----------------------------------------------------------------------------
 def _special_files(tmp_path):
     import socket
 
@@ -1316,7 +1316,7 @@ def test_lock_rechecks_the_file_after_locking(tmp_path, monkeypatch):
         assert os.path.samestat(os.fstat(lock.fd), os.stat(tmp_path / ".lock"))
 
 
-# -- issue 23: launch failures end in one line, status 3, within --timeout -------------------------
+# -- launch failures end in one line, status 3, within --timeout -------------------------
 def _free_port() -> int:
     import socket
 
@@ -1381,7 +1381,7 @@ def test_slurm_variables_without_srun_are_one_line_and_status_3(tmp_path):
     assert len(lines) == 1 and "not started by srun" in lines[0], r.stderr
 
 
-# -- issue 23: generated values that must never be coerced ---------------------------------
+# -- generated values that must never be coerced ---------------------------------
 @FUZZ
 @given(
     value=st.one_of(

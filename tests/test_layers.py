@@ -248,7 +248,7 @@ def _fresh(code: str, **env) -> str:
 
 def test_start_up_imports_nothing_heavy():
     # `import chaosgrad`, `chaosgrad --version` and `chaosgrad systems` load neither JAX nor
-    # scipy nor matplotlib: names load on first use (issue 22: a fast start)
+    # scipy nor matplotlib: names load on first use (a fast start)
     heavy = "[m for m in ('jax', 'scipy', 'matplotlib', 'optax') if m in sys.modules]"
     assert _fresh(f"import sys, chaosgrad; print({heavy})") == "[]"
     assert (

@@ -1,5 +1,5 @@
 """Time estimates of long runs: within 2x of the truth once a piece has run, compiling
-excluded (issue 22: estimates were 15-25x too long)."""
+excluded (they used to be 15-25x too long)."""
 
 import jax
 import jax.numpy as jnp

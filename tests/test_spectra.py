@@ -322,7 +322,7 @@ def _persistent_slope_map():
 
 
 def test_lambda1_interval_over_runs_covers_the_run_to_run_spread():
-    """Issue 22: two independent measurements' intervals overlap as often as they should on
+    """Two independent measurements' intervals overlap as often as they should on
     a system that is not stationary across runs. One run's batch means miss it."""
     from chaosgrad.spectra import leading_exponent_interval, lyapunov_runs
     from chaosgrad.stats import segment_interval

@@ -197,7 +197,7 @@ def test_one_default_k_everywhere():
 
 def test_diagnose_and_spectrum_plots_survive_systems_with_nothing_to_log_scale(tmp_path, capsys):
     # heat at r = 2 and logistic at r = 4.5 blow up: the report is written first, and every
-    # panel with no positive finite data says so instead of failing (issue: "Data cannot
+    # panel with no positive finite data says so instead of failing (the error "Data cannot
     # be log-scaled" used to leave an empty folder)
     out = tmp_path / "heat"
     assert (

@@ -1,4 +1,4 @@
-"""Issue 22's user, end to end: a 2-layer tanh RNN trained by minibatch GD, θ = log lr, its
+"""A user's own system, end to end: a 2-layer tanh RNN trained by minibatch GD, θ = log lr, its
 state a dict pytree (tests/user_rnn.py), diagnosed at lr = 0.1, 0.3, 0.5 in float32 and
 float64. The verdicts are stable-or-marginal / marginal-or-chaotic / diverges and agree
 across the precisions; nothing crashes; every report is saved with its figures; the words

@@ -1,4 +1,4 @@
-"""The user's system of issue 22: a 2-layer tanh RNN trained by minibatch gradient descent.
+"""A user's own system: a 2-layer tanh RNN trained by minibatch gradient descent.
 
 θ = {"log_lr": log of the inner learning rate}; the state is a dict pytree (the RNN's
 weights and the step count). Tiny sizes so a diagnose of it takes seconds.
