@@ -1,6 +1,6 @@
 """Old public names kept for one release (0.2.x) as aliases that warn.
 
-Each alias calls its replacement unchanged; CHANGELOG.md lists them under 0.2.0.
+Each alias calls its replacement unchanged; CHANGELOG.md lists them under Deprecated.
 """
 
 from __future__ import annotations
