@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -522,10 +523,37 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.txt").write_text(text + "\n")
+    append_history(out / "bench-history.md", text)
     (out / "bench.json").write_text(
         json.dumps({"meta": meta, "rows": rows, "agreement": check}, indent=1) + "\n"
     )
     return 0
+
+
+HISTORY_HEAD = """# `make bench`: every run
+
+Each `make bench` (`benchmarks/bench.py`) appends its table here, oldest first, under the
+date, machine and JAX version of its first line; `bench.txt` beside this file is the latest
+alone, `bench.json` its numbers.
+"""
+
+
+def history_entry(table: str, note: str = "") -> str:
+    """One run's section of the history: a heading from the table's first line (date, machine,
+    JAX version), an optional note, then the table as printed."""
+    first = table.splitlines()[0]
+    m = re.match(r"# chaosgrad benchmarks: (.*?), float32, jax ([^,]+), ([^;]+);", first)
+    title = f"{m.group(3)}: {m.group(1)}, jax {m.group(2)}" if m else first.lstrip("# ")
+    return f"## {title}\n\n" + (f"{note}\n\n" if note else "") + f"```\n{table.rstrip()}\n```\n"
+
+
+def append_history(path: Path, table: str, note: str = "") -> None:
+    """Add one run's table to the history file at ``path`` (created with its heading if
+    missing), atomically: a reader sees the history before or after, never half of it."""
+    from chaosgrad.io import write_text
+
+    old = path.read_text() if path.exists() else HISTORY_HEAD
+    write_text(path, old.rstrip("\n") + "\n\n" + history_entry(table, note))
 
 
 def _fmt(sec: float) -> str:
