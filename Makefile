@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: venv demo test test-slow bench lint
-.PHONY: typecheck
+.PHONY: typecheck package-check
 
 # Reinstall when pyproject.toml changes: the editable install maps chaosgrad.systems and
 # chaosgrad.estimators onto the top-level folders at install time.
@@ -44,3 +44,7 @@ lint: $(STAMP)
 # mypy over chaosgrad, chaosgrad.systems and chaosgrad.estimators ([tool.mypy] in pyproject.toml)
 typecheck: $(STAMP)
 	.ci/typecheck
+
+# sdist + wheel, twine check, the wheel's contents, a fresh install running the README example
+package-check: $(STAMP)
+	.ci/package_check
