@@ -10,6 +10,7 @@ steps half the step keys (`split_run_key`), so one key gives the same run everyw
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -334,6 +335,18 @@ class UnrollResult(NamedTuple):
     steps: int
 
 
+@functools.lru_cache(maxsize=64)
+def _host_weights(kind: str, steps: int, dtype: str) -> np.ndarray:
+    """The meta-loss weights of `loss_weights` as a read-only numpy array (host side)."""
+    w = {
+        "mean": np.full(steps, 1.0 / steps),
+        "sum": np.ones(steps),
+        "last": (np.arange(steps) == steps - 1).astype(float),
+    }[kind].astype(np.dtype(dtype))
+    w.flags.writeable = False
+    return w
+
+
 def _first_true(mask: np.ndarray) -> np.ndarray:
     any_ = mask.any(axis=-1)
     return np.where(any_, mask.argmax(axis=-1), -1)
@@ -387,9 +400,14 @@ def unroll(
     else:
         chunk = check_steps(chunk, "chunk")
     batched = is_key_batch(key)
-    fn = _jit_chunk(system, chunk, bool(trajectory), batched, bool(theta_batched))
     start = _jit_chunk(system, chunk, bool(trajectory), batched, bool(theta_batched), True)
     n_chunks = math.ceil(steps / chunk)
+    # Looked up only when a second chunk runs: each look-up hashes what the system computes.
+    fn = (
+        _jit_chunk(system, chunk, bool(trajectory), batched, bool(theta_batched))
+        if n_chunks > 1
+        else None
+    )
     # Chunk starts stay on the device (each chunk returns the next t0): no host transfer
     # or synchronisation between chunks.
     # Python ints: no eager dispatch, and the cheapest arguments for a jitted call.
@@ -412,7 +430,10 @@ def unroll(
     axis = 1 if batched else 0
     host, oks = jax.device_get((parts, oks))  # one transfer for every chunk's outputs
     finite = []
+    all_ok = all(np.all(ok) for ok in oks)  # every phase finite: no per-step flags needed
     for c, (ys, ok) in enumerate(zip(host, oks, strict=True)):
+        if all_ok:
+            break
         if np.all(ok):
             finite.append(np.ones_like(ys["loss"], bool))
         else:  # some step left a NaN/Inf in the phase: find which, step by step
@@ -430,19 +451,20 @@ def unroll(
         return x[:, :steps] if batched else x[:steps]
 
     losses = cat([p["loss"] for p in host])
-    finite_phase = cat(finite)
     bad_loss = ~np.isfinite(losses)
+    if all_ok:
+        nonfinite_steps = np.zeros_like(bad_loss).sum(axis=-1)  # the type of a count below
+        first_bad = _first_true(bad_loss)
+    else:
+        finite_phase = cat(finite)
+        nonfinite_steps = (~finite_phase).sum(axis=-1)
+        first_bad = _first_true(bad_loss | ~finite_phase)
     traj = None
     if trajectory:
         traj = jax.tree_util.tree_map(lambda *xs: cat(xs), *[p["phase"] for p in host])
     done = cat([p["done"] for p in host]) if "done" in host[0] else None
     # On the host: an eager jnp meta-loss would dispatch and sync once more per call.
-    w = {
-        "mean": np.full(steps, 1.0 / steps),
-        "sum": np.ones(steps),
-        "last": (np.arange(steps) == steps - 1).astype(float),
-    }[system.meta_loss]
-    w = w.astype(losses.dtype)
+    w = _host_weights(system.meta_loss, steps, losses.dtype.str)
     with np.errstate(invalid="ignore", over="ignore"):
         meta = np.sum(np.where(w != 0, w * losses, 0), axis=-1).astype(losses.dtype)
     return UnrollResult(
@@ -451,8 +473,8 @@ def unroll(
         state=state,
         trajectory=traj,
         nonfinite_losses=bad_loss.sum(axis=-1),
-        nonfinite_steps=(~finite_phase).sum(axis=-1),
-        first_nonfinite_step=_first_true(bad_loss | ~finite_phase),
+        nonfinite_steps=nonfinite_steps,
+        first_nonfinite_step=first_bad,
         done=done,
         steps=steps,
     )
