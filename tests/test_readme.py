@@ -265,6 +265,12 @@ def test_learned_optimizer_gallery_sentences_match_their_saved_results():
     assert tail["0.0"]["better"] == "exponential" and tail["0.0"]["from_T"] == 90
     p = json.loads((g / "learned_optimizer_paper.meta.json").read_text())
     assert p["scale"] == "paper" and p["precision"]["backend"] == "gpu"
+    # which GPU is not in that meta.json (newer runs save device_kind): the text says so
+    assert "device_kind" not in p["precision"]
+    paper_para = " ".join(
+        _gallery_numbers().readme_paragraph(text, "learned_optimizer_paper").split()
+    )
+    assert "the GPU model not recorded" in paper_para and "H100" not in paper_para
     assert [p["slices"][t]["extrema"] for t in ("8", "32", "128", "256", "512", "1024")] == [
         1,
         2,
