@@ -56,6 +56,8 @@ def rigid_body(m: dict) -> list[tuple[str, str]]:
             ("(b) the mean's roughness", fmt(r["mean_roughness"])),
             ("(b) the mean's noise floor", fmt(r["noise_floor"])),
         ]
+        if not (r["resolved"] or r["smoother"]):
+            out += seeds_needed(r, "(b)")
     else:
         out += [
             ("(b) per-seed wiggle (median)", fmt(b16["seed_wiggle_median"])),
@@ -92,6 +94,19 @@ def rigid_body(m: dict) -> list[tuple[str, str]]:
     if per:
         out.append(("(c) first horizon", str(next(iter(s["c"].values()))["horizon_first"])))
     return out
+
+
+def seeds_needed(r: dict, label: str) -> list[tuple[str, str]]:
+    """For a mean whose roughness is within its noise floor (`chaosgrad.roughness`): half of
+    one curve's median roughness (the bar for "smoother") and how many curves would bring the
+    floor, which falls like 1/√N, down to it (if the mean's range held): N·(floor / bar)²,
+    to 2 significant digits."""
+    bar = 0.5 * r["curve_roughness_median"]
+    n = r["curves"] * (r["noise_floor"] / bar) ** 2
+    return [
+        (f"{label} half one curve's roughness", fmt(bar)),
+        (f"{label} curves for the floor to reach it", f"{int(float(f'{n:.2g}')):,}"),
+    ]
 
 
 def perturbation(m: dict) -> list[tuple[str, str]]:
