@@ -190,6 +190,10 @@ def test_gallery_number_format():
         "0.12",
     ]
     assert gn.fmt(1.2e23, 1) == "1e23" and gn.fmt(7.4e11, 1) == "7e11"
+    # a mean within its noise floor: the curves that bring the floor (1/√N) to half a curve's
+    # roughness, N·(floor / bar)²
+    r = {"curve_roughness_median": 0.2, "noise_floor": 0.25, "curves": 64}
+    assert [v for _, v in gn.seeds_needed(r, "x")] == ["0.1", "400"]
 
 
 def test_estimator_study_sentences_match_its_saved_results():
