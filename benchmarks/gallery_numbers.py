@@ -99,10 +99,14 @@ def rigid_body(m: dict) -> list[tuple[str, str]]:
 def seeds_needed(r: dict, label: str) -> list[tuple[str, str]]:
     """For a mean whose roughness is within its noise floor (`chaosgrad.roughness`): half of
     one curve's median roughness (the bar for "smoother") and how many curves would bring the
-    floor, which falls like 1/√N, down to it (if the mean's range held): N·(floor / bar)²,
-    to 2 significant digits."""
+    mean's expected roughness, √(t² + floor²) with t² = max(0, mean² − floor²) its own part
+    and the floor falling like 1/√N, down to that bar (if the mean's range held):
+    N·floor² / (bar² − t²), to 2 significant digits. Nothing when t is at the bar already."""
     bar = 0.5 * r["curve_roughness_median"]
-    n = r["curves"] * (r["noise_floor"] / bar) ** 2
+    t2 = max(0.0, r["mean_roughness"] ** 2 - r["noise_floor"] ** 2)
+    if t2 >= bar**2:
+        return []
+    n = r["curves"] * r["noise_floor"] ** 2 / (bar**2 - t2)
     return [
         (f"{label} half one curve's roughness", fmt(bar)),
         (f"{label} curves for the floor to reach it", f"{int(float(f'{n:.2g}')):,}"),
@@ -401,6 +405,19 @@ def learned_optimizer(m: dict) -> list[tuple[str, str]]:
         ("(b) the mean's noise floor", fmt(r["noise_floor"])),
         ("(b) mean minus unperturbed, RMS over range", fmt(move["rms"])),
         ("(b) its noise", fmt(move["noise"])),
+    ]
+    if not move["changed"]:
+        # in expectation rms² = t² + noise² (t: the move itself; the noise falls like 1/√N):
+        # the move is resolved (rms > k·noise) once N > N₀·(k² − 1)·noise₀² / t²
+        k, n0 = move["resolved_factor"], move["noise"]
+        t2 = move["rms"] ** 2 - n0**2
+        if t2 > 0:
+            need = move["samples"] * (k * k - 1) * n0**2 / t2
+            out += [
+                ("(b) the move without its noise", fmt(t2**0.5)),
+                ("(b) samples to resolve the move", f"{int(float(f'{need:.2g}')):,}"),
+            ]
+    out += [
         ("(c) std", fmt(m["smooth_std"])),
         ("(c) samples", str(z["var_samples"])),
         ("weights", f"{n:,}"),
