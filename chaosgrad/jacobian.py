@@ -12,11 +12,10 @@ import jax
 import jax.numpy as jnp
 
 from chaosgrad import deprecation
-from chaosgrad.errors import InputError
+from chaosgrad.checks import MAX_DENSE_DIM, check_dense  # noqa: F401 -- re-exported
 from chaosgrad.system import System, default_key, resolve_theta, split_run_key, step_key
 
 PyTree = Any
-MAX_DENSE_DIM = 4096
 
 
 def phase_map(
@@ -60,15 +59,6 @@ class StepJacobian(NamedTuple):
         """J as an n × n matrix (n jvps); only for small n."""
         check_dense(self.n)
         return jax.vmap(self.matvec, in_axes=1, out_axes=1)(jnp.eye(self.n, dtype=self.x.dtype))
-
-
-def check_dense(n: int, max_dim: int = MAX_DENSE_DIM) -> None:
-    """Refuse to build an n × n matrix when n is too large to be sensible."""
-    if n > max_dim:
-        raise InputError(
-            f"a dense Jacobian of dimension {n} exceeds max_dim={max_dim}: use the matrix-free "
-            "operator (step_jacobian_operator) or raise max_dim"
-        )
 
 
 def start_run(system: System, theta: PyTree, key: jax.Array | None, state: PyTree):

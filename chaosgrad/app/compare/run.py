@@ -40,6 +40,7 @@ from chaosgrad.app.compare.sampling import (
     _split_sampling,
     make_estimator,
 )
+from chaosgrad.checks import check_positive_int
 from chaosgrad.config import precision_info, provenance
 from chaosgrad.errors import InputError
 from chaosgrad.estimators import Estimator
@@ -100,8 +101,7 @@ def _check_inputs(asked, horizon, samples, budget, target) -> list[tuple[str, An
         raise InputError(f"estimator {', '.join(dup)} named more than once; name each once")
     if target not in TARGETS:
         raise InputError(f"target {target!r} is not accepted: use one of {', '.join(TARGETS)}")
-    if isinstance(horizon, bool) or horizon <= 0:
-        raise InputError(f"horizon must be a positive integer, got {horizon}")
+    check_positive_int(horizon, "horizon")
     if samples < MIN_SAMPLES:
         raise InputError(
             f"samples must be at least {MIN_SAMPLES} (independent replicates: the "
