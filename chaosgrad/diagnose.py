@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from chaosgrad import deprecation
 from chaosgrad.config import provenance
 from chaosgrad.errors import InputError
 from chaosgrad.gradients import GrowthResult, SliceResult, gradient_growth, loss_slice
@@ -587,13 +588,14 @@ def _first_nonfinite(
     return test
 
 
+@deprecation.key_third("horizons")
 def diagnose(
     system: System,
     theta: PyTree = None,
-    horizons=None,
-    *,
-    seeds: int = 8,
     key: jax.Array | None = None,
+    *,
+    horizons=None,
+    seeds: int = 8,
     lyapunov_steps: int | None = None,
     transient: int | None = None,
     runs: int = 4,
@@ -691,13 +693,13 @@ def diagnose(
         )
         bar.update(1)
         growth = gradient_growth(
-            system, theta, hs, seeds, key=jax.random.fold_in(key, 1), progress=False
+            system, theta, horizons=hs, seeds=seeds, key=jax.random.fold_in(key, 1), progress=False
         )
         bar.update(1)
         slices = loss_slice(
             system,
             theta,
-            hs,
+            horizons=hs,
             key=jax.random.fold_in(key, 2),
             radius=slice_radius,
             points=slice_points,

@@ -176,13 +176,14 @@ class GrowthResult(NamedTuple):
         }
 
 
+@deprecation.key_third("horizons", "seeds")
 def gradient_growth(
     system: System,
     theta: PyTree = None,
+    key: jax.Array | None = None,
+    *,
     horizons=(10, 30, 100),
     seeds: int = 8,
-    *,
-    key: jax.Array | None = None,
     chunk: int | None = None,
     progress: bool | None = None,
 ) -> GrowthResult:
@@ -362,12 +363,13 @@ def count_extrema(y: np.ndarray) -> int:
     return int(np.sum(np.sign(d[1:]) != np.sign(d[:-1])))
 
 
+@deprecation.key_third("horizons")
 def loss_slice(
     system: System,
     theta: PyTree = None,
-    horizons=(10, 30, 100),
-    *,
     key: jax.Array | None = None,
+    *,
+    horizons=(10, 30, 100),
     direction: PyTree = None,
     radius: float | None = None,
     points: int = 41,

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from chaosgrad import deprecation
 from chaosgrad.checks import MAX_DENSE_DIM, check_dense  # noqa: F401 -- re-exported
 from chaosgrad.system import System, default_key, resolve_theta, split_run_key, step_key
+from chaosgrad.system import is_key as _is_key
 
 PyTree = Any
 
@@ -70,16 +71,6 @@ def start_run(system: System, theta: PyTree, key: jax.Array | None, state: PyTre
     if state is None:
         state = system.init(k_init, theta)
     return theta, state, k_steps, key
-
-
-def _is_key(x) -> bool:
-    """Whether ``x`` is one PRNG key (a typed key, or uint32 of shape (2,))."""
-    dtype = getattr(x, "dtype", None)
-    if dtype is None:
-        return False
-    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
-        return jnp.ndim(x) == 0
-    return dtype == jnp.uint32 and tuple(jnp.shape(x)) == (2,)
 
 
 def _key_then_state(name: str, key, state):

@@ -330,6 +330,16 @@ def is_key_batch(key: jax.Array) -> bool:
     )
 
 
+def is_key(x) -> bool:
+    """Whether ``x`` is one PRNG key (a typed key, or uint32 of shape (2,))."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        return False
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        return jnp.ndim(x) == 0
+    return dtype == jnp.uint32 and tuple(jnp.shape(x)) == (2,)
+
+
 def default_key(key: jax.Array | None) -> jax.Array:
     """``key``, or PRNGKey(0) when None: every entry point's default, so runs reproduce."""
     return jax.random.PRNGKey(0) if key is None else key

@@ -357,3 +357,38 @@ def test_unroll_grad_memory_plans_beyond_the_budget_equal_jax_grad(monkeypatch, 
     ref = jax.grad(lambda th: unrolled_loss(s, th, KEY, steps))(s.theta)
     np.testing.assert_allclose(res.grad, ref, rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(res.losses, unroll(s, key=KEY, steps=steps).losses, rtol=1e-12)
+
+
+def test_metadata_and_its_deprecated_name_meta():
+    s = _scale_system(jnp.asarray(0.5, jnp.float32), name="a")
+    with pytest.warns(DeprecationWarning, match=r"System\(meta=...\) is deprecated.*metadata"):
+        old = System(s.init, s.step, theta=s.theta, meta={"c": 1})
+    assert old.metadata == {"c": 1} and old.describe()["c"] == 1
+    with pytest.warns(DeprecationWarning, match="System.meta is deprecated.*System.metadata"):
+        assert old.meta == {"c": 1}
+    with pytest.warns(DeprecationWarning):
+        assert s.replace(meta={"d": 2}).metadata == {"d": 2}
+    with pytest.raises(InputError, match="metadata= alone"):
+        System(s.init, s.step, theta=s.theta, meta={"c": 1}, metadata={"c": 2})
+
+
+def test_key_third_and_the_old_order():
+    """gradient_growth, loss_slice and diagnose take (system, theta, key, *, horizons, ...);
+    the old order (system, theta, horizons, seeds, key=...) gives the same result and warns."""
+    import warnings
+
+    from chaosgrad.gradients import loss_slice
+
+    s = systems.make("henon")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        new = gradient_growth(s, None, KEY, horizons=[2, 4], seeds=2, progress=False)
+        sl = loss_slice(s, None, KEY, horizons=[2], points=5)
+        assert gradient_growth(s, None, None, horizons=[2], seeds=1, progress=False).norms.size
+    with pytest.warns(DeprecationWarning, match=r"gradient_growth\(system, theta, horizons, seeds"):
+        old = gradient_growth(s, None, [2, 4], 2, key=KEY, progress=False)
+    np.testing.assert_array_equal(old.norms, new.norms)
+    with pytest.warns(DeprecationWarning, match=r"loss_slice\(system, theta, horizons"):
+        np.testing.assert_array_equal(loss_slice(s, None, [2], key=KEY, points=5).losses, sl.losses)
+    with pytest.raises(TypeError, match="multiple values"), pytest.warns(DeprecationWarning):
+        gradient_growth(s, None, [2, 4], horizons=[2])
