@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from chaosgrad import deprecation
+from chaosgrad.checks import check_horizons, check_positive_int
 from chaosgrad.config import provenance
 from chaosgrad.diagnosis import (  # noqa: F401 -- re-exported
     TAIL_MULTIPLE,
@@ -111,9 +112,7 @@ def diagnose(
     """
     t0 = time.perf_counter()
     theta = resolve_theta(system, theta)
-    hs = default_horizons(system) if horizons is None else list(horizons)
-    if not hs:
-        raise InputError("horizons must not be empty")
+    hs = default_horizons(system) if horizons is None else check_horizons(horizons).tolist()
     if not blowup_factor > 1:
         raise InputError(f"blowup_factor must be > 1, got {blowup_factor}")
     if not variance_growth_limit > 1:
@@ -121,7 +120,7 @@ def diagnose(
     key = default_key(key)
     n = system.phase_dim(theta, key)
     k = resolve_k(k, n, system.name)
-    seeds = int(seeds)
+    seeds = check_positive_int(seeds, "seeds")
     hmax = int(max(hs))
     lyapunov_steps = max(2000, 20 * hmax) if lyapunov_steps is None else int(lyapunov_steps)
     transient = hmax if transient is None else int(transient)

@@ -407,9 +407,7 @@ def lyapunov_runs(
     """
     from chaosgrad.system import default_key
 
-    runs = int(runs)
-    if runs < 1:
-        raise InputError(f"runs must be a positive integer, got {runs}")
+    runs = check_positive_int(runs, "runs")
     key = default_key(key)
     res = [
         lyapunov_spectrum(

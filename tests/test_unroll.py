@@ -392,3 +392,32 @@ def test_key_third_and_the_old_order():
         np.testing.assert_array_equal(loss_slice(s, None, [2], key=KEY, points=5).losses, sl.losses)
     with pytest.raises(TypeError, match="multiple values"), pytest.warns(DeprecationWarning):
         gradient_growth(s, None, [2, 4], horizons=[2])
+
+
+def test_one_home_for_input_checks_and_the_old_names():
+    """The value checks live in chaosgrad.checks; the old homes re-export them or warn."""
+    import argparse
+
+    from chaosgrad.estimators import base
+
+    import chaosgrad.unroll as unroll_module
+    from chaosgrad import checks, jacobian, lyapunov, params
+    from chaosgrad.app import cli_types
+
+    assert params.check_int is checks.check_int and jacobian.check_dense is checks.check_dense
+    assert lyapunov.resolve_k is checks.resolve_k
+    assert base.check_positive_int is checks.check_positive_int
+    assert gradients._check_horizons is checks.check_horizons
+    with pytest.warns(DeprecationWarning, match="check_steps is deprecated.*check_positive_int"):
+        assert unroll_module.check_steps(3, "steps") == 3
+    with pytest.warns(DeprecationWarning, match="check_positive_float is deprecated"):
+        assert base.check_positive_float(0.5, "sigma") == 0.5
+    for bad in (0, True, 2.5, "3", float("nan")):
+        with pytest.raises(InputError, match="seeds must be a positive integer"):
+            checks.check_positive_int(bad, "seeds")
+    # the command line's types raise argparse's error with the rule's own message
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a positive integer, got '0'"):
+        cli_types._positive_int("0")
+    with pytest.raises(InputError, match="expected a positive integer, got '1_0'"):
+        checks.positive_int_text("1_0")
+    assert cli_types._int_list("30,10") == [30, 10] and cli_types._k_arg("ALL") == "all"
