@@ -17,12 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from chaosgrad.checks import DEFAULT_K, check_positive_int, resolve_k  # noqa: F401 -- re-exported
 from chaosgrad.config import precision_info
 from chaosgrad.errors import InputError
 from chaosgrad.jacobian import phase_map, start_run
 from chaosgrad.progress import progress_bar
 from chaosgrad.system import System, cache_by_functions
-from chaosgrad.unroll import all_finite, check_steps
+from chaosgrad.unroll import all_finite
 
 PyTree = Any
 FLOAT32_LONG_RUN = 20_000
@@ -189,53 +190,6 @@ def _qr_run(system, theta, state, k_steps, q, t0, steps, record_every, desc, pro
     return state, q, sums, ends, bad
 
 
-DEFAULT_K = 8  # exponents when none are asked for: cheap at any n, enough for a verdict
-
-
-def resolve_k(
-    k: int | str | None,
-    n: int,
-    name: str = "system",
-    *,
-    default: int | str | None = None,
-    what: str = "k",
-) -> int:
-    """How many directions (exponents, singular values, eigenvalues) to compute: the one
-    rule of every entry point that takes ``k``.
-
-    ``None`` → the entry point's ``default`` (itself resolved; None: min(n, DEFAULT_K)),
-    ``"all"`` → n, else an integer in 1..n (a whole float or a numeric string is accepted);
-    anything else, a k above n included, is an InputError with one message, naming ``what``
-    was given (``"--k"`` on the command line) and the system ``name``. Nothing is clamped.
-    """
-    if k is None:
-        if default is None:
-            return min(n, DEFAULT_K)
-        return resolve_k(default, n, name, what=what)
-
-    def refuse():
-        return InputError(
-            f"{what} must be an integer between 1 and the phase dimension {n} "
-            f"of {name!r}, or 'all'; got {k!r}"
-        )
-
-    if isinstance(k, str):
-        if k.strip().lower() == "all":
-            return n
-        try:
-            k = int(k)
-        except ValueError:
-            raise refuse() from None
-    if (
-        isinstance(k, bool)
-        or not isinstance(k, (int, float, np.integer, np.floating))
-        or not float(k).is_integer()
-        or not 1 <= k <= n
-    ):
-        raise refuse()
-    return int(k)
-
-
 def lyapunov_spectrum(
     system: System,
     theta: PyTree = None,
@@ -278,7 +232,7 @@ def lyapunov_spectrum(
       (``chaosgrad.enable_x64()``) for values you will quote.
     """
     t_start = time.perf_counter()
-    steps = check_steps(steps)
+    steps = check_positive_int(steps)
     if int(transient) < 0:
         raise InputError(f"transient must be >= 0, got {transient}")
     theta, state, k_steps, key = start_run(system, theta, key, state)
@@ -294,11 +248,13 @@ def lyapunov_spectrum(
             stacklevel=2,
         )
     record_every = (
-        max(1, steps // 200) if record_every is None else check_steps(record_every, "record_every")
+        max(1, steps // 200)
+        if record_every is None
+        else check_positive_int(record_every, "record_every")
     )
     q0 = jax.random.normal(jax.random.fold_in(key, 7), (n, k), dtype)
     q, _ = jnp.linalg.qr(q0)
-    every = 1 if qr_every is None else check_steps(qr_every, "qr_every")
+    every = 1 if qr_every is None else check_positive_int(qr_every, "qr_every")
     done = 0
     if transient and qr_every is None:
         # Probe: QR every step over the transient's start, then pick the safe interval.
@@ -466,9 +422,7 @@ def lyapunov_runs(
     """
     from chaosgrad.system import default_key
 
-    runs = int(runs)
-    if runs < 1:
-        raise InputError(f"runs must be a positive integer, got {runs}")
+    runs = check_positive_int(runs, "runs")
     key = default_key(key)
     res = [
         lyapunov_spectrum(
@@ -523,7 +477,7 @@ def finite_time_lyapunov(
         system,
         theta,
         key=key,
-        steps=check_steps(window, "window") * check_steps(windows, "windows"),
+        steps=check_positive_int(window, "window") * check_positive_int(windows, "windows"),
         k=k,
         transient=transient,
         state=state,

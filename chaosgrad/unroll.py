@@ -21,6 +21,7 @@ import optax.tree_utils as otu
 from jax import lax
 
 from chaosgrad import deprecation
+from chaosgrad.checks import check_positive_int
 from chaosgrad.errors import InputError
 from chaosgrad.progress import progress_bar
 from chaosgrad.system import (
@@ -41,15 +42,10 @@ DEFAULT_CHUNK = 1024
 TRAJECTORY_CHUNK = 256
 
 
-def check_steps(steps, name: str = "steps") -> int:
-    """``steps`` as a positive int, or an InputError naming what is accepted."""
-    try:
-        n = int(steps)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a positive integer, got {steps!r}") from None
-    if n != steps or n <= 0:
-        raise InputError(f"{name} must be a positive integer, got {steps!r}")
-    return n
+# Deprecated alias (one name per concept): the rule lives in chaosgrad.checks.
+check_steps = deprecation.alias(
+    check_positive_int, "chaosgrad.unroll.check_steps", "chaosgrad.checks.check_positive_int"
+)
 
 
 def loss_weights(kind: str, t: jax.Array, n: jax.Array) -> jax.Array:
@@ -392,13 +388,13 @@ def unroll(
     """
     theta = resolve_theta(system, theta, batched=bool(theta_batched))
     key = default_key(key)
-    steps = check_steps(system.horizon if steps is None else steps)
+    steps = check_positive_int(system.horizon if steps is None else steps)
     if chunk is None:
         # The trip count is traced, so one chunk size serves every T; a recorded trajectory
         # is buffered per chunk, so keep that buffer no longer than the run.
         chunk = min(steps, TRAJECTORY_CHUNK) if trajectory else DEFAULT_CHUNK
     else:
-        chunk = check_steps(chunk, "chunk")
+        chunk = check_positive_int(chunk, "chunk")
     batched = is_key_batch(key)
     start = _jit_chunk(system, chunk, bool(trajectory), batched, bool(theta_batched), True)
     n_chunks = math.ceil(steps / chunk)

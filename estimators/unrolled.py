@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import optax.tree_utils as otu
 from jax import lax
 
+from chaosgrad.checks import check_int
 from chaosgrad.errors import InputError
-from chaosgrad.params import check_int
 from chaosgrad.system import (
     System,
     float_leaves_phase,

@@ -54,7 +54,7 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
                     "losses": loss_slice(
                         system,
                         theta,
-                        hs,
+                        horizons=hs,
                         key=jax.random.fold_in(key, i),
                         direction=one,
                         radius=radius,
@@ -117,8 +117,8 @@ def _variance(system, d, hs, size, key):
     g = gradient_growth(
         system,
         jnp.asarray(d, system.theta.dtype),
-        hs,
-        size["seeds"],
+        horizons=hs,
+        seeds=size["seeds"],
         key=jax.random.fold_in(key, 100),
         progress=False,
     )
