@@ -394,6 +394,24 @@ def test_key_third_and_the_old_order():
         gradient_growth(s, None, [2, 4], horizons=[2])
 
 
+def test_compare_takes_the_key_third_and_the_old_order_warns():
+    """chaosgrad.compare(system, theta, key, *, estimators=...); the old positional
+    estimators (third) still work, warn, and give the same comparison."""
+    import warnings
+
+    import chaosgrad
+
+    s = systems.make("henon")
+    kw = dict(horizon=4, samples=8, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        new = chaosgrad.compare(s, None, KEY, estimators=["es"], **kw)
+    with pytest.warns(DeprecationWarning, match=r"compare\(system, theta, estimators"):
+        old = chaosgrad.compare(s, None, ["es"], key=KEY, **kw)
+    assert new.reference_norm == old.reference_norm
+    assert [x.bias[:3] for x in new.stats] == [x.bias[:3] for x in old.stats]
+
+
 def test_one_home_for_input_checks_and_the_old_names():
     """The value checks live in chaosgrad.checks; the old homes re-export them or warn."""
     import argparse

@@ -14,6 +14,7 @@ from typing import Any
 from chaosgrad.app.compare import DEFAULT_ESTIMATORS, Comparison
 from chaosgrad.app.compare import compare as _compare
 from chaosgrad.checks import check_number
+from chaosgrad.deprecation import key_third
 from chaosgrad.errors import InputError
 
 PyTree = Any
@@ -22,18 +23,22 @@ OUTER_OPTIMIZERS = ("adam", "sgd", "momentum", "adamw", "rmsprop")
 __all__ = ["Comparison", "OUTER_OPTIMIZERS", "compare", "meta_train", "outer_optimizer"]
 
 
-def compare(system, theta: PyTree = None, estimators=DEFAULT_ESTIMATORS, **kwargs):
+@key_third("estimators")
+def compare(system, theta: PyTree = None, key=None, *, estimators=DEFAULT_ESTIMATORS, **kwargs):
     """Which gradient estimator for ``system``? `chaosgrad.app.compare.compare` with the
     estimators ``estimators``: registered names (e.g. ``("backprop", "es", "pes")``, or one
     comma-separated string), ``"module:function"`` factories, or `Estimator` objects built
     for ``system``; every other keyword is passed on (horizon, budget, samples, seconds,
-    key, out, ...).
+    out, ...). The arguments follow the public API's order ``(system, theta, key, *, ...)``;
+    the old order ``compare(system, theta, estimators)`` still works and warns.
 
     Returns:
       A `Comparison` (None on a process other than 0 of a multi-process launch).
     """
     if "estimators_" in kwargs:
         raise InputError("pass the estimators as estimators=..., not estimators_=")
+    if key is not None:
+        kwargs["key"] = key
     return _compare(system, theta, estimators, **kwargs)
 
 
