@@ -13,6 +13,8 @@ import os
 from chaosgrad._types import PyTree
 from chaosgrad.app.compare import DEFAULT_ESTIMATORS, Comparison
 from chaosgrad.app.compare import compare as _compare
+from chaosgrad.checks import check_number
+from chaosgrad.deprecation import key_third
 from chaosgrad.errors import InputError
 
 OUTER_OPTIMIZERS = ("adam", "sgd", "momentum", "adamw", "rmsprop")
@@ -20,32 +22,34 @@ OUTER_OPTIMIZERS = ("adam", "sgd", "momentum", "adamw", "rmsprop")
 __all__ = ["Comparison", "OUTER_OPTIMIZERS", "compare", "meta_train", "outer_optimizer"]
 
 
-def compare(system, theta: PyTree = None, estimators=DEFAULT_ESTIMATORS, **kwargs):
+@key_third("estimators")
+def compare(system, theta: PyTree = None, key=None, *, estimators=DEFAULT_ESTIMATORS, **kwargs):
     """Which gradient estimator for ``system``? `chaosgrad.app.compare.compare` with the
     estimators ``estimators``: registered names (e.g. ``("backprop", "es", "pes")``, or one
     comma-separated string), ``"module:function"`` factories, or `Estimator` objects built
     for ``system``; every other keyword is passed on (horizon, budget, samples, seconds,
-    key, out, ...).
+    out, ...). The arguments follow the public API's order ``(system, theta, key, *, ...)``;
+    the old order ``compare(system, theta, estimators)`` still works and warns.
 
     Returns:
       A `Comparison` (None on a process other than 0 of a multi-process launch).
     """
     if "estimators_" in kwargs:
         raise InputError("pass the estimators as estimators=..., not estimators_=")
+    if key is not None:
+        kwargs["key"] = key
     return _compare(system, theta, estimators, **kwargs)
 
 
 def outer_optimizer(name, lr: float):
     """An optax optimizer by name (one of OUTER_OPTIMIZERS) at learning rate ``lr``; an
     optax GradientTransformation given as ``name`` is returned as it is."""
-    import math
 
     import optax
 
     if not isinstance(name, str):
         return name
-    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
-        raise InputError(f"the outer learning rate must be a positive finite number, got {lr!r}")
+    check_number(lr, "the outer learning rate", positive=True)
     makers = {
         "adam": optax.adam,
         "sgd": optax.sgd,

@@ -128,7 +128,7 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
                 "losses": loss_slice(
                     system,
                     theta,
-                    size["unrolls"],
+                    horizons=size["unrolls"],
                     key=key,
                     direction=direction,
                     radius=RANGE,
@@ -146,7 +146,7 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
                         "losses": loss_slice(
                             noise_only,
                             theta,
-                            smooth,
+                            horizons=smooth,
                             key=jax.random.fold_in(key, 10 + i),
                             direction=direction,
                             radius=RANGE,
@@ -261,8 +261,8 @@ def _variance(system, theta, size, key):
     g = gradient_growth(
         system,
         theta,
-        size["var_horizons"],
-        size["var_seeds"],
+        horizons=size["var_horizons"],
+        seeds=size["var_seeds"],
         key=jax.random.fold_in(key, 100),
         progress=False,
     )
