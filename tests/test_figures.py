@@ -40,7 +40,7 @@ def test_figure_results_are_saved_resumed_and_redrawn(tmp_path, monkeypatch):
         and meta["precision"]["dtype"] is None
         and meta["parts_reused"] == 0
     )
-    # which device ran it, not only the backend (issue 26: a "gpu" meta.json named no GPU)
+    # which device ran it, not only the backend (a "gpu" meta.json once named no GPU)
     import jax
 
     assert meta["precision"]["device_kind"] == jax.devices()[0].device_kind

@@ -15,7 +15,7 @@ from chaosgrad import systems
 from chaosgrad.gradients import gradient_growth, loss_slice
 
 SIZES: dict[str, dict[str, Any]] = {
-    # 16 seeds (8 before issue 26: the mean's roughness at T = 256, 0.042, lay within its
+    # 16 seeds (8 before: the mean's roughness at T = 256, 0.042, lay within its
     # noise floor of 0.035 and at half a seed's median, 0.084: unresolved either way)
     "quick": {"n": 32, "points": 37, "horizons": [1, 2, 4, 8, 16, 32, 64, 128, 256], "seeds": 16},
     "paper": {"n": 128, "points": 91, "horizons": [1, 2, 4, 8, 16, 32, 64, 128, 256], "seeds": 32},
