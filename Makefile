@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow bench lint
+.PHONY: venv demo test test-slow bench lint docs
 
 # Reinstall when pyproject.toml changes: the editable install maps chaosgrad.systems and
 # chaosgrad.estimators onto the top-level folders at install time.
@@ -39,3 +39,16 @@ bench: $(BENCH_STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[all,dev,docs]"
+	touch $(DOCS_STAMP)
+
+# The documentation site, built strictly (a warning fails it) into site/: open site/index.html,
+# or serve it with `.venv/bin/mkdocs serve`. The notebooks run at their quick scale as their
+# pages are built, so their figures are this build's.
+docs: $(DOCS_STAMP)
+	CHAOSGRAD_NOTEBOOK_SCALE=quick CHAOSGRAD_NOTEBOOK_OUT=$(CURDIR)/out/docs-notebooks \
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
