@@ -8,6 +8,8 @@ is copied into docs/ by hand.
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import shutil
 from pathlib import Path
 
@@ -65,3 +67,33 @@ def on_files(files: Files, config) -> Files:
                 )
             )
     return files
+
+
+NUMBERS = re.compile(r"^<!-- gallery numbers: (\w+) -->$", re.M)
+
+
+def _gallery_numbers():
+    spec = importlib.util.spec_from_file_location(
+        "gallery_numbers", ROOT / "benchmarks" / "gallery_numbers.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    """A gallery page's ``<!-- gallery numbers: NAME -->`` becomes the table of every number
+    benchmarks/gallery_numbers.py reads from NAME.meta.json (the ones its prose quotes)."""
+    if not NUMBERS.search(markdown):
+        return markdown
+    numbers, _ = _gallery_numbers().numbers()
+
+    def table(match: re.Match) -> str:
+        rows = numbers[match.group(1)]  # a name without a meta.json fails the build
+        lines = ["| quantity | value |", "|---|---|"]
+        for label, value in rows:
+            cell = label.replace("|", "\\|")  # a bar would end the cell
+            lines.append(f"| {cell} | {value} |")
+        return "\n".join(lines)
+
+    return NUMBERS.sub(table, markdown)

@@ -1,5 +1,7 @@
-"""The README quotes saved transcripts, not memory: every line of a quoted block must be in
-the transcript file it names (regenerate them with benchmarks/readme_examples.py)."""
+"""The README and the documentation pages quote saved results, not memory: every line of a
+quoted block must be in the transcript file it names (regenerate them with
+benchmarks/readme_examples.py); the gallery's numbers are its meta.json files'; the benchmark
+table is bench.txt; and every command of the README runs."""
 
 import json
 import re
@@ -7,15 +9,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 QUOTE = re.compile(r"<!-- quoted from (\S+) -->\n```\n(.*?)```", re.S)
+DOCS = ROOT / "docs"
+# the pages that quote saved results, each checked below against the files it quotes
+BENCHMARKS_PAGE = DOCS / "results" / "benchmarks.md"
+
+
+def _pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
 
 
 def test_every_quoted_line_is_in_its_saved_transcript():
-    blocks = QUOTE.findall((ROOT / "README.md").read_text())
-    assert len(blocks) >= 4
-    for path, body in blocks:
+    blocks = [(page, *b) for page in _pages() for b in QUOTE.findall(page.read_text())]
+    assert len(blocks) >= 7
+    for page, path, body in blocks:
         saved = (ROOT / path).read_text().splitlines()
         for line in body.splitlines():
-            assert line in saved, f"README line not in {path}: {line!r}"
+            assert line in saved, f"{page.name}: line not in {path}: {line!r}"
+    # every saved transcript is quoted somewhere (none left behind when prose moves)
+    quoted = {path for _, path, _ in blocks}
+    for txt in (ROOT / "benchmarks" / "results" / "readme").glob("*.txt"):
+        assert str(txt.relative_to(ROOT)) in quoted, f"{txt.name} is quoted by no page"
 
 
 def test_transcripts_come_with_their_reports():
@@ -322,14 +335,14 @@ def test_previous_run_claims_are_its_saved_results():
 
 
 def test_benchmark_table_is_the_saved_run_and_its_ratios_are_saved():
-    """The README's benchmark block is benchmarks/results/bench.txt as printed, and every
-    ratio its paragraph quotes (N.NN×) is in one of the saved runs it names."""
-    text = (ROOT / "README.md").read_text()
+    """The benchmarks page's block is benchmarks/results/bench.txt as printed, and every
+    ratio its text after the block quotes (N.NN×) is in one of the saved runs it names."""
+    text = BENCHMARKS_PAGE.read_text()
     start = text.index("# chaosgrad benchmarks:")
     block = text[start : text.index("```", start)]
     folder = ROOT / "benchmarks" / "results"
     assert block == (folder / "bench.txt").read_text()
-    after = text[text.index("```", start) + 3 : text.index("**Scaling**", start)]
+    after = text[text.index("```", start) + 3 :]
     saved = "".join(
         (folder / f).read_text()
         for f in (
@@ -343,3 +356,75 @@ def test_benchmark_table_is_the_saved_run_and_its_ratios_are_saved():
     assert len(ratios) >= 8
     for r in ratios:
         assert re.search(rf"(?<![\d.]){re.escape(r)} \[", saved), f"{r}× is in no saved run"
+
+
+def _readme_commands() -> list[str]:
+    """Every command line of the README's bash blocks: continuation lines joined, comments
+    dropped; and those quoted inline in its prose."""
+    text = (ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if line:
+                commands.append(" ".join(line.split()))
+    # and the ones named in the prose (`make bench`, `.venv/bin/mkdocs serve`)
+    commands += re.findall(r"`((?:make|\.venv/bin/\w+) [^`]+)`", text)
+    return commands
+
+
+def test_the_readme_commands_are_known():
+    """What the README tells a user to type is a make target, the site's server, or the
+    `chaosgrad` command (run below); nothing else slips in untested."""
+    commands = _readme_commands()
+    assert {"make demo", "make test", "make docs"} <= set(commands)
+    for command in commands:
+        assert command.startswith(("make ", ".venv/bin/chaosgrad ", ".venv/bin/mkdocs serve")), (
+            command
+        )
+
+
+def test_the_readme_make_targets_exist():
+    """`make -n TARGET` (print, do not run) for each make command, and the docs extra that
+    `make docs` installs brings mkdocs (for `.venv/bin/mkdocs serve`)."""
+    import subprocess
+
+    for command in _readme_commands():
+        if command.startswith("make "):
+            r = subprocess.run(
+                ["make", "-n", *command.split()[1:]], cwd=ROOT, capture_output=True, text=True
+            )
+            assert r.returncode == 0, (command, r.stderr)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^docs = \["mkdocs==', pyproject, re.M)
+
+
+def test_every_chaosgrad_command_of_the_readme_runs(tmp_path):
+    """Each `.venv/bin/chaosgrad ...` line of the README, as written (this environment's
+    `chaosgrad` for `.venv/bin/chaosgrad`), in an empty folder: exit status 0."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "chaosgrad"
+    commands = [c for c in _readme_commands() if c.startswith(".venv/bin/chaosgrad ")]
+    assert len(commands) >= 8
+    for command in commands:
+        argv = [str(exe), *command.split()[1:]]
+        r = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True)
+        assert r.returncode == 0, (command, r.stderr[-2000:])
+    assert (tmp_path / "out" / "diagnose").exists() and (tmp_path / "figs").exists()
+
+
+def test_the_readme_example_runs():
+    """The README's "your own system" block, run as a script: the Hénon map's exponents are
+    the ones its comment quotes (≈ [0.42, -1.62])."""
+    import subprocess
+    import sys
+
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Your own system in a few lines")
+    code = re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    exponents = [float(x) for x in re.findall(r"-?\d+\.\d+", r.stdout.splitlines()[0])]
+    assert round(exponents[0], 2) == 0.42 and round(exponents[1], 2) == -1.62
