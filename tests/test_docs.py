@@ -108,3 +108,27 @@ def test_readme_is_a_short_first_page():
             if not resolved.exists() and path.is_relative_to(DOCS):
                 resolved = (ROOT / resolved.relative_to(DOCS.resolve())).resolve()
             assert resolved.exists(), f"{path.relative_to(ROOT)}: link to {target}"
+
+
+def test_the_site_builds_strictly(tmp_path):
+    """`mkdocs build --strict` (any warning fails it), the notebooks not executed here: `make
+    docs` runs them. Skipped where the docs extra is not installed (`make docs` installs it)."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    for module in ("mkdocs", "material", "mkdocstrings_handlers.python", "mkdocs_jupyter"):
+        pytest.importorskip(module)
+    env = dict(os.environ, CHAOSGRAD_DOCS_EXECUTE="false", NO_MKDOCS_2_WARNING="1")
+    r = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    for page in ("index.html", "reference/systems/index.html", "gallery/index.html"):
+        assert (tmp_path / page).exists(), page
