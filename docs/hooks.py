@@ -44,6 +44,7 @@ def _link_tree(source: Path, target: Path) -> None:
             link.symlink_to(path)
 
 
+@event_priority(100)  # before mkdocstrings reads its search paths, this one among them
 def on_config(config):
     package = SOURCE_TREE / "chaosgrad"
     if package.exists():
