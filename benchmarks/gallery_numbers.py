@@ -56,6 +56,8 @@ def rigid_body(m: dict) -> list[tuple[str, str]]:
             ("(b) the mean's roughness", fmt(r["mean_roughness"])),
             ("(b) the mean's noise floor", fmt(r["noise_floor"])),
         ]
+        if not (r["resolved"] or r["smoother"]):
+            out += seeds_needed(r, "(b)")
     else:
         out += [
             ("(b) per-seed wiggle (median)", fmt(b16["seed_wiggle_median"])),
@@ -92,6 +94,23 @@ def rigid_body(m: dict) -> list[tuple[str, str]]:
     if per:
         out.append(("(c) first horizon", str(next(iter(s["c"].values()))["horizon_first"])))
     return out
+
+
+def seeds_needed(r: dict, label: str) -> list[tuple[str, str]]:
+    """For a mean whose roughness is within its noise floor (`chaosgrad.roughness`): half of
+    one curve's median roughness (the bar for "smoother") and how many curves would bring the
+    mean's expected roughness, √(t² + floor²) with t² = max(0, mean² − floor²) its own part
+    and the floor falling like 1/√N, down to that bar (if the mean's range held):
+    N·floor² / (bar² − t²), to 2 significant digits. Nothing when t is at the bar already."""
+    bar = 0.5 * r["curve_roughness_median"]
+    t2 = max(0.0, r["mean_roughness"] ** 2 - r["noise_floor"] ** 2)
+    if t2 >= bar**2:
+        return []
+    n = r["curves"] * r["noise_floor"] ** 2 / (bar**2 - t2)
+    return [
+        (f"{label} half one curve's roughness", fmt(bar)),
+        (f"{label} curves for the floor to reach it", f"{int(float(f'{n:.2g}')):,}"),
+    ]
 
 
 def perturbation(m: dict) -> list[tuple[str, str]]:
@@ -386,6 +405,19 @@ def learned_optimizer(m: dict) -> list[tuple[str, str]]:
         ("(b) the mean's noise floor", fmt(r["noise_floor"])),
         ("(b) mean minus unperturbed, RMS over range", fmt(move["rms"])),
         ("(b) its noise", fmt(move["noise"])),
+    ]
+    if not move["changed"]:
+        # in expectation rms² = t² + noise² (t: the move itself; the noise falls like 1/√N):
+        # the move is resolved (rms > k·noise) once N > N₀·(k² − 1)·noise₀² / t²
+        k, n0 = move["resolved_factor"], move["noise"]
+        t2 = move["rms"] ** 2 - n0**2
+        if t2 > 0:
+            need = move["samples"] * (k * k - 1) * n0**2 / t2
+            out += [
+                ("(b) the move without its noise", fmt(t2**0.5)),
+                ("(b) samples to resolve the move", f"{int(float(f'{need:.2g}')):,}"),
+            ]
+    out += [
         ("(c) std", fmt(m["smooth_std"])),
         ("(c) samples", str(z["var_samples"])),
         ("weights", f"{n:,}"),
@@ -684,7 +716,10 @@ NUMBERS = {
 # that every verdict named is true. Words like "smoothed" or "smoothing" name an operation
 # and are not claims.
 SMOOTH_WORDS = re.compile(r"\bsmooth(?:er)?\b", re.IGNORECASE)
-SMOOTH_CLAIMS: dict[str, list[tuple[str, list[str]]]] = {}
+SMOOTH_CLAIMS: dict[str, list[tuple[str, list[str]]]] = {
+    # Figure 4: the mean of the seeds' energy curves at the longest T, under half one seed's
+    "packing": [("smoother", ["summary", "roughness", "256", "smoother"])],
+}
 
 
 def saved_verdict(meta: dict, path: list[str]):

@@ -24,8 +24,8 @@ def main(argv: list[str]) -> int:
     system = truncation.make_system(size)
     theta = init_policy(
         jax.random.PRNGKey(1),
-        system.meta["policy_sizes"],
-        system.meta["policy_scale"],
+        system.metadata["policy_sizes"],
+        system.metadata["policy_scale"],
         jax.numpy.float64,
     )
     for t in [int(a) for a in argv[1:]] or [10]:

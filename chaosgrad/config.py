@@ -123,13 +123,18 @@ def provenance(key=None, **extra) -> dict:
 
 
 def precision_info(dtype=None) -> dict:
-    """Precision facts recorded with a result: dtype used, x64 mode, matmul precision, backend."""
+    """Precision facts recorded with a result: dtype used, x64 mode, matmul precision, backend,
+    the device kind and count (``jax.devices()[0].device_kind``, e.g. "cpu" or "NVIDIA H100
+    80GB HBM3": the backend alone does not say which GPU ran it)."""
     import jax
 
+    devices = jax.devices()
     return {
         "dtype": None if dtype is None else str(dtype),
         "x64": x64_enabled(),
         "matmul_precision": str(jax.config.jax_default_matmul_precision or "default"),
         "backend": jax.default_backend(),
+        "device_kind": devices[0].device_kind,
+        "device_count": len(devices),
         "jax": jax.__version__,
     }

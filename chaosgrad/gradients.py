@@ -13,12 +13,13 @@ import jax
 import numpy as np
 
 from chaosgrad import deprecation
+from chaosgrad.checks import check_horizons, check_positive_int
+from chaosgrad.checks import check_horizons as _check_horizons  # noqa: F401 -- old name
 from chaosgrad.config import precision_info
-from chaosgrad.errors import InputError
 from chaosgrad.progress import progress_bar
 from chaosgrad.stats import LEVEL, NAN_INTERVAL, Interval, percentile_interval, resample_indices
 from chaosgrad.system import System, default_key, resolve_theta
-from chaosgrad.unroll import check_steps, unroll_grad
+from chaosgrad.unroll import unroll_grad
 
 PyTree = Any
 
@@ -175,25 +176,14 @@ class GrowthResult(NamedTuple):
         }
 
 
-def _check_horizons(horizons) -> np.ndarray:
-    try:
-        hs = [check_steps(h, "horizon") for h in horizons]
-    except TypeError:
-        raise InputError(
-            f"horizons must be a list of positive integers, got {horizons!r}"
-        ) from None
-    if not hs:
-        raise InputError("horizons must not be empty")
-    return np.asarray(sorted(set(hs)))
-
-
+@deprecation.key_third("horizons", "seeds")
 def gradient_growth(
     system: System,
     theta: PyTree = None,
+    key: jax.Array | None = None,
+    *,
     horizons=(10, 30, 100),
     seeds: int = 8,
-    *,
-    key: jax.Array | None = None,
     chunk: int | None = None,
     progress: bool | None = None,
 ) -> GrowthResult:
@@ -211,8 +201,8 @@ def gradient_growth(
     """
     t_start = time.perf_counter()
     theta = resolve_theta(system, theta)
-    hs = _check_horizons(horizons)
-    seeds = check_steps(seeds, "seeds")
+    hs = check_horizons(horizons)
+    seeds = check_positive_int(seeds, "seeds")
     key = default_key(key)
     keys = jax.random.split(key, seeds)
     if chunk is None:
@@ -373,12 +363,13 @@ def count_extrema(y: np.ndarray) -> int:
     return int(np.sum(np.sign(d[1:]) != np.sign(d[:-1])))
 
 
+@deprecation.key_third("horizons")
 def loss_slice(
     system: System,
     theta: PyTree = None,
-    horizons=(10, 30, 100),
-    *,
     key: jax.Array | None = None,
+    *,
+    horizons=(10, 30, 100),
     direction: PyTree = None,
     radius: float | None = None,
     points: int = 41,
@@ -399,8 +390,8 @@ def loss_slice(
     from chaosgrad.unroll import loss_weights, unroll
 
     theta = resolve_theta(system, theta)
-    hs = _check_horizons(horizons)
-    points = check_steps(points, "points")
+    hs = check_horizons(horizons)
+    points = check_positive_int(points, "points")
     key = default_key(key)
     flat, unravel = ravel_pytree(theta)
     if direction is None:

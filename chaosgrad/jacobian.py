@@ -12,11 +12,11 @@ import jax
 import jax.numpy as jnp
 
 from chaosgrad import deprecation
-from chaosgrad.errors import InputError
+from chaosgrad.checks import MAX_DENSE_DIM, check_dense  # noqa: F401 -- re-exported
 from chaosgrad.system import System, default_key, resolve_theta, split_run_key, step_key
+from chaosgrad.system import is_key as _is_key
 
 PyTree = Any
-MAX_DENSE_DIM = 4096
 
 
 def phase_map(
@@ -62,15 +62,6 @@ class StepJacobian(NamedTuple):
         return jax.vmap(self.matvec, in_axes=1, out_axes=1)(jnp.eye(self.n, dtype=self.x.dtype))
 
 
-def check_dense(n: int, max_dim: int = MAX_DENSE_DIM) -> None:
-    """Refuse to build an n × n matrix when n is too large to be sensible."""
-    if n > max_dim:
-        raise InputError(
-            f"a dense Jacobian of dimension {n} exceeds max_dim={max_dim}: use the matrix-free "
-            "operator (step_jacobian_operator) or raise max_dim"
-        )
-
-
 def start_run(system: System, theta: PyTree, key: jax.Array | None, state: PyTree):
     """θ (or the system's default), the state (or ``init`` from the key's init half), the
     key the steps derive from, and the run key itself (PRNGKey(0) when None)."""
@@ -80,16 +71,6 @@ def start_run(system: System, theta: PyTree, key: jax.Array | None, state: PyTre
     if state is None:
         state = system.init(k_init, theta)
     return theta, state, k_steps, key
-
-
-def _is_key(x) -> bool:
-    """Whether ``x`` is one PRNG key (a typed key, or uint32 of shape (2,))."""
-    dtype = getattr(x, "dtype", None)
-    if dtype is None:
-        return False
-    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
-        return jnp.ndim(x) == 0
-    return dtype == jnp.uint32 and tuple(jnp.shape(x)) == (2,)
 
 
 def _key_then_state(name: str, key, state):

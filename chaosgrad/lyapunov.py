@@ -15,15 +15,15 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax.tree_utils as otu
 from jax import lax
 
+from chaosgrad.checks import DEFAULT_K, check_positive_int, resolve_k  # noqa: F401 -- re-exported
 from chaosgrad.config import precision_info
 from chaosgrad.errors import InputError
 from chaosgrad.jacobian import phase_map, start_run
 from chaosgrad.progress import progress_bar
 from chaosgrad.system import System, cache_by_functions
-from chaosgrad.unroll import all_finite, check_steps
+from chaosgrad.unroll import all_finite
 
 PyTree = Any
 FLOAT32_LONG_RUN = 20_000
@@ -37,48 +37,60 @@ LOG_COND_LIMIT = {np.dtype(np.float32): 8.0, np.dtype(np.float64): 18.0}
 MAX_QR_EVERY = 32
 
 
+QR_CHUNK = 1024  # steps per compiled QR chunk: one program serves every run of a system
+
+
 @cache_by_functions(maxsize=64)
-def _jit_qr_chunk(system: System, chunk: int, k: int, every: int = 1):
-    """Steps t0 … t0+chunk-1 of state and k tangent vectors, QR every ``every`` steps and at
-    the chunk's last active step (so every chunk hands back an orthonormal basis and the
-    complete log-growth of its steps).
+def _jit_qr_chunk(system: System, chunk: int, k: int):
+    """Steps t0 … min(t0 + chunk, t_end) − 1 of state and k tangent vectors.
+
+    The trip count, the QR interval ``every`` and the recording window are traced, so one
+    compiled program serves the probe, the transient and the counted steps of every run
+    (each program of an MJX model costs tens of seconds to trace, even from a warm cache).
+    Within a window of ``window`` steps starting at ``w0``, the basis is re-orthonormalised
+    every ``every`` steps, at the window's last step and at the run's last step (t_end − 1),
+    so every window ends with an orthonormal basis and its complete log-growth.
 
     Between QRs the basis is propagated unnormalised: the product's QR has diag R equal to
     the product of the per-step diag Rs, so the summed log|R_ii| is the same in exact
     arithmetic, for 1/every of the QRs (re-orthonormalising every m steps is standard for
     the QR method; ``every`` must keep the basis well-conditioned, see `_safe_qr_every`).
+    Tangents are pushed by a vmapped ``jax.jvp`` (the primal computed once): tracing it
+    costs about half of ``jax.linearize`` on an MJX step.
 
-    Returns the new state and basis, the summed log|diag R| over the active steps, and
-    whether every step stayed finite.
+    Returns the new state and basis, log|diag R| per step (zeros where no QR ran; rows past
+    the chunk's steps are zeros) and whether each step stayed finite.
     """
 
     def qr_logs(m):
         q, r = jnp.linalg.qr(m)
         return q, jnp.log(jnp.abs(jnp.diagonal(r)))
 
-    def run(state, basis, theta, steps_key, t0, t_end):
-        def body(carry, i):
-            s, q = carry
+    def run(state, basis, theta, steps_key, t0, t_end, w0, window, every):
+        n = jnp.clip(t_end - t0, 0, chunk)
+        dtype = basis.dtype
+        logs0 = jnp.zeros((chunk, k), dtype)
+        oks0 = jnp.ones((chunk,), bool)
+
+        def body(i, carry):
+            s, q, logs, oks = carry
             t = t0 + i
             f, x = phase_map(system, theta, s, steps_key, t)
-            _, jvp, new_s = jax.linearize(f, x, has_aux=True)
-            jq = jax.vmap(jvp, in_axes=1, out_axes=1)(q)
-            active = t < t_end
-            if every == 1:
-                q_new, logs = qr_logs(jq)
-            else:
-                due = ((i + 1) % every == 0) | (i == chunk - 1) | (t == t_end - 1)
-                q_new, logs = lax.cond(
-                    due & active, qr_logs, lambda m: (m, jnp.zeros(k, m.dtype)), jq
-                )
-            ok = all_finite(x) & jnp.all(jnp.isfinite(logs))
-            new_s = otu.tree_where(active, new_s, s)
-            q_new = jnp.where(active, q_new, q)
-            logs = jnp.where(active, logs, 0.0)
-            return (new_s, q_new), (logs, ok | ~active)
+            _, jq, new_s = jax.vmap(
+                lambda v: jax.jvp(f, (x,), (v,), has_aux=True),
+                in_axes=1,
+                out_axes=(None, 1, None),
+            )(q)
+            v = (t - w0) % window
+            due = ((v + 1) % every == 0) | (v + 1 == window) | (t == t_end - 1)
+            q_new, lg = lax.cond(due, qr_logs, lambda m: (m, jnp.zeros(k, dtype)), jq)
+            ok = all_finite(x) & jnp.all(jnp.isfinite(lg))
+            logs = lax.dynamic_update_index_in_dim(logs, lg, i, 0)
+            oks = lax.dynamic_update_index_in_dim(oks, ok, i, 0)
+            return new_s, q_new, logs, oks
 
-        (s, q), (logs, ok) = lax.scan(body, (state, basis), jnp.arange(chunk))
-        return s, q, jnp.sum(logs, axis=0), jnp.all(ok)
+        s, q, logs, oks = lax.fori_loop(0, n, body, (state, basis, logs0, oks0))
+        return s, q, logs, oks
 
     return jax.jit(run)
 
@@ -156,69 +168,26 @@ class LyapunovResult(NamedTuple):
 
 
 def _qr_run(system, theta, state, k_steps, q, t0, steps, record_every, desc, progress, every=1):
-    """Run the QR chunks for ``steps`` steps; per-window log-growth sums and the end state."""
-    fn = _jit_qr_chunk(system, record_every, q.shape[1], every)
-    n_windows = math.ceil(steps / record_every)
-    sums, ends = [], []
-    bad = -1
-    t_end = jnp.asarray(t0 + steps)
+    """Run the QR chunks for ``steps`` steps from global step ``t0``, recording windows of
+    ``record_every`` steps; per-window log-growth sums, window ends, the end state and basis,
+    and the first non-finite step (counted from ``t0``; −1 if none)."""
+    k = q.shape[1]
+    fn = _jit_qr_chunk(system, QR_CHUNK, k)
+    logs, oks = [], []
+    args = (jnp.asarray(t0 + steps), jnp.asarray(t0), jnp.asarray(record_every), jnp.asarray(every))
     with progress_bar(steps, desc, progress, min_total=50_000) as bar:
-        for w in range(n_windows):
-            start = t0 + w * record_every
-            state, q, s, ok = fn(state, q, theta, k_steps, jnp.asarray(start), t_end)
-            sums.append(np.asarray(s, dtype=np.float64))
-            ends.append(min(steps, (w + 1) * record_every))
-            if bad < 0 and not bool(ok):
-                bad = w * record_every
-            bar.update(ends[-1] - (ends[-2] if len(ends) > 1 else 0))
-    return state, q, np.stack(sums), np.asarray(ends), bad
-
-
-DEFAULT_K = 8  # exponents when none are asked for: cheap at any n, enough for a verdict
-
-
-def resolve_k(
-    k: int | str | None,
-    n: int,
-    name: str = "system",
-    *,
-    default: int | str | None = None,
-    what: str = "k",
-) -> int:
-    """How many directions (exponents, singular values, eigenvalues) to compute: the one
-    rule of every entry point that takes ``k``.
-
-    ``None`` → the entry point's ``default`` (itself resolved; None: min(n, DEFAULT_K)),
-    ``"all"`` → n, else an integer in 1..n (a whole float or a numeric string is accepted);
-    anything else, a k above n included, is an InputError with one message, naming ``what``
-    was given (``"--k"`` on the command line) and the system ``name``. Nothing is clamped.
-    """
-    if k is None:
-        if default is None:
-            return min(n, DEFAULT_K)
-        return resolve_k(default, n, name, what=what)
-
-    def refuse():
-        return InputError(
-            f"{what} must be an integer between 1 and the phase dimension {n} "
-            f"of {name!r}, or 'all'; got {k!r}"
-        )
-
-    if isinstance(k, str):
-        if k.strip().lower() == "all":
-            return n
-        try:
-            k = int(k)
-        except ValueError:
-            raise refuse() from None
-    if (
-        isinstance(k, bool)
-        or not isinstance(k, (int, float, np.integer, np.floating))
-        or not float(k).is_integer()
-        or not 1 <= k <= n
-    ):
-        raise refuse()
-    return int(k)
+        for start in range(0, steps, QR_CHUNK):
+            state, q, lg, ok = fn(state, q, theta, k_steps, jnp.asarray(t0 + start), *args)
+            m = min(QR_CHUNK, steps - start)
+            lg, ok = jax.device_get((lg, ok))
+            logs.append(np.asarray(lg[:m], np.float64))
+            oks.append(ok[:m])
+            bar.update(m)
+    logs, oks = np.concatenate(logs), np.concatenate(oks)
+    ends = np.minimum(np.arange(1, math.ceil(steps / record_every) + 1) * record_every, steps)
+    sums = np.add.reduceat(logs, ends - np.diff(np.concatenate([[0], ends])), axis=0)
+    bad = int(np.argmin(oks)) if not oks.all() else -1
+    return state, q, sums, ends, bad
 
 
 def lyapunov_spectrum(
@@ -263,7 +232,7 @@ def lyapunov_spectrum(
       (``chaosgrad.enable_x64()``) for values you will quote.
     """
     t_start = time.perf_counter()
-    steps = check_steps(steps)
+    steps = check_positive_int(steps)
     if int(transient) < 0:
         raise InputError(f"transient must be >= 0, got {transient}")
     theta, state, k_steps, key = start_run(system, theta, key, state)
@@ -279,11 +248,13 @@ def lyapunov_spectrum(
             stacklevel=2,
         )
     record_every = (
-        max(1, steps // 200) if record_every is None else check_steps(record_every, "record_every")
+        max(1, steps // 200)
+        if record_every is None
+        else check_positive_int(record_every, "record_every")
     )
     q0 = jax.random.normal(jax.random.fold_in(key, 7), (n, k), dtype)
     q, _ = jnp.linalg.qr(q0)
-    every = 1 if qr_every is None else check_steps(qr_every, "qr_every")
+    every = 1 if qr_every is None else check_positive_int(qr_every, "qr_every")
     done = 0
     if transient and qr_every is None:
         # Probe: QR every step over the transient's start, then pick the safe interval.
@@ -451,9 +422,7 @@ def lyapunov_runs(
     """
     from chaosgrad.system import default_key
 
-    runs = int(runs)
-    if runs < 1:
-        raise InputError(f"runs must be a positive integer, got {runs}")
+    runs = check_positive_int(runs, "runs")
     key = default_key(key)
     res = [
         lyapunov_spectrum(
@@ -508,7 +477,7 @@ def finite_time_lyapunov(
         system,
         theta,
         key=key,
-        steps=check_steps(window, "window") * check_steps(windows, "windows"),
+        steps=check_positive_int(window, "window") * check_positive_int(windows, "windows"),
         k=k,
         transient=transient,
         state=state,

@@ -8,55 +8,14 @@ from __future__ import annotations
 import inspect
 import math
 
-import numpy as np
-
+from chaosgrad.checks import check_int, check_number, no_separators  # noqa: F401 -- re-exported
 from chaosgrad.errors import InputError
 
 
 def _number(text: str, conv):
     """``conv(text)``, refusing what Python's int/float accept but a person rarely means:
     digit separators (``1_4`` would read as 14)."""
-    if "_" in text:
-        raise ValueError("digit separators '_' are not accepted")
-    return conv(text)
-
-
-def check_int(value, name: str, lo: int | None = None, hi: int | None = None) -> int:
-    """``value`` as an int when it is one (an int, a numpy integer, or a float with no
-    fraction); a bool, a fraction, NaN or a value outside ``lo..hi`` is an InputError naming
-    ``name`` and what is accepted. Nothing is rounded."""
-    ok = not isinstance(value, bool)
-    if ok and not isinstance(value, (int, np.integer)):
-        try:
-            f = float(value)
-        except (TypeError, ValueError):
-            ok = False
-        else:
-            ok = math.isfinite(f) and f.is_integer() and not isinstance(value, str)
-    rng = f"{'' if lo is None else lo}..{'' if hi is None else hi}"
-    if not ok:
-        raise InputError(f"{name} must be an integer ({rng}), got {value!r}")
-    v = int(value)
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise InputError(f"{name} must be an integer in {rng}, got {value!r}")
-    return v
-
-
-def check_number(value, name: str, *, positive: bool = False, nonneg: bool = False) -> float:
-    """``value`` as a finite float (a bool or string is refused), optionally > 0 or >= 0."""
-    ok = not isinstance(value, (bool, str))
-    try:
-        f = float(value) if ok else math.nan
-    except (TypeError, ValueError):
-        f, ok = math.nan, False
-    need = (
-        "a positive finite number"
-        if positive
-        else ("a finite number >= 0" if nonneg else "a finite number")
-    )
-    if not ok or not math.isfinite(f) or (positive and not f > 0) or (nonneg and f < 0):
-        raise InputError(f"{name} must be {need}, got {value!r}")
-    return f
+    return conv(no_separators(text))
 
 
 def convert(text: str, default):

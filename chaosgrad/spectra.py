@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from chaosgrad.checks import MAX_DENSE_DIM, check_dense, check_int, check_positive_int
 from chaosgrad.errors import InputError
-from chaosgrad.jacobian import MAX_DENSE_DIM, check_dense, phase_map, start_run
+from chaosgrad.jacobian import phase_map, start_run
 from chaosgrad.lyapunov import (  # noqa: F401 -- re-exported
     DEFAULT_K,
     FLOAT32_LONG_RUN,
@@ -32,9 +33,7 @@ from chaosgrad.lyapunov import (  # noqa: F401 -- re-exported
     lyapunov_spectrum,
     resolve_k,
 )
-from chaosgrad.params import check_int
 from chaosgrad.system import System, cache_by_functions
-from chaosgrad.unroll import check_steps
 
 PyTree = Any
 
@@ -95,7 +94,7 @@ def jacobian_eigenvalues(
       k: how many leading eigenvalues to keep (`resolve_k`; default: all densely, 6 by
         Arnoldi).
     """
-    steps = check_steps(steps)
+    steps = check_positive_int(steps)
     theta, state, k_steps, _ = start_run(system, theta, key, state)
     n = int(system.flat_phase(state)[0].shape[0])
     if method == "auto":
@@ -221,7 +220,7 @@ def jacobian_products(
     while σ_i/σ_1 stays well above the float epsilon (use `lyapunov_spectrum` for the rates
     of the weaker directions). ``k``: how many singular values (`resolve_k`; default 1).
     """
-    steps = check_steps(steps)
+    steps = check_positive_int(steps)
     theta, state, k_steps, _ = start_run(system, theta, key, state)
     x0, _ = system.flat_phase(state)
     n = int(x0.shape[0])
@@ -263,7 +262,7 @@ def product_singular_values(
     `jacobian_products` (log-scaled) for small systems, or shorter horizons. ``k``:
     `resolve_k` (default 1).
     """
-    steps = check_steps(steps)
+    steps = check_positive_int(steps)
     theta, state, k_steps, key = start_run(system, theta, key, state)
     x0, unravel = system.flat_phase(state)
     n = int(x0.shape[0])

@@ -9,6 +9,7 @@ here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from chaosgrad.checks import check_number, check_positive_int
 from chaosgrad.compile_cache import (  # noqa: F401 -- re-exported
     _LIBRARY_ROOTS,
     _MAX_DEPTH,
@@ -36,7 +38,6 @@ from chaosgrad.compile_cache import (  # noqa: F401 -- re-exported
 from chaosgrad.config import auto_enable_compilation_cache
 from chaosgrad.errors import InputError
 from chaosgrad.io import jsonable
-from chaosgrad.params import check_int, check_number
 from chaosgrad.validation import (  # noqa: F401 -- re-exported
     _CHECKED,
     _check_phase_round_trip,
@@ -114,7 +115,9 @@ class System:
       description: one line on what the system is.
       theta_doc: what ``theta`` means.
       loss_doc: what the per-step loss is.
-      meta: any further metadata (recorded in results).
+      metadata: any further facts about the system, recorded in results (``meta=`` is the
+        deprecated name; in chaosgrad "meta" means the outer problem: meta-loss,
+        meta-training).
 
     Every function must be jittable and vmappable; randomness comes only from the keys
     passed in. The step's key at global step t is ``jax.random.fold_in(key, t)`` in every
@@ -143,7 +146,7 @@ class System:
     description: str = ""
     theta_doc: str = ""
     loss_doc: str = ""
-    meta: dict = dataclasses.field(default_factory=dict)
+    metadata: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if not callable(self.init) or not callable(self.step):
@@ -167,12 +170,7 @@ class System:
                     f"System dt must be a positive finite number (or None for "
                     f"maps), got {self.dt!r}"
                 ) from None
-        try:
-            horizon = check_int(self.horizon, "System horizon", lo=1)
-        except InputError:
-            raise InputError(
-                f"System horizon must be a positive integer, got {self.horizon!r}"
-            ) from None
+        horizon = check_positive_int(self.horizon, "System horizon")
         object.__setattr__(self, "horizon", horizon)  # frozen: set once, as an int
 
     # -- phase helpers ---------------------------------------------------------------------
@@ -201,9 +199,19 @@ class System:
         """A copy of this system with some fields changed (``dataclasses.replace``), e.g.
         ``system.replace(theta=..., horizon=1000)``. A new ``theta`` without a new
         ``precision`` takes its precision from the new θ."""
+        if "meta" in changes:
+            changes["metadata"] = _renamed_meta(changes.pop("meta"), changes)
         if "theta" in changes and "precision" not in changes:
             changes["precision"] = None
         return dataclasses.replace(self, **changes)
+
+    @property
+    def meta(self) -> dict:
+        """Deprecated name of `System.metadata` (removed in 0.3.0)."""
+        from chaosgrad import deprecation
+
+        deprecation.warn("System.meta", "System.metadata")
+        return self.metadata
 
     def with_meta(self, **changes) -> System:
         """Deprecated alias of `System.replace` (removed in 0.3.0)."""
@@ -223,8 +231,31 @@ class System:
             "horizon": int(self.horizon),
             "precision": self.precision,
             "meta_loss": self.meta_loss,
-            **jsonable(self.meta)[0],
+            **jsonable(self.metadata)[0],
         }
+
+
+def _renamed_meta(meta: dict, kwargs: dict) -> dict:
+    """``meta=``, the deprecated name of ``metadata=``: warned about, refused beside it."""
+    from chaosgrad import deprecation
+
+    if kwargs.get("metadata") is not None:
+        raise InputError("System: give metadata= alone (meta= is its deprecated name)")
+    deprecation.warn("System(meta=...)", "System(metadata=...)", stacklevel=4)
+    return meta
+
+
+_dataclass_init = System.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init(self, *args, meta: dict | None = None, **kwargs):
+    if meta is not None:
+        kwargs["metadata"] = _renamed_meta(meta, kwargs)
+    _dataclass_init(self, *args, **kwargs)
+
+
+System.__init__ = _init  # the dataclass's own __init__, plus the old keyword meta=
 
 
 def _checked_precision(system: System) -> str:
@@ -297,6 +328,16 @@ def is_key_batch(key: jax.Array) -> bool:
         f"key must be a PRNG key (jax.random.PRNGKey(seed), shape (2,)) or a batch of them "
         f"(shape (B, 2)); got shape {tuple(key.shape)}"
     )
+
+
+def is_key(x) -> bool:
+    """Whether ``x`` is one PRNG key (a typed key, or uint32 of shape (2,))."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        return False
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        return jnp.ndim(x) == 0
+    return dtype == jnp.uint32 and tuple(jnp.shape(x)) == (2,)
 
 
 def default_key(key: jax.Array | None) -> jax.Array:

@@ -10,6 +10,7 @@ steps half the step keys (`split_run_key`), so one key gives the same run everyw
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -20,6 +21,7 @@ import optax.tree_utils as otu
 from jax import lax
 
 from chaosgrad import deprecation
+from chaosgrad.checks import check_positive_int
 from chaosgrad.errors import InputError
 from chaosgrad.progress import progress_bar
 from chaosgrad.system import (
@@ -40,15 +42,10 @@ DEFAULT_CHUNK = 1024
 TRAJECTORY_CHUNK = 256
 
 
-def check_steps(steps, name: str = "steps") -> int:
-    """``steps`` as a positive int, or an InputError naming what is accepted."""
-    try:
-        n = int(steps)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a positive integer, got {steps!r}") from None
-    if n != steps or n <= 0:
-        raise InputError(f"{name} must be a positive integer, got {steps!r}")
-    return n
+# Deprecated alias (one name per concept): the rule lives in chaosgrad.checks.
+check_steps = deprecation.alias(
+    check_positive_int, "chaosgrad.unroll.check_steps", "chaosgrad.checks.check_positive_int"
+)
 
 
 def loss_weights(kind: str, t: jax.Array, n: jax.Array) -> jax.Array:
@@ -335,6 +332,18 @@ class UnrollResult(NamedTuple):
     steps: int
 
 
+@functools.lru_cache(maxsize=64)
+def _host_weights(kind: str, steps: int, dtype: str) -> np.ndarray:
+    """The meta-loss weights of `loss_weights` as a read-only numpy array (host side)."""
+    w = {
+        "mean": np.full(steps, 1.0 / steps),
+        "sum": np.ones(steps),
+        "last": (np.arange(steps) == steps - 1).astype(float),
+    }[kind].astype(np.dtype(dtype))
+    w.flags.writeable = False
+    return w
+
+
 def _first_true(mask: np.ndarray) -> np.ndarray:
     any_ = mask.any(axis=-1)
     return np.where(any_, mask.argmax(axis=-1), -1)
@@ -380,17 +389,22 @@ def unroll(
     """
     theta = resolve_theta(system, theta, batched=bool(theta_batched))
     key = default_key(key)
-    steps = check_steps(system.horizon if steps is None else steps)
+    steps = check_positive_int(system.horizon if steps is None else steps)
     if chunk is None:
         # The trip count is traced, so one chunk size serves every T; a recorded trajectory
         # is buffered per chunk, so keep that buffer no longer than the run.
         chunk = min(steps, TRAJECTORY_CHUNK) if trajectory else DEFAULT_CHUNK
     else:
-        chunk = check_steps(chunk, "chunk")
+        chunk = check_positive_int(chunk, "chunk")
     batched = is_key_batch(key)
-    fn = _jit_chunk(system, chunk, bool(trajectory), batched, bool(theta_batched))
     start = _jit_chunk(system, chunk, bool(trajectory), batched, bool(theta_batched), True)
     n_chunks = math.ceil(steps / chunk)
+    # Looked up only when a second chunk runs: each look-up hashes what the system computes.
+    fn = (
+        _jit_chunk(system, chunk, bool(trajectory), batched, bool(theta_batched))
+        if n_chunks > 1
+        else None
+    )
     # Chunk starts stay on the device (each chunk returns the next t0): no host transfer
     # or synchronisation between chunks.
     # Python ints: no eager dispatch, and the cheapest arguments for a jitted call.
@@ -413,7 +427,10 @@ def unroll(
     axis = 1 if batched else 0
     host, oks = jax.device_get((parts, oks))  # one transfer for every chunk's outputs
     finite = []
+    all_ok = all(np.all(ok) for ok in oks)  # every phase finite: no per-step flags needed
     for c, (ys, ok) in enumerate(zip(host, oks, strict=True)):
+        if all_ok:
+            break
         if np.all(ok):
             finite.append(np.ones_like(ys["loss"], bool))
         else:  # some step left a NaN/Inf in the phase: find which, step by step
@@ -431,19 +448,20 @@ def unroll(
         return x[:, :steps] if batched else x[:steps]
 
     losses = cat([p["loss"] for p in host])
-    finite_phase = cat(finite)
     bad_loss = ~np.isfinite(losses)
+    if all_ok:
+        nonfinite_steps = np.zeros_like(bad_loss).sum(axis=-1)  # the type of a count below
+        first_bad = _first_true(bad_loss)
+    else:
+        finite_phase = cat(finite)
+        nonfinite_steps = (~finite_phase).sum(axis=-1)
+        first_bad = _first_true(bad_loss | ~finite_phase)
     traj = None
     if trajectory:
         traj = jax.tree_util.tree_map(lambda *xs: cat(xs), *[p["phase"] for p in host])
     done = cat([p["done"] for p in host]) if "done" in host[0] else None
     # On the host: an eager jnp meta-loss would dispatch and sync once more per call.
-    w = {
-        "mean": np.full(steps, 1.0 / steps),
-        "sum": np.ones(steps),
-        "last": (np.arange(steps) == steps - 1).astype(float),
-    }[system.meta_loss]
-    w = w.astype(losses.dtype)
+    w = _host_weights(system.meta_loss, steps, losses.dtype.str)
     with np.errstate(invalid="ignore", over="ignore"):
         meta = np.sum(np.where(w != 0, w * losses, 0), axis=-1).astype(losses.dtype)
     return UnrollResult(
@@ -452,8 +470,8 @@ def unroll(
         state=state,
         trajectory=traj,
         nonfinite_losses=bad_loss.sum(axis=-1),
-        nonfinite_steps=(~finite_phase).sum(axis=-1),
-        first_nonfinite_step=_first_true(bad_loss | ~finite_phase),
+        nonfinite_steps=nonfinite_steps,
+        first_nonfinite_step=first_bad,
         done=done,
         steps=steps,
     )

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from chaosgrad.checks import check_positive_int
 from chaosgrad.progress import progress_bar
 from chaosgrad.system import (
     System,
@@ -31,7 +32,6 @@ from chaosgrad.system import (
 from chaosgrad.unroll import (
     _tree_where,
     all_finite,
-    check_steps,
     loss_weights,
     weighted_sum,
 )
@@ -215,9 +215,9 @@ def unroll_grad(
     """
     theta = resolve_theta(system, theta)
     key = default_key(key)
-    steps = check_steps(system.horizon if steps is None else steps)
+    steps = check_positive_int(system.horizon if steps is None else steps)
     auto_chunk = chunk is None
-    chunk = min(steps, GRAD_CHUNK) if chunk is None else check_steps(chunk, "chunk")
+    chunk = min(steps, GRAD_CHUNK) if chunk is None else check_positive_int(chunk, "chunk")
     batched = is_key_batch(key)
     state, k_steps = _jit_start(system, batched, state is None)(key, theta, state)
     n_chunks = math.ceil(steps / chunk)

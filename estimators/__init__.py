@@ -27,8 +27,9 @@ from chaosgrad.estimators.combine import combined, inverse_variance_combine
 from chaosgrad.estimators.es import es, nres, pes, truncated_es
 
 from chaosgrad import user_code
+from chaosgrad.checks import check_number
 from chaosgrad.errors import InputError
-from chaosgrad.params import check_number, nonfinite_allowed, parse_kv
+from chaosgrad.params import nonfinite_allowed, parse_kv
 from chaosgrad.system import System
 
 

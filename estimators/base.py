@@ -14,8 +14,8 @@ import optax.tree_utils as otu
 from jax.sharding import NamedSharding
 
 from chaosgrad import distributed
+from chaosgrad.checks import check_number, check_positive_int  # noqa: F401 -- re-exported
 from chaosgrad.errors import InputError
-from chaosgrad.unroll import check_steps
 
 PyTree = Any
 POPULATION_AXIS = distributed.POPULATION_AXIS
@@ -264,20 +264,16 @@ def _clipped_estimate(estimate: Callable, max_norm: float) -> Callable:
     return clipped
 
 
-def check_positive_int(value, name: str) -> int:
-    """``value`` as a positive int, else an InputError naming the parameter."""
-    return check_steps(value, name)
-
-
 def check_positive_float(value, name: str) -> float:
-    """``value`` as a positive finite float, else an InputError naming the parameter."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a positive number, got {value!r}") from None
-    if not (x > 0 and x < float("inf")):
-        raise InputError(f"{name} must be a positive number, got {value!r}")
-    return x
+    """Deprecated (removed in 0.3.0): use ``chaosgrad.checks.check_number(value, name,
+    positive=True)``."""
+    from chaosgrad import deprecation
+
+    deprecation.warn(
+        "chaosgrad.estimators.base.check_positive_float",
+        "chaosgrad.checks.check_number(..., positive=True)",
+    )
+    return check_number(value, name, positive=True)
 
 
 def check_sigma(sigma, system) -> float:
@@ -287,7 +283,7 @@ def check_sigma(sigma, system) -> float:
 
     import numpy as np
 
-    sigma = check_positive_float(sigma, "sigma")
+    sigma = check_number(sigma, "sigma", positive=True)
     leaves = jax.tree_util.tree_leaves(system.theta)
     dtype = jnp.result_type(*leaves) if leaves else jnp.float32
     if not jnp.issubdtype(dtype, jnp.floating):

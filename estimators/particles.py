@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax.tree_utils as otu
 from jax import lax
 
+from chaosgrad.checks import check_positive_int
 from chaosgrad.errors import InputError
 from chaosgrad.system import (
     System,
@@ -110,9 +111,7 @@ def make_schedule(kind: str, horizon: int, min_length: int = 0, max_length: int 
     lengths log-uniform in [min_length, max_length] (defaults: horizon // 10 and horizon)."""
     if kind not in SCHEDULES:
         raise InputError(f"schedule {kind!r} is not accepted: use one of {SCHEDULES}")
-    horizon = int(horizon)
-    if horizon < 1:
-        raise InputError(f"horizon must be a positive integer, got {horizon!r}")
+    horizon = check_positive_int(horizon, "horizon")
     if kind == "constant":
         return Schedule("constant", horizon, horizon)
     hi = int(max_length) or horizon

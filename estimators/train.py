@@ -33,6 +33,7 @@ from chaosgrad.estimators.checkpoint import (
 )
 
 from chaosgrad import distributed
+from chaosgrad.checks import check_positive_int
 from chaosgrad.config import precision_info
 from chaosgrad.errors import InputError
 from chaosgrad.io import (
@@ -43,7 +44,7 @@ from chaosgrad.io import (
 )
 from chaosgrad.progress import progress_bar
 from chaosgrad.system import System, resolve_theta
-from chaosgrad.unroll import check_steps, unrolled_loss
+from chaosgrad.unroll import unrolled_loss
 
 PyTree = Any
 
@@ -157,11 +158,11 @@ def meta_train(
       A `MetaTrainResult`.
     """
     check_estimator(estimator)
-    steps = check_steps(steps)
-    log_every = check_steps(log_every, "log_every")
-    checkpoint_every = check_steps(checkpoint_every, "checkpoint_every")
-    eval_seeds = check_steps(eval_seeds, "eval_seeds")
-    horizon = check_steps(eval_horizon or system.horizon, "eval_horizon")
+    steps = check_positive_int(steps)
+    log_every = check_positive_int(log_every, "log_every")
+    checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
+    eval_seeds = check_positive_int(eval_seeds, "eval_seeds")
+    horizon = check_positive_int(eval_horizon or system.horizon, "eval_horizon")
     theta0 = resolve_theta(system, theta0)
     out = Path(out_dir)
     # Only process 0 touches the folder. Whether it could is sent to every process, so a

@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from chaosgrad.checks import check_int
 from chaosgrad.config import precision_name as _precision
 from chaosgrad.errors import InputError, require
-from chaosgrad.params import check_int
 from chaosgrad.system import StepOut, System
 
 from .rigid import (
@@ -295,7 +295,7 @@ def _build(spec: _Spec) -> System:
         f"({policy_doc(spec.policy, sizes)}); "
         f"init N(0, {spec.policy_scale}^2/fan_in) from seed {spec.seed}",
         loss_doc=loss_doc,
-        meta={
+        metadata={
             "env": env,
             "backend": spec.backend,
             "policy": spec.policy,

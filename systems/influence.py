@@ -7,10 +7,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from chaosgrad.checks import check_int
 from chaosgrad.config import precision_name as _precision
 from chaosgrad.config import resolve_dtype as _dtype
 from chaosgrad.errors import InputError
-from chaosgrad.params import check_int
 from chaosgrad.system import StepOut, System
 
 
@@ -60,5 +60,5 @@ def influence_balancing(
         description=f"influence balancing, n={n}, positive={positive}",
         theta_doc="theta (scalar), the input gain",
         loss_doc="0.5 (s_{t+1}[0] - 1)^2",
-        meta={"n": n, "positive": positive, "A": "0.5 I + 0.5 superdiagonal"},
+        metadata={"n": n, "positive": positive, "A": "0.5 I + 0.5 superdiagonal"},
     )

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from chaosgrad.checks import check_int, check_number
 from chaosgrad.config import precision_name, resolve_dtype
 from chaosgrad.errors import InputError
-from chaosgrad.params import check_int, check_number
 from chaosgrad.system import StepOut, System
 
 # One home for these (chaosgrad.config); the short names keep the adapters readable.
@@ -47,7 +47,7 @@ def logistic(r: float = 4.0, x0: float | None = None, dtype: str | None = None) 
         description=f"logistic map, r={r}",
         theta_doc="r (scalar)",
         loss_doc="x_{t+1}",
-        meta={"r": r},
+        metadata={"r": r},
     )
 
 
@@ -77,7 +77,7 @@ def henon(a: float = 1.4, b: float = 0.3, dtype: str | None = None) -> System:
         description=f"Henon map, a={a}, b={b}",
         theta_doc="(a, b)",
         loss_doc="x_{t+1}",
-        meta={"a": a, "b": b},
+        metadata={"a": a, "b": b},
     )
 
 
@@ -134,7 +134,7 @@ def lorenz(
         description=f"Lorenz-63 (sigma={sigma}, rho={rho}, beta={beta:.4g}), RK4 dt={dt}",
         theta_doc="(sigma, rho, beta)",
         loss_doc="z_{t+1} / rho",
-        meta={
+        metadata={
             "sigma": sigma,
             "rho": rho,
             "beta": beta,
@@ -218,7 +218,7 @@ def linear(
         description=f"linear map x -> A x, n={a.shape[0]}, {loss} loss",
         theta_doc="A (n x n)",
         loss_doc="c . x_{t+1} (fixed unit readout c)" if loss == "linear" else "0.5 |x_{t+1}|^2",
-        meta={
+        metadata={
             "n": int(a.shape[0]),
             "seed": seed,
             "loss": loss,
@@ -266,7 +266,7 @@ def heat(
         description=f"FTCS heat equation, n={n}, r={r}",
         theta_doc="r = alpha dt / dx^2",
         loss_doc="c . u_{t+1} (fixed unit readout c)",
-        meta={"n": int(n), "r": r, "seed": seed},
+        metadata={"n": int(n), "r": r, "seed": seed},
     )
 
 

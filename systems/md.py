@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from chaosgrad.checks import check_int
 from chaosgrad.config import precision_name as _precision
 from chaosgrad.config import resolve_dtype as _dtype
 from chaosgrad.errors import InputError, require
-from chaosgrad.params import check_int
 from chaosgrad.system import StepOut, System
 
 MODES = ("fire", "nve", "nvt", "brownian")
@@ -364,7 +364,7 @@ def md_system(
         ),
         theta_doc="small diameter D (large diameter 1; pair sigma (D+1)/2)",
         loss_doc=loss_doc,
-        meta={
+        metadata={
             "mode": mode,
             "n": n,
             "d_small": float(d_small),

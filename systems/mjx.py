@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from chaosgrad.checks import check_int
 from chaosgrad.config import precision_name as _precision
 from chaosgrad.errors import InputError, require
-from chaosgrad.params import check_int
 from chaosgrad.system import StepOut, System
 
 from .rigid import (
@@ -232,7 +232,7 @@ def _build(spec: _Spec) -> System:
         theta_doc=f"policy weights, list of layers {{w, b}} ({policy_doc(spec.policy, sizes)})"
         f"; init N(0, {spec.policy_scale}^2/fan_in) from seed {spec.seed}",
         loss_doc=f"-reward of the step; reward = {model.reward_doc}",
-        meta={
+        metadata={
             "model": spec.model,
             "xml": model.xml,
             "policy": spec.policy,

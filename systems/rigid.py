@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from chaosgrad.checks import check_positive_int
 from chaosgrad.config import resolve_dtype, x64_enabled
 from chaosgrad.errors import InputError
 
@@ -66,8 +67,7 @@ def with_rotvecs(q: jax.Array, quats: np.ndarray, omega: jax.Array) -> jax.Array
 def check_run_settings(horizon: int, action_noise: float, dtype) -> str:
     """Raise InputError unless the horizon is positive, the action noise non-negative and
     the dtype usable (float64 needs JAX's float64 mode); returns the dtype's name."""
-    if int(horizon) < 1:
-        raise InputError(f"horizon must be a positive integer, got {horizon!r}")
+    check_positive_int(horizon, "horizon")
     if not action_noise >= 0:
         raise InputError(f"action_noise must be >= 0, got {action_noise!r}")
     dt = jnp.dtype(resolve_dtype(dtype))

@@ -9,10 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from chaosgrad.checks import check_int, check_number
 from chaosgrad.config import precision_name as _precision
 from chaosgrad.config import resolve_dtype as _dtype
 from chaosgrad.memory import check_fits
-from chaosgrad.params import check_int, check_number
 from chaosgrad.system import StepOut, System
 
 
@@ -48,5 +48,5 @@ def rnn(n: int = 64, g: float = 2.0, seed: int = 0, dtype: str | None = None) ->
         description=f"tanh RNN, n={n}, gain g={g}",
         theta_doc="recurrent weights W (n x n)",
         loss_doc="0.5 mean(x_{t+1}^2)",
-        meta={"n": int(n), "g": g, "seed": seed},
+        metadata={"n": int(n), "g": g, "seed": seed},
     )

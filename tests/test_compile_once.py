@@ -128,3 +128,30 @@ def test_chunked_reverse_pass_is_the_gradient_of_the_unroll(horizon):
     assert int(bad) == 0
     np.testing.assert_allclose(float(val), float(want_val), rtol=1e-14)
     np.testing.assert_allclose(np.asarray(grad), np.asarray(want_grad), rtol=1e-12, atol=1e-15)
+
+
+def test_lyapunov_spectrum_runs_one_program_for_probe_transient_and_steps():
+    """The QR chunk's trip count, QR interval and recording window are inputs: a spectrum
+    run (probe, rest of the transient, counted steps) builds one chunk program, and a second
+    run with other lengths and another window builds none; the exponents are those of a
+    run with QR at every step (to the interval's rounding)."""
+    from chaosgrad.lyapunov import lyapunov_spectrum
+
+    system = systems.make("henon", dtype="float64")
+    first = lyapunov_spectrum(system, steps=3000, transient=300, k=2, progress=False)
+    before = LOWERINGS.n
+    again = lyapunov_spectrum(
+        system, steps=1700, transient=150, k=2, record_every=7, progress=False
+    )
+    jax.block_until_ready(again.exponents)
+    # one program for the chunk; small eager ops (the first basis' QR) are already built
+    assert LOWERINGS.n - before == 0, LOWERINGS.n - before
+    assert first.qr_every > 1  # the probe chose an interval: probe and counted steps differ
+    every_step = lyapunov_spectrum(
+        system, steps=3000, transient=300, k=2, qr_every=1, progress=False
+    )
+    np.testing.assert_allclose(first.exponents, every_step.exponents, rtol=1e-9, atol=1e-12)
+    # the Hénon map's published exponents (0.419, -1.623) at this short run's accuracy
+    np.testing.assert_allclose(first.exponents, [0.42, -1.62], atol=0.03)
+    assert again.history.shape == (len(again.history_steps), 2)
+    assert again.history_steps[-1] == 1700 and again.history_steps[0] == 7

@@ -40,6 +40,11 @@ def test_figure_results_are_saved_resumed_and_redrawn(tmp_path, monkeypatch):
         and meta["precision"]["dtype"] is None
         and meta["parts_reused"] == 0
     )
+    # which device ran it, not only the backend (issue 26: a "gpu" meta.json named no GPU)
+    import jax
+
+    assert meta["precision"]["device_kind"] == jax.devices()[0].device_kind
+    assert meta["precision"]["device_count"] == len(jax.devices()) >= 1
     first = dict(np.load(tmp_path / "toy" / "results.npz"))
     # an interrupted run: results.npz never written, the parts are there -> resume from them
     (tmp_path / "toy" / "results.npz").unlink()

@@ -203,6 +203,14 @@ def test_gallery_number_format():
         "0.12",
     ]
     assert gn.fmt(1.2e23, 1) == "1e23" and gn.fmt(7.4e11, 1) == "7e11"
+    # a mean within its noise floor: the curves that bring the floor (1/√N) to half a curve's
+    # roughness, N·(floor / bar)²
+    r = {"curve_roughness_median": 0.2, "mean_roughness": 0.2, "noise_floor": 0.25, "curves": 64}
+    assert [v for _, v in gn.seeds_needed(r, "x")] == ["0.1", "400"]  # t = 0: 64·(0.25/0.1)²
+    r["mean_roughness"] = 0.05**0.5  # t² = 0.05 − 0.0625 < 0 still: t = 0
+    assert [v for _, v in gn.seeds_needed(r, "x")] == ["0.1", "400"]
+    r.update(mean_roughness=(0.0625 + 0.0064) ** 0.5)  # t = 0.08: 64·0.0625/(0.01 − 0.0064)
+    assert [v for _, v in gn.seeds_needed(r, "x")] == ["0.1", "1,100"]
 
 
 def test_estimator_study_sentences_match_its_saved_results():
@@ -278,6 +286,12 @@ def test_learned_optimizer_gallery_sentences_match_their_saved_results():
     assert tail["0.0"]["better"] == "exponential" and tail["0.0"]["from_T"] == 90
     p = json.loads((g / "learned_optimizer_paper.meta.json").read_text())
     assert p["scale"] == "paper" and p["precision"]["backend"] == "gpu"
+    # which GPU is not in that meta.json (newer runs save device_kind): the text says so
+    assert "device_kind" not in p["precision"]
+    paper_para = " ".join(
+        _gallery_numbers().readme_paragraph(text, "learned_optimizer_paper").split()
+    )
+    assert "the GPU model not recorded" in paper_para and "H100" not in paper_para
     assert [p["slices"][t]["extrema"] for t in ("8", "32", "128", "256", "512", "1024")] == [
         1,
         2,

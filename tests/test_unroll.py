@@ -357,3 +357,67 @@ def test_unroll_grad_memory_plans_beyond_the_budget_equal_jax_grad(monkeypatch, 
     ref = jax.grad(lambda th: unrolled_loss(s, th, KEY, steps))(s.theta)
     np.testing.assert_allclose(res.grad, ref, rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(res.losses, unroll(s, key=KEY, steps=steps).losses, rtol=1e-12)
+
+
+def test_metadata_and_its_deprecated_name_meta():
+    s = _scale_system(jnp.asarray(0.5, jnp.float32), name="a")
+    with pytest.warns(DeprecationWarning, match=r"System\(meta=...\) is deprecated.*metadata"):
+        old = System(s.init, s.step, theta=s.theta, meta={"c": 1})
+    assert old.metadata == {"c": 1} and old.describe()["c"] == 1
+    with pytest.warns(DeprecationWarning, match="System.meta is deprecated.*System.metadata"):
+        assert old.meta == {"c": 1}
+    with pytest.warns(DeprecationWarning):
+        assert s.replace(meta={"d": 2}).metadata == {"d": 2}
+    with pytest.raises(InputError, match="metadata= alone"):
+        System(s.init, s.step, theta=s.theta, meta={"c": 1}, metadata={"c": 2})
+
+
+def test_key_third_and_the_old_order():
+    """gradient_growth, loss_slice and diagnose take (system, theta, key, *, horizons, ...);
+    the old order (system, theta, horizons, seeds, key=...) gives the same result and warns."""
+    import warnings
+
+    from chaosgrad.gradients import loss_slice
+
+    s = systems.make("henon")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        new = gradient_growth(s, None, KEY, horizons=[2, 4], seeds=2, progress=False)
+        sl = loss_slice(s, None, KEY, horizons=[2], points=5)
+        assert gradient_growth(s, None, None, horizons=[2], seeds=1, progress=False).norms.size
+    with pytest.warns(DeprecationWarning, match=r"gradient_growth\(system, theta, horizons, seeds"):
+        old = gradient_growth(s, None, [2, 4], 2, key=KEY, progress=False)
+    np.testing.assert_array_equal(old.norms, new.norms)
+    with pytest.warns(DeprecationWarning, match=r"loss_slice\(system, theta, horizons"):
+        np.testing.assert_array_equal(loss_slice(s, None, [2], key=KEY, points=5).losses, sl.losses)
+    with pytest.raises(TypeError, match="multiple values"), pytest.warns(DeprecationWarning):
+        gradient_growth(s, None, [2, 4], horizons=[2])
+
+
+def test_one_home_for_input_checks_and_the_old_names():
+    """The value checks live in chaosgrad.checks; the old homes re-export them or warn."""
+    import argparse
+
+    from chaosgrad.estimators import base
+
+    import chaosgrad.unroll as unroll_module
+    from chaosgrad import checks, jacobian, lyapunov, params
+    from chaosgrad.app import cli_types
+
+    assert params.check_int is checks.check_int and jacobian.check_dense is checks.check_dense
+    assert lyapunov.resolve_k is checks.resolve_k
+    assert base.check_positive_int is checks.check_positive_int
+    assert gradients._check_horizons is checks.check_horizons
+    with pytest.warns(DeprecationWarning, match="check_steps is deprecated.*check_positive_int"):
+        assert unroll_module.check_steps(3, "steps") == 3
+    with pytest.warns(DeprecationWarning, match="check_positive_float is deprecated"):
+        assert base.check_positive_float(0.5, "sigma") == 0.5
+    for bad in (0, True, 2.5, "3", float("nan")):
+        with pytest.raises(InputError, match="seeds must be a positive integer"):
+            checks.check_positive_int(bad, "seeds")
+    # the command line's types raise argparse's error with the rule's own message
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a positive integer, got '0'"):
+        cli_types._positive_int("0")
+    with pytest.raises(InputError, match="expected a positive integer, got '1_0'"):
+        checks.positive_int_text("1_0")
+    assert cli_types._int_list("30,10") == [30, 10] and cli_types._k_arg("ALL") == "all"

@@ -13,6 +13,7 @@ from typing import Any
 
 from chaosgrad.app.compare import DEFAULT_ESTIMATORS, Comparison
 from chaosgrad.app.compare import compare as _compare
+from chaosgrad.checks import check_number
 from chaosgrad.errors import InputError
 
 PyTree = Any
@@ -39,14 +40,12 @@ def compare(system, theta: PyTree = None, estimators=DEFAULT_ESTIMATORS, **kwarg
 def outer_optimizer(name, lr: float):
     """An optax optimizer by name (one of OUTER_OPTIMIZERS) at learning rate ``lr``; an
     optax GradientTransformation given as ``name`` is returned as it is."""
-    import math
 
     import optax
 
     if not isinstance(name, str):
         return name
-    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
-        raise InputError(f"the outer learning rate must be a positive finite number, got {lr!r}")
+    check_number(lr, "the outer learning rate", positive=True)
     makers = {
         "adam": optax.adam,
         "sgd": optax.sgd,

@@ -1,86 +1,36 @@
-"""The `chaosgrad` command's argument types: argparse ``type=`` callables that read an
-integer, a seed, a ``--k``, a list of horizons or a finite number, and refuse anything else
-with the accepted range (digit separators such as ``1_0`` are refused, not read).
+"""The `chaosgrad` command's argument types: argparse ``type=`` callables for an integer, a
+seed, a ``--k``, a list of horizons or a finite number. The rules live in `chaosgrad.checks`;
+each type here only turns its `InputError` into argparse's error (exit status 2, the usage).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import functools
+from collections.abc import Callable
 
-# Step counts and horizons index steps with int32 on the device (fold_in, scan counters):
-# larger values would overflow there, so they are refused here with the range.
-MAX_STEPS = 2**31 - 1
-MAX_SEED = 2**32 - 1  # a PRNGKey seed is 32 bits wide without float64 mode
-
-
-def _parse_int(text: str, what: str) -> int:
-    """``text`` as an int, or the argparse error "expected <what>"."""
-    try:
-        if "_" in text:  # int("1_0") is 10: digit separators are refused, not read
-            raise ValueError(text)
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+from chaosgrad import checks
+from chaosgrad.checks import MAX_SEED, MAX_STEPS  # noqa: F401 -- re-exported
+from chaosgrad.errors import InputError
 
 
-def _positive_int(text: str, hi: int = MAX_STEPS) -> int:
-    v = _parse_int(text, "a positive integer")
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    if v > hi:
-        raise argparse.ArgumentTypeError(f"{text} is too large; accepted: 1..{hi}")
-    return v
+def argparse_type(check: Callable[[str], object]) -> Callable[[str], object]:
+    """``check`` as an argparse type: its InputError becomes an ArgumentTypeError."""
+
+    @functools.wraps(check)
+    def read(text: str, *args):
+        try:
+            return check(text, *args)
+        except InputError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return read
 
 
-def _nonneg_int(text: str) -> int:
-    v = _parse_int(text, "an integer >= 0")
-    if not 0 <= v <= MAX_STEPS:
-        raise argparse.ArgumentTypeError(f"expected an integer in 0..{MAX_STEPS}, got {text!r}")
-    return v
-
-
-def _seed(text: str) -> int:
-    v = _parse_int(text, "an integer seed")
-    if not 0 <= v <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"seed {text} is out of range; accepted: 0..{MAX_SEED}")
-    return v
-
-
-def _k_arg(text: str):
-    if text.strip().lower() == "all":
-        return "all"
-    return _positive_int(text)
-
-
-def _int_list(text: str) -> list[int]:
-    parts = [x for x in text.split(",") if x.strip()]
-    try:
-        if any("_" in x for x in parts):  # int("1_0") is 10: separators refused, not read
-            raise ValueError(text)
-        vals = [int(x) for x in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive integers like 10,30,100, got {text!r}"
-        ) from None
-    if not vals or any(v <= 0 for v in vals):
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive integers like 10,30,100, got {text!r}"
-        )
-    if max(vals) > MAX_STEPS:
-        raise argparse.ArgumentTypeError(
-            f"horizon {max(vals)} is too large; accepted: 1..{MAX_STEPS}"
-        )
-    return vals
-
-
-def _finite_float(text: str) -> float:
-    try:
-        if "_" in text:  # float("1_0") is 10.0: digit separators are refused, not read
-            raise ValueError(text)
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return v
+_parse_int = argparse_type(checks.read_int)
+_positive_int = argparse_type(checks.positive_int_text)
+_nonneg_int = argparse_type(checks.nonneg_int_text)
+_seed = argparse_type(checks.seed_text)
+_k_arg = argparse_type(checks.k_text)
+_int_list = argparse_type(checks.horizons_text)
+_finite_float = argparse_type(checks.finite_float_text)

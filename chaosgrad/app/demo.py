@@ -15,7 +15,7 @@ from chaosgrad.io import write_json
 def cmd_demo(args) -> int:
     """Spectrum + gradient growth of a chaotic (g=2) and a stable (g=0.5) tanh RNN."""
     from chaosgrad import systems
-    from chaosgrad.app.cli import _key  # here: cli imports this module
+    from chaosgrad.app.commands import _key
     from chaosgrad.gradients import gradient_growth
     from chaosgrad.plots import plot_growth, plot_lyapunov, save
     from chaosgrad.spectra import lyapunov_spectrum

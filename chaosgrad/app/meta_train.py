@@ -7,10 +7,10 @@ launch options (meta-train and figures use them).
 
 from __future__ import annotations
 
-import math
 import sys
 
 from chaosgrad.app.output import print_json
+from chaosgrad.checks import check_number, check_positive_int
 from chaosgrad.config import LAUNCH_TIMEOUT
 from chaosgrad.errors import InputError
 
@@ -172,10 +172,8 @@ def run_meta_train(args) -> int:
     args.name = args.name or args.system
     if not args.name:
         raise InputError("name the system to meta-train, e.g. `chaosgrad meta-train lopt ...`")
-    if not (args.lr > 0 and math.isfinite(args.lr)):
-        raise InputError(f"--lr must be a positive finite number, got {args.lr!r}")
-    if args.steps is None or args.steps < 1:
-        raise InputError(f"--steps must be a positive integer, got {args.steps!r}")
+    check_number(args.lr, "--lr", positive=True)
+    check_positive_int(args.steps, "--steps")
     # Before any computation: joining a launch must precede JAX's first use of devices.
     from chaosgrad.app.api import outer_optimizer
 

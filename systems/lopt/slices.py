@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from chaosgrad.checks import check_positive_int
 from chaosgrad.gradients import random_direction  # noqa: F401  (re-exported)
 from chaosgrad.system import System, default_key, is_key_batch, resolve_theta
-from chaosgrad.unroll import check_steps, unrolled_loss
+from chaosgrad.unroll import unrolled_loss
 
 PyTree = Any
 
@@ -62,7 +63,7 @@ def meta_loss_along_line(
       non-finite values are kept.
     """
     theta = resolve_theta(system, theta)
-    steps = check_steps(system.horizon if steps is None else steps)
+    steps = check_positive_int(system.horizon if steps is None else steps)
     if direction is None:
         n = ravel_pytree(theta)[0].shape[0]
         direction = random_direction(theta, jax.random.PRNGKey(0), norm=float(n))

@@ -14,8 +14,8 @@ from chaosgrad.systems.lopt.optimizers import Optimizer, StepInfo, adam, momentu
 from chaosgrad.systems.lopt.tasks import TASKS, make_task
 from chaosgrad.systems.maps import _dtype, _precision
 
+from chaosgrad.checks import check_int
 from chaosgrad.errors import InputError
-from chaosgrad.params import check_int
 from chaosgrad.system import StepOut, System
 
 PyTree = Any
@@ -205,7 +205,7 @@ def lopt_system(
         description=f"{tk.description}; trained by {opt.name}",
         theta_doc=opt.theta_doc,
         loss_doc=loss_doc,
-        meta={
+        metadata={
             "task": task,
             "optimizer": optimizer,
             "lr": lr,

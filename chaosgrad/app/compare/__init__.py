@@ -4,9 +4,10 @@ NRES and PES estimate — through an independent reference of that target; bias,
 cost and the error at equal compute come from independent replicates (fresh populations and
 keys), with intervals whose calibration is tested, and a null check on every comparison.
 
-A package of three modules, one job each: `run` (`compare` and `reference_gradient`),
-`sampling` (building, drawing and timing replicates, across processes) and `report` (the
-records, their statistics and the report's words). Every name stays importable from here.
+A package of five modules, one job each: `run` (`compare` and `reference_gradient`, in named
+steps), `sampling` (building, drawing and timing replicates, across processes), `records`
+(`EstimatorStats`, `Reference`, `Comparison` and its JSON, text and figure), `statistics`
+(what fills them) and `report` (the report's words). Every name stays importable from here.
 """
 
 from chaosgrad.app.compare.report import (  # noqa: F401 -- re-exported
@@ -25,8 +26,11 @@ from chaosgrad.app.compare.report import (  # noqa: F401 -- re-exported
 from chaosgrad.app.compare.run import (  # noqa: F401 -- re-exported
     DEFAULT_ESTIMATORS,
     TARGETS,
+    _asked,
+    _build,
     _check_inputs,
     _check_windows,
+    _judge,
     _reference_kinds,
     _replicate_length,
     _runner,
@@ -44,6 +48,7 @@ from chaosgrad.app.compare.sampling import (  # noqa: F401 -- re-exported
     _choose_reference,
     _estimator_params,
     _flat,
+    _Jobs,
     _reference_estimator,
     _reference_sampler,
     _Sampler,

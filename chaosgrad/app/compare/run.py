@@ -15,31 +15,27 @@ import jax
 import numpy as np
 
 from chaosgrad import distributed, estimators
-from chaosgrad.app.compare.report import (
-    Comparison,
-    Reference,
-    _estimator_stats,
-    _notes,
-    _null_check,
-    _recommend,
-    _reference_check,
-    _reference_from_rows,
-    _target_text,
-)
+from chaosgrad.app.compare.records import Comparison, Reference
+from chaosgrad.app.compare.report import _notes, _recommend, _target_text
 from chaosgrad.app.compare.sampling import (
     MIN_SAMPLES,
     PILOT,
     REFERENCE_FACTOR,
     PyTree,
-    _allocate,
     _choose_reference,
     _estimator_params,
-    _reference_estimator,
+    _Jobs,
     _reference_sampler,
     _Sampler,
-    _split_sampling,
     make_estimator,
 )
+from chaosgrad.app.compare.statistics import (
+    _estimator_stats,
+    _null_check,
+    _reference_check,
+    _reference_from_rows,
+)
+from chaosgrad.checks import check_positive_int
 from chaosgrad.config import precision_info, provenance
 from chaosgrad.errors import InputError
 from chaosgrad.estimators import Estimator
@@ -100,8 +96,7 @@ def _check_inputs(asked, horizon, samples, budget, target) -> list[tuple[str, An
         raise InputError(f"estimator {', '.join(dup)} named more than once; name each once")
     if target not in TARGETS:
         raise InputError(f"target {target!r} is not accepted: use one of {', '.join(TARGETS)}")
-    if isinstance(horizon, bool) or horizon <= 0:
-        raise InputError(f"horizon must be a positive integer, got {horizon}")
+    check_positive_int(horizon, "horizon")
     if samples < MIN_SAMPLES:
         raise InputError(
             f"samples must be at least {MIN_SAMPLES} (independent replicates: the "
@@ -221,11 +216,13 @@ def compare(
     t0 = time.perf_counter()
     theta = resolve_theta(system, theta)
     horizon = int(horizon or system.horizon)
-    asked = estimators_ if estimators_ is not None else estimators
-    if isinstance(asked, str):  # "backprop,es,mymod:make"
-        asked = [n.strip() for n in asked.split(",") if n.strip()]
-    asked = [asked] if isinstance(asked, Estimator) else list(asked)
-    entries = _check_inputs(asked, horizon, int(samples), budget, target)
+    entries = _check_inputs(
+        _asked(estimators_ if estimators_ is not None else estimators),
+        horizon,
+        int(samples),
+        budget,
+        target,
+    )
     names = [n for n, _ in entries]
     key = default_key(key)
     samples = int(samples)
@@ -238,6 +235,77 @@ def compare(
         "horizon": horizon,
     }
     split = distributed.process_count() > 1
+    local = distributed.local_only if split else contextlib.nullcontext
+    built = _build(system, entries, common, params, target, split, local)
+    _check_windows(names, built, horizon)
+    kinds, chosen, reason = _reference_kinds(target, reference)
+    jobs = _Jobs(
+        system=system,
+        theta=theta,
+        key=key,
+        horizon=horizon,
+        sigma=sigma,
+        samples=samples,
+        seconds=seconds,
+        built=built,
+        per_rep=[_replicate_length(e, horizon, window) for e in built],
+        budget=int(budget or samples * population * horizon),
+        per_batch=int(reference_per_batch or population),
+        n_ref=max(int(reference_batches or REFERENCE_FACTOR * samples), PILOT + 2),
+    )
+    with local():
+        jobs.run_pilots(kinds)
+    if chosen is None:
+        chosen, reason = _choose_reference(
+            jobs.pilot_rows, {k: s.seconds for k, s in jobs.pilots.items()}
+        )
+    other = next((k for k in kinds if k != chosen), None)
+    null_kind = "backprop" if target == "exact" else "reparam"
+    # backprop asked for by name is already a sample of the null kind
+    null_in = next(
+        (i for i, (n, what) in enumerate(entries) if n == "backprop" and isinstance(what, str)),
+        None,
+    )
+    # jobs: the estimators, the reference, the cross-check, a null sample when backprop was
+    # not asked for
+    jobs.extra = [
+        ("reference", chosen),
+        *([("cross-check", other)] if other else []),
+        *([("null", null_kind)] if null_in is None else []),
+    ]
+    sampled = jobs.sample(split, progress)
+    if sampled is None:
+        return None  # process 0 reports
+    results, t_sample = sampled
+    comp = _judge(
+        jobs,
+        names,
+        results,
+        t_sample,
+        chosen=chosen,
+        reason=reason,
+        other=other,
+        null_kind=null_kind,
+        null_in=null_in,
+        target=target,
+        t0=t0,
+    )
+    if out is not None:
+        comp.save(out)
+    return comp
+
+
+def _asked(asked) -> list:
+    """The estimators asked for, as a list: a comma-separated string of names is split, and
+    one `Estimator` object is a list of one."""
+    if isinstance(asked, str):  # "backprop,es,mymod:make"
+        asked = [n.strip() for n in asked.split(",") if n.strip()]
+    return [asked] if isinstance(asked, Estimator) else list(asked)
+
+
+def _build(system, entries, common, params, target, split, local) -> list:
+    """Each estimator built for ``system`` with compare's settings (an `Estimator` object
+    given by the caller is used as built), inside ``local`` (one process's devices)."""
     if split and any(not isinstance(what, str) for _, what in entries):
         # each estimator is sampled by one process alone: it must be built inside
         # `distributed.local_only`, which an object built by the caller was not
@@ -246,7 +314,6 @@ def compare(
             "module:function (each is then built for the process that samples "
             "it), not as Estimator objects"
         )
-    local = distributed.local_only if split else contextlib.nullcontext
     with local():
         built = []
         for n, what in entries:
@@ -264,116 +331,43 @@ def compare(
             built.append(
                 make_estimator(runner, system, **_estimator_params(runner, common, overrides))
             )
-    _check_windows(names, built, horizon)
-    per_rep = [_replicate_length(e, horizon, window) for e in built]
-    budget = int(budget or samples * population * horizon)
-    per_batch = int(reference_per_batch or population)
-    n_ref = max(int(reference_batches or REFERENCE_FACTOR * samples), PILOT + 2)
-    kinds, chosen, reason = _reference_kinds(target, reference)
-    ref_key = jax.random.fold_in(key, 1000)
-    with local():
-        pilots = {
-            k: _reference_sampler(
-                system, theta, horizon, k, jax.random.fold_in(ref_key, i), per_batch, sigma
-            )
-            for i, k in enumerate(kinds)
-        }
-        pilot_rows = {
-            k: s.run(PILOT, f"reference pilot ({k})", False)[0] for k, s in pilots.items()
-        }
-    if chosen is None:
-        chosen, reason = _choose_reference(pilot_rows, {k: s.seconds for k, s in pilots.items()})
-    other = next((k for k in kinds if k != chosen), None)
-    null_kind = "backprop" if target == "exact" else "reparam"
-    # backprop asked for by name is already a sample of the null kind
-    null_in = next(
-        (i for i, (n, what) in enumerate(entries) if n == "backprop" and isinstance(what, str)),
-        None,
-    )
-    # jobs: the estimators, the reference, the cross-check, a null sample when backprop was
-    # not asked for
-    extra = [
-        ("reference", chosen),
-        *([("cross-check", other)] if other else []),
-        *([("null", null_kind)] if null_in is None else []),
-    ]
+    return built
 
-    def sampler(j):
-        if j < len(built):
-            return _Sampler(built[j], theta, jax.random.fold_in(key, j), per_rep[j])
-        role, kind = extra[j - len(built)]
-        if role in ("reference", "cross-check"):
-            return pilots[kind]
-        return _Sampler(
-            _reference_estimator(system, kind, horizon, per_batch, sigma),
-            theta,
-            jax.random.fold_in(ref_key, 77),
-        )
 
-    def wanted(role):
-        return {
-            "reference": n_ref - PILOT,
-            "cross-check": max(samples - PILOT, 2),
-            "null": samples,
-        }[role]
-
-    def check_budget(steps_of):
-        for est, steps in zip(built, steps_of, strict=False):
-            if steps > budget:
-                raise InputError(
-                    f"budget {budget} is below the cost of one {est.name} "
-                    f"estimate ({steps:.0f} unroll steps); raise --budget"
-                )
-
-    def allocate(timings):
-        check_budget([t[0] for t in timings[: len(built)]])
-        counts = _allocate(
-            [t[1] for t in timings[: len(built)]],
-            timings[len(built)][1],
-            samples,
-            n_ref - PILOT,
-            seconds,
-        )
-        return [*counts[0], counts[1], *[wanted(r) for r, _ in extra[1:]]]
-
-    n_jobs = len(built) + len(extra)
-    t_sample = None
-    if split:
-        done = _split_sampling(sampler, n_jobs, allocate, progress)
-        if done is None:
-            return None  # process 0 reports
-        results = [g for g, _ in done]
-    else:
-        samplers = [sampler(j) for j in range(n_jobs)]
-        compile_seconds = sum(
-            {id(s): s.compile_seconds for s in [*samplers, *pilots.values()]}.values()
-        )
-        t_sample = time.perf_counter()
-        counts = allocate([(s.steps, s.seconds) for s in samplers])
-        results = [
-            s.run(c, f"compare {s.est.name}", progress if j < len(built) else False)
-            for j, (s, c) in enumerate(zip(samplers, counts, strict=True))
-        ]
-        t_sample = {
-            "compile_seconds": round(compile_seconds, 2),
-            "sampling_seconds": round(time.perf_counter() - t_sample, 2),
-        }
-    by_role = {role: results[len(built) + i][0] for i, (role, _) in enumerate(extra)}
+def _judge(
+    jobs: _Jobs,
+    names: list,
+    results: list,
+    timing: dict,
+    *,
+    chosen: str,
+    reason: str,
+    other: str | None,
+    null_kind: str,
+    null_in: int | None,
+    target: str,
+    t0: float,
+) -> Comparison:
+    """The reference from its rows, each estimator's statistics against it, the cross and
+    null checks, the ranking and the recommendation, as a `Comparison` (``t0``: when compare
+    started)."""
+    built, sigma = jobs.built, jobs.sigma
+    by_role = {role: results[len(built) + i][0] for i, (role, _) in enumerate(jobs.extra)}
     ref = _reference_from_rows(
-        np.concatenate([pilot_rows[chosen], by_role["reference"]])[:, 0],
+        np.concatenate([jobs.pilot_rows[chosen], by_role["reference"]])[:, 0],
         chosen,
-        per_batch,
-        horizon,
+        jobs.per_batch,
+        jobs.horizon,
         reason,
     )
     ref_check = {}
     cross = None
     if other:
-        cross = np.concatenate([pilot_rows[other], by_role["cross-check"]])[:, 0]
+        cross = np.concatenate([jobs.pilot_rows[other], by_role["cross-check"]])[:, 0]
         ref_check = _reference_check(cross, ref, other)
     stats = [
-        _estimator_stats(n, est, rows, steps, secs, ref, budget, m)
-        for n, est, (rows, steps, secs), m in zip(names, built, results, per_rep, strict=False)
+        _estimator_stats(n, est, rows, steps, secs, ref, jobs.budget, m)
+        for n, est, (rows, steps, secs), m in zip(names, built, results, jobs.per_rep, strict=False)
     ]
     smoothing = {n: e.smoothing for n, e in zip(names, built, strict=True)}
     null_rows = results[null_in][0] if null_in is not None else by_role["null"]
@@ -386,10 +380,10 @@ def compare(
     )
     ranking = rank({s.name: s.mse_at_budget for s in stats})
     text, recommended = _recommend(stats, ranking, ref, null_check, ref_check)
-    comp = Comparison(
-        system=system.describe(),
-        horizon=horizon,
-        budget=budget,
+    return Comparison(
+        system=jobs.system.describe(),
+        horizon=jobs.horizon,
+        budget=jobs.budget,
         reference=ref.description,
         reference_norm=ref.norm,
         reference_se=ref.se,
@@ -400,20 +394,17 @@ def compare(
         tied=ranking.tied,
         recommendation=text,
         notes=_notes(stats, ref, target, sigma, smoothing),
-        run=provenance(key),
-        precision=precision_info(np.asarray(jax.tree_util.tree_leaves(theta)[0]).dtype),
+        run=provenance(jobs.key),
+        precision=precision_info(np.asarray(jax.tree_util.tree_leaves(jobs.theta)[0]).dtype),
         seconds=time.perf_counter() - t0,
-        time_budget=seconds,
+        time_budget=jobs.seconds,
         target=target,
         target_description=_target_text(target, sigma),
         null_check=null_check,
         reference_check=ref_check,
         recommended=recommended,
-        timing=t_sample or {},
+        timing=timing,
     )
-    if out is not None:
-        comp.save(out)
-    return comp
 
 
 def _reference_kinds(target: str, reference: str) -> tuple[list[str], str | None, str]:

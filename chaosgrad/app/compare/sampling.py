@@ -1,12 +1,13 @@
 """How a comparison samples: replicate sizes (`MIN_SAMPLES`, `PILOT`, `REFERENCE_FACTOR`),
 each estimator built once per system and settings (`make_estimator`), the `_Sampler` that
 draws and times replicates, sharing the jobs across the processes of a launch, the
-reference's estimator and sampler, the choice of reference kind from the pilot, and the
-allocation of samples to the budget.
+reference's estimator and sampler, the choice of reference kind from the pilot, the
+allocation of samples to the budget, and `_Jobs`, the list of what one comparison samples.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any
@@ -208,3 +209,114 @@ def _allocate(
     counts = [int(min(samples, max(MIN_SAMPLES, share // max(s, 1e-9)))) for s in seconds_of]
     n_ref = int(min(ref_batches, max(MIN_SAMPLES, 0.5 * seconds // max(ref_seconds, 1e-9))))
     return counts, n_ref
+
+
+@dataclasses.dataclass
+class _Jobs:
+    """What compare samples: job j < len(built) is estimator j, then the ``extra`` jobs
+    (role, kind): the reference, the cross-check and the null sample. The reference pilots
+    are sampled first (`run_pilots`) and continue as the reference and cross-check jobs."""
+
+    system: System
+    theta: PyTree
+    key: jax.Array
+    horizon: int
+    sigma: float
+    samples: int
+    seconds: float | None
+    built: list
+    per_rep: list
+    budget: int
+    per_batch: int
+    n_ref: int
+    extra: list = dataclasses.field(default_factory=list)
+    pilots: dict = dataclasses.field(default_factory=dict)
+    pilot_rows: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def ref_key(self) -> jax.Array:
+        return jax.random.fold_in(self.key, 1000)
+
+    def run_pilots(self, kinds) -> None:
+        """``PILOT`` batches of each reference kind, to choose the reference from."""
+        self.pilots = {
+            k: _reference_sampler(
+                self.system,
+                self.theta,
+                self.horizon,
+                k,
+                jax.random.fold_in(self.ref_key, i),
+                self.per_batch,
+                self.sigma,
+            )
+            for i, k in enumerate(kinds)
+        }
+        self.pilot_rows = {
+            k: s.run(PILOT, f"reference pilot ({k})", False)[0] for k, s in self.pilots.items()
+        }
+
+    def sampler(self, j) -> _Sampler:
+        if j < len(self.built):
+            return _Sampler(
+                self.built[j], self.theta, jax.random.fold_in(self.key, j), self.per_rep[j]
+            )
+        role, kind = self.extra[j - len(self.built)]
+        if role in ("reference", "cross-check"):
+            return self.pilots[kind]
+        return _Sampler(
+            _reference_estimator(self.system, kind, self.horizon, self.per_batch, self.sigma),
+            self.theta,
+            jax.random.fold_in(self.ref_key, 77),
+        )
+
+    def wanted(self, role) -> int:
+        return {
+            "reference": self.n_ref - PILOT,
+            "cross-check": max(self.samples - PILOT, 2),
+            "null": self.samples,
+        }[role]
+
+    def check_budget(self, steps_of) -> None:
+        for est, steps in zip(self.built, steps_of, strict=False):
+            if steps > self.budget:
+                raise InputError(
+                    f"budget {self.budget} is below the cost of one {est.name} "
+                    f"estimate ({steps:.0f} unroll steps); raise --budget"
+                )
+
+    def allocate(self, timings) -> list:
+        """Samples per job from its (steps, seconds) per sample."""
+        n = len(self.built)
+        self.check_budget([t[0] for t in timings[:n]])
+        counts = _allocate(
+            [t[1] for t in timings[:n]],
+            timings[n][1],
+            self.samples,
+            self.n_ref - PILOT,
+            self.seconds,
+        )
+        return [*counts[0], counts[1], *[self.wanted(r) for r, _ in self.extra[1:]]]
+
+    def sample(self, split: bool, progress) -> tuple[list, dict] | None:
+        """Every job's (rows, steps, seconds) and the timing; None on a process of a launch
+        other than 0 (process 0 gathers and reports)."""
+        n_jobs = len(self.built) + len(self.extra)
+        if split:
+            done = _split_sampling(self.sampler, n_jobs, self.allocate, progress)
+            if done is None:
+                return None
+            return [g for g, _ in done], {}
+        samplers = [self.sampler(j) for j in range(n_jobs)]
+        compile_seconds = sum(
+            {id(s): s.compile_seconds for s in [*samplers, *self.pilots.values()]}.values()
+        )
+        t_sample = time.perf_counter()
+        counts = self.allocate([(s.steps, s.seconds) for s in samplers])
+        results = [
+            s.run(c, f"compare {s.est.name}", progress if j < len(self.built) else False)
+            for j, (s, c) in enumerate(zip(samplers, counts, strict=True))
+        ]
+        return results, {
+            "compile_seconds": round(compile_seconds, 2),
+            "sampling_seconds": round(time.perf_counter() - t_sample, 2),
+        }

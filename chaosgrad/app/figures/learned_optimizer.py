@@ -113,7 +113,13 @@ def _line(system, theta, direction, horizons, key, points):
     """
     norm = float(np.sqrt(sum(float(jnp.sum(x * x)) for x in jax.tree_util.tree_leaves(direction))))
     return loss_slice(
-        system, theta, horizons, key=key, direction=direction, radius=RANGE * norm, points=points
+        system,
+        theta,
+        horizons=horizons,
+        key=key,
+        direction=direction,
+        radius=RANGE * norm,
+        points=points,
     ).losses
 
 

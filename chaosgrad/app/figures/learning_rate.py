@@ -65,7 +65,7 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
                 "losses": loss_slice(
                     base,
                     base.theta,
-                    size["horizons"],
+                    horizons=size["horizons"],
                     key=key,
                     direction=direction,
                     radius=radius,

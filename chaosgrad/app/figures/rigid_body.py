@@ -126,7 +126,7 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
                 "losses": loss_slice(
                     system,
                     theta,
-                    size["unrolls"],
+                    horizons=size["unrolls"],
                     key=key,
                     direction=direction,
                     radius=RANGE,
@@ -144,7 +144,7 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
                         "losses": loss_slice(
                             noise_only,
                             theta,
-                            smooth,
+                            horizons=smooth,
                             key=jax.random.fold_in(key, 10 + i),
                             direction=direction,
                             radius=RANGE,
@@ -259,8 +259,8 @@ def _variance(system, theta, size, key):
     g = gradient_growth(
         system,
         theta,
-        size["var_horizons"],
-        size["var_seeds"],
+        horizons=size["var_horizons"],
+        seeds=size["var_seeds"],
         key=jax.random.fold_in(key, 100),
         progress=False,
     )

@@ -74,7 +74,12 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
                 f"{name}_grad",
                 lambda th=theta: {
                     "norm": gradient_growth(
-                        system, th, size["horizons"], size["seeds"], key=key, progress=False
+                        system,
+                        th,
+                        horizons=size["horizons"],
+                        seeds=size["seeds"],
+                        key=key,
+                        progress=False,
                     ).geomean_norm
                 },
             )["norm"]

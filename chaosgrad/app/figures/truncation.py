@@ -196,7 +196,7 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     size = SIZES[scale]
     check_size(size)
     system = make_system(size)
-    sizes_, scale_ = system.meta["policy_sizes"], system.meta["policy_scale"]
+    sizes_, scale_ = system.metadata["policy_sizes"], system.metadata["policy_scale"]
     dtype = jax.tree_util.tree_leaves(system.theta)[0].dtype
     key = jax.random.PRNGKey(SEED)
     chunks = size["iterations"] // size["eval_every"]
