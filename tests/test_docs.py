@@ -83,6 +83,8 @@ def test_navigation_and_pages_agree():
         "results/benchmarks.md",
         "results/scaling.md",
         "gallery/index.md",
+        "gallery/figure-1.md",
+        "gallery/figure-7.md",
         "reference/index.md",
     ):
         assert page in nav, page
@@ -92,6 +94,7 @@ def test_navigation_and_pages_agree():
 
 def test_readme_is_a_short_first_page():
     text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
     for heading in ("## The two commands", "## Your own system in a few lines", "## Where to go"):
         assert heading in text, heading
     # every local link of the README and of the docs pages points at a file that exists
@@ -132,3 +135,16 @@ def test_the_site_builds_strictly(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     for page in ("index.html", "reference/systems.html", "notebooks/diagnose_your_system.html"):
         assert (tmp_path / page).exists(), page
+
+
+def test_every_gallery_image_is_on_one_gallery_page_and_the_readme_shows_some():
+    pages = {p.name: p.read_text() for p in (DOCS / "gallery").glob("*.md")}
+    for png in (DOCS / "gallery").glob("*.png"):
+        on = [name for name, text in pages.items() if f"]({png.name})" in text]
+        assert len(on) == 1, (png.name, on)
+        # and its numbers table, from the meta.json beside it (docs/hooks.py fills it in)
+        assert f"<!-- gallery numbers: {png.stem} -->" in pages[on[0]], png.name
+    readme = (ROOT / "README.md").read_text()
+    thumbs = re.findall(r'<a href="docs/gallery/([\w-]+\.md)"><img src="docs/gallery/', readme)
+    assert 3 <= len(thumbs) <= 4 and set(thumbs) <= set(pages)
+    assert "## Gallery: the paper's figures" not in readme  # the prose lives in docs/gallery/
