@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow bench lint
+.PHONY: venv demo test test-slow bench lint docs
 .PHONY: typecheck package-check
 
 # Reinstall when pyproject.toml changes: the editable install maps chaosgrad.systems and
@@ -48,3 +48,16 @@ typecheck: $(STAMP)
 # sdist + wheel, twine check, the wheel's contents, a fresh install running the README example
 package-check: $(STAMP)
 	.ci/package_check
+
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[all,dev,docs]"
+	touch $(DOCS_STAMP)
+
+# The documentation site, built strictly (a warning fails it) into site/: open site/index.html,
+# or serve it with `.venv/bin/mkdocs serve`. The notebooks run at their quick scale as their
+# pages are built, so their figures are this build's.
+docs: $(DOCS_STAMP)
+	CHAOSGRAD_NOTEBOOK_SCALE=quick CHAOSGRAD_NOTEBOOK_OUT=$(CURDIR)/out/docs-notebooks \
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

@@ -1,5 +1,6 @@
-"""Copy regenerated figures into the README gallery: the PNG as a 1400-pixel-wide, 256-colour
-copy (as every gallery image is) and its meta.json beside it, both written atomically.
+"""Copy regenerated figures into the gallery (docs/gallery/): the PNG as a 1400-pixel-wide,
+256-colour copy (as every gallery image is) and its meta.json beside it, both written
+atomically.
 
     .venv/bin/python benchmarks/gallery_copy.py figs toy packing   # from `chaosgrad figures`
 """

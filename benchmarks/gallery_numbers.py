@@ -1,9 +1,9 @@
-"""Print every number the README's gallery quotes, from the meta.json saved beside each gallery
-PNG (docs/gallery/<figure>.meta.json), formatted as the README writes it.
+"""Print every number the gallery pages (docs/gallery/*.md) quote, from the meta.json saved
+beside each gallery PNG (docs/gallery/<figure>.meta.json), formatted as the pages write it.
 
     .venv/bin/python benchmarks/gallery_numbers.py
 
-tests/test_readme.py checks that each printed number is in that figure's README paragraph, and
+tests/test_readme.py checks that each printed number is in that figure's paragraph, and
 that every decimal or scientific number in the paragraph is one of them. Figures without a
 saved meta.json are listed as not checkable.
 """
@@ -23,9 +23,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def fmt(x: float, sig: int = 2) -> str:
-    """``x`` to ``sig`` significant digits as the README writes it: 0.038, 2.4e-16, 1e23."""
+    """``x`` to ``sig`` significant digits as the gallery writes it: 0.038, 2.4e-16, 1e23."""
     x = float(x)
-    # below 1e-3 the README writes 3e-4, not 0.0003
+    # below 1e-3 the gallery writes 3e-4, not 0.0003
     s = f"{x:.{sig - 1}e}" if 0 < abs(x) < 1e-3 else f"{x:.{sig}g}"
     if "e" in s:
         mant, exp = s.split("e")
@@ -490,7 +490,7 @@ def learned_optimizer_paper(m: dict) -> list[tuple[str, str]]:
 
 
 def _interval(label: str, x: list[float], sig: tuple[int, int, int]) -> list[tuple[str, str]]:
-    """Rows for ``value [low, high]``, each to its own significant digits as the README
+    """Rows for ``value [low, high]``, each to its own significant digits as the gallery
     writes it."""
     return [
         (f"{label} {part}", fmt(v, d))
@@ -792,9 +792,20 @@ def numbers() -> tuple[dict, list[str]]:
 MEASURED = re.compile(r"(?<![\w.^{])(\d+(?:\.\d+)?e-?\d+|\d*\.\d+)(?![\d])")
 
 
-def readme_paragraph(text: str, name: str) -> str:
-    """The README gallery paragraph that ends with figure ``name``'s image."""
-    img = f"![{name}](docs/gallery/{name}.png)"
+def gallery_pages() -> list[Path]:
+    """The gallery's pages: its introduction (index.md) and one page per figure."""
+    return sorted(GALLERY.glob("*.md"))
+
+
+def gallery_text() -> str:
+    """Every gallery page, one after the other (a paragraph never spans two)."""
+    return "\n\n".join(p.read_text() for p in gallery_pages())
+
+
+def gallery_paragraph(text: str, name: str) -> str:
+    """The gallery paragraph that ends with figure ``name``'s image (``text``: the gallery's
+    pages, `gallery_text`)."""
+    img = f"![{name}]({name}.png)"
     end = text.index(img)
     start = text.rfind("\n\n", 0, end)
     return text[start:end]

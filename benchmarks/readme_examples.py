@@ -1,9 +1,9 @@
-"""Regenerate the diagnose/compare examples the README quotes, with their 95% intervals.
+"""Regenerate the diagnose/compare examples the guides quote, with their 95% intervals.
 
-Runs the command line exactly as the README shows it and saves each transcript (`.txt`) and
-its report (`report.json` / `compare.json`, and the figures) under
-`benchmarks/results/readme/`. `tests/test_readme.py` checks that every line the README
-quotes from a transcript is in the saved transcript. About 6 minutes on a 2-core CPU (the
+Runs the command line exactly as docs/guides/diagnose.md and estimators.md show it and saves
+each transcript (`.txt`) and its report (`report.json` / `compare.json`, and the figures) under
+`benchmarks/results/readme/`. `tests/test_readme.py` checks that every line the pages
+quote from a transcript is in the saved transcript. About 6 minutes on a 2-core CPU (the
 learned-optimizer comparison takes 4 of them; its transcript records its wall time):
 
     .venv/bin/python benchmarks/readme_examples.py

@@ -86,7 +86,8 @@ def diagnose(
     along a random direction in θ; and counts of non-finite values everywhere.
 
     Args:
-      system, theta: the system and its parameters (default ``system.theta``).
+      system: the system.
+      theta: its parameters (default ``system.theta``).
       horizons: unroll lengths (default H/10, H/3, H of the system's natural horizon H).
       seeds: random starts per horizon for the gradient statistics.
       lyapunov_steps: counted Lyapunov steps in all (default 20 × the longest horizon, at
@@ -96,7 +97,8 @@ def diagnose(
         run's batch means, so it covers the run-to-run spread
         (`chaosgrad.spectra.leading_exponent_interval`).
       k: number of exponents (default min(n, 8), as everywhere; "all" for every one).
-      slice_points, slice_radius: the loss slices (see `chaosgrad.gradients.loss_slice`).
+      slice_points: points of the loss slices (see `chaosgrad.gradients.loss_slice`).
+      slice_radius: their half-width.
       tol: rates per step within ±tol count as zero (default 0.5 / the longest horizon:
         growth of less than e^0.5 over the whole unroll); a verdict needs the intervals to
         clear it.

@@ -143,9 +143,11 @@ def bias_interval(
     ``value`` is sqrt(max(b², 0)) and ``low`` is 0 exactly when b² − z·sd ≤ 0.
 
     Args:
-      mean_est, var_est, n_est: the estimator's mean, per-coordinate variance of one
-        sample, and the (effective) number of samples behind the mean.
-      ref, var_ref: the reference gradient and its per-coordinate squared standard error.
+      mean_est: the estimator's mean.
+      var_est: the per-coordinate variance of one of its samples.
+      n_est: the (effective) number of samples behind the mean.
+      ref: the reference gradient.
+      var_ref: its per-coordinate squared standard error.
       dof: degrees of freedom behind the noise estimates (e.g. few batch means): the
         Student-t quantile replaces the normal one, widening the interval honestly.
     """

@@ -106,7 +106,8 @@ def pure_unroll(
     vmappable): the same run as ``unroll(system, theta, key, steps)``.
 
     Args:
-      system, theta: the system and its parameters.
+      system: the system.
+      theta: its parameters.
       key: the run key: ``system.init`` takes its init half (unless ``state`` is given) and
         step t uses ``fold_in(steps half, t)``, as in `unroll` and `unroll_grad`.
       steps: a static int.

@@ -135,7 +135,8 @@ def truncated_backprop(
       horizon: inner-run length T for the constant schedule, and the default max_length
         (0: the system's horizon).
       schedule: "constant" or "loguniform" inner-run lengths (see `make_schedule`).
-      min_length, max_length: bounds of the log-uniform lengths.
+      min_length: lower bound of the log-uniform lengths.
+      max_length: upper bound of the log-uniform lengths.
       stagger: start particles at uniform random steps of their first run (burn-in with θ).
       shard: shard the particles over the local devices.
     """

@@ -428,7 +428,9 @@ def pes(
       sigma: σ, the perturbation scale.
       window: K, steps per estimate per particle.
       horizon: inner-run length T (0: the system's horizon).
-      schedule, min_length, max_length: inner-run lengths (see `make_schedule`).
+      schedule: inner-run lengths, "constant" or "loguniform" (see `make_schedule`).
+      min_length: lower bound of the log-uniform lengths.
+      max_length: upper bound of the log-uniform lengths.
       stagger: start particles at uniform random steps of their first run, burnt in with a
         perturbation ε₀ that ξ records, so estimates are unbiased from the first one.
       antithetic: particles in ± pairs sharing ε and keys.

@@ -385,7 +385,11 @@ def brax_system(
       env: a `brax.envs` name (``env_names()``).
       backend: "generalized", "positional", "spring" or "mjx" (mjx runs with
         ``opt.iterations = 1`` so reverse mode works; recorded in ``meta``).
-      policy, hidden, layers, policy_scale, seed: the policy (see above).
+      policy: "linear", "mlp" or "paper" (see above).
+      hidden: width of the "mlp" policy's hidden layers.
+      layers: number of the "mlp" policy's hidden layers.
+      policy_scale: the default θ's weights are N(0, policy_scale²/fan_in).
+      seed: draws the default θ.
       horizon: the natural unroll length.
       action_noise: standard deviation of Gaussian noise added to actions (0: none); for
         ``policy="paper"`` the multiple of the policy's own scale (see above).

@@ -294,7 +294,11 @@ def mjx_system(
 
     Args:
       model: one of `model_names()` (``mjx:NAME`` sets it).
-      policy, hidden, layers, policy_scale, seed: the policy (see above).
+      policy: "linear", "mlp" or "paper" (see above).
+      hidden: width of the "mlp" policy's hidden layers.
+      layers: number of the "mlp" policy's hidden layers.
+      policy_scale: the default θ's weights are N(0, policy_scale²/fan_in).
+      seed: draws the default θ.
       horizon: the natural unroll length.
       action_noise: Gaussian action noise (for ``"paper"``: the multiple of its own scale).
       n_frames: physics steps per system step (0: the model's own, 2 for every shipped one).

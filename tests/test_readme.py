@@ -1,5 +1,7 @@
-"""The README quotes saved transcripts, not memory: every line of a quoted block must be in
-the transcript file it names (regenerate them with benchmarks/readme_examples.py)."""
+"""The README and the documentation pages quote saved results, not memory: every line of a
+quoted block must be in the transcript file it names (regenerate them with
+benchmarks/readme_examples.py); the gallery's numbers are its meta.json files'; the benchmark
+table is bench.txt; and every command of the README runs."""
 
 import json
 import re
@@ -7,15 +9,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 QUOTE = re.compile(r"<!-- quoted from (\S+) -->\n```\n(.*?)```", re.S)
+DOCS = ROOT / "docs"
+# the pages that quote saved results, each checked below against the files it quotes
+BENCHMARKS_PAGE = DOCS / "results" / "benchmarks.md"
+
+
+def _pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
 
 
 def test_every_quoted_line_is_in_its_saved_transcript():
-    blocks = QUOTE.findall((ROOT / "README.md").read_text())
-    assert len(blocks) >= 4
-    for path, body in blocks:
+    blocks = [(page, *b) for page in _pages() for b in QUOTE.findall(page.read_text())]
+    assert len(blocks) >= 7
+    for page, path, body in blocks:
         saved = (ROOT / path).read_text().splitlines()
         for line in body.splitlines():
-            assert line in saved, f"README line not in {path}: {line!r}"
+            assert line in saved, f"{page.name}: line not in {path}: {line!r}"
+    # every saved transcript is quoted somewhere (none left behind when prose moves)
+    quoted = {path for _, path, _ in blocks}
+    for txt in (ROOT / "benchmarks" / "results" / "readme").glob("*.txt"):
+        assert str(txt.relative_to(ROOT)) in quoted, f"{txt.name} is quoted by no page"
 
 
 def test_transcripts_come_with_their_reports():
@@ -79,12 +92,17 @@ def _gallery_numbers():
     return mod
 
 
+def _gallery_text() -> str:
+    return _gallery_numbers().gallery_text()
+
+
 def test_gallery_numbers_are_the_saved_results():
     """Each number benchmarks/gallery_numbers.py prints from a figure's saved meta.json is in
-    that figure's README paragraph, and each decimal or scientific number in the paragraph is
-    one it prints. Figures without a saved meta.json cannot be checked yet (listed)."""
+    that figure's paragraph of the gallery pages, and each decimal or scientific number in the
+    paragraph is one it prints. Figures without a saved meta.json cannot be checked yet
+    (listed)."""
     gn = _gallery_numbers()
-    text = (ROOT / "README.md").read_text()
+    text = gn.gallery_text()
     found, unchecked = gn.numbers()
     assert {
         "toy",
@@ -104,20 +122,20 @@ def test_gallery_numbers_are_the_saved_results():
         "state_perturbation",
         "state_perturbation_paper",
     } <= set(found)
-    # the gallery images whose README numbers predate saved metadata; shrink this list as
+    # the gallery images whose quoted numbers predate saved metadata; shrink this list as
     # their figures are regenerated with a meta.json beside the PNG
     assert not unchecked, unchecked  # every gallery image has its meta.json
     for name, rows in found.items():
-        para = gn.readme_paragraph(text, name)
+        para = gn.gallery_paragraph(text, name)
         printed = {v.lstrip("-") for _, v in rows}  # the pattern below reads no sign
         for label, value in rows:
-            # the README writes a negative number with the minus sign, U+2212
+            # the gallery writes a negative number with the minus sign, U+2212
             pattern = re.escape(value).replace(r"\-", "[-\u2212]")
             assert re.search(rf"(?<![\w.]){pattern}(?![\d])", para), (
-                f"{name}: {label} = {value} (from its meta.json) is not in the README"
+                f"{name}: {label} = {value} (from its meta.json) is not in its gallery paragraph"
             )
         for quoted in gn.MEASURED.findall(para):
-            assert quoted in printed, f"{name}: README quotes {quoted}, not in its meta.json"
+            assert quoted in printed, f"{name}: the gallery quotes {quoted}, not in its meta.json"
 
 
 def test_smooth_words_in_the_gallery_are_backed_by_saved_verdicts():
@@ -125,12 +143,11 @@ def test_smooth_words_in_the_gallery_are_backed_by_saved_verdicts():
     SMOOTH_CLAIMS for its figure's paragraph, and the roughness verdict it names (relative to
     the curve's range, against the noise floor of its seeds) is true in that meta.json."""
     gn = _gallery_numbers()
-    text = (ROOT / "README.md").read_text()
-    start = text.index("## Gallery")
-    section = text[start : text.index("\n## ", start + 1)]
+    text = gn.gallery_text()
+    section = text  # every gallery page: the figures' and the introduction's
     claimed = 0
     for name in gn.gallery_pngs():
-        para = gn.readme_paragraph(text, name)
+        para = gn.gallery_paragraph(text, name)
         words = sorted(w.lower() for w in gn.SMOOTH_WORDS.findall(para))
         claims = gn.SMOOTH_CLAIMS.get(name, [])
         assert words == sorted(w for w, _ in claims), (name, words, claims)
@@ -138,14 +155,14 @@ def test_smooth_words_in_the_gallery_are_backed_by_saved_verdicts():
         for word, path in claims:
             assert gn.saved_verdict(meta, path) is True, (name, word, path)
         claimed += len(claims)
-    # and none outside the figures' paragraphs (the gallery's introduction)
+    # and none outside the figures' paragraphs (the introduction, what the paper shows)
     assert len(gn.SMOOTH_WORDS.findall(section)) == claimed
     # no saved fit says any growth in the gallery is exponential (Figure 3's is closer to a
     # power law: gallery_numbers.growth_fits); "best" only where the estimator study's tie
     # sets back it (test_estimator_study_sentences_match_its_saved_results)
     words = re.findall(r"\bexponential\w*", section, re.IGNORECASE)
-    para = gn.readme_paragraph(text, "learned_optimizer_paper")
-    quick = " ".join(gn.readme_paragraph(text, "learned_optimizer").split())
+    para = gn.gallery_paragraph(text, "learned_optimizer_paper")
+    quick = " ".join(gn.gallery_paragraph(text, "learned_optimizer").split())
     assert len(re.findall(r"\bexponential", para)) == 2
     assert len(words) == 2 + len(re.findall(r"\bexponential", quick)) == 4
     # Figure 3 quick: the saved fits (chaosgrad.gradients.growth_fits, in its meta.json) say
@@ -164,7 +181,7 @@ def test_smooth_words_in_the_gallery_are_backed_by_saved_verdicts():
         assert fit["power_rms"] < fit["exp_rms"], (shift, fit)
     for name in gn.gallery_pngs():
         if name != "lopt_estimators":
-            assert not re.search(r"\bbest\b", gn.readme_paragraph(text, name)), name
+            assert not re.search(r"\bbest\b", gn.gallery_paragraph(text, name)), name
 
 
 def test_gallery_introduction_times_and_image_sizes_are_the_saved_ones():
@@ -174,7 +191,7 @@ def test_gallery_introduction_times_and_image_sizes_are_the_saved_ones():
     from PIL import Image
 
     gn = _gallery_numbers()
-    text = " ".join((ROOT / "README.md").read_text().split())
+    text = " ".join((gn.GALLERY / "index.md").read_text().split())
     assert " ".join(gn.intro_times().split()) in text
     for name in gn.gallery_pngs():
         with Image.open(gn.GALLERY / f"{name}.png") as im:
@@ -201,7 +218,7 @@ def test_gallery_number_format():
 
 
 def test_estimator_study_sentences_match_its_saved_results():
-    """The README's lopt_estimators paragraph, claim by claim, against its meta.json."""
+    """The gallery's lopt_estimators paragraph, claim by claim, against its meta.json."""
     m = json.loads((ROOT / "docs/gallery/lopt_estimators.meta.json").read_text())
     r = m["results"]
     assert all(c["reference"].startswith("backprop") for d in r.values() for c in d.values())
@@ -220,7 +237,7 @@ def test_estimator_study_sentences_match_its_saved_results():
             e = r[s][t]["estimators"]
             ratios.append(e["pes"]["rel_error"][0] / e["backprop"]["rel_error"][0])
     assert round(min(ratios), -2) == 100 and round(max(ratios), -2) == 3300, ratios
-    text = (ROOT / "README.md").read_text()
+    text = _gallery_numbers().gallery_paragraph(_gallery_text(), "lopt_estimators")
     assert "100 to 3,300 times backprop's" in text
 
 
@@ -231,7 +248,7 @@ def test_learned_optimizer_quick_run_time_is_the_saved_one():
         json.loads((g / f"{n}.meta.json").read_text())["compute_seconds"]
         for n in ("learned_optimizer", "lopt_estimators", "lopt_meta_training")
     ]
-    text = (ROOT / "README.md").read_text()
+    text = (g / "index.md").read_text()
     quoted = ", ".join(str(round(x)) for x in secs[:2]) + f" and {round(secs[2])} s"
     assert f"took {quoted}: {round(sum(secs) / 60)} minutes" in text.replace("\n", " ")
 
@@ -247,10 +264,10 @@ def _close(quoted: float, value: float, digits: int) -> bool:
 
 
 def test_learned_optimizer_gallery_sentences_match_their_saved_results():
-    """Figure 3 (quick and paper scale) and lopt_meta_training: each number the README
+    """Figure 3 (quick and paper scale) and lopt_meta_training: each number the gallery
     quotes, against its meta.json (to the digits quoted)."""
     g = ROOT / "docs/gallery"
-    text = (ROOT / "README.md").read_text()
+    text = _gallery_text()
     q = json.loads((g / "learned_optimizer.meta.json").read_text())
     assert [q["slices"][t]["extrema"] for t in ("8", "32", "128", "256", "512")] == [3, 4, 1, 3, 11]
     assert q["theta_choice"]["rule"].startswith("the roughest 128-step slice")
@@ -276,7 +293,7 @@ def test_learned_optimizer_gallery_sentences_match_their_saved_results():
     # which GPU is not in that meta.json (newer runs save device_kind): the text says so
     assert "device_kind" not in p["precision"]
     paper_para = " ".join(
-        _gallery_numbers().readme_paragraph(text, "learned_optimizer_paper").split()
+        _gallery_numbers().gallery_paragraph(text, "learned_optimizer_paper").split()
     )
     assert "the GPU model not recorded" in paper_para and "H100" not in paper_para
     assert [p["slices"][t]["extrema"] for t in ("8", "32", "128", "256", "512", "1024")] == [
@@ -336,16 +353,89 @@ def test_previous_run_claims_are_its_saved_results():
 
 
 def test_benchmark_table_is_the_saved_run_and_its_ratios_are_saved():
-    """The README's benchmark block is benchmarks/results/bench.txt as printed, and every
-    ratio its paragraph quotes (N.NN×) is in one of the saved runs (bench-history.md)."""
-    text = (ROOT / "README.md").read_text()
+    """The benchmarks page's block is benchmarks/results/bench.txt as printed, and every
+    ratio its text after the block quotes (N.NN×) is in one of the saved runs (bench.txt,
+    bench-history.md)."""
+    text = BENCHMARKS_PAGE.read_text()
     start = text.index("# chaosgrad benchmarks:")
     block = text[start : text.index("```", start)]
     folder = ROOT / "benchmarks" / "results"
     assert block == (folder / "bench.txt").read_text()
-    after = text[text.index("```", start) + 3 : text.index("**Scaling**", start)]
+    after = text[text.index("```", start) + 3 :]
     saved = "".join((folder / f).read_text() for f in ("bench.txt", "bench-history.md"))
     ratios = re.findall(r"(\d+\.\d\d)×", after)
     assert len(ratios) >= 8
     for r in ratios:
         assert re.search(rf"(?<![\d.]){re.escape(r)} \[", saved), f"{r}× is in no saved run"
+
+
+def _readme_commands() -> list[str]:
+    """Every command line of the README's bash blocks: continuation lines joined, comments
+    dropped; and those quoted inline in its prose."""
+    text = (ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if line:
+                commands.append(" ".join(line.split()))
+    # and the ones named in the prose (`make bench`, `.venv/bin/mkdocs serve`)
+    commands += re.findall(r"`((?:make|\.venv/bin/\w+) [^`]+)`", text)
+    return commands
+
+
+def test_the_readme_commands_are_known():
+    """What the README tells a user to type is a make target, the site's server, or the
+    `chaosgrad` command (run below); nothing else slips in untested."""
+    commands = _readme_commands()
+    assert {"make demo", "make test", "make docs"} <= set(commands)
+    for command in commands:
+        assert command.startswith(("make ", ".venv/bin/chaosgrad ", ".venv/bin/mkdocs serve")), (
+            command
+        )
+
+
+def test_the_readme_make_targets_exist():
+    """`make -n TARGET` (print, do not run) for each make command, and the docs extra that
+    `make docs` installs brings mkdocs (for `.venv/bin/mkdocs serve`)."""
+    import subprocess
+
+    for command in _readme_commands():
+        if command.startswith("make "):
+            r = subprocess.run(
+                ["make", "-n", *command.split()[1:]], cwd=ROOT, capture_output=True, text=True
+            )
+            assert r.returncode == 0, (command, r.stderr)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^docs = \["mkdocs==', pyproject, re.M)
+
+
+def test_every_chaosgrad_command_of_the_readme_runs(tmp_path):
+    """Each `.venv/bin/chaosgrad ...` line of the README, as written (this environment's
+    `chaosgrad` for `.venv/bin/chaosgrad`), in an empty folder: exit status 0."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "chaosgrad"
+    commands = [c for c in _readme_commands() if c.startswith(".venv/bin/chaosgrad ")]
+    assert len(commands) >= 8
+    for command in commands:
+        argv = [str(exe), *command.split()[1:]]
+        r = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True)
+        assert r.returncode == 0, (command, r.stderr[-2000:])
+    assert (tmp_path / "out" / "diagnose").exists() and (tmp_path / "figs").exists()
+
+
+def test_the_readme_example_runs():
+    """The README's "your own system" block, run as a script: the Hénon map's exponents are
+    the ones its comment quotes (≈ [0.42, -1.62])."""
+    import subprocess
+    import sys
+
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Your own system in a few lines")
+    code = re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    exponents = [float(x) for x in re.findall(r"-?\d+\.\d+", r.stdout.splitlines()[0])]
+    assert round(exponents[0], 2) == 0.42 and round(exponents[1], 2) == -1.62

@@ -47,7 +47,8 @@ def meta_loss_along_line(
     array of losses for one unroll length, for one key or a batch.
 
     Args:
-      system, theta: the system and the point θ (default ``system.theta``).
+      system: the system.
+      theta: the point θ (default ``system.theta``).
       direction: a pytree like θ (default: a Gaussian direction of norm = its size, from
         PRNGKey(0), as in the paper's Figure 3).
       shifts: the values of s.

@@ -110,8 +110,10 @@ def lopt_system(
       batch_size: minibatch size of the MLP tasks.
       loss: "train" or "valid": which loss the per-step loss ℓ_t is.
       log_loss: ℓ_t = log(loss) instead of the loss.
-      hidden, depth: width and number of hidden layers of the inner MLP.
-      dim, noise: the quadratic's dimension and the std of its per-step target shift.
+      hidden: width of the inner MLP's hidden layers.
+      depth: number of hidden layers of the inner MLP.
+      dim: the quadratic's dimension.
+      noise: the std of the quadratic's per-step target shift.
       fixed_batch: reuse one training batch (drawn from the init key) at every step, as in
         the paper's Figure 3; else a fresh minibatch per step from the step key.
       sample_task: draw the task's constants from the run's init key (each seed its own
