@@ -1,6 +1,6 @@
 """The learned-optimizer task family: its fixed split, padded members equal to unpadded
-networks, every estimator on the family system, and the hierarchical optimizer's validation
-input."""
+networks, every estimator on the family system, the hierarchical optimizer's validation
+input, and the Adam baselines (greedy ordered list on a hand-made case)."""
 
 import hashlib
 
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from chaosgrad.systems.lopt import family
+from chaosgrad.systems.lopt import baselines, family
 from chaosgrad.systems.lopt.tasks import mlp_apply
 
 from chaosgrad import estimators, systems
@@ -194,8 +194,9 @@ def test_padded_quadratic_conv_and_rnn_are_the_unpadded_ones(padded):
 # -- the family as a system: every estimator, the hierarchical optimizer ----------------------
 @pytest.fixture(scope="module")
 def family_system():
-    # the quadratics and RNNs only: the whole family's second-order step compiles about 3×
-    # slower, and every estimator compiles its own (the padding and sampling are the same)
+    # the quadratic members only: every estimator compiles its own program, and the whole
+    # family's second-order step compiles about 20× slower (the padding, masks, sampling
+    # and resets are the same)
     return systems.make(
         "lopt",
         task="family",
@@ -203,7 +204,7 @@ def family_system():
         inner_steps=4,
         batch_size=4,
         dtype="float32",
-        kinds="quad,rnn",
+        kinds="quad",
     )
 
 
@@ -251,3 +252,39 @@ def test_hierarchical_optimizer_reads_the_validation_loss():
     assert not np.isclose(new.opt_state["ema_valid"], new.opt_state["ema_train"])
     # the parameter count its docstring states
     assert sum(x.size for x in jax.tree_util.tree_leaves(s.theta)) == 4535
+
+
+# -- baselines -----------------------------------------------------------------------------------
+def test_greedy_list_on_a_hand_made_case():
+    # three tasks, four settings: a generalist, two specialists, a dominated one
+    losses = np.array(
+        [
+            [2.0, 2.0, 2.0],  # a generalist
+            [0.0, 5.0, 5.0],  # specialist on task 0
+            [5.0, 0.5, 0.5],  # specialist on tasks 1, 2
+            [3.0, 3.0, 3.0],  # dominated
+        ]
+    )
+    # first: the best mean (0: 2.0 against 3.33, 2.0 (tie, later row), 3.0)
+    # second: 0+1 -> mean(0, 2, 2) = 1.33; 0+2 -> mean(2, .5, .5) = 1.0; 0+3 -> 2.0
+    # third: +1 -> mean(0, .5, .5) = 0.33; +3 -> 1.0
+    assert baselines.greedy_list(losses, 3) == [0, 2, 1]
+    np.testing.assert_allclose(baselines.best_of_list(losses, [0, 2, 1], 2), [2.0, 0.5, 0.5])
+    assert baselines.tune_adam_global(losses) == 0
+    np.testing.assert_array_equal(baselines.tune_adam_per_task(losses), [1, 2, 2])
+
+
+def test_adam_baselines_run_on_the_family():
+    # every call has the shape (2 settings, 2 tasks): one compilation serves them all
+    # quadratics: only their branch is compiled (`final_losses` builds the tasks' kinds)
+    quads = {t["index"] for t in family.list_tasks() if t["kind"] == "quad"}
+    train = [i for i in family.split_indices("meta_train") if i in quads][:2]
+    held = [i for i in family.split_indices("held_out") if i in quads][:2]
+    run = {"inner_steps": 3, "batch_size": 4}
+    losses = baselines.final_losses(baselines.with_lrs([1e-3, 1e-1]), train, **run)
+    assert losses.shape == (2, 2) and np.all(np.isfinite(losses))
+    lst, cand = baselines.adam_list(train, k=2, candidates=2, **run)
+    assert lst.shape == (2, 4) and cand.shape == (2, 2)
+    np.testing.assert_array_equal(lst, baselines.adam_grid(2)[baselines.greedy_list(cand, 2)])
+    best = baselines.evaluate_list(lst, held, k=2, **run)
+    assert best.shape == (2,) and np.all(np.isfinite(best))

@@ -489,8 +489,9 @@ def family_task(
     """The family as one `Task` whose ``sample(key)`` draws a member of ``split`` uniformly
     (its constants: `member_consts`), with ``mask`` (the live parameters). ``kinds``
     restricts it to members of those kinds ("all", "mlp,quad", …): a smaller program that
-    compiles faster (the whole family's second-order step compiles about 3× slower than
-    the quadratics' and RNNs' together)."""
+    compiles faster. Measured on a loaded 2-core CPU, the jit of a vmapped meta-gradient
+    through one inner SGD step took 33 s for the whole family against 8.8 s (mlp), 8.6 s
+    (conv), 1.6 s (quad) and 4.4 s (rnn) for one kind alone."""
     kinds = parse_kinds(kinds)
     chosen = [i for i in split_indices(split) if members()[i]["kind"] in kinds]
     if not chosen:
