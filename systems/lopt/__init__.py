@@ -1,7 +1,10 @@
 """Unrolled learned-optimizer training as an iterative system (`lopt_system`), with its
-inner tasks, hand-designed and learned optimizers, and loss slices along θ.
+inner tasks and task family (`family`), hand-designed and learned optimizers, the tuned-Adam
+baselines (`baselines`), and loss slices along θ.
 """
 
+from chaosgrad.systems.lopt import baselines, family
+from chaosgrad.systems.lopt.family import family_task
 from chaosgrad.systems.lopt.learned import lstm_lopt, mlp_lopt
 from chaosgrad.systems.lopt.optimizers import Optimizer, StepInfo, adam, momentum, sgd
 from chaosgrad.systems.lopt.slices import meta_loss_along_line, random_direction
@@ -23,7 +26,10 @@ __all__ = [
     "StepInfo",
     "Task",
     "adam",
+    "baselines",
     "digits_mlp",
+    "family",
+    "family_task",
     "lopt_system",
     "lstm_lopt",
     "make_optimizer",

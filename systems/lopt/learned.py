@@ -30,14 +30,26 @@ def update_momenta(m: jax.Array, g: jax.Array) -> jax.Array:
     return d * m + (1 - d) * g[..., None]
 
 
-def param_features(g: jax.Array, p: jax.Array, m: jax.Array) -> tuple[jax.Array, jax.Array]:
+def param_features(
+    g: jax.Array, p: jax.Array, m: jax.Array, mask: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
     """The 8 per-parameter features (gradient, parameter, momenta) of one tensor, each
     divided by the square root of its mean square over the tensor; also those mean squares.
+    With a 0/1 ``mask`` (a padded task's live entries) the mean is over the live entries,
+    so a padded tensor gets the features of the unpadded one.
     """
     f = jnp.concatenate([g[..., None], p[..., None], m], axis=-1)
     axes = tuple(range(f.ndim - 1))
-    ms = jnp.mean(f * f, axis=axes)
+    if mask is None:
+        ms = jnp.mean(f * f, axis=axes)
+    else:
+        w = mask[..., None].astype(f.dtype)
+        ms = jnp.sum(f * f * w, axis=axes) / jnp.maximum(jnp.sum(w, axis=axes), 1)
     return f / jnp.sqrt(ms + NORM_EPS), ms
+
+
+def _mask_leaves(info, treedef, n: int) -> list:
+    return [None] * n if info.mask is None else treedef.flatten_up_to(info.mask)
 
 
 def _step_of(out: jax.Array, lr) -> jax.Array:
@@ -97,9 +109,13 @@ def mlp_lopt(lr: float = 1e-3, hidden: int = 32, dtype=jnp.float32) -> Optimizer
 
         g_leaves, treedef = jax.tree_util.tree_flatten(grads)
         feats = [
-            param_features(g, p, mm)[0]
-            for g, p, mm in zip(
-                g_leaves, treedef.flatten_up_to(params), treedef.flatten_up_to(m), strict=True
+            param_features(g, p, mm, k)[0]
+            for g, p, mm, k in zip(
+                g_leaves,
+                treedef.flatten_up_to(params),
+                treedef.flatten_up_to(m),
+                _mask_leaves(info, treedef, len(g_leaves)),
+                strict=True,
             )
         ]
         return treedef.unflatten(per_parameter_mlp(theta, feats, tf, lr)), {"m": m}
@@ -128,15 +144,28 @@ def _loss_features(loss, ema):
 def lstm_lopt(
     lr: float = 1e-3, hidden: int = 32, lstm_hidden: int = 16, dtype=jnp.float32
 ) -> Optimizer:
-    """A hierarchical learned optimizer in the spirit of Metz et al. 2020 (arXiv 2009.11243).
+    """A hierarchical learned optimizer in the spirit of Wichrowska et al. 2017 (arXiv
+    1703.04813) and Metz et al. 2020 (arXiv 2009.11243): a per-tensor recurrent level that
+    reads the training *and* validation losses, so it can regularise, feeding a
+    per-parameter MLP.
 
-    A per-tensor LSTM (``lstm_hidden`` units, weights shared by all tensors) reads, for each
-    parameter tensor, 0.1·log of the mean squares of its 8 per-parameter features, the
-    training and validation losses as tanh(log ℓ) and tanh(log ℓ − EMA(log ℓ)), and the 11
-    time features. Its output gives 4 context features that join the 19 per-parameter
-    features of a per-parameter MLP (as in `mlp_lopt`), and a per-tensor log step scale.
-    θ = {"lstm", "head", "mlp"} weights. Optimizer state: momenta, the LSTM's (h, c) per
-    tensor, the EMAs of the log losses.
+    Per-tensor LSTM (``lstm_hidden`` units, weights shared by all tensors; one (h, c) per
+    tensor), 23 inputs per tensor:
+      - 8: 0.1·log of the mean squares over the tensor of its per-parameter features
+        (gradient, parameter, 6 momenta; over the live entries of a padded task);
+      - 4: tanh(log ℓ_train), tanh(log ℓ_train − EMA), tanh(log ℓ_valid),
+        tanh(log ℓ_valid − EMA), where ℓ_valid is the loss on this step's validation
+        minibatch at the current parameters (``needs_valid`` True: the lopt step computes
+        it) and EMA the moving average (decay 0.9) of the log loss, started at step 0;
+      - 11: the time features tanh(t / s).
+    A linear head gives 4 context features and a per-tensor log step scale. Per-parameter
+    MLP (as in `mlp_lopt`): the 19 features of `mlp_lopt` plus the tensor's 4 context
+    features (23 inputs) → ``hidden`` → ``hidden`` → 2 (direction, magnitude); the step is
+    −direction · exp(0.001 · magnitude) · lr · exp(log scale).
+
+    θ = {"lstm", "head", "mlp"}: 4,535 weights at the defaults (lstm 2,560 = (23 + 16) · 64
+    + 64, head 85 = 16 · 5 + 5, mlp 1,890 = 23·32 + 32 + 32·32 + 32 + 32·2 + 2).
+    Optimizer state: the momenta, the LSTM's (h, c) per tensor, the EMAs of the log losses.
     """
     lstm_hidden, hidden = int(lstm_hidden), int(hidden)
 
@@ -183,8 +212,10 @@ def lstm_lopt(
         dt = g_leaves[0].dtype
         tf = time_features(info.step, dt)
         m_leaves = [update_momenta(m, g) for m, g in zip(m_leaves, g_leaves, strict=True)]
+        k_leaves = _mask_leaves(info, treedef, len(g_leaves))
         feats = [
-            param_features(g, p, m) for g, p, m in zip(g_leaves, p_leaves, m_leaves, strict=True)
+            param_features(g, p, m, k)
+            for g, p, m, k in zip(g_leaves, p_leaves, m_leaves, k_leaves, strict=True)
         ]
         first = info.step == 0
         lt, lv = jnp.log(info.train_loss), jnp.log(info.valid_loss)

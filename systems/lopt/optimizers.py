@@ -22,11 +22,15 @@ class StepInfo(NamedTuple):
       train_loss: the training loss at the current parameters (on this step's batch).
       valid_loss: the validation loss at the current parameters, or None when the
         optimizer does not ask for it (``needs_valid`` False) and the meta-loss is not it.
+      mask: for a padded task (`chaosgrad.systems.lopt.family`), a 0/1 pytree shaped like
+        the params marking the live entries; None when every entry is live. Optimizers that
+        normalise over a tensor take the statistics over its live entries only.
     """
 
     step: jax.Array
     train_loss: jax.Array
     valid_loss: jax.Array | None = None
+    mask: PyTree = None
 
 
 class Optimizer(NamedTuple):

@@ -33,6 +33,8 @@ class Task(NamedTuple):
       accuracy: ``accuracy(params, consts, split) -> scalar`` on the whole split, for
         classifiers; None otherwise.
       description: one line.
+      mask: ``mask(consts) -> pytree`` of 0/1 shaped like the params, the live entries of a
+        padded task (the lopt step multiplies every update by it); None: all live.
     """
 
     name: str
@@ -42,6 +44,7 @@ class Task(NamedTuple):
     batch: Callable[[jax.Array, str], PyTree]
     accuracy: Callable[[PyTree, PyTree, str], jax.Array] | None
     description: str
+    mask: Callable[[PyTree], PyTree] | None = None
 
 
 def _check_split(split: str) -> None:

@@ -10,9 +10,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from chaosgrad.systems.lopt.family import family_task
 from chaosgrad.systems.lopt.learned import lstm_lopt, mlp_lopt
 from chaosgrad.systems.lopt.optimizers import Optimizer, StepInfo, adam, momentum, sgd
-from chaosgrad.systems.lopt.tasks import TASKS, make_task
+from chaosgrad.systems.lopt.tasks import TASKS, Task, make_task
 from chaosgrad.systems.maps import _dtype, _precision
 
 from chaosgrad._types import PyTree
@@ -54,6 +55,45 @@ class LoptState(NamedTuple):
 SCHEDULES = ("constant", "cosine")
 
 
+def inner_step(
+    tk: Task,
+    opt: Optimizer,
+    state: LoptState,
+    theta: PyTree,
+    key: jax.Array,
+    need_valid: bool = False,
+    fixed_batch: bool = False,
+    schedule: str = "constant",
+    inner_steps: int = 1,
+) -> tuple[LoptState, jax.Array, jax.Array | None]:
+    """One update of the inner parameters (the step of `lopt_system`, shared with the
+    baselines): the loss and gradient on a training minibatch at the current parameters,
+    the loss on a validation minibatch when ``need_valid``, one optimizer update (times
+    the task's mask, for a padded task). Returns the new state and the two losses, both
+    at the parameters before the update (the validation loss None when not needed)."""
+    k_train, k_valid = jax.random.split(key)
+    if fixed_batch:
+        k_train = jax.random.fold_in(state.data_key, 0)
+        k_valid = jax.random.fold_in(state.data_key, 1)
+    batch = tk.batch(k_train, "train")
+    train_loss, grads = jax.value_and_grad(tk.loss)(state.params, state.task, batch)
+    valid_loss = (
+        tk.loss(state.params, state.task, tk.batch(k_valid, "valid")) if need_valid else None
+    )
+    live = None if tk.mask is None else tk.mask(state.task)
+    info = StepInfo(state.step, train_loss, valid_loss, live)
+    updates, opt_state = opt.update(grads, state.opt_state, state.params, theta, info)
+    if schedule == "cosine":
+        frac = jnp.minimum(state.step, inner_steps).astype(train_loss.dtype) / inner_steps
+        scale = 0.5 * (1 + jnp.cos(jnp.pi * frac))
+        updates = jax.tree_util.tree_map(lambda u: u * scale.astype(u.dtype), updates)
+    if live is not None:
+        updates = jax.tree_util.tree_map(lambda u, k: u * k.astype(u.dtype), updates, live)
+    params = optax.apply_updates(state.params, updates)
+    new = LoptState(params, opt_state, state.step + 1, state.data_key, state.task)
+    return new, train_loss, valid_loss
+
+
 def make_optimizer(
     name: str, lr: float | None = None, lopt_hidden: int = 32, dtype=jnp.float32
 ) -> Optimizer:
@@ -87,6 +127,8 @@ def lopt_system(
     seed: int = 0,
     dtype: str | None = None,
     schedule: str = "constant",
+    split: str = "meta_train",
+    kinds: str = "all",
 ) -> System:
     """Inner training of ``task`` by ``optimizer`` as a `chaosgrad.System`.
 
@@ -100,7 +142,10 @@ def lopt_system(
 
     Args:
       task: "digits_mlp" (ReLU MLP on sklearn digits), "sine_mlp" (tanh MLP sinusoid
-        regression) or "quadratic" (random quadratic; gradient descent's Jacobian is I − ηH).
+        regression), "quadratic" (random quadratic; gradient descent's Jacobian is I − ηH)
+        or "family" (`chaosgrad.systems.lopt.family`: every init, and so every particle
+        and every reset of a truncated estimator, draws a member of ``split``; hidden,
+        depth, dim and noise are the members' own, and ``sample_task`` is implied).
       optimizer: "sgd", "momentum", "adam" (θ = log learning rate and friends), "mlp" (the
         paper's per-parameter MLP learned optimizer) or "lstm" (hierarchical).
       inner_steps: the natural horizon (the tools' default unroll length).
@@ -124,20 +169,27 @@ def lopt_system(
       schedule: "constant", or "cosine": every update is scaled by
         ½(1 + cos(π min(t, inner_steps) / inner_steps)) at inner step t (a cosine decay of
         the learning rate to 0 at ``inner_steps``; updates are linear in the learning rate).
+      split: with ``task="family"``: "meta_train" (default), "held_out" or "all" — the
+        members the task is drawn from (`chaosgrad.systems.lopt.family.split_indices`).
+      kinds: with ``task="family"``: "all" or a comma-separated subset of "mlp", "conv",
+        "quad", "rnn" — only members of those kinds (a smaller, faster-compiling program).
     """
     dt = _dtype(dtype)
     if schedule not in SCHEDULES:
         raise InputError(f"schedule {schedule!r} is not accepted: use one of {SCHEDULES}")
     if loss not in LOSSES:
         raise InputError(f"loss {loss!r} is not accepted: use one of {LOSSES}")
-    if task not in TASKS:
-        raise InputError(f"unknown task {task!r}; accepted: {', '.join(TASKS)}")
+    if task not in TASKS and task != "family":
+        raise InputError(f"unknown task {task!r}; accepted: {', '.join(TASKS)}, family")
     if lr is None:
         lr = TASK_LR.get((task, optimizer), OPTIMIZERS.get(optimizer, (None, None))[1])
     opt = make_optimizer(optimizer, lr, lopt_hidden, dt)
     assert lr is not None  # make_optimizer refused an unknown optimizer
     lr = float(lr)
-    if task == "quadratic":
+    if task == "family":
+        tk = family_task(split, batch_size=batch_size, dtype=dt, kinds=kinds)
+        sample_task = True
+    elif task == "quadratic":
         tk = make_task(task, dim=dim, noise=noise, dtype=dt)
     else:
         tk = make_task(task, hidden=hidden, depth=depth, batch_size=batch_size, dtype=dt)
@@ -155,28 +207,22 @@ def lopt_system(
         return LoptState(params, opt.init(params, theta), jnp.zeros((), jnp.int32), k_data, consts)
 
     def step(state, theta, key):
-        k_train, k_valid = jax.random.split(key)
-        if fixed_batch:
-            k_train = jax.random.fold_in(state.data_key, 0)
-            k_valid = jax.random.fold_in(state.data_key, 1)
-        batch = tk.batch(k_train, "train")
-        train_loss, grads = jax.value_and_grad(tk.loss)(state.params, state.task, batch)
-        valid_loss = (
-            tk.loss(state.params, state.task, tk.batch(k_valid, "valid")) if need_valid else None
+        new, train_loss, valid_loss = inner_step(
+            tk,
+            opt,
+            state,
+            theta,
+            key,
+            need_valid=need_valid,
+            fixed_batch=fixed_batch,
+            schedule=schedule,
+            inner_steps=inner_steps,
         )
-        info = StepInfo(state.step, train_loss, valid_loss)
-        updates, opt_state = opt.update(grads, state.opt_state, state.params, theta, info)
-        if schedule == "cosine":
-            frac = jnp.minimum(state.step, inner_steps).astype(train_loss.dtype) / inner_steps
-            scale = 0.5 * (1 + jnp.cos(jnp.pi * frac))
-            updates = jax.tree_util.tree_map(lambda u: u * scale.astype(u.dtype), updates)
-        params = optax.apply_updates(state.params, updates)
         raw = valid_loss if loss == "valid" else train_loss
         ell = jnp.log(raw) if log_loss else raw
         aux = {"train_loss": train_loss}
         if valid_loss is not None:
             aux["valid_loss"] = valid_loss
-        new = LoptState(params, opt_state, state.step + 1, state.data_key, state.task)
         return new, StepOut(loss=ell, aux=aux)
 
     def phase(state):
@@ -222,5 +268,7 @@ def lopt_system(
             "lopt_hidden": int(lopt_hidden),
             "seed": int(seed),
             "schedule": schedule,
+            "split": split,
+            "kinds": kinds,
         },
     )
