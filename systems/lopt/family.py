@@ -33,7 +33,6 @@ from chaosgrad.systems.lopt.tasks import Task
 
 from chaosgrad.errors import InputError, require
 
-PyTree = Any
 KINDS = ("mlp", "conv", "quad", "rnn")
 SPLITS = ("meta_train", "held_out", "all")
 HELD_OUT_FRACTION = 0.2
@@ -146,7 +145,7 @@ DATASETS = ("digits", "wine", "breast_cancer", "iris") + tuple(g[0] for g in GEN
 def members() -> tuple[dict, ...]:
     """The family's members, in a fixed order: member i is ``members()[i]``, a dict with its
     ``name``, ``kind`` and the sizes of its kind (see the module docstring)."""
-    out = []
+    out: list[dict[str, Any]] = []
     for ds in DATASETS:
         for width in (8, 16, 32):
             for depth in (1, 2):
@@ -247,7 +246,7 @@ def list_tasks(split: str = "all") -> list[dict]:
 def _table() -> dict[str, np.ndarray]:
     """Per-member numbers, one array each, indexed by member."""
     info = datasets()["info"]
-    cols = {
+    cols: dict[str, list] = {
         k: []
         for k in (
             "kind",
