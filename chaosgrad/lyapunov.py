@@ -185,7 +185,7 @@ def _qr_run(system, theta, state, k_steps, q, t0, steps, record_every, desc, pro
             bar.update(m)
     logs, oks = np.concatenate(logs), np.concatenate(oks)
     ends = np.minimum(np.arange(1, math.ceil(steps / record_every) + 1) * record_every, steps)
-    sums = np.add.reduceat(logs, ends - np.diff(np.concatenate([[0], ends])), axis=0)
+    sums = np.add.reduceat(logs, np.concatenate([[0], ends[:-1]]), axis=0)  # window starts
     bad = int(np.argmin(oks)) if not oks.all() else -1
     return state, q, sums, ends, bad
 

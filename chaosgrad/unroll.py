@@ -431,9 +431,7 @@ def unroll(
     host, oks = jax.device_get((parts, oks))  # one transfer for every chunk's outputs
     finite = []
     all_ok = all(np.all(ok) for ok in oks)  # every phase finite: no per-step flags needed
-    for c, (ys, ok) in enumerate(zip(host, oks, strict=True)):
-        if all_ok:
-            break
+    for c, (ys, ok) in enumerate(zip(host, oks, strict=True) if not all_ok else ()):
         if np.all(ok):
             finite.append(np.ones_like(ys["loss"], bool))
         else:  # some step left a NaN/Inf in the phase: find which, step by step
