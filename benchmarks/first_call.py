@@ -184,11 +184,12 @@ def _hand_spectrum(system, transient: int, counted: int):
 
             def f(p):
                 new = system.step(system.set_phase(s, unflat(p)), theta, key)[0]
-                return system.flat_phase(new)[0]
+                return system.flat_phase(new)[0], new
 
             p = system.flat_phase(s)[0]
-            tq = jax.vmap(lambda v: jax.jvp(f, (p,), (v,))[1], in_axes=1, out_axes=1)(q)
-            s2 = system.step(s, theta, key)[0]
+            _, tq, s2 = jax.vmap(
+                lambda v: jax.jvp(f, (p,), (v,), has_aux=True), in_axes=1, out_axes=(None, 1, None)
+            )(q)
             q2, r = jnp.linalg.qr(tq)
             logs = jnp.log(jnp.abs(jnp.diagonal(r)))
             return (s2, q2, acc + jnp.where(t >= transient, logs, 0.0)), None
