@@ -405,6 +405,8 @@ def learned_optimizer(m: dict) -> list[tuple[str, str]]:
         ("(b) the mean's noise floor", fmt(r["noise_floor"])),
         ("(b) mean minus unperturbed, RMS over range", fmt(move["rms"])),
         ("(b) its noise", fmt(move["noise"])),
+        ("(b) the move in noises", f"{move['rms'] / move['noise']:.1f}"),
+        ("(b) half one sample's roughness", fmt(0.5 * r["curve_roughness_median"])),
     ]
     if not move["changed"]:
         # in expectation rms² = t² + noise² (t: the move itself; the noise falls like 1/√N):

@@ -275,9 +275,12 @@ def test_learned_optimizer_gallery_sentences_match_their_saved_results():
     assert _close(0.69, q["slices"]["128"]["at_0"], 2)
     assert _close(-0.846, q["slices"]["512"]["min"], 3)
     sm = q["smoothing"]
-    assert sm["std"] == 0.05 and not sm["change"]["changed"]
-    assert _close(0.19, sm["change"]["rms"], 2) and _close(0.12, sm["change"]["noise"], 2)
-    assert sm["change"]["samples"] == 16
+    assert sm["std"] == 0.05 and sm["change"]["changed"]  # "changed by the rule ... only just"
+    assert _close(0.24, sm["change"]["rms"], 2) and _close(0.12, sm["change"]["noise"], 2)
+    assert sm["change"]["rms"] < 2.05 * sm["change"]["noise"]  # "only just"
+    assert sm["change"]["samples"] == 32
+    assert _close(0.092, sm["roughness"]["mean_roughness"], 2)
+    assert sm["roughness"]["mean_roughness"] < sm["base_roughness"]  # "lower than the slice's"
     assert not sm["roughness"]["smoother"] and not sm["roughness"]["smooth"]
     v = q["variance_per_param"]
     assert _close(5.8e-8, v["0.0"]["10"], 2) and _close(1.4e-4, v["0.0"]["240"], 2)

@@ -30,7 +30,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "candidate_T": 128,
         "smooth_T": 128,
         "smooth_points": 101,
-        "smooth_samples": 16,
+        "smooth_samples": 32,
         "smooth_std": 0.05,
         "var_horizons": [10, 30, 60, 90, 120, 180, 240],
         "var_samples": 16,
