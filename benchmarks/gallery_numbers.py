@@ -57,7 +57,16 @@ def rigid_body(m: dict) -> list[tuple[str, str]]:
             ("(b) the mean's noise floor", fmt(r["noise_floor"])),
         ]
         if not (r["resolved"] or r["smoother"]):
-            out += seeds_needed(r, "(b)")
+            # within its floor: the mean's range is then mostly the seeds' scatter too, so
+            # the same numbers in the loss's own units (RMS about the degree-4 fit)
+            span = b16["mean_range"]
+            out += [
+                ("(b) the mean's range", fmt(span)),
+                ("(b) the mean's RMS about its fit", fmt(r["mean_roughness"] * span)),
+                ("(b) the floor in the loss's units", fmt(r["noise_floor"] * span)),
+                ("(b) per-seed wiggle (median)", fmt(b16["seed_wiggle_median"])),
+                ("(b) wiggle of the mean", fmt(b16["mean_wiggle"])),
+            ]
     else:
         out += [
             ("(b) per-seed wiggle (median)", fmt(b16["seed_wiggle_median"])),
@@ -94,23 +103,6 @@ def rigid_body(m: dict) -> list[tuple[str, str]]:
     if per:
         out.append(("(c) first horizon", str(next(iter(s["c"].values()))["horizon_first"])))
     return out
-
-
-def seeds_needed(r: dict, label: str) -> list[tuple[str, str]]:
-    """For a mean whose roughness is within its noise floor (`chaosgrad.roughness`): half of
-    one curve's median roughness (the bar for "smoother") and how many curves would bring the
-    mean's expected roughness, √(t² + floor²) with t² = max(0, mean² − floor²) its own part
-    and the floor falling like 1/√N, down to that bar (if the mean's range held):
-    N·floor² / (bar² − t²), to 2 significant digits. Nothing when t is at the bar already."""
-    bar = 0.5 * r["curve_roughness_median"]
-    t2 = max(0.0, r["mean_roughness"] ** 2 - r["noise_floor"] ** 2)
-    if t2 >= bar**2:
-        return []
-    n = r["curves"] * r["noise_floor"] ** 2 / (bar**2 - t2)
-    return [
-        (f"{label} half one curve's roughness", fmt(bar)),
-        (f"{label} curves for the floor to reach it", f"{int(float(f'{n:.2g}')):,}"),
-    ]
 
 
 def perturbation(m: dict) -> list[tuple[str, str]]:

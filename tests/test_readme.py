@@ -207,14 +207,6 @@ def test_gallery_number_format():
         "0.12",
     ]
     assert gn.fmt(1.2e23, 1) == "1e23" and gn.fmt(7.4e11, 1) == "7e11"
-    # a mean within its noise floor: the curves that bring the floor (1/√N) to half a curve's
-    # roughness, N·(floor / bar)²
-    r = {"curve_roughness_median": 0.2, "mean_roughness": 0.2, "noise_floor": 0.25, "curves": 64}
-    assert [v for _, v in gn.seeds_needed(r, "x")] == ["0.1", "400"]  # t = 0: 64·(0.25/0.1)²
-    r["mean_roughness"] = 0.05**0.5  # t² = 0.05 − 0.0625 < 0 still: t = 0
-    assert [v for _, v in gn.seeds_needed(r, "x")] == ["0.1", "400"]
-    r.update(mean_roughness=(0.0625 + 0.0064) ** 0.5)  # t = 0.08: 64·0.0625/(0.01 − 0.0064)
-    assert [v for _, v in gn.seeds_needed(r, "x")] == ["0.1", "1,100"]
 
 
 def test_estimator_study_sentences_match_its_saved_results():
