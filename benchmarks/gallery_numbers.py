@@ -656,13 +656,10 @@ def rigid_body_paper(m: dict) -> list[tuple[str, str]]:
     """Figure 2 at paper scale (run on this CPU, the paper's policy): as at quick scale, plus
     the (c) seeds, the policy's layers and the time."""
     z = m["sizes"]
-    b = m["summary"]["b"][str(z["smooth_unroll"])]
     return rigid_body(m) + [
         ("(c) seeds", str(z["var_seeds"])),
         ("policy layers", str(z["layers"])),
         ("seconds", str(round(m["seconds"]))),
-        ("(b) extrema of the mean", str(b["mean_extrema"])),
-        ("(b) the mean's wiggle over its range", fmt(b["mean_wiggle"] / b["mean_range"])),
     ]
 
 
