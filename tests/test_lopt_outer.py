@@ -56,7 +56,7 @@ def test_outer_adam_takes_optax_adams_steps():
         uy, sy = ref.update(jax.grad(loss)(y), sy, y)
         x, y = optax.apply_updates(x, ux), optax.apply_updates(y, uy)
     _close(x, y)
-    assert int(sx.count) == 12
+    assert int(sx.step) == 12
     assert float(loss(x)) < float(loss(_tree(jax.random.PRNGKey(3))))
 
 

@@ -19,12 +19,12 @@ class OuterState(NamedTuple):
     """The adapter's state.
 
     Attributes:
-      count: outer updates applied so far (int32): the wrapped optimizer's step index t.
+      step: outer updates applied so far (int32): the wrapped optimizer's step index t.
       inner: the wrapped optimizer's own state (its momenta; for `lstm_lopt` also its
         recurrent state), shaped for the parameters it trains.
     """
 
-    count: jax.Array
+    step: jax.Array
     inner: PyTree
 
 
@@ -73,8 +73,8 @@ def as_outer_optimizer(
             )
         leaf = jax.tree_util.tree_leaves(params)[0]
         loss = jnp.asarray(jnp.nan if value is None else value, leaf.dtype)
-        info = StepInfo(state.count, loss, None, None)
+        info = StepInfo(state.step, loss, None, None)
         steps, inner = optimizer.update(updates, state.inner, params, theta, info)
-        return steps, OuterState(state.count + 1, inner)
+        return steps, OuterState(state.step + 1, inner)
 
     return optax.GradientTransformationExtraArgs(init, update)
