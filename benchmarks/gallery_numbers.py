@@ -583,6 +583,10 @@ def lopt_self_training(m: dict) -> list[tuple[str, str]]:
             (f"{label} interval low", f"{lo:.2f}"),
             (f"{label} interval high", f"{hi:.2f}"),
             (f"{label} outer update share of a step", fmt(s[k]["outer_update_fraction"], 1)),
+            (
+                f"{label} RMS change of θ (median over runs)",
+                fmt(np.median(s[k]["theta_rms_change"])),
+            ),
         ]
         skipped = sum(s[k]["skipped_outer_steps"])
         if skipped:

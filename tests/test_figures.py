@@ -304,6 +304,12 @@ def test_lopt_self_training_runs_end_to_end(tmp_path, monkeypatch):
         ]
     )
     assert meta["summary"]["adam"]["per_run"][0] == pytest.approx(ref, rel=1e-9)
+    moved = np.asarray(load_npz(parts["train-self-1"])["theta"]) - np.asarray(
+        ravel_pytree(m.theta0_of(1, tiny))[0]
+    )
+    assert meta["summary"]["self"]["theta_rms_change"][1] == pytest.approx(
+        np.sqrt(np.mean(moved**2)), rel=1e-12
+    )
     # paired by run and seed with equal seeds per run: the mean difference is the difference
     # of the per-run means
     s, a = (np.asarray(meta["summary"][k]["per_run"]) for k in ("self", "adam"))

@@ -223,10 +223,17 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
         "adam": outer_update_seconds(optax.adam(adam_lr), lopt.theta),
         "self": outer_update_seconds(outers["self"]["outer"], lopt.theta),
     }
+    theta0s = [np.asarray(ravel_pytree(theta0_of(r, size))[0]) for r in range(size["runs"])]
     summary = {}
     for k in OUTER_NAMES:
         m, lo, hi = hierarchical_interval(final[k], boot, seed=3)
+        # how far each run moved θ from its θ0 (RMS per weight): the outer steps' net size
+        moved = [
+            float(np.sqrt(np.mean((np.asarray(p["theta"]) - t0) ** 2)))
+            for p, t0 in zip(trained[k], theta0s, strict=True)
+        ]
         summary[k] = {
+            "theta_rms_change": moved,
             "heldout_meta_loss": m,
             "interval": [lo, hi],
             "per_run": final[k].mean(axis=1).tolist(),
