@@ -142,7 +142,11 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
             budget=size["stage1_steps"] * per,
         ),
     )
-    theta_star = unravel(jnp.asarray(stage1["theta"]))
+
+    def theta_star():
+        # read when first needed: under a multi-process launch stage 1 may still be on its
+        # way while this process tunes Adam
+        return unravel(jnp.asarray(stage1["theta"]))
 
     scores = []
     for i, lr in enumerate(size["outer_lrs"]):
@@ -164,8 +168,8 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     adam_lr = float(size["outer_lrs"][best])
 
     outers = {
-        "adam": {"outer_lr": adam_lr},
-        "self": {"outer": self_outer(size, theta_star), "tag": "-self"},
+        "adam": lambda: {"outer_lr": adam_lr},
+        "self": lambda: {"outer": self_outer(size, theta_star()), "tag": "-self"},
     }
     trained: dict[str, list] = {k: [] for k in OUTER_NAMES}
     for r in range(size["runs"]):
@@ -174,7 +178,7 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
                 store.part(
                     f"train-{k}-{r}",
                     lambda k=k, r=r: meta_train_one(
-                        name, size, folder, progress, run=r, budget=steps * per, **outers[k]
+                        name, size, folder, progress, run=r, budget=steps * per, **outers[k]()
                     ),
                 )
             )
@@ -198,7 +202,7 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
         "heldout-star",
         lambda: {
             "curves": inner_curves(
-                lopt, jax.tree_util.tree_map(lambda x: x[None], theta_star), heldout, T
+                lopt, jax.tree_util.tree_map(lambda x: x[None], theta_star()), heldout, T
             )
         },
     )["curves"]
@@ -221,7 +225,7 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     }
     upd_secs = {
         "adam": outer_update_seconds(optax.adam(adam_lr), lopt.theta),
-        "self": outer_update_seconds(outers["self"]["outer"], lopt.theta),
+        "self": outer_update_seconds(self_outer(size, theta_star()), lopt.theta),
     }
     theta0s = [np.asarray(ravel_pytree(theta0_of(r, size))[0]) for r in range(size["runs"])]
     summary = {}
