@@ -29,8 +29,9 @@ from chaosgrad.app.figures.lopt_meta_training import (
 
 # quick: 17 meta-training runs (stage 1, 4 tuning runs, 6 runs × 2 outer optimizers) on
 # 10-dimensional quadratics. It is compile-bound: each run compiles its estimator step and
-# its evaluator (20-40 s each on a shared 2-core CPU), while an outer step takes about 2 ms;
-# projected 6-10 minutes from reduced runs. paper: 26 runs, 24,500 outer steps of PES with 32
+# its evaluator (about 40 s each on a 2-core CPU shared at load 5), while an outer step takes
+# about 2 ms: 9 of the runs at these sizes took 392 s there, so about 12 minutes in all
+# (projected; less on a quiet machine). paper: 26 runs, 24,500 outer steps of PES with 32
 # pairs on family members (kinds quad and mlp, the meta-training split), sized for one GPU
 # (estimated half an hour there, not yet measured).
 SIZES: dict[str, dict[str, Any]] = {
