@@ -251,6 +251,92 @@ def test_lopt_meta_training_comparison_runs_end_to_end(tmp_path, monkeypatch):
     assert set(meta["beat_adam_at_T"]) <= set(m.ESTIMATORS)
 
 
+@pytest.mark.slow  # compile-bound (six meta-training runs at tiny sizes): make test-slow
+def test_lopt_self_training_runs_end_to_end(tmp_path, monkeypatch):
+    from jax.flatten_util import ravel_pytree
+
+    from chaosgrad.app.figures import lopt_self_training as m
+    from chaosgrad.app.figures.lopt_meta_training import _built
+    from chaosgrad.io import load_npz
+    from chaosgrad.unroll import unrolled_loss
+
+    tiny = {
+        "horizon": 6,
+        "window": 3,
+        "estimator": "pes",
+        "pairs": 2,
+        "particles": 2,
+        "samples": 2,
+        "stage1_steps": 4,
+        "stage1_lr": 1e-2,
+        "steps": 4,
+        "tune_steps": 2,
+        "outer_lrs": [1e-2],  # a one-point grid: each rate is a run to compile
+        "runs": 2,
+        "evals": 2,
+        "eval_seeds": 2,
+        "heldout_seeds": 3,
+        "lopt_lr": 0.01,
+        "boot": 200,
+        "dtype": "float64",
+        "task": {"task": "quadratic", "dim": 3, "noise": 0.1, "sample_task": True},
+    }
+    monkeypatch.setitem(m.SIZES, "quick", tiny)
+    png = figures.run_figure("lopt_self_training", "quick", tmp_path, progress=False)
+    assert png.stat().st_size > 10_000
+    folder = tmp_path / "lopt_self_training"
+    meta = json.loads((folder / "meta.json").read_text())
+    tuned = meta["adam_outer_lr"]
+    assert tuned["best"] == tiny["outer_lrs"][int(np.argmin(tuned["scores"]))]
+    parts = {p.name.split("-", 2)[2][:-4]: p for p in (folder / "parts").glob("*.npz")}
+    # equal compute: the same estimator and outer steps for both outer optimizers
+    for k in m.OUTER_NAMES:
+        for r in range(2):
+            part = load_npz(parts[f"train-{k}-{r}"])
+            assert int(part["outer_steps"]) == 4 and float(part["fse_per_estimate"]) == 12
+    # the held-out meta-loss of run 0's Adam-trained θ, recomputed from its saved θ
+    lopt, _ = _built("pes", json.dumps(tiny, sort_keys=True))
+    theta = ravel_pytree(lopt.theta)[1](jnp.asarray(load_npz(parts["train-adam-0"])["theta"]))
+    ref = np.mean(
+        [
+            float(unrolled_loss(lopt, theta, jax.random.PRNGKey(m.HELDOUT_OFFSET + i), 6))
+            for i in range(3)
+        ]
+    )
+    assert meta["summary"]["adam"]["per_run"][0] == pytest.approx(ref, rel=1e-9)
+    moved = np.asarray(load_npz(parts["train-self-1"])["theta"]) - np.asarray(
+        ravel_pytree(m.theta0_of(1, tiny))[0]
+    )
+    assert meta["summary"]["self"]["theta_rms_change"][1] == pytest.approx(
+        np.sqrt(np.mean(moved**2)), rel=1e-12
+    )
+    # paired by run and seed with equal seeds per run: the mean difference is the difference
+    # of the per-run means
+    s, a = (np.asarray(meta["summary"][k]["per_run"]) for k in ("self", "adam"))
+    d = meta["self_minus_adam"]
+    assert d["difference"] == pytest.approx(np.mean(s - a), rel=1e-9)
+    assert d["verdict"] in ("better", "worse", "tie", "diverges")
+    assert meta["resolved"] == (d["verdict"] in ("better", "worse"))
+    assert meta["self_outer"]["time_features_beyond_training"] is False  # 4 steps < 6
+    for k in m.OUTER_NAMES:
+        assert 0 < meta["summary"][k]["outer_update_seconds"]
+
+
+def test_median_band_is_the_median_with_a_bootstrap_interval():
+    from chaosgrad.app.figures.lopt_self_training import median_band
+
+    c = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 9.0]])
+    med, lo, hi = median_band(c, 500)
+    np.testing.assert_array_equal(med, [3.0, 4.0])
+    # a resample's median is the smallest run's with probability 7/27 (two or three of the
+    # three draws are that run), above the 2.5% quantile: the interval is the runs' range
+    np.testing.assert_array_equal(lo, [1.0, 2.0])
+    np.testing.assert_array_equal(hi, [5.0, 9.0])
+    same = median_band(np.ones((4, 3)), 100)
+    for x in same:
+        np.testing.assert_array_equal(x, np.ones(3))
+
+
 def test_hierarchical_bootstrap_interval_covers_the_mean_of_runs():
     from chaosgrad.app.figures.lopt_meta_training import hierarchical_interval
 

@@ -60,6 +60,11 @@ FIGURES = {
         "Beyond the paper: meta-training a learned optimizer with PES, "
         "truncated backprop, ES and backprop; against tuned Adam/SGD/momentum",
     ),
+    "lopt_self_training": (
+        "chaosgrad.app.figures.lopt_self_training",
+        "Beyond the paper: a meta-trained learned optimizer as the outer optimizer that "
+        "meta-trains a fresh copy of itself, against tuned Adam at equal compute",
+    ),
     "perturbation": (
         "chaosgrad.app.figures.perturbation",
         "Figure 7: error of X⁰(Π D_i)X⁰⁻¹ for maps X_i D_i X_i⁻¹ whose "

@@ -274,12 +274,25 @@ def theta0_of(run: int, size: dict):
 
 
 def meta_train_one(
-    name: str, size: dict, folder, progress, *, run: int, outer_lr: float, budget: float
+    name: str,
+    size: dict,
+    folder,
+    progress,
+    *,
+    run: int,
+    budget: float,
+    outer_lr: float | None = None,
+    outer=None,
+    tag: str = "",
 ) -> dict:
     """Meta-train with estimator ``name`` from run ``run``'s θ0 and key for ``budget``
     forward-step equivalents; returns θ (flat) and the evaluation curve against forward-step
-    equivalents and seconds."""
+    equivalents and seconds. The outer optimizer is Adam at ``outer_lr``, or ``outer`` (an
+    optax transformation; then ``tag`` names its folder apart)."""
     import optax
+
+    if (outer is None) == (outer_lr is None):
+        raise ValueError("give exactly one of outer_lr (Adam) and outer")
     from jax.flatten_util import ravel_pytree
 
     from chaosgrad.estimators.meta import meta_train
@@ -296,9 +309,9 @@ def meta_train_one(
     res = meta_train(
         system,
         est,
-        optax.adam(outer_lr),
+        optax.adam(outer_lr) if outer is None else outer,
         steps,
-        folder / f"meta-{name}-r{run}",
+        folder / f"meta-{name}-r{run}{tag}",
         jax.random.PRNGKey(SEED + 1 + run),
         theta0=theta0_of(run, size),
         log_every=log_every,
