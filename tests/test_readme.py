@@ -119,6 +119,7 @@ def test_gallery_numbers_are_the_saved_results():
         "learned_optimizer_paper",
         "lopt_estimators",
         "lopt_meta_training",
+        "lopt_self_training",
         "state_perturbation",
         "state_perturbation_paper",
     } <= set(found)
