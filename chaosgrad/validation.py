@@ -24,6 +24,19 @@ if TYPE_CHECKING:  # the record; chaosgrad.system imports this module
 # Systems already checked, with the θ signatures they were checked with. Weak keys: a
 # system built in a loop is forgotten with it. `System` hashes by identity (eq=False).
 _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Systems built by chaosgrad's own factories (`chaosgrad.systems.make` of a registered name):
+# their init, step and phase functions are checked by the test suite
+# (tests/test_layers.py::test_built_in_systems_pass_the_full_check), so at their default θ's
+# signature the tracing checks are skipped (each traces the step again: seconds for an MJX
+# or Brax model, on every command). A θ of another signature is checked in full; a copy
+# (`dataclasses.replace`) or a user's factory is never in this set.
+_BUILT_IN: weakref.WeakSet = weakref.WeakSet()
+
+
+def mark_built_in(system: System) -> System:
+    """Record ``system`` as built by chaosgrad's own factory (see `_BUILT_IN`)."""
+    _BUILT_IN.add(system)
+    return system
 
 
 def _shape(x) -> tuple:
@@ -121,6 +134,9 @@ def check_system(system: System, theta: PyTree = None, *, batched: bool = False)
             f"theta of system {name!r} has no entries (size 0): the gradient is "
             "taken with respect to theta; give it at least one parameter"
         )
+    if system in _BUILT_IN and system.theta is not None and sig == _signature(system.theta):
+        seen.add(sig)  # its functions are checked by the test suite at this signature
+        return
     th = jax.tree_util.tree_map(_spec, theta)
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
     state = _trace(system, "init(key, theta)", system.init, key, th)

@@ -232,7 +232,11 @@ def make(name: str, **params):
         )
     kwargs = {**alias, **params}
     if not entry.user:
+        from chaosgrad.validation import mark_built_in
+
         system = entry.factory()(**kwargs)
+        if isinstance(system, System) and entry.target.startswith("."):  # one of ours
+            mark_built_in(system)
     else:
         factory = entry.factory()
         _check_call(entry.name, accepted, kwargs)

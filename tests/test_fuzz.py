@@ -762,6 +762,31 @@ def test_system_check_is_cached_and_passes_good_systems():
         check_system(s, jnp.ones((2, 3)), batched=True)
 
 
+def test_built_in_systems_pass_the_full_check(monkeypatch):
+    """`systems.make` marks the systems of chaosgrad's own factories: at their default θ's
+    signature `check_system` skips its traces (each traces the step again), so the full
+    check of each runs here on a copy, which is never marked; a θ of another signature is
+    checked in full."""
+    import dataclasses
+
+    from chaosgrad import validation
+
+    for name in ("logistic", "henon", "lorenz", "linear", "heat", "influence", "rnn", "md", "lopt"):
+        s = systems.make(name)
+        assert s in validation._BUILT_IN, name
+        copy = dataclasses.replace(s)
+        assert copy not in validation._BUILT_IN
+        check_system(copy)  # init, step and the phase round trip, traced
+    traced = []
+    trace = validation._trace
+    monkeypatch.setattr(validation, "_trace", lambda *a: traced.append(a[1]) or trace(*a))
+    s = systems.make("henon")
+    check_system(s)
+    assert traced == []
+    check_system(s, s.theta.astype(jnp.float32))  # another signature: checked in full
+    assert traced[:2] == ["init(key, theta)", "step(state, theta, key)"]
+
+
 def test_options_are_taken_by_their_full_names_only(capsys):
     """`--n 64` (a system parameter written as an option) is refused with the way to pass it,
     not read as an abbreviation of --no-progress; `n=3` likewise."""

@@ -46,6 +46,17 @@ def test_registry_and_errors(pendulum):
         mjx_system(n_frames=-1)
 
 
+def test_the_mjx_system_passes_the_full_check(pendulum):
+    """`systems.make` marks it built-in (its check skips the traces at the default θ); the
+    full check, on an unmarked copy, passes."""
+    import dataclasses
+
+    from chaosgrad import validation
+
+    assert pendulum in validation._BUILT_IN
+    validation.check_system(dataclasses.replace(pendulum))
+
+
 def test_step_jacobian_matches_finite_differences(pendulum):
     key = jax.random.PRNGKey(3)
     state = pendulum.init(split_run_key(key)[0], pendulum.theta)
