@@ -21,7 +21,7 @@ import numpy as np
 from chaosgrad.app.figures import lopt_meta_training as lm
 
 SIZES: dict[str, dict[str, Any]] = {
-    # quick: about 30 minutes on a 2-core CPU (projected from measured costs per part, of which
+    # quick: about 35 minutes on a 2-core CPU (projected from measured costs per part, of which
     # meta-training is about half: each run compiles its own training step, ~30-50 s). The
     # conv members are left out (~800 µs per inner step against ~50 for an MLP: vmapped
     # particles run every kind's branch, so one conv slot would more than double every run)
