@@ -7,7 +7,8 @@ A run's *final loss* is the mean over its last ``tail`` steps of log(max(loss, 1
 per-step loss (training minibatch, or validation with ``loss="valid"``, at the parameters
 before each update); a run that produced a non-finite loss counts as +inf. Logs make the
 scales of different members comparable (a difference is a ratio); the floor keeps a
-quadratic solved to 0 from dominating a mean.
+quadratic solved to 0 from dominating a mean. `member_curves` runs any optimizer, learned
+ones included, on given members under the same randomness, for comparisons with these.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from chaosgrad.systems.lopt import family
-from chaosgrad.systems.lopt.optimizers import adam
-from chaosgrad.systems.lopt.training import LoptState, inner_step
+from chaosgrad.systems.lopt.training import LoptState, inner_step, make_optimizer
 
 from chaosgrad.errors import InputError
 
@@ -93,21 +93,84 @@ def final_losses(
     idx = np.asarray(task_indices, np.int32).reshape(-1)
     dtype = jnp.dtype(dtype)
     theta = jax.tree_util.tree_map(lambda x: x.astype(dtype), adam_theta(h))
-    root = jax.random.PRNGKey(seed)
-    keys = jnp.stack([jax.random.split(jax.random.fold_in(root, int(j)), seeds) for j in idx])
+    run = _runner("adam", None, 32, inner_steps, tail, int(batch_size), loss, dtype, _kinds(idx))
+    return np.asarray(run(theta, jnp.asarray(idx), _run_keys(idx, seeds, seed)), np.float64).mean(
+        axis=-1
+    )
+
+
+def member_curves(
+    optimizer: str,
+    thetas,
+    task_indices,
+    inner_steps: int,
+    seeds: int = 1,
+    seed: int = 0,
+    batch_size: int = 32,
+    loss: str = "train",
+    lr: float | None = None,
+    lopt_hidden: int = 32,
+    dtype=jnp.float32,
+) -> np.ndarray:
+    """Per-step log losses, log(max(loss, 1e-12)), of ``optimizer`` (a name of
+    `chaosgrad.systems.lopt.training.OPTIMIZERS`: a learned one or a baseline) at each θ of
+    ``thetas`` (a pytree whose leaves have a leading axis) on each family member: shape
+    (thetas, tasks, seeds, inner_steps). Non-finite losses are kept (NaN stays NaN).
+
+    Run r of member j draws its initial parameters, minibatches and quadratic from the key
+    `final_losses` gives it for the same ``seed``, ``seeds`` and ``inner_steps``, so a learned
+    optimizer and Adam are compared on common randomness. ``lr``: the optimizer's step scale
+    (`make_optimizer`; None: its default); ``loss``: which loss is recorded, "train" or
+    "valid" (a learned optimizer that reads the validation loss gets it either way).
+    """
+    if loss not in ("train", "valid"):
+        raise InputError(f"loss {loss!r} is not accepted: use 'train' or 'valid'")
+    idx = np.asarray(task_indices, np.int32).reshape(-1)
+    dtype = jnp.dtype(dtype)
+    run = _runner(
+        optimizer,
+        lr,
+        int(lopt_hidden),
+        int(inner_steps),
+        0,
+        int(batch_size),
+        loss,
+        dtype,
+        _kinds(idx),
+    )
+    thetas = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), thetas)
+    return np.asarray(run(thetas, jnp.asarray(idx), _run_keys(idx, seeds, seed)), np.float64)
+
+
+def _kinds(idx: np.ndarray) -> tuple[str, ...]:
     # only the kinds of these tasks enter the program (each kind adds compile time)
-    kinds = family.parse_kinds({family.members()[int(i)]["kind"] for i in idx})
-    run = _runner(inner_steps, tail, int(batch_size), loss, dtype, kinds)
-    return np.asarray(run(theta, jnp.asarray(idx), keys), np.float64).mean(axis=-1)
+    return family.parse_kinds({family.members()[int(i)]["kind"] for i in idx})
 
 
-@functools.lru_cache(maxsize=8)
-def _runner(inner_steps: int, tail: int, batch_size: int, loss: str, dtype, kinds):
-    """The jitted (settings × tasks × seeds) Adam runs, cached so that calls of one shape
-    compile once."""
+def _run_keys(idx: np.ndarray, seeds: int, seed: int) -> jax.Array:
+    """Run r of member j: the r-th of ``seeds`` keys split from fold_in(PRNGKey(seed), j)."""
+    root = jax.random.PRNGKey(seed)
+    return jnp.stack([jax.random.split(jax.random.fold_in(root, int(j)), seeds) for j in idx])
+
+
+@functools.lru_cache(maxsize=16)
+def _runner(
+    optimizer: str,
+    lr: float | None,
+    lopt_hidden: int,
+    inner_steps: int,
+    tail: int,
+    batch_size: int,
+    loss: str,
+    dtype,
+    kinds,
+):
+    """The jitted (θs × tasks × seeds) runs of ``optimizer``, cached so that calls of one
+    shape compile once. ``tail`` > 0: each run's final loss (the mean log loss over its last
+    ``tail`` steps, +inf when one is non-finite); 0: its per-step log losses."""
     tk = family.family_task("all", batch_size=batch_size, dtype=dtype, kinds=kinds)
-    opt = adam(dtype=dtype)
-    need_valid = loss == "valid"
+    opt = make_optimizer(optimizer, lr, lopt_hidden, dtype)
+    need_valid = opt.needs_valid or loss == "valid"
 
     def run(theta, index, key):
         k_task, k_params, k_data, k_steps = jax.random.split(key, 4)
@@ -117,10 +180,13 @@ def _runner(inner_steps: int, tail: int, batch_size: int, loss: str, dtype, kind
 
         def body(s, k):
             s, lt, lv = inner_step(tk, opt, s, theta, k, need_valid=need_valid)
-            return s, (lv if need_valid else lt)
+            return s, (lv if loss == "valid" else lt)
 
         _, ls = jax.lax.scan(body, state, jax.random.split(k_steps, inner_steps))
-        ls = jnp.log(jnp.maximum(ls[-tail:], LOSS_FLOOR))
+        ls = jnp.log(jnp.maximum(ls, LOSS_FLOOR))
+        if not tail:
+            return ls
+        ls = ls[-tail:]
         return jnp.where(jnp.all(jnp.isfinite(ls)), jnp.mean(ls), jnp.inf)
 
     over_seeds = jax.vmap(run, in_axes=(None, None, 0))

@@ -65,6 +65,11 @@ FIGURES = {
         "Beyond the paper: a meta-trained learned optimizer as the outer optimizer that "
         "meta-trains a fresh copy of itself, against tuned Adam at equal compute",
     ),
+    "lopt_generalization": (
+        "chaosgrad.app.figures.lopt_generalization",
+        "Beyond the paper: learned optimizers meta-trained on the task family against "
+        "family- and per-task-tuned Adam on its held-out members, at T and 10 T",
+    ),
     "perturbation": (
         "chaosgrad.app.figures.perturbation",
         "Figure 7: error of X⁰(Π D_i)X⁰⁻¹ for maps X_i D_i X_i⁻¹ whose "

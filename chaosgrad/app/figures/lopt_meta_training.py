@@ -264,13 +264,19 @@ def _built(name: str, size_json: str):
     """The learned-optimizer system and estimator ``name``, built once per size: every run
     and every tuning run reuses them, so each estimator compiles once, not once per run."""
     size = json.loads(size_json)
-    system = make_system("mlp", size, lr=size["lopt_lr"])
+    system = make_system(learned_of(size), size, lr=size["lopt_lr"])
     return system, estimators.make(name, system, **estimator_params(name, size))
+
+
+def learned_of(size: dict) -> str:
+    """The learned optimizer a size meta-trains: ``size["optimizer"]``, by default "mlp" (the
+    per-parameter MLP; this figure's only one)."""
+    return size.get("optimizer", "mlp")
 
 
 def theta0_of(run: int, size: dict):
     """The learned optimizer's initial θ for meta-training run ``run`` (its own init seed)."""
-    return make_system("mlp", size, lr=size["lopt_lr"], seed=100 + run).theta
+    return make_system(learned_of(size), size, lr=size["lopt_lr"], seed=100 + run).theta
 
 
 def meta_train_one(
@@ -343,7 +349,7 @@ def tune_outer_lr(name: str, size: dict, folder, progress, store) -> dict:
     equivalents; the score is the trained θ's meta-loss on the tuning seeds."""
     from jax.flatten_util import ravel_pytree
 
-    lopt = make_system("mlp", size, lr=size["lopt_lr"])
+    lopt = make_system(learned_of(size), size, lr=size["lopt_lr"])
     unravel = ravel_pytree(lopt.theta)[1]
     scores = []
     for i, lr in enumerate(size["outer_lrs"]):
