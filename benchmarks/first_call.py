@@ -5,6 +5,7 @@ Each case runs in its own process, ours and the hand-written baseline alternatin
 neither inherits the other's compiled programs or warm caches:
 
     .venv/bin/python benchmarks/first_call.py CASE ours|hand   # one process, prints JSON
+    .venv/bin/python benchmarks/first_call.py rows spectrum-mjx --rounds 3   # rows alone
 
 Cases:
   backprop-lopt: the backprop estimator (8 samples) on the learned optimizer (digits MLP
@@ -260,7 +261,10 @@ def _spawn(case: str, side: str, cache: str | None = None) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def first_call_rows(rounds: int = 2) -> list[dict]:
+CASES = ("backprop-lopt", "sweep-lopt", "diagnose-rnn", "spectrum-mjx")
+
+
+def first_call_rows(rounds: int = 2, cases=CASES) -> list[dict]:
     """Rows for `bench.py`: per round one fresh process for ours and one for the baseline,
     alternating which goes first; ratios are medians over rounds (spread: min–max)."""
     import tempfile
@@ -268,7 +272,7 @@ def first_call_rows(rounds: int = 2) -> list[dict]:
     import numpy as np
 
     rows = []
-    for case in ("backprop-lopt", "sweep-lopt", "diagnose-rnn", "spectrum-mjx"):
+    for case in cases:
         ours, hand = [], []
         with tempfile.TemporaryDirectory(prefix="chaosgrad-bench-cache-") as tmp:
             cache = tmp if case == "spectrum-mjx" else None
@@ -379,6 +383,8 @@ def _row(ratio, ours, base, figure, baseline, goal, ok) -> dict:
         "q25": float(np.min(ratio)),
         "q75": float(np.max(ratio)),
         "rounds": len(ratio),
+        "ours_each_s": [float(x) for x in np.ravel(ours)],
+        "base_each_s": [float(x) for x in np.ravel(base)],
         "figure": figure,
         "baseline": baseline,
         "goal": goal,
@@ -389,4 +395,11 @@ def _row(ratio, ours, base, figure, baseline, goal, ok) -> dict:
 if __name__ == "__main__":
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
     sys.path.insert(0, str(_HERE.parent))
-    print(json.dumps(run_case(sys.argv[1], sys.argv[2])))
+    if sys.argv[1] == "rows":  # first_call.py rows CASE [CASE ...] [--rounds N]: rows as JSON
+        args = sys.argv[2:]
+        n = int(args[args.index("--rounds") + 1]) if "--rounds" in args else 2
+        names = [a for a in args if a in CASES]
+        for row in first_call_rows(n, names):
+            print(json.dumps(row))
+    else:
+        print(json.dumps(run_case(sys.argv[1], sys.argv[2])))
