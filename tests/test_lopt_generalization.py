@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from chaosgrad.systems.lopt import baselines, family
 
+from chaosgrad import systems
 from chaosgrad.app import figures
 from chaosgrad.app.figures import lopt_generalization as g
 
@@ -68,6 +69,24 @@ def test_estimator_choice_records_a_tie_and_the_comparison_estimator():
     p = g.pick(tie)
     assert p["estimator"] == "pes" and p["comparison"] == "tbptt"  # PES picked: vs tbptt
     assert p["how"].startswith("best point estimate") and p["tied"] == ["pes", "es"]
+
+
+def test_compare_settings_are_the_ones_its_estimators_accept():
+    """Every candidate of both scales, with the settings the study gives `compare`, builds the
+    estimator `compare` runs for it under its smoothed target (backprop: the
+    reparameterisation gradient, whose settings are pairs, not samples)."""
+    from chaosgrad.estimators import make as make_estimator
+
+    from chaosgrad.app.compare.run import _runner
+
+    system = systems.make("logistic")
+    for scale in ("quick", "paper"):
+        size = g.SIZES[scale]
+        for name in size["candidates"]:
+            params = g.compare_params(name, size)
+            est = make_estimator(_runner(name, "smoothed"), system, **params)
+            kept = {k: v for k, v in params.items() if k in est.params}
+            assert kept and all(est.params[k] == v for k, v in kept.items()), (scale, name)
 
 
 def test_member_curves_share_final_losses_randomness():

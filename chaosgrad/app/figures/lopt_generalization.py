@@ -237,12 +237,22 @@ def choose_estimator(size: dict, progress) -> dict:
         population=size["compare_population"],
         window=size["window"],
         reference_batches=size["compare_reference_batches"],
-        params={n: lm.estimator_params(n, size) for n in size["candidates"]},
+        params={n: compare_params(n, size) for n in size["candidates"]},
         key=jax.random.PRNGKey(SEED + 11),
         progress=progress,
     )
     assert comp is not None  # one process
     return {"json": json.dumps(comp.to_json(), default=float)}
+
+
+def compare_params(name: str, size: dict) -> dict:
+    """Estimator ``name``'s settings in the comparison: as it would be meta-trained
+    (`lopt_meta_training.estimator_params`), except backprop, which `compare` runs as the
+    reparameterisation gradient under its smoothed target (backprop at θ ± σε, σ = 0.01, in
+    antithetic pairs): as many unrolls per estimate as backprop's samples."""
+    if name == "backprop":
+        return {"pairs": max(1, size["samples"] // 2), "sigma": 0.01, "horizon": size["horizon"]}
+    return lm.estimator_params(name, size)
 
 
 def pick(comparison: dict) -> dict:
