@@ -613,6 +613,12 @@ def lopt_generalization(m: dict) -> list[tuple[str, str]]:
     ]
     for opt, s in m["slice"].items():
         out.append((f"{opt} slice median roughness", fmt(s["median_roughness"])))
+    ch = m["estimator_choice"]
+    for name in (ch["estimator"], ch["comparison"]):
+        e = ch["relative_error"][name]
+        out += _interval(
+            f"compare: {name}'s relative error", [e["value"], e["low"], e["high"]], (2, 2, 2)
+        )
     for row in m["rows"]:
         t = m["table"][row]
         for b in ("family_adam", "task_adam"):  # the list's rows: in the meta.json

@@ -120,6 +120,7 @@ def test_gallery_numbers_are_the_saved_results():
         "lopt_estimators",
         "lopt_meta_training",
         "lopt_self_training",
+        "lopt_generalization",
         "state_perturbation",
         "state_perturbation_paper",
     } <= set(found)
