@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # the record; chaosgrad.system imports this module
 _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # Systems built by chaosgrad's own factories (`chaosgrad.systems.make` of a registered name):
 # their init, step and phase functions are checked by the test suite
-# (tests/test_layers.py::test_built_in_systems_pass_the_full_check), so at their default θ's
+# (tests/test_fuzz.py::test_built_in_systems_pass_the_full_check), so at their default θ's
 # signature the tracing checks are skipped (each traces the step again: seconds for an MJX
 # or Brax model, on every command). A θ of another signature is checked in full; a copy
 # (`dataclasses.replace`) or a user's factory is never in this set.
@@ -87,7 +87,9 @@ def check_system(system: System, theta: PyTree = None, *, batched: bool = False)
     leaves; ``step(state, theta, key)`` must return ``(state, out)`` with the state's
     structure, shapes and dtypes unchanged and a scalar float loss. Each failure is an
     InputError naming the function and what was expected. A (system, θ signature) pair is
-    checked once; later calls cost a dictionary look-up.
+    checked once; later calls cost a dictionary look-up. A system built by
+    `chaosgrad.systems.make` from one of chaosgrad's own factories is not traced at its
+    default θ's signature (the test suite checks those functions); θ itself is still checked.
     """
     from chaosgrad.system import loss_of  # here: chaosgrad.system imports this module
 
