@@ -167,12 +167,6 @@ class LyapunovResult(NamedTuple):
         }
 
 
-def _device():
-    """The device JAX puts new arrays on (its ``default_device`` setting, else the first
-    local device)."""
-    return jax.config.jax_default_device or jax.local_devices()[0]
-
-
 def _qr_run(system, theta, state, k_steps, q, t0, steps, record_every, desc, progress, every=1):
     """Run the QR chunks for ``steps`` steps from global step ``t0``, recording windows of
     ``record_every`` steps; per-window log-growth sums, window ends, the end state and basis,
@@ -180,8 +174,9 @@ def _qr_run(system, theta, state, k_steps, q, t0, steps, record_every, desc, pro
     k = q.shape[1]
     fn = _jit_qr_chunk(system, QR_CHUNK, k)
     # the chunk's outputs come back committed to a device: committing its inputs to that
-    # device too keeps the second chunk from lowering and loading the program again
-    state, q = jax.device_put((state, q), _device())
+    # device (the basis's, where JAX put it) keeps the second chunk from lowering and
+    # loading the program again
+    state, q = jax.device_put((state, q), next(iter(q.devices())))
     logs, oks = [], []
     args = (jnp.asarray(t0 + steps), jnp.asarray(t0), jnp.asarray(record_every), jnp.asarray(every))
     with progress_bar(steps, desc, progress, min_total=50_000) as bar:

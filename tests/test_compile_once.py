@@ -130,6 +130,25 @@ def test_chunked_reverse_pass_is_the_gradient_of_the_unroll(horizon):
     np.testing.assert_allclose(np.asarray(grad), np.asarray(want_grad), rtol=1e-12, atol=1e-15)
 
 
+def test_lyapunov_chunk_is_compiled_once_whatever_its_inputs_commitment():
+    """A state committed to a device (as an MJX model's is) and the uncommitted first basis:
+    the chunk's first call and its later calls, which get its committed outputs, share one
+    compiled program. Also with JAX's default device given as a platform name."""
+    from chaosgrad.lyapunov import QR_CHUNK, _jit_qr_chunk, lyapunov_spectrum
+
+    system = systems.make("henon", dtype="float64")
+    state = jax.device_put(system.init(jax.random.PRNGKey(0), system.theta), jax.devices()[0])
+    lyapunov_spectrum(system, steps=3000, transient=300, k=2, state=state, progress=False)
+    assert _jit_qr_chunk(system, QR_CHUNK, 2)._cache_size() == 1
+    before = jax.config.jax_default_device
+    try:
+        jax.config.update("jax_default_device", jax.devices()[0].platform)
+        again = lyapunov_spectrum(system, steps=3000, transient=300, k=2, progress=False)
+    finally:
+        jax.config.update("jax_default_device", before)
+    np.testing.assert_allclose(again.exponents, [0.42, -1.62], atol=0.03)
+
+
 def test_lyapunov_spectrum_runs_one_program_for_probe_transient_and_steps():
     """The QR chunk's trip count, QR interval and recording window are inputs: a spectrum
     run (probe, rest of the transient, counted steps) builds one chunk program, and a second
