@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import NamedTuple
 
@@ -79,17 +80,69 @@ def _raise_terminated(signum, frame):
     raise _Terminated()
 
 
+# Compiled programs shared by every run on the same objects: a run's keys are arguments, not
+# constants, so a second run (another key, another θ0) with the same system, estimator and
+# outer optimizer reuses the first run's program instead of tracing and compiling its own.
+# Keyed by identity; the entries hold the objects, so an id is never reused while cached.
+_SHARED_MAX = 16
+_shared: OrderedDict[tuple, tuple] = OrderedDict()
+
+
+def _shared_program(objects: tuple, extra: tuple, build):
+    """The jitted program ``build()`` made for these ``objects`` (compared by identity) and
+    hashable ``extra`` settings, built once and kept for the last `_SHARED_MAX` uses."""
+    k = (*map(id, objects), *extra)
+    hit = _shared.get(k)
+    if hit is not None and all(a is b for a, b in zip(hit[0], objects, strict=True)):
+        _shared.move_to_end(k)
+        return hit[1]
+    fn = build()
+    _shared[k] = (objects, fn)
+    while len(_shared) > _SHARED_MAX:
+        _shared.popitem(last=False)
+    return fn
+
+
 def make_evaluator(system: System, seeds: int, horizon: int, key: jax.Array):
     """A jitted ``theta -> (mean meta-loss, per-seed meta-losses)`` over a fixed set of
-    ``seeds`` full ``horizon``-step unrolls (run keys ``split(key, seeds)``)."""
+    ``seeds`` full ``horizon``-step unrolls (run keys ``split(key, seeds)``). Evaluators of
+    one system and horizon share one compiled program whatever their key."""
     keys = jax.random.split(key, seeds)
 
-    @jax.jit
-    def evaluate(theta):
-        vals = jax.vmap(lambda k: unrolled_loss(system, theta, k, horizon))(keys)
-        return jnp.mean(vals), vals
+    def build():
+        def evaluate(theta, keys):
+            vals = jax.vmap(lambda k: unrolled_loss(system, theta, k, horizon))(keys)
+            return jnp.mean(vals), vals
 
-    return evaluate
+        return jax.jit(evaluate)
+
+    program = _shared_program((system,), ("evaluate", horizon), build)
+    return lambda theta: program(theta, keys)
+
+
+def _train_step(estimator: Estimator, outer_optimizer):
+    """The jitted outer step ``(θ, opt_state, est_state, i, k_train) -> (θ, opt_state,
+    est_state, info, finite)``, one program per estimator and outer optimizer (by identity):
+    the run's training key is an argument, so every run with them shares it."""
+    import optax
+
+    def build():
+        def train_step(theta, opt_state, est_state, i, k_train):
+            grad, est_state, info = estimator.estimate(
+                est_state, theta, jax.random.fold_in(k_train, i)
+            )
+            check_info(info, estimator.name)  # at trace time: before any step runs
+            finite = count_nonfinite(grad) == 0
+            updates, new_opt = outer_optimizer.update(grad, opt_state, theta)
+            new_theta = optax.apply_updates(theta, updates)
+            keep = jax.tree_util.tree_map
+            theta = keep(lambda a, b: jnp.where(finite, a, b), new_theta, theta)
+            opt_state = keep(lambda a, b: jnp.where(finite, a, b), new_opt, opt_state)
+            return theta, opt_state, est_state, info, finite
+
+        return jax.jit(train_step)
+
+    return _shared_program((estimator, outer_optimizer), ("train_step",), build)
 
 
 def meta_train(
@@ -217,7 +270,6 @@ def _meta_train(
     resume,
     outer_config,
 ) -> MetaTrainResult:
-    import optax
 
     k_init, k_train, k_eval = jax.random.split(key, 3)
     if outer_config is None:
@@ -228,18 +280,7 @@ def _meta_train(
         }
     evaluate = make_evaluator(system, eval_seeds, horizon, k_eval)
 
-    def train_step(theta, opt_state, est_state, i):
-        grad, est_state, info = estimator.estimate(est_state, theta, jax.random.fold_in(k_train, i))
-        check_info(info, estimator.name)  # at trace time: before any step runs
-        finite = count_nonfinite(grad) == 0
-        updates, new_opt = outer_optimizer.update(grad, opt_state, theta)
-        new_theta = optax.apply_updates(theta, updates)
-        keep = jax.tree_util.tree_map
-        theta = keep(lambda a, b: jnp.where(finite, a, b), new_theta, theta)
-        opt_state = keep(lambda a, b: jnp.where(finite, a, b), new_opt, opt_state)
-        return theta, opt_state, est_state, info, finite
-
-    train_step = jax.jit(train_step)
+    train_step = _train_step(estimator, outer_optimizer)
 
     ckpt = out / CHECKPOINT
     writer = distributed.is_main_process()
@@ -250,7 +291,14 @@ def _meta_train(
     # The run's identity includes its code: the traced programs, not only names and
     # settings, so a resume with another system of the same name is refused.
     code = _code_fingerprint(
-        system, theta0, train_step, (*template, jax.ShapeDtypeStruct((), jnp.int32))
+        system,
+        theta0,
+        train_step,
+        (
+            *template,
+            jax.ShapeDtypeStruct((), jnp.int32),
+            jax.ShapeDtypeStruct(k_train.shape, k_train.dtype),
+        ),
     )
     fp = _fingerprint(
         system,
@@ -286,7 +334,7 @@ def _meta_train(
             lambda t, sh: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=sh), template[2], init_sh
         )
         out_sh = (
-            train_step.lower(*fresh, est_abstract, jnp.asarray(1, jnp.int32))
+            train_step.lower(*fresh, est_abstract, jnp.asarray(1, jnp.int32), k_train)
             .compile()
             .output_shardings[:3]
         )
@@ -351,7 +399,7 @@ def _meta_train(
             for step in range(start + 1, steps + 1):
                 t0 = time.perf_counter()
                 theta, opt_state, est_state, info, finite = train_step(
-                    *committed[1], jnp.asarray(step, jnp.int32)
+                    *committed[1], jnp.asarray(step, jnp.int32), k_train
                 )
                 info = distributed.to_host(info)
                 wall += time.perf_counter() - t0

@@ -174,3 +174,38 @@ def test_lyapunov_spectrum_runs_one_program_for_probe_transient_and_steps():
     np.testing.assert_allclose(first.exponents, [0.42, -1.62], atol=0.03)
     assert again.history.shape == (len(again.history_steps), 2)
     assert again.history_steps[-1] == 1700 and again.history_steps[0] == 7
+
+
+def test_meta_train_runs_share_one_outer_step_program(tmp_path):
+    """Two meta-training runs with the same system, estimator and outer optimizer but other
+    keys and initial θ lower no new program in the second run (the run's keys are arguments,
+    not constants), and each run's θ is bit for bit what it is when it runs alone in a fresh
+    cache."""
+    import optax
+    from chaosgrad.estimators import train
+    from chaosgrad.estimators.meta import meta_train
+    from chaosgrad.systems.influence import influence_balancing
+
+    system = influence_balancing(theta=0.2, horizon=30, dtype="float64")
+    est = estimators.make("pes", system, pairs=2, sigma=0.05, window=5, shard=False)
+    opt = optax.adam(0.02)
+
+    def run(seed, theta0, folder):
+        res = meta_train(
+            system, est, opt, 4, tmp_path / folder, jax.random.PRNGKey(seed),
+            theta0=theta0, log_every=2, eval_seeds=2, progress=False, resume=False,
+        )  # fmt: skip
+        jax.block_until_ready(res.theta)
+        return np.asarray(jax.tree_util.tree_leaves(res.theta)[0])
+
+    other = jax.block_until_ready(jax.tree_util.tree_map(lambda x: x + 0.05, system.theta))
+    first = run(1, None, "a")
+    before = LOWERINGS.n
+    second = run(2, other, "b")
+    assert LOWERINGS.n - before == 0, LOWERINGS.n - before
+    assert not np.array_equal(first, second)  # the key and θ0 did reach the program
+    train._shared.clear()
+    mid = LOWERINGS.n
+    alone = run(2, other, "c")
+    assert LOWERINGS.n > mid  # built afresh
+    np.testing.assert_array_equal(second, alone)

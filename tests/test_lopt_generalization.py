@@ -104,10 +104,44 @@ def test_member_curves_share_final_losses_randomness():
     assert not np.allclose(c[0], c[1])
 
 
+def test_horizon_choice_is_the_first_rugged_candidate(monkeypatch):
+    """The study runs at the first [T, step scale] candidate whose slices are rugged for every
+    learned optimizer, measures none after it, and falls back to the last one, recorded as
+    not rugged, when none is."""
+    x = np.linspace(-1, 1, 21)
+    smooth = np.stack([x**2 + 0.001 * np.sin(40 * x)] * 3, axis=1)  # roughness ≈ 0.0007
+    rough = np.stack([x**2 + 0.2 * np.sin(40 * x)] * 3, axis=1)  # roughness ≈ 0.1
+    rugged_at = {("mlp", 50, 0.01), ("lstm", 50, 0.01), ("lstm", 20, 0.003)}
+    asked = []
+
+    def fake_slice(opt, size):
+        asked.append((opt, size["horizon"], size["lopt_lr"]))
+        hit = (opt, size["horizon"], size["lopt_lr"]) in rugged_at
+        return {"shifts": x, "losses": rough if hit else smooth}
+
+    class Store:
+        def part(self, key, fn):
+            return fn()
+
+    monkeypatch.setattr(g, "slice_roughness", fake_slice)
+    base = {"optimizers": ["mlp", "lstm"]}
+    cands = [[20, 3e-3], [50, 3e-3], [50, 1e-2], [100, 1e-2]]
+    size, rec, arrays = g.choose_horizon(dict(base, horizon_candidates=cands), Store())
+    assert (size["horizon"], size["lopt_lr"]) == (50, 1e-2) and rec["chosen"]["rugged"]
+    # the lstm alone rugged at the first candidate is not enough; nothing after is measured
+    assert [c["rugged"] for c in rec["candidates"]] == [False, False, True]
+    assert asked[-1] == ("lstm", 50, 1e-2) and len(asked) == 6
+    assert rec["candidates"][0]["lstm"]["rugged"] and not rec["candidates"][0]["mlp"]["rugged"]
+    np.testing.assert_array_equal(arrays["slice_mlp"], rough)
+    size, rec, _ = g.choose_horizon(dict(base, horizon_candidates=cands[:2]), Store())
+    assert (size["horizon"], size["lopt_lr"]) == (50, 3e-3) and not rec["chosen"]["rugged"]
+
+
 @pytest.mark.slow  # compile-bound (each meta-training run compiles its step): make test-slow
 def test_lopt_generalization_runs_end_to_end(tmp_path, monkeypatch):
     tiny = {
-        "horizon": 6,
+        "horizon": 4,
+        "horizon_candidates": [[4, 3e-3], [6, 3e-3]],
         "window": 3,
         "runs": 2,
         "budget": 120,
@@ -150,6 +184,10 @@ def test_lopt_generalization_runs_end_to_end(tmp_path, monkeypatch):
     assert choice["comparison"] == ("tbptt" if choice["estimator"] == "pes" else "pes")
     assert meta["rows"] == [f"mlp/{choice['estimator']}", f"mlp/{choice['comparison']}"]
     assert set(meta["slice"]) == {"mlp"} and "rugged" in meta["slice"]["mlp"]
+    hc = meta["horizon_choice"]
+    assert hc["chosen"]["horizon"] == meta["horizon"] == meta["sizes"]["horizon"]
+    assert [c["horizon"] for c in hc["candidates"]] == [4, 6][: len(hc["candidates"])]
+    assert hc["candidates"][-1]["rugged"] or len(hc["candidates"]) == 2
     for row in meta["rows"]:
         assert meta["outer_steps"][row] == 120 // meta["fse_per_estimate"][row.split("/")[1]]
         for k, v in meta["table"][row].items():
@@ -163,7 +201,12 @@ def test_lopt_generalization_runs_end_to_end(tmp_path, monkeypatch):
     lr = meta["adam"]["family_lr"]
     assert lr in np.geomspace(1e-3, 1.0, 4)
     ref = baselines.final_losses(
-        baselines.with_lrs([lr]), quads, inner_steps=60, seeds=2, seed=g.EVAL_SEED, batch_size=8
+        baselines.with_lrs([lr]),
+        quads,
+        inner_steps=10 * meta["horizon"],
+        seeds=2,
+        seed=g.EVAL_SEED,
+        batch_size=8,
     )[0]
     np.testing.assert_allclose(res["final_family_adam_10T"], ref, rtol=1e-6)
     assert meta["goal"][meta["rows"][0]].keys() == {"most_at_T", "no_divergence_10T"}

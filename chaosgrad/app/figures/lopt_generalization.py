@@ -21,15 +21,19 @@ import numpy as np
 from chaosgrad.app.figures import lopt_meta_training as lm
 
 SIZES: dict[str, dict[str, Any]] = {
-    # quick: about 35 minutes on a 2-core CPU (projected from measured costs per part, of which
-    # meta-training is about half: each run compiles its own training step, ~30-50 s). The
-    # conv members are left out (~800 µs per inner step against ~50 for an MLP: vmapped
-    # particles run every kind's branch, so one conv slot would more than double every run)
+    # quick: about 50 minutes on a 2-core CPU (at T = 100, projected from the measured costs
+    # of the T = 50 run: held-out evaluation and `compare` grow with T; the runs of one
+    # optimizer and estimator share one compiled training step). The conv members are left
+    # out (~800 µs per inner step against ~50 for an MLP: vmapped particles run every kind's
+    # branch, so one conv slot would more than double every run).
+    # "horizon" and "lopt_lr" are the first of "horizon_candidates": the study measures the
+    # candidates in order and runs at the first whose meta-loss is rugged (`choose_horizon`).
     "quick": {
         "horizon": 50,
+        "horizon_candidates": [[50, 3e-3], [50, 1e-2], [100, 3e-3], [100, 1e-2]],
         "window": 10,
         "runs": 3,
-        "budget": 30_000,
+        "budget": 45_000,
         "tune_budget": 10_000,
         "outer_lrs": [3e-3],
         "eval_seeds": 8,
@@ -64,6 +68,7 @@ SIZES: dict[str, dict[str, Any]] = {
     # tuned per optimizer and estimator over three values)
     "paper": {
         "horizon": 100,
+        "horizon_candidates": [[100, 3e-3], [100, 1e-2], [200, 3e-3], [200, 1e-2]],
         "window": 10,
         "runs": 5,
         "budget": 2_000_000,
@@ -219,6 +224,47 @@ def slice_report(losses: np.ndarray) -> dict:
         f"chaosgrad.roughness.SMOOTH_LEVEL ({SMOOTH_LEVEL}); slices with a non-finite value "
         "are counted and left out of the median",
     }
+
+
+def candidate_tag(T: int, lr: float) -> str:
+    """The name of a (horizon, step scale) candidate in part keys and folders."""
+    return f"T{int(T)}-lr{lr:g}"
+
+
+def choose_horizon(size: dict, store) -> tuple[dict, dict, dict]:
+    """The horizon and step scale the study runs at: the first of ``size["horizon_candidates"]``
+    (pairs [T, the learned optimizers' step scale], in increasing cost) at which the meta-loss
+    of every learned optimizer in ``size["optimizers"]`` is rugged by `slice_report`'s rule;
+    the last candidate, recorded as not rugged, when none is. Candidates after the chosen one
+    are not measured. Returns the size for the chosen candidate, a record of every measured
+    candidate (for the meta.json) and the chosen candidate's slices (arrays)."""
+    measured = []
+    cands = size["horizon_candidates"]
+    for i, (T, lr) in enumerate(cands):
+        s = dict(size, horizon=int(T), lopt_lr=float(lr))
+        reports, sl_arrays = {}, {}
+        for opt in size["optimizers"]:
+            sl = store.part(
+                f"slice-{opt}-{candidate_tag(T, lr)}", lambda opt=opt, s=s: slice_roughness(opt, s)
+            )
+            reports[opt] = slice_report(sl["losses"])
+            sl_arrays[f"slice_{opt}"] = sl["losses"]
+            sl_arrays["slice_shifts"] = sl["shifts"]
+        rugged = all(r["rugged"] for r in reports.values())
+        measured.append({"horizon": int(T), "lopt_lr": float(lr), "rugged": rugged, **reports})
+        if rugged or i == len(cands) - 1:
+            return (
+                s,
+                {
+                    "candidates": measured,
+                    "chosen": {"horizon": int(T), "lopt_lr": float(lr), "rugged": rugged},
+                    "rule": "the first candidate [T, step scale] in the listed order at which "
+                    "every learned optimizer's meta-loss is rugged (median slice roughness "
+                    "above the smooth level); the last one, not rugged, when none is",
+                },
+                sl_arrays,
+            )
+    raise ValueError("size['horizon_candidates'] is empty; give at least one [T, step scale]")
 
 
 def choose_estimator(size: dict, progress) -> dict:
@@ -409,16 +455,13 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
 
     from chaosgrad.systems.lopt import family
 
-    size = SIZES[scale]
+    size, horizon_choice, slice_arrays = choose_horizon(SIZES[scale], store)
+    # every later part belongs to the chosen candidate: its keys and folders carry its tag
+    store = _Prefixed(store, candidate_tag(size["horizon"], size["lopt_lr"]))
     T, boot, n_runs = size["horizon"], size["boot"], size["runs"]
     held = heldout_tasks(size)
-    out: dict[str, Any] = {}
-    slices = {}
-    for opt in size["optimizers"]:
-        sl = store.part(f"slice-{opt}", lambda opt=opt: slice_roughness(opt, size))
-        out[f"slice_{opt}"] = sl["losses"]
-        out["slice_shifts"] = sl["shifts"]
-        slices[opt] = slice_report(sl["losses"])
+    out: dict[str, Any] = dict(slice_arrays)
+    slices = {k: v for k, v in horizon_choice["candidates"][-1].items() if k in size["optimizers"]}
     comparison = json.loads(
         str(store.part("compare", lambda: choose_estimator(size, progress))["json"])
     )
@@ -476,6 +519,8 @@ def run(scale: str, store, progress) -> tuple[dict, dict]:
     meta = {
         "sizes": size,
         "horizon": T,
+        "lopt_lr": size["lopt_lr"],
+        "horizon_choice": horizon_choice,
         "slice": slices,
         "estimator_choice": choice,
         "compare": {k: comparison.get(k) for k in ("horizon", "budget", "target", "notes")},

@@ -279,6 +279,15 @@ def theta0_of(run: int, size: dict):
     return make_system(learned_of(size), size, lr=size["lopt_lr"], seed=100 + run).theta
 
 
+@functools.lru_cache(maxsize=16)
+def _adam(lr: float):
+    """``optax.adam(lr)``, one object per rate: `meta_train` shares one compiled outer step
+    among the runs given the same estimator and optimizer objects."""
+    import optax
+
+    return optax.adam(lr)
+
+
 def meta_train_one(
     name: str,
     size: dict,
@@ -295,7 +304,6 @@ def meta_train_one(
     forward-step equivalents; returns θ (flat) and the evaluation curve against forward-step
     equivalents and seconds. The outer optimizer is Adam at ``outer_lr``, or ``outer`` (an
     optax transformation; then ``tag`` names its folder apart)."""
-    import optax
 
     if (outer is None) == (outer_lr is None):
         raise ValueError("give exactly one of outer_lr (Adam) and outer")
@@ -315,7 +323,7 @@ def meta_train_one(
     res = meta_train(
         system,
         est,
-        optax.adam(outer_lr) if outer is None else outer,
+        _adam(outer_lr) if outer is None else outer,
         steps,
         folder / f"meta-{name}-r{run}{tag}",
         jax.random.PRNGKey(SEED + 1 + run),
