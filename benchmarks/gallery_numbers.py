@@ -613,6 +613,14 @@ def lopt_generalization(m: dict) -> list[tuple[str, str]]:
     ]
     for opt, s in m["slice"].items():
         out.append((f"{opt} slice median roughness", fmt(s["median_roughness"])))
+    for c in m.get("horizon_choice", {}).get("candidates", []):
+        tag = f"candidate T={c['horizon']}, step scale {c['lopt_lr']:g}"
+        out.append((f"{tag}: T", str(c["horizon"])))
+        out.append((f"{tag}: step scale", fmt(c["lopt_lr"])))
+        for opt in m["slice"]:
+            out.append((f"{tag}: {opt} median roughness", fmt(c[opt]["median_roughness"])))
+    for opt, s in m["slice"].items():
+        out.append((f"{opt} non-finite slices at T", str(s["nonfinite_slices"])))
     ch = m["estimator_choice"]
     for name in (ch["estimator"], ch["comparison"]):
         e = ch["relative_error"][name]
@@ -629,6 +637,11 @@ def lopt_generalization(m: dict) -> list[tuple[str, str]]:
                 )
         d = t["diverged_10T"]
         out.append((f"{row} diverged at 10T (of {d['of']})", str(d["runs"])))
+        skipped = m["skipped_outer_steps"][row]
+        of = m["outer_steps"][row] * len(skipped)
+        out.append((f"{row} skipped outer steps (of {of})", str(sum(skipped))))
+        out.append((f"{row} outer steps per run", str(m["outer_steps"][row])))
+    out.append(("seconds", f"{round(m['seconds']):,}"))
     return out
 
 

@@ -84,7 +84,12 @@ def _raise_terminated(signum, frame):
 # constants, so a second run (another key, another θ0) with the same system, estimator and
 # outer optimizer reuses the first run's program instead of tracing and compiling its own.
 # Keyed by identity; the entries hold the objects, so an id is never reused while cached.
-_SHARED_MAX = 16
+# Two entries: one run's outer step and evaluator, all that consecutive runs of one
+# configuration reuse. Each compiled program stays loaded while cached, and a large one holds
+# thousands of memory mappings (the learned-optimizer family's outer step and evaluator:
+# about 6,000); with 16 entries the `lopt_generalization` study passed Linux's default
+# limit of 65,530 mappings per process and LLVM failed to allocate ("Cannot allocate memory").
+_SHARED_MAX = 2
 _shared: OrderedDict[tuple, tuple] = OrderedDict()
 
 

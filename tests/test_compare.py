@@ -106,3 +106,18 @@ def test_reference_that_does_not_estimate_the_target_is_refused():
         compare(systems.make("rnn", n=4), horizon=10, target="exact", reference="es")
     with pytest.raises(InputError, match="target 'wiggly' is not accepted"):
         compare(systems.make("rnn", n=4), horizon=10, target="wiggly")
+
+
+def test_release_forgets_the_estimators_built_for_a_system():
+    """`release` drops the memoised estimators of one system (so their programs can be
+    freed) and leaves another system's; a later comparison builds afresh."""
+    from chaosgrad.app.compare import make_estimator, release
+
+    a, b = systems.make("logistic", r=3.7), systems.make("logistic", r=3.7)
+    ea = make_estimator("es", a, pairs=2, sigma=0.1, horizon=5)
+    assert make_estimator("es", a, pairs=2, sigma=0.1, horizon=5) is ea
+    make_estimator("tbptt", a, particles=2, window=2, horizon=5)
+    eb = make_estimator("es", b, pairs=2, sigma=0.1, horizon=5)
+    assert release(a) == 2 and release(a) == 0
+    assert make_estimator("es", a, pairs=2, sigma=0.1, horizon=5) is not ea
+    assert make_estimator("es", b, pairs=2, sigma=0.1, horizon=5) is eb

@@ -54,4 +54,5 @@ from chaosgrad.app.compare.sampling import (  # noqa: F401 -- re-exported
     _Sampler,
     _split_sampling,
     make_estimator,
+    release,
 )

@@ -160,6 +160,17 @@ def make_estimator(name: str, system: System, **params):
     return est
 
 
+def release(system: System) -> int:
+    """Forget the estimators built for ``system`` by earlier comparisons, so their compiled
+    programs are freed: for a caller done comparing on it. A large system's programs hold
+    many memory mappings (one comparison on the learned-optimizer task family: about 33,000,
+    against Linux's default limit of 65,530 per process). Returns how many were dropped."""
+    gone = [k for k, (s, _) in _BUILT.items() if s is system]
+    for k in gone:
+        del _BUILT[k]
+    return len(gone)
+
+
 def _reference_estimator(system, kind: str, horizon: int, per_batch: int, sigma: float):
     if kind == "es":
         return make_estimator("es", system, pairs=per_batch, sigma=sigma, horizon=horizon)

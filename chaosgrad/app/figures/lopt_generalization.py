@@ -21,9 +21,9 @@ import numpy as np
 from chaosgrad.app.figures import lopt_meta_training as lm
 
 SIZES: dict[str, dict[str, Any]] = {
-    # quick: about 50 minutes on a 2-core CPU (at T = 100, projected from the measured costs
-    # of the T = 50 run: held-out evaluation and `compare` grow with T; the runs of one
-    # optimizer and estimator share one compiled training step). The conv members are left
+    # quick: 2,010 s measured on a quiet 2-core CPU (the rule chose T = 100 at step scale
+    # 0.01; the runs of one optimizer and estimator share one compiled training step; peak
+    # 48,000 memory mappings, under Linux's default limit of 65,530). The conv members are left
     # out (~800 µs per inner step against ~50 for an MLP: vmapped particles run every kind's
     # branch, so one conv slot would more than double every run).
     # "horizon" and "lopt_lr" are the first of "horizon_candidates": the study measures the
@@ -271,7 +271,7 @@ def choose_estimator(size: dict, progress) -> dict:
     """`chaosgrad.compare` of the candidate estimators on the per-parameter MLP's family
     system at T at the first run's initial θ, each configured as it would be meta-trained
     (`lopt_meta_training.estimator_params`). Returns the comparison as JSON text."""
-    from chaosgrad.app.compare import compare
+    from chaosgrad.app.compare import compare, release
 
     system = lm.make_system("mlp", size, lr=size["lopt_lr"])
     comp = compare(
@@ -288,6 +288,7 @@ def choose_estimator(size: dict, progress) -> dict:
         progress=progress,
     )
     assert comp is not None  # one process
+    release(system)  # nothing later compares on it: free its compiled estimators
     return {"json": json.dumps(comp.to_json(), default=float)}
 
 
