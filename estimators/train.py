@@ -275,7 +275,6 @@ def _meta_train(
     resume,
     outer_config,
 ) -> MetaTrainResult:
-
     k_init, k_train, k_eval = jax.random.split(key, 3)
     if outer_config is None:
         # Without a description, the optimizer's state layout (its kind, not its settings)

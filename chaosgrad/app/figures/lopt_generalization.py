@@ -33,7 +33,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "horizon_candidates": [[50, 3e-3], [50, 1e-2], [100, 3e-3], [100, 1e-2]],
         "window": 10,
         "runs": 3,
-        "budget": 45_000,
+        "budget": 45_000,  # forward-step equivalents per run: 37 backprop steps at T = 100
         "tune_budget": 10_000,
         "outer_lrs": [3e-3],
         "eval_seeds": 8,

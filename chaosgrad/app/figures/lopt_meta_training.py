@@ -304,7 +304,6 @@ def meta_train_one(
     forward-step equivalents; returns θ (flat) and the evaluation curve against forward-step
     equivalents and seconds. The outer optimizer is Adam at ``outer_lr``, or ``outer`` (an
     optax transformation; then ``tag`` names its folder apart)."""
-
     if (outer is None) == (outer_lr is None):
         raise ValueError("give exactly one of outer_lr (Adam) and outer")
     from jax.flatten_util import ravel_pytree
