@@ -137,10 +137,9 @@ def test_horizon_choice_is_the_first_rugged_candidate(monkeypatch):
     assert (size["horizon"], size["lopt_lr"]) == (50, 3e-3) and not rec["chosen"]["rugged"]
 
 
-@pytest.mark.slow  # compile-bound (each meta-training run compiles its step): make test-slow
+@pytest.mark.slow  # compile-bound (~90 s: the slices, compare, training, baselines): make test-slow
 def test_lopt_generalization_runs_end_to_end(tmp_path, monkeypatch):
-    tiny = {
-        "horizon": 4,
+    tiny = {  # no "horizon" or "lopt_lr": the study takes them from the chosen candidate
         "horizon_candidates": [[4, 3e-3], [6, 3e-3]],
         "window": 3,
         "runs": 2,
@@ -153,7 +152,6 @@ def test_lopt_generalization_runs_end_to_end(tmp_path, monkeypatch):
         "lr_grid": [1e-3, 1.0, 4],
         "list_k": 2,
         "list_candidates": 4,
-        "lopt_lr": 3e-3,
         "pairs": 2,
         "particles": 2,
         "samples": 2,
