@@ -12,7 +12,6 @@ import os
 import signal
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,6 +35,7 @@ from chaosgrad.estimators.checkpoint import (
 from chaosgrad import distributed
 from chaosgrad._types import PyTree
 from chaosgrad.checks import check_positive_int
+from chaosgrad.compile_cache import _function_key, _Same, _Uncacheable, cache_by_functions
 from chaosgrad.config import precision_info
 from chaosgrad.errors import InputError
 from chaosgrad.io import (
@@ -80,32 +80,22 @@ def _raise_terminated(signum, frame):
     raise _Terminated()
 
 
-# Compiled programs shared by every run on the same objects: a run's keys are arguments, not
-# constants, so a second run (another key, another θ0) with the same system, estimator and
-# outer optimizer reuses the first run's program instead of tracing and compiling its own.
-# Keyed by identity; the entries hold the objects, so an id is never reused while cached.
-# Two entries: one run's outer step and evaluator, all that consecutive runs of one
+# Compiled programs shared by consecutive runs: a run's keys are arguments, not constants, so
+# a second run (another key, another θ0) with the same estimator and outer optimizer on a
+# system that computes the same (`chaosgrad.compile_cache.compile_key`: a notebook cell
+# re-run with a changed global compiles afresh) reuses the first run's program instead of
+# tracing and compiling its own. One entry each: all that consecutive runs of one
 # configuration reuse. Each compiled program stays loaded while cached, and a large one holds
 # thousands of memory mappings (the learned-optimizer family's outer step and evaluator:
-# about 6,000); with 16 entries the `lopt_generalization` study passed Linux's default
-# limit of 65,530 mappings per process and LLVM failed to allocate ("Cannot allocate memory").
-_SHARED_MAX = 2
-_shared: OrderedDict[tuple, tuple] = OrderedDict()
+# about 6,000); with 16 cached the `lopt_generalization` study passed Linux's default limit of
+# 65,530 mappings per process and LLVM failed to allocate ("Cannot allocate memory").
+@cache_by_functions(maxsize=1)
+def _jit_evaluate(system: System, horizon: int):
+    def evaluate(theta, keys):
+        vals = jax.vmap(lambda k: unrolled_loss(system, theta, k, horizon))(keys)
+        return jnp.mean(vals), vals
 
-
-def _shared_program(objects: tuple, extra: tuple, build):
-    """The jitted program ``build()`` made for these ``objects`` (compared by identity) and
-    hashable ``extra`` settings, built once and kept for the last `_SHARED_MAX` uses."""
-    k = (*map(id, objects), *extra)
-    hit = _shared.get(k)
-    if hit is not None and all(a is b for a, b in zip(hit[0], objects, strict=True)):
-        _shared.move_to_end(k)
-        return hit[1]
-    fn = build()
-    _shared[k] = (objects, fn)
-    while len(_shared) > _SHARED_MAX:
-        _shared.popitem(last=False)
-    return fn
+    return jax.jit(evaluate)
 
 
 def make_evaluator(system: System, seeds: int, horizon: int, key: jax.Array):
@@ -113,41 +103,42 @@ def make_evaluator(system: System, seeds: int, horizon: int, key: jax.Array):
     ``seeds`` full ``horizon``-step unrolls (run keys ``split(key, seeds)``). Evaluators of
     one system and horizon share one compiled program whatever their key."""
     keys = jax.random.split(key, seeds)
-
-    def build():
-        def evaluate(theta, keys):
-            vals = jax.vmap(lambda k: unrolled_loss(system, theta, k, horizon))(keys)
-            return jnp.mean(vals), vals
-
-        return jax.jit(evaluate)
-
-    program = _shared_program((system,), ("evaluate", horizon), build)
+    program = _jit_evaluate(system, horizon)
     return lambda theta: program(theta, keys)
 
 
-def _train_step(estimator: Estimator, outer_optimizer):
+@cache_by_functions(maxsize=1)
+def _jit_train_step(system: System, estimator: _Same, outer_optimizer: _Same, outer_code):
     """The jitted outer step ``(θ, opt_state, est_state, i, k_train) -> (θ, opt_state,
-    est_state, info, finite)``, one program per estimator and outer optimizer (by identity):
-    the run's training key is an argument, so every run with them shares it."""
+    est_state, info, finite)`` of the estimator and outer optimizer (held by identity;
+    ``outer_code`` keys what the optimizer's update computes, globals included)."""
     import optax
 
-    def build():
-        def train_step(theta, opt_state, est_state, i, k_train):
-            grad, est_state, info = estimator.estimate(
-                est_state, theta, jax.random.fold_in(k_train, i)
-            )
-            check_info(info, estimator.name)  # at trace time: before any step runs
-            finite = count_nonfinite(grad) == 0
-            updates, new_opt = outer_optimizer.update(grad, opt_state, theta)
-            new_theta = optax.apply_updates(theta, updates)
-            keep = jax.tree_util.tree_map
-            theta = keep(lambda a, b: jnp.where(finite, a, b), new_theta, theta)
-            opt_state = keep(lambda a, b: jnp.where(finite, a, b), new_opt, opt_state)
-            return theta, opt_state, est_state, info, finite
+    est, opt = estimator.obj, outer_optimizer.obj
 
-        return jax.jit(train_step)
+    def train_step(theta, opt_state, est_state, i, k_train):
+        grad, est_state, info = est.estimate(est_state, theta, jax.random.fold_in(k_train, i))
+        check_info(info, est.name)  # at trace time: before any step runs
+        finite = count_nonfinite(grad) == 0
+        updates, new_opt = opt.update(grad, opt_state, theta)
+        new_theta = optax.apply_updates(theta, updates)
+        keep = jax.tree_util.tree_map
+        theta = keep(lambda a, b: jnp.where(finite, a, b), new_theta, theta)
+        opt_state = keep(lambda a, b: jnp.where(finite, a, b), new_opt, opt_state)
+        return theta, opt_state, est_state, info, finite
 
-    return _shared_program((estimator, outer_optimizer), ("train_step",), build)
+    return jax.jit(train_step)
+
+
+def _train_step(system: System, estimator: Estimator, outer_optimizer):
+    """`_jit_train_step` for this run: shared by every run with the same objects on a system
+    that computes the same, built for this call alone when the optimizer's update cannot be
+    keyed safely."""
+    try:
+        outer_code = _function_key(outer_optimizer.update)
+    except _Uncacheable:
+        return _jit_train_step.__wrapped__(system, _Same(estimator), _Same(outer_optimizer), None)
+    return _jit_train_step(system, _Same(estimator), _Same(outer_optimizer), outer_code)
 
 
 def meta_train(
@@ -284,7 +275,7 @@ def _meta_train(
         }
     evaluate = make_evaluator(system, eval_seeds, horizon, k_eval)
 
-    train_step = _train_step(estimator, outer_optimizer)
+    train_step = _train_step(system, estimator, outer_optimizer)
 
     ckpt = out / CHECKPOINT
     writer = distributed.is_main_process()

@@ -204,8 +204,50 @@ def test_meta_train_runs_share_one_outer_step_program(tmp_path):
     second = run(2, other, "b")
     assert LOWERINGS.n - before == 0, LOWERINGS.n - before
     assert not np.array_equal(first, second)  # the key and θ0 did reach the program
-    train._shared.clear()
+    train._jit_train_step.cache_clear()
+    train._jit_evaluate.cache_clear()
     mid = LOWERINGS.n
     alone = run(2, other, "c")
     assert LOWERINGS.n > mid  # built afresh
     np.testing.assert_array_equal(second, alone)
+
+
+def test_meta_train_recompiles_when_a_global_its_system_reads_changes(tmp_path):
+    """A notebook cell re-run with a changed global: the same system, estimator and optimizer
+    objects, but the step reads the new value, so the run is the one a fresh cache gives
+    (not the shared program traced with the old value)."""
+    import jax.numpy as jnp
+    import optax
+    from chaosgrad.estimators import train
+    from chaosgrad.estimators.meta import meta_train
+
+    from chaosgrad.system import StepOut, System
+
+    namespace = {"A": 1.4, "jnp": jnp, "StepOut": StepOut}
+    exec(
+        "def step(s, th, key):\n"
+        "    x = jnp.tanh(A * th * s) + 0.1\n"
+        "    return x, StepOut(loss=jnp.sum(x**2))\n",
+        namespace,
+    )
+    system = System(
+        lambda key, th: jnp.array([0.1, 0.2]), namespace["step"], name="mine", theta=0.5,
+        horizon=10,
+    )  # fmt: skip
+    est = estimators.make("es", system, pairs=2, sigma=0.05, horizon=10)
+    opt = optax.adam(0.05)
+
+    def run(folder):
+        res = meta_train(
+            system, est, opt, 3, tmp_path / folder, jax.random.PRNGKey(0), progress=False,
+            resume=False,
+        )  # fmt: skip
+        return float(res.theta), res.evals[-1]["meta_loss"]
+
+    first = run("a")
+    namespace["A"] = 0.2
+    changed = run("b")
+    train._jit_train_step.cache_clear()
+    train._jit_evaluate.cache_clear()
+    fresh = run("c")
+    assert changed == fresh and changed != first
